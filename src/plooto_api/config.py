@@ -1,0 +1,57 @@
+"""Gateway configuration: environment variables with the `PLOOTO_API_` prefix, overridable by CLI flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATA_DIR = Path(".plooto-api")
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8400
+DATABASE_FILENAME = "plooto-api.db"
+
+
+class Settings(BaseSettings):
+    """Everything the gateway can be told. Nothing is required: the defaults start a working gateway."""
+
+    model_config = SettingsConfigDict(env_prefix="PLOOTO_API_", extra="ignore")
+
+    data_dir: Path = Field(default=DEFAULT_DATA_DIR, description="Where the SQLite store and keys live.")
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL; defaults to SQLite at <data dir>/plooto-api.db. "
+        "PostgreSQL: postgresql+psycopg://user@host/db",
+    )
+    host: str = DEFAULT_HOST
+    port: int = Field(default=DEFAULT_PORT, ge=0, le=65535)
+    upstream_url: str | None = Field(
+        default=None, description="Base URL of the Plooto portal; unset means the embedded sandbox."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["console", "json"] = "console"
+
+    @field_validator("database_url")
+    @classmethod
+    def _normalise_database_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        # Plain postgres URLs are common in the wild; route them to the psycopg 3 driver we ship.
+        for prefix in ("postgresql://", "postgres://"):
+            if value.startswith(prefix):
+                return "postgresql+psycopg://" + value[len(prefix) :]
+        return value
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The database URL in force: the configured one, or SQLite inside the data directory."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / DATABASE_FILENAME).resolve()}"
+
+    def ensure_data_dir(self) -> Path:
+        """Create the data directory (owner-only) if it does not exist and return it."""
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return self.data_dir

@@ -1,0 +1,78 @@
+"""Queries over mirrored portal objects, with tenant scoping in exactly one place.
+
+Every read goes through `readable_statement`, so no caller can forget the scope of the token
+it serves. Lists use keyset pagination on the time-ordered id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Generic, TypeVar, cast
+
+from sqlalchemy import ColumnElement, Select, select
+from sqlalchemy.orm import Session, selectinload
+
+from plooto_api.store.base import Base
+from plooto_api.store.models import Company
+from plooto_api.store.pagination import Page, PageRequest, decode_cursor, encode_cursor
+from plooto_api.store.scope import AccessScope
+
+M = TypeVar("M", bound=Base)
+
+
+class ObjectRepository(Generic[M]):
+    """Reads and writes of one mirrored object type."""
+
+    def __init__(self, session: Session, model: type[M]) -> None:
+        self.session = session
+        self.model = model
+        self._model: Any = cast(Any, model)  # the mixin columns, for the type checker
+        self._company_column = self._model.id if model is Company else self._model.company_id
+        self._eager = [selectinload(rel.class_attribute) for rel in model.__mapper__.relationships]
+
+    def readable_statement(self, scope: AccessScope) -> Select[M]:
+        """SELECT of the rows `scope` may see: not deleted, inside its connections and companies."""
+        stmt = select(self.model).where(self._model.deleted_at.is_(None))
+        if scope.connection_ids is not None:
+            stmt = stmt.where(self._model.connection_id.in_(scope.connection_ids))
+        if scope.company_ids is not None:
+            stmt = stmt.where(self._company_column.in_(scope.company_ids))
+        return stmt
+
+    def get(self, object_id: str, scope: AccessScope) -> M | None:
+        """One object by gateway id, or None if it does not exist or is outside the scope."""
+        stmt = self.readable_statement(scope).where(self._model.id == object_id).options(*self._eager)
+        return self.session.scalars(stmt).first()
+
+    def get_by_upstream_id(self, connection_id: str, upstream_id: str) -> M | None:
+        """The row mirroring a portal object, deleted or not (sync uses this to upsert)."""
+        stmt = select(self.model).where(
+            self._model.connection_id == connection_id, self._model.upstream_id == upstream_id
+        )
+        return self.session.scalars(stmt.options(*self._eager)).first()
+
+    def list(
+        self,
+        scope: AccessScope,
+        page: PageRequest,
+        filters: Sequence[ColumnElement[bool]] = (),
+    ) -> Page[M]:
+        """A page of objects in id order, after the cursor, matching every filter."""
+        stmt = self.readable_statement(scope).where(*filters)
+        if page.cursor:
+            stmt = stmt.where(self._model.id > decode_cursor(page.cursor))
+        stmt = stmt.order_by(self._model.id).limit(page.limit + 1).options(*self._eager)
+        rows = list(self.session.scalars(stmt))
+        has_more = len(rows) > page.limit
+        rows = rows[: page.limit]
+        next_cursor = encode_cursor(self._model_id(rows[-1])) if has_more else None
+        return Page(items=rows, has_more=has_more, next_cursor=next_cursor)
+
+    def add(self, row: M) -> M:
+        """Stage a new row in the session."""
+        self.session.add(row)
+        return row
+
+    @staticmethod
+    def _model_id(row: Any) -> str:
+        return str(row.id)
