@@ -1,0 +1,344 @@
+"""The one mapping between store rows and normalized objects, in both directions.
+
+Each object type is described once (`ObjectMap`): which schema fields are money and which columns
+hold their minor units and currency, which are child collections, and which are renamed. Every
+other field is copied by name. Reads (`to_schema`) and writes (`apply_to_row`) share the same
+description, so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel
+
+from plooto_api import schemas
+from plooto_api.money import from_minor, to_minor
+from plooto_api.store import models
+from plooto_api.store.base import Base
+
+
+@dataclass(frozen=True)
+class ChildMap:
+    """A one-to-many collection stored in its own table (line items, status history, …)."""
+
+    relationship: str
+    model: type[Any]
+    schema: type[BaseModel]
+    money: dict[str, str] = field(default_factory=dict)  # schema field -> minor column; parent's currency
+    renames: dict[str, str] = field(default_factory=dict)  # schema field -> column
+    positioned: bool = False
+
+
+@dataclass(frozen=True)
+class ObjectMap:
+    """How one normalized object type is stored."""
+
+    object_type: str
+    prefix: str
+    schema: type[schemas.PortalObject]
+    model: type[Any]
+    money: dict[str, tuple[str, str]] = field(default_factory=dict)  # field -> (minor col, currency col)
+    children: dict[str, ChildMap] = field(default_factory=dict)
+    renames: dict[str, str] = field(default_factory=dict)
+    currency_column: str = "currency"
+    composite: frozenset[str] = frozenset()  # fields read_extra / write_extra store
+    read_extra: Callable[[Any], dict[str, Any]] | None = None
+    write_extra: Callable[[Any, Any], None] | None = None
+
+
+_BASE_FIELDS = {"object", "upstream", "accounting_refs", "company_id"}
+
+_LINE_ITEMS = {"unit_price": "unit_price_minor", "amount": "amount_minor"}
+_APPROVAL_STEP = ChildMap(
+    "approval_steps",
+    models.BillApprovalStep,
+    schemas.ApprovalStep,
+    renames={"approver_id": "approver_user_id"},
+    positioned=True,
+)
+
+
+def _bill_approval_read(row: models.Bill) -> dict[str, Any]:
+    return {
+        "approval": {
+            "status": row.approval_status,
+            "steps": [_child_to_dict(_APPROVAL_STEP, step, row.currency) for step in row.approval_steps],
+        }
+    }
+
+
+def _bill_approval_write(obj: schemas.Bill, row: models.Bill) -> None:
+    row.approval_status = obj.approval.status
+    _replace_children(_APPROVAL_STEP, obj.approval.steps, row, row.currency)
+
+
+def _money_fields(*names: str) -> dict[str, tuple[str, str]]:
+    return {name: (f"{name}_minor", "currency") for name in names}
+
+
+OBJECT_MAPS: dict[str, ObjectMap] = {
+    m.object_type: m
+    for m in (
+        ObjectMap("company", "cmp", schemas.Company, models.Company),
+        ObjectMap(
+            "bank_account", "ba", schemas.BankAccount, models.BankAccount,
+            money={"balance": ("balance_minor", "currency")},
+        ),
+        ObjectMap(
+            "user", "usr", schemas.User, models.PortalUser,
+        ),
+        ObjectMap(
+            "approval_rule", "apr", schemas.ApprovalRule, models.ApprovalRule,
+            money=_money_fields("min_amount", "max_amount"),
+        ),
+        ObjectMap("vendor", "ven", schemas.Vendor, models.Vendor),
+        ObjectMap("customer", "cus", schemas.Customer, models.Customer),
+        ObjectMap(
+            "bill", "bill", schemas.Bill, models.Bill,
+            money=_money_fields("subtotal", "tax", "total", "amount_paid", "amount_due"),
+            children={
+                "line_items": ChildMap(
+                    "line_items", models.BillLineItem, schemas.LineItem, _LINE_ITEMS, positioned=True
+                )
+            },
+            composite=frozenset({"approval"}),
+            read_extra=_bill_approval_read,
+            write_extra=_bill_approval_write,
+        ),
+        ObjectMap(
+            "payment", "pay", schemas.Payment, models.Payment,
+            money={"amount": ("amount_minor", "currency"), "fee": ("fee_minor", "fee_currency")},
+            children={
+                "status_history": ChildMap(
+                    "status_history", models.PaymentStatusChange, schemas.PaymentStatusChange
+                ),
+                "allocations": ChildMap(
+                    "allocations", models.PaymentAllocation, schemas.PaymentAllocation,
+                    {"amount": "amount_minor"},
+                ),
+            },
+        ),
+        ObjectMap(
+            "invoice", "inv", schemas.Invoice, models.Invoice,
+            money=_money_fields("subtotal", "tax", "total", "amount_paid", "amount_due"),
+            children={
+                "line_items": ChildMap(
+                    "line_items", models.InvoiceLineItem, schemas.LineItem, _LINE_ITEMS, positioned=True
+                ),
+                "reminders": ChildMap("reminders", models.InvoiceReminder, schemas.InvoiceReminder),
+            },
+        ),
+        ObjectMap(
+            "recurring_invoice", "rinv", schemas.RecurringInvoice, models.RecurringInvoice,
+            money=_money_fields("amount"),
+        ),
+        ObjectMap(
+            "transaction", "txn", schemas.Transaction, models.Transaction, money=_money_fields("amount")
+        ),
+        ObjectMap(
+            "fx_conversion", "fx", schemas.FxConversion, models.FxConversion,
+            money={
+                "source": ("source_amount_minor", "source_currency"),
+                "target": ("target_amount_minor", "target_currency"),
+                "fee": ("fee_minor", "fee_currency"),
+            },
+        ),
+        ObjectMap("captured_document", "doc", schemas.CapturedDocument, models.CapturedDocument),
+        ObjectMap("sync_mapping", "smap", schemas.SyncMapping, models.SyncMapping),
+    )
+}  # fmt: skip
+
+_MAP_BY_MODEL: dict[type[Any], ObjectMap] = {m.model: m for m in OBJECT_MAPS.values()}
+
+
+def object_map_for(row_or_type: Any) -> ObjectMap:
+    """The ObjectMap of a row, a model class or an object type name."""
+    if isinstance(row_or_type, str):
+        return OBJECT_MAPS[row_or_type]
+    model = row_or_type if isinstance(row_or_type, type) else type(row_or_type)
+    return _MAP_BY_MODEL[model]
+
+
+def _money(minor: int | None, currency: str | None) -> dict[str, Any] | None:
+    if minor is None or currency is None:
+        return None
+    return {"amount": from_minor(minor, currency), "currency": currency}
+
+
+def _child_to_dict(child: ChildMap, row: Any, currency: str) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    for name in child.schema.model_fields:
+        if name in child.money:
+            data[name] = _money(getattr(row, child.money[name]), currency)
+        else:
+            data[name] = getattr(row, child.renames.get(name, name))
+    return data
+
+
+def to_schema(row: Base) -> schemas.PortalObject:
+    """Turn a store row into its normalized object."""
+    spec = object_map_for(row)
+    data: dict[str, Any] = {
+        "company_id": row.id if spec.model is models.Company else row.company_id,  # type: ignore[attr-defined]
+        "upstream": {
+            "status_raw": row.upstream_status_raw,  # type: ignore[attr-defined]
+            "fetched_at": row.upstream_fetched_at,  # type: ignore[attr-defined]
+            "url": row.upstream_url,  # type: ignore[attr-defined]
+        },
+        "accounting_refs": {
+            "quickbooks": row.quickbooks_id,  # type: ignore[attr-defined]
+            "xero": row.xero_id,  # type: ignore[attr-defined]
+            "netsuite": row.netsuite_id,  # type: ignore[attr-defined]
+        },
+    }
+    if spec.read_extra:
+        data.update(spec.read_extra(row))
+    currency = getattr(row, spec.currency_column, None)
+    for name in spec.schema.model_fields:
+        if name in data or name in _BASE_FIELDS:
+            continue
+        if name in spec.money:
+            minor_col, currency_col = spec.money[name]
+            data[name] = _money(getattr(row, minor_col), getattr(row, currency_col))
+        elif name in spec.children:
+            child = spec.children[name]
+            data[name] = [_child_to_dict(child, c, currency or "") for c in getattr(row, child.relationship)]
+        else:
+            data[name] = getattr(row, spec.renames.get(name, name))
+    return spec.schema.model_validate(data)
+
+
+def _column_value(value: Any) -> Any:
+    """Values bound for JSON columns become plain JSON; everything else is stored as it is."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, list):
+        return [_column_value(v) for v in value]
+    return value
+
+
+def _replace_children(child: ChildMap, items: Sequence[BaseModel], parent: Any, currency: str) -> None:
+    rows = []
+    for position, item in enumerate(items):
+        values: dict[str, Any] = {}
+        for name in child.schema.model_fields:
+            value = getattr(item, name)
+            if name in child.money:
+                values[child.money[name]] = None if value is None else to_minor(value.amount, currency)
+            else:
+                values[child.renames.get(name, name)] = _column_value(value)
+        if child.positioned:
+            values["position"] = position
+        rows.append(child.model(**values))
+    setattr(parent, child.relationship, rows)
+
+
+def apply_to_row(obj: schemas.PortalObject, row: Any, *, connection_id: str) -> Any:
+    """Write a normalized object's fields onto a store row (new or existing) and return the row."""
+    spec = object_map_for(row)
+    written_currencies: set[str] = set()
+    row.id = obj.id
+    row.connection_id = connection_id
+    if spec.model is not models.Company:
+        row.company_id = obj.company_id
+    row.upstream_id = obj.upstream_id
+    row.created_at = obj.created_at
+    row.updated_at = obj.updated_at
+    row.deleted_at = obj.deleted_at
+    row.upstream_status_raw = obj.upstream.status_raw
+    row.upstream_fetched_at = obj.upstream.fetched_at
+    row.upstream_url = obj.upstream.url
+    row.quickbooks_id = obj.accounting_refs.quickbooks
+    row.xero_id = obj.accounting_refs.xero
+    row.netsuite_id = obj.accounting_refs.netsuite
+    # Currencies first: money fields are converted to minor units in their own currency.
+    for name, (_, currency_col) in spec.money.items():
+        value = getattr(obj, name)
+        if value is not None:
+            current = getattr(row, currency_col, None)
+            if current not in (None, value.currency) and currency_col in written_currencies:
+                raise ValueError(f"{spec.object_type}.{name} is in {value.currency}, not {current}")
+            setattr(row, currency_col, value.currency)
+            written_currencies.add(currency_col)
+        elif currency_col != spec.currency_column:
+            setattr(row, currency_col, None)
+    for name in spec.schema.model_fields:
+        if name in _BASE_FIELDS or name in {"id", "upstream_id", "created_at", "updated_at", "deleted_at"}:
+            continue
+        value = getattr(obj, name)
+        if name in spec.money:
+            minor_col, currency_col = spec.money[name]
+            setattr(row, minor_col, None if value is None else to_minor(value.amount, value.currency))
+        elif name in spec.children:
+            _replace_children(spec.children[name], value, row, getattr(row, spec.currency_column))
+        elif name in spec.composite:
+            continue  # stored across several columns by write_extra
+        else:
+            setattr(row, spec.renames.get(name, name), _column_value(value))
+    if spec.write_extra is not None:
+        spec.write_extra(obj, row)
+    return row
+
+
+def new_row(obj: schemas.PortalObject, *, connection_id: str) -> Any:
+    """A new store row for a normalized object."""
+    spec = OBJECT_MAPS[obj.object]  # type: ignore[attr-defined]
+    return apply_to_row(obj, spec.model(), connection_id=connection_id)
+
+
+# --- gateway objects -------------------------------------------------------------------------------
+
+
+def connection_to_schema(row: models.Connection) -> schemas.Connection:
+    """A connection row as its API object."""
+    return schemas.Connection.model_validate(row, from_attributes=True)
+
+
+def operation_to_schema(row: models.Operation) -> schemas.Operation:
+    """An operation row as its API object."""
+    return schemas.Operation.model_validate(row, from_attributes=True)
+
+
+def event_to_schema(row: models.Event) -> schemas.Event:
+    """An event row as its API object."""
+    return schemas.Event.model_validate(row, from_attributes=True)
+
+
+def webhook_endpoint_to_schema(row: models.WebhookEndpoint) -> schemas.WebhookEndpoint:
+    """A webhook endpoint row as its API object (never its secret)."""
+    return schemas.WebhookEndpoint(
+        id=row.id,
+        url=row.url,
+        description=row.description,
+        events=row.event_types,
+        companies=row.company_ids,
+        enabled=row.enabled,
+        disabled_reason=row.disabled_reason,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def api_token_to_schema(row: models.ApiToken) -> schemas.ApiToken:
+    """An API token row as its API object (prefix only, never the hash or secret)."""
+    return schemas.ApiToken(
+        id=row.id,
+        name=row.name,
+        kind=row.kind,
+        prefix=row.prefix,
+        scopes=row.scopes,
+        companies=row.company_ids,
+        connection_id=row.connection_id,
+        created_at=row.created_at,
+        expires_at=row.expires_at,
+        revoked_at=row.revoked_at,
+        last_used_at=row.last_used_at,
+    )
+
+
+def audit_entry_to_schema(row: models.AuditEntry) -> schemas.AuditEntry:
+    """An audit row as its API object."""
+    return schemas.AuditEntry.model_validate(row, from_attributes=True)
