@@ -1,0 +1,61 @@
+"""The FastAPI application: wiring of store, middleware, error envelope and routes."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, Response
+
+from plooto_api import __version__
+from plooto_api.api.errors import install_error_handlers
+from plooto_api.api.routes import health
+from plooto_api.config import Settings
+from plooto_api.store.database import create_db_engine, session_factory, upgrade_to_head
+
+DESCRIPTION = (
+    "A REST API over the Plooto accounts-payable / accounts-receivable portal. "
+    "Authenticate with `Authorization: Bearer <token>`. Errors are "
+    '`{"error": {"code", "message", "param", "request_id"}}`.'
+)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the gateway application. The schema is migrated to head when it starts."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.database_url is None:
+            settings.ensure_data_dir()
+        engine = create_db_engine(settings.resolved_database_url)
+        upgrade_to_head(engine)
+        app.state.engine = engine
+        app.state.sessions = session_factory(engine)
+        try:
+            yield
+        finally:
+            engine.dispose()
+
+    app = FastAPI(
+        title="plooto-api",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url="/docs",
+        openapi_url="/openapi.json",
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+
+    @app.middleware("http")
+    async def request_id(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        # Every response carries an id that also appears in its error body and in the log.
+        request.state.request_id = "req_" + secrets.token_hex(8)
+        response = await call_next(request)
+        response.headers["X-Request-Id"] = request.state.request_id
+        return response
+
+    app.include_router(health.router)
+    return app

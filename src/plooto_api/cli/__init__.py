@@ -1,0 +1,176 @@
+"""The `plooto-api` command line: serve the gateway, run the sandbox, manage the store.
+
+Bad input exits with code 2 and one line on stderr; progress and results go to stdout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import uvicorn
+from pydantic import ValidationError
+from rich.console import Console
+
+from plooto_api import __version__
+from plooto_api.config import Settings
+from plooto_api.log import configure_logging
+
+app = typer.Typer(
+    name="plooto-api",
+    help="A self-hostable API gateway over the Plooto AP/AR portal.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+db_app = typer.Typer(help="Inspect and migrate the gateway's database.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+console = Console(highlight=False, soft_wrap=True)
+
+DataDirOption = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="Data directory [env PLOOTO_API_DATA_DIR; default ./.plooto-api]."),
+]
+DatabaseUrlOption = Annotated[
+    str | None,
+    typer.Option("--database-url", help="SQLAlchemy URL [env PLOOTO_API_DATABASE_URL; default SQLite]."),
+]
+
+
+class CliError(Exception):
+    """A problem the user can fix; printed as one line, exit code 2."""
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment, with the command line's flags taking precedence."""
+    try:
+        return Settings(**{key: value for key, value in overrides.items() if value is not None})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = ".".join(str(part) for part in first["loc"])
+        raise CliError(f"{name} (flag or PLOOTO_API_{name.upper()}): {first['msg']}") from exc
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Interface to listen on [env PLOOTO_API_HOST].")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on [env PLOOTO_API_PORT].")] = None,
+    data_dir: DataDirOption = None,
+    database_url: DatabaseUrlOption = None,
+    upstream: Annotated[
+        str | None, typer.Option("--upstream", help="Portal base URL [env PLOOTO_API_UPSTREAM_URL].")
+    ] = None,
+) -> None:
+    """Run the gateway (API and in-process worker) until Ctrl-C."""
+    from plooto_api.api.app import create_app
+
+    settings = load_settings(
+        host=host, port=port, data_dir=data_dir, database_url=database_url, upstream_url=upstream
+    )
+    configure_logging(settings.log_level, settings.log_format)
+    base = f"http://{settings.host}:{settings.port}"
+    console.print(f"plooto-api {__version__}")
+    console.print(f"  store:   {_describe_database(settings)}")
+    console.print(f"  gateway: {base}")
+    console.print(f"  docs:    {base}/docs  (OpenAPI at {base}/openapi.json)")
+    sys.stdout.flush()
+    config = uvicorn.Config(
+        create_app(settings), host=settings.host, port=settings.port, log_config=None, access_log=False
+    )
+    # uvicorn re-raises Ctrl-C after a graceful shutdown; stopping is the intended outcome.
+    with contextlib.suppress(KeyboardInterrupt):
+        uvicorn.Server(config).run()
+    console.print("plooto-api stopped")
+
+
+@app.command()
+def sandbox(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8500,
+    seed: Annotated[int, typer.Option(help="Seed of the generated demo data.")] = 42,
+    companies: Annotated[int, typer.Option(min=1, help="Number of client companies.")] = 3,
+    bills_per_company: Annotated[int, typer.Option(min=0, help="Exactly this many bills per company.")] = 50,
+    control: Annotated[bool, typer.Option(help="Serve the /__sandbox/ control API.")] = True,
+    state_file: Annotated[Path | None, typer.Option(help="Keep the sandbox's state in this file.")] = None,
+) -> None:
+    """Run plooto-sandbox, the Plooto portal emulator, alone (it prints its demo users)."""
+    # The sandbox is a separate program that the gateway only ever talks to over HTTP.
+    args = [
+        sys.executable, "-m", "plooto_sandbox", "--host", host, "--port", str(port), "--seed", str(seed),
+        "--companies", str(companies), "--bills-per-company", str(bills_per_company),
+    ]  # fmt: skip
+    if not control:
+        args.append("--no-control")
+    if state_file is not None:
+        args += ["--state-file", str(state_file)]
+    sys.stdout.flush()
+    os.execv(sys.executable, args)
+
+
+@db_app.command("upgrade")
+def db_upgrade(data_dir: DataDirOption = None, database_url: DatabaseUrlOption = None) -> None:
+    """Migrate the database schema to the newest version."""
+    from plooto_api.store.database import create_db_engine, current_revision, upgrade_to_head
+
+    settings = load_settings(data_dir=data_dir, database_url=database_url)
+    if settings.database_url is None:
+        settings.ensure_data_dir()
+    engine = create_db_engine(settings.resolved_database_url)
+    try:
+        upgrade_to_head(engine)
+        console.print(f"{_describe_database(settings)} is at revision {current_revision(engine)}")
+    finally:
+        engine.dispose()
+
+
+@db_app.command("status")
+def db_status(data_dir: DataDirOption = None, database_url: DatabaseUrlOption = None) -> None:
+    """Show the database's schema revision and the newest one this version ships."""
+    from plooto_api.store.database import create_db_engine, current_revision, head_revision
+
+    settings = load_settings(data_dir=data_dir, database_url=database_url)
+    engine = create_db_engine(settings.resolved_database_url)
+    try:
+        current, head = current_revision(engine), head_revision()
+    finally:
+        engine.dispose()
+    state = "up to date" if current == head else "needs `plooto-api db upgrade`"
+    console.print(f"{_describe_database(settings)}: revision {current or 'none'}, newest {head} ({state})")
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    console.print(__version__)
+
+
+def _describe_database(settings: Settings) -> str:
+    """The database in force, without any password that may be in its URL."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(settings.resolved_database_url).render_as_string(hide_password=True)
+
+
+def main() -> None:
+    """Console-script entry point: one line and exit code 2 for anything the user can fix."""
+    try:
+        result = app(standalone_mode=False)
+    except CliError as exc:
+        print(f"plooto-api: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as exc:
+        # Typer vendors its own click, so its usage errors are matched by shape, not by class.
+        if type(exc).__name__ == "Abort":
+            sys.exit(130)
+        format_message = getattr(exc, "format_message", None)
+        if format_message is None or not hasattr(exc, "exit_code"):
+            raise
+        print(f"plooto-api: {format_message()}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(result if isinstance(result, int) else 0)

@@ -1,0 +1,62 @@
+"""Structured logging (structlog) with secrets redacted before anything is written."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+
+# Keys whose values are never logged, whatever the caller passes.
+_SECRET_KEY = re.compile(
+    r"pass(word|phrase)?|secret|totp|token|cookie|authorization|api[_-]?key|otp|mfa_code|code$|"
+    r"account_number|session",
+    re.IGNORECASE,
+)
+REDACTED = "[redacted]"
+
+
+def redact_secrets(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> Any:
+    """structlog processor: replace the value of any secret-looking key, at any depth."""
+    return _redact(event_dict)
+
+
+def _redact(value: Any) -> Any:
+    if isinstance(value, MutableMapping):
+        for key in list(value):
+            if key != "event" and isinstance(key, str) and _SECRET_KEY.search(key):
+                value[key] = REDACTED
+            else:
+                value[key] = _redact(value[key])
+        return value
+    if isinstance(value, list):
+        return [_redact(v) for v in value]
+    return value
+
+
+def configure_logging(level: str = "info", fmt: str = "console") -> None:
+    """Configure structlog and the standard library's logging to one stream (stderr)."""
+    renderer: Any = (
+        structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            redact_secrets,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    logging.basicConfig(level=level.upper(), stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")
+
+
+def get_logger(name: str) -> Any:
+    """A bound structlog logger for a module."""
+    return structlog.get_logger(name)
