@@ -1,0 +1,84 @@
+"""The `plooto-api` command as a user runs it: a real process, a real port."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+CLI = [sys.executable, "-c", "from plooto_api.cli import main; main()"]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PLOOTO_API_")}
+    if "PLOOTO_API_TEST_DATABASE_URL" in os.environ:
+        env["PLOOTO_API_DATABASE_URL"] = os.environ["PLOOTO_API_TEST_DATABASE_URL"]
+    return env
+
+
+def _wait_for_health(url: str, proc: subprocess.Popen[str], timeout: float = 30.0) -> httpx.Response:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        try:
+            return httpx.get(url, timeout=1.0)
+        except httpx.TransportError:
+            time.sleep(0.1)  # polling for a child process to bind its port, not waiting on logic
+    raise AssertionError("gateway did not start")
+
+
+def test_serve_answers_health_and_stops_cleanly(tmp_path: Path) -> None:
+    port = _free_port()
+    proc = subprocess.Popen(
+        [*CLI, "serve", "--port", str(port), "--data-dir", str(tmp_path / "data")],
+        cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        response = _wait_for_health(f"http://127.0.0.1:{port}/health", proc)
+        assert response.status_code == 200
+        assert response.json()["status"] == "ok"
+        assert httpx.get(f"http://127.0.0.1:{port}/openapi.json").json()["info"]["title"] == "plooto-api"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert f"http://127.0.0.1:{port}/docs" in out
+    if "PLOOTO_API_TEST_DATABASE_URL" not in os.environ:
+        assert (tmp_path / "data" / "plooto-api.db").exists()
+
+
+def test_default_data_dir_is_dot_plooto_api(tmp_path: Path) -> None:
+    result = subprocess.run([*CLI, "db", "upgrade"], cwd=tmp_path, env=_env(tmp_path),
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    if "PLOOTO_API_TEST_DATABASE_URL" not in os.environ:
+        assert (tmp_path / ".plooto-api" / "plooto-api.db").exists()
+    status = subprocess.run([*CLI, "db", "status"], cwd=tmp_path, env=_env(tmp_path),
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert "up to date" in status.stdout
+
+
+def test_bad_input_exits_2_with_one_line(tmp_path: Path) -> None:
+    for args, needle in (
+        (["serve", "--port", "http"], "--port"),
+        (["no-such-command"], "no-such-command"),
+        (["serve", "--port", "70000"], "65535"),
+    ):
+        result = subprocess.run([*CLI, *args], cwd=tmp_path, env=_env(tmp_path),
+                                capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert result.returncode == 2, (args, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and needle in lines[0], result.stderr
+        assert "Traceback" not in result.stderr

@@ -1,0 +1,74 @@
+"""Shared fixtures: a migrated database on SQLite (default) or PostgreSQL.
+
+Set PLOOTO_API_TEST_DATABASE_URL to a PostgreSQL database to run the same tests there (`.ci/run`
+does). On PostgreSQL the schema is migrated once per run and tables are emptied between tests;
+on SQLite each test gets its own copy of a freshly migrated file.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from plooto_api.store.database import create_db_engine, session_factory, upgrade_to_head
+from plooto_api.store.models import Base
+
+POSTGRES_URL = os.environ.get("PLOOTO_API_TEST_DATABASE_URL")
+
+
+def pytest_report_header() -> str:
+    return f"database: {'postgresql' if POSTGRES_URL else 'sqlite'}"
+
+
+@pytest.fixture(scope="session")
+def _postgres_engine() -> Iterator[Engine | None]:
+    if not POSTGRES_URL:
+        yield None
+        return
+    engine = create_db_engine(POSTGRES_URL)
+    upgrade_to_head(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def _sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("template") / "template.db"
+    engine = create_db_engine(f"sqlite:///{path}")
+    upgrade_to_head(engine)
+    engine.dispose()  # closing the last connection folds the WAL into the main file
+    return path
+
+
+@pytest.fixture
+def database_url(_postgres_engine: Engine | None, _sqlite_template: Path, tmp_path: Path) -> str:
+    """URL of an empty, migrated database for this test."""
+    if _postgres_engine is not None:
+        tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+        with _postgres_engine.begin() as conn:
+            conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+        assert POSTGRES_URL
+        return POSTGRES_URL
+    path = tmp_path / "plooto-api.db"
+    shutil.copyfile(_sqlite_template, path)
+    return f"sqlite:///{path}"
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    """An engine on this test's database."""
+    engine = create_db_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def sessions(engine: Engine) -> sessionmaker[Session]:
+    """A session factory on this test's database."""
+    return session_factory(engine)
