@@ -72,3 +72,65 @@ def engine(database_url: str) -> Iterator[Engine]:
 def sessions(engine: Engine) -> sessionmaker[Session]:
     """A session factory on this test's database."""
     return session_factory(engine)
+
+
+# --- the real sandbox, over loopback -----------------------------------------------------------
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing is listening on right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+SANDBOX_SEED = {"seed": 7, "companies": 2, "billsPerCompany": 30}
+
+
+@pytest.fixture(scope="session")
+def sandbox_url() -> Iterator[str]:
+    """Base URL of a real plooto-sandbox process (`python -m plooto_sandbox`) for the whole run."""
+    import subprocess
+    import sys
+    import time
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "plooto_sandbox", "--port", str(port), "--seed", str(SANDBOX_SEED["seed"]),
+            "--companies", str(SANDBOX_SEED["companies"]),
+            "--bills-per-company", str(SANDBOX_SEED["billsPerCompany"]),
+        ],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 60
+    for line in proc.stdout:
+        if "plooto-sandbox listening on" in line:
+            break
+        if time.monotonic() > deadline:
+            break
+    else:
+        raise AssertionError(f"sandbox exited early with {proc.wait()}")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture
+def sandbox(sandbox_url: str) -> str:
+    """The sandbox, reset to its seed (clock, data, sessions, faults, rate limit) for this test."""
+    import httpx
+
+    with httpx.Client(base_url=sandbox_url, timeout=60) as client:
+        client.delete("/__sandbox/faults").raise_for_status()
+        client.post("/__sandbox/reset", json=SANDBOX_SEED).raise_for_status()
+    return sandbox_url
