@@ -90,33 +90,31 @@ SANDBOX_SEED = {"seed": 7, "companies": 2, "billsPerCompany": 30}
 
 
 @pytest.fixture(scope="session")
-def sandbox_url() -> Iterator[str]:
+def sandbox_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Base URL of a real plooto-sandbox process (`python -m plooto_sandbox`) for the whole run."""
     import subprocess
     import sys
     import time
 
     port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable, "-m", "plooto_sandbox", "--port", str(port), "--seed", str(SANDBOX_SEED["seed"]),
-            "--companies", str(SANDBOX_SEED["companies"]),
-            "--bills-per-company", str(SANDBOX_SEED["billsPerCompany"]),
-        ],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    assert proc.stdout is not None
+    log_path = tmp_path_factory.mktemp("sandbox") / "sandbox.log"
+    with log_path.open("w") as log:  # a file, not a pipe: a full pipe would block the sandbox
+        proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "plooto_sandbox", "--port", str(port),
+                "--seed", str(SANDBOX_SEED["seed"]), "--companies", str(SANDBOX_SEED["companies"]),
+                "--bills-per-company", str(SANDBOX_SEED["billsPerCompany"]),
+            ],
+            stdout=log, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
     deadline = time.monotonic() + 60
-    for line in proc.stdout:
-        if "plooto-sandbox listening on" in line:
-            break
-        if time.monotonic() > deadline:
-            break
-    else:
-        raise AssertionError(f"sandbox exited early with {proc.wait()}")
-    url = f"http://127.0.0.1:{port}"
+    while "plooto-sandbox listening on" not in log_path.read_text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"sandbox did not start:\n{log_path.read_text()[-2000:]}")
+        time.sleep(0.05)  # waiting for a child process to bind its port
     try:
-        yield url
+        yield f"http://127.0.0.1:{port}"
     finally:
         proc.terminate()
         try:
