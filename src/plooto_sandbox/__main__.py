@@ -1,0 +1,74 @@
+"""`python -m plooto_sandbox`: run the emulated portal with uvicorn and print the demo users."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import socket
+import sys
+from pathlib import Path
+
+import uvicorn
+
+from plooto_sandbox.app import create_app
+from plooto_sandbox.config import SandboxConfig
+from plooto_sandbox.instance import Sandbox
+from plooto_sandbox.seed import demo_users
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="plooto_sandbox", description="Run the Plooto portal emulator.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8500)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--companies", type=int, default=3)
+    parser.add_argument("--bills-per-company", type=int, default=50)
+    parser.add_argument("--no-control", action="store_true", help="disable the /__sandbox control API")
+    parser.add_argument("--state-file", type=Path, default=None, help="persist state here across restarts")
+    parser.add_argument("--log-level", default="warning")
+    return parser.parse_args(argv)
+
+
+class AnnouncingServer(uvicorn.Server):
+    """Prints the ready line only once the socket accepts connections."""
+
+    def __init__(self, config: uvicorn.Config, ready_line: str) -> None:
+        super().__init__(config)
+        self.ready_line = ready_line
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started:
+            print(self.ready_line, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    config = SandboxConfig(
+        seed=args.seed,
+        companies=args.companies,
+        bills_per_company=args.bills_per_company,
+        control_enabled=not args.no_control,
+        state_file=args.state_file,
+    )
+    app = create_app(config)
+    sandbox: Sandbox = app.state.sandbox
+    print("Demo users (password: see README; never printed):", flush=True)
+    for user in demo_users(sandbox.state):
+        reach = (
+            f"{len(user.roles)} companies"
+            if len(user.roles) > 1
+            else ", ".join(f"{c}: {r}" for c, r in user.roles.items())
+        )
+        mfa = user.mfa_method or "none"
+        print(f"  {user.email:45} mfa={mfa:5} {reach}", flush=True)
+    server = AnnouncingServer(
+        uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False),
+        f"plooto-sandbox listening on http://{args.host}:{args.port}",
+    )
+    asyncio.run(server.serve())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
