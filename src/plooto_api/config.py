@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATA_DIR = Path(".plooto-api")
@@ -30,6 +30,16 @@ class Settings(BaseSettings):
     upstream_url: str | None = Field(
         default=None, description="Base URL of the Plooto portal; unset means the embedded sandbox."
     )
+    vault_key: SecretStr | None = Field(
+        default=None,
+        description="Base64 of 32 random bytes that encrypts the vault; unset: a key file in the data dir.",
+    )
+    vault_previous_keys: list[SecretStr] = Field(
+        default_factory=list, description="Older vault keys, still accepted for reading during rotation."
+    )
+    sync_fast_interval_seconds: float = Field(default=30.0, gt=0, description="Open items sync period.")
+    sync_slow_interval_seconds: float = Field(default=300.0, gt=0, description="Reference data sync period.")
+    keep_alive_interval_seconds: float = Field(default=300.0, gt=0, description="Portal keep-alive period.")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["console", "json"] = "console"
 

@@ -1,0 +1,169 @@
+"""The encrypted vault: passwords, TOTP secrets and portal session state, sealed with AES-GCM.
+
+Envelope encryption: every entry has its own random data key, which encrypts the secret; the data
+key is itself encrypted ("wrapped") by the master key. The master key comes from
+PLOOTO_API_VAULT_KEY, or from a key file created on first run (0600) in the data directory. Each
+entry records which master key wrapped it, so keys can be rotated; a wrong key fails loudly.
+The entry's owner and purpose are bound as associated data, so a sealed value cannot be moved to
+another connection or purpose.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import secrets
+import warnings
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from plooto_api.config import Settings
+from plooto_api.store.base import new_id, utcnow
+from plooto_api.store.models import VaultEntry
+
+KEY_FILE_NAME = "vault.key"
+
+
+class VaultError(Exception):
+    """The vault cannot open an entry: missing key, wrong key or tampered data."""
+
+
+def _key_id(key: bytes) -> str:
+    return hashlib.sha256(b"plooto-api vault key id" + key).hexdigest()[:16]
+
+
+def _decode_key(text: str) -> bytes:
+    try:
+        key = base64.b64decode(text.strip(), validate=True)
+    except ValueError as exc:
+        raise VaultError("vault key is not valid base64") from exc
+    if len(key) != 32:
+        raise VaultError("vault key must be 32 bytes (base64 of 32 random bytes)")
+    return key
+
+
+def generate_key() -> str:
+    """A new master key, as the base64 text PLOOTO_API_VAULT_KEY expects."""
+    return base64.b64encode(AESGCM.generate_key(bit_length=256)).decode()
+
+
+class Vault:
+    """Seals and opens secrets stored as `VaultEntry` rows."""
+
+    def __init__(self, current_key: bytes, previous_keys: list[bytes] | None = None) -> None:
+        self._current_id = _key_id(current_key)
+        self._keys = {_key_id(k): k for k in [*(previous_keys or []), current_key]}
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Vault:
+        """The vault keyed from the environment, or from the data directory's key file."""
+        previous = [_decode_key(k.get_secret_value()) for k in settings.vault_previous_keys]
+        if settings.vault_key is not None:
+            return cls(_decode_key(settings.vault_key.get_secret_value()), previous)
+        path = settings.ensure_data_dir() / KEY_FILE_NAME
+        return cls(_load_or_create_key_file(path), previous)
+
+    @property
+    def current_key_id(self) -> str:
+        """Id of the key new entries are wrapped with."""
+        return self._current_id
+
+    def _aad(self, owner_id: str, purpose: str) -> bytes:
+        return f"plooto-api:{owner_id}:{purpose}".encode()
+
+    def seal(self, session: Session, owner_id: str, purpose: str, value: Any) -> None:
+        """Encrypt a JSON-serializable value and store it for (owner, purpose), replacing any old one."""
+        plaintext = json.dumps(value, separators=(",", ":")).encode()
+        data_key = AESGCM.generate_key(bit_length=256)
+        nonce = secrets.token_bytes(12)
+        ciphertext = AESGCM(data_key).encrypt(nonce, plaintext, self._aad(owner_id, purpose))
+        wrap_nonce = secrets.token_bytes(12)
+        wrapped = wrap_nonce + AESGCM(self._keys[self._current_id]).encrypt(
+            wrap_nonce, data_key, self._aad(owner_id, purpose)
+        )
+        entry = self._entry(session, owner_id, purpose)
+        if entry is None:
+            entry = VaultEntry(id=new_id("vlt"), owner_id=owner_id, purpose=purpose)
+            session.add(entry)
+        entry.key_id = self._current_id
+        entry.wrapped_data_key = wrapped
+        entry.nonce = nonce
+        entry.ciphertext = ciphertext
+        entry.updated_at = utcnow()
+
+    def open(self, session: Session, owner_id: str, purpose: str) -> Any | None:
+        """The decrypted value for (owner, purpose), or None if nothing is stored."""
+        entry = self._entry(session, owner_id, purpose)
+        return None if entry is None else self._open_entry(entry)
+
+    def delete(self, session: Session, owner_id: str, purpose: str | None = None) -> None:
+        """Remove one secret, or every secret of an owner."""
+        stmt = select(VaultEntry).where(VaultEntry.owner_id == owner_id)
+        if purpose is not None:
+            stmt = stmt.where(VaultEntry.purpose == purpose)
+        for entry in session.scalars(stmt):
+            session.delete(entry)
+
+    def rewrap_all(self, session: Session) -> int:
+        """Re-wrap every data key under the current master key (key rotation); returns how many."""
+        count = 0
+        for entry in session.scalars(select(VaultEntry).where(VaultEntry.key_id != self._current_id)):
+            data_key = self._unwrap(entry)
+            wrap_nonce = secrets.token_bytes(12)
+            entry.wrapped_data_key = wrap_nonce + AESGCM(self._keys[self._current_id]).encrypt(
+                wrap_nonce, data_key, self._aad(entry.owner_id, entry.purpose)
+            )
+            entry.key_id = self._current_id
+            count += 1
+        return count
+
+    def _entry(self, session: Session, owner_id: str, purpose: str) -> VaultEntry | None:
+        stmt = select(VaultEntry).where(VaultEntry.owner_id == owner_id, VaultEntry.purpose == purpose)
+        return session.scalars(stmt).first()
+
+    def _unwrap(self, entry: VaultEntry) -> bytes:
+        key = self._keys.get(entry.key_id)
+        if key is None:
+            raise VaultError(
+                f"vault entry {entry.id} was sealed with key {entry.key_id}, which is not configured "
+                "(set PLOOTO_API_VAULT_KEY or PLOOTO_API_VAULT_PREVIOUS_KEYS)"
+            )
+        try:
+            return AESGCM(key).decrypt(
+                entry.wrapped_data_key[:12],
+                entry.wrapped_data_key[12:],
+                self._aad(entry.owner_id, entry.purpose),
+            )
+        except InvalidTag as exc:
+            raise VaultError(f"vault entry {entry.id} cannot be opened: wrong key or tampered data") from exc
+
+    def _open_entry(self, entry: VaultEntry) -> Any:
+        data_key = self._unwrap(entry)
+        try:
+            plaintext = AESGCM(data_key).decrypt(
+                entry.nonce, entry.ciphertext, self._aad(entry.owner_id, entry.purpose)
+            )
+        except InvalidTag as exc:
+            raise VaultError(f"vault entry {entry.id} cannot be opened: tampered data") from exc
+        return json.loads(plaintext)
+
+
+def _load_or_create_key_file(path: Path) -> bytes:
+    if path.exists():
+        return _decode_key(path.read_text())
+    key = generate_key()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key + "\n")
+    warnings.warn(
+        f"created a vault key file at {path}; set PLOOTO_API_VAULT_KEY for production use",
+        stacklevel=2,
+    )
+    return _decode_key(key)
