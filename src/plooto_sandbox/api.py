@@ -383,6 +383,14 @@ async def list_bank_accounts(request: Request, company_id: str) -> PortalJSONRes
     return listing(request, who.state, company_id, "bankAccount", shape.bank_account)
 
 
+@router.get("/companies/{company_id}/bank-accounts/{bank_account_id}")
+async def get_bank_account(request: Request, company_id: str, bank_account_id: str) -> PortalJSONResponse:
+    who = caller(request)
+    member_of(who, company_id)
+    account = owned(who.state, BankAccount, bank_account_id, company_id, "Bank account")
+    return PortalJSONResponse(shape.bank_account(account))
+
+
 @router.get("/companies/{company_id}/approval-policies")
 async def list_approval_policies(request: Request, company_id: str) -> PortalJSONResponse:
     who = caller(request)
