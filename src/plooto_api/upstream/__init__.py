@@ -1,0 +1,71 @@
+"""The only code that knows the Plooto portal: sign-in, MFA, session, throttle, reads, drift.
+
+Everything the portal is (paths, forms, field names, statuses, shapes, feeds) is declared in
+`plooto_api.upstream.portal`; the mechanics live in the private modules. Callers use:
+
+    session = PortalSession(base_url, Credentials(...), state_store)
+    await session.ensure_logged_in()
+    page = await session.list_changes(company_id, "bills", modified_since=cursor)
+"""
+
+from plooto_api.upstream._errors import (
+    AccountLocked,
+    AmbiguousWriteOutcome,
+    AuthenticationError,
+    InvalidCredentials,
+    InvalidMfaCode,
+    MfaRequired,
+    NotFound,
+    PermissionDenied,
+    PortalRuleViolation,
+    RateLimited,
+    SessionExpired,
+    UpstreamChanged,
+    UpstreamError,
+    UpstreamUnavailable,
+)
+from plooto_api.upstream._models import (
+    ChangePage,
+    Credentials,
+    Feed,
+    MemoryStateStore,
+    MfaChallenge,
+    SessionStateStore,
+    SessionStats,
+    ThrottleConfig,
+    UpstreamRecord,
+    UpstreamRef,
+)
+from plooto_api.upstream._session import PortalSession
+from plooto_api.upstream._throttle import AdaptiveThrottle
+from plooto_api.upstream.portal import FEEDS
+
+__all__ = [
+    "FEEDS",
+    "AccountLocked",
+    "AdaptiveThrottle",
+    "AmbiguousWriteOutcome",
+    "AuthenticationError",
+    "ChangePage",
+    "Credentials",
+    "Feed",
+    "InvalidCredentials",
+    "InvalidMfaCode",
+    "MemoryStateStore",
+    "MfaChallenge",
+    "MfaRequired",
+    "NotFound",
+    "PermissionDenied",
+    "PortalRuleViolation",
+    "PortalSession",
+    "RateLimited",
+    "SessionExpired",
+    "SessionStateStore",
+    "SessionStats",
+    "ThrottleConfig",
+    "UpstreamChanged",
+    "UpstreamError",
+    "UpstreamRecord",
+    "UpstreamRef",
+    "UpstreamUnavailable",
+]

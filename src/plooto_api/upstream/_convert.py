@@ -1,0 +1,100 @@
+"""Value conversions for normalization: exact JSON, money, dates, timestamps, record building."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+from plooto_api.upstream._models import UpstreamRecord, UpstreamRef
+
+
+def loads(text: str | bytes) -> Any:
+    """Parse JSON keeping every number with a fraction as a Decimal (money never becomes a float)."""
+    return json.loads(text, parse_float=Decimal)
+
+
+def money(amount: Any, currency: str) -> dict[str, Any]:
+    """`{"amount": Decimal, "currency": "CAD"}` from a portal number."""
+    if isinstance(amount, float):  # pragma: no cover - loads() never produces floats
+        raise TypeError("money must not pass through float")
+    return {"amount": Decimal(amount), "currency": currency}
+
+
+def money_or_none(amount: Any, currency: str | None) -> dict[str, Any] | None:
+    if amount is None or currency is None:
+        return None
+    return money(amount, currency)
+
+
+def parse_date(value: str | None) -> date | None:
+    return date.fromisoformat(value) if value else None
+
+
+def parse_timestamp(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+def date_as_timestamp(value: str | None) -> datetime | None:
+    """A portal date where a timestamp is wanted: midnight UTC of that day."""
+    day = parse_date(value)
+    return datetime(day.year, day.month, day.day, tzinfo=UTC) if day else None
+
+
+def ref(object_type: str, upstream_id: str | None) -> UpstreamRef | None:
+    return UpstreamRef(object_type, upstream_id) if upstream_id else None
+
+
+def snake(value: str | None) -> str | None:
+    """`BankValidationPending` → `bank_validation_pending`."""
+    if value is None:
+        return None
+    out: list[str] = []
+    for index, char in enumerate(value):
+        if char.isupper() and index and not value[index - 1].isupper():
+            out.append("_")
+        out.append(char.lower())
+    return "".join(out)
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a normalizer needs besides the raw object: company, where the portal is, when we read."""
+
+    company_id: str
+    base_url: str
+    fetched_at: datetime
+
+    def url(self, path: str | None) -> str | None:
+        return f"{self.base_url.rstrip('/')}{path}" if path else None
+
+    def record(
+        self,
+        object_type: str,
+        upstream_id: str,
+        fields: dict[str, Any],
+        *,
+        status_raw: str | None = None,
+        path: str | None = None,
+        modified: str | None = None,
+        created: str | None = None,
+        accounting_refs: dict[str, str | None] | None = None,
+    ) -> UpstreamRecord:
+        return UpstreamRecord(
+            object_type=object_type,
+            upstream_id=upstream_id,
+            company_upstream_id=self.company_id,
+            modified_at=parse_timestamp(modified) or self.fetched_at,
+            created_at=parse_timestamp(created) or self.fetched_at,
+            status_raw=status_raw,
+            url=self.url(path),
+            accounting_refs=accounting_refs or {"quickbooks": None, "xero": None, "netsuite": None},
+            fields=fields,
+        )

@@ -1,0 +1,124 @@
+"""Errors raised by the portal adapter, arranged so callers catch them by meaning.
+
+```
+UpstreamError
+├── AuthenticationError
+│   ├── InvalidCredentials          wrong username/password → connection requires_action(password)
+│   ├── AccountLocked               the portal locked the user (`until` when known) → connection locked
+│   ├── MfaRequired                 a code must be supplied (`challenge`) → requires_action(mfa)
+│   ├── InvalidMfaCode              the portal refused the MFA code
+│   └── SessionExpired              internal: triggers one transparent re-login
+├── PermissionDenied                the user's role lacks what the endpoint needs
+├── NotFound                        confirmed absence (404) — the only error that means "gone"
+├── RateLimited                     429 after every retry (`retry_after` seconds)
+├── UpstreamUnavailable             5xx, timeouts, connection errors after the read retries
+├── UpstreamChanged                 drift: the portal's shape is not what `portal.py` expects
+├── PortalRuleViolation             a 4xx business rule (`code`, `message`, `field`)
+└── AmbiguousWriteOutcome           a write was sent but its outcome is unknown
+```
+
+Messages never carry secrets: no password, TOTP secret, cookie or code ever goes into one.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from plooto_api.upstream._models import MfaChallenge
+
+
+class UpstreamError(Exception):
+    """Base of every error of the portal adapter."""
+
+
+class AuthenticationError(UpstreamError):
+    """Signing in to the portal failed or needs the user."""
+
+
+class InvalidCredentials(AuthenticationError):
+    """The portal refused the username/password. Never retried (lockout)."""
+
+
+class AccountLocked(AuthenticationError):
+    """The portal has temporarily locked the user."""
+
+    def __init__(
+        self, message: str = "the portal account is locked", *, until: datetime | None = None
+    ) -> None:
+        super().__init__(message)
+        self.until = until
+
+
+class MfaRequired(AuthenticationError):
+    """The portal asks for an MFA code the adapter cannot produce itself (SMS, or no TOTP secret)."""
+
+    def __init__(self, challenge: MfaChallenge, message: str | None = None) -> None:
+        super().__init__(message or f"the portal requires an MFA code ({challenge.method})")
+        self.challenge = challenge
+
+
+class InvalidMfaCode(AuthenticationError):
+    """The portal refused the MFA code."""
+
+
+class SessionExpired(AuthenticationError):
+    """The portal session is gone (idle/absolute expiry, revoked) and could not be renewed."""
+
+
+class PermissionDenied(UpstreamError):
+    """The portal user lacks the permission for this request."""
+
+
+class NotFound(UpstreamError):
+    """The portal confirmed that the object (or company) does not exist for this user."""
+
+    def __init__(self, message: str = "not found", *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code  # the portal's errorCode: NotFound (object) or CompanyNotFound (no access)
+
+
+class RateLimited(UpstreamError):
+    """The portal kept answering 429 after every retry."""
+
+    def __init__(
+        self, message: str = "the portal rate limit was exceeded", *, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class UpstreamUnavailable(UpstreamError):
+    """The portal failed (5xx, timeout, connection error) after the read retries."""
+
+    def __init__(self, message: str = "the portal is unavailable", *, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class UpstreamChanged(UpstreamError):
+    """The portal's response does not have the expected shape (drift). Never retried."""
+
+    def __init__(self, object_type: str, differences: list[str], *, portal_type: str | None = None) -> None:
+        super().__init__(f"the portal's {object_type} shape changed: " + "; ".join(differences))
+        self.object_type = object_type
+        self.portal_type = portal_type or object_type
+        self.differences = differences
+
+
+class PortalRuleViolation(UpstreamError):
+    """The portal refused a request by one of its business rules (4xx)."""
+
+    def __init__(
+        self, code: str, message: str, *, field: str | None = None, status_code: int | None = None
+    ) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.field = field
+        self.status_code = status_code
+
+
+class AmbiguousWriteOutcome(UpstreamError):
+    """A write reached the portal but its outcome is unknown; read back before deciding."""

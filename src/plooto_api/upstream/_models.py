@@ -1,0 +1,136 @@
+"""The adapter's public data types: credentials, session state, feeds, records and pages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal, Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """One portal login. The repr shows the username only."""
+
+    username: str
+    password: str = field(repr=False)
+    totp_secret: str | None = field(default=None, repr=False)
+
+    def __repr__(self) -> str:
+        secret = ", totp_secret=<set>" if self.totp_secret else ""
+        return f"Credentials(username={self.username!r}, password=<hidden>{secret})"
+
+
+@runtime_checkable
+class SessionStateStore(Protocol):
+    """Where a PortalSession keeps its cookies (incl. trusted device) between runs; encrypted by the caller."""
+
+    def load(self) -> dict[str, Any] | None: ...
+
+    def save(self, state: dict[str, Any]) -> None: ...
+
+
+class MemoryStateStore:
+    """A SessionStateStore kept in memory (tests, one-off scripts)."""
+
+    def __init__(self, state: dict[str, Any] | None = None) -> None:
+        self.state = state
+        self.saves = 0
+
+    def load(self) -> dict[str, Any] | None:
+        return self.state
+
+    def save(self, state: dict[str, Any]) -> None:
+        self.state = state
+        self.saves += 1
+
+    def __repr__(self) -> str:
+        return f"MemoryStateStore(saves={self.saves})"
+
+
+@dataclass(frozen=True)
+class MfaChallenge:
+    """What the portal's MFA step asks for."""
+
+    method: Literal["totp", "sms"]
+    detail: str | None = None
+
+
+@dataclass(frozen=True)
+class ThrottleConfig:
+    """Per-session throttle: a concurrency cap plus an adaptive (AIMD) request rate in requests/s."""
+
+    max_concurrency: int = 4
+    initial_rate: float = 10.0
+    min_rate: float = 0.5
+    max_rate: float = 50.0
+    burst: float = 2.0  # requests that may start at once after an idle spell
+    increase_after: int = 20  # consecutive healthy responses before the rate grows
+    additive_increase: float = 1.0  # req/s added after each healthy run
+    decrease_factor_429: float = 0.5
+    decrease_factor_latency: float = 0.75
+    latency_factor: float = 3.0  # "well above baseline" = this many times the moving baseline ...
+    latency_floor: float = 0.2  # ... and at least this many seconds above it
+    decrease_cooldown: float = 1.0  # seconds between two multiplicative decreases
+    max_attempts: int = 5  # per read request, first try included
+    backoff_base: float = 0.1  # seconds; jittered exponential backoff between retries
+    backoff_max: float = 5.0
+
+
+@dataclass(frozen=True)
+class Feed:
+    """One syncable listing of the portal, declared in `portal.py`."""
+
+    name: str
+    object_types: tuple[str, ...]
+    incremental: bool
+    cadence: Literal["fast", "slow"]
+
+
+@dataclass(frozen=True)
+class UpstreamRef:
+    """A reference to another portal object; the sync resolves it to a gateway id."""
+
+    object_type: str
+    upstream_id: str
+
+
+@dataclass
+class UpstreamRecord:
+    """One portal object normalized to the fields of the matching `plooto_api.schemas` type."""
+
+    object_type: str
+    upstream_id: str
+    company_upstream_id: str
+    modified_at: datetime
+    created_at: datetime
+    status_raw: str | None
+    url: str | None
+    accounting_refs: dict[str, str | None]
+    fields: dict[str, Any]
+
+
+@dataclass
+class ChangePage:
+    """One page of a feed's listing."""
+
+    records: list[UpstreamRecord]
+    page_number: int
+    total_pages: int
+    total_count: int
+
+    @property
+    def has_more(self) -> bool:
+        return self.page_number < self.total_pages
+
+
+@dataclass
+class SessionStats:
+    """Counters of one PortalSession, for benchmarks and tests."""
+
+    requests: int = 0
+    responses_429: int = 0
+    retries: int = 0
+    logins: int = 0
+    mfa_answers: int = 0
+    relogins: int = 0
+    xsrf_refreshes: int = 0

@@ -1,0 +1,734 @@
+"""PortalSession: one signed-in portal login, its cookies, throttle, retries, re-login and reads."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.cookiejar
+import random
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any, Literal
+
+import httpx
+import pyotp
+import structlog
+from tenacity import AsyncRetrying, RetryCallState, stop_after_attempt
+
+from plooto_api.upstream import portal
+from plooto_api.upstream._convert import Context, loads, parse_timestamp
+from plooto_api.upstream._errors import (
+    AccountLocked,
+    InvalidCredentials,
+    InvalidMfaCode,
+    MfaRequired,
+    NotFound,
+    PermissionDenied,
+    PortalRuleViolation,
+    RateLimited,
+    SessionExpired,
+    UpstreamChanged,
+    UpstreamError,
+    UpstreamUnavailable,
+)
+from plooto_api.upstream._html import Page, parse_page
+from plooto_api.upstream._models import (
+    ChangePage,
+    Credentials,
+    MfaChallenge,
+    SessionStateStore,
+    SessionStats,
+    ThrottleConfig,
+    UpstreamRecord,
+)
+from plooto_api.upstream._shapes import check_shape
+from plooto_api.upstream._throttle import AdaptiveThrottle
+
+log = structlog.get_logger("plooto_api.upstream")
+
+STATE_VERSION = 1
+
+
+class _Transient(Exception):
+    """Internal: a retryable failure carrying the error to raise once retries are exhausted."""
+
+    def __init__(self, error: UpstreamError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class PortalSession:
+    """One portal login (one connection): safe for concurrent use from one asyncio loop."""
+
+    def __init__(
+        self,
+        base_url: str,
+        credentials: Credentials,
+        state_store: SessionStateStore,
+        *,
+        throttle: ThrottleConfig | None = None,
+        login_mode: Literal["http", "browser"] = "http",
+        timeout: float = 30.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+        portal_clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._credentials = credentials
+        self._store = state_store
+        self.throttle_config = throttle or ThrottleConfig()
+        self.throttle = AdaptiveThrottle(self.throttle_config)
+        self.login_mode = login_mode
+        self.stats = SessionStats()
+        # The portal's clock when it is not this machine's (the sandbox's moves only when told to).
+        self._portal_clock = portal_clock
+        self._clock_offset: float | None = None  # portal time - local time, seconds
+        self._client = httpx.AsyncClient(
+            base_url=self.base_url,
+            follow_redirects=False,
+            timeout=timeout,
+            transport=transport,
+            headers={"User-Agent": "Mozilla/5.0 (plooto-api gateway)", "Accept-Language": "en-CA"},
+        )
+        self._login_lock = asyncio.Lock()
+        self._generation = 0  # bumps on every completed sign-in
+        self._ready = False
+        self._restored = False
+        self._pending_mfa: MfaChallenge | None = None
+        self._saved_snapshot: tuple[Any, ...] | None = None
+
+    def __repr__(self) -> str:
+        return f"PortalSession(base_url={self.base_url!r}, username={self._credentials.username!r})"
+
+    # -- persisted state -----------------------------------------------------------------------
+
+    def _cookie_list(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": c.name,
+                "value": c.value,
+                "domain": c.domain,
+                "path": c.path,
+                "expires": c.expires,
+                "secure": c.secure,
+            }
+            for c in self._client.cookies.jar
+        ]
+
+    def _snapshot(self) -> tuple[Any, ...]:
+        cookies = tuple(sorted((c["name"], c["value"], c["domain"], c["path"]) for c in self._cookie_list()))
+        pending = self._pending_mfa.method if self._pending_mfa else None
+        return (cookies, pending)
+
+    def _persist(self, *, force: bool = False) -> None:
+        snapshot = self._snapshot()
+        if not force and snapshot == self._saved_snapshot:
+            return
+        state = {
+            "version": STATE_VERSION,
+            "username": self._credentials.username,
+            "cookies": self._cookie_list(),
+            "pending_mfa": {"method": self._pending_mfa.method, "detail": self._pending_mfa.detail}
+            if self._pending_mfa
+            else None,
+            "clock_offset": self._clock_offset,
+            "saved_at": datetime.now(UTC).isoformat(),
+        }
+        self._store.save(state)
+        self._saved_snapshot = snapshot
+
+    def _restore(self) -> None:
+        if self._restored:
+            return
+        self._restored = True
+        state = self._store.load()
+        if (
+            not state
+            or state.get("version") != STATE_VERSION
+            or state.get("username") != self._credentials.username
+        ):
+            return
+        for item in state.get("cookies", []):
+            self._set_cookie(
+                item["name"],
+                item["value"],
+                item["domain"],
+                item.get("path") or "/",
+                item.get("expires"),
+                item.get("secure", False),
+            )
+        pending = state.get("pending_mfa")
+        if pending:
+            self._pending_mfa = MfaChallenge(pending["method"], pending.get("detail"))
+        if isinstance(state.get("clock_offset"), int | float):
+            self._clock_offset = float(state["clock_offset"])
+        self._saved_snapshot = self._snapshot()
+
+    def _set_cookie(
+        self, name: str, value: str, domain: str, path: str, expires: int | None, secure: bool
+    ) -> None:
+        dotted = domain.startswith(".")
+        self._client.cookies.jar.set_cookie(
+            http.cookiejar.Cookie(
+                0, name, value, None, False, domain, dotted, dotted, path, True, secure, expires,
+                expires is None, None, None, {},
+            )
+        )  # fmt: skip
+
+    def _cookie(self, name: str) -> str | None:
+        for cookie in self._client.cookies.jar:
+            if cookie.name == name:
+                return cookie.value
+        return None
+
+    def _drop_cookies(self, *names: str) -> None:
+        for cookie in list(self._client.cookies.jar):
+            if cookie.name in names:
+                self._client.cookies.jar.clear(cookie.domain, cookie.path, cookie.name)
+
+    def export_cookies(self) -> list[dict[str, Any]]:
+        """The session's cookies (for handing over to another client); secrets — never log them."""
+        return self._cookie_list()
+
+    def import_cookies(self, cookies: list[dict[str, Any]]) -> None:
+        """Adopt cookies obtained elsewhere (e.g. the real-browser login)."""
+        for c in cookies:
+            self._set_cookie(
+                c["name"],
+                c["value"],
+                c["domain"],
+                c.get("path") or "/",
+                c.get("expires"),
+                c.get("secure", False),
+            )
+        self._persist()
+
+    # -- portal clock (TOTP) -------------------------------------------------------------------
+
+    def portal_now(self) -> datetime:
+        """Best knowledge of the portal's current time."""
+        if self._portal_clock is not None:
+            return self._portal_clock()
+        return datetime.fromtimestamp(time.time() + (self._clock_offset or 0.0), UTC)
+
+    def _note_date_header(self, response: httpx.Response) -> None:
+        header = response.headers.get("date")
+        if not header or self._clock_offset is not None:
+            return
+        with contextlib.suppress(TypeError, ValueError):
+            self._clock_offset = parsedate_to_datetime(header).timestamp() - time.time()
+
+    def _note_session(self, body: Any) -> None:
+        """`idleExpiresAt` = portal now + idle timeout: the most reliable reading of the portal clock."""
+        expires = parse_timestamp(body.get(portal.SESSION_IDLE_EXPIRES)) if isinstance(body, dict) else None
+        if expires is not None:
+            self._clock_offset = expires.timestamp() - portal.SESSION_IDLE_TIMEOUT_SECONDS - time.time()
+
+    # -- one HTTP exchange ---------------------------------------------------------------------
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        data: dict[str, str] | None = None,
+        api: bool = False,
+    ) -> httpx.Response:
+        headers: dict[str, str] = {}
+        if api:
+            headers["Accept"] = "application/json"
+            xsrf = self._cookie(portal.XSRF_COOKIE)
+            if xsrf:
+                headers[portal.XSRF_HEADER] = xsrf
+        async with self.throttle.slot():
+            self.stats.requests += 1
+            started = time.monotonic()
+            try:
+                response = await self._client.request(method, path, params=params, data=data, headers=headers)
+            except httpx.TimeoutException as exc:
+                self.throttle.on_failure()
+                raise _Transient(UpstreamUnavailable(f"the portal timed out ({method} {path})")) from exc
+            except httpx.TransportError as exc:
+                self.throttle.on_failure()
+                raise _Transient(
+                    UpstreamUnavailable(f"could not reach the portal: {type(exc).__name__}")
+                ) from exc
+            latency = time.monotonic() - started
+        self._note_date_header(response)
+        self._persist()
+        if response.status_code == 429:
+            self.stats.responses_429 += 1
+            retry_after = _retry_after(response)
+            self.throttle.on_rate_limited(retry_after)
+            raise _Transient(RateLimited(retry_after=retry_after))
+        if response.status_code >= 500:
+            self.throttle.on_failure()
+            raise _Transient(
+                UpstreamUnavailable(
+                    f"the portal answered {response.status_code} ({method} {path})",
+                    status_code=response.status_code,
+                )
+            )
+        self.throttle.on_response(latency)
+        return response
+
+    def _wait(self, state: RetryCallState) -> float:
+        error = state.outcome.exception() if state.outcome else None
+        cfg = self.throttle_config
+        if isinstance(error, _Transient) and isinstance(error.error, RateLimited):
+            # The throttle already holds every start until Retry-After; add jitter only.
+            return random.uniform(0, cfg.backoff_base)
+        exp = min(cfg.backoff_max, cfg.backoff_base * 2 ** (state.attempt_number - 1))
+        return random.uniform(0, exp)
+
+    def _count_retry(self, state: RetryCallState) -> None:
+        self.stats.retries += 1
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        data: dict[str, str] | None = None,
+        api: bool = False,
+        rate_limit_only: bool = False,
+    ) -> httpx.Response:
+        """`_send` with jittered exponential retries (only 429 for non-idempotent form posts)."""
+
+        def retryable(exc: BaseException) -> bool:
+            return isinstance(exc, _Transient) and (not rate_limit_only or isinstance(exc.error, RateLimited))
+
+        from tenacity import retry_if_exception
+
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.throttle_config.max_attempts),
+            wait=self._wait,
+            retry=retry_if_exception(retryable),
+            before_sleep=self._count_retry,
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    return await self._send(method, path, params=params, data=data, api=api)
+        except _Transient as exc:
+            raise exc.error from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- HTML login ----------------------------------------------------------------------------
+
+    async def _get_page(self, path: str) -> tuple[httpx.Response, Page]:
+        response = await self._request("GET", path)
+        return response, parse_page(response.text) if response.status_code == 200 else Page({}, {})
+
+    @staticmethod
+    def _location(response: httpx.Response) -> str:
+        return httpx.URL(response.headers.get("location", "")).path
+
+    def _signed_in(self) -> None:
+        self._ready = True
+        self._pending_mfa = None
+        self._generation += 1
+        self._persist(force=True)
+
+    async def _login(self) -> None:
+        """Sign in with username/password (never retried on refusal), then MFA if asked."""
+        if self.login_mode == "browser":
+            from plooto_api.upstream.browser import browser_login
+
+            self.stats.logins += 1
+            self._drop_cookies(portal.SESSION_COOKIE, portal.XSRF_COOKIE)
+            cookies = await browser_login(
+                self.base_url, self._credentials, self.portal_now, self._cookie_list()
+            )
+            self.import_cookies(cookies)
+            await self._after_sign_in_check()
+            return
+        for _token_attempt in range(2):
+            self._drop_cookies(portal.SESSION_COOKIE, portal.XSRF_COOKIE)
+            response, page = await self._get_page(portal.LOGIN_PATH)
+            form = page.forms.get(portal.LOGIN_FORM.form_id)
+            if (
+                response.status_code != 200
+                or form is None
+                or portal.LOGIN_FORM.token_field not in form.inputs
+            ):
+                raise UpstreamChanged(
+                    "login",
+                    [f"login: form '{portal.LOGIN_FORM.form_id}' not found (HTTP {response.status_code})"],
+                )
+            self.stats.logins += 1
+            response = await self._request(
+                "POST",
+                portal.LOGIN_PATH,
+                data={
+                    portal.LOGIN_USER_FIELD: self._credentials.username,
+                    portal.LOGIN_PASSWORD_FIELD: self._credentials.password,
+                    portal.LOGIN_FORM.token_field: form.inputs[portal.LOGIN_FORM.token_field],
+                },
+                rate_limit_only=True,
+            )
+            if response.status_code in (302, 303):
+                if self._location(response).startswith(portal.MFA_PATH):
+                    await self._complete_mfa()
+                else:
+                    self._signed_in()
+                log.info("portal.signed_in", username=self._credentials.username, mode="http")
+                return
+            code = parse_page(response.text).marker(portal.ERROR_CODE_ATTR)
+            if code == portal.LOGIN_ERROR_TOKEN:
+                continue  # the form token was refused before the password was checked: safe to redo
+            self._raise_login_error(response, code)
+        raise UpstreamChanged("login", ["login: the portal refused its own anti-forgery token twice"])
+
+    def _raise_login_error(self, response: httpx.Response, code: str | None) -> None:
+        if code == portal.LOGIN_ERROR_LOCKED or response.status_code == 423:
+            until = parse_timestamp(parse_page(response.text).marker(portal.LOCKED_UNTIL_ATTR))
+            raise AccountLocked("the portal has temporarily locked this account", until=until)
+        if code == portal.LOGIN_ERROR_INVALID_CREDENTIALS or response.status_code == 401:
+            raise InvalidCredentials("the portal refused the username or password")
+        raise UpstreamChanged("login", [f"login: unexpected answer HTTP {response.status_code} ({code})"])
+
+    async def _after_sign_in_check(self) -> None:
+        response = await self._request("GET", portal.SESSION_PATH, api=True)
+        if response.status_code == 200:
+            self._note_session(self._json(response, "session"))
+            self._signed_in()
+            return
+        if self._error_code(response) == portal.ERROR_MFA_REQUIRED:
+            await self._complete_mfa()
+            return
+        raise SessionExpired("the portal did not accept the new session")
+
+    async def _mfa_form(self) -> tuple[MfaChallenge, str]:
+        """The MFA page's challenge and form token; SessionExpired if there is no pending login."""
+        response, page = await self._get_page(portal.MFA_PATH)
+        if response.status_code in (302, 303):
+            if self._location(response).startswith(portal.LOGIN_PATH):
+                self._pending_mfa = None
+                self._persist(force=True)
+                raise SessionExpired("the pending portal login is gone; sign in again")
+            raise _AlreadySignedIn
+        form = page.forms.get(portal.MFA_FORM.form_id)
+        if form is None or portal.MFA_FORM.token_field not in form.inputs:
+            raise UpstreamChanged(
+                "mfa", [f"mfa: form '{portal.MFA_FORM.form_id}' not found (HTTP {response.status_code})"]
+            )
+        method_raw = form.attrs.get(portal.MFA_METHOD_ATTR, "")
+        method = portal.MFA_METHODS.get(method_raw)
+        if method not in ("totp", "sms"):
+            raise UpstreamChanged("mfa", [f"mfa: unknown method {method_raw!r}"])
+        return MfaChallenge(method), form.inputs[portal.MFA_FORM.token_field]  # type: ignore[arg-type]
+
+    async def _complete_mfa(self) -> None:
+        """Answer the MFA step with the TOTP secret, or park the login and raise MfaRequired."""
+        try:
+            challenge, token = await self._mfa_form()
+        except _AlreadySignedIn:
+            self._signed_in()
+            return
+        if challenge.method == "totp" and self._credentials.totp_secret:
+            code = pyotp.TOTP(self._credentials.totp_secret).at(self.portal_now())
+            await self._submit_mfa(token, code, trust_device=True)
+            return
+        self._ready = False
+        self._pending_mfa = challenge
+        self._persist(force=True)
+        raise MfaRequired(challenge)
+
+    async def _submit_mfa(self, token: str, code: str, *, trust_device: bool) -> None:
+        data = {portal.MFA_CODE_FIELD: code, portal.MFA_FORM.token_field: token}
+        if trust_device:
+            data[portal.MFA_TRUST_FIELD] = portal.MFA_TRUST_VALUE
+        response = await self._request("POST", portal.MFA_PATH, data=data, rate_limit_only=True)
+        if response.status_code in (302, 303):
+            if self._location(response).startswith(portal.LOGIN_PATH):
+                raise SessionExpired("the pending portal login is gone; sign in again")
+            self.stats.mfa_answers += 1
+            self._signed_in()
+            return
+        error = parse_page(response.text).marker(portal.ERROR_CODE_ATTR)
+        if error == portal.LOGIN_ERROR_LOCKED or response.status_code == 423:
+            raise AccountLocked("the portal locked this account after failed verification codes")
+        if error == portal.MFA_ERROR_INVALID_CODE or response.status_code == 401:
+            raise InvalidMfaCode("the portal refused the verification code")
+        raise UpstreamChanged("mfa", [f"mfa: unexpected answer HTTP {response.status_code} ({error})"])
+
+    # -- public: sign-in -----------------------------------------------------------------------
+
+    async def ensure_logged_in(self) -> None:
+        """Restore saved state; if the portal session is not valid any more, sign in again."""
+        if self._ready:
+            return
+        async with self._login_lock:
+            if self._ready:
+                return
+            self._restore()
+            if self._cookie(portal.SESSION_COOKIE):
+                response = await self._request("GET", portal.SESSION_PATH, api=True)
+                if response.status_code == 200:
+                    self._note_session(self._json(response, "session"))
+                    self._signed_in()
+                    return
+                code = self._error_code(response)
+                if code == portal.ERROR_MFA_REQUIRED:
+                    try:
+                        await self._complete_mfa()
+                        return
+                    except SessionExpired:
+                        pass
+                elif code == portal.ERROR_XSRF_INVALID:
+                    await self._refresh_xsrf()
+                    self._signed_in()
+                    return
+            await self._login()
+
+    async def submit_mfa_code(self, code: str, *, trust_device: bool = True) -> None:
+        """Answer a pending MFA challenge (e.g. the SMS code), also from a new session after a restart."""
+        async with self._login_lock:
+            self._restore()
+            try:
+                _challenge, token = await self._mfa_form()
+            except _AlreadySignedIn:
+                self._signed_in()
+                return
+            await self._submit_mfa(token, code.strip(), trust_device=trust_device)
+
+    async def keep_alive(self) -> None:
+        """A cheap authenticated request that restarts the portal's idle timer."""
+        body = await self._api_get(portal.SESSION_PATH, object_type="session")
+        self._note_session(body)
+
+    @property
+    def pending_mfa(self) -> MfaChallenge | None:
+        return self._pending_mfa
+
+    async def _refresh_xsrf(self) -> None:
+        self.stats.xsrf_refreshes += 1
+        response = await self._request("GET", portal.ANTIFORGERY_PATH, api=True)
+        if response.status_code != 200:
+            raise SessionExpired("the portal would not issue an anti-forgery token")
+        token = self._json(response, "antiforgery").get("requestToken")
+        if isinstance(token, str) and self._cookie(portal.XSRF_COOKIE) != token:
+            self._drop_cookies(portal.XSRF_COOKIE)
+            self._set_cookie(portal.XSRF_COOKIE, token, httpx.URL(self.base_url).host, "/", None, False)
+        self._persist()
+
+    async def _relogin(self, generation: int, *, mfa_only: bool) -> None:
+        """Sign in again unless another request already did since `generation`."""
+        async with self._login_lock:
+            if self._generation != generation:
+                return
+            self.stats.relogins += 1
+            self._ready = False
+            log.info("portal.session_lost", username=self._credentials.username, mfa_only=mfa_only)
+            if mfa_only:
+                try:
+                    await self._complete_mfa()
+                    return
+                except SessionExpired:
+                    pass
+            await self._login()
+
+    # -- JSON API ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _error_body(response: httpx.Response) -> dict[str, Any]:
+        try:
+            body = loads(response.content)
+        except ValueError:
+            return {}
+        return body if isinstance(body, dict) else {}
+
+    def _error_code(self, response: httpx.Response) -> str | None:
+        code = self._error_body(response).get(portal.ERROR_CODE_FIELD)
+        return code if isinstance(code, str) else None
+
+    @staticmethod
+    def _json(response: httpx.Response, object_type: str) -> Any:
+        try:
+            return loads(response.content)
+        except ValueError:
+            ctype = response.headers.get("content-type", "?")
+            raise UpstreamChanged(object_type, [f"{object_type}: response is not JSON ({ctype})"]) from None
+
+    async def _api_get(self, path: str, params: dict[str, Any] | None = None, *, object_type: str) -> Any:
+        """GET an /api path: re-login once on 401, refresh XSRF once on 403, map errors."""
+        await self.ensure_logged_in()
+        relogged = xsrf_refreshed = False
+        while True:
+            generation = self._generation
+            response = await self._request("GET", path, params=params, api=True)
+            if response.status_code == 200:
+                return self._json(response, object_type)
+            body = self._error_body(response)
+            code = body.get(portal.ERROR_CODE_FIELD)
+            message = str(body.get(portal.ERROR_MESSAGE_FIELD) or f"HTTP {response.status_code}")
+            if response.status_code == 401:
+                if relogged:
+                    raise SessionExpired("the portal session was lost again right after signing in")
+                relogged = True
+                await self._relogin(generation, mfa_only=code == portal.ERROR_MFA_REQUIRED)
+                continue
+            if response.status_code == 403 and code == portal.ERROR_XSRF_INVALID:
+                if xsrf_refreshed:
+                    raise SessionExpired("the portal refused a fresh anti-forgery token")
+                xsrf_refreshed = True
+                await self._refresh_xsrf()
+                continue
+            if response.status_code == 403:
+                raise PermissionDenied(message)
+            if response.status_code == 404:
+                raise NotFound(message, code=str(code) if code else None)
+            if 400 <= response.status_code < 500:
+                errors = body.get(portal.ERROR_VALIDATION_FIELD) or [{}]
+                field = errors[0].get("field") if isinstance(errors[0], dict) else None
+                raise PortalRuleViolation(
+                    str(code or response.status_code), message, field=field, status_code=response.status_code
+                )
+            raise UpstreamError(f"unexpected portal answer HTTP {response.status_code}")
+
+    def _context(self, company_id: str) -> Context:
+        return Context(company_id, self.base_url, datetime.now(UTC))
+
+    async def _page(self, path: str, params: dict[str, Any], *, object_type: str) -> dict[str, Any]:
+        body = await self._api_get(path, params, object_type=object_type)
+        check_shape(portal.PAGE, body, object_type=object_type)
+        return dict(body)
+
+    async def list_companies(self) -> list[UpstreamRecord]:
+        """Every company (client book) the login can reach."""
+        records: list[UpstreamRecord] = []
+        page_number = 1
+        while True:
+            params = {portal.PAGE_NUMBER_PARAM: page_number, portal.PAGE_SIZE_PARAM: portal.MAX_PAGE_SIZE}
+            body = await self._page(portal.COMPANIES_PATH, params, object_type="company")
+            ctx = self._context("")
+            for item in body[portal.PAGE_ITEMS]:
+                check_shape(portal.COMPANY, item, object_type="company")
+                records.extend(portal.normalize_company(item, ctx))
+            if page_number >= body[portal.PAGE_TOTAL_PAGES]:
+                return records
+            page_number += 1
+
+    async def list_changes(
+        self,
+        company_upstream_id: str,
+        feed: str,
+        *,
+        modified_since: datetime | None,
+        page_number: int = 1,
+        page_size: int = 200,
+    ) -> ChangePage:
+        """One page of a feed, oldest change first; `modified_since` is inclusive (de-duplicate by id)."""
+        collection = portal.FEED_COLLECTIONS.get(feed)
+        declared = next((f for f in portal.FEEDS if f.name == feed), None)
+        if collection is None or declared is None:
+            raise ValueError(f"unknown feed {feed!r}")
+        params: dict[str, Any] = {
+            portal.PAGE_NUMBER_PARAM: page_number,
+            portal.PAGE_SIZE_PARAM: max(1, min(page_size, portal.MAX_PAGE_SIZE)),
+        }
+        if declared.incremental and modified_since is not None:
+            params[portal.MODIFIED_SINCE_PARAM] = portal.timestamp_param(modified_since)
+        path = f"{portal.COMPANY_PATH.format(company=company_upstream_id)}/{collection.path}"
+        body = await self._page(path, params, object_type=collection.object_type)
+        ctx = self._context(company_upstream_id)
+        records: list[UpstreamRecord] = []
+        for item in body[portal.PAGE_ITEMS]:
+            check_shape(collection.shape, item, object_type=collection.object_type)
+            records.extend(collection.normalize(item, ctx))
+        return ChangePage(
+            records=records,
+            page_number=body[portal.PAGE_NUMBER],
+            total_pages=body[portal.PAGE_TOTAL_PAGES],
+            total_count=body[portal.PAGE_TOTAL_COUNT],
+        )
+
+    async def fetch_object(
+        self, company_upstream_id: str, object_type: str, upstream_id: str
+    ) -> UpstreamRecord | None:
+        """One object as it is now; None only when the portal confirms it does not exist."""
+        if object_type == "company":
+            try:
+                body = await self._api_get(
+                    portal.COMPANY_PATH.format(company=upstream_id), object_type="company"
+                )
+            except NotFound as exc:
+                if exc.code == "CompanyNotFound" or exc.code == "NotFound":
+                    return None
+                raise
+            check_shape(portal.COMPANY, body, object_type="company")
+            return portal.normalize_company(body, self._context(upstream_id))[0]
+        source = portal.OBJECT_SOURCES.get(object_type)
+        if source is None:
+            raise ValueError(f"{object_type!r} objects are not fetched on their own")
+        portal_id = source.portal_id(upstream_id)
+        base = portal.COMPANY_PATH.format(company=company_upstream_id)
+        ctx = self._context(company_upstream_id)
+        for collection in source.collections:
+            raw: Any = None
+            if collection.has_detail:
+                try:
+                    raw = await self._api_get(
+                        f"{base}/{collection.path}/{portal_id}", object_type=collection.object_type
+                    )
+                except NotFound as exc:
+                    if exc.code != "NotFound":
+                        raise
+                    continue
+            else:
+                raw = await self._find_in_listing(f"{base}/{collection.path}", collection, portal_id)
+                if raw is None:
+                    continue
+            check_shape(collection.shape, raw, object_type=collection.object_type)
+            for record in collection.normalize(raw, ctx):
+                if record.object_type == object_type and record.upstream_id == upstream_id:
+                    return record
+        return None
+
+    async def _find_in_listing(
+        self, path: str, collection: portal.Collection, portal_id: str
+    ) -> dict[str, Any] | None:
+        page_number = 1
+        while True:
+            params = {portal.PAGE_NUMBER_PARAM: page_number, portal.PAGE_SIZE_PARAM: portal.MAX_PAGE_SIZE}
+            body = await self._page(path, params, object_type=collection.object_type)
+            for item in body[portal.PAGE_ITEMS]:
+                if isinstance(item, dict) and item.get(collection.id_field) == portal_id:
+                    return item
+            if page_number >= body[portal.PAGE_TOTAL_PAGES]:
+                return None
+            page_number += 1
+
+    async def aclose(self) -> None:
+        """Persist the state one last time and close the HTTP client (the portal session stays alive)."""
+        if self._restored:
+            self._persist()
+        await self._client.aclose()
+
+    async def __aenter__(self) -> PortalSession:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class _AlreadySignedIn(Exception):
+    """Internal: the MFA page redirected to a signed-in page."""
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get(portal.RETRY_AFTER_HEADER)
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        try:
+            return max(0.0, (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds())
+        except (TypeError, ValueError):
+            return None

@@ -1,0 +1,132 @@
+"""Drift detection: check a portal JSON value against the shape `portal.py` declares for it.
+
+A shape is data: field name → spec. A spec is a type name (`str`, `int`, `bool`, `number`,
+`date`, `ts`, `dict`, `list`, `any`), with a trailing `?` when the value may be null, a nested
+`Shape`, or `ListOf(spec)`. A field name ending in `?` may be absent altogether.
+Missing fields and wrong types are drift (the adapter cannot be trusted with the object);
+unexpected new fields are reported alongside but alone do not fail (portals add fields).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, Union
+
+from plooto_api.upstream._errors import UpstreamChanged
+
+Spec = Union[str, "Shape", "ListOf"]
+
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The expected JSON object of one portal type (`name` is the portal's type name)."""
+
+    name: str
+    fields: Mapping[str, Spec]
+
+
+@dataclass(frozen=True)
+class ListOf:
+    """A JSON array whose items all match `item`."""
+
+    item: Spec
+
+
+def _type_ok(kind: str, value: Any) -> bool:
+    if kind == "any":
+        return True
+    if kind == "str":
+        return isinstance(value, str)
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "number":
+        return isinstance(value, Decimal | int) and not isinstance(value, bool)
+    if kind == "date":
+        return isinstance(value, str) and bool(_DATE.match(value))
+    if kind == "ts":
+        return isinstance(value, str) and bool(_TIMESTAMP.match(value))
+    if kind == "dict":
+        return isinstance(value, dict)
+    if kind == "list":
+        return isinstance(value, list)
+    raise ValueError(f"unknown spec type {kind!r}")
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, Decimal | int):
+        return "number"
+    return type(value).__name__
+
+
+class _Checker:
+    def __init__(self) -> None:
+        self.fatal: list[str] = []
+        self.extra: list[str] = []
+
+    def add(self, bucket: list[str], text: str) -> None:
+        if text not in bucket:
+            bucket.append(text)
+
+    def check(self, spec: Spec, value: Any, where: str) -> None:
+        if isinstance(spec, Shape):
+            if not isinstance(value, dict):
+                self.add(self.fatal, f"{where}: expected object, got {_describe(value)}")
+                return
+            self.check_object(spec, value, where)
+        elif isinstance(spec, ListOf):
+            if not isinstance(value, list):
+                self.add(self.fatal, f"{where}: expected list, got {_describe(value)}")
+                return
+            for item in value:
+                self.check(spec.item, item, f"{where}[]")
+        else:
+            nullable = spec.endswith("?")
+            kind = spec.rstrip("?")
+            if value is None:
+                if not nullable and kind != "any":
+                    self.add(self.fatal, f"{where}: expected {kind}, got null")
+                return
+            if not _type_ok(kind, value):
+                self.add(self.fatal, f"{where}: expected {kind}, got {_describe(value)}")
+
+    def check_object(self, shape: Shape, value: dict[str, Any], where: str) -> None:
+        known: set[str] = set()
+        for declared, spec in shape.fields.items():
+            optional = declared.endswith("?")
+            name = declared.rstrip("?")
+            known.add(name)
+            if name not in value:
+                if not optional:
+                    self.add(self.fatal, f"{where}: missing field '{name}'")
+                continue
+            self.check(spec, value[name], f"{where}.{name}")
+        for name in value:
+            if name not in known:
+                self.add(self.extra, f"{where}: unexpected field '{name}'")
+
+
+def differences(shape: Shape, value: Any) -> tuple[list[str], list[str]]:
+    """(fatal differences, unexpected extra fields) of `value` against `shape`."""
+    checker = _Checker()
+    checker.check(shape, value, shape.name)
+    return checker.fatal, checker.extra
+
+
+def check_shape(shape: Shape, value: Any, *, object_type: str) -> list[str]:
+    """Raise UpstreamChanged when `value` drifted from `shape`; return the harmless extras."""
+    fatal, extra = differences(shape, value)
+    if fatal:
+        raise UpstreamChanged(object_type, fatal + extra, portal_type=shape.name)
+    return extra

@@ -1,0 +1,107 @@
+"""Per-session throttle: a concurrency cap plus an adaptive request rate (AIMD on a paced bucket).
+
+Multiplicative decrease on 429 (and a pause for its Retry-After) and on latency well above the
+moving baseline; additive increase after a run of healthy responses, up to `max_rate`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from plooto_api.upstream._models import ThrottleConfig
+
+
+class AdaptiveThrottle:
+    """Paces request starts at `rate` per second (with a small burst) and adapts the rate."""
+
+    def __init__(
+        self,
+        config: ThrottleConfig,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.config = config
+        self.rate = min(max(config.initial_rate, config.min_rate), config.max_rate)
+        self._clock = clock
+        self._sleep = sleep
+        self._semaphore = asyncio.Semaphore(config.max_concurrency)
+        self._next_start = clock()
+        self._blocked_until = 0.0
+        self._last_decrease = -1e9
+        self._healthy = 0
+        self.baseline: float | None = None
+        self._samples = 0
+        self.decreases = 0
+        self.increases = 0
+        self.min_rate_seen = self.rate
+
+    # -- pacing --------------------------------------------------------------------------------
+
+    def reserve(self) -> float:
+        """Claim the next start slot; returns how long to wait for it (0 = go now)."""
+        now = self._clock()
+        interval = 1.0 / self.rate
+        # Idle time earns at most `burst` immediate starts.
+        earliest = max(self._next_start, now - (self.config.burst - 1) * interval, self._blocked_until)
+        self._next_start = earliest + interval
+        return max(0.0, earliest - now)
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold a concurrency slot and wait for the paced start time."""
+        async with self._semaphore:
+            delay = self.reserve()
+            if delay > 0:
+                await self._sleep(delay)
+            yield
+
+    # -- feedback ------------------------------------------------------------------------------
+
+    def _decrease(self, factor: float) -> bool:
+        now = self._clock()
+        if now - self._last_decrease < self.config.decrease_cooldown:
+            return False
+        self._last_decrease = now
+        self.rate = max(self.config.min_rate, self.rate * factor)
+        self.min_rate_seen = min(self.min_rate_seen, self.rate)
+        self.decreases += 1
+        self._healthy = 0
+        # Re-pace the queue at the new rate from now on.
+        self._next_start = max(self._next_start, now + 1.0 / self.rate)
+        return True
+
+    def on_rate_limited(self, retry_after: float | None) -> None:
+        """A 429: halve the rate and hold every start until Retry-After has passed."""
+        now = self._clock()
+        if retry_after is not None and retry_after > 0:
+            self._blocked_until = max(self._blocked_until, now + retry_after)
+        self._decrease(self.config.decrease_factor_429)
+        self._healthy = 0
+
+    def on_response(self, latency: float) -> None:
+        """A healthy (non-429, non-5xx) response took `latency` seconds."""
+        cfg = self.config
+        baseline = self.baseline
+        if baseline is not None and self._samples >= 5:
+            slow = latency > baseline * cfg.latency_factor and latency - baseline > cfg.latency_floor
+            if slow:
+                self._decrease(cfg.decrease_factor_latency)
+                # A slow answer still informs the baseline, slowly, so a lasting shift is accepted.
+                self.baseline = baseline + 0.02 * (latency - baseline)
+                return
+        self.baseline = latency if baseline is None else baseline + 0.1 * (latency - baseline)
+        self._samples += 1
+        self._healthy += 1
+        if self._healthy >= cfg.increase_after:
+            self._healthy = 0
+            if self.rate < cfg.max_rate:
+                self.rate = min(cfg.max_rate, self.rate + cfg.additive_increase)
+                self.increases += 1
+
+    def on_failure(self) -> None:
+        """A 5xx or transport error: not a rate signal, but it breaks the healthy run."""
+        self._healthy = 0

@@ -1,0 +1,1126 @@
+"""The Plooto portal, described as data: pages, forms, cookies, API paths, shapes, statuses, feeds.
+
+Everything this adapter knows about the portal lives here; the mechanics (session, throttle,
+retries, drift checking, the record builder) are in the private modules and read this one.
+When the portal changes, this is the module to change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from plooto_api.upstream._convert import (
+    Context,
+    date_as_timestamp,
+    money,
+    parse_date,
+    parse_timestamp,
+    ref,
+    snake,
+)
+from plooto_api.upstream._models import Feed, UpstreamRecord
+from plooto_api.upstream._shapes import ListOf, Shape
+
+# --- HTML login ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HtmlForm:
+    """A form of the portal's HTML login pages."""
+
+    form_id: str
+    token_field: str = "__RequestVerificationToken"
+
+
+LOGIN_PATH = "/login"
+LOGIN_FORM = HtmlForm("login-form")
+LOGIN_USER_FIELD = "email"
+LOGIN_PASSWORD_FIELD = "passphrase"
+LOGIN_USER_SELECTOR = "#email"  # for the real-browser login
+LOGIN_PASSWORD_SELECTOR = "#passphrase"
+LOGIN_SUBMIT_TEXT = "Sign In"
+
+MFA_PATH = "/mfa"
+MFA_FORM = HtmlForm("mfa-form")
+MFA_CODE_FIELD = "code"
+MFA_CODE_SELECTOR = "#code"
+MFA_TRUST_FIELD = "trustDevice"
+MFA_TRUST_VALUE = "true"
+MFA_METHOD_ATTR = "data-mfa-method"
+MFA_METHODS = {"Totp": "totp", "Sms": "sms"}
+
+# Where a successful login / MFA lands; anything else on the same host is a signed-in page.
+SIGNED_IN_PATHS = ("/select-company", "/dashboard", "/company")
+ERROR_CODE_ATTR = "data-error-code"
+LOGIN_ERROR_INVALID_CREDENTIALS = "InvalidCredentials"
+LOGIN_ERROR_LOCKED = "AccountLocked"
+LOGIN_ERROR_TOKEN = "AntiforgeryTokenInvalid"
+MFA_ERROR_INVALID_CODE = "InvalidCode"
+LOCKED_UNTIL_ATTR = "data-locked-until"  # read if the page carries it
+
+SESSION_COOKIE = ".Plooto.Session"
+XSRF_COOKIE = "XSRF-TOKEN"
+XSRF_HEADER = "X-XSRF-TOKEN"
+TRUSTED_DEVICE_COOKIE = ".Plooto.TrustedDevice"
+
+# --- JSON API: common rules ---------------------------------------------------------------------
+
+SESSION_PATH = "/api/session"
+ANTIFORGERY_PATH = "/api/antiforgery/token"
+COMPANIES_PATH = "/api/companies"
+COMPANY_PATH = "/api/companies/{company}"
+
+PAGE_NUMBER_PARAM = "pageNumber"
+PAGE_SIZE_PARAM = "pageSize"
+MODIFIED_SINCE_PARAM = "modifiedSince"
+MAX_PAGE_SIZE = 500
+PAGE_ITEMS = "items"
+PAGE_NUMBER = "pageNumber"
+PAGE_TOTAL_COUNT = "totalCount"
+PAGE_TOTAL_PAGES = "totalPages"
+
+ERROR_CODE_FIELD = "errorCode"
+ERROR_MESSAGE_FIELD = "message"
+ERROR_VALIDATION_FIELD = "validationErrors"
+ERROR_NOT_AUTHENTICATED = "NotAuthenticated"
+ERROR_MFA_REQUIRED = "MfaRequired"
+ERROR_XSRF_INVALID = "AntiforgeryTokenInvalid"
+ERROR_PERMISSION_DENIED = "PermissionDenied"
+ERROR_NOT_FOUND = ("NotFound", "CompanyNotFound")
+RETRY_AFTER_HEADER = "Retry-After"
+
+LAST_MODIFIED = "lastModified"
+CREATED = "createdDate"
+
+
+def timestamp_param(value: Any) -> str:
+    """The portal's timestamp format for query parameters: `YYYY-MM-DDTHH:MM:SSZ` UTC."""
+    from datetime import UTC
+
+    return str(value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+
+
+# --- shapes (drift detection) -------------------------------------------------------------------
+
+ACCOUNTING = Shape(
+    "accountingIds",
+    {"provider": "str", "externalId": "str", "syncStatus": "str", "lastSyncedAt": "ts?"},
+)
+_STAMPS = {LAST_MODIFIED: "ts", CREATED: "ts"}
+
+PAGE = Shape(
+    "page",
+    {
+        PAGE_ITEMS: "list",
+        PAGE_NUMBER: "int",
+        "pageSize": "int",
+        PAGE_TOTAL_COUNT: "int",
+        PAGE_TOTAL_PAGES: "int",
+    },
+)
+SESSION = Shape(
+    "session",
+    {
+        "userId": "str", "email": "str", "firstName": "str?", "lastName": "str?", "mfaMethod": "str?",
+        "selectedCompanyId": "str?", "idleExpiresAt": "ts", "absoluteExpiresAt": "ts",
+    },
+)  # fmt: skip
+COMPANY = Shape(
+    "company",
+    {
+        "companyId": "str", "name": "str", "country": "str", "baseCurrency": "str", "status": "str",
+        "role": "str", "permissions": ListOf("str"), "outstandingItems": "int",
+        "accountingProvider": "str?", "isAccountingFirm": "bool",
+        "plootoInstantBalances?": ListOf(Shape("instantBalance", {"currency": "str", "balance": "number"})),
+    },
+)  # fmt: skip
+USER = Shape(
+    "user",
+    {
+        "userId": "str",
+        "email": "str",
+        "firstName": "str?",
+        "lastName": "str?",
+        "role": "str",
+        "permissions": ListOf("str"),
+    },
+)
+BANK_ACCOUNT = Shape(
+    "bankAccount",
+    {
+        "bankAccountId": "str", "name": "str", "institutionName": "str?", "currency": "str",
+        "accountNumberMasked": "str?", "verificationStatus": "str", "signingAuthorities": ListOf("str"),
+        "requiredApprovals": "int", **_STAMPS,
+    },
+)  # fmt: skip
+APPROVAL_POLICY = Shape(
+    "approvalPolicy",
+    {
+        "approvalPolicyId": "str", "name": "str", "appliesTo": "str", "currency": "str", "minimumAmount": "number",
+        "levels": ListOf(Shape("approvalLevel", {"level": "int", "approverUserIds": ListOf("str")})), **_STAMPS,
+    },
+)  # fmt: skip
+PAYEE_METHOD = Shape(
+    "payeePaymentMethod",
+    {
+        "paymentMethodId": "str", "type": "str", "currency": "str?", "institutionName": "str?",
+        "accountNumberMasked": "str?", "accountHolderName": "str?", "mailingAddress": "any",
+    },
+)  # fmt: skip
+VENDOR = Shape(
+    "vendor",
+    {
+        "vendorId": "str", "displayName": "str", "email": "str?", "currency": "str",
+        "isPlootoNetworkConnected": "bool", "paymentMethods": ListOf(PAYEE_METHOD),
+        "defaultPaymentMethodId": "str?", "accountingIds": "dict?", **_STAMPS,
+    },
+)  # fmt: skip
+CUSTOMER = Shape(
+    "customer",
+    {
+        "customerId": "str", "displayName": "str", "email": "str?", "currency": "str",
+        "padAgreementStatus": "str", "cardOnFileMasked": "str?", "accountingIds": "dict?", **_STAMPS,
+    },
+)  # fmt: skip
+LINE_ITEM = Shape(
+    "lineItem",
+    {
+        "lineItemId": "str", "description": "str", "quantity": "number", "unitPrice": "number",
+        "amount": "number", "accountCode?": "str?",
+    },
+)  # fmt: skip
+APPROVAL_STEP = Shape(
+    "approvalStep",
+    {
+        "stepId": "str", "level": "int", "approverUserId": "str?", "approverDisplayName": "str?",
+        "status": "str", "decisionDate": "ts?", "comment": "str?",
+    },
+)  # fmt: skip
+ATTACHMENT = Shape(
+    "attachment",
+    {
+        "attachmentId": "str",
+        "fileName": "str",
+        "contentType": "str",
+        "sizeBytes": "int",
+        "uploadedDate": "ts",
+    },
+)
+CAPTURED_DOCUMENT = Shape(
+    "capturedDocument",
+    {
+        "documentId": "str",
+        "fileName": "str",
+        "extractedFields": "dict",
+        "overallConfidence": "any",
+        "ocrStatus": "str",
+    },
+)
+BILL = Shape(
+    "bill",
+    {
+        "billId": "str", "vendorId": "str?", "billNumber": "str?", "currency": "str", "issueDate": "date?",
+        "dueDate": "date?", "lineItems": ListOf(LINE_ITEM), "totalAmount": "number", "paidAmount": "number",
+        "scheduledAmount": "number", "openBalance": "number", "status": "str", "source": "str", "memo": "str?",
+        "createdByUserId": "str?", "approvalPolicyId": "str?", "approvalSteps": ListOf(APPROVAL_STEP),
+        "attachments": ListOf(ATTACHMENT), "capturedDocument": "dict?", "paymentIds": ListOf("str"),
+        "accountingIds": "dict?", **_STAMPS,
+    },
+)  # fmt: skip
+PAYMENT = Shape(
+    "payment",
+    {
+        "paymentId": "str", "billIds": ListOf("str"),
+        "lineItems": ListOf(Shape("paymentLine", {"billId": "str", "memo": "str?", "amount": "number"})),
+        "payeeId": "str?", "payeeName": "str?", "payeePaymentMethodId": "str?", "paymentMethod": "str",
+        "amount": "number", "destinationCurrency": "str", "sourceCurrency": "str", "sourceAmount": "number",
+        "exchangeRate": "number", "midMarketRate": "number", "feeAmount": "number", "feeCurrency": "str",
+        "debitBankAccountId": "str?", "requestedDebitDate": "date?", "scheduledDebitDate": "date?",
+        "debitedDate": "date?", "estimatedArrivalDate": "date?", "completedDate": "date?", "status": "str",
+        "displayStatus": "str", "failureReason": "str?", "holdReason": "str?", "memo": "str?",
+        "externalReference": "str?", "initiatedByUserId": "str?",
+        "approvals": ListOf(Shape("paymentApproval", {
+            "approverUserId": "str?", "approverDisplayName": "str?", "status": "str", "decisionDate": "ts?",
+        })),
+        "requiredApprovals": "int",
+        "auditTrail": ListOf(Shape("auditEntry", {"timestamp": "ts", "description": "str"})),
+        "accountingIds": "dict?", **_STAMPS,
+    },
+)  # fmt: skip
+INVOICE = Shape(
+    "invoice",
+    {
+        "invoiceId": "str", "invoiceNumber": "str?", "customerId": "str?", "currency": "str",
+        "issueDate": "date?", "dueDate": "date?", "terms": "str?", "lineItems": ListOf(LINE_ITEM),
+        "totalAmount": "number", "amountPaid": "number", "balanceDue": "number", "status": "str",
+        "sentDate": "ts?", "viewedDate": "ts?", "scheduledSendDate": "date?",
+        "reminderSchedule": Shape("reminderSchedule", {
+            "enabled": "bool", "daysBeforeDue": ListOf("int"), "daysAfterDue": ListOf("int"),
+        }),
+        "recurringInvoiceId": "str?", "memo": "str?", "accountingIds": "dict?", **_STAMPS,
+    },
+)  # fmt: skip
+RECURRING_INVOICE = Shape(
+    "recurringInvoice",
+    {
+        "recurringInvoiceId": "str", "customerId": "str?", "currency": "str", "lineItems": ListOf(LINE_ITEM),
+        "terms": "str?", "frequency": "str", "startDate": "date", "endDate": "date?", "nextIssueDate": "date?",
+        "status": "str", "invoiceIds": ListOf("str"), **_STAMPS,
+    },
+)  # fmt: skip
+CUSTOMER_PAYMENT = Shape(
+    "customerPayment",
+    {
+        "customerPaymentId": "str", "customerId": "str?", "method": "str", "amount": "number",
+        "currency": "str", "feeAmount": "number", "netAmount": "number", "status": "str",
+        "failureReason": "str?", "debitDate": "date?", "depositDate": "date?",
+        "allocations": ListOf(Shape("allocation", {"invoiceId": "str", "amount": "number"})),
+        "matchStatus": "str", "accountingIds": "dict?", **_STAMPS,
+    },
+)  # fmt: skip
+
+# --- statuses: portal enum → normalized enum (schemas/objects.py) ------------------------------
+
+BILL_STATUS = {
+    "ApprovalRequired": "pending_approval", "Open": "approved", "PartiallyPaid": "partially_paid",
+    "PaymentScheduled": "scheduled", "Paid": "paid", "Rejected": "rejected", "Void": "void",
+}  # fmt: skip
+BILL_SOURCE = {"Manual": "manual", "Capture": "capture", "AccountingSync": "accounting"}
+# A skipped step's approver never decided (another approver on the level did).
+STEP_DECISION = {
+    "AwaitingPreviousLevel": "pending", "ApprovalMandatory": "pending", "Approved": "approved",
+    "Rejected": "rejected", "Skipped": "pending", "Pending": "pending",
+}  # fmt: skip
+PAYMENT_STATUS = {
+    "ApprovalRequired": "pending_approval", "Pending": "scheduled", "OnHold": "scheduled",
+    "FundsDebited": "processing", "Exchanging": "processing", "Processing": "processing",
+    "Clearing": "in_transit", "Completed": "completed", "Failed": "failed", "Returned": "returned",
+    "Recalled": "cancelled", "Rejected": "cancelled", "Cancelled": "cancelled", "Deleted": "cancelled",
+}  # fmt: skip
+PAYMENT_METHOD = {
+    "Eft": "eft", "Ach": "ach", "Cheque": "cheque", "Wire": "wire", "Card": "card",
+    "PlootoInstant": "instant", "EmailMoneyTransfer": "email_transfer",
+}  # fmt: skip
+FAILURE_REASON_TEXT = {
+    "InsufficientFunds": "Insufficient funds (NSF)", "InvalidAccount": "Invalid account",
+    "IncorrectAccountHolderName": "Incorrect account holder name", "AccountClosed": "Account closed",
+    "PaymentStopped": "Payment stopped",
+}  # fmt: skip
+PAYMENT_DEBITED_STATUSES = {"FundsDebited", "Clearing", "Exchanging", "Processing", "Completed", "Returned"}
+AUDIT_STATUS_PREFIX = "Status changed to "
+CUSTOMER_PAYMENT_STATUS = {
+    "Pending": "scheduled", "FundsDebited": "processing", "Clearing": "in_transit",
+    "Completed": "completed", "Failed": "failed",
+}  # fmt: skip
+CUSTOMER_PAYMENT_METHOD = {"PreAuthorizedDebit": "pad", "Card": "card"}
+INVOICE_STATUS = {
+    "Draft": "draft", "Sent": "sent", "Viewed": "viewed", "PartiallyPaid": "partially_paid",
+    "Paid": "paid", "Overdue": "overdue", "Void": "void",
+}  # fmt: skip
+RECURRING_FREQUENCY = {"Weekly": "weekly", "BiWeekly": "biweekly", "Monthly": "monthly"}
+RECURRING_INTERVAL_DAYS = {"Weekly": 7, "BiWeekly": 14}
+RECURRING_STATUS = {"Active": "active", "Cancelled": "cancelled", "Completed": "completed"}
+ROLE = {
+    "Administrator": "administrator",
+    "CFO": "cfo",
+    "Accountant": "accountant",
+    "Viewer": "viewer",
+    "Custom": "custom",
+}
+APPROVE_PERMISSION = "ApprovePayments"
+BANK_VERIFICATION = {"Verified": "verified", "BankValidationPending": "pending_verification"}
+PAYEE_METHOD_TYPE = {
+    "BankAccount": "bank_account",
+    "Cheque": "cheque",
+    "EmailMoneyTransfer": "email_transfer",
+}
+ACCOUNTING_PROVIDER = {
+    "QuickBooksOnline": "quickbooks",
+    "QuickBooksDesktop": "quickbooks",
+    "Xero": "xero",
+    "NetSuite": "netsuite",
+}
+SYNC_STATUS = {"Synced": "synced", "Pending": "pending", "Error": "error"}
+CONTENT_TYPES = {".pdf": "application/pdf", ".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
+
+# --- normalizers: one portal object → normalized records ---------------------------------------
+
+Normalizer = Callable[[dict[str, Any], Context], list[UpstreamRecord]]
+
+
+def _company_path(ctx: Context, collection: str, object_id: str) -> str:
+    return f"{COMPANY_PATH.format(company=ctx.company_id)}/{collection}/{object_id}"
+
+
+def _accounting_refs(raw: dict[str, Any]) -> dict[str, str | None]:
+    refs: dict[str, str | None] = {"quickbooks": None, "xero": None, "netsuite": None}
+    link = raw.get("accountingIds")
+    if link and link.get("provider") in ACCOUNTING_PROVIDER:
+        refs[ACCOUNTING_PROVIDER[link["provider"]]] = link.get("externalId")
+    return refs
+
+
+def _sync_mappings(
+    raw: dict[str, Any], ctx: Context, object_type: str, object_id: str
+) -> list[UpstreamRecord]:
+    """The accounting counterpart of an object, from its `accountingIds`."""
+    link = raw.get("accountingIds")
+    if not link:
+        return []
+    from plooto_api.upstream._shapes import check_shape
+
+    check_shape(ACCOUNTING, link, object_type="sync_mapping")
+    provider = ACCOUNTING_PROVIDER.get(link["provider"])
+    status = SYNC_STATUS.get(link["syncStatus"])
+    if provider is None or status is None:
+        from plooto_api.upstream._errors import UpstreamChanged
+
+        raise UpstreamChanged(
+            "sync_mapping",
+            [f"accountingIds: unknown provider/syncStatus {link['provider']!r}/{link['syncStatus']!r}"],
+        )
+    fields = {
+        "object_type": object_type,
+        "object_id": ref(object_type, object_id),
+        "provider": provider,
+        "external_id": link["externalId"],
+        "status": status,
+        "last_synced_at": parse_timestamp(link.get("lastSyncedAt")),
+        "error": None,
+    }
+    return [
+        ctx.record(
+            "sync_mapping", f"{object_id}:{link['provider']}", fields, status_raw=link["syncStatus"],
+            modified=raw.get(LAST_MODIFIED), created=raw.get(CREATED),
+        )
+    ]  # fmt: skip
+
+
+def _mapped(table: dict[str, str], raw_value: str, object_type: str, field: str) -> str:
+    try:
+        return table[raw_value]
+    except KeyError:
+        from plooto_api.upstream._errors import UpstreamChanged
+
+        raise UpstreamChanged(object_type, [f"{object_type}.{field}: unknown value {raw_value!r}"]) from None
+
+
+def _line_items(lines: list[dict[str, Any]], currency: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "description": line["description"],
+            "quantity": Decimal(line["quantity"]),
+            "unit_price": money(line["unitPrice"], currency),
+            "amount": money(line["amount"], currency),
+            "account_code": line.get("accountCode"),
+        }
+        for line in lines
+    ]
+
+
+def normalize_company(raw: dict[str, Any], ctx: Context) -> list[UpstreamRecord]:
+    fields = {
+        "name": raw["name"],
+        "country": raw["country"],
+        "base_currency": raw["baseCurrency"],
+        "status": snake(raw["status"]),
+        "is_accounting_firm": raw["isAccountingFirm"],
+        "approval_policy": {
+            "role": ROLE.get(raw["role"], snake(raw["role"])),
+            "permissions": list(raw["permissions"]),
+            "accounting_provider": ACCOUNTING_PROVIDER.get(raw.get("accountingProvider") or ""),
+            "outstanding_items": raw["outstandingItems"],
+        },
+    }
+    company = Context(raw["companyId"], ctx.base_url, ctx.fetched_at)
+    return [
+        company.record(
+            "company",
+            raw["companyId"],
+            fields,
+            status_raw=raw["status"],
+            path=COMPANY_PATH.format(company=raw["companyId"]),
+        )
+    ]
+
+
+def normalize_user(raw: dict[str, Any], ctx: Context) -> list[UpstreamRecord]:
+    name = " ".join(part for part in (raw.get("firstName"), raw.get("lastName")) if part) or raw["email"]
+    fields = {
+        "name": name,
+        "email": raw["email"],
+        "role": _mapped(ROLE, raw["role"], "user", "role"),
+        "permissions": list(raw["permissions"]),
+        "can_approve": APPROVE_PERMISSION in raw["permissions"],
+        "mfa_enforced": False,  # the portal does not say per user
+    }
+    return [
+        ctx.record(
+            "user",
+            raw["userId"],
+            fields,
+            status_raw=raw["role"],
+            path=f"{COMPANY_PATH.format(company=ctx.company_id)}/users",
+        )
+    ]
+
+
+def normalize_bank_account(raw: dict[str, Any], ctx: Context) -> list[UpstreamRecord]:
+    account_id = raw["bankAccountId"]
+    signers = [ref("user", user_id) for user_id in raw["signingAuthorities"]]
+    path = f"{COMPANY_PATH.format(company=ctx.company_id)}/bank-accounts"
+    stamps = {"modified": raw[LAST_MODIFIED], "created": raw[CREATED]}
+    account = {
+        "name": raw["name"],
+        "institution_name": raw.get("institutionName"),
+        "kind": "bank",
+        "currency": raw["currency"],
+        "account_number_masked": raw.get("accountNumberMasked"),
+        "routing_masked": None,
+        "status": BANK_VERIFICATION.get(raw["verificationStatus"], snake(raw["verificationStatus"])),
+        "is_default": False,
+        "signing_authorities": signers,
+        "approvals_required": raw["requiredApprovals"],
+        "balance": None,
+    }
+    # The account's k-of-N signing authorities are the payment approval rule of that account.
+    rule = {
+        "name": f"Signing authorities: {raw['name']}",
+        "kind": "signing_authority",
+        "applies_to": "payment",
+        "min_amount": None,
+        "max_amount": None,
+        "bank_account_id": ref("bank_account", account_id),
+        "approvals_required": raw["requiredApprovals"],
+        "steps": [{"level": 1, "approver_ids": signers}],
+        "active": raw["requiredApprovals"] > 0,
+    }
+    return [
+        ctx.record(
+            "bank_account", account_id, account, status_raw=raw["verificationStatus"], path=path, **stamps
+        ),
+        ctx.record("approval_rule", f"{account_id}:signing", rule, path=path, **stamps),
+    ]
+
+
+def normalize_approval_policy(raw: dict[str, Any], ctx: Context) -> list[UpstreamRecord]:
+    applies_to = _mapped(
+        {"Bill": "bill", "Payment": "payment"}, raw["appliesTo"], "approval_rule", "appliesTo"
+    )
+    fields = {
+        "name": raw["name"],
+        "kind": "threshold",
+        "applies_to": applies_to,
+        "min_amount": money(raw["minimumAmount"], raw["currency"]),
+        "max_amount": None,
+        "bank_account_id": None,
+        "approvals_required": len(raw["levels"]),  # one approver per sequential level
+        "steps": [
+            {"level": level["level"], "approver_ids": [ref("user", uid) for uid in level["approverUserIds"]]}
+            for level in raw["levels"]
+        ],
+        "active": True,
+    }
+    return [
+        ctx.record(
+            "approval_rule", raw["approvalPolicyId"], fields, path=f"{COMPANY_PATH.format(company=ctx.company_id)}/approval-policies",
+            modified=raw[LAST_MODIFIED], created=raw[CREATED],
+        )
+    ]  # fmt: skip
+
+
+def _default_method(method: dict[str, Any] | None) -> str | None:
+    if method is None:
+        return None
+    if method["type"] == "BankAccount":
+        return "ach" if method.get("currency") == "USD" else "eft"
+    return {"Cheque": "cheque", "EmailMoneyTransfer": "email_transfer"}.get(method["type"])
+
+
+def normalize_vendor(raw: dict[str, Any], ctx: Context) -> list[UpstreamRecord]:
+    default_id = raw.get("defaultPaymentMethodId")
+    methods = raw["paymentMethods"]
+    default = next((m for m in methods if m["paymentMethodId"] == default_id), None)
+    address = next((m["mailingAddress"] for m in methods if m.get("mailingAddress")), None)
+    fields = {
+        "name": raw["displayName"],
+        "email": raw.get("email"),
+        "currency": raw["currency"],
+        "status": "active",
+        "network_connected": raw["isPlootoNetworkConnected"],
+        "network_id": None,
+        "address": address if isinstance(address, dict) or address is None else {"text": address},
+        "payment_methods": [
+            {
+                "id": m["paymentMethodId"],
+                "type": PAYEE_METHOD_TYPE.get(m["type"], snake(m["type"]) or m["type"]),
+                "masked": m.get("accountNumberMasked"),
+                "currency": m.get("currency"),
+                "institution_name": m.get("institutionName"),
+                "is_default": m["paymentMethodId"] == default_id,
+            }
+            for m in methods
+        ],
+        "default_payment_method": _default_method(default),
+    }
+    vendor_id = raw["vendorId"]
+    return [
+        ctx.record(
+            "vendor", vendor_id, fields, path=_company_path(ctx, "vendors", vendor_id), modified=raw[LAST_MODIFIED],
+            created=raw[CREATED], accounting_refs=_accounting_refs(raw),
+        ),
+        *_sync_mappings(raw, ctx, "vendor", vendor_id),
+    ]  # fmt: skip
+
+
+def normalize_customer(raw: dict[str, Any], ctx: Context) -> list[UpstreamRecord]:
+    methods: list[dict[str, Any]] = []
+    if raw["padAgreementStatus"] == "Active":
+        methods.append(
+            {
+                "id": None,
+                "type": "pad",
+                "masked": None,
+                "currency": raw["currency"],
+                "institution_name": None,
+                "is_default": True,
+            }
+        )
+    if raw.get("cardOnFileMasked"):
+        methods.append(
+            {
+                "id": None,
+                "type": "card",
+                "masked": raw["cardOnFileMasked"],
+                "currency": raw["currency"],
+                "institution_name": None,
+                "is_default": not methods,
+            }
+        )
+    fields = {
+        "name": raw["displayName"],
+        "email": raw.get("email"),
+        "currency": raw["currency"],
+        "status": "active",
+        "address": None,
+        "payment_methods": methods,
+        "pad_agreement_status": snake(raw["padAgreementStatus"]),
+    }
+    customer_id = raw["customerId"]
+    return [
+        ctx.record(
+            "customer", customer_id, fields, path=_company_path(ctx, "customers", customer_id), modified=raw[LAST_MODIFIED],
+            created=raw[CREATED], accounting_refs=_accounting_refs(raw),
+        ),
+        *_sync_mappings(raw, ctx, "customer", customer_id),
+    ]  # fmt: skip
+
+
+def _bill_approval(raw: dict[str, Any]) -> dict[str, Any]:
+    steps = raw["approvalSteps"]
+    statuses = {step["status"] for step in steps}
+    if not steps:
+        status = "not_required"
+    elif "Rejected" in statuses or raw["status"] == "Rejected":
+        status = "rejected"
+    elif raw["status"] == "ApprovalRequired":
+        status = "pending"
+    else:
+        status = "approved"
+    return {
+        "status": status,
+        "steps": [
+            {
+                "level": step["level"],
+                "approver_id": ref("user", step.get("approverUserId")),
+                "approver_name": step.get("approverDisplayName"),
+                "approver_email": None,
+                "decision": _mapped(STEP_DECISION, step["status"], "bill", "approvalSteps.status"),
+                "decided_at": parse_timestamp(step.get("decisionDate")),
+                "comment": step.get("comment"),
+            }
+            for step in steps
+        ],
+    }
+
+
+def normalize_bill(raw: dict[str, Any], ctx: Context) -> list[UpstreamRecord]:
+    from plooto_api.upstream._shapes import check_shape
+
+    bill_id = raw["billId"]
+    currency = raw["currency"]
+    total = money(raw["totalAmount"], currency)
+    captured = raw.get("capturedDocument")
+    document_id = f"{bill_id}:capture" if captured else None
+    fields = {
+        "vendor_id": ref("vendor", raw.get("vendorId")),
+        "number": raw.get("billNumber"),
+        "issue_date": parse_date(raw.get("issueDate")),
+        "due_date": parse_date(raw.get("dueDate")),
+        "line_items": _line_items(raw["lineItems"], currency),
+        "subtotal": total,  # the portal keeps no separate tax
+        "tax": money(Decimal("0.00"), currency),
+        "total": total,
+        "amount_paid": money(raw["paidAmount"], currency),
+        "amount_due": money(raw["openBalance"], currency),
+        "status": _mapped(BILL_STATUS, raw["status"], "bill", "status"),
+        "approval": _bill_approval(raw),
+        "memo": raw.get("memo"),
+        "source": _mapped(BILL_SOURCE, raw["source"], "bill", "source"),
+        "capture": None,
+        "captured_document_id": ref("captured_document", document_id),
+        "attachments": [
+            {
+                "id": a["attachmentId"],
+                "file_name": a["fileName"],
+                "content_type": a["contentType"],
+                "size_bytes": a["sizeBytes"],
+                "uploaded_at": parse_timestamp(a["uploadedDate"]),
+            }
+            for a in raw["attachments"]
+        ],
+    }
+    path = _company_path(ctx, "bills", bill_id)
+    stamps = {"modified": raw[LAST_MODIFIED], "created": raw[CREATED]}
+    records = [
+        ctx.record(
+            "bill",
+            bill_id,
+            fields,
+            status_raw=raw["status"],
+            path=path,
+            accounting_refs=_accounting_refs(raw),
+            **stamps,
+        )
+    ]
+    if captured:
+        check_shape(CAPTURED_DOCUMENT, captured, object_type="captured_document")
+        ocr = {
+            name: {"value": value.get("value"), "confidence": value.get("confidence")}
+            for name, value in captured["extractedFields"].items()
+        }
+        fields["capture"] = {
+            "fields": ocr,
+            "overall_confidence": captured["overallConfidence"],
+            "ocr_status": snake(captured["ocrStatus"]),
+            "document_id": captured["documentId"],
+        }
+        name = captured["fileName"]
+        extension = name[name.rfind(".") :].lower() if "." in name else ""
+        attachment = next((a for a in raw["attachments"] if a["fileName"] == name), None)
+        document = {
+            "filename": name,
+            "content_type": attachment["contentType"]
+            if attachment
+            else CONTENT_TYPES.get(extension, "application/octet-stream"),
+            "size_bytes": attachment["sizeBytes"] if attachment else 0,
+            "status": "converted",  # a captured document the portal shows is already a bill
+            "fields": ocr,
+            "bill_id": ref("bill", bill_id),
+            "received_at": parse_timestamp(raw[CREATED]),
+        }
+        assert document_id is not None
+        records.append(
+            ctx.record(
+                "captured_document",
+                document_id,
+                document,
+                status_raw=captured["ocrStatus"],
+                path=path,
+                **stamps,
+            )
+        )
+    records.extend(_sync_mappings(raw, ctx, "bill", bill_id))
+    return records
+
+
+def _payment_approval(raw: dict[str, Any]) -> dict[str, Any] | None:
+    approvals = raw["approvals"]
+    required = raw["requiredApprovals"]
+    if required == 0 and not approvals:
+        return {"status": "not_required", "steps": []}
+    decisions = [a["status"] for a in approvals]
+    if "Rejected" in decisions:
+        status = "rejected"
+    elif decisions.count("Approved") >= required and raw["status"] != "ApprovalRequired":
+        status = "approved"
+    else:
+        status = "pending"
+    return {
+        "status": status,
+        "steps": [
+            {
+                "level": 1,
+                "approver_id": ref("user", a.get("approverUserId")),
+                "approver_name": a.get("approverDisplayName"),
+                "approver_email": None,
+                "decision": _mapped(STEP_DECISION, a["status"], "payment", "approvals.status"),
+                "decided_at": parse_timestamp(a.get("decisionDate")),
+                "comment": None,
+            }
+            for a in approvals
+        ],
+    }
+
+
+def _payment_history(raw: dict[str, Any]) -> list[dict[str, Any]]:
+    history: list[dict[str, Any]] = []
+    for entry in raw["auditTrail"]:
+        description: str = entry["description"]
+        if description.startswith(AUDIT_STATUS_PREFIX):
+            status_raw = description[len(AUDIT_STATUS_PREFIX) :].strip().rstrip(".")
+            if status_raw in PAYMENT_STATUS:
+                history.append(
+                    {
+                        "status": PAYMENT_STATUS[status_raw],
+                        "status_raw": status_raw,
+                        "occurred_at": parse_timestamp(entry["timestamp"]),
+                        "reason": None,
+                    }
+                )
+    return history
+
+
+def normalize_payment(raw: dict[str, Any], ctx: Context) -> list[UpstreamRecord]:
+    payment_id = raw["paymentId"]
+    destination = raw["destinationCurrency"]
+    source = raw["sourceCurrency"]
+    status_raw = raw["status"]
+    cross_currency = source != destination
+    fx_id = f"{payment_id}:fx" if cross_currency else None
+    completed = next(
+        (h["occurred_at"] for h in reversed(_payment_history(raw)) if h["status_raw"] == "Completed"), None
+    ) or (date_as_timestamp(raw.get("completedDate")) if status_raw == "Completed" else None)
+    fee = money(raw["feeAmount"], raw["feeCurrency"])
+    failure = raw.get("failureReason")
+    fields = {
+        "direction": "payable",
+        "vendor_id": ref("vendor", raw.get("payeeId")),
+        "customer_id": None,
+        "allocations": [
+            {
+                "bill_id": ref("bill", line["billId"]),
+                "invoice_id": None,
+                "amount": money(line["amount"], destination),
+            }
+            for line in raw["lineItems"]
+        ],
+        "amount": money(raw["amount"], destination),
+        "method": _mapped(PAYMENT_METHOD, raw["paymentMethod"], "payment", "paymentMethod"),
+        "debit_bank_account_id": ref("bank_account", raw.get("debitBankAccountId")),
+        "debit_account_masked": None,
+        "credit_account_masked": None,
+        "scheduled_for": parse_date(raw.get("scheduledDebitDate") or raw.get("requestedDebitDate")),
+        "expected_arrival": parse_date(raw.get("estimatedArrivalDate")),
+        "completed_at": completed,
+        "status": _mapped(PAYMENT_STATUS, status_raw, "payment", "status"),
+        "status_history": _payment_history(raw),
+        "failure_code": snake(failure),
+        "failure_reason": FAILURE_REASON_TEXT.get(failure or "", failure),
+        "trace_number": None,
+        "reference": raw.get("externalReference"),
+        "memo": raw.get("memo"),
+        "fee": fee,
+        "fx_conversion_id": ref("fx_conversion", fx_id),
+        "approval": _payment_approval(raw),
+    }
+    path = _company_path(ctx, "payments", payment_id)
+    stamps = {"modified": raw[LAST_MODIFIED], "created": raw[CREATED]}
+    records = [
+        ctx.record(
+            "payment",
+            payment_id,
+            fields,
+            status_raw=status_raw,
+            path=path,
+            accounting_refs=_accounting_refs(raw),
+            **stamps,
+        )
+    ]
+    debited = raw.get("debitedDate") if status_raw in PAYMENT_DEBITED_STATUSES else None
+    if fx_id is not None:
+        if debited:
+            fx_status = "executed"
+        elif status_raw in {"ApprovalRequired", "Pending", "OnHold"}:
+            fx_status = "quoted"
+        else:
+            fx_status = "expired"
+        conversion = {
+            "payment_id": ref("payment", payment_id),
+            "source": money(raw["sourceAmount"], source),
+            "target": money(raw["amount"], destination),
+            "rate": Decimal(raw["exchangeRate"]),
+            "fee": None,  # the portal's margin is in the rate; the wire fee is the payment's
+            "status": fx_status,
+            "quoted_at": parse_timestamp(raw[CREATED]),
+            "executed_at": date_as_timestamp(debited),
+        }
+        records.append(
+            ctx.record("fx_conversion", fx_id, conversion, status_raw=status_raw, path=path, **stamps)
+        )
+    if debited:
+        account = ref("bank_account", raw.get("debitBankAccountId"))
+        debit = {
+            "bank_account_id": account,
+            "payment_id": ref("payment", payment_id),
+            "kind": "debit",
+            "amount": money(raw["sourceAmount"], source),
+            "occurred_on": parse_date(debited),
+            "status": "posted",
+            "description": f"Payment to {raw.get('payeeName') or 'payee'}",
+            "counterparty": raw.get("payeeName"),
+        }
+        records.append(
+            ctx.record(
+                "transaction", f"{payment_id}:debit", debit, status_raw=status_raw, path=path, **stamps
+            )
+        )
+        if Decimal(raw["feeAmount"]) > 0:
+            fee_fields = {
+                **debit,
+                "kind": "fee",
+                "amount": fee,
+                "description": f"{raw['paymentMethod']} payment fee",
+                "counterparty": None,
+            }
+            records.append(
+                ctx.record(
+                    "transaction", f"{payment_id}:fee", fee_fields, status_raw=status_raw, path=path, **stamps
+                )
+            )
+    records.extend(_sync_mappings(raw, ctx, "payment", payment_id))
+    return records
+
+
+def normalize_customer_payment(raw: dict[str, Any], ctx: Context) -> list[UpstreamRecord]:
+    payment_id = raw["customerPaymentId"]
+    currency = raw["currency"]
+    status_raw = raw["status"]
+    failure = raw.get("failureReason")
+    fields = {
+        "direction": "receivable",
+        "vendor_id": None,
+        "customer_id": ref("customer", raw.get("customerId")),
+        "allocations": [
+            {
+                "bill_id": None,
+                "invoice_id": ref("invoice", a["invoiceId"]),
+                "amount": money(a["amount"], currency),
+            }
+            for a in raw["allocations"]
+        ],
+        "amount": money(raw["amount"], currency),
+        "method": _mapped(CUSTOMER_PAYMENT_METHOD, raw["method"], "payment", "method"),
+        "debit_bank_account_id": None,
+        "debit_account_masked": None,
+        "credit_account_masked": None,
+        "scheduled_for": parse_date(raw.get("debitDate")),
+        "expected_arrival": parse_date(raw.get("depositDate")),
+        "completed_at": date_as_timestamp(raw.get("depositDate")) if status_raw == "Completed" else None,
+        "status": _mapped(CUSTOMER_PAYMENT_STATUS, status_raw, "payment", "status"),
+        "status_history": [],
+        "failure_code": snake(failure),
+        "failure_reason": FAILURE_REASON_TEXT.get(failure or "", failure),
+        "trace_number": None,
+        "reference": None,
+        "memo": None,
+        "fee": money(raw["feeAmount"], currency),
+        "fx_conversion_id": None,
+        "approval": None,
+    }
+    return [
+        ctx.record(
+            "payment", payment_id, fields, status_raw=status_raw, path=_company_path(ctx, "customer-payments", payment_id),
+            modified=raw[LAST_MODIFIED], created=raw[CREATED], accounting_refs=_accounting_refs(raw),
+        ),
+        *_sync_mappings(raw, ctx, "payment", payment_id),
+    ]  # fmt: skip
+
+
+def reminder_offsets(schedule: dict[str, Any]) -> list[int]:
+    """Day offsets relative to the due date: negative before, positive after."""
+    if not schedule["enabled"]:
+        return []
+    return sorted({-int(d) for d in schedule["daysBeforeDue"]} | {int(d) for d in schedule["daysAfterDue"]})
+
+
+def normalize_invoice(raw: dict[str, Any], ctx: Context) -> list[UpstreamRecord]:
+    invoice_id = raw["invoiceId"]
+    currency = raw["currency"]
+    total = money(raw["totalAmount"], currency)
+    # `reminders` (the sent log) is not on the invoice object; it stays out of these fields.
+    fields = {
+        "customer_id": ref("customer", raw.get("customerId")),
+        "number": raw.get("invoiceNumber"),
+        "issue_date": parse_date(raw.get("issueDate")),
+        "due_date": parse_date(raw.get("dueDate")),
+        "terms": raw.get("terms"),
+        "line_items": _line_items(raw["lineItems"], currency),
+        "subtotal": total,
+        "tax": money(Decimal("0.00"), currency),
+        "total": total,
+        "amount_paid": money(raw["amountPaid"], currency),
+        "amount_due": money(raw["balanceDue"], currency),
+        "status": _mapped(INVOICE_STATUS, raw["status"], "invoice", "status"),
+        "sent_at": parse_timestamp(raw.get("sentDate")),
+        "viewed_at": parse_timestamp(raw.get("viewedDate")),
+        "recurring_invoice_id": ref("recurring_invoice", raw.get("recurringInvoiceId")),
+        "reminder_schedule": reminder_offsets(raw["reminderSchedule"]),
+        "memo": raw.get("memo"),
+        "reference": None,
+    }
+    return [
+        ctx.record(
+            "invoice", invoice_id, fields, status_raw=raw["status"], path=_company_path(ctx, "invoices", invoice_id),
+            modified=raw[LAST_MODIFIED], created=raw[CREATED], accounting_refs=_accounting_refs(raw),
+        ),
+        *_sync_mappings(raw, ctx, "invoice", invoice_id),
+    ]  # fmt: skip
+
+
+def normalize_recurring_invoice(raw: dict[str, Any], ctx: Context) -> list[UpstreamRecord]:
+    plan_id = raw["recurringInvoiceId"]
+    currency = raw["currency"]
+    lines = _line_items(raw["lineItems"], currency)
+    amount = sum((Decimal(line["amount"]) for line in raw["lineItems"]), Decimal("0.00"))
+    frequency = raw["frequency"]
+    first = raw["lineItems"][0]["description"] if raw["lineItems"] else "invoice"
+    fields = {
+        "customer_id": ref("customer", raw.get("customerId")),
+        "name": f"{frequency} {first}",
+        "frequency": RECURRING_FREQUENCY.get(frequency, "custom"),
+        "interval_days": RECURRING_INTERVAL_DAYS.get(frequency),
+        "start_date": parse_date(raw["startDate"]),
+        "end_date": parse_date(raw.get("endDate")),
+        "next_issue_date": parse_date(raw.get("nextIssueDate")),
+        "occurrences_remaining": None,
+        "amount": money(amount, currency),
+        "status": _mapped(RECURRING_STATUS, raw["status"], "recurring_invoice", "status"),
+        "uses_pad": False,
+        "template": {
+            "currency": currency,
+            "terms": raw.get("terms"),
+            "line_items": lines,
+            "invoice_ids": [ref("invoice", i) for i in raw["invoiceIds"]],
+        },
+    }
+    return [
+        ctx.record(
+            "recurring_invoice", plan_id, fields, status_raw=raw["status"],
+            path=_company_path(ctx, "recurring-invoices", plan_id), modified=raw[LAST_MODIFIED], created=raw[CREATED],
+        )
+    ]  # fmt: skip
+
+
+# --- collections and feeds ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Collection:
+    """A company-scoped listing of the JSON API and how its objects are read."""
+
+    path: str  # relative to /api/companies/{company}
+    shape: Shape
+    object_type: str  # the normalized type its objects mainly become (drift errors name it)
+    id_field: str
+    normalize: Normalizer
+    has_detail: bool = True  # GET {path}/{id} exists
+
+
+USERS = Collection("users", USER, "user", "userId", normalize_user, has_detail=False)
+BANK_ACCOUNTS = Collection(
+    "bank-accounts", BANK_ACCOUNT, "bank_account", "bankAccountId", normalize_bank_account, has_detail=False
+)
+APPROVAL_POLICIES = Collection(
+    "approval-policies",
+    APPROVAL_POLICY,
+    "approval_rule",
+    "approvalPolicyId",
+    normalize_approval_policy,
+    has_detail=False,
+)
+VENDORS = Collection("vendors", VENDOR, "vendor", "vendorId", normalize_vendor)
+CUSTOMERS = Collection("customers", CUSTOMER, "customer", "customerId", normalize_customer)
+BILLS = Collection("bills", BILL, "bill", "billId", normalize_bill)
+PAYMENTS = Collection("payments", PAYMENT, "payment", "paymentId", normalize_payment)
+INVOICES = Collection("invoices", INVOICE, "invoice", "invoiceId", normalize_invoice)
+RECURRING_INVOICES = Collection(
+    "recurring-invoices",
+    RECURRING_INVOICE,
+    "recurring_invoice",
+    "recurringInvoiceId",
+    normalize_recurring_invoice,
+)
+CUSTOMER_PAYMENTS = Collection(
+    "customer-payments", CUSTOMER_PAYMENT, "payment", "customerPaymentId", normalize_customer_payment
+)
+
+# Dependency order: reference data first, then the documents that point at it.
+FEEDS: tuple[Feed, ...] = (
+    Feed("users", ("user",), incremental=False, cadence="slow"),
+    Feed("bank_accounts", ("bank_account", "approval_rule"), incremental=True, cadence="slow"),
+    Feed("approval_policies", ("approval_rule",), incremental=True, cadence="slow"),
+    Feed("vendors", ("vendor", "sync_mapping"), incremental=True, cadence="slow"),
+    Feed("customers", ("customer", "sync_mapping"), incremental=True, cadence="slow"),
+    Feed("bills", ("bill", "captured_document", "sync_mapping"), incremental=True, cadence="fast"),
+    Feed(
+        "payments",
+        ("payment", "fx_conversion", "transaction", "sync_mapping"),
+        incremental=True,
+        cadence="fast",
+    ),
+    Feed("recurring_invoices", ("recurring_invoice",), incremental=True, cadence="slow"),
+    Feed("invoices", ("invoice", "sync_mapping"), incremental=True, cadence="fast"),
+    Feed("customer_payments", ("payment", "sync_mapping"), incremental=True, cadence="fast"),
+)
+FEED_COLLECTIONS: dict[str, Collection] = {
+    "users": USERS,
+    "bank_accounts": BANK_ACCOUNTS,
+    "approval_policies": APPROVAL_POLICIES,
+    "vendors": VENDORS,
+    "customers": CUSTOMERS,
+    "bills": BILLS,
+    "payments": PAYMENTS,
+    "recurring_invoices": RECURRING_INVOICES,
+    "invoices": INVOICES,
+    "customer_payments": CUSTOMER_PAYMENTS,
+}
+
+
+@dataclass(frozen=True)
+class ObjectSource:
+    """Where one normalized object is read from: the collection(s) and the portal id to ask for."""
+
+    collections: tuple[Collection, ...]  # tried in order; a receivable payment lives elsewhere
+    portal_id: Callable[[str], str] = lambda upstream_id: upstream_id
+
+
+def _parent(upstream_id: str) -> str:
+    return upstream_id.split(":", 1)[0]
+
+
+OBJECT_SOURCES: dict[str, ObjectSource] = {
+    "user": ObjectSource((USERS,)),
+    "bank_account": ObjectSource((BANK_ACCOUNTS,)),
+    "approval_rule": ObjectSource((APPROVAL_POLICIES, BANK_ACCOUNTS), _parent),
+    "vendor": ObjectSource((VENDORS,)),
+    "customer": ObjectSource((CUSTOMERS,)),
+    "bill": ObjectSource((BILLS,)),
+    "captured_document": ObjectSource((BILLS,), _parent),
+    "payment": ObjectSource((PAYMENTS, CUSTOMER_PAYMENTS)),
+    "fx_conversion": ObjectSource((PAYMENTS,), _parent),
+    "transaction": ObjectSource((PAYMENTS,), _parent),
+    "invoice": ObjectSource((INVOICES,)),
+    "recurring_invoice": ObjectSource((RECURRING_INVOICES,)),
+}
+
+# --- session timing -----------------------------------------------------------------------------
+
+# `GET /api/session` answers idleExpiresAt = now + this, which tells the portal's clock.
+SESSION_IDLE_TIMEOUT_SECONDS = 15 * 60
+SESSION_IDLE_EXPIRES = "idleExpiresAt"
+TOTP_DIGITS = 6
+TOTP_INTERVAL = 30
