@@ -1,0 +1,148 @@
+"""Connections: one Plooto login each. Credentials in the vault, a recorded state machine.
+
+States: healthy · syncing · requires_action (mfa / password / terms) · locked ·
+upstream_unavailable · upstream_changed. Every change is recorded (`ConnectionStateChange`) and
+emits an event in the same transaction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from plooto_api import mapping
+from plooto_api.services.events import record_event
+from plooto_api.store.base import new_id, utcnow
+from plooto_api.store.database import transaction
+from plooto_api.store.models import Connection, ConnectionStateChange
+from plooto_api.store.vault import Vault
+from plooto_api.upstream import Credentials
+
+PROBLEM_STATES = frozenset({"requires_action", "locked", "upstream_unavailable", "upstream_changed"})
+
+
+class ConnectionNotFound(LookupError):
+    """No connection with that id."""
+
+
+def create_connection(
+    session: Session,
+    vault: Vault,
+    *,
+    username: str,
+    password: str,
+    upstream_url: str,
+    totp_secret: str | None = None,
+    label: str | None = None,
+    login_mode: str = "http",
+) -> Connection:
+    """Create a connection; its password and TOTP secret go into the vault, never the row."""
+    connection = Connection(
+        id=new_id("conn"),
+        label=label,
+        username=username,
+        upstream_url=upstream_url.rstrip("/"),
+        login_mode=login_mode,
+        state="healthy",
+    )
+    session.add(connection)
+    session.flush()
+    vault.seal(session, connection.id, "credentials", {"password": password, "totp_secret": totp_secret})
+    session.add(ConnectionStateChange(connection_id=connection.id, from_state=None, to_state="healthy"))
+    return connection
+
+
+def load_credentials(session: Session, vault: Vault, connection: Connection) -> Credentials:
+    """The connection's login, opened from the vault."""
+    secret = vault.open(session, connection.id, "credentials") or {}
+    return Credentials(
+        username=connection.username,
+        password=str(secret.get("password", "")),
+        totp_secret=secret.get("totp_secret"),
+    )
+
+
+def update_credentials(
+    session: Session,
+    vault: Vault,
+    connection: Connection,
+    *,
+    password: str | None = None,
+    totp_secret: str | None = None,
+) -> None:
+    """Replace the password and/or TOTP secret of a connection."""
+    secret = vault.open(session, connection.id, "credentials") or {}
+    if password is not None:
+        secret["password"] = password
+    if totp_secret is not None:
+        secret["totp_secret"] = totp_secret
+    vault.seal(session, connection.id, "credentials", secret)
+
+
+def change_state(
+    session: Session,
+    connection: Connection,
+    state: str,
+    *,
+    reason: str | None = None,
+    detail: dict[str, Any] | None = None,
+) -> bool:
+    """Move a connection to `state`, recording the change and its event. False if nothing changed."""
+    if connection.state == state and connection.state_reason == reason and connection.state_detail == detail:
+        return False
+    previous = connection.state
+    connection.state = state
+    connection.state_reason = reason
+    connection.state_detail = detail
+    connection.state_changed_at = utcnow()
+    session.add(
+        ConnectionStateChange(
+            connection_id=connection.id, from_state=previous, to_state=state, reason=reason, detail=detail
+        )
+    )
+    if state == "healthy":
+        event_type = "connection.repaired" if previous in PROBLEM_STATES else "connection.healthy"
+    else:
+        event_type = f"connection.{state}"
+    session.flush()
+    record_event(
+        session,
+        event_type,
+        data=mapping.connection_to_schema(connection).model_dump(mode="json"),
+        connection_id=connection.id,
+        object_type="connection",
+        object_id=connection.id,
+    )
+    return True
+
+
+@dataclass
+class VaultSessionStateStore:
+    """Keeps a connection's portal session (cookies, device trust) sealed in the vault.
+
+    Implements `plooto_api.upstream.SessionStateStore`; each save is its own small transaction, so
+    a restart finds the newest session and needs no new MFA.
+    """
+
+    sessions: sessionmaker[Session]
+    vault: Vault
+    connection_id: str
+
+    def load(self) -> dict[str, Any] | None:
+        with self.sessions() as session:
+            value = self.vault.open(session, self.connection_id, "session_state")
+        return value if isinstance(value, dict) else None
+
+    def save(self, state: dict[str, Any]) -> None:
+        with transaction(self.sessions) as session:
+            self.vault.seal(session, self.connection_id, "session_state", state)
+
+
+def get_connection(session: Session, connection_id: str) -> Connection:
+    """A connection row, or ConnectionNotFound."""
+    connection = session.get(Connection, connection_id)
+    if connection is None:
+        raise ConnectionNotFound(connection_id)
+    return connection

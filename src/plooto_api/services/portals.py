@@ -1,0 +1,57 @@
+"""One live portal session per connection, built from the vault, shared by every job of a process."""
+
+from __future__ import annotations
+
+import asyncio
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from plooto_api.services.connections import VaultSessionStateStore, get_connection, load_credentials
+from plooto_api.store.vault import Vault
+from plooto_api.upstream import PortalSession, ThrottleConfig
+
+
+class PortalRegistry:
+    """Creates each connection's PortalSession on first use and keeps it for the process's life."""
+
+    def __init__(
+        self, sessions: sessionmaker[Session], vault: Vault, throttle: ThrottleConfig | None = None
+    ) -> None:
+        self._sessions = sessions
+        self._vault = vault
+        self._throttle = throttle
+        self._portals: dict[str, PortalSession] = {}
+        self._lock = asyncio.Lock()
+
+    async def get(self, connection_id: str) -> PortalSession:
+        """The connection's portal session (created, with its saved cookies, if needed)."""
+        async with self._lock:
+            portal = self._portals.get(connection_id)
+            if portal is None:
+                with self._sessions() as session:
+                    connection = get_connection(session, connection_id)
+                    credentials = load_credentials(session, self._vault, connection)
+                    base_url, login_mode = connection.upstream_url, connection.login_mode
+                portal = PortalSession(
+                    base_url,
+                    credentials,
+                    VaultSessionStateStore(self._sessions, self._vault, connection_id),
+                    throttle=self._throttle,
+                    login_mode="browser" if login_mode == "browser" else "http",
+                )
+                self._portals[connection_id] = portal
+            return portal
+
+    async def forget(self, connection_id: str) -> None:
+        """Drop a connection's session (after its credentials change), closing its HTTP client."""
+        async with self._lock:
+            portal = self._portals.pop(connection_id, None)
+        if portal is not None:
+            await portal.aclose()
+
+    async def aclose(self) -> None:
+        """Close every session's HTTP client."""
+        async with self._lock:
+            portals, self._portals = list(self._portals.values()), {}
+        for portal in portals:
+            await portal.aclose()

@@ -1,0 +1,62 @@
+"""Portal sessions of connections: answering an MFA challenge and replacing credentials.
+
+These are the ways out of `requires_action`: the sync engine does not log in again by itself while
+a connection waits for a code or a new password, so the portal's lockout is never tripped.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from plooto_api.jobs.context import JobContext
+from plooto_api.services.connections import change_state, get_connection, update_credentials
+from plooto_api.store.base import utcnow
+from plooto_api.store.database import transaction
+from plooto_api.store.models import Connection
+
+# How long a locked connection is left alone when the portal does not say until when.
+DEFAULT_LOCK_BACKOFF = timedelta(minutes=15)
+
+
+def login_blocked_reason(connection: Connection) -> str | None:
+    """Why the gateway must not try to log in for this connection now, or None if it may."""
+    if connection.state == "requires_action" and connection.state_reason == "password":
+        return "waiting for a new password (the last one was refused)"
+    if connection.state == "requires_action" and connection.state_reason == "mfa":
+        return "waiting for the MFA code the portal sent"
+    if connection.state == "locked":
+        detail = connection.state_detail or {}
+        until = detail.get("until")
+        if until is not None:
+            from datetime import datetime
+
+            if utcnow() < datetime.fromisoformat(until):
+                return f"the portal locked this login until {until}"
+        elif utcnow() < connection.state_changed_at + DEFAULT_LOCK_BACKOFF:
+            return "the portal locked this login; waiting before trying again"
+    return None
+
+
+async def complete_mfa(ctx: JobContext, connection_id: str, code: str, *, trust_device: bool = True) -> None:
+    """Give the portal the code it sent; on success the connection is healthy again.
+
+    Raises `plooto_api.upstream.InvalidMfaCode` when the portal refuses the code.
+    """
+    portal = await ctx.portals.get(connection_id)
+    await portal.submit_mfa_code(code, trust_device=trust_device)
+    with transaction(ctx.sessions) as session:
+        connection = get_connection(session, connection_id)
+        if connection.state == "requires_action" and connection.state_reason == "mfa":
+            change_state(session, connection, "healthy")
+
+
+async def replace_credentials(
+    ctx: JobContext, connection_id: str, *, password: str | None = None, totp_secret: str | None = None
+) -> None:
+    """Store a new password and/or TOTP secret; a connection waiting for them may log in again."""
+    with transaction(ctx.sessions) as session:
+        connection = get_connection(session, connection_id)
+        update_credentials(session, ctx.vault, connection, password=password, totp_secret=totp_secret)
+        if connection.state in {"requires_action", "locked"}:
+            change_state(session, connection, "healthy", detail={"credentials_replaced": True})
+    await ctx.portals.forget(connection_id)
