@@ -113,6 +113,77 @@ def sandbox(
     os.execv(sys.executable, args)
 
 
+@app.command()
+def connect(
+    username: Annotated[str, typer.Option(help="Plooto login e-mail.")],
+    upstream: Annotated[
+        str | None, typer.Option("--upstream", help="Portal base URL [env PLOOTO_API_UPSTREAM_URL].")
+    ] = None,
+    totp_secret: Annotated[
+        str | None,
+        typer.Option(
+            help="TOTP secret, so MFA answers itself [env PLOOTO_TOTP_SECRET].", envvar="PLOOTO_TOTP_SECRET"
+        ),
+    ] = None,
+    label: Annotated[str | None, typer.Option(help="A name for this connection.")] = None,
+    browser: Annotated[bool, typer.Option(help="Log in with a real browser (chromium).")] = False,
+    sync_now: Annotated[bool, typer.Option("--sync/--no-sync", help="Run the first sync now.")] = True,
+    data_dir: DataDirOption = None,
+    database_url: DatabaseUrlOption = None,
+) -> None:
+    """Add a Plooto login. The password is read from PLOOTO_PASSWORD or asked for (never a flag)."""
+    from plooto_api.cli.connections import run_connect
+
+    settings = load_settings(data_dir=data_dir, database_url=database_url, upstream_url=upstream)
+    if not settings.upstream_url:
+        raise CliError("--upstream (or PLOOTO_API_UPSTREAM_URL) is required: the portal's base URL")
+    password = os.environ.get("PLOOTO_PASSWORD") or typer.prompt("Plooto password", hide_input=True)
+    run_connect(settings, console, username=username, password=password, totp_secret=totp_secret,
+                label=label, browser=browser, sync_now=sync_now)  # fmt: skip
+
+
+@app.command()
+def sync(
+    connection: Annotated[str | None, typer.Option(help="Connection id (default: every connection).")] = None,
+    cadence: Annotated[str, typer.Option(help="all, fast (open items) or slow (reference data).")] = "all",
+    mfa_code: Annotated[str | None, typer.Option(help="An MFA code the portal sent (SMS).")] = None,
+    data_dir: DataDirOption = None,
+    database_url: DatabaseUrlOption = None,
+) -> None:
+    """Pull changes from the portal now, with progress."""
+    from plooto_api.cli.connections import run_sync
+
+    if cadence not in ("all", "fast", "slow"):
+        raise CliError(f"--cadence must be all, fast or slow, not {cadence!r}")
+    settings = load_settings(data_dir=data_dir, database_url=database_url)
+    code = run_sync(settings, console, connection_id=connection, cadence=cadence, mfa_code=mfa_code)
+    raise typer.Exit(code)
+
+
+connections_app = typer.Typer(help="List and repair connections (Plooto logins).", no_args_is_help=True)
+app.add_typer(connections_app, name="connections")
+
+
+@connections_app.command("list")
+def connections_list(data_dir: DataDirOption = None, database_url: DatabaseUrlOption = None) -> None:
+    """Show every connection and its state."""
+    from plooto_api.cli.connections import run_list
+
+    run_list(load_settings(data_dir=data_dir, database_url=database_url), console)
+
+
+@connections_app.command("clear-drift")
+def connections_clear_drift(
+    connection: Annotated[str, typer.Argument(help="Connection id.")],
+    data_dir: DataDirOption = None,
+    database_url: DatabaseUrlOption = None,
+) -> None:
+    """Mark a connection's upstream change as reviewed, allowing writes again."""
+    from plooto_api.cli.connections import run_clear_drift
+
+    run_clear_drift(load_settings(data_dir=data_dir, database_url=database_url), console, connection)
+
+
 @db_app.command("upgrade")
 def db_upgrade(data_dir: DataDirOption = None, database_url: DatabaseUrlOption = None) -> None:
     """Migrate the database schema to the newest version."""

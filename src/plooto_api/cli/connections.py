@@ -1,0 +1,171 @@
+"""The connection commands: connect a Plooto login, sync it with progress, list and repair."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from sqlalchemy import select
+
+from plooto_api.config import Settings
+from plooto_api.jobs.context import JobContext
+from plooto_api.services.connections import change_state, create_connection
+from plooto_api.services.sessions import complete_mfa
+from plooto_api.store.database import transaction
+from plooto_api.store.models import Connection
+from plooto_api.sync.engine import SyncEngine, SyncReport
+from plooto_api.upstream import InvalidMfaCode, MfaRequired
+
+
+class CliFailure(Exception):
+    """A failure to report in one line with exit code 2."""
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, transient=False,
+    )  # fmt: skip
+
+
+async def _sync_with_progress(
+    ctx: JobContext, console: Console, connection_id: str, cadence: str
+) -> SyncReport:
+    tasks: dict[tuple[str, str], TaskID] = {}
+    with _progress(console) as progress:
+
+        def update(company: str, feed: str, done: int, total: int | None) -> None:
+            key = (company, feed)
+            if key not in tasks:
+                tasks[key] = progress.add_task(f"{company[:28]:<28} {feed}", total=total or None)
+            progress.update(tasks[key], completed=done, total=total or None)
+
+        return await SyncEngine(ctx).sync_connection(connection_id, cadence=cadence, progress=update)  # type: ignore[arg-type]
+
+
+def _print_report(console: Console, report: SyncReport) -> None:
+    counts = report.counts
+    console.print(
+        f"{report.connection_id}: {counts.created} created, {counts.updated} updated, "
+        f"{counts.unchanged} unchanged, {counts.events} events, {report.pages} pages; state {report.state}"
+    )
+    for difference in report.drift[:10]:
+        console.print(f"  upstream changed: {difference}")
+    if report.error:
+        console.print(f"  error: {report.error}")
+
+
+async def _answer_mfa(ctx: JobContext, console: Console, connection_id: str, code: str | None) -> None:
+    portal = await ctx.portals.get(connection_id)
+    try:
+        await portal.ensure_logged_in()
+        return
+    except MfaRequired as exc:
+        if code is None:
+            if not console.is_interactive:
+                raise CliFailure(
+                    f"the portal sent a {exc.challenge.method} code; run `plooto-api sync --connection "
+                    f"{connection_id} --mfa-code CODE`"
+                ) from exc
+            code = console.input(f"MFA code sent by {exc.challenge.method}: ").strip()
+    try:
+        await complete_mfa(ctx, connection_id, code, trust_device=True)
+    except InvalidMfaCode as exc:
+        raise CliFailure("the MFA code was not accepted") from exc
+
+
+def run_connect(settings: Settings, console: Console, *, username: str, password: str, totp_secret: str | None,
+                label: str | None, browser: bool, sync_now: bool) -> None:  # fmt: skip
+    """Create the connection, log in (asking for an SMS code if needed) and run the first sync."""
+
+    async def main() -> None:
+        ctx = JobContext.from_settings(settings)
+        try:
+            assert settings.upstream_url
+            with transaction(ctx.sessions) as session:
+                connection = create_connection(
+                    session, ctx.vault, username=username, password=password, upstream_url=settings.upstream_url,
+                    totp_secret=totp_secret, label=label, login_mode="browser" if browser else "http",
+                )  # fmt: skip
+                connection_id = connection.id
+            console.print(f"connection {connection_id} created for {username}")
+            await _answer_mfa(ctx, console, connection_id, None)
+            console.print("logged in")
+            if sync_now:
+                _print_report(console, await _sync_with_progress(ctx, console, connection_id, "all"))
+        finally:
+            await ctx.aclose()
+
+    _run(main())
+
+
+def run_sync(settings: Settings, console: Console, *, connection_id: str | None, cadence: str,
+             mfa_code: str | None) -> int:  # fmt: skip
+    """Sync one or every connection; returns the exit code (1 if any sync failed)."""
+
+    async def main() -> int:
+        ctx = JobContext.from_settings(settings)
+        failed = 0
+        try:
+            with ctx.sessions() as session:
+                ids = [connection_id] if connection_id else list(session.scalars(select(Connection.id)))
+                if connection_id and session.get(Connection, connection_id) is None:
+                    raise CliFailure(f"no connection {connection_id}")
+            if not ids:
+                raise CliFailure("no connections yet; add one with `plooto-api connect`")
+            for cid in ids:
+                if mfa_code is not None:
+                    await _answer_mfa(ctx, console, cid, mfa_code)
+                report = await _sync_with_progress(ctx, console, cid, cadence)
+                _print_report(console, report)
+                failed += 0 if report.ok else 1
+        finally:
+            await ctx.aclose()
+        return 1 if failed else 0
+
+    return _run(main())
+
+
+def run_list(settings: Settings, console: Console) -> None:
+    """Print one line per connection."""
+    ctx = JobContext.from_settings(settings)
+    try:
+        with ctx.sessions() as session:
+            rows = list(session.scalars(select(Connection).order_by(Connection.id)))
+    finally:
+        ctx.engine.dispose()
+    if not rows:
+        console.print("no connections yet; add one with `plooto-api connect`")
+    for row in rows:
+        state = row.state + (f"({row.state_reason})" if row.state_reason else "")
+        synced = row.last_synced_at.isoformat() if row.last_synced_at else "never"
+        console.print(f"{row.id}  {row.username}  {row.upstream_url}  {state}  last sync {synced}")
+
+
+def run_clear_drift(settings: Settings, console: Console, connection_id: str) -> None:
+    """Return an upstream_changed connection to healthy after an operator reviewed the change."""
+    ctx = JobContext.from_settings(settings)
+    try:
+        with transaction(ctx.sessions) as session:
+            connection = session.get(Connection, connection_id)
+            if connection is None:
+                raise CliFailure(f"no connection {connection_id}")
+            if connection.state != "upstream_changed":
+                raise CliFailure(f"{connection_id} is {connection.state}, not upstream_changed")
+            change_state(session, connection, "healthy", detail={"cleared_by": "operator"})
+    finally:
+        ctx.engine.dispose()
+    console.print(f"{connection_id} cleared; writes are allowed again")
+
+
+def _run(coro: Coroutine[Any, Any, int | None]) -> int:
+    try:
+        result = asyncio.run(coro)
+    except CliFailure as exc:
+        from plooto_api.cli import CliError
+
+        raise CliError(str(exc)) from exc
+    return int(result or 0)

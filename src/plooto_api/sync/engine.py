@@ -1,0 +1,307 @@
+"""The sync engine: pulls changes from the portal into the store, per connection, company and feed.
+
+Paging follows the portal's own order, (lastModified, id): after each page the query moves on to
+`modifiedSince = last record's lastModified` (or to the next page when a whole page shares one
+timestamp). The position (`since`, `after_id`, page number) is saved in the sync cursor in the same transaction as the page's
+rows and events, so a crash resumes at the page it was on, with nothing lost or doubled. The first
+pass of a feed is the full pull; later passes ask only for what changed since the cursor.
+
+A transient read error never deletes anything; rows are marked deleted only when the portal
+confirms an object is gone (a 404 for that object).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from plooto_api import mapping
+from plooto_api.jobs.context import JobContext
+from plooto_api.log import get_logger
+from plooto_api.services.connections import change_state, get_connection
+from plooto_api.services.sessions import login_blocked_reason
+from plooto_api.store.base import utcnow
+from plooto_api.store.database import transaction
+from plooto_api.store.models import Company, SyncCursor
+from plooto_api.sync.upsert import ApplyCounts, apply_records
+from plooto_api.upstream import (
+    FEEDS,
+    AccountLocked,
+    Feed,
+    InvalidCredentials,
+    MfaRequired,
+    PortalSession,
+    RateLimited,
+    UpstreamChanged,
+    UpstreamError,
+    UpstreamRecord,
+    UpstreamUnavailable,
+)
+
+log = get_logger(__name__)
+
+PAGE_SIZE = 200
+Cadence = Literal["fast", "slow", "all"]
+ProgressCallback = Callable[[str, str, int, int | None], None]  # company, feed, done, total
+
+
+@dataclass
+class SyncReport:
+    """What one sync run did."""
+
+    connection_id: str
+    cadence: str
+    counts: ApplyCounts = field(default_factory=ApplyCounts)
+    pages: int = 0
+    feeds: int = 0
+    drift: list[str] = field(default_factory=list)
+    error: str | None = None
+    state: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and not self.drift
+
+
+def feeds_for(cadence: Cadence) -> list[Feed]:
+    """The feeds a sync of this cadence pulls."""
+    return [feed for feed in FEEDS if cadence == "all" or feed.cadence == cadence]
+
+
+def _iso(value: datetime) -> str:
+    return value.isoformat()
+
+
+def _cursor(session: Session, connection_id: str, company_upstream_id: str, feed: str) -> SyncCursor:
+    cursor = session.scalars(
+        select(SyncCursor).where(
+            SyncCursor.connection_id == connection_id,
+            SyncCursor.company_upstream_id == company_upstream_id,
+            SyncCursor.object_type == feed,
+        )
+    ).first()
+    if cursor is None:
+        cursor = SyncCursor(
+            connection_id=connection_id, company_upstream_id=company_upstream_id, object_type=feed
+        )
+        session.add(cursor)
+        session.flush()
+    return cursor
+
+
+class _Position:
+    """Where a feed's pull stands: (since, after_id) keyset plus the page number within `since`."""
+
+    def __init__(self, state: dict[str, Any] | None) -> None:
+        state = state or {}
+        self.since: datetime | None = datetime.fromisoformat(state["since"]) if state.get("since") else None
+        self.after_id: str | None = state.get("after_id")
+        self.page: int = int(state.get("page", 1))
+
+    def advance(self, last: UpstreamRecord, *, keyset: bool) -> None:
+        """Move past a page whose last (greatest) record is `last`."""
+        if keyset and (self.since is None or last.modified_at > self.since):
+            self.since, self.after_id, self.page = last.modified_at, last.upstream_id, 1
+        else:  # the page shares `since` (or the feed has no keyset): next page of the same query
+            self.page += 1
+            if keyset:
+                self.after_id = max(self.after_id or "", last.upstream_id)
+
+    def as_state(self) -> dict[str, Any]:
+        return {
+            "since": _iso(self.since) if self.since else None,
+            "after_id": self.after_id,
+            "page": self.page,
+        }
+
+
+class SyncEngine:
+    """Runs syncs for connections, with the shared resources of one worker process."""
+
+    def __init__(self, ctx: JobContext) -> None:
+        self.ctx = ctx
+
+    async def sync_connection(
+        self,
+        connection_id: str,
+        *,
+        cadence: Cadence = "all",
+        progress: ProgressCallback | None = None,
+    ) -> SyncReport:
+        """Pull every feed of `cadence` for every company the login reaches."""
+        report = SyncReport(connection_id=connection_id, cadence=cadence)
+        with self.ctx.sessions() as session:
+            connection = get_connection(session, connection_id)
+            blocked = login_blocked_reason(connection)
+            first_sync = connection.last_synced_at is None
+        if blocked is not None:
+            # Never log in again by ourselves after the portal refused us: that is how lockouts happen.
+            report.error, report.state = f"not syncing: {blocked}", connection.state
+            return report
+        portal = await self.ctx.portals.get(connection_id)
+        try:
+            await portal.ensure_logged_in()
+            if first_sync:
+                self._set_state(connection_id, "syncing")
+            companies = await self._sync_companies(portal, connection_id, report)
+            for company_upstream_id, company_name in companies:
+                for feed in feeds_for(cadence):
+                    try:
+                        await self._sync_feed(portal, connection_id, company_upstream_id, company_name, feed,
+                                              report, progress)  # fmt: skip
+                    except UpstreamChanged as exc:
+                        # Only this feed stops; the others keep syncing.
+                        report.drift.extend(exc.differences or [str(exc)])
+                        log.warning("upstream_changed", connection=connection_id, feed=feed.name)
+        except MfaRequired as exc:
+            self._fail(report, "requires_action", "mfa", {"method": exc.challenge.method}, exc)
+        except InvalidCredentials as exc:
+            self._fail(report, "requires_action", "password", None, exc)
+        except AccountLocked as exc:
+            until = getattr(exc, "until", None)
+            self._fail(report, "locked", None, {"until": until.isoformat()} if until else None, exc)
+        except (UpstreamUnavailable, RateLimited) as exc:
+            self._fail(report, "upstream_unavailable", None, {"error": type(exc).__name__}, exc)
+        except UpstreamError as exc:
+            self._fail(report, "upstream_unavailable", None, {"error": type(exc).__name__}, exc)
+        if report.error is None:
+            self._finish(report)
+        return report
+
+    def _set_state(self, connection_id: str, state: str, reason: str | None = None,
+                   detail: dict[str, Any] | None = None) -> None:  # fmt: skip
+        with transaction(self.ctx.sessions) as session:
+            change_state(session, get_connection(session, connection_id), state, reason=reason, detail=detail)
+
+    def _fail(self, report: SyncReport, state: str, reason: str | None, detail: dict[str, Any] | None,
+              exc: Exception) -> None:  # fmt: skip
+        report.error = f"{type(exc).__name__}: {exc}"
+        report.state = state
+        self._set_state(report.connection_id, state, reason, detail)
+
+    def _finish(self, report: SyncReport) -> None:
+        with transaction(self.ctx.sessions) as session:
+            connection = get_connection(session, report.connection_id)
+            if report.drift:
+                change_state(
+                    session, connection, "upstream_changed", detail={"differences": report.drift[:50]}
+                )
+            elif connection.state != "upstream_changed":  # drift is cleared by an operator, not by a sync
+                change_state(session, connection, "healthy")
+            connection.last_synced_at = utcnow()
+            report.state = connection.state
+
+    async def _sync_companies(
+        self, portal: PortalSession, connection_id: str, report: SyncReport
+    ) -> list[tuple[str, str]]:
+        records = await portal.list_companies()
+        with transaction(self.ctx.sessions) as session:
+            counts = apply_records(session, connection_id, {}, records, utcnow())
+        report.counts.add(counts)
+        return [(r.upstream_id, str(r.fields.get("name", r.upstream_id))) for r in records]
+
+    def _company_ids(self, session: Session, connection_id: str) -> dict[str, str]:
+        rows = session.execute(
+            select(Company.upstream_id, Company.id).where(Company.connection_id == connection_id)
+        )
+        return dict(rows.tuples())
+
+    async def _sync_feed(
+        self,
+        portal: PortalSession,
+        connection_id: str,
+        company_upstream_id: str,
+        company_name: str,
+        feed: Feed,
+        report: SyncReport,
+        progress: ProgressCallback | None,
+    ) -> None:
+        with transaction(self.ctx.sessions) as session:
+            cursor = _cursor(session, connection_id, company_upstream_id, feed.name)
+            state = dict(cursor.page_state or {})
+            cursor.last_run_at = utcnow()
+        if not feed.incremental and not state.get("in_progress"):
+            state = {}  # a feed without modified-since is listed whole every time
+        if not state.get("in_progress"):
+            state["page"] = 1  # a finished pull resumes from its keyset, at the first page
+        position = _Position(state)
+        report.feeds += 1
+        seen: set[tuple[str, str]] = set()
+        done = 0
+        while True:
+            page = await portal.list_changes(
+                company_upstream_id, feed.name, modified_since=position.since, page_number=position.page,
+                page_size=PAGE_SIZE,
+            )  # fmt: skip
+            # Records at exactly `since` are applied again rather than skipped: one may have changed
+            # at the same instant as the last sync. Unchanged records cost a comparison, no write.
+            seen.update((r.object_type, r.upstream_id) for r in page.records)
+            more = page.has_more and bool(page.records)
+            if page.records:
+                position.advance(page.records[-1], keyset=feed.incremental)
+            with transaction(self.ctx.sessions) as session:
+                counts = apply_records(session, connection_id, self._company_ids(session, connection_id), page.records,
+                                       utcnow())  # fmt: skip
+                cursor = _cursor(session, connection_id, company_upstream_id, feed.name)
+                # Saved with the page's rows: a crash resumes exactly after this page.
+                cursor.page_state = {**position.as_state(), "in_progress": more}
+                cursor.watermark = _iso(position.since) if position.since else None
+                if not more:
+                    cursor.last_success_at = utcnow()
+                    cursor.last_error = None
+                    if cursor.full_sync_completed_at is None:
+                        cursor.full_sync_completed_at = utcnow()
+            report.counts.add(counts)
+            report.pages += 1
+            done += len(page.records)
+            if progress is not None:
+                progress(company_name, feed.name, done, page.total_count)
+            if not more:
+                break
+        if not feed.incremental:
+            await self._confirm_absences(portal, connection_id, company_upstream_id, feed, seen, report)
+
+    async def _confirm_absences(
+        self,
+        portal: PortalSession,
+        connection_id: str,
+        company_upstream_id: str,
+        feed: Feed,
+        seen: set[tuple[str, str]],
+        report: SyncReport,
+    ) -> None:
+        """After a complete listing, ask the portal about each row it did not list; delete on 404 only."""
+        with self.ctx.sessions() as session:
+            company_id = self._company_ids(session, connection_id).get(company_upstream_id)
+            missing: list[tuple[str, str]] = []
+            for object_type in feed.object_types:
+                model: Any = mapping.object_map_for(object_type).model
+                stmt = select(model.upstream_id).where(
+                    model.connection_id == connection_id,
+                    model.company_id == company_id,
+                    model.deleted_at.is_(None),
+                )
+                missing += [(object_type, u) for u in session.scalars(stmt) if (object_type, u) not in seen]
+        for object_type, upstream_id in missing:
+            if await portal.fetch_object(company_upstream_id, object_type, upstream_id) is not None:
+                continue  # still there (it changed while we listed); the next sync picks it up
+            model = mapping.object_map_for(object_type).model
+            with transaction(self.ctx.sessions) as session:
+                row = session.scalars(
+                    select(model).where(
+                        model.connection_id == connection_id, model.upstream_id == upstream_id
+                    )
+                ).first()
+                if row is not None:
+                    row.deleted_at = utcnow()
+                    from plooto_api.services.events import record_event
+
+                    record_event(session, f"{object_type}.deleted", data={"id": row.id, "object": object_type},
+                                 connection_id=connection_id, company_id=company_id, object_type=object_type,
+                                 object_id=row.id)  # fmt: skip
+                    report.counts.updated += 1

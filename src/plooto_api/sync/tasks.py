@@ -1,0 +1,32 @@
+"""Sync job functions (run by whichever job engine is configured)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from plooto_api.jobs.context import JobContext
+from plooto_api.jobs.registry import job
+from plooto_api.sync.engine import SyncEngine
+
+
+@job("sync.connection")
+async def sync_connection(ctx: JobContext, connection_id: str, cadence: str = "all") -> dict[str, Any]:
+    """Pull changes for one connection; returns a summary of what changed."""
+    report = await SyncEngine(ctx).sync_connection(connection_id, cadence=cadence)  # type: ignore[arg-type]
+    return {
+        "connection_id": report.connection_id,
+        "state": report.state,
+        "created": report.counts.created,
+        "updated": report.counts.updated,
+        "unchanged": report.counts.unchanged,
+        "pages": report.pages,
+        "drift": report.drift,
+        "error": report.error,
+    }
+
+
+@job("session.keep_alive")
+async def keep_alive(ctx: JobContext, connection_id: str) -> None:
+    """Touch the portal session before its idle timeout, so it never has to log in again."""
+    portal = await ctx.portals.get(connection_id)
+    await portal.keep_alive()

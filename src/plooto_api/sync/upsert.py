@@ -1,0 +1,229 @@
+"""Writing one page of portal records into the store, with the events the changes cause.
+
+A page is applied in one transaction together with the sync cursor, so a crash never leaves a
+page half-written or its cursor ahead of its data. Records whose normalized form did not change are
+not written at all, so an incremental sync costs what changed, not what exists.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload
+
+from plooto_api import mapping, schemas
+from plooto_api.services.events import record_event
+from plooto_api.store.base import new_id
+from plooto_api.upstream import UpstreamRecord, UpstreamRef
+
+_PAYMENT_SENT = {"in_transit"}
+_PAYMENT_FAILED = {"failed", "returned"}
+
+
+@dataclass
+class ApplyCounts:
+    """What applying records did."""
+
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    events: int = 0
+    by_type: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+    def add(self, other: ApplyCounts) -> None:
+        self.created += other.created
+        self.updated += other.updated
+        self.unchanged += other.unchanged
+        self.events += other.events
+        for key, value in other.by_type.items():
+            self.by_type[key] += value
+
+
+def _load_existing(
+    session: Session, connection_id: str, object_type: str, upstream_ids: Iterable[str]
+) -> dict[str, Any]:
+    spec = mapping.object_map_for(object_type)
+    model: Any = spec.model
+    ids = list(set(upstream_ids))
+    found: dict[str, Any] = {}
+    eager = [selectinload(rel.class_attribute) for rel in model.__mapper__.relationships]
+    for start in range(0, len(ids), 500):  # keep IN lists within every backend's parameter limit
+        stmt = (
+            select(model)
+            .where(model.connection_id == connection_id, model.upstream_id.in_(ids[start : start + 500]))
+            .options(*eager)
+        )
+        for row in session.scalars(stmt):
+            found[row.upstream_id] = row
+    return found
+
+
+def _collect_refs(value: Any, into: defaultdict[str, set[str]]) -> None:
+    if isinstance(value, UpstreamRef):
+        into[value.object_type].add(value.upstream_id)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _collect_refs(item, into)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _collect_refs(item, into)
+
+
+def _resolve(value: Any, ids: dict[tuple[str, str], str]) -> Any:
+    if isinstance(value, UpstreamRef):
+        return ids.get((value.object_type, value.upstream_id))
+    if isinstance(value, dict):
+        return {key: _resolve(item, ids) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_resolve(item, ids) for item in value]
+    return value
+
+
+def _gateway_ids(
+    session: Session, connection_id: str, refs: defaultdict[str, set[str]], known: dict[tuple[str, str], str]
+) -> dict[tuple[str, str], str]:
+    ids = dict(known)
+    for object_type, upstream_ids in refs.items():
+        missing = [u for u in upstream_ids if (object_type, u) not in ids]
+        if not missing or object_type not in mapping.OBJECT_MAPS:
+            continue
+        model: Any = mapping.object_map_for(object_type).model
+        for start in range(0, len(missing), 500):
+            stmt = select(model.upstream_id, model.id).where(
+                model.connection_id == connection_id, model.upstream_id.in_(missing[start : start + 500])
+            )
+            for upstream_id, gateway_id in session.execute(stmt):
+                ids[(object_type, upstream_id)] = gateway_id
+    return ids
+
+
+def _events_for_change(object_type: str, old: schemas.PortalObject, new: schemas.PortalObject) -> list[str]:
+    types = [f"{object_type}.updated"]
+    old_data, new_data = old.model_dump(), new.model_dump()
+    if object_type == "bill" and old_data["approval"] != new_data["approval"]:
+        types.append("bill.approval_updated")
+    if object_type == "payment" and old_data["status"] != new_data["status"]:
+        types.append("payment.status_updated")
+        if new_data["status"] in _PAYMENT_SENT:
+            types.append("payment.sent")
+        elif new_data["status"] in _PAYMENT_FAILED:
+            types.append("payment.failed")
+        elif new_data["status"] == "completed":
+            types.append("payment.completed")
+    if object_type == "invoice" and old_data["status"] != new_data["status"]:
+        if new_data["status"] == "paid":
+            types.append("invoice.paid")
+        elif new_data["status"] == "overdue":
+            types.append("invoice.overdue")
+    return types
+
+
+def apply_records(
+    session: Session,
+    connection_id: str,
+    company_ids: dict[str, str],
+    records: list[UpstreamRecord],
+    now: datetime,
+) -> ApplyCounts:
+    """Upsert `records` (mirrored objects of any type) and stage their events in `session`.
+
+    `company_ids` maps portal company ids to gateway company ids; a company record adds itself.
+    """
+    counts = ApplyCounts()
+    by_type: defaultdict[str, list[UpstreamRecord]] = defaultdict(list)
+    for record in records:
+        if record.object_type in mapping.OBJECT_MAPS:
+            by_type[record.object_type].append(record)
+    existing = {
+        object_type: _load_existing(session, connection_id, object_type, (r.upstream_id for r in recs))
+        for object_type, recs in by_type.items()
+    }
+    # Every record gets its gateway id first, so records of one page can refer to each other.
+    assigned: dict[tuple[str, str], str] = {}
+    for object_type, recs in by_type.items():
+        prefix = mapping.object_map_for(object_type).prefix
+        for record in recs:
+            row = existing[object_type].get(record.upstream_id)
+            assigned[(object_type, record.upstream_id)] = row.id if row is not None else new_id(prefix)
+    refs: defaultdict[str, set[str]] = defaultdict(set)
+    for record in records:
+        _collect_refs(record.fields, refs)
+    ids = _gateway_ids(session, connection_id, refs, assigned)
+
+    # Companies first, then each type in the order it came (feeds are in dependency order). One
+    # flush per type: the unit of work orders inserts by relationship(), not by bare foreign keys.
+    order = sorted(by_type, key=lambda object_type: object_type != "company")
+    for object_type in order:
+        for record in by_type[object_type]:
+            _apply_one(session, connection_id, company_ids, record, existing, assigned, ids, now, counts)
+        session.flush()
+    return counts
+
+
+def _apply_one(
+    session: Session,
+    connection_id: str,
+    company_ids: dict[str, str],
+    record: UpstreamRecord,
+    existing: dict[str, dict[str, Any]],
+    assigned: dict[tuple[str, str], str],
+    ids: dict[tuple[str, str], str],
+    now: datetime,
+    counts: ApplyCounts,
+) -> None:
+    spec = mapping.object_map_for(record.object_type)
+    gateway_id = assigned[(record.object_type, record.upstream_id)]
+    if record.object_type == "company":
+        company_ids[record.upstream_id] = gateway_id
+    company_id = company_ids.get(record.company_upstream_id)
+    if company_id is None:
+        return  # a record of a company this login no longer reaches
+    row = existing[record.object_type].get(record.upstream_id)
+    old = mapping.to_schema(row) if row is not None else None
+    data = {
+        **_resolve(record.fields, ids),
+        "id": gateway_id,
+        "company_id": company_id,
+        "upstream_id": record.upstream_id,
+        "created_at": record.created_at,
+        "updated_at": old.updated_at if old is not None else now,
+        "upstream": {
+            "status_raw": record.status_raw,
+            "fetched_at": old.upstream.fetched_at if old is not None else now,
+            "url": record.url,
+        },
+        "accounting_refs": record.accounting_refs,
+    }
+    new = spec.schema.model_validate(data)
+    if new == old:  # also false for a deleted row that reappeared: deleted_at is cleared below
+        counts.unchanged += 1
+        return
+    fetched = new.upstream.model_copy(update={"fetched_at": now})
+    new = new.model_copy(update={"updated_at": now, "upstream": fetched})
+    if row is None:
+        row = mapping.new_row(new, connection_id=connection_id)
+        session.add(row)
+        counts.created += 1
+        event_types = [f"{record.object_type}.created"]
+    else:
+        mapping.apply_to_row(new, row, connection_id=connection_id)
+        counts.updated += 1
+        event_types = _events_for_change(record.object_type, old, new) if old is not None else []
+    counts.by_type[record.object_type] += 1
+    payload = new.model_dump(mode="json")
+    for event_type in event_types:
+        record_event(
+            session,
+            event_type,
+            data=payload,
+            connection_id=connection_id,
+            company_id=company_id,
+            object_type=record.object_type,
+            object_id=gateway_id,
+        )
+        counts.events += 1
