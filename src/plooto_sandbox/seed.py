@@ -121,6 +121,7 @@ RETURN_REASONS = [
     FailureReason.INCORRECT_ACCOUNT_HOLDER_NAME,
     FailureReason.ACCOUNT_CLOSED,
 ]
+STALE_VENDOR_NAME = "Stale Bank Details Inc."
 HOLD_REASON = "The account for user Dana Controller has been temporarily locked. Please contact Plooto support for assistance."
 
 # (bill scenario, payment status, rail hint). Cycled per bill so that every bill and payment
@@ -435,6 +436,9 @@ class _CompanySeeder:
             name = f"{VENDOR_WORDS[index % len(VENDOR_WORDS)]} {VENDOR_KINDS[(index // len(VENDOR_WORDS)) % len(VENDOR_KINDS)]}"
             if index >= len(VENDOR_WORDS) * len(VENDOR_KINDS):
                 name += f" {index}"
+            if index == 3:
+                # The one payee whose bank returns every payment; named so humans can spot it.
+                name = STALE_VENDOR_NAME
             email = f"ap@{slugify(name)}.example"
             method = PayeeMethod(
                 payment_method_id=self.ids(),

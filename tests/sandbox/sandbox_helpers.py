@@ -90,7 +90,15 @@ class Portal:
 
 
 def make_client(**config: Any) -> TestClient:
-    settings = {"seed": 7, "companies": 2, "bills_per_company": 30, **config}
+    # Lifecycle tests move the clock by days; sessions must outlive that unless a test is about expiry.
+    settings = {
+        "seed": 7,
+        "companies": 2,
+        "bills_per_company": 30,
+        "session_idle_minutes": 60 * 24 * 365,
+        "session_absolute_hours": 24 * 365,
+        **config,
+    }
     return TestClient(create_app(SandboxConfig(**settings)), base_url="http://testserver")
 
 
