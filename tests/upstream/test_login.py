@@ -1,0 +1,138 @@
+"""Signing in over HTTP: TOTP, SMS answered later, trusted device across restarts, refusals."""
+
+from __future__ import annotations
+
+import pytest
+
+from plooto_api.upstream import (
+    Credentials,
+    InvalidCredentials,
+    InvalidMfaCode,
+    MemoryStateStore,
+    MfaChallenge,
+    MfaRequired,
+)
+from upstream.conftest import SessionFactory
+from upstream.upstream_helpers import CLERK, CONTROLLER, PASSWORD, TOTP_SECRET, Control, first_company, run
+
+
+def test_totp_login_answers_mfa_itself_and_persists_state(make_session: SessionFactory) -> None:
+    store = MemoryStateStore()
+    session = make_session(store=store)
+
+    async def scenario() -> None:
+        await session.ensure_logged_in()
+        assert await first_company(session)
+        await session.keep_alive()
+        await session.aclose()
+
+    run(scenario())
+    assert session.stats.logins == 1
+    assert session.stats.mfa_answers == 1
+    assert store.state is not None
+    names = {c["name"] for c in store.state["cookies"]}
+    assert {".Plooto.Session", "XSRF-TOKEN", ".Plooto.TrustedDevice"} <= names
+    assert store.state["pending_mfa"] is None
+
+
+def test_restart_reuses_session_then_trusted_device_without_mfa(
+    make_session: SessionFactory, control: Control
+) -> None:
+    store = MemoryStateStore()
+    run(_login_and_close(make_session(store=store)))
+
+    # Restart: the saved session cookie is still alive, so no sign-in at all.
+    restarted = make_session(store=store)
+    run(_login_and_close(restarted))
+    assert restarted.stats.logins == 0 and restarted.stats.mfa_answers == 0
+
+    # The portal drops every session: the trusted-device cookie skips MFA on the new sign-in.
+    control.revoke()
+    again = make_session(store=store, totp=False)  # no TOTP secret: MFA would be impossible
+    run(_login_and_close(again))
+    assert again.stats.logins == 1 and again.stats.mfa_answers == 0
+
+
+async def _login_and_close(session: object) -> None:
+    from plooto_api.upstream import PortalSession
+
+    assert isinstance(session, PortalSession)
+    await session.ensure_logged_in()
+    await session.list_companies()
+    await session.aclose()
+
+
+def test_sms_login_waits_for_the_code_even_across_a_restart(
+    make_session: SessionFactory, control: Control
+) -> None:
+    store = MemoryStateStore()
+    session = make_session(CLERK, store=store)
+
+    async def first_run() -> MfaRequired:
+        try:
+            with pytest.raises(MfaRequired) as caught:
+                await session.ensure_logged_in()
+            return caught.value
+        finally:
+            await session.aclose()
+
+    assert run(first_run()).challenge == MfaChallenge("sms")
+    assert store.state is not None and store.state["pending_mfa"] == {"method": "sms", "detail": None}
+
+    code = control.outbox(kind="Sms")[-1]["code"]
+    restarted = make_session(CLERK, store=store)
+    assert restarted.pending_mfa is None  # state is read lazily
+
+    async def second_run() -> None:
+        await restarted.submit_mfa_code(code)
+        await _login_and_close(restarted)
+
+    run(second_run())
+    assert restarted.stats.logins == 0
+    assert store.state["pending_mfa"] is None
+    assert ".Plooto.TrustedDevice" in {c["name"] for c in store.state["cookies"]}
+
+
+def test_wrong_sms_code_raises_invalid_mfa_code(make_session: SessionFactory) -> None:
+    session = make_session(CLERK)
+
+    async def scenario() -> None:
+        with pytest.raises(MfaRequired):
+            await session.ensure_logged_in()
+        with pytest.raises(InvalidMfaCode):
+            await session.submit_mfa_code("000000")
+        await session.aclose()
+
+    run(scenario())
+
+
+def test_invalid_password_is_raised_after_a_single_attempt(
+    make_session: SessionFactory, control: Control
+) -> None:
+    control.fault(kind="latency", latencyMs=0, method="POST", pathPattern="^/login$")
+    session = make_session(password="wrong-password")
+
+    async def scenario() -> None:
+        with pytest.raises(InvalidCredentials):
+            await session.ensure_logged_in()
+        (fault,) = control.faults()
+        assert fault["hits"] == 1
+        assert session.stats.logins == 1
+        # A second call tries again (the caller decided to), but still once per call.
+        with pytest.raises(InvalidCredentials):
+            await session.ensure_logged_in()
+        assert control.faults()[0]["hits"] == 2
+        await session.aclose()
+
+    run(scenario())
+
+
+def test_secrets_never_show_in_reprs_or_errors(make_session: SessionFactory) -> None:
+    credentials = Credentials(CONTROLLER, PASSWORD, TOTP_SECRET)
+    assert PASSWORD not in repr(credentials) and TOTP_SECRET not in repr(credentials)
+    assert PASSWORD not in str(credentials)
+    session = make_session(password="wrong-password")
+    assert "wrong-password" not in repr(session)
+    with pytest.raises(InvalidCredentials) as caught:
+        run(session.ensure_logged_in())
+    assert "wrong-password" not in str(caught.value)
