@@ -29,7 +29,7 @@ class AdaptiveThrottle:
         self._clock = clock
         self._sleep = sleep
         self._semaphore = asyncio.Semaphore(config.max_concurrency)
-        self._next_start = clock()
+        self._next_start = float("-inf")  # a fresh throttle has its whole burst
         self._blocked_until = 0.0
         self._last_decrease = -1e9
         self._healthy = 0

@@ -1,0 +1,174 @@
+"""The adaptive throttle's arithmetic (fake clock), retries over a mock transport, and a 429 storm."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import pytest
+
+from plooto_api.upstream import (
+    AdaptiveThrottle,
+    Credentials,
+    MemoryStateStore,
+    PortalSession,
+    RateLimited,
+    ThrottleConfig,
+    UpstreamChanged,
+)
+from upstream.conftest import SessionFactory
+from upstream.upstream_helpers import Control, first_company, run
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_rate_halves_on_429_and_start_waits_for_retry_after() -> None:
+    clock = FakeClock()
+    throttle = AdaptiveThrottle(ThrottleConfig(initial_rate=10, min_rate=0.5, burst=1), clock=clock)
+    assert throttle.reserve() == 0
+    throttle.on_rate_limited(retry_after=2)
+    assert throttle.rate == 5
+    assert throttle.reserve() == pytest.approx(2.0)
+    # Several 429s from the same burst count as one signal (cooldown).
+    throttle.on_rate_limited(retry_after=2)
+    assert throttle.rate == 5
+    clock.now += 1.5
+    throttle.on_rate_limited(retry_after=1)
+    assert throttle.rate == 2.5
+    for _ in range(10):
+        clock.now += 2
+        throttle.on_rate_limited(None)
+    assert throttle.rate == 0.5  # floor
+
+
+def test_rate_grows_additively_after_healthy_runs_up_to_max() -> None:
+    clock = FakeClock()
+    config = ThrottleConfig(initial_rate=4, max_rate=6, increase_after=5, additive_increase=1)
+    throttle = AdaptiveThrottle(config, clock=clock)
+    for _ in range(5):
+        throttle.on_response(0.01)
+    assert throttle.rate == 5
+    for _ in range(50):
+        throttle.on_response(0.01)
+    assert throttle.rate == 6
+
+
+def test_latency_well_above_baseline_reduces_rate() -> None:
+    clock = FakeClock()
+    throttle = AdaptiveThrottle(ThrottleConfig(initial_rate=20, increase_after=1000), clock=clock)
+    for _ in range(10):
+        throttle.on_response(0.02)
+    throttle.on_response(0.1)  # slower but not "well above" (floor 0.2 s)
+    assert throttle.rate == 20
+    throttle.on_response(1.0)
+    assert throttle.rate == 15
+
+
+def test_pacing_spaces_starts_at_the_rate() -> None:
+    clock = FakeClock()
+    throttle = AdaptiveThrottle(ThrottleConfig(initial_rate=4, burst=2), clock=clock)
+    waits = [throttle.reserve() for _ in range(4)]
+    assert waits == pytest.approx([0, 0, 0.25, 0.5])
+
+
+def _mock_session(handler: Any, **throttle: Any) -> PortalSession:
+    state = {
+        "version": 1,
+        "username": "u@example.test",
+        "cookies": [
+            {"name": ".Plooto.Session", "value": "s", "domain": "portal.test", "path": "/", "expires": None},
+            {"name": "XSRF-TOKEN", "value": "x", "domain": "portal.test", "path": "/", "expires": None},
+        ],
+    }
+    config = ThrottleConfig(initial_rate=1000, max_rate=1000, backoff_base=0.001, **throttle)
+    return PortalSession(
+        "http://portal.test", Credentials("u@example.test", "pw"), MemoryStateStore(state),
+        throttle=config, transport=httpx.MockTransport(handler),
+    )  # fmt: skip
+
+
+SESSION_BODY = {
+    "userId": "u", "email": "u@example.test", "firstName": "U", "lastName": "T", "mfaMethod": None,
+    "selectedCompanyId": None, "idleExpiresAt": "2026-03-02T14:15:00Z", "absoluteExpiresAt": "2026-03-03T02:00:00Z",
+}  # fmt: skip
+EMPTY_PAGE = {"items": [], "pageNumber": 1, "pageSize": 25, "totalCount": 0, "totalPages": 1}
+
+
+def test_429_is_retried_honouring_retry_after_then_raised_when_exhausted() -> None:
+    calls: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.headers["X-XSRF-TOKEN"] == "x"
+        calls.append(request.url.path)
+        if request.url.path == "/api/session":
+            return httpx.Response(200, json=SESSION_BODY)
+        if len(calls) <= 3:
+            return httpx.Response(429, json={"errorCode": "RateLimitExceeded"}, headers={"Retry-After": "0"})
+        return httpx.Response(200, json=EMPTY_PAGE)
+
+    session = _mock_session(handler)
+    page = run(session.list_changes("c", "bills", modified_since=None))
+    assert page.total_count == 0
+    assert session.stats.responses_429 == 2 and session.stats.retries == 2
+
+    always = _mock_session(lambda r: httpx.Response(429, headers={"Retry-After": "0"}), max_attempts=3)
+    with pytest.raises(RateLimited):
+        run(always.ensure_logged_in())
+    assert always.stats.requests == 3
+
+
+def test_drift_in_a_page_is_never_retried_and_money_stays_decimal() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/api/session":
+            return httpx.Response(200, json=SESSION_BODY)
+        return httpx.Response(200, json={"records": [], "pageNumber": 1})
+
+    session = _mock_session(handler)
+    with pytest.raises(UpstreamChanged) as caught:
+        run(session.list_changes("c", "vendors", modified_since=None))
+    assert "page: missing field 'items'" in caught.value.differences
+    assert session.stats.retries == 0
+
+
+def test_429_storm_against_the_sandbox(make_session: SessionFactory, control: Control) -> None:
+    session = make_session(
+        throttle=ThrottleConfig(initial_rate=30, max_rate=60, max_concurrency=4, max_attempts=8)
+    )
+    feeds = (
+        "bills",
+        "payments",
+        "invoices",
+        "vendors",
+        "customers",
+        "users",
+        "bank_accounts",
+        "customer_payments",
+    )
+
+    async def scenario() -> int:
+        company = await first_company(session)
+        control.rate_limit(5, 5)
+        results = await asyncio.gather(
+            *(
+                session.list_changes(company, feed, modified_since=None, page_number=n, page_size=5)
+                for feed in feeds
+                for n in (1, 2)
+            )
+        )
+        await session.aclose()
+        return len(results)
+
+    assert run(scenario()) == 16
+    print(
+        f"storm requests={session.stats.requests} responses_429={session.stats.responses_429} "
+        f"retries={session.stats.retries} final_rate={session.throttle.rate:.2f} min_rate={session.throttle.min_rate_seen:.2f}"
+    )
+    assert session.throttle.rate < 30
+    assert session.stats.responses_429 <= 8
