@@ -35,7 +35,9 @@ def test_seal_and_open_without_plaintext_at_rest(sessions: sessionmaker[Session]
     if engine.dialect.name == "sqlite":
         database = engine.url.database
         assert database is not None
-        raw = Path(database).read_bytes() + (Path(database + "-wal").read_bytes() if Path(database + "-wal").exists() else b"")
+        raw = Path(database).read_bytes() + (
+            Path(database + "-wal").read_bytes() if Path(database + "-wal").exists() else b""
+        )
         assert b"correct horse" not in raw
 
 
@@ -71,8 +73,7 @@ def test_rotation_rewraps_under_the_new_key(sessions: sessionmaker[Session]) -> 
 def test_key_file_is_created_owner_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("PLOOTO_API_VAULT_KEY", raising=False)
     settings = Settings(data_dir=tmp_path / "data")
-    with pytest.warns(UserWarning, match="vault key file"):
-        first = Vault.from_settings(settings)
+    first = Vault.from_settings(settings)
     mode = stat.S_IMODE(os.stat(tmp_path / "data" / "vault.key").st_mode)
     assert mode == 0o600
     assert Vault.from_settings(settings).current_key_id == first.current_key_id

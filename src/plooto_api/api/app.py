@@ -10,9 +10,10 @@ from fastapi import FastAPI, Request, Response
 
 from plooto_api import __version__
 from plooto_api.api.errors import install_error_handlers
-from plooto_api.api.routes import health
+from plooto_api.api.routes import connections, health, objects
 from plooto_api.config import Settings
-from plooto_api.store.database import create_db_engine, session_factory, upgrade_to_head
+from plooto_api.jobs import InProcessEngine, JobContext
+from plooto_api.jobs.schedules import schedule_all
 
 DESCRIPTION = (
     "A REST API over the Plooto accounts-payable / accounts-receivable portal. "
@@ -21,22 +22,26 @@ DESCRIPTION = (
 )
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the gateway application. The schema is migrated to head when it starts."""
+def create_app(settings: Settings | None = None, *, run_jobs: bool = True) -> FastAPI:
+    """Build the gateway application. The schema is migrated to head when it starts, and (unless
+    `run_jobs` is false) the in-process worker keeps every connection synced."""
     settings = settings or Settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if settings.database_url is None:
-            settings.ensure_data_dir()
-        engine = create_db_engine(settings.resolved_database_url)
-        upgrade_to_head(engine)
-        app.state.engine = engine
-        app.state.sessions = session_factory(engine)
+        ctx = JobContext.from_settings(settings)
+        jobs = InProcessEngine(ctx)
+        app.state.ctx = ctx
+        app.state.engine = ctx.engine
+        app.state.sessions = ctx.sessions
+        app.state.jobs = jobs
+        if run_jobs:
+            schedule_all(jobs, ctx)
         try:
             yield
         finally:
-            engine.dispose()
+            await jobs.stop()
+            await ctx.aclose()
 
     app = FastAPI(
         title="plooto-api",
@@ -58,4 +63,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return response
 
     app.include_router(health.router)
+    app.include_router(connections.router)
+    app.include_router(objects.router)
     return app

@@ -184,6 +184,50 @@ def connections_clear_drift(
     run_clear_drift(load_settings(data_dir=data_dir, database_url=database_url), console, connection)
 
 
+tokens_app = typer.Typer(help="Create, list and revoke API tokens.", no_args_is_help=True)
+app.add_typer(tokens_app, name="tokens")
+
+
+@tokens_app.command("create")
+def tokens_create(
+    scopes: Annotated[
+        str, typer.Option(help="Comma-separated scopes, e.g. bills:read,payments:read, or '*'.")
+    ],
+    company: Annotated[
+        list[str] | None, typer.Option("--company", help="Limit to this company id (repeatable).")
+    ] = None,
+    connection: Annotated[str | None, typer.Option(help="Limit to this connection id.")] = None,
+    name: Annotated[str | None, typer.Option(help="A name to recognise the token by.")] = None,
+    data_dir: DataDirOption = None,
+    database_url: DatabaseUrlOption = None,
+) -> None:
+    """Create a token and print it alone on stdout (it is shown only this once)."""
+    from plooto_api.cli.tokens import run_create
+
+    settings = load_settings(data_dir=data_dir, database_url=database_url)
+    print(run_create(settings, scopes=scopes, companies=company, connection=connection, name=name))
+
+
+@tokens_app.command("list")
+def tokens_list(data_dir: DataDirOption = None, database_url: DatabaseUrlOption = None) -> None:
+    """List tokens (prefix, scopes, limits, last use); never their secrets."""
+    from plooto_api.cli.tokens import run_list
+
+    run_list(load_settings(data_dir=data_dir, database_url=database_url), console)
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(
+    token_id: Annotated[str, typer.Argument(help="Token id (tok_…).")],
+    data_dir: DataDirOption = None,
+    database_url: DatabaseUrlOption = None,
+) -> None:
+    """Revoke a token; requests with it get 401 from now on."""
+    from plooto_api.cli.tokens import run_revoke
+
+    run_revoke(load_settings(data_dir=data_dir, database_url=database_url), console, token_id)
+
+
 @db_app.command("upgrade")
 def db_upgrade(data_dir: DataDirOption = None, database_url: DatabaseUrlOption = None) -> None:
     """Migrate the database schema to the newest version."""

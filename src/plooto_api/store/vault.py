@@ -15,7 +15,6 @@ import hashlib
 import json
 import os
 import secrets
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +24,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from plooto_api.config import Settings
+from plooto_api.log import get_logger
 from plooto_api.store.base import new_id, utcnow
 from plooto_api.store.models import VaultEntry
 
 KEY_FILE_NAME = "vault.key"
+log = get_logger(__name__)
 
 
 class VaultError(Exception):
@@ -162,8 +163,5 @@ def _load_or_create_key_file(path: Path) -> bytes:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(key + "\n")
-    warnings.warn(
-        f"created a vault key file at {path}; set PLOOTO_API_VAULT_KEY for production use",
-        stacklevel=2,
-    )
+    log.warning("vault_key_file_created", path=str(path), hint="set PLOOTO_API_VAULT_KEY in production")
     return _decode_key(key)

@@ -1,0 +1,108 @@
+"""Routes for the mirrored objects: `GET /{resource}` lists and `GET /{resource}/{id}` reads.
+
+Generated from `services.objects.RESOURCES`, so every resource has the same list envelope,
+pagination, filter validation and tenant scoping, and its own typed OpenAPI. (No postponed
+annotations here: FastAPI must see the generated parameter models as real types.)
+"""
+
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
+
+from plooto_api.api.auth import require_scope
+from plooto_api.api.errors import ApiError
+from plooto_api.services import objects as object_service
+from plooto_api.services.refresh import refresh_object
+from plooto_api.services.tokens import Principal
+from plooto_api.store.pagination import DEFAULT_LIMIT, MAX_LIMIT, InvalidCursor, PageRequest
+
+router = APIRouter()
+
+
+class ListParams(BaseModel):
+    """Pagination shared by every list."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    limit: int = Field(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT, description="Page size, 1 to 100.")
+    cursor: str | None = Field(None, max_length=500, description="`next_cursor` of the previous page.")
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _aware(cls, value: Any) -> Any:
+        if isinstance(value, datetime) and value.tzinfo is None:
+            raise ValueError("timestamps need a time zone, e.g. 2026-11-27T14:00:00Z")
+        return value
+
+
+def _title(path: str) -> str:
+    return "".join(part.title() for part in path.split("_"))
+
+
+def _add_resource(resource: object_service.Resource) -> None:
+    name = _title(resource.path)
+    fields: dict[str, Any] = {
+        f.param: (f.type | None, Field(None, description=f.description or f.param)) for f in resource.filters
+    }
+    params_model: Any = create_model(f"{name}ListParams", __base__=ListParams, **fields)
+    list_kind: Any = Literal["list"]
+    list_model: Any = create_model(
+        f"{name}List",
+        object=(list_kind, "list"),
+        data=(list[resource.schema], ...),  # type: ignore[name-defined]
+        has_more=(bool, ...),
+        next_cursor=(str | None, None),
+    )
+    require = Depends(require_scope(resource.scope))
+
+    def list_objects(
+        request: Request, params: Annotated[params_model, Query()], principal: Principal = require
+    ) -> Any:
+        values = params.model_dump()
+        try:
+            page = PageRequest(limit=values.pop("limit"), cursor=values.pop("cursor"))
+            with request.app.state.sessions() as session:
+                result = object_service.list_objects(session, resource, principal.access, values, page)
+        except InvalidCursor as exc:
+            raise ApiError(400, "invalid_cursor", str(exc), param="cursor") from exc
+        except ValueError as exc:  # an amount with more decimals than its currency allows
+            raise ApiError(400, "invalid_request", str(exc)) from exc
+        return {"object": "list", "data": result.items, "has_more": result.has_more,
+                "next_cursor": result.next_cursor}  # fmt: skip
+
+    async def get_object(
+        request: Request,
+        object_id: str,
+        principal: Principal = require,
+        fresh: Annotated[bool, Query(description="Refresh this object from the portal first.")] = False,
+    ) -> Any:
+        if len(object_id) > 64:
+            raise ApiError(404, "not_found", f"no {resource.object_type} {object_id[:64]}…")
+        if fresh:
+            with request.app.state.sessions() as session:
+                row = object_service.row_for(session, resource, principal.access, object_id)
+            if row is not None:
+                await refresh_object(request.app.state.ctx, row)
+        with request.app.state.sessions() as session:
+            obj = object_service.get_object(session, resource, principal.access, object_id)
+        if obj is None:
+            raise ApiError(404, "not_found", f"no {resource.object_type} {object_id}", param="id")
+        return obj
+
+    router.add_api_route(
+        f"/{resource.path}", list_objects, methods=["GET"], response_model=list_model,
+        summary=f"List {resource.path.replace('_', ' ')}", description=resource.description,
+        tags=[resource.path],
+    )  # fmt: skip
+    router.add_api_route(
+        f"/{resource.path}/{{object_id}}", get_object, methods=["GET"], response_model=resource.schema,
+        summary=f"Get one {resource.object_type.replace('_', ' ')}", tags=[resource.path],
+        responses={404: {"description": "No such object for this token."}},
+    )  # fmt: skip
+
+
+for _resource in object_service.RESOURCES:
+    _add_resource(_resource)

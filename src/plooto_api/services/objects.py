@@ -1,0 +1,179 @@
+"""Reading mirrored objects: the filters each list accepts, and the queries behind them.
+
+Each resource is declared once (`RESOURCES`): its path, object type, read scope and filters. The
+API builds its routes and their OpenAPI from this table; the tenant scope is applied by the
+repository, never here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any, Literal
+
+from sqlalchemy import ColumnElement
+from sqlalchemy.orm import Session
+
+from plooto_api import mapping, schemas
+from plooto_api.money import to_minor
+from plooto_api.store import models
+from plooto_api.store.pagination import Page, PageRequest
+from plooto_api.store.repository import ObjectRepository
+from plooto_api.store.scope import AccessScope
+
+Op = Literal["eq", "gte", "lte"]
+
+
+@dataclass(frozen=True)
+class Filter:
+    """One query parameter of a list and the column condition it becomes."""
+
+    param: str
+    column: str
+    op: Op = "eq"
+    type: type = str
+    description: str = ""
+    money: bool = False  # a decimal amount compared with a *_minor column
+
+
+def _eq(param: str, column: str | None = None, kind: type = str, description: str = "") -> Filter:
+    return Filter(param, column or param, "eq", kind, description)
+
+
+def _range(prefix: str, column: str, kind: type, what: str) -> list[Filter]:
+    return [
+        Filter(f"{prefix}_from", column, "gte", kind, f"{what} on or after"),
+        Filter(f"{prefix}_to", column, "lte", kind, f"{what} on or before"),
+    ]
+
+
+def _amount(column: str) -> list[Filter]:
+    return [
+        Filter("amount_min", column, "gte", Decimal, "amount at least (decimal string)", money=True),
+        Filter("amount_max", column, "lte", Decimal, "amount at most (decimal string)", money=True),
+    ]
+
+
+COMPANY = _eq("company", "company_id", description="company (client book) id")
+UPDATED = Filter("updated_since", "updated_at", "gte", datetime, "changed at or after (ISO 8601 with zone)")
+CURRENCY = _eq("currency", description="ISO 4217 code, e.g. CAD")
+
+
+@dataclass(frozen=True)
+class Resource:
+    """A readable collection of one mirrored object type."""
+
+    path: str
+    object_type: str
+    scope: str
+    filters: list[Filter] = field(default_factory=list)
+    description: str = ""
+
+    @property
+    def model(self) -> Any:
+        return mapping.object_map_for(self.object_type).model
+
+    @property
+    def schema(self) -> type[schemas.PortalObject]:
+        return mapping.object_map_for(self.object_type).schema
+
+
+RESOURCES: list[Resource] = [
+    Resource("companies", "company", "companies:read", [UPDATED], "Client books the logins reach."),
+    Resource("bank_accounts", "bank_account", "bank_accounts:read", [COMPANY, CURRENCY, UPDATED],
+             "Funding accounts and wallets (numbers masked)."),
+    Resource("users", "user", "users:read", [COMPANY, _eq("role"), UPDATED], "Portal users per company."),
+    Resource("approval_rules", "approval_rule", "approvals:read", [COMPANY, _eq("applies_to"), UPDATED],
+             "Approval policies and signing authorities."),
+    Resource("vendors", "vendor", "vendors:read",
+             [COMPANY, CURRENCY, _eq("network_connected", kind=bool), _eq("status"), UPDATED], "Payees."),
+    Resource("customers", "customer", "customers:read", [COMPANY, CURRENCY, _eq("status"), UPDATED], "Payers."),
+    Resource("bills", "bill", "bills:read",
+             [COMPANY, _eq("vendor", "vendor_id"), _eq("status"), _eq("approval_status"), CURRENCY,
+              *_range("due_date", "due_date", date, "due"), *_range("issue_date", "issue_date", date, "issued"),
+              *_amount("total_minor"), UPDATED], "Payable documents with their approval state."),
+    Resource("payments", "payment", "payments:read",
+             [COMPANY, _eq("vendor", "vendor_id"), _eq("customer", "customer_id"), _eq("status"),
+              _eq("direction"), _eq("method"), CURRENCY,
+              *_range("scheduled", "scheduled_for", date, "scheduled debit date"), *_amount("amount_minor"),
+              UPDATED], "Payable and receivable payments with their status history."),
+    Resource("invoices", "invoice", "invoices:read",
+             [COMPANY, _eq("customer", "customer_id"), _eq("status"), CURRENCY,
+              _eq("recurring_invoice", "recurring_invoice_id"),
+              *_range("due_date", "due_date", date, "due"), *_range("issue_date", "issue_date", date, "issued"),
+              *_amount("total_minor"), UPDATED], "Receivable documents, with reminders and recurring links."),
+    Resource("recurring_invoices", "recurring_invoice", "invoices:read",
+             [COMPANY, _eq("customer", "customer_id"), _eq("status"), UPDATED], "Recurring invoice schedules."),
+    Resource("transactions", "transaction", "transactions:read",
+             [COMPANY, _eq("bank_account", "bank_account_id"), _eq("payment", "payment_id"), _eq("kind"),
+              CURRENCY, *_range("occurred", "occurred_on", date, "occurred"), UPDATED],
+             "Account movements: debits, credits, fees, transfers."),
+    Resource("fx_conversions", "fx_conversion", "fx_conversions:read",
+             [COMPANY, _eq("payment", "payment_id"), _eq("status"), UPDATED], "Currency conversions."),
+    Resource("documents", "captured_document", "documents:read", [COMPANY, _eq("status"), UPDATED],
+             "Documents in Capture, with OCR fields."),
+    Resource("sync_mappings", "sync_mapping", "sync_mappings:read",
+             [COMPANY, _eq("provider"), _eq("object_type"), _eq("object", "object_id"), UPDATED],
+             "Links to records in QuickBooks, Xero and NetSuite."),
+]  # fmt: skip
+
+RESOURCES_BY_PATH = {r.path: r for r in RESOURCES}
+
+
+def conditions(resource: Resource, params: dict[str, Any]) -> list[ColumnElement[bool]]:
+    """Column conditions for the given filter values (None values are ignored)."""
+    model = resource.model
+    result: list[ColumnElement[bool]] = []
+    currency = params.get("currency") or "CAD"
+    for spec in resource.filters:
+        value = params.get(spec.param)
+        if value is None:
+            continue
+        if spec.money:
+            value = to_minor(value, currency)
+        column = getattr(model, spec.column)
+        if spec.op == "eq":
+            result.append(column == value)
+        elif spec.op == "gte":
+            result.append(column >= value)
+        else:
+            result.append(column <= value)
+    return result
+
+
+def list_objects(
+    session: Session, resource: Resource, access: AccessScope, params: dict[str, Any], page: PageRequest
+) -> Page[schemas.PortalObject]:
+    """A page of normalized objects matching `params`, within `access`."""
+    rows = ObjectRepository(session, resource.model).list(access, page, conditions(resource, params))
+    return Page(
+        items=[mapping.to_schema(r) for r in rows.items], has_more=rows.has_more, next_cursor=rows.next_cursor
+    )
+
+
+def get_object(
+    session: Session, resource: Resource, access: AccessScope, object_id: str
+) -> schemas.PortalObject | None:
+    """One normalized object, or None when it does not exist for this caller."""
+    row = ObjectRepository(session, resource.model).get(object_id, access)
+    return None if row is None else mapping.to_schema(row)
+
+
+def row_for(session: Session, resource: Resource, access: AccessScope, object_id: str) -> Any | None:
+    """The store row behind an object the caller may see (for a refresh from the portal)."""
+    return ObjectRepository(session, resource.model).get(object_id, access)
+
+
+Refresher = Callable[[str, str, str, str], Any]
+__all__ = [
+    "RESOURCES",
+    "RESOURCES_BY_PATH",
+    "Filter",
+    "Resource",
+    "conditions",
+    "get_object",
+    "list_objects",
+    "models",
+]

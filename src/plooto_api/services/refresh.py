@@ -1,0 +1,49 @@
+"""Refreshing one object from the portal on demand (`?fresh=true`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+
+from plooto_api import mapping
+from plooto_api.jobs.context import JobContext
+from plooto_api.services.events import record_event
+from plooto_api.store.base import utcnow
+from plooto_api.store.database import transaction
+from plooto_api.store.models import Company
+from plooto_api.sync.upsert import apply_records
+
+
+async def refresh_object(ctx: JobContext, row: Any) -> None:
+    """Read one object back from the portal and apply it; a confirmed 404 marks it deleted."""
+    object_type = mapping.object_map_for(row).object_type
+    connection_id = row.connection_id
+    with ctx.sessions() as session:
+        companies = dict(
+            session.execute(
+                select(Company.upstream_id, Company.id).where(Company.connection_id == connection_id)
+            ).tuples()
+        )
+    company_upstream_id = next(
+        (
+            upstream
+            for upstream, gateway in companies.items()
+            if gateway == getattr(row, "company_id", row.id)
+        ),
+        None,
+    )
+    if company_upstream_id is None:
+        return
+    portal = await ctx.portals.get(connection_id)
+    record = await portal.fetch_object(company_upstream_id, object_type, row.upstream_id)
+    with transaction(ctx.sessions) as session:
+        if record is not None:
+            apply_records(session, connection_id, companies, [record], utcnow())
+            return
+        stored = session.get(type(row), row.id)
+        if stored is not None and stored.deleted_at is None:
+            stored.deleted_at = utcnow()
+            record_event(session, f"{object_type}.deleted", data={"id": row.id, "object": object_type},
+                         connection_id=connection_id, company_id=companies.get(company_upstream_id),
+                         object_type=object_type, object_id=row.id)  # fmt: skip

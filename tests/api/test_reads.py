@@ -1,0 +1,207 @@
+"""The read API: every list and object endpoint, filters, cursors, scopes and tenant isolation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import date, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from pydantic import SecretStr
+from sqlalchemy.orm import Session, sessionmaker
+
+from plooto_api import mapping, schemas
+from plooto_api.api.app import create_app
+from plooto_api.config import Settings
+from plooto_api.services.objects import RESOURCES
+from plooto_api.services.tokens import create_token
+from plooto_api.store import models
+from plooto_api.store.base import new_id
+from plooto_api.store.database import create_db_engine, session_factory
+from plooto_api.store.vault import generate_key
+from support import factories
+
+EXTRA_BILLS = 30
+
+
+def _seed_tenant(session: Session, label: str) -> dict[str, Any]:
+    conn = models.Connection(
+        id=new_id("conn"), username=f"{label}@firm.test", upstream_url="http://portal.test"
+    )
+    session.add(conn)
+    session.flush()
+    company = factories.company(upstream_id=f"C-{label}")
+    objects = [company, *factories.every_object(company.id)]
+    for obj in objects:
+        session.add(mapping.new_row(obj, connection_id=conn.id))
+        session.flush()
+    vendor = next(o for o in objects if o.object == "vendor")
+    bill = next(o for o in objects if o.object == "bill")
+    extra = []
+    for n in range(EXTRA_BILLS):
+        data = bill.model_dump()
+        total = Decimal(100 + n * 10)
+        money = {"amount": total, "currency": "USD" if n % 5 == 0 else "CAD"}
+        zero = {"amount": Decimal(0), "currency": money["currency"]}
+        data.update(
+            id=new_id("bill"), upstream_id=f"B-{label}-{n}", number=f"N-{n}", line_items=[],
+            subtotal=money, tax=zero, total=money, amount_paid=zero, amount_due=money,
+            status=["approved", "paid", "pending_approval"][n % 3], due_date=date(2026, 12, 1) + timedelta(days=n),
+            approval={"status": ["approved", "approved", "pending"][n % 3], "steps": []},
+            vendor_id=vendor.id if n % 2 else None,
+        )  # fmt: skip
+        extra_bill = schemas.Bill.model_validate(data)
+        session.add(mapping.new_row(extra_bill, connection_id=conn.id))
+        extra.append(extra_bill)
+    return {
+        "connection": conn.id,
+        "company": company.id,
+        "objects": objects,
+        "bills": extra,
+        "vendor": vendor.id,
+    }
+
+
+@pytest.fixture
+def world(database_url: str, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    engine = create_db_engine(database_url)
+    sessions: sessionmaker[Session] = session_factory(engine)
+    with sessions.begin() as session:
+        a, b = _seed_tenant(session, "a"), _seed_tenant(session, "b")
+
+        def token(scopes: list[str], **limits: Any) -> str:
+            return create_token(session, scopes=scopes, **limits)[1]
+
+        tokens = {
+            "admin": token(["*"]),
+            "bills_only": token(["bills:read"]),
+            "company_a": token(["*"], company_ids=[a["company"]]),
+            "connection_b": token(["*"], connection_id=b["connection"]),
+        }
+    engine.dispose()
+    settings = Settings(
+        data_dir=tmp_path / "data", database_url=database_url, vault_key=SecretStr(generate_key())
+    )
+    with TestClient(create_app(settings, run_jobs=False)) as client:
+        yield {"client": client, "a": a, "b": b, "tokens": tokens}
+
+
+def _get(world: dict[str, Any], path: str, token: str = "admin", **params: Any) -> Any:
+    headers = {"Authorization": f"Bearer {world['tokens'][token]}"} if token else {}
+    return world["client"].get(path, params=params, headers=headers)
+
+
+def test_every_resource_lists_and_reads_by_id(world: dict[str, Any]) -> None:
+    for resource in RESOURCES:
+        response = _get(world, f"/{resource.path}", limit=100)
+        assert response.status_code == 200, (resource.path, response.text)
+        body = response.json()
+        assert body["object"] == "list" and body["data"], resource.path
+        assert {item["object"] for item in body["data"]} == {resource.object_type}
+        first = body["data"][0]
+        one = _get(world, f"/{resource.path}/{first['id']}")
+        assert one.status_code == 200 and one.json() == first
+    bill = _get(world, "/bills", limit=1).json()["data"][0]
+    assert set(bill) >= {"id", "object", "company_id", "upstream_id", "created_at", "updated_at", "upstream",
+                         "accounting_refs", "total", "amount_due", "approval", "line_items"}  # fmt: skip
+    assert isinstance(bill["total"]["amount"], str)
+
+
+def test_scopes_and_tokens(world: dict[str, Any]) -> None:
+    assert _get(world, "/bills", token="").status_code == 401
+    assert _get(world, "/bills", token="").json()["error"]["code"] == "missing_token"
+    bad = world["client"].get("/bills", headers={"Authorization": "Bearer papi_not-a-real-token"})
+    assert bad.status_code == 401 and bad.json()["error"]["code"] == "invalid_token"
+    assert _get(world, "/bills", token="bills_only").status_code == 200
+    denied = _get(world, "/vendors", token="bills_only")
+    assert denied.status_code == 403 and denied.json()["error"]["code"] == "insufficient_scope"
+    assert _get(world, "/connections", token="bills_only").status_code == 403
+
+
+@pytest.mark.parametrize("token,tenant,other", [("company_a", "a", "b"), ("connection_b", "b", "a")])
+def test_tenant_isolation_for_every_type(world: dict[str, Any], token: str, tenant: str, other: str) -> None:
+    mine, theirs = world[tenant], world[other]
+    for resource in RESOURCES:
+        data = _get(world, f"/{resource.path}", token=token, limit=100).json()["data"]
+        assert data, resource.path
+        assert {item["company_id"] for item in data} == {mine["company"]}, resource.path
+        foreign = next(o for o in theirs["objects"] if o.object == resource.object_type)
+        response = _get(world, f"/{resource.path}/{foreign.id}", token=token)
+        assert response.status_code == 404, resource.path  # not 403: another tenant's data does not exist
+        assert foreign.upstream_id not in response.text
+    connections = _get(world, "/connections", token=token).json()["data"]
+    assert [c["id"] for c in connections] == [mine["connection"]]
+    assert _get(world, f"/connections/{theirs['connection']}", token=token).status_code == 404
+
+
+def test_cursor_walk_is_complete_stable_and_ordered(world: dict[str, Any]) -> None:
+    seen: list[str] = []
+    cursor = None
+    while True:
+        params: dict[str, Any] = {"company": world["a"]["company"], "limit": 7}
+        if cursor:
+            params["cursor"] = cursor
+        body = _get(world, "/bills", **params).json()
+        seen += [item["id"] for item in body["data"]]
+        if not body["has_more"]:
+            assert body["next_cursor"] is None
+            break
+        cursor = body["next_cursor"]
+    assert seen == sorted(seen) and len(seen) == len(set(seen)) == EXTRA_BILLS + 1
+
+
+def test_bill_filters(world: dict[str, Any]) -> None:
+    a = world["a"]
+    company = a["company"]
+
+    def ids(**params: Any) -> set[str]:
+        return {b["id"] for b in _get(world, "/bills", company=company, limit=100, **params).json()["data"]}
+
+    extra = a["bills"]
+    assert ids(status="paid") == {b.id for b in extra if b.status == "paid"}
+    assert ids(approval_status="pending") == {b.id for b in extra if b.approval.status == "pending"} | {
+        next(o.id for o in a["objects"] if o.object == "bill")
+    }
+    assert ids(vendor=a["vendor"]) >= {b.id for b in extra if b.vendor_id}
+    assert ids(currency="USD") == {b.id for b in extra if b.total.currency == "USD"}
+    window = ids(due_date_from="2026-12-05", due_date_to="2026-12-07")
+    assert window == {b.id for b in extra if date(2026, 12, 5) <= b.due_date <= date(2026, 12, 7)}  # type: ignore[operator]
+    assert ids(amount_min="150.00", amount_max="170") == {
+        b.id for b in extra if Decimal(150) <= b.total.amount <= Decimal(170)
+    }
+    assert ids(updated_since="2000-01-01T00:00:00Z") and not ids(updated_since="2100-01-01T00:00:00Z")
+    assert _get(world, "/payments", status="in_transit").json()["data"]
+    assert not _get(world, "/payments", status="failed").json()["data"]
+    assert _get(world, "/invoices", customer=next(o.id for o in a["objects"] if o.object == "customer"),
+                ).json()["data"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "path,params,code",
+    [
+        ("/bills", {"limit": 0}, "invalid_request"),
+        ("/bills", {"limit": 101}, "invalid_request"),
+        ("/bills", {"limit": "ten"}, "invalid_request"),
+        ("/bills", {"cursor": "garbage"}, "invalid_cursor"),
+        ("/bills", {"nonsense": "1"}, "invalid_request"),
+        ("/bills", {"updated_since": "2026-01-01T00:00:00"}, "invalid_request"),
+        ("/bills", {"updated_since": "yesterday"}, "invalid_request"),
+        ("/bills", {"due_date_from": "2026-13-45"}, "invalid_request"),
+        ("/bills", {"amount_min": "1.001"}, "invalid_request"),
+        ("/bills", {"amount_min": "NaN"}, "invalid_request"),
+        ("/bills/" + "x" * 5000, {}, "not_found"),
+        ("/vendors/ven_doesnotexist", {}, "not_found"),
+        ("/payments", {"network_connected": "maybe"}, "invalid_request"),
+    ],
+)
+def test_bad_input_is_a_clear_4xx(
+    world: dict[str, Any], path: str, params: dict[str, Any], code: str
+) -> None:
+    response = _get(world, path, **params)
+    assert 400 <= response.status_code < 500, response.text
+    error = response.json()["error"]
+    assert error["code"] == code
+    assert error["message"] and error["request_id"]
