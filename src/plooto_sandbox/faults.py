@@ -14,6 +14,7 @@ import re
 import time
 import uuid
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from starlette.requests import Request
@@ -64,7 +65,8 @@ class Fault:
             "method": self.method,
             "pathPattern": self.path_pattern,
             "remaining": self.remaining,
-            "probability": self.probability,
+            # Portal JSON refuses floats; the probability is echoed as an exact decimal.
+            "probability": Decimal(str(self.probability)) if self.probability is not None else None,
             "latencyMs": self.latency_ms,
             "status": self.status,
             "mode": self.mode,

@@ -1,0 +1,104 @@
+"""The /__sandbox control API: reset, clock, outbox, users, ground truth, mutations, switch-off."""
+
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+
+from sandbox.sandbox_helpers import CONTROLLER, Portal, login, make_client
+from sandbox.test_api import walk
+
+
+def test_reset_changes_scale_and_drops_sessions(portal: Portal) -> None:
+    response = portal.client.post("/__sandbox/reset", json={"seed": 3, "companies": 1, "billsPerCompany": 12})
+    assert response.status_code == 200
+    body = response.json()
+    assert len(body["companies"]) == 1 and body["now"] == "2026-03-02T14:00:00Z"
+    assert portal.api("GET", "/api/companies").status_code == 401
+    headers = login(portal.client, CONTROLLER)
+    company_id = portal.client.get("/api/companies", headers=headers).json()["items"][0]["companyId"]
+    fresh = Portal(portal.client, headers, company_id)
+    assert len(walk(fresh, "/bills", 100)) == 12
+
+
+def test_clock_moves_forward_only(client: TestClient) -> None:
+    start = client.get("/__sandbox/clock").json()
+    assert start == {"now": "2026-03-02T14:00:00Z", "businessDate": "2026-03-02", "isBusinessHours": True}
+    friday = client.post("/__sandbox/clock", json={"advance_days": 4}).json()
+    assert friday["now"] == "2026-03-06T14:00:00Z"
+    monday = client.post("/__sandbox/clock", json={"advance_days": 1}).json()
+    assert (
+        monday["businessDate"] == "2026-03-09" and monday["now"] == "2026-03-09T13:00:00Z"
+    )  # DST began on the 8th
+    assert client.post("/__sandbox/clock", json={"advance_hours": 10}).json()["isBusinessHours"] is False
+    assert client.post("/__sandbox/clock", json={"set": "2026-01-01T00:00:00Z"}).status_code == 409
+    assert client.post("/__sandbox/clock", json={"advance_minutes": -5}).status_code == 409
+    assert (
+        client.post("/__sandbox/clock", json={"set": "2026-03-20T12:00:00Z"}).json()["now"]
+        == "2026-03-20T12:00:00Z"
+    )
+
+
+def test_clock_can_start_elsewhere() -> None:
+    from datetime import UTC, datetime
+
+    with make_client(start_time=datetime(2026, 12, 24, 20, 0, tzinfo=UTC)) as client:
+        clock = client.get("/__sandbox/clock").json()
+        assert clock["businessDate"] == "2026-12-24"
+
+
+def test_users_listing_has_no_secrets(client: TestClient) -> None:
+    users = client.get("/__sandbox/users").json()
+    emails = {u["email"] for u in users}
+    assert {CONTROLLER, "clerk@northwind-cpa.test", "viewer@maple-leaf-bakery-ltd.test"} <= emails
+    controller = next(u for u in users if u["email"] == CONTROLLER)
+    assert controller["mfaMethod"] == "Totp" and set(controller["roles"].values()) == {"Administrator"}
+    assert "sandbox-password" not in client.get("/__sandbox/users").text
+    assert "PLOOTOSANDBOX" not in client.get("/__sandbox/users").text
+
+
+def test_ground_truth_lists_every_payment_of_a_bill(portal: Portal) -> None:
+    paid = next(b for b in walk(portal, "/bills", 100) if b["paymentIds"])
+    truth = portal.client.get("/__sandbox/ground-truth/payments", params={"bill": paid["billId"]}).json()
+    assert [p["paymentId"] for p in truth] == paid["paymentIds"]
+    assert portal.client.get("/__sandbox/ground-truth/payments", params={"bill": "nope"}).status_code == 404
+
+
+def test_mutations_as_other_users(portal: Portal) -> None:
+    approval = next(b for b in walk(portal, "/bills", 100) if b["status"] == "ApprovalRequired")
+    step = next(s for s in approval["approvalSteps"] if s["status"] == "ApprovalMandatory")
+    users = {u["userId"]: u["email"] for u in portal.api("GET", portal.company("/users")).json()["items"]}
+    portal.mutate(action="approveBill", billId=approval["billId"], userEmail=users[step["approverUserId"]])
+    updated = portal.api("GET", portal.company(f"/bills/{approval['billId']}")).json()
+    assert any(s["status"] == "Approved" for s in updated["approvalSteps"])
+    open_bill = next(
+        b for b in walk(portal, "/bills", 100) if b["status"] == "Open" and b["currency"] == "CAD"
+    )
+    created = portal.mutate(
+        action="createPayment", billId=open_bill["billId"], userEmail="clerk@northwind-cpa.test"
+    )
+    payment_id = created["changed"][0]
+    portal.mutate(action="approvePayment", paymentId=payment_id, userEmail=CONTROLLER)
+    portal.mutate(action="completePayment", paymentId=payment_id)
+    assert portal.api("GET", portal.company(f"/payments/{payment_id}")).json()["status"] == "Completed"
+    bad = portal.client.post("/__sandbox/mutate", json={"action": "explode"})
+    assert bad.status_code == 400
+    other = next(
+        b for b in walk(portal, "/bills", 100) if b["status"] == "Open" and b["billId"] != open_bill["billId"]
+    )
+    made = portal.mutate(action="createPayment", billId=other["billId"], userEmail="clerk@northwind-cpa.test")
+    portal.mutate(action="failPayment", paymentId=made["changed"][0], reason="InvalidAccount")
+    assert (
+        portal.api("GET", portal.company(f"/payments/{made['changed'][0]}")).json()["failureReason"]
+        == "InvalidAccount"
+    )
+
+
+def test_session_revocation_by_user(portal: Portal) -> None:
+    assert portal.client.post("/__sandbox/sessions/revoke", json={"email": CONTROLLER}).json()["revoked"] == 1
+    assert portal.api("GET", "/api/session").status_code == 401
+
+
+def test_control_api_can_be_switched_off() -> None:
+    with make_client(control_enabled=False) as client:
+        assert client.get("/__sandbox/clock").status_code == 404
+        assert client.get("/login").status_code == 200

@@ -1,0 +1,153 @@
+"""The portal edge: 429 under a burst, and every injectable fault taking effect."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+
+from sandbox.sandbox_helpers import CONTROLLER, Portal, login, make_client
+from sandbox.test_api import create_bill
+
+
+def test_default_rate_limit_answers_429_with_retry_after() -> None:
+    with make_client() as client:
+        headers = login(client, CONTROLLER)
+        statuses = [client.get("/api/companies", headers=headers) for _ in range(80)]
+        limited = [r for r in statuses if r.status_code == 429]
+        assert limited, "a burst of 80 requests must exceed the default burst of 50"
+        assert sum(r.status_code == 200 for r in statuses) >= 50
+        assert int(limited[0].headers["retry-after"]) >= 1
+        assert limited[0].json()["errorCode"] == "RateLimitExceeded"
+
+
+def test_rate_limit_is_per_session_and_configurable(client: TestClient) -> None:
+    headers = login(client, CONTROLLER)
+    other = TestClient(client.app)
+    other_headers = login(other, "cfo@maple-leaf-bakery-ltd.test")
+    assert client.put("/__sandbox/rate-limit", json={"ratePerSecond": 1, "burst": 3}).status_code == 200
+    codes = [client.get("/api/session", headers=headers).status_code for _ in range(5)]
+    assert 429 in codes
+    # The other session has its own bucket.
+    assert other.get("/api/session", headers=other_headers).status_code == 200
+    client.put("/__sandbox/rate-limit", json={"ratePerSecond": 1000, "burst": 1000})
+    assert client.get("/api/session", headers=headers).status_code == 200
+    assert client.put("/__sandbox/rate-limit", json={"ratePerSecond": 0}).status_code == 400
+
+
+def test_latency_fault_delays_matching_requests(portal: Portal) -> None:
+    portal.client.post(
+        "/__sandbox/faults", json={"kind": "latency", "latencyMs": 200, "pathPattern": "/bills$", "count": 1}
+    )
+    started = time.monotonic()
+    assert portal.api("GET", portal.company("/bills")).status_code == 200
+    assert time.monotonic() - started >= 0.2
+    started = time.monotonic()
+    portal.api("GET", portal.company("/bills"))
+    assert time.monotonic() - started < 0.2
+
+
+def test_error_fault_is_counted_and_not_applied(portal: Portal) -> None:
+    fault = portal.client.post(
+        "/__sandbox/faults",
+        json={"kind": "error", "status": 503, "method": "POST", "pathPattern": "/bills$", "count": 2},
+    ).json()
+    for _ in range(2):
+        with pytest.raises(AssertionError):
+            create_bill(portal, billNumber="ERR")
+    faults = portal.client.get("/__sandbox/faults").json()
+    assert faults == []  # consumed
+    assert fault["remaining"] == 2
+    bills = portal.api("GET", portal.company("/bills"), params={"pageSize": 500}).json()["items"]
+    assert not any(b["billNumber"] == "ERR" for b in bills)
+    assert portal.api("GET", portal.company("/bills")).status_code == 200
+
+
+def test_error_fault_envelope(portal: Portal) -> None:
+    portal.client.post("/__sandbox/faults", json={"kind": "error", "status": 500, "count": 1})
+    response = portal.api("GET", portal.company("/vendors"))
+    assert response.status_code == 500 and response.json()["errorCode"] == "InternalServerError"
+
+
+def test_drop_response_applies_the_write_then_answers_502(portal: Portal) -> None:
+    portal.client.post(
+        "/__sandbox/faults",
+        json={"kind": "drop_response", "mode": "502", "method": "POST", "pathPattern": "/bills$", "count": 1},
+    )
+    lost = portal.api(
+        "POST",
+        portal.company("/bills"),
+        json={
+            "vendorId": portal.api("GET", portal.company("/vendors")).json()["items"][0]["vendorId"],
+            "billNumber": "DROPPED-1", "issueDate": "2026-03-01", "dueDate": "2026-03-31",
+            "lineItems": [{"description": "x", "amount": "10.00"}],
+        },
+    )  # fmt: skip
+    assert lost.status_code == 502 and "Bad Gateway" in lost.text
+    bills = portal.api("GET", portal.company("/bills"), params={"pageSize": 500}).json()["items"]
+    assert [b["billNumber"] for b in bills].count("DROPPED-1") == 1
+
+
+def test_revoke_session_fault(portal: Portal) -> None:
+    portal.client.post(
+        "/__sandbox/faults", json={"kind": "revoke_session", "count": 1, "pathPattern": "^/api/"}
+    )
+    response = portal.api("GET", portal.company("/bills"))
+    assert response.status_code == 401 and response.json()["errorCode"] == "NotAuthenticated"
+    assert portal.api("GET", portal.company("/bills")).status_code == 401  # the session is really gone
+
+
+def test_mfa_rechallenge_fault(portal: Portal) -> None:
+    portal.client.post("/__sandbox/faults", json={"kind": "mfa_rechallenge", "count": 1})
+    response = portal.api("GET", portal.company("/bills"))
+    assert response.status_code == 401 and response.json()["errorCode"] == "MfaRequired"
+    assert portal.client.get("/select-company", follow_redirects=False).headers["location"] == "/mfa"
+    # Answering the challenge again restores the same session.
+    from sandbox.sandbox_helpers import form_token, mfa_code
+
+    page = portal.client.get("/mfa")
+    code = mfa_code(portal.client, CONTROLLER)
+    portal.client.post("/mfa", data={"code": code, "__RequestVerificationToken": form_token(page.text)})
+    assert portal.api("GET", portal.company("/bills")).status_code == 200
+
+
+def test_shape_change_fault_renames_one_field(portal: Portal) -> None:
+    portal.client.post(
+        "/__sandbox/faults",
+        json={
+            "kind": "shape_change",
+            "objectType": "payment",
+            "fromField": "requestedDebitDate",
+            "toField": "debitDate",
+        },
+    )
+    payment = portal.api("GET", portal.company("/payments")).json()["items"][0]
+    assert "debitDate" in payment and "requestedDebitDate" not in payment
+    bill = portal.api("GET", portal.company("/bills")).json()["items"][0]
+    assert "billId" in bill  # other object types untouched
+    portal.client.delete("/__sandbox/faults")
+    assert "requestedDebitDate" in portal.api("GET", portal.company("/payments")).json()["items"][0]
+
+
+def test_probabilistic_faults_are_seeded() -> None:
+    def outcome() -> list[int]:
+        with make_client() as client:
+            headers = login(client, CONTROLLER)
+            client.post(
+                "/__sandbox/faults", json={"kind": "error", "probability": 0.5, "pathPattern": "/api/session"}
+            )
+            return [client.get("/api/session", headers=headers).status_code for _ in range(20)]
+
+    first = outcome()
+    assert 503 in first and 200 in first
+    assert first == outcome()
+
+
+def test_bad_fault_specs_rejected(client: TestClient) -> None:
+    assert client.post("/__sandbox/faults", json={"kind": "meteor"}).status_code == 400
+    assert client.post("/__sandbox/faults", json={"kind": "shape_change"}).status_code == 400
+    assert client.post("/__sandbox/faults", json={"kind": "error", "pathPattern": "("}).status_code == 400
+    added = client.post("/__sandbox/faults", json={"kind": "latency", "latencyMs": 1}).json()
+    assert client.delete(f"/__sandbox/faults/{added['faultId']}").status_code == 200
+    assert client.delete(f"/__sandbox/faults/{added['faultId']}").status_code == 404

@@ -1,0 +1,78 @@
+"""Seeded data: determinism, exact scale, and the cost of incremental (modifiedSince) queries."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+
+from plooto_sandbox.config import DEFAULT_START_TIME
+from plooto_sandbox.model import PaymentStatus
+from plooto_sandbox.money import encode_portal_json, parse_portal_json
+from plooto_sandbox.seed import seed_portal
+from plooto_sandbox.store import ChangeIndex
+
+
+def fingerprint(seed: int) -> list[tuple[str, str, str]]:
+    state = seed_portal(seed, 2, 25, DEFAULT_START_TIME)
+    return sorted((b.bill_id, b.bill_number, str(b.total)) for b in state.objects["bill"].values())
+
+
+def test_same_seed_same_data_and_different_seed_different_data() -> None:
+    assert fingerprint(5) == fingerprint(5)
+    assert fingerprint(5) != fingerprint(6)
+
+
+@pytest.mark.parametrize(("companies", "bills"), [(1, 1), (3, 7), (2, 40)])
+def test_exact_bill_count_per_company(companies: int, bills: int) -> None:
+    state = seed_portal(9, companies, bills, DEFAULT_START_TIME)
+    for company_id in state.companies:
+        assert sum(1 for b in state.objects["bill"].values() if b.company_id == company_id) == bills
+
+
+def test_every_payment_status_is_seeded_in_each_company() -> None:
+    state = seed_portal(1, 2, 22, DEFAULT_START_TIME)
+    for company_id in state.companies:
+        statuses = {p.status for p in state.objects["payment"].values() if p.company_id == company_id}
+        assert statuses == set(PaymentStatus)
+
+
+def test_json_money_never_goes_through_float() -> None:
+    encoded = encode_portal_json(
+        {"amount": Decimal("0.10"), "rate": Decimal("1.378650000"), "n": 3, "ok": True}
+    )
+    assert encoded == b'{"amount":0.10,"rate":1.378650000,"n":3,"ok":true}'
+    assert parse_portal_json(b'{"a": 0.1}')["a"] == Decimal("0.1")
+    with pytest.raises(TypeError):
+        encode_portal_json({"bad": 0.1})
+
+
+def test_modified_since_cost_does_not_grow_with_collection() -> None:
+    def timed_query(size: int) -> float:
+        index = ChangeIndex()
+        start = DEFAULT_START_TIME - timedelta(days=365)
+        for n in range(size):
+            index.record(f"bill-{n:07d}", start + timedelta(seconds=n), n)
+        since = DEFAULT_START_TIME
+        for n in range(10):
+            index.record(f"bill-{n:07d}", since + timedelta(seconds=n), size + n)
+        began = time.perf_counter()
+        for _ in range(200):
+            assert len(index.changed_since(since)) == 10
+        return time.perf_counter() - began
+
+    small, large = timed_query(10_000), timed_query(100_000)
+    assert large < small * 5 + 0.05  # log n, not n: a scan would be ~10x slower
+
+
+def test_index_keeps_latest_entry_only() -> None:
+    index = ChangeIndex()
+    t = DEFAULT_START_TIME
+    index.record("a", t, 1)
+    index.record("b", t, 2)
+    index.record("a", t + timedelta(seconds=1), 3)
+    assert index.ordered_ids() == ["b", "a"]
+    assert index.changed_since(t + timedelta(seconds=1)) == ["a"]
+    assert len(index) == 2
