@@ -1,0 +1,171 @@
+"""Every feed's records fit the normalized schemas once references are resolved (as the sync does)."""
+
+from __future__ import annotations
+
+from dataclasses import fields as dataclass_fields
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from plooto_api import schemas
+from plooto_api.schemas.common import PortalObject
+from plooto_api.upstream import FEEDS, PortalSession, UpstreamRecord, UpstreamRef
+from plooto_api.upstream.portal import reminder_offsets
+from upstream.conftest import SessionFactory
+from upstream.upstream_helpers import run
+
+SCHEMAS: dict[str, type[PortalObject]] = {
+    "company": schemas.Company,
+    "bank_account": schemas.BankAccount,
+    "user": schemas.User,
+    "approval_rule": schemas.ApprovalRule,
+    "vendor": schemas.Vendor,
+    "customer": schemas.Customer,
+    "bill": schemas.Bill,
+    "payment": schemas.Payment,
+    "invoice": schemas.Invoice,
+    "recurring_invoice": schemas.RecurringInvoice,
+    "transaction": schemas.Transaction,
+    "fx_conversion": schemas.FxConversion,
+    "captured_document": schemas.CapturedDocument,
+    "sync_mapping": schemas.SyncMapping,
+}
+
+
+def resolve_refs_to_dummy(value: Any, seen: list[UpstreamRef]) -> Any:
+    if isinstance(value, UpstreamRef):
+        seen.append(value)
+        return f"{value.object_type}_{value.upstream_id}"
+    if isinstance(value, dict):
+        return {k: resolve_refs_to_dummy(v, seen) for k, v in value.items()}
+    if isinstance(value, list):
+        return [resolve_refs_to_dummy(v, seen) for v in value]
+    return value
+
+
+def no_floats(value: Any) -> bool:
+    if isinstance(value, float):
+        return False
+    if isinstance(value, dict):
+        return all(no_floats(v) for v in value.values())
+    if isinstance(value, list):
+        return all(no_floats(v) for v in value)
+    return True
+
+
+def validate(record: UpstreamRecord, refs: list[UpstreamRef]) -> PortalObject:
+    model = SCHEMAS[record.object_type]
+    assert record.modified_at.tzinfo is not None and record.created_at.tzinfo is not None
+    assert set(record.accounting_refs) == {"quickbooks", "xero", "netsuite"}
+    assert no_floats(record.fields)
+    forbidden = {
+        "id",
+        "object",
+        "company_id",
+        "upstream_id",
+        "created_at",
+        "updated_at",
+        "upstream",
+        "accounting_refs",
+        "deleted_at",
+    }
+    assert not forbidden & set(record.fields), record.object_type
+    return model.model_validate(
+        {
+            **resolve_refs_to_dummy(record.fields, refs),
+            "id": f"{record.object_type}_x",
+            "company_id": "cmp_x",
+            "upstream_id": record.upstream_id,
+            "created_at": record.created_at,
+            "updated_at": record.modified_at,
+            "upstream": {"status_raw": record.status_raw, "fetched_at": datetime.now(UTC), "url": record.url},
+            "accounting_refs": record.accounting_refs,
+        }
+    )
+
+
+async def _everything(session: PortalSession) -> list[UpstreamRecord]:
+    companies = await session.list_companies()
+    records = list(companies)
+    for company in companies:
+        for feed in FEEDS:
+            page_number = 1
+            while True:
+                page = await session.list_changes(
+                    company.upstream_id,
+                    feed.name,
+                    modified_since=None,
+                    page_number=page_number,
+                    page_size=500,
+                )
+                assert {r.object_type for r in page.records} <= set(feed.object_types), feed.name
+                records.extend(page.records)
+                if not page.has_more:
+                    break
+                page_number += 1
+    await session.aclose()
+    return records
+
+
+def test_every_feed_normalizes_into_the_schemas(make_session: SessionFactory) -> None:
+    records = run(_everything(make_session()))
+    by_type: dict[str, list[UpstreamRecord]] = {}
+    for record in records:
+        by_type.setdefault(record.object_type, []).append(record)
+    assert set(by_type) == set(SCHEMAS), set(SCHEMAS) - set(by_type)
+
+    refs: list[UpstreamRef] = []
+    validated = {key: [validate(r, refs) for r in group] for key, group in by_type.items()}
+    known = {(r.object_type, r.upstream_id) for r in records}
+    dangling = {(ref.object_type, ref.upstream_id) for ref in refs} - known
+    assert not dangling, sorted(dangling)[:5]  # every reference points at a record some feed emits
+
+    bills = validated["bill"]
+    assert {b.status for b in bills} >= {
+        "pending_approval",
+        "approved",
+        "partially_paid",
+        "scheduled",
+        "paid",
+        "rejected",
+        "void",
+    }  # type: ignore[attr-defined]
+    assert any(b.capture for b in bills)  # type: ignore[attr-defined]
+    assert all(isinstance(b.total.amount, Decimal) for b in bills)  # type: ignore[attr-defined]
+    payments = validated["payment"]
+    assert {p.direction for p in payments} == {"payable", "receivable"}  # type: ignore[attr-defined]
+    assert len({p.status for p in payments}) >= 7  # type: ignore[attr-defined]
+    rules = validated["approval_rule"]
+    assert {r.kind for r in rules} == {"signing_authority", "threshold"}  # type: ignore[attr-defined]
+    assert {s.provider for s in validated["sync_mapping"]} >= {"quickbooks", "xero"}  # type: ignore[attr-defined]
+    kinds = {t.kind for t in validated["transaction"]}  # type: ignore[attr-defined]
+    assert kinds == {"debit", "fee"}
+
+
+def test_payable_payment_references_and_derived_records(make_session: SessionFactory) -> None:
+    records = run(_everything(make_session()))
+    payments = [r for r in records if r.object_type == "payment" and r.fields["direction"] == "payable"]
+    cross = [p for p in payments if p.fields["fx_conversion_id"] is not None]
+    assert cross
+    fx = {r.upstream_id: r for r in records if r.object_type == "fx_conversion"}
+    for payment in cross:
+        conversion = fx[payment.fields["fx_conversion_id"].upstream_id]
+        assert conversion.fields["source"]["currency"] != conversion.fields["target"]["currency"]
+        assert conversion.fields["target"] == payment.fields["amount"]
+    allocation = payments[0].fields["allocations"][0]
+    assert isinstance(allocation["bill_id"], UpstreamRef) and allocation["bill_id"].object_type == "bill"
+    assert isinstance(payments[0].fields["vendor_id"], UpstreamRef)
+
+
+def test_reminder_schedule_as_day_offsets() -> None:
+    schedule = {"enabled": True, "daysBeforeDue": [3], "daysAfterDue": [1, 7]}
+    assert reminder_offsets(schedule) == [-3, 1, 7]
+    assert reminder_offsets({**schedule, "enabled": False}) == []
+
+
+def test_record_fields_are_plain_dataclass() -> None:
+    assert [f.name for f in dataclass_fields(UpstreamRecord)][:3] == [
+        "object_type",
+        "upstream_id",
+        "company_upstream_id",
+    ]
