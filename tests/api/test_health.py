@@ -43,3 +43,12 @@ def test_unknown_route_uses_the_error_envelope(client: TestClient) -> None:
     assert error["code"] == "not_found"
     assert error["request_id"] == response.headers["x-request-id"]
     assert client.post("/health").json()["error"]["code"] == "method_not_allowed"
+
+
+def test_metrics_are_prometheus_text(client: TestClient) -> None:
+    client.get("/health")
+    body = client.get("/metrics")
+    assert body.status_code == 200
+    assert body.headers["content-type"].startswith("text/plain")
+    assert 'plooto_api_http_requests_total{method="GET",route="/health",status="200"}' in body.text
+    assert 'plooto_api_connections{state="healthy"}' in body.text

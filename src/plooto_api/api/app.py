@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -10,10 +11,11 @@ from fastapi import FastAPI, Request, Response
 
 from plooto_api import __version__
 from plooto_api.api.errors import install_error_handlers
-from plooto_api.api.routes import connections, health, objects
+from plooto_api.api.routes import connections, health, metrics, objects
 from plooto_api.config import Settings
 from plooto_api.jobs import InProcessEngine, JobContext
 from plooto_api.jobs.schedules import schedule_all
+from plooto_api.metrics import HTTP_LATENCY, HTTP_REQUESTS
 
 DESCRIPTION = (
     "A REST API over the Plooto accounts-payable / accounts-receivable portal. "
@@ -58,11 +60,17 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool = True) -> Fa
     async def request_id(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         # Every response carries an id that also appears in its error body and in the log.
         request.state.request_id = "req_" + secrets.token_hex(8)
+        started = time.perf_counter()
         response = await call_next(request)
         response.headers["X-Request-Id"] = request.state.request_id
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")  # the template, so ids do not explode the label set
+        HTTP_REQUESTS.labels(request.method, path, str(response.status_code)).inc()
+        HTTP_LATENCY.labels(request.method, path).observe(time.perf_counter() - started)
         return response
 
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.include_router(connections.router)
     app.include_router(objects.router)
     return app

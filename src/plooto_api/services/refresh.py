@@ -21,9 +21,11 @@ async def refresh_object(ctx: JobContext, row: Any) -> None:
     connection_id = row.connection_id
     with ctx.sessions() as session:
         companies = dict(
-            session.execute(
-                select(Company.upstream_id, Company.id).where(Company.connection_id == connection_id)
-            ).tuples()
+            list(
+                session.execute(
+                    select(Company.upstream_id, Company.id).where(Company.connection_id == connection_id)
+                ).tuples()
+            )  # a Result has keys(): dict() would read it as a mapping
         )
     company_upstream_id = next(
         (

@@ -209,7 +209,7 @@ class SyncEngine:
         rows = session.execute(
             select(Company.upstream_id, Company.id).where(Company.connection_id == connection_id)
         )
-        return dict(rows.tuples())
+        return dict(list(rows.tuples()))
 
     async def _sync_feed(
         self,

@@ -6,6 +6,7 @@ from typing import Any
 
 from plooto_api.jobs.context import JobContext
 from plooto_api.jobs.registry import job
+from plooto_api.metrics import SYNC_OBJECTS, SYNC_RUNS
 from plooto_api.sync.engine import SyncEngine
 
 
@@ -13,6 +14,9 @@ from plooto_api.sync.engine import SyncEngine
 async def sync_connection(ctx: JobContext, connection_id: str, cadence: str = "all") -> dict[str, Any]:
     """Pull changes for one connection; returns a summary of what changed."""
     report = await SyncEngine(ctx).sync_connection(connection_id, cadence=cadence)  # type: ignore[arg-type]
+    SYNC_RUNS.labels(cadence, "ok" if report.ok else "error").inc()
+    for object_type, changed in report.counts.by_type.items():
+        SYNC_OBJECTS.labels(object_type, "written").inc(changed)
     return {
         "connection_id": report.connection_id,
         "state": report.state,

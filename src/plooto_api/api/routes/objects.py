@@ -5,7 +5,6 @@ pagination, filter validation and tenant scoping, and its own typed OpenAPI. (No
 annotations here: FastAPI must see the generated parameter models as real types.)
 """
 
-
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
