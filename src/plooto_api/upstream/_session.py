@@ -341,11 +341,20 @@ class PortalSession:
 
             self.stats.logins += 1
             self._drop_cookies(portal.SESSION_COOKIE, portal.XSRF_COOKIE)
-            cookies = await browser_login(
-                self.base_url, self._credentials, self.portal_now, self._cookie_list()
-            )
+            try:
+                cookies = await browser_login(
+                    self.base_url, self._credentials, self.portal_now, self._cookie_list()
+                )
+            except MfaRequired as exc:
+                # Park the browser's pending login in the HTTP client: submit_mfa_code finishes it.
+                self.import_cookies(getattr(exc, "cookies", []))
+                self._ready = False
+                self._pending_mfa = exc.challenge
+                self._persist(force=True)
+                raise
             self.import_cookies(cookies)
             await self._after_sign_in_check()
+            log.info("portal.signed_in", username=self._credentials.username, mode="browser")
             return
         for _token_attempt in range(2):
             self._drop_cookies(portal.SESSION_COOKIE, portal.XSRF_COOKIE)

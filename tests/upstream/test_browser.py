@@ -1,0 +1,57 @@
+"""Real-browser sign-in (Playwright + Debian's chromium); data calls then go over HTTP."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from plooto_api.upstream import MemoryStateStore, MfaRequired
+from upstream.conftest import SessionFactory
+from upstream.upstream_helpers import CLERK, Control, first_company, run
+
+CHROMIUM = Path(os.environ.get("PLOOTO_API_CHROMIUM", "/usr/bin/chromium"))
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists(), reason=f"chromium is not installed at {CHROMIUM} (CI installs it)"
+)
+pytest.importorskip("playwright.async_api", reason="playwright (the `browser` extra) is not installed")
+
+
+def test_browser_login_with_totp_then_http_reads(make_session: SessionFactory) -> None:
+    store = MemoryStateStore()
+    session = make_session(store=store, login_mode="browser")
+
+    async def scenario() -> int:
+        company = await first_company(session)
+        page = await session.list_changes(company, "bills", modified_since=None)
+        await session.aclose()
+        return page.total_count
+
+    assert run(scenario()) == 30
+    assert session.stats.logins == 1
+    assert store.state is not None
+    assert ".Plooto.TrustedDevice" in {c["name"] for c in store.state["cookies"]}
+
+    # A restart in HTTP mode reuses the browser's session.
+    restarted = make_session(store=store)
+
+    async def again() -> None:
+        await first_company(restarted)
+        await restarted.aclose()
+
+    run(again())
+    assert restarted.stats.logins == 0
+
+
+def test_browser_login_with_sms_is_finished_over_http(make_session: SessionFactory, control: Control) -> None:
+    session = make_session(CLERK, login_mode="browser")
+
+    async def scenario() -> None:
+        with pytest.raises(MfaRequired):
+            await session.ensure_logged_in()
+        await session.submit_mfa_code(control.outbox(kind="Sms")[-1]["code"])
+        assert await first_company(session)
+        await session.aclose()
+
+    run(scenario())
