@@ -136,3 +136,57 @@ def test_secrets_never_show_in_reprs_or_errors(make_session: SessionFactory) -> 
     with pytest.raises(InvalidCredentials) as caught:
         run(session.ensure_logged_in())
     assert "wrong-password" not in str(caught.value)
+
+
+def test_repeated_bad_passwords_end_in_account_locked(make_session: SessionFactory) -> None:
+    from plooto_api.upstream import AccountLocked
+
+    session = make_session(password="wrong-password")
+
+    async def scenario() -> list[str]:
+        outcomes = []
+        for _ in range(5):
+            try:
+                await session.ensure_logged_in()
+            except (InvalidCredentials, AccountLocked) as exc:
+                outcomes.append(type(exc).__name__)
+        await session.aclose()
+        return outcomes
+
+    assert run(scenario()) == ["InvalidCredentials"] * 4 + ["AccountLocked"]
+    assert session.stats.logins == 5
+
+
+def test_concurrent_callers_share_one_sign_in(make_session: SessionFactory) -> None:
+    import asyncio
+
+    session = make_session()
+
+    async def scenario() -> None:
+        companies = await asyncio.gather(*(session.list_companies() for _ in range(6)))
+        assert all(len(c) == 2 for c in companies)
+        await session.aclose()
+
+    run(scenario())
+    assert session.stats.logins == 1 and session.stats.mfa_answers == 1
+
+
+def test_portal_clock_learned_from_the_session_answers_a_later_totp_challenge(
+    make_session: SessionFactory, control: Control
+) -> None:
+    from plooto_api.upstream import PortalSession
+
+    store = MemoryStateStore()
+    run(_login_and_close(make_session(store=store)))
+    assert store.state is not None and store.state["clock_offset"] is not None
+    # No portal_clock hook: the offset learned from /api/session (persisted) gives the portal's time.
+    restarted = PortalSession(control.base_url, Credentials(CONTROLLER, PASSWORD, TOTP_SECRET), store)
+
+    async def scenario() -> None:
+        await restarted.ensure_logged_in()
+        control.fault(kind="mfa_rechallenge", pathPattern="/api/companies$", count=1)
+        await restarted.list_companies()
+        await restarted.aclose()
+
+    run(scenario())
+    assert restarted.stats.mfa_answers == 1 and restarted.stats.logins == 0

@@ -199,3 +199,20 @@ def test_fetch_object_returns_none_only_for_a_confirmed_absence(make_session: Se
         await session.aclose()
 
     run(scenario())
+
+
+def test_keep_alive_holds_the_session_past_the_idle_timeout(
+    make_session: SessionFactory, control: Control
+) -> None:
+    session = make_session()
+
+    async def scenario() -> None:
+        company = await first_company(session)
+        for _ in range(3):
+            control.advance(advance_minutes=10)
+            await session.keep_alive()
+        await session.list_changes(company, "vendors", modified_since=None)
+        await session.aclose()
+
+    run(scenario())
+    assert session.stats.relogins == 0 and session.stats.logins == 1
