@@ -15,7 +15,7 @@ from typing import Any, Literal
 import httpx
 import pyotp
 import structlog
-from tenacity import AsyncRetrying, RetryCallState, stop_after_attempt
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from plooto_api.upstream import portal
 from plooto_api.upstream._convert import Context, loads, parse_timestamp
@@ -301,8 +301,6 @@ class PortalSession:
         def retryable(exc: BaseException) -> bool:
             return isinstance(exc, _Transient) and (not rate_limit_only or isinstance(exc.error, RateLimited))
 
-        from tenacity import retry_if_exception
-
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.throttle_config.max_attempts),
             wait=self._wait,
@@ -440,8 +438,15 @@ class PortalSession:
             self._signed_in()
             return
         if challenge.method == "totp" and self._credentials.totp_secret:
-            code = pyotp.TOTP(self._credentials.totp_secret).at(self.portal_now())
-            await self._submit_mfa(token, code, trust_device=True)
+            at = self.portal_now()
+            code = pyotp.TOTP(self._credentials.totp_secret).at(at)
+            try:
+                await self._submit_mfa(token, code, trust_device=True)
+            except InvalidMfaCode as exc:
+                # Usually a wrong secret, or a portal clock unlike ours (pass `portal_clock`).
+                raise InvalidMfaCode(
+                    f"the portal refused the TOTP code computed for {at:%Y-%m-%dT%H:%M:%SZ}"
+                ) from exc
             return
         self._ready = False
         self._pending_mfa = challenge

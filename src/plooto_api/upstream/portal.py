@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -21,8 +22,9 @@ from plooto_api.upstream._convert import (
     ref,
     snake,
 )
+from plooto_api.upstream._errors import UpstreamChanged
 from plooto_api.upstream._models import Feed, UpstreamRecord
-from plooto_api.upstream._shapes import ListOf, Shape
+from plooto_api.upstream._shapes import ListOf, Shape, check_shape
 
 # --- HTML login ---------------------------------------------------------------------------------
 
@@ -96,10 +98,8 @@ LAST_MODIFIED = "lastModified"
 CREATED = "createdDate"
 
 
-def timestamp_param(value: Any) -> str:
+def timestamp_param(value: datetime) -> str:
     """The portal's timestamp format for query parameters: `YYYY-MM-DDTHH:MM:SSZ` UTC."""
-    from datetime import UTC
-
     return str(value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
 
 
@@ -370,14 +370,10 @@ def _sync_mappings(
     link = raw.get("accountingIds")
     if not link:
         return []
-    from plooto_api.upstream._shapes import check_shape
-
     check_shape(ACCOUNTING, link, object_type="sync_mapping")
     provider = ACCOUNTING_PROVIDER.get(link["provider"])
     status = SYNC_STATUS.get(link["syncStatus"])
     if provider is None or status is None:
-        from plooto_api.upstream._errors import UpstreamChanged
-
         raise UpstreamChanged(
             "sync_mapping",
             [f"accountingIds: unknown provider/syncStatus {link['provider']!r}/{link['syncStatus']!r}"],
@@ -403,8 +399,6 @@ def _mapped(table: dict[str, str], raw_value: str, object_type: str, field: str)
     try:
         return table[raw_value]
     except KeyError:
-        from plooto_api.upstream._errors import UpstreamChanged
-
         raise UpstreamChanged(object_type, [f"{object_type}.{field}: unknown value {raw_value!r}"]) from None
 
 
@@ -648,8 +642,6 @@ def _bill_approval(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def normalize_bill(raw: dict[str, Any], ctx: Context) -> list[UpstreamRecord]:
-    from plooto_api.upstream._shapes import check_shape
-
     bill_id = raw["billId"]
     currency = raw["currency"]
     total = money(raw["totalAmount"], currency)
