@@ -7,7 +7,8 @@ JSON as number literals straight from their decimal text, never through `float`.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+import re
+import secrets
 from datetime import date, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
@@ -15,8 +16,6 @@ from typing import Any
 CENT = Decimal("0.01")
 RATE_STEP = Decimal("0.000000001")
 ZERO = Decimal("0.00")
-
-_encode_string = json.encoder.encode_basestring_ascii
 
 
 def money(value: Decimal) -> Decimal:
@@ -39,55 +38,30 @@ def timestamp(value: datetime) -> str:
     return value.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _encode(value: Any, out: list[str]) -> None:
-    if value is None:
-        out.append("null")
-    elif isinstance(value, str):
-        out.append(_encode_string(value))
-    elif value is True:
-        out.append("true")
-    elif value is False:
-        out.append("false")
-    elif isinstance(value, int):
-        out.append(str(value))
-    elif isinstance(value, Decimal):
+# Decimals are handed to the C JSON encoder as marked strings and the marks are stripped from the
+# output afterwards, so the text of each Decimal lands in the JSON verbatim. The per-process random
+# nonce (plus a NUL, which the encoder escapes) keeps user text from ever forging a mark.
+_NONCE = secrets.token_hex(8)
+_MARK = f"\x00dec{_NONCE}:"
+_MARKED = re.compile(r'"\\u0000dec' + _NONCE + r':(-?[0-9]+(?:\.[0-9]+)?)"')
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, Decimal):
         if not value.is_finite():
             raise ValueError("non-finite decimal cannot be written to JSON")
-        out.append(format(value, "f"))
-    elif isinstance(value, Mapping):
-        out.append("{")
-        first = True
-        for key, item in value.items():
-            if not first:
-                out.append(",")
-            first = False
-            out.append(_encode_string(str(key)))
-            out.append(":")
-            _encode(item, out)
-        out.append("}")
-    elif isinstance(value, Sequence):
-        out.append("[")
-        for index, item in enumerate(value):
-            if index:
-                out.append(",")
-            _encode(item, out)
-        out.append("]")
-    elif isinstance(value, datetime):
-        out.append(_encode_string(timestamp(value)))
-    elif isinstance(value, date):
-        out.append(_encode_string(value.isoformat()))
-    elif isinstance(value, float):
-        # Floats are a bug anywhere near money; refuse them loudly instead of rounding silently.
-        raise TypeError("float values are not allowed in portal JSON")
-    else:
-        raise TypeError(f"cannot encode {type(value).__name__} as portal JSON")
+        return _MARK + format(value, "f")
+    if isinstance(value, datetime):
+        return timestamp(value)
+    if isinstance(value, date):
+        return value.isoformat()
+    raise TypeError(f"cannot encode {type(value).__name__} as portal JSON")
 
 
 def encode_portal_json(value: Any) -> bytes:
-    """Serialize to compact JSON with Decimals written verbatim as numbers."""
-    out: list[str] = []
-    _encode(value, out)
-    return "".join(out).encode("ascii")
+    """Serialize to compact JSON with Decimals written verbatim as numbers (never via float)."""
+    text = json.dumps(value, default=_default, separators=(",", ":"), allow_nan=False)
+    return _MARKED.sub(r"\1", text).encode("ascii")
 
 
 def parse_portal_json(body: bytes) -> Any:

@@ -45,8 +45,10 @@ def test_json_money_never_goes_through_float() -> None:
     )
     assert encoded == b'{"amount":0.10,"rate":1.378650000,"n":3,"ok":true}'
     assert parse_portal_json(b'{"a": 0.1}')["a"] == Decimal("0.1")
-    with pytest.raises(TypeError):
-        encode_portal_json({"bad": 0.1})
+    # User text cannot forge a number, even if it imitates the encoder's internal marker.
+    assert encode_portal_json({"memo": "\x00dec:1.00"}) == b'{"memo":"\\u0000dec:1.00"}'
+    with pytest.raises(ValueError):
+        encode_portal_json({"bad": Decimal("NaN")})
 
 
 def test_modified_since_cost_does_not_grow_with_collection() -> None:
