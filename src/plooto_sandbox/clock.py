@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from plooto_sandbox import payables, receivables
+from plooto_sandbox import accounting, payables, receivables
 from plooto_sandbox.business_days import CANADA, at_local, local_date, local_time
 from plooto_sandbox.errors import PortalError
 from plooto_sandbox.model import CustomerPayment, Invoice, Payment, RecurringInvoice, Reminder
@@ -36,6 +36,8 @@ def _dispatch(state: PortalState, event: ScheduledEvent) -> None:
         plan = state.get(RecurringInvoice, event.object_id)
         if plan is not None:
             receivables.on_recurring_event(state, plan)
+    elif event.action == "accounting_sync" and event.expected is not None:
+        accounting.on_sync_event(state, event.expected, event.object_id)
     elif event.action == "customer_payment":
         collected = state.get(CustomerPayment, event.object_id)
         if collected is not None and collected.status.value == event.expected:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import date
 from decimal import Decimal
 
+from plooto_sandbox.accounting import schedule_sync
 from plooto_sandbox.business_days import at_local, calendar_for, local_date
 from plooto_sandbox.errors import PortalError, invalid_state, not_found, rule
 from plooto_sandbox.model import (
@@ -141,6 +142,7 @@ def create_bill(
         scheduled_amount=ZERO,
     )
     state.add(bill, company_id, bill.bill_id)
+    schedule_sync(state, "bill", company_id, bill.bill_id)
     return bill
 
 
@@ -403,6 +405,8 @@ def set_status(state: PortalState, payment: Payment, status: PaymentStatus, note
     payment.status = status
     payment.audit.append(AuditEntry(state.now, note or f"Status changed to {status.value}"))
     state.touch_payment(payment)
+    if status is PaymentStatus.COMPLETED:
+        schedule_sync(state, "payment", payment.company_id, payment.payment_id)
     for line in payment.line_items:
         bill = state.bill(line.bill_id)
         if bill is not None:

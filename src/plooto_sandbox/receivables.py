@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import date, time, timedelta
 from decimal import Decimal
 
+from plooto_sandbox.accounting import schedule_sync
 from plooto_sandbox.business_days import at_local, calendar_for, local_date
 from plooto_sandbox.errors import PortalError, invalid_state, rule
 from plooto_sandbox.model import (
@@ -132,6 +133,7 @@ def create_invoice(
         accounting=accounting,
     )
     state.add(invoice, invoice.company_id, invoice.invoice_id)
+    schedule_sync(state, "invoice", invoice.company_id, invoice.invoice_id)
     if send == "Now":
         send_invoice(state, invoice)
     elif send == "Scheduled" and scheduled_send_date is not None:
@@ -474,6 +476,7 @@ def advance_customer_payment(state: PortalState, payment: CustomerPayment) -> No
     state.touch(payment, payment.company_id, payment.customer_payment_id)
     if payment.status is CustomerPaymentStatus.COMPLETED:
         apply_allocations(state, payment)
+        schedule_sync(state, "customerPayment", payment.company_id, payment.customer_payment_id)
         return
     calendar = calendar_for(payment.currency)
     days = 1 if payment.status is CustomerPaymentStatus.FUNDS_DEBITED else 2

@@ -361,3 +361,13 @@ def test_bill_rejection(client: TestClient, portal: Portal) -> None:
     ).json()
     assert rejected["status"] == "Rejected"
     assert any(s["status"] == "Rejected" and s["comment"] == "no PO" for s in rejected["approvalSteps"])
+
+
+def test_new_bill_syncs_to_accounting_within_15_minutes(portal: Portal) -> None:
+    bill = create_bill(portal, billNumber="SYNC-1")
+    assert bill["accountingIds"] is None
+    portal.advance(advance_minutes=16)
+    synced = portal.api("GET", portal.company(f"/bills/{bill['billId']}")).json()
+    assert synced["accountingIds"]["provider"] == "QuickBooksOnline"
+    assert synced["accountingIds"]["syncStatus"] == "Synced"
+    assert synced["lastModified"] > bill["lastModified"]
