@@ -34,7 +34,7 @@ class Sandbox:
         self.config.start_time = start_time
         self.state = seed_portal(seed, companies, bills_per_company, start_time)
         self.faults.clear()
-        self.limiter.buckets.clear()
+        self.limiter.configure(self.config.rate_limit_per_second, self.config.rate_limit_burst)
         self.dirty = True
 
 

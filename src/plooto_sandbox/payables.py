@@ -403,7 +403,10 @@ def schedule_next_step(state: PortalState, payment: Payment) -> None:
 def set_status(state: PortalState, payment: Payment, status: PaymentStatus, note: str | None = None) -> None:
     """Change status, write the audit trail, and keep the bills' balances right."""
     payment.status = status
-    payment.audit.append(AuditEntry(state.now, note or f"Status changed to {status.value}"))
+    # Every change leaves the same machine-readable line; a human note, if any, precedes it.
+    if note:
+        payment.audit.append(AuditEntry(state.now, note))
+    payment.audit.append(AuditEntry(state.now, f"Status changed to {status.value}"))
     state.touch_payment(payment)
     if status is PaymentStatus.COMPLETED:
         schedule_sync(state, "payment", payment.company_id, payment.payment_id)

@@ -14,7 +14,7 @@ from plooto_sandbox.business_days import local_date
 from plooto_sandbox.faults import SESSION_COOKIE
 from plooto_sandbox.instance import Sandbox, sandbox_of
 from plooto_sandbox.model import BillStatus, InvoiceStatus, PaymentStatus
-from plooto_sandbox.money import money
+from plooto_sandbox.money import money, timestamp
 
 ANTIFORGERY_COOKIE = ".Plooto.Antiforgery"
 XSRF_COOKIE = "XSRF-TOKEN"
@@ -64,9 +64,14 @@ def _login_page(
 ) -> Response:
     cookie, token = _antiforgery(request, sandbox)
     message = _locked_message(email) if code == "AccountLocked" else ERROR_TEXT.get(code or "", "")
+    locked_until = None
+    user = sandbox.state.users_by_email.get(email.lower())
+    if code == "AccountLocked" and user is not None and user.locked_until is not None:
+        locked_until = timestamp(user.locked_until)
     page = _page(
         "login.html",
         status,
+        locked_until=locked_until,
         title="Sign In",
         form_token=token,
         error_code=code,

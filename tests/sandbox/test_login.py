@@ -109,6 +109,7 @@ def test_repeated_failures_lock_the_user_then_unlock(client: TestClient) -> None
         assert start_login(client, CONTROLLER, "wrong").status_code == 401
     locked = start_login(client, CONTROLLER, "wrong")
     assert locked.status_code == 423 and "temporarily locked" in locked.text
+    assert 'data-locked-until="2026-03-02T14:15:00Z"' in locked.text
     # Even the right password is refused while locked.
     assert start_login(client, CONTROLLER).status_code == 423
     client.post("/__sandbox/clock", json={"advance_minutes": 16})
