@@ -44,6 +44,9 @@ class AnnouncingServer(uvicorn.Server):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.companies < 1 or args.bills_per_company < 0:
+        print("--companies must be at least 1 and --bills-per-company at least 0", file=sys.stderr)
+        return 2
     config = SandboxConfig(
         seed=args.seed,
         companies=args.companies,

@@ -172,10 +172,8 @@ def require(member: Membership, permission: Permission) -> None:
         )
 
 
-T = TypeVar("T")
-
-
 def owned(state: PortalState, cls: type[Any], object_id: str, company_id: str, what: str) -> Any:
+    """The object if it exists in this company; other companies' objects are reported as missing."""
     found = state.get(cls, object_id)
     if found is None or found.company_id != company_id:
         raise not_found(what)
@@ -273,7 +271,8 @@ def status_filter(request: Request) -> Callable[[Any], bool] | None:
     wanted = request.query_params.get("status")
     if not wanted:
         return None
-    return lambda obj: obj.status.value == wanted if hasattr(obj.status, "value") else obj.status == wanted
+    # Statuses are StrEnums on some objects and plain strings on others; both compare as str.
+    return lambda obj: str(obj.status) == wanted
 
 
 def line_items(state: PortalState, lines: list[LineItemIn]) -> list[LineItem]:

@@ -37,6 +37,10 @@ from plooto_sandbox.seed import demo_users
 
 router = APIRouter(prefix="/__sandbox", include_in_schema=False)
 
+# Bounds that keep a reset within memory and a few seconds of seeding per 100k bills.
+MAX_COMPANIES = 1_000
+MAX_BILLS_PER_COMPANY = 1_000_000
+
 
 async def _json(request: Request) -> dict[str, Any]:
     raw = await request.body()
@@ -76,12 +80,21 @@ async def reset(request: Request) -> PortalJSONResponse:
     body = await _json(request)
     config = sandbox.config
     start = _time(body["startTime"], "startTime") if body.get("startTime") else config.start_time
-    sandbox.reset(
-        int(body.get("seed", config.seed)),
-        int(body.get("companies", config.companies)),
-        int(body.get("billsPerCompany", config.bills_per_company)),
-        start,
-    )
+    try:
+        seed = int(body.get("seed", config.seed))
+        companies = int(body.get("companies", config.companies))
+        bills = int(body.get("billsPerCompany", config.bills_per_company))
+    except (TypeError, ValueError) as exc:
+        raise PortalError(
+            400, "ValidationFailed", "seed, companies and billsPerCompany must be integers."
+        ) from exc
+    if not (1 <= companies <= MAX_COMPANIES and 0 <= bills <= MAX_BILLS_PER_COMPANY):
+        raise PortalError(
+            400,
+            "ValidationFailed",
+            f"companies must be 1..{MAX_COMPANIES} and billsPerCompany 0..{MAX_BILLS_PER_COMPANY}.",
+        )
+    sandbox.reset(seed, companies, bills, start)
     return PortalJSONResponse(
         {
             "seed": config.seed,

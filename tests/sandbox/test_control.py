@@ -102,3 +102,8 @@ def test_control_api_can_be_switched_off() -> None:
     with make_client(control_enabled=False) as client:
         assert client.get("/__sandbox/clock").status_code == 404
         assert client.get("/login").status_code == 200
+
+
+def test_reset_validates_scale(client: TestClient) -> None:
+    assert client.post("/__sandbox/reset", json={"companies": 0}).status_code == 400
+    assert client.post("/__sandbox/reset", json={"billsPerCompany": "many"}).status_code == 400
