@@ -174,7 +174,8 @@ def _arm_reminders(state: PortalState, invoice: Invoice, recipient: str) -> None
     plan = [("BeforeDue", -d) for d in schedule.days_before_due] + [
         ("AfterDue", d) for d in schedule.days_after_due
     ]
-    for kind, offset in plan:
+    for named_kind, offset in sorted(set(plan), key=lambda item: item[1]):
+        kind = "OnDue" if offset == 0 else named_kind
         when = at_local(invoice.due_date + timedelta(days=offset), SEND_TIME)
         if when <= state.now:
             continue

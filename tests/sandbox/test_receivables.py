@@ -146,3 +146,13 @@ def test_pad_requires_agreement(portal: Portal) -> None:
         json={"customerId": payer["customerId"], "amount": "10.00", "method": "PreAuthorizedDebit"},
     )
     assert response.status_code == 422
+
+
+def test_custom_reminder_schedule_with_due_day(portal: Portal) -> None:
+    invoice = create_invoice(
+        portal, reminderSchedule={"enabled": True, "daysBeforeDue": [0, 2], "daysAfterDue": []}
+    )
+    kinds = sorted(r["kind"] for r in walk(portal, "/reminders", 100, invoiceId=invoice["invoiceId"]))
+    assert kinds == ["BeforeDue", "OnDue"]
+    silent = create_invoice(portal, reminderSchedule={"enabled": False})
+    assert walk(portal, "/reminders", 100, invoiceId=silent["invoiceId"]) == []
