@@ -66,7 +66,16 @@ def main(argv: list[str] | None = None) -> int:
         mfa = user.mfa_method or "none"
         print(f"  {user.email:45} mfa={mfa:5} {reach}", flush=True)
     server = AnnouncingServer(
-        uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False),
+        uvicorn.Config(
+            app,
+            host=args.host,
+            port=args.port,
+            log_level=args.log_level,
+            access_log=False,
+            # The app sends its own Date header (the sandbox clock); uvicorn's would contradict it.
+            date_header=False,
+            server_header=False,
+        ),
         f"plooto-sandbox listening on http://{args.host}:{args.port}",
     )
     asyncio.run(server.serve())

@@ -15,6 +15,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from decimal import Decimal
+from email.utils import format_datetime
 from typing import Any
 
 from starlette.requests import Request
@@ -186,13 +187,19 @@ class PortalEdge:
         trace_id = uuid.uuid4().hex
         scope.setdefault("state", {})["trace_id"] = trace_id
         is_api = path.startswith("/api")
-        extra_headers = [(b"x-plooto-id", trace_id.encode())]
+        # The Date header tells clients the portal's time (as a real server's would); here that is
+        # the sandbox clock, which is what TOTP codes and expiry are checked against.
+        extra_headers = [
+            (b"date", format_datetime(self.sandbox.state.now, usegmt=True).encode()),
+            (b"x-plooto-id", trace_id.encode()),
+        ]
         if is_api:
             extra_headers.append((b"x-via", b"api"))
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = list(message.get("headers", [])) + extra_headers
+                kept = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"date"]
+                message["headers"] = kept + extra_headers
             await send(message)
 
         if not path.startswith(PORTAL_PREFIXES):

@@ -33,7 +33,9 @@ def live_url() -> Iterator[str]:
     port = free_port()
     app = create_app(SandboxConfig(seed=11, companies=2, bills_per_company=25))
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical", access_log=False)
+        uvicorn.Config(
+            app, host="127.0.0.1", port=port, log_level="critical", access_log=False, date_header=False
+        )
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

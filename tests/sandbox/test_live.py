@@ -94,3 +94,13 @@ def test_module_entry_point_prints_users_and_ready_line() -> None:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def test_date_header_is_the_portal_clock(live: httpx.Client) -> None:
+    from email.utils import parsedate_to_datetime
+
+    response = live.get("/login")
+    assert response.headers.get_list("date") == ["Mon, 02 Mar 2026 14:00:00 GMT"]
+    live.post("/__sandbox/clock", json={"advance_minutes": 90})
+    later = parsedate_to_datetime(live.get("/api/session").headers["date"])
+    assert later.isoformat() == "2026-03-02T15:30:00+00:00"
