@@ -34,6 +34,8 @@ class Sandbox:
         self.config.start_time = start_time
         self.state = seed_portal(seed, companies, bills_per_company, start_time)
         self.faults.clear()
+        # Probabilistic faults replay identically after every reset.
+        self.faults.rng.seed(self.config.fault_seed)
         self.limiter.configure(self.config.rate_limit_per_second, self.config.rate_limit_burst)
         self.dirty = True
 
