@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import socket
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import uvicorn
@@ -14,6 +15,11 @@ from plooto_sandbox.app import create_app
 from plooto_sandbox.config import SandboxConfig
 from plooto_sandbox.instance import Sandbox
 from plooto_sandbox.seed import demo_users
+
+
+def _utc_timestamp(text: str) -> datetime:
+    parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -25,6 +31,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--bills-per-company", type=int, default=50)
     parser.add_argument("--no-control", action="store_true", help="disable the /__sandbox control API")
     parser.add_argument("--state-file", type=Path, default=None, help="persist state here across restarts")
+    parser.add_argument(
+        "--start-time",
+        type=_utc_timestamp,
+        default=None,
+        help="initial sandbox clock, ISO-8601 (default 2026-03-02T14:00:00Z)",
+    )
     parser.add_argument("--log-level", default="warning")
     return parser.parse_args(argv)
 
@@ -54,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         control_enabled=not args.no_control,
         state_file=args.state_file,
     )
+    if args.start_time is not None:
+        config.start_time = args.start_time
     app = create_app(config)
     sandbox: Sandbox = app.state.sandbox
     print("Demo users (password: see README; never printed):", flush=True)

@@ -62,6 +62,12 @@ def test_every_list_pages_in_stable_order_with_details(portal: Portal, path: str
     keys = [(item["lastModified"], item[ID_FIELD[path]]) for item in items]
     assert keys == sorted(keys)
     assert len({k[1] for k in keys}) == len(keys)
+    # modifiedSince is inclusive and returns exactly the tail of the same order.
+    pivot = items[len(items) // 2]["lastModified"]
+    tail = walk(portal, path, page_size=5, modifiedSince=pivot)
+    assert [t[ID_FIELD[path]] for t in tail] == [
+        i[ID_FIELD[path]] for i in items if i["lastModified"] >= pivot
+    ]
     if path not in ("/reminders",):
         first_id = items[0][ID_FIELD[path]]
         detail = portal.api("GET", portal.company(f"{path}/{first_id}"))
