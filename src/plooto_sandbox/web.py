@@ -93,7 +93,7 @@ def _signed_in_context(request: Request, sandbox: Sandbox) -> dict[str, Any]:
     return {"signed_in": True, "logout_token": token}
 
 
-@router.get("/", include_in_schema=False)
+@router.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
 async def root(request: Request) -> Response:
     sandbox = sandbox_of(request)
     session = _session(request, sandbox)
@@ -102,7 +102,7 @@ async def root(request: Request) -> Response:
     return _redirect("/mfa" if session.mfa_pending else "/select-company")
 
 
-@router.get("/login", include_in_schema=False)
+@router.api_route("/login", methods=["GET", "HEAD"], include_in_schema=False)
 async def login_form(request: Request) -> Response:
     return _login_page(request, sandbox_of(request), 200, None)
 
