@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
@@ -90,12 +91,19 @@ def create_app(config: SandboxConfig | None = None) -> FastAPI:
 
 
 async def _save_periodically(sandbox: Sandbox) -> None:
-    """Debounced persistence: at most one save per interval, only after something changed."""
+    """Debounced persistence: only after something changed, and never hogging the event loop.
+
+    A save blocks the loop while it pickles; big states wait ten times the last save's duration
+    before the next one, so saving never takes more than about a tenth of the time.
+    """
+    interval = SAVE_INTERVAL_SECONDS
     while True:
-        await asyncio.sleep(SAVE_INTERVAL_SECONDS)
+        await asyncio.sleep(interval)
         if sandbox.dirty and sandbox.config.state_file is not None:
             sandbox.dirty = False
+            started = time.perf_counter()
             try:
                 save_state(sandbox.config.state_file, sandbox.state)
             except OSError as exc:
                 log.warning("could not save sandbox state: %s", exc)
+            interval = max(SAVE_INTERVAL_SECONDS, 10 * (time.perf_counter() - started))
