@@ -278,6 +278,12 @@ def create_payment(
         )
     if account.company_id != bill.company_id:
         raise not_found("Bank account")
+    if account.verification_status != "Verified":
+        raise rule(
+            "BankAccountNotVerified",
+            "The debit bank account is still pending validation.",
+            "debitBankAccountId",
+        )
     vendor = state.get(Vendor, bill.vendor_id)
     if vendor is None:
         raise not_found("Vendor")

@@ -280,3 +280,42 @@ def test_seeded_in_flight_payments_move_on(portal: Portal) -> None:
             and after[payment_id] != "Clearing"
         ):
             assert after[payment_id] in ("Completed", "Returned", "Failed"), (status, after[payment_id])
+
+
+def test_signing_rules_for_other_roles(client: TestClient, portal: Portal) -> None:
+    bill = create_bill(portal, amount="90.00", billNumber="ROLE-1")
+    payment = pay(portal, bill, "90.00").json()
+    custom_client = TestClient(client.app)
+    custom = Portal(custom_client, login(custom_client, f"custom@{SLUG}.test"), portal.company_id)
+    # Custom has ApprovePayments but is not a signing authority on the Main Account.
+    refused = custom.api("POST", custom.company(f"/payments/{payment['paymentId']}/approve"), json={})
+    assert refused.status_code == 422 and refused.json()["errorCode"] == "NotAnApprover"
+    viewer_client = TestClient(client.app)
+    viewer = Portal(viewer_client, login(viewer_client, f"viewer@{SLUG}.test"), portal.company_id)
+    assert (
+        viewer.api("POST", viewer.company(f"/payments/{payment['paymentId']}/approve"), json={}).status_code
+        == 403
+    )
+    assert viewer.api("POST", viewer.company(f"/payments/{payment['paymentId']}/cancel")).status_code == 403
+    other_company = next(
+        c["companyId"]
+        for c in portal.api("GET", "/api/companies").json()["items"]
+        if c["companyId"] != portal.company_id
+    )
+    foreign_account = portal.api("GET", f"/api/companies/{other_company}/bank-accounts").json()["items"][0]
+    crossed = portal.api(
+        "POST",
+        portal.company("/payments"),
+        json={
+            "billId": bill["billId"], "amount": "1.00", "debitBankAccountId": foreign_account["bankAccountId"],
+            "requestedDebitDate": "2026-03-03",
+        },
+    )  # fmt: skip
+    assert crossed.status_code == 404
+    assert account(portal, "Payroll Account")["verificationStatus"] == "BankValidationPending"
+    pending_account = pay(
+        portal, bill, "1.00", account_name="Payroll Account", requestedDebitDate="2026-03-03"
+    )
+    assert (
+        pending_account.status_code == 422 and pending_account.json()["errorCode"] == "BankAccountNotVerified"
+    )
