@@ -314,7 +314,11 @@ def test_signing_rules_for_other_roles(client: TestClient, portal: Portal) -> No
     assert crossed.status_code == 404
     assert account(portal, "Payroll Account")["verificationStatus"] == "BankValidationPending"
     pending_account = pay(
-        portal, bill, "1.00", account_name="Payroll Account", requestedDebitDate="2026-03-03"
+        portal,
+        create_bill(portal, amount="10.00", billNumber="ROLE-2"),
+        "1.00",
+        account_name="Payroll Account",
+        requestedDebitDate="2026-03-03",
     )
     assert (
         pending_account.status_code == 422 and pending_account.json()["errorCode"] == "BankAccountNotVerified"
