@@ -78,3 +78,11 @@ def test_index_keeps_latest_entry_only() -> None:
     assert index.ordered_ids() == ["b", "a"]
     assert index.changed_since(t + timedelta(seconds=1)) == ["a"]
     assert len(index) == 2
+
+
+def test_seeded_stamps_never_after_start_and_indexes_complete() -> None:
+    state = seed_portal(2, 3, 40, DEFAULT_START_TIME)
+    for kind, table in state.objects.items():
+        assert all(obj.created <= obj.modified <= DEFAULT_START_TIME for obj in table.values()), kind
+        indexed = sum(len(index) for (_, k), index in state.indexes.items() if k == kind)
+        assert indexed == len(table), kind
