@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -104,3 +105,43 @@ def test_date_header_is_the_portal_clock(live: httpx.Client) -> None:
     live.post("/__sandbox/clock", json={"advance_minutes": 90})
     later = parsedate_to_datetime(live.get("/api/session").headers["date"])
     assert later.isoformat() == "2026-03-02T15:30:00+00:00"
+
+
+def _start(port: int, *extra: str) -> subprocess.Popen[str]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "plooto_sandbox", "--port", str(port), "--companies", "1",
+         "--bills-per-company", "5", *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    assert process.stdout is not None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line or line.startswith("plooto-sandbox listening on"):
+            return process
+    raise AssertionError("sandbox did not start")
+
+
+def test_state_file_survives_sigterm_restart(tmp_path: Path) -> None:
+    state_file = tmp_path / "portal.state"
+    port = free_port()
+    first = _start(port, "--state-file", str(state_file))
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+            company_id = client.post("/__sandbox/reset", json={}).json()["companies"][0]["companyId"]
+            client.post(
+                "/__sandbox/mutate", json={"action": "createBills", "companyId": company_id, "count": 3}
+            )
+    finally:
+        first.terminate()  # SIGTERM: graceful shutdown writes the state file
+        first.wait(timeout=15)
+    assert state_file.exists()
+    second = _start(port, "--state-file", str(state_file))
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+            headers = login(client, CONTROLLER)
+            bills = client.get(f"/api/companies/{company_id}/bills", headers=headers).json()
+            assert bills["totalCount"] == 8
+    finally:
+        second.terminate()
+        second.wait(timeout=15)
