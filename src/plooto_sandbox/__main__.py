@@ -23,6 +23,7 @@ def _utc_timestamp(text: str) -> datetime:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The CLI flags (the contract `plooto-api sandbox` relies on)."""
     parser = argparse.ArgumentParser(prog="plooto_sandbox", description="Run the Plooto portal emulator.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8500)
@@ -49,12 +50,14 @@ class AnnouncingServer(uvicorn.Server):
         self.ready_line = ready_line
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """Start uvicorn, then announce readiness on stdout."""
         await super().startup(sockets=sockets)
         if self.started:
             print(self.ready_line, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Seed, print the demo users, serve until interrupted."""
     args = parse_args(argv)
     if args.companies < 1 or args.bills_per_company < 0:
         print("--companies must be at least 1 and --bills-per-company at least 0", file=sys.stderr)

@@ -64,6 +64,8 @@ Model = TypeVar("Model", bound=BaseModel)
 
 # -- request bodies -------------------------------------------------------------------------------
 class LineItemIn(BaseModel):
+    """A bill or invoice line in a create request."""
+
     description: str = Field(min_length=1, max_length=500)
     quantity: Annotated[Decimal, Field(gt=0, max_digits=12, decimal_places=4)] = Decimal(1)
     unitPrice: Amount | None = None
@@ -72,6 +74,8 @@ class LineItemIn(BaseModel):
 
 
 class CreateBillIn(BaseModel):
+    """Body of POST …/bills."""
+
     vendorId: str
     billNumber: str = Field(min_length=1, max_length=64)
     currency: str | None = None
@@ -82,10 +86,14 @@ class CreateBillIn(BaseModel):
 
 
 class DecisionIn(BaseModel):
+    """Body of approve/reject requests."""
+
     comment: str | None = Field(default=None, max_length=500)
 
 
 class CreatePaymentIn(BaseModel):
+    """Body of POST …/payments."""
+
     billId: str
     amount: Amount
     paymentMethod: PaymentMethod | None = None
@@ -97,17 +105,23 @@ class CreatePaymentIn(BaseModel):
 
 
 class ReminderScheduleIn(BaseModel):
+    """Reminder schedule of a new invoice."""
+
     enabled: bool = True
     daysBeforeDue: list[Annotated[int, Field(ge=0, le=60)]] = [3]
     daysAfterDue: list[Annotated[int, Field(ge=0, le=120)]] = [1, 7]
 
 
 class RecurringIn(BaseModel):
+    """Makes a new invoice the first of a recurring plan."""
+
     frequency: Literal["Weekly", "BiWeekly", "Monthly"]
     endDate: date | None = None
 
 
 class CreateInvoiceIn(BaseModel):
+    """Body of POST …/invoices."""
+
     customerId: str
     invoiceNumber: str | None = Field(default=None, max_length=64)
     issueDate: date | None = None
@@ -122,6 +136,8 @@ class CreateInvoiceIn(BaseModel):
 
 
 class CreateCustomerPaymentIn(BaseModel):
+    """Body of POST …/customer-payments."""
+
     customerId: str
     amount: Amount
     method: Literal["PreAuthorizedDebit", "Card"]
@@ -157,6 +173,7 @@ def caller(request: Request) -> Caller:
 
 
 def member_of(who: Caller, company_id: str) -> Membership:
+    """The caller's membership in the company, or 404 CompanyNotFound."""
     member = who.state.membership(who.user.user_id, company_id)
     if member is None:
         raise PortalError(404, "CompanyNotFound", "Company was not found.")
@@ -164,6 +181,7 @@ def member_of(who: Caller, company_id: str) -> Membership:
 
 
 def require(member: Membership, permission: Permission) -> None:
+    """403 PermissionDenied unless the membership grants the permission."""
     if permission not in member.permissions:
         raise PortalError(
             403,
@@ -181,6 +199,7 @@ def owned(state: PortalState, cls: type[Any], object_id: str, company_id: str, w
 
 
 def validation_failed(error: ValidationError) -> PortalError:
+    """A pydantic error as the portal's 400 envelope."""
     details = [
         {"field": ".".join(str(part) for part in issue["loc"]), "message": issue["msg"]}
         for issue in error.errors()
@@ -189,6 +208,7 @@ def validation_failed(error: ValidationError) -> PortalError:
 
 
 async def body_of(request: Request, model: type[Model]) -> Model:
+    """Parse the JSON body (decimals exact) into the request model, or 400."""
     raw = await request.body()
     try:
         data = parse_portal_json(raw) if raw.strip() else {}
@@ -207,6 +227,7 @@ def _bad_query(name: str, message: str) -> PortalError:
 
 
 def parse_timestamp(text: str, name: str) -> datetime:
+    """An ISO-8601 query timestamp as a UTC datetime, or 400."""
     try:
         parsed = datetime.fromisoformat(text.replace("Z", "+00:00").replace(" ", "+"))
     except ValueError as exc:
@@ -268,6 +289,7 @@ def listing(
 
 
 def status_filter(request: Request) -> Callable[[Any], bool] | None:
+    """The `status=` query filter, if given."""
     wanted = request.query_params.get("status")
     if not wanted:
         return None
@@ -276,6 +298,7 @@ def status_filter(request: Request) -> Callable[[Any], bool] | None:
 
 
 def line_items(state: PortalState, lines: list[LineItemIn]) -> list[LineItem]:
+    """Request lines as domain line items (amount defaults to quantity times unit price)."""
     result: list[LineItem] = []
     for position, line in enumerate(lines):
         if line.amount is None and line.unitPrice is None:
@@ -298,6 +321,7 @@ def line_items(state: PortalState, lines: list[LineItemIn]) -> list[LineItem]:
 # -- session and company -------------------------------------------------------------------------
 @router.get("/antiforgery/token")
 async def antiforgery_token(request: Request) -> PortalJSONResponse:
+    """GET /api/antiforgery/token (README §5)."""
     sandbox = sandbox_of(request)
     session = auth.live_session(sandbox.state, sandbox.config, request.cookies.get(SESSION_COOKIE))
     if session is None:
@@ -311,6 +335,7 @@ async def antiforgery_token(request: Request) -> PortalJSONResponse:
 
 @router.get("/session")
 async def current_session(request: Request) -> PortalJSONResponse:
+    """GET /api/session (README §5)."""
     who = caller(request)
     config = who.sandbox.config
     return PortalJSONResponse(
@@ -333,6 +358,7 @@ async def current_session(request: Request) -> PortalJSONResponse:
 
 @router.get("/companies")
 async def list_companies(request: Request) -> PortalJSONResponse:
+    """GET /api/companies (README §5)."""
     who = caller(request)
     companies = who.state.companies_of(who.user.user_id)
     page_number = _int_param(request, "pageNumber", 1, 1, 10_000_000)
@@ -351,6 +377,7 @@ async def list_companies(request: Request) -> PortalJSONResponse:
 
 @router.get("/companies/{company_id}")
 async def get_company(request: Request, company_id: str) -> PortalJSONResponse:
+    """GET /api/companies/{company_id} (README §5)."""
     who = caller(request)
     member = member_of(who, company_id)
     return PortalJSONResponse(shape.company(who.state, who.state.companies[company_id], member, detail=True))
@@ -358,6 +385,7 @@ async def get_company(request: Request, company_id: str) -> PortalJSONResponse:
 
 @router.get("/companies/{company_id}/users")
 async def list_users(request: Request, company_id: str) -> PortalJSONResponse:
+    """GET /api/companies/{company_id}/users (README §5)."""
     who = caller(request)
     member_of(who, company_id)
     members = sorted(
@@ -377,6 +405,7 @@ async def list_users(request: Request, company_id: str) -> PortalJSONResponse:
 
 @router.get("/companies/{company_id}/bank-accounts")
 async def list_bank_accounts(request: Request, company_id: str) -> PortalJSONResponse:
+    """GET /api/companies/{company_id}/bank-accounts (README §5)."""
     who = caller(request)
     member_of(who, company_id)
     return listing(request, who.state, company_id, "bankAccount", shape.bank_account)
@@ -384,6 +413,7 @@ async def list_bank_accounts(request: Request, company_id: str) -> PortalJSONRes
 
 @router.get("/companies/{company_id}/bank-accounts/{bank_account_id}")
 async def get_bank_account(request: Request, company_id: str, bank_account_id: str) -> PortalJSONResponse:
+    """GET /api/companies/{company_id}/bank-accounts/{bank_account_id} (README §5)."""
     who = caller(request)
     member_of(who, company_id)
     account = owned(who.state, BankAccount, bank_account_id, company_id, "Bank account")
@@ -392,6 +422,7 @@ async def get_bank_account(request: Request, company_id: str, bank_account_id: s
 
 @router.get("/companies/{company_id}/approval-policies")
 async def list_approval_policies(request: Request, company_id: str) -> PortalJSONResponse:
+    """GET /api/companies/{company_id}/approval-policies (README §5)."""
     who = caller(request)
     member_of(who, company_id)
     return listing(request, who.state, company_id, "approvalPolicy", shape.approval_policy)
@@ -399,6 +430,7 @@ async def list_approval_policies(request: Request, company_id: str) -> PortalJSO
 
 @router.get("/companies/{company_id}/fx-rates")
 async def fx_rate(request: Request, company_id: str) -> PortalJSONResponse:
+    """GET /api/companies/{company_id}/fx-rates (README §5)."""
     who = caller(request)
     member_of(who, company_id)
     source = request.query_params.get("sourceCurrency", "CAD")
@@ -420,6 +452,7 @@ async def fx_rate(request: Request, company_id: str) -> PortalJSONResponse:
 # -- payables -----------------------------------------------------------------------------------
 @router.get("/companies/{company_id}/vendors")
 async def list_vendors(request: Request, company_id: str) -> PortalJSONResponse:
+    """GET /api/companies/{company_id}/vendors (README §5)."""
     who = caller(request)
     member_of(who, company_id)
     return listing(request, who.state, company_id, "vendor", shape.vendor)
@@ -427,6 +460,7 @@ async def list_vendors(request: Request, company_id: str) -> PortalJSONResponse:
 
 @router.get("/companies/{company_id}/vendors/{vendor_id}")
 async def get_vendor(request: Request, company_id: str, vendor_id: str) -> PortalJSONResponse:
+    """GET /api/companies/{company_id}/vendors/{vendor_id} (README §5)."""
     who = caller(request)
     member_of(who, company_id)
     return PortalJSONResponse(shape.vendor(owned(who.state, Vendor, vendor_id, company_id, "Vendor")))
@@ -434,6 +468,7 @@ async def get_vendor(request: Request, company_id: str, vendor_id: str) -> Porta
 
 @router.get("/companies/{company_id}/bills")
 async def list_bills(request: Request, company_id: str) -> PortalJSONResponse:
+    """GET /api/companies/{company_id}/bills (README §5)."""
     who = caller(request)
     member_of(who, company_id)
     state = who.state
@@ -442,6 +477,7 @@ async def list_bills(request: Request, company_id: str) -> PortalJSONResponse:
 
 @router.get("/companies/{company_id}/bills/{bill_id}")
 async def get_bill(request: Request, company_id: str, bill_id: str) -> PortalJSONResponse:
+    """GET /api/companies/{company_id}/bills/{bill_id} (README §5)."""
     who = caller(request)
     member_of(who, company_id)
     return PortalJSONResponse(shape.bill(who.state, owned(who.state, Bill, bill_id, company_id, "Bill")))
@@ -449,6 +485,7 @@ async def get_bill(request: Request, company_id: str, bill_id: str) -> PortalJSO
 
 @router.post("/companies/{company_id}/bills", status_code=201)
 async def create_bill(request: Request, company_id: str) -> PortalJSONResponse:
+    """POST /api/companies/{company_id}/bills (README §5)."""
     who = caller(request)
     require(member_of(who, company_id), Permission.EDIT_PAYMENTS)
     body = await body_of(request, CreateBillIn)
@@ -504,6 +541,7 @@ async def _upload(request: Request) -> tuple[str, str, bytes, dict[str, str]]:
 
 @router.post("/companies/{company_id}/bills/{bill_id}/attachments", status_code=201)
 async def add_attachment(request: Request, company_id: str, bill_id: str) -> PortalJSONResponse:
+    """POST /api/companies/{company_id}/bills/{bill_id}/attachments (README §5)."""
     who = caller(request)
     require(member_of(who, company_id), Permission.EDIT_PAYMENTS)
     bill: Bill = owned(who.state, Bill, bill_id, company_id, "Bill")
@@ -578,16 +616,19 @@ async def _decide_bill(request: Request, company_id: str, bill_id: str, approve:
 
 @router.post("/companies/{company_id}/bills/{bill_id}/approve")
 async def approve_bill(request: Request, company_id: str, bill_id: str) -> PortalJSONResponse:
+    """POST /api/companies/{company_id}/bills/{bill_id}/approve (README §5)."""
     return await _decide_bill(request, company_id, bill_id, True)
 
 
 @router.post("/companies/{company_id}/bills/{bill_id}/reject")
 async def reject_bill(request: Request, company_id: str, bill_id: str) -> PortalJSONResponse:
+    """POST /api/companies/{company_id}/bills/{bill_id}/reject (README §5)."""
     return await _decide_bill(request, company_id, bill_id, False)
 
 
 @router.get("/companies/{company_id}/payments")
 async def list_payments(request: Request, company_id: str) -> PortalJSONResponse:
+    """GET /api/companies/{company_id}/payments (README §5)."""
     who = caller(request)
     member_of(who, company_id)
     state = who.state
@@ -608,6 +649,7 @@ async def list_payments(request: Request, company_id: str) -> PortalJSONResponse
 
 @router.get("/companies/{company_id}/payments/{payment_id}")
 async def get_payment(request: Request, company_id: str, payment_id: str) -> PortalJSONResponse:
+    """GET /api/companies/{company_id}/payments/{payment_id} (README §5)."""
     who = caller(request)
     member_of(who, company_id)
     return PortalJSONResponse(
@@ -617,6 +659,7 @@ async def get_payment(request: Request, company_id: str, payment_id: str) -> Por
 
 @router.post("/companies/{company_id}/payments", status_code=201)
 async def create_payment(request: Request, company_id: str) -> PortalJSONResponse:
+    """POST /api/companies/{company_id}/payments (README §5)."""
     who = caller(request)
     require(member_of(who, company_id), Permission.EDIT_PAYMENTS)
     body = await body_of(request, CreatePaymentIn)
@@ -661,32 +704,38 @@ async def _payment_action(
 
 @router.post("/companies/{company_id}/payments/{payment_id}/approve")
 async def approve_payment(request: Request, company_id: str, payment_id: str) -> PortalJSONResponse:
+    """POST /api/companies/{company_id}/payments/{payment_id}/approve (README §5)."""
     return await _payment_action(request, company_id, payment_id, "approve")
 
 
 @router.post("/companies/{company_id}/payments/{payment_id}/reject")
 async def reject_payment(request: Request, company_id: str, payment_id: str) -> PortalJSONResponse:
+    """POST /api/companies/{company_id}/payments/{payment_id}/reject (README §5)."""
     return await _payment_action(request, company_id, payment_id, "reject")
 
 
 @router.post("/companies/{company_id}/payments/{payment_id}/cancel")
 async def cancel_payment(request: Request, company_id: str, payment_id: str) -> PortalJSONResponse:
+    """POST /api/companies/{company_id}/payments/{payment_id}/cancel (README §5)."""
     return await _payment_action(request, company_id, payment_id, "cancel")
 
 
 @router.delete("/companies/{company_id}/payments/{payment_id}")
 async def delete_payment(request: Request, company_id: str, payment_id: str) -> PortalJSONResponse:
+    """DELETE /api/companies/{company_id}/payments/{payment_id} (README §5)."""
     return await _payment_action(request, company_id, payment_id, "delete")
 
 
 @router.post("/companies/{company_id}/payments/{payment_id}/recall")
 async def recall_payment(request: Request, company_id: str, payment_id: str) -> PortalJSONResponse:
+    """POST /api/companies/{company_id}/payments/{payment_id}/recall (README §5)."""
     return await _payment_action(request, company_id, payment_id, "recall")
 
 
 # -- receivables --------------------------------------------------------------------------------
 @router.get("/companies/{company_id}/customers")
 async def list_customers(request: Request, company_id: str) -> PortalJSONResponse:
+    """GET /api/companies/{company_id}/customers (README §5)."""
     who = caller(request)
     member_of(who, company_id)
     return listing(request, who.state, company_id, "customer", shape.customer)
@@ -694,6 +743,7 @@ async def list_customers(request: Request, company_id: str) -> PortalJSONRespons
 
 @router.get("/companies/{company_id}/customers/{customer_id}")
 async def get_customer(request: Request, company_id: str, customer_id: str) -> PortalJSONResponse:
+    """GET /api/companies/{company_id}/customers/{customer_id} (README §5)."""
     who = caller(request)
     member_of(who, company_id)
     return PortalJSONResponse(shape.customer(owned(who.state, Customer, customer_id, company_id, "Customer")))
@@ -701,6 +751,7 @@ async def get_customer(request: Request, company_id: str, customer_id: str) -> P
 
 @router.get("/companies/{company_id}/invoices")
 async def list_invoices(request: Request, company_id: str) -> PortalJSONResponse:
+    """GET /api/companies/{company_id}/invoices (README §5)."""
     who = caller(request)
     member_of(who, company_id)
     return listing(request, who.state, company_id, "invoice", shape.invoice, status_filter(request))
@@ -708,6 +759,7 @@ async def list_invoices(request: Request, company_id: str) -> PortalJSONResponse
 
 @router.get("/companies/{company_id}/invoices/{invoice_id}")
 async def get_invoice(request: Request, company_id: str, invoice_id: str) -> PortalJSONResponse:
+    """GET /api/companies/{company_id}/invoices/{invoice_id} (README §5)."""
     who = caller(request)
     member_of(who, company_id)
     return PortalJSONResponse(shape.invoice(owned(who.state, Invoice, invoice_id, company_id, "Invoice")))
@@ -715,6 +767,7 @@ async def get_invoice(request: Request, company_id: str, invoice_id: str) -> Por
 
 @router.post("/companies/{company_id}/invoices", status_code=201)
 async def create_invoice(request: Request, company_id: str) -> PortalJSONResponse:
+    """POST /api/companies/{company_id}/invoices (README §5)."""
     who = caller(request)
     require(member_of(who, company_id), Permission.EDIT_PAYMENTS)
     body = await body_of(request, CreateInvoiceIn)
@@ -780,21 +833,25 @@ async def _invoice_action(
 
 @router.post("/companies/{company_id}/invoices/{invoice_id}/send")
 async def send_invoice(request: Request, company_id: str, invoice_id: str) -> PortalJSONResponse:
+    """POST /api/companies/{company_id}/invoices/{invoice_id}/send (README §5)."""
     return await _invoice_action(request, company_id, invoice_id, "send")
 
 
 @router.post("/companies/{company_id}/invoices/{invoice_id}/void")
 async def void_invoice(request: Request, company_id: str, invoice_id: str) -> PortalJSONResponse:
+    """POST /api/companies/{company_id}/invoices/{invoice_id}/void (README §5)."""
     return await _invoice_action(request, company_id, invoice_id, "void")
 
 
 @router.post("/companies/{company_id}/invoices/{invoice_id}/reminders", status_code=201)
 async def send_reminder(request: Request, company_id: str, invoice_id: str) -> PortalJSONResponse:
+    """POST /api/companies/{company_id}/invoices/{invoice_id}/reminders (README §5)."""
     return await _invoice_action(request, company_id, invoice_id, "remind")
 
 
 @router.get("/companies/{company_id}/recurring-invoices")
 async def list_recurring(request: Request, company_id: str) -> PortalJSONResponse:
+    """GET /api/companies/{company_id}/recurring-invoices (README §5)."""
     who = caller(request)
     member_of(who, company_id)
     return listing(
@@ -804,6 +861,7 @@ async def list_recurring(request: Request, company_id: str) -> PortalJSONRespons
 
 @router.get("/companies/{company_id}/recurring-invoices/{plan_id}")
 async def get_recurring(request: Request, company_id: str, plan_id: str) -> PortalJSONResponse:
+    """GET /api/companies/{company_id}/recurring-invoices/{plan_id} (README §5)."""
     who = caller(request)
     member_of(who, company_id)
     plan = owned(who.state, RecurringInvoice, plan_id, company_id, "Recurring invoice")
@@ -812,6 +870,7 @@ async def get_recurring(request: Request, company_id: str, plan_id: str) -> Port
 
 @router.post("/companies/{company_id}/recurring-invoices/{plan_id}/cancel")
 async def cancel_recurring(request: Request, company_id: str, plan_id: str) -> PortalJSONResponse:
+    """POST /api/companies/{company_id}/recurring-invoices/{plan_id}/cancel (README §5)."""
     who = caller(request)
     require(member_of(who, company_id), Permission.EDIT_PAYMENTS)
     plan: RecurringInvoice = owned(who.state, RecurringInvoice, plan_id, company_id, "Recurring invoice")
@@ -822,6 +881,7 @@ async def cancel_recurring(request: Request, company_id: str, plan_id: str) -> P
 
 @router.get("/companies/{company_id}/reminders")
 async def list_reminders(request: Request, company_id: str) -> PortalJSONResponse:
+    """GET /api/companies/{company_id}/reminders (README §5)."""
     who = caller(request)
     member_of(who, company_id)
     invoice_id = request.query_params.get("invoiceId")
@@ -831,6 +891,7 @@ async def list_reminders(request: Request, company_id: str) -> PortalJSONRespons
 
 @router.get("/companies/{company_id}/customer-payments")
 async def list_customer_payments(request: Request, company_id: str) -> PortalJSONResponse:
+    """GET /api/companies/{company_id}/customer-payments (README §5)."""
     who = caller(request)
     member_of(who, company_id)
     return listing(
@@ -840,6 +901,7 @@ async def list_customer_payments(request: Request, company_id: str) -> PortalJSO
 
 @router.get("/companies/{company_id}/customer-payments/{payment_id}")
 async def get_customer_payment(request: Request, company_id: str, payment_id: str) -> PortalJSONResponse:
+    """GET /api/companies/{company_id}/customer-payments/{payment_id} (README §5)."""
     who = caller(request)
     member_of(who, company_id)
     found = owned(who.state, CustomerPayment, payment_id, company_id, "Customer payment")
@@ -848,6 +910,7 @@ async def get_customer_payment(request: Request, company_id: str, payment_id: st
 
 @router.post("/companies/{company_id}/customer-payments", status_code=201)
 async def create_customer_payment(request: Request, company_id: str) -> PortalJSONResponse:
+    """POST /api/companies/{company_id}/customer-payments (README §5)."""
     who = caller(request)
     require(member_of(who, company_id), Permission.EDIT_PAYMENTS)
     body = await body_of(request, CreateCustomerPaymentIn)
@@ -862,6 +925,7 @@ async def create_customer_payment(request: Request, company_id: str) -> PortalJS
 
 @router.get("/companies/{company_id}/approval-policies/{policy_id}")
 async def get_approval_policy(request: Request, company_id: str, policy_id: str) -> PortalJSONResponse:
+    """GET /api/companies/{company_id}/approval-policies/{policy_id} (README §5)."""
     who = caller(request)
     member_of(who, company_id)
     return PortalJSONResponse(

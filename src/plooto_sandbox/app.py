@@ -41,6 +41,7 @@ def create_app(config: SandboxConfig | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        """Save state periodically while serving and once more at shutdown."""
         saver: asyncio.Task[None] | None = None
         if config.state_file is not None:
             saver = asyncio.create_task(_save_periodically(sandbox))
@@ -61,10 +62,12 @@ def create_app(config: SandboxConfig | None = None) -> FastAPI:
 
     @app.exception_handler(PortalError)
     async def portal_error(request: Request, exc: PortalError) -> Response:
+        """PortalError → JSON envelope."""
         return error_response(exc, _trace_id(request))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        """FastAPI validation errors → 400 envelope."""
         details = [
             {"field": ".".join(str(p) for p in e["loc"]), "message": str(e["msg"])} for e in exc.errors()
         ]
@@ -75,6 +78,7 @@ def create_app(config: SandboxConfig | None = None) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        """Routing errors: envelope under /api and /__sandbox, plain HTML elsewhere."""
         if _wants_json(request):
             code = {404: "NotFound", 405: "MethodNotAllowed"}.get(exc.status_code, "HttpError")
             return error_response(PortalError(exc.status_code, code, str(exc.detail)), _trace_id(request))

@@ -29,6 +29,7 @@ def hash_password(password: str, salt: bytes) -> bytes:
 
 
 def password_matches(user: User, password: str) -> bool:
+    """Constant-time check of a password against the user's hash."""
     return hmac.compare_digest(hash_password(password, user.password_salt), user.password_hash)
 
 
@@ -73,6 +74,7 @@ def _lock_if_needed(state: PortalState, config: SandboxConfig, user: User) -> No
 
 
 def is_locked(state: PortalState, user: User) -> bool:
+    """True while a lockout is running."""
     return user.locked_until is not None and state.now < user.locked_until
 
 
@@ -165,6 +167,7 @@ def verify_mfa(state: PortalState, config: SandboxConfig, session: Session, user
 
 
 def trust_device(state: PortalState, config: SandboxConfig, user: User) -> TrustedDevice:
+    """Grant a long-lived device cookie that skips MFA for this user."""
     device = TrustedDevice(
         secrets.token_urlsafe(32), user.user_id, state.now + timedelta(days=config.trusted_device_days)
     )
@@ -173,6 +176,7 @@ def trust_device(state: PortalState, config: SandboxConfig, user: User) -> Trust
 
 
 def revoke_sessions(state: PortalState, user_id: str | None = None) -> int:
+    """Drop all sessions, or one user's; returns how many."""
     doomed = [t for t, s in state.sessions.items() if user_id is None or s.user_id == user_id]
     for token in doomed:
         del state.sessions[token]
@@ -185,6 +189,7 @@ def form_token(secret: bytes, antiforgery_cookie: str) -> str:
 
 
 def form_token_valid(secret: bytes, antiforgery_cookie: str | None, submitted: str | None) -> bool:
+    """Check a submitted form token against the anti-forgery cookie."""
     if not antiforgery_cookie or not submitted:
         return False
     return hmac.compare_digest(form_token(secret, antiforgery_cookie), submitted)

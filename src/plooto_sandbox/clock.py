@@ -68,6 +68,7 @@ def business_days_later(now: datetime, days: int) -> datetime:
 
 
 def advance(state: PortalState, days: int = 0, hours: float = 0, minutes: float = 0) -> int:
+    """Move the clock by business days and/or hours and minutes."""
     target = business_days_later(state.now, days) if days else state.now
     target += timedelta(hours=hours, minutes=minutes)
     return advance_to(state, target)

@@ -76,6 +76,7 @@ def _time(value: Any, name: str) -> datetime:
 
 @router.post("/reset")
 async def reset(request: Request) -> PortalJSONResponse:
+    """POST /__sandbox/reset (README §9)."""
     sandbox = sandbox_of(request)
     body = await _json(request)
     config = sandbox.config
@@ -109,11 +110,13 @@ async def reset(request: Request) -> PortalJSONResponse:
 
 @router.get("/clock")
 async def get_clock(request: Request) -> PortalJSONResponse:
+    """GET /__sandbox/clock (README §9)."""
     return PortalJSONResponse(_clock_view(sandbox_of(request)))
 
 
 @router.post("/clock")
 async def move_clock(request: Request) -> PortalJSONResponse:
+    """POST /__sandbox/clock (README §9)."""
     sandbox = sandbox_of(request)
     body = await _json(request)
     state = sandbox.state
@@ -135,23 +138,27 @@ async def move_clock(request: Request) -> PortalJSONResponse:
 
 @router.get("/faults")
 async def list_faults(request: Request) -> PortalJSONResponse:
+    """GET /__sandbox/faults (README §9)."""
     return PortalJSONResponse([f.describe() for f in sandbox_of(request).faults.faults])
 
 
 @router.post("/faults", status_code=201)
 async def add_fault(request: Request) -> PortalJSONResponse:
+    """POST /__sandbox/faults (README §9)."""
     fault = sandbox_of(request).faults.add(await _json(request))
     return PortalJSONResponse(fault.describe(), status_code=201)
 
 
 @router.delete("/faults")
 async def clear_faults(request: Request) -> PortalJSONResponse:
+    """DELETE /__sandbox/faults (README §9)."""
     sandbox_of(request).faults.clear()
     return PortalJSONResponse({"removed": "all"})
 
 
 @router.delete("/faults/{fault_id}")
 async def remove_fault(request: Request, fault_id: str) -> PortalJSONResponse:
+    """DELETE /__sandbox/faults/{fault_id} (README §9)."""
     if not sandbox_of(request).faults.remove(fault_id):
         raise not_found("Fault")
     return PortalJSONResponse({"removed": fault_id})
@@ -159,6 +166,7 @@ async def remove_fault(request: Request, fault_id: str) -> PortalJSONResponse:
 
 @router.get("/outbox")
 async def outbox(request: Request) -> PortalJSONResponse:
+    """GET /__sandbox/outbox (README §9)."""
     to = request.query_params.get("to")
     kind = request.query_params.get("kind")
     messages = [
@@ -178,6 +186,7 @@ async def outbox(request: Request) -> PortalJSONResponse:
 
 @router.put("/rate-limit")
 async def set_rate_limit(request: Request) -> PortalJSONResponse:
+    """PUT /__sandbox/rate-limit (README §9)."""
     sandbox = sandbox_of(request)
     body = await _json(request)
     try:
@@ -193,6 +202,7 @@ async def set_rate_limit(request: Request) -> PortalJSONResponse:
 
 @router.get("/users")
 async def users(request: Request) -> PortalJSONResponse:
+    """GET /__sandbox/users (README §9)."""
     return PortalJSONResponse(
         [
             {"email": u.email, "mfaMethod": u.mfa_method, "roles": u.roles}
@@ -203,6 +213,7 @@ async def users(request: Request) -> PortalJSONResponse:
 
 @router.get("/ground-truth/payments")
 async def ground_truth_payments(request: Request) -> PortalJSONResponse:
+    """GET /__sandbox/ground-truth/payments (README §9)."""
     state = sandbox_of(request).state
     bill_id = request.query_params.get("bill", "")
     bill = state.bill(bill_id)
@@ -214,6 +225,7 @@ async def ground_truth_payments(request: Request) -> PortalJSONResponse:
 
 @router.post("/sessions/revoke")
 async def revoke(request: Request) -> PortalJSONResponse:
+    """POST /__sandbox/sessions/revoke (README §9)."""
     sandbox = sandbox_of(request)
     body = await _json(request)
     user_id = None
@@ -251,6 +263,7 @@ def _need(state_lookup: Any, name: str) -> Any:
 
 @router.post("/mutate")
 async def mutate(request: Request) -> PortalJSONResponse:
+    """POST /__sandbox/mutate (README §9)."""
     sandbox = sandbox_of(request)
     state = sandbox.state
     body = await _json(request)

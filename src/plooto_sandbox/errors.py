@@ -21,10 +21,12 @@ class PortalError(Exception):
 
 
 def not_found(what: str) -> PortalError:
+    """404 NotFound for a missing (or foreign) object."""
     return PortalError(404, "NotFound", f"{what} was not found.")
 
 
 def invalid_state(message: str) -> PortalError:
+    """409 InvalidState: not allowed in the current status."""
     return PortalError(409, "InvalidState", message)
 
 

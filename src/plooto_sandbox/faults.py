@@ -53,6 +53,7 @@ class Fault:
     _compiled: re.Pattern[str] | None = field(default=None, repr=False)
 
     def matches(self, method: str, path: str) -> bool:
+        """Does this fault target the request (and has it uses left)?"""
         if self.method and self.method.upper() != method.upper():
             return False
         if self._compiled is not None and not self._compiled.search(path):
@@ -60,6 +61,7 @@ class Fault:
         return self.remaining is None or self.remaining > 0
 
     def describe(self) -> dict[str, Any]:
+        """The fault as the control API shows it."""
         return {
             "faultId": self.fault_id,
             "kind": self.kind,
@@ -87,6 +89,7 @@ class FaultBook:
         self.counter = 0
 
     def add(self, spec: dict[str, Any]) -> Fault:
+        """Validate a fault spec from the control API and activate it."""
         kind = spec.get("kind")
         if kind not in FAULT_KINDS:
             raise PortalError(400, "ValidationFailed", f"kind must be one of {sorted(FAULT_KINDS)}")
@@ -124,9 +127,11 @@ class FaultBook:
         return fault
 
     def clear(self) -> None:
+        """Remove every fault."""
         self.faults.clear()
 
     def remove(self, fault_id: str) -> bool:
+        """Remove one fault; False if it was not active."""
         before = len(self.faults)
         self.faults = [f for f in self.faults if f.fault_id != fault_id]
         return len(self.faults) != before
@@ -156,6 +161,7 @@ class RateLimiter:
         self.buckets: dict[str, tuple[float, float]] = {}
 
     def configure(self, rate_per_second: float, burst: int) -> None:
+        """New rate and burst for every session; buckets start full."""
         self.rate = rate_per_second
         self.burst = burst
         self.buckets.clear()

@@ -28,6 +28,7 @@ class Sandbox:
         self.dirty = False
 
     def reset(self, seed: int, companies: int, bills_per_company: int, start_time: datetime) -> None:
+        """Reseed from scratch; sessions, faults and rate-limit changes are dropped."""
         self.config.seed = seed
         self.config.companies = companies
         self.config.bills_per_company = bills_per_company
@@ -41,6 +42,7 @@ class Sandbox:
 
 
 def sandbox_of(request: Request) -> Sandbox:
+    """The Sandbox behind a request."""
     found = request.app.state.sandbox
     assert isinstance(found, Sandbox)
     return found

@@ -214,6 +214,7 @@ class User:
 
     @property
     def display_name(self) -> str:
+        """ "First Last", as the portal shows users."""
         return f"{self.first_name} {self.last_name}"
 
 
@@ -389,10 +390,12 @@ class Bill(Tracked):
 
     @property
     def open_balance(self) -> Decimal:
+        """What is neither paid nor covered by a live payment."""
         return self.total - self.paid_amount - self.scheduled_amount
 
     @property
     def status(self) -> BillStatus:
+        """Derived from approval, voiding and live payments (README §4)."""
         if self.voided:
             return BillStatus.VOID
         if self.approval == "Rejected":
@@ -507,10 +510,12 @@ class Invoice(Tracked):
 
     @property
     def balance_due(self) -> Decimal:
+        """What the customer still owes."""
         return self.total - self.amount_paid
 
     @property
     def status(self) -> InvoiceStatus:
+        """Derived from delivery, payments received and the due date (README §4)."""
         if self.delivery == "Void":
             return InvoiceStatus.VOID
         if self.delivery == "Draft":
@@ -584,6 +589,7 @@ class CustomerPayment(Tracked):
 
     @property
     def match_status(self) -> str:
+        """How much of the payment is allocated to invoices."""
         allocated = sum((a.amount for a in self.allocations), Decimal(0))
         if allocated <= 0:
             return "Unmatched"

@@ -498,6 +498,7 @@ def claim_payment(state: PortalState, payment: Payment) -> None:
 
 
 def on_claim_event(state: PortalState, payment: Payment) -> None:
+    """The claimed e-mail transfer is deposited."""
     if payment.status is PaymentStatus.CLEARING:
         payment.completed_date = local_date(state.now)
         set_status(state, payment, PaymentStatus.COMPLETED, "Payee claimed the payment; deposited")
@@ -581,6 +582,7 @@ def hold_payment(state: PortalState, payment: Payment, reason: str) -> None:
 
 
 def release_payment(state: PortalState, payment: Payment) -> None:
+    """End a hold: back to the previous status, lifecycle resumes."""
     if payment.status is not PaymentStatus.ON_HOLD or payment.status_before_hold is None:
         raise invalid_state("Payment is not on hold.")
     previous = payment.status_before_hold

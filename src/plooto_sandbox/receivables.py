@@ -41,6 +41,7 @@ OPEN_STATUSES = (
 
 
 def default_reminders() -> ReminderSchedule:
+    """Three days before due, then one and seven days after."""
     return ReminderSchedule(enabled=True, days_before_due=[3], days_after_due=[1, 7])
 
 
@@ -59,6 +60,7 @@ def next_period(day: date, frequency: str) -> date:
 
 
 def next_invoice_number(state: PortalState, company_id: str) -> str:
+    """The company's next INV-nnnnnn number."""
     number = state.invoice_counters.get(company_id, 1000) + 1
     state.invoice_counters[company_id] = number
     return f"INV-{number:06d}"
@@ -197,6 +199,7 @@ def _arm_reminders(state: PortalState, invoice: Invoice, recipient: str) -> None
 
 
 def send_manual_reminder(state: PortalState, invoice: Invoice) -> Reminder:
+    """Send a reminder now for an unpaid sent invoice."""
     if invoice.status not in OPEN_STATUSES:
         raise invalid_state(f"Invoice is {invoice.status.value}; reminders go only for unpaid sent invoices.")
     customer = state.get(Customer, invoice.customer_id)
@@ -240,6 +243,7 @@ def deliver_reminder(state: PortalState, reminder: Reminder, invoice: Invoice | 
 
 
 def void_invoice(state: PortalState, invoice: Invoice) -> None:
+    """Void an invoice nothing has been paid on."""
     if invoice.amount_paid > 0 or invoice.status is InvoiceStatus.VOID:
         raise invalid_state(f"Invoice is {invoice.status.value}; it cannot be voided.")
     invoice.delivery = "Void"
@@ -247,6 +251,7 @@ def void_invoice(state: PortalState, invoice: Invoice) -> None:
 
 
 def mark_viewed(state: PortalState, invoice: Invoice) -> None:
+    """The customer opened the invoice e-mail."""
     if invoice.delivery != "Sent":
         raise invalid_state("Only a sent invoice can be viewed.")
     invoice.delivery = "Viewed"
@@ -263,6 +268,7 @@ def create_recurring(
     start: date,
     end: date | None,
 ) -> RecurringInvoice:
+    """Start a recurring plan whose first invoice is issued now."""
     if frequency not in ("Weekly", "BiWeekly", "Monthly"):
         raise PortalError(
             400,
@@ -329,6 +335,7 @@ def on_recurring_event(state: PortalState, plan: RecurringInvoice) -> None:
 
 
 def cancel_recurring(state: PortalState, plan: RecurringInvoice) -> None:
+    """Stop an active recurring plan."""
     if plan.status != "Active":
         raise invalid_state(f"Recurring invoice is {plan.status}.")
     plan.status = "Cancelled"
@@ -496,6 +503,7 @@ def apply_allocations(state: PortalState, payment: CustomerPayment) -> None:
 
 
 def on_overdue_event(state: PortalState, invoice: Invoice) -> None:
+    """Past the due date with money owed: the invoice becomes Overdue."""
     if invoice.status in OPEN_STATUSES and invoice.balance_due > 0 and not invoice.overdue:
         invoice.overdue = True
         state.touch_invoice(invoice)

@@ -38,6 +38,7 @@ FIELD_RENAMES: ContextVar[dict[str, list[tuple[str, str]]] | None] = ContextVar(
 
 
 def apply_drift(object_type: str, body: JSON) -> JSON:
+    """Apply any active shape_change renames to one object."""
     renames = FIELD_RENAMES.get()
     if renames and object_type in renames:
         for old, new in renames[object_type]:
@@ -54,6 +55,7 @@ def mask(number: str | None) -> str | None:
 
 
 def accounting(link: AccountingLink | None) -> JSON | None:
+    """`accountingIds` of a synced object."""
     if link is None:
         return None
     return {
@@ -70,6 +72,7 @@ def _stamps(created: Any, modified: Any) -> JSON:
 
 def company(state: PortalState, item: Company, member: Membership, detail: bool = False) -> JSON:
     # "Outstanding Items" on the company selector are verification items (domain §1.3).
+    """A company as the caller sees it (with his role and permissions)."""
     outstanding = sum(
         1
         for account in state.objects["bankAccount"].values()
@@ -96,6 +99,7 @@ def company(state: PortalState, item: Company, member: Membership, detail: bool 
 
 
 def user(item: User, member: Membership) -> JSON:
+    """A company member."""
     return apply_drift(
         "user",
         {
@@ -110,6 +114,7 @@ def user(item: User, member: Membership) -> JSON:
 
 
 def bank_account(item: BankAccount) -> JSON:
+    """A funding account, number masked."""
     return apply_drift(
         "bankAccount",
         {
@@ -127,6 +132,7 @@ def bank_account(item: BankAccount) -> JSON:
 
 
 def approval_policy(item: ApprovalPolicy) -> JSON:
+    """A bill approval policy."""
     return apply_drift(
         "approvalPolicy",
         {
@@ -156,6 +162,7 @@ def _payee_method(item: PayeeMethod) -> JSON:
 
 
 def vendor(item: Vendor) -> JSON:
+    """A payee, payment methods masked."""
     return apply_drift(
         "vendor",
         {
@@ -173,6 +180,7 @@ def vendor(item: Vendor) -> JSON:
 
 
 def customer(item: Customer) -> JSON:
+    """A payer."""
     return apply_drift(
         "customer",
         {
@@ -209,6 +217,7 @@ def _display_name(state: PortalState, user_id: str | None) -> str | None:
 
 
 def bill(state: PortalState, item: Bill) -> JSON:
+    """A bill with its lines, balances, approval steps and captured document."""
     captured = item.captured
     return apply_drift(
         "bill",
@@ -271,6 +280,7 @@ def bill(state: PortalState, item: Bill) -> JSON:
 
 
 def payment(state: PortalState, item: Payment) -> JSON:
+    """A payable payment with FX, dates, approvals and audit trail."""
     payee = state.get(Vendor, item.vendor_id)
     return apply_drift(
         "payment",
@@ -327,6 +337,7 @@ def payment(state: PortalState, item: Payment) -> JSON:
 
 
 def invoice(item: Invoice) -> JSON:
+    """A receivable invoice."""
     schedule = item.reminder_schedule
     return apply_drift(
         "invoice",
@@ -360,6 +371,7 @@ def invoice(item: Invoice) -> JSON:
 
 
 def recurring_invoice(item: RecurringInvoice) -> JSON:
+    """A recurring invoice plan."""
     return apply_drift(
         "recurringInvoice",
         {
@@ -380,6 +392,7 @@ def recurring_invoice(item: RecurringInvoice) -> JSON:
 
 
 def reminder(item: Reminder) -> JSON:
+    """A scheduled or sent payment reminder."""
     return apply_drift(
         "reminder",
         {
@@ -397,6 +410,7 @@ def reminder(item: Reminder) -> JSON:
 
 
 def customer_payment(item: CustomerPayment) -> JSON:
+    """Money collected from a customer, with its invoice allocations."""
     return apply_drift(
         "customerPayment",
         {

@@ -16,12 +16,14 @@ class PortalJSONResponse(Response):
     media_type = "application/json; charset=utf-8"
 
     def render(self, content: Any) -> bytes:
+        """Encode with Decimal-exact numbers."""
         return encode_portal_json(content)
 
 
 def envelope(
     code: str, message: str, trace_id: str, validation_errors: list[dict[str, str]] | None = None
 ) -> dict[str, Any]:
+    """The portal's error body."""
     return {
         "errorCode": code,
         "message": message,
@@ -33,6 +35,7 @@ def envelope(
 def error_response(
     error: PortalError, trace_id: str, headers: dict[str, str] | None = None
 ) -> PortalJSONResponse:
+    """A PortalError as a JSON response."""
     return PortalJSONResponse(
         envelope(error.code, error.message, trace_id, error.validation_errors),
         status_code=error.status,

@@ -174,6 +174,7 @@ class DemoUser:
 
 
 def slugify(name: str) -> str:
+    """Lower-case, non-alphanumerics to "-" (used in demo user e-mails)."""
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 

@@ -149,6 +149,7 @@ class PortalState:
 
     # -- objects -----------------------------------------------------------------------------
     def index(self, company_id: str, kind: str) -> ChangeIndex:
+        """The change index of one object kind in one company."""
         key = (company_id, kind)
         found = self.indexes.get(key)
         if found is None:
@@ -169,44 +170,55 @@ class PortalState:
         self.index(company_id, KIND_OF[type(obj)]).record(object_id, self.now, self.seq)
 
     def get(self, cls: type[T], object_id: str) -> T | None:
+        """An object by id if it is of that class."""
         found = self.objects[KIND_OF[cls]].get(object_id)
         return found if isinstance(found, cls) else None
 
     def bill(self, bill_id: str) -> Bill | None:
+        """A bill by id."""
         return self.get(Bill, bill_id)
 
     def payment(self, payment_id: str) -> Payment | None:
+        """A payment by id."""
         return self.get(Payment, payment_id)
 
     def touch_bill(self, bill: Bill) -> None:
+        """Mark a bill modified now."""
         self.touch(bill, bill.company_id, bill.bill_id)
 
     def touch_payment(self, payment: Payment) -> None:
+        """Mark a payment modified now."""
         self.touch(payment, payment.company_id, payment.payment_id)
 
     def touch_invoice(self, invoice: Invoice) -> None:
+        """Mark an invoice modified now."""
         self.touch(invoice, invoice.company_id, invoice.invoice_id)
 
     def index_reference(self, payment: Payment) -> None:
+        """Make a payment findable by its externalReference."""
         if payment.external_reference:
             key = (payment.company_id, payment.external_reference)
             self.payments_by_reference.setdefault(key, []).append(payment.payment_id)
 
     # -- events ------------------------------------------------------------------------------
     def schedule(self, due: datetime, action: str, object_id: str, expected: str | None = None) -> None:
+        """Queue a clock event."""
         self.event_order += 1
         heapq.heappush(self.events, ScheduledEvent(due, self.event_order, action, object_id, expected))
 
     def pop_due(self, until: datetime) -> ScheduledEvent | None:
+        """The next event due at or before `until`, if any."""
         if self.events and self.events[0].due <= until:
             return heapq.heappop(self.events)
         return None
 
     # -- users -------------------------------------------------------------------------------
     def membership(self, user_id: str, company_id: str) -> Membership | None:
+        """A user's membership in a company, if any."""
         return self.memberships.get((user_id, company_id))
 
     def companies_of(self, user_id: str) -> list[Company]:
+        """Companies a user can select."""
         return [
             company
             for company in self.companies.values()
@@ -214,6 +226,7 @@ class PortalState:
         ]
 
     def send(self, message: OutboxMessage) -> None:
+        """Record an outgoing SMS or e-mail."""
         self.outbox.append(message)
 
 

@@ -95,6 +95,7 @@ def _signed_in_context(request: Request, sandbox: Sandbox) -> dict[str, Any]:
 
 @router.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
 async def root(request: Request) -> Response:
+    """GET / (README §2)."""
     sandbox = sandbox_of(request)
     session = _session(request, sandbox)
     if session is None:
@@ -104,11 +105,13 @@ async def root(request: Request) -> Response:
 
 @router.api_route("/login", methods=["GET", "HEAD"], include_in_schema=False)
 async def login_form(request: Request) -> Response:
+    """GET /login (README §2)."""
     return _login_page(request, sandbox_of(request), 200, None)
 
 
 @router.post("/login", include_in_schema=False)
 async def login_submit(request: Request) -> Response:
+    """POST /login (README §2)."""
     sandbox = sandbox_of(request)
     form = await request.form()
     email = str(form.get("email", "")).strip()
@@ -157,6 +160,7 @@ def _mfa_page(
 
 @router.get("/mfa", include_in_schema=False)
 async def mfa_form(request: Request) -> Response:
+    """GET /mfa (README §2)."""
     sandbox = sandbox_of(request)
     session = _session(request, sandbox)
     if session is None:
@@ -171,6 +175,7 @@ async def mfa_form(request: Request) -> Response:
 
 @router.post("/mfa", include_in_schema=False)
 async def mfa_submit(request: Request) -> Response:
+    """POST /mfa (README §2)."""
     sandbox = sandbox_of(request)
     session = _session(request, sandbox)
     if session is None:
@@ -204,6 +209,7 @@ async def mfa_submit(request: Request) -> Response:
 
 @router.post("/mfa/resend", include_in_schema=False)
 async def mfa_resend(request: Request) -> Response:
+    """POST /mfa/resend (README §2)."""
     sandbox = sandbox_of(request)
     session = _session(request, sandbox)
     if session is None:
@@ -221,6 +227,7 @@ async def mfa_resend(request: Request) -> Response:
 
 @router.get("/select-company", include_in_schema=False)
 async def select_company(request: Request) -> Response:
+    """GET /select-company (README §2)."""
     sandbox = sandbox_of(request)
     session = _session(request, sandbox)
     if session is None:
@@ -256,6 +263,7 @@ async def select_company(request: Request) -> Response:
 
 @router.get("/company/{company_id}", include_in_schema=False)
 async def open_company(request: Request, company_id: str) -> Response:
+    """GET /company/{company_id} (README §2)."""
     sandbox = sandbox_of(request)
     session = _session(request, sandbox)
     if session is None:
@@ -270,6 +278,7 @@ async def open_company(request: Request, company_id: str) -> Response:
 
 @router.get("/dashboard", include_in_schema=False)
 async def dashboard(request: Request) -> Response:
+    """GET /dashboard (README §2)."""
     sandbox = sandbox_of(request)
     session = _session(request, sandbox)
     if session is None:
@@ -318,6 +327,7 @@ async def dashboard(request: Request) -> Response:
 
 @router.post("/logout", include_in_schema=False)
 async def logout(request: Request) -> Response:
+    """POST /logout (README §2)."""
     sandbox = sandbox_of(request)
     token = request.cookies.get(SESSION_COOKIE)
     session = sandbox.state.sessions.get(token) if token else None
