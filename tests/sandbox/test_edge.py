@@ -14,12 +14,17 @@ from sandbox.test_api import create_bill
 def test_default_rate_limit_answers_429_with_retry_after() -> None:
     with make_client() as client:
         headers = login(client, CONTROLLER)
-        statuses = [client.get("/api/companies", headers=headers) for _ in range(80)]
-        limited = [r for r in statuses if r.status_code == 429]
-        assert limited, "a burst of 80 requests must exceed the default burst of 50"
-        assert sum(r.status_code == 200 for r in statuses) >= 50
-        assert int(limited[0].headers["retry-after"]) >= 1
-        assert limited[0].json()["errorCode"] == "RateLimitExceeded"
+        # Fire until refused: at 25 req/s refill, the 50-token burst runs out after ~50+ fast calls.
+        responses = []
+        for _ in range(400):
+            responses.append(client.get("/api/companies", headers=headers))
+            if responses[-1].status_code == 429:
+                break
+        limited = responses[-1]
+        assert limited.status_code == 429, "a burst must eventually exceed the default bucket"
+        assert len(responses) > 50
+        assert int(limited.headers["retry-after"]) >= 1
+        assert limited.json()["errorCode"] == "RateLimitExceeded"
 
 
 def test_rate_limit_is_per_session_and_configurable(client: TestClient) -> None:
@@ -38,14 +43,12 @@ def test_rate_limit_is_per_session_and_configurable(client: TestClient) -> None:
 
 def test_latency_fault_delays_matching_requests(portal: Portal) -> None:
     portal.client.post(
-        "/__sandbox/faults", json={"kind": "latency", "latencyMs": 200, "pathPattern": "/bills$", "count": 1}
+        "/__sandbox/faults", json={"kind": "latency", "latencyMs": 300, "pathPattern": "/bills$", "count": 1}
     )
     started = time.monotonic()
     assert portal.api("GET", portal.company("/bills")).status_code == 200
-    assert time.monotonic() - started >= 0.2
-    started = time.monotonic()
-    portal.api("GET", portal.company("/bills"))
-    assert time.monotonic() - started < 0.2
+    assert time.monotonic() - started >= 0.3
+    assert portal.client.get("/__sandbox/faults").json() == []  # a counted fault is used up
 
 
 def test_error_fault_is_counted_and_not_applied(portal: Portal) -> None:
