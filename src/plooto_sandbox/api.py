@@ -49,7 +49,7 @@ from plooto_sandbox.model import (
 from plooto_sandbox.money import cents, money, parse_portal_json, rate, timestamp
 from plooto_sandbox.rails import SUPPORTED_CURRENCIES, mid_market_rate, portal_rate
 from plooto_sandbox.responses import PortalJSONResponse
-from plooto_sandbox.store import PortalState
+from plooto_sandbox.store import ID_ATTRIBUTE, PortalState
 
 router = APIRouter(prefix="/api")
 
@@ -257,18 +257,29 @@ def listing(
     kind: str,
     render: Callable[[Any], dict[str, Any]],
     keep: Callable[[Any], bool] | None = None,
+    candidates: list[Any] | None = None,
 ) -> PortalJSONResponse:
-    """One page in (lastModified, id) order, optionally only objects modified since an instant."""
+    """One page in (lastModified, id) order, optionally only objects modified since an instant.
+
+    `candidates` (objects already narrowed down through a lookup, e.g. a bill's payments) replaces
+    the company-wide index, so such queries cost what they return rather than the collection size.
+    """
     page_number = _int_param(request, "pageNumber", 1, 1, 10_000_000)
     page_size = _int_param(request, "pageSize", DEFAULT_PAGE_SIZE, 1, MAX_PAGE_SIZE)
     since_text = request.query_params.get("modifiedSince")
-    index = state.index(company_id, kind)
-    ids = (
-        index.changed_since(parse_timestamp(since_text, "modifiedSince"))
-        if since_text
-        else index.ordered_ids()
-    )
+    since = parse_timestamp(since_text, "modifiedSince") if since_text else None
     table = state.objects[kind]
+    if candidates is not None:
+        attribute = ID_ATTRIBUTE[kind]
+        chosen = sorted(
+            (obj.modified, getattr(obj, attribute))
+            for obj in candidates
+            if obj.company_id == company_id and (since is None or obj.modified >= since)
+        )
+        ids = [object_id for _, object_id in chosen]
+    else:
+        index = state.index(company_id, kind)
+        ids = index.changed_since(since) if since is not None else index.ordered_ids()
     start = (page_number - 1) * page_size
     if keep is None:
         total = len(ids)
@@ -632,19 +643,28 @@ async def list_payments(request: Request, company_id: str) -> PortalJSONResponse
     who = caller(request)
     member_of(who, company_id)
     state = who.state
-    checks: list[Callable[[Payment], bool]] = []
-    wanted_status = request.query_params.get("status")
-    if wanted_status:
-        checks.append(lambda p: p.status.value == wanted_status)
+    # billId and externalReference are answered from lookups, not by scanning every payment.
+    candidate_ids: set[str] | None = None
     bill_id = request.query_params.get("billId")
     if bill_id:
-        checks.append(lambda p: any(line.bill_id == bill_id for line in p.line_items))
+        bill = state.bill(bill_id)
+        candidate_ids = set(bill.payment_ids) if bill is not None else set()
     reference = request.query_params.get("externalReference")
     if reference is not None:
-        matches = set(state.payments_by_reference.get((company_id, reference), []))
-        checks.append(lambda p: p.payment_id in matches)
-    keep = (lambda p: all(check(p) for check in checks)) if checks else None
-    return listing(request, state, company_id, "payment", lambda p: shape.payment(state, p), keep)
+        by_reference = set(state.payments_by_reference.get((company_id, reference), []))
+        candidate_ids = by_reference if candidate_ids is None else candidate_ids & by_reference
+    candidates = None
+    if candidate_ids is not None:
+        candidates = [p for p in (state.payment(pid) for pid in candidate_ids) if p is not None]
+    return listing(
+        request,
+        state,
+        company_id,
+        "payment",
+        lambda p: shape.payment(state, p),
+        status_filter(request),
+        candidates,
+    )
 
 
 @router.get("/companies/{company_id}/payments/{payment_id}")

@@ -323,3 +323,29 @@ def test_signing_rules_for_other_roles(client: TestClient, portal: Portal) -> No
     assert (
         pending_account.status_code == 422 and pending_account.json()["errorCode"] == "BankAccountNotVerified"
     )
+
+
+def test_payment_lookups_by_bill_and_reference(portal: Portal) -> None:
+    bill = create_bill(portal, amount="300.00", billNumber="LOOK-1")
+    first = pay(portal, bill, "100.00", externalReference="gw-look-1").json()
+    second = pay(portal, bill, "100.00", externalReference="gw-look-2").json()
+    by_bill = portal.api("GET", portal.company("/payments"), params={"billId": bill["billId"]}).json()
+    assert {p["paymentId"] for p in by_bill["items"]} == {first["paymentId"], second["paymentId"]}
+    portal.api("POST", portal.company(f"/payments/{first['paymentId']}/cancel"))
+    live = portal.api(
+        "GET", portal.company("/payments"), params={"billId": bill["billId"], "status": "ApprovalRequired"}
+    )
+    assert [p["paymentId"] for p in live.json()["items"]] == [second["paymentId"]]
+    both = portal.api(
+        "GET",
+        portal.company("/payments"),
+        params={"billId": bill["billId"], "externalReference": "gw-look-1"},
+    ).json()
+    assert [p["paymentId"] for p in both["items"]] == [first["paymentId"]]
+    assert (
+        portal.api("GET", portal.company("/payments"), params={"externalReference": "nope"}).json()[
+            "totalCount"
+        ]
+        == 0
+    )
+    assert portal.api("GET", portal.company("/payments"), params={"billId": "nope"}).json()["totalCount"] == 0
