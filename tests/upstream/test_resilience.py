@@ -194,7 +194,7 @@ def test_fetch_object_returns_none_only_for_a_confirmed_absence(make_session: Se
         missing = "00000000-0000-0000-0000-000000000000"
         assert await session.fetch_object(company, "bill", missing) is None
         assert await session.fetch_object(company, "payment", missing) is None
-        assert await session.fetch_object(company, "user", missing) is None
+        assert await session.fetch_object(company, "user", f"{missing}@{company}") is None
         assert (await session.fetch_object(company, "company", company)) is not None
         await session.aclose()
 

@@ -23,7 +23,7 @@ from plooto_api.upstream._convert import (
     snake,
 )
 from plooto_api.upstream._errors import UpstreamChanged
-from plooto_api.upstream._models import Feed, UpstreamRecord
+from plooto_api.upstream._models import Feed, UpstreamRecord, UpstreamRef
 from plooto_api.upstream._shapes import ListOf, Shape, check_shape
 
 # --- HTML login ---------------------------------------------------------------------------------
@@ -441,6 +441,17 @@ def normalize_company(raw: dict[str, Any], ctx: Context) -> list[UpstreamRecord]
     ]
 
 
+def membership_id(company_id: str, user_id: str) -> str:
+    """A user's id within one company: the portal's user ids are firm-wide, while the gateway
+    mirrors each membership (role, permissions) separately."""
+    return f"{user_id}@{company_id}"
+
+
+def user_ref(ctx: Context, user_id: str | None) -> UpstreamRef | None:
+    """A reference to a user's membership of the company being read."""
+    return ref("user", membership_id(ctx.company_id, user_id)) if user_id else None
+
+
 def normalize_user(raw: dict[str, Any], ctx: Context) -> list[UpstreamRecord]:
     name = " ".join(part for part in (raw.get("firstName"), raw.get("lastName")) if part) or raw["email"]
     fields = {
@@ -454,7 +465,7 @@ def normalize_user(raw: dict[str, Any], ctx: Context) -> list[UpstreamRecord]:
     return [
         ctx.record(
             "user",
-            raw["userId"],
+            membership_id(ctx.company_id, raw["userId"]),
             fields,
             status_raw=raw["role"],
             path=f"{COMPANY_PATH.format(company=ctx.company_id)}/users",
@@ -464,7 +475,7 @@ def normalize_user(raw: dict[str, Any], ctx: Context) -> list[UpstreamRecord]:
 
 def normalize_bank_account(raw: dict[str, Any], ctx: Context) -> list[UpstreamRecord]:
     account_id = raw["bankAccountId"]
-    signers = [ref("user", user_id) for user_id in raw["signingAuthorities"]]
+    signers = [user_ref(ctx, user_id) for user_id in raw["signingAuthorities"]]
     path = f"{COMPANY_PATH.format(company=ctx.company_id)}/bank-accounts"
     stamps = {"modified": raw[LAST_MODIFIED], "created": raw[CREATED]}
     account = {
@@ -513,7 +524,10 @@ def normalize_approval_policy(raw: dict[str, Any], ctx: Context) -> list[Upstrea
         "bank_account_id": None,
         "approvals_required": len(raw["levels"]),  # one approver per sequential level
         "steps": [
-            {"level": level["level"], "approver_ids": [ref("user", uid) for uid in level["approverUserIds"]]}
+            {
+                "level": level["level"],
+                "approver_ids": [user_ref(ctx, uid) for uid in level["approverUserIds"]],
+            }
             for level in raw["levels"]
         ],
         "active": True,
@@ -613,7 +627,7 @@ def normalize_customer(raw: dict[str, Any], ctx: Context) -> list[UpstreamRecord
     ]  # fmt: skip
 
 
-def _bill_approval(raw: dict[str, Any]) -> dict[str, Any]:
+def _bill_approval(raw: dict[str, Any], ctx: Context) -> dict[str, Any]:
     steps = raw["approvalSteps"]
     statuses = {step["status"] for step in steps}
     if not steps:
@@ -629,7 +643,7 @@ def _bill_approval(raw: dict[str, Any]) -> dict[str, Any]:
         "steps": [
             {
                 "level": step["level"],
-                "approver_id": ref("user", step.get("approverUserId")),
+                "approver_id": user_ref(ctx, step.get("approverUserId")),
                 "approver_name": step.get("approverDisplayName"),
                 "approver_email": None,
                 "decision": _mapped(STEP_DECISION, step["status"], "bill", "approvalSteps.status"),
@@ -659,7 +673,7 @@ def normalize_bill(raw: dict[str, Any], ctx: Context) -> list[UpstreamRecord]:
         "amount_paid": money(raw["paidAmount"], currency),
         "amount_due": money(raw["openBalance"], currency),
         "status": _mapped(BILL_STATUS, raw["status"], "bill", "status"),
-        "approval": _bill_approval(raw),
+        "approval": _bill_approval(raw, ctx),
         "memo": raw.get("memo"),
         "source": _mapped(BILL_SOURCE, raw["source"], "bill", "source"),
         "capture": None,
@@ -729,7 +743,7 @@ def normalize_bill(raw: dict[str, Any], ctx: Context) -> list[UpstreamRecord]:
     return records
 
 
-def _payment_approval(raw: dict[str, Any]) -> dict[str, Any] | None:
+def _payment_approval(raw: dict[str, Any], ctx: Context) -> dict[str, Any] | None:
     approvals = raw["approvals"]
     required = raw["requiredApprovals"]
     if required == 0 and not approvals:
@@ -746,7 +760,7 @@ def _payment_approval(raw: dict[str, Any]) -> dict[str, Any] | None:
         "steps": [
             {
                 "level": 1,
-                "approver_id": ref("user", a.get("approverUserId")),
+                "approver_id": user_ref(ctx, a.get("approverUserId")),
                 "approver_name": a.get("approverDisplayName"),
                 "approver_email": None,
                 "decision": _mapped(STEP_DECISION, a["status"], "payment", "approvals.status"),
@@ -817,7 +831,7 @@ def normalize_payment(raw: dict[str, Any], ctx: Context) -> list[UpstreamRecord]
         "memo": raw.get("memo"),
         "fee": fee,
         "fx_conversion_id": ref("fx_conversion", fx_id),
-        "approval": _payment_approval(raw),
+        "approval": _payment_approval(raw, ctx),
     }
     path = _company_path(ctx, "payments", payment_id)
     stamps = {"modified": raw[LAST_MODIFIED], "created": raw[CREATED]}
@@ -1095,7 +1109,7 @@ def _parent(upstream_id: str) -> str:
 
 
 OBJECT_SOURCES: dict[str, ObjectSource] = {
-    "user": ObjectSource((USERS,)),
+    "user": ObjectSource((USERS,), lambda membership: membership.split("@", 1)[0]),
     "bank_account": ObjectSource((BANK_ACCOUNTS,)),
     "approval_rule": ObjectSource((APPROVAL_POLICIES, BANK_ACCOUNTS), _parent),
     "vendor": ObjectSource((VENDORS,)),
