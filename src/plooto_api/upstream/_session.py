@@ -84,6 +84,7 @@ class PortalSession:
         # The portal's clock when it is not this machine's (the sandbox's moves only when told to).
         self._portal_clock = portal_clock
         self._clock_offset: float | None = None  # portal time - local time, seconds
+        self._clock_from_date = False
         self._client = httpx.AsyncClient(
             base_url=self.base_url,
             follow_redirects=False,
@@ -213,14 +214,19 @@ class PortalSession:
         return datetime.fromtimestamp(time.time() + (self._clock_offset or 0.0), UTC)
 
     def _note_date_header(self, response: httpx.Response) -> None:
+        # Every response's Date header is the server's clock: keep the offset current (TOTP codes
+        # are computed for the portal's time, which may drift from ours, or be simulated).
         header = response.headers.get("date")
-        if not header or self._clock_offset is not None:
+        if not header:
             return
-        with contextlib.suppress(TypeError, ValueError):
+        with contextlib.suppress(TypeError, ValueError, IndexError):
             self._clock_offset = parsedate_to_datetime(header).timestamp() - time.time()
+            self._clock_from_date = True
 
     def _note_session(self, body: Any) -> None:
-        """`idleExpiresAt` = portal now + idle timeout: the most reliable reading of the portal clock."""
+        """Without Date headers, `idleExpiresAt` (portal now + idle timeout) tells the portal's clock."""
+        if self._clock_from_date:
+            return
         expires = parse_timestamp(body.get(portal.SESSION_IDLE_EXPIRES)) if isinstance(body, dict) else None
         if expires is not None:
             self._clock_offset = expires.timestamp() - portal.SESSION_IDLE_TIMEOUT_SECONDS - time.time()
