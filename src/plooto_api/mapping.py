@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel
+from pydantic_core import to_jsonable_python
 
 from plooto_api import schemas
 from plooto_api.money import from_minor, to_minor
@@ -212,11 +213,10 @@ def to_schema(row: Base) -> schemas.PortalObject:
 
 
 def _column_value(value: Any) -> Any:
-    """Values bound for JSON columns become plain JSON; everything else is stored as it is."""
-    if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
-    if isinstance(value, list):
-        return [_column_value(v) for v in value]
+    """Values bound for JSON columns (models, dicts, lists: possibly holding dates or decimals) become
+    plain JSON; scalars are stored as they are."""
+    if isinstance(value, BaseModel | dict | list):
+        return to_jsonable_python(value)
     return value
 
 

@@ -11,11 +11,12 @@ from fastapi import FastAPI, Request, Response
 
 from plooto_api import __version__
 from plooto_api.api.errors import install_error_handlers
-from plooto_api.api.routes import connections, health, metrics, objects
+from plooto_api.api.routes import authenticate, connections, health, metrics, objects
 from plooto_api.config import Settings
 from plooto_api.jobs import InProcessEngine, JobContext
 from plooto_api.jobs.schedules import schedule_all
 from plooto_api.metrics import HTTP_LATENCY, HTTP_REQUESTS
+from plooto_api.services.authentication import Authenticator
 
 DESCRIPTION = (
     "A REST API over the Plooto accounts-payable / accounts-receivable portal. "
@@ -37,6 +38,9 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool = True) -> Fa
         app.state.engine = ctx.engine
         app.state.sessions = ctx.sessions
         app.state.jobs = jobs
+        app.state.run_jobs = run_jobs
+        app.state.upstream_url = settings.upstream_url
+        app.state.authenticator = Authenticator(ctx)
         if run_jobs:
             schedule_all(jobs, ctx)
         try:
@@ -71,6 +75,7 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool = True) -> Fa
 
     app.include_router(health.router)
     app.include_router(metrics.router)
+    app.include_router(authenticate.router)
     app.include_router(connections.router)
     app.include_router(objects.router)
     return app

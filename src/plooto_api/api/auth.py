@@ -9,7 +9,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from plooto_api.api.errors import ApiError
-from plooto_api.services.tokens import Principal, authenticate
+from plooto_api.services.tokens import Principal, authenticate, touch_token
 from plooto_api.store.database import transaction
 
 _bearer = HTTPBearer(auto_error=False, description="An API token (`papi_…`) or a session token.")
@@ -22,8 +22,11 @@ def current_principal(
     if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
         raise ApiError(401, "missing_token", "send an API token as `Authorization: Bearer <token>`",
                        headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
-    with transaction(request.app.state.sessions) as session:
+    with request.app.state.sessions() as session:  # a read; the rare last-used update writes apart
         principal = authenticate(session, credentials.credentials)
+    if principal is not None and principal.last_used_stale:
+        with transaction(request.app.state.sessions) as session:
+            touch_token(session, principal.token_id)
     if principal is None:
         raise ApiError(401, "invalid_token", "the token is unknown, revoked or expired",
                        headers={"WWW-Authenticate": "Bearer"})  # fmt: skip

@@ -63,6 +63,7 @@ class Principal:
     token_id: str
     scopes: frozenset[str]
     access: AccessScope
+    last_used_stale: bool = False
 
     def allows(self, scope: str) -> bool:
         return "*" in self.scopes or scope in self.scopes
@@ -106,13 +107,19 @@ def authenticate(session: Session, secret: str) -> Principal | None:
     now = utcnow()
     if row.revoked_at is not None or (row.expires_at is not None and row.expires_at <= now):
         return None
-    if row.last_used_at is None or (now - row.last_used_at).total_seconds() > 60:
-        row.last_used_at = now  # coarse, so a busy token does not write on every request
     access = AccessScope(
         connection_ids=frozenset({row.connection_id}) if row.connection_id else None,
         company_ids=frozenset(row.company_ids) if row.company_ids else None,
     )
-    return Principal(token_id=row.id, scopes=frozenset(row.scopes), access=access)
+    stale = row.last_used_at is None or (now - row.last_used_at).total_seconds() > 60
+    return Principal(token_id=row.id, scopes=frozenset(row.scopes), access=access, last_used_stale=stale)
+
+
+def touch_token(session: Session, token_id: str) -> None:
+    """Record that a token was used (callers do it at most once a minute per token)."""
+    row = session.get(ApiToken, token_id)
+    if row is not None:
+        row.last_used_at = utcnow()
 
 
 def revoke_token(session: Session, token_id: str) -> bool:

@@ -29,10 +29,15 @@ def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def _begin_immediate(conn: Any) -> None:
-    # Take SQLite's write lock when a transaction begins, not at its first write: a transaction that
-    # reads then writes can otherwise fail with "database is locked" instead of waiting its turn.
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+WRITE_TRANSACTION = {"plooto_write": True}
+
+
+def _begin(conn: Any) -> None:
+    # Write transactions take SQLite's write lock when they begin, not at their first write: one that
+    # reads then writes could otherwise fail with "database is locked" instead of waiting its turn.
+    # Reads begin deferred, so they never queue behind writers (WAL gives them a snapshot).
+    write = conn.get_execution_options().get("plooto_write", False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
 def create_db_engine(url: str, *, echo: bool = False) -> Engine:
@@ -46,7 +51,7 @@ def create_db_engine(url: str, *, echo: bool = False) -> Engine:
             url, echo=echo, connect_args={"check_same_thread": False, "isolation_level": None}
         )
         event.listen(engine, "connect", _configure_sqlite)
-        event.listen(engine, "begin", _begin_immediate)
+        event.listen(engine, "begin", _begin)
         return engine
     return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
@@ -58,8 +63,9 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
 
 @contextmanager
 def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """One unit of work: commit if the block succeeds, roll back if it raises."""
+    """One unit of work that writes: commit if the block succeeds, roll back if it raises."""
     with factory() as session, session.begin():
+        session.connection(execution_options=WRITE_TRANSACTION)  # SQLite: BEGIN IMMEDIATE
         yield session
 
 

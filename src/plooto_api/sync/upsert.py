@@ -190,7 +190,8 @@ def _apply_one(
         "id": gateway_id,
         "company_id": company_id,
         "upstream_id": record.upstream_id,
-        "created_at": record.created_at,
+        # First sight fixes created_at: a portal object without a creation date gets the fetch time once.
+        "created_at": old.created_at if old is not None else record.created_at,
         "updated_at": old.updated_at if old is not None else now,
         "upstream": {
             "status_raw": record.status_raw,
@@ -200,7 +201,9 @@ def _apply_one(
         "accounting_refs": record.accounting_refs,
     }
     new = spec.schema.model_validate(data)
-    if new == old:  # also false for a deleted row that reappeared: deleted_at is cleared below
+    # Unchanged means the JSON we serve is unchanged (free-form fields hold Decimal before the
+    # database and strings after). A deleted row that reappears differs in deleted_at.
+    if old is not None and new.model_dump(mode="json") == old.model_dump(mode="json"):
         counts.unchanged += 1
         return
     fetched = new.upstream.model_copy(update={"fetched_at": now})

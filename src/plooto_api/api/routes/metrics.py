@@ -21,7 +21,7 @@ def metrics(request: Request) -> Response:
     with request.app.state.sessions() as session:
         counts = dict(
             list(
-                session.execute(select(Connection.state, func.count()).group_by(Connection.state)).tuples()
+                session.execute(select(Connection.state, func.count()).group_by(Connection.state))
             )  # a Result has keys(): dict() would read it as a mapping
         )
     for state in STATES:

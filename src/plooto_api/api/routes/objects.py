@@ -8,7 +8,7 @@ annotations here: FastAPI must see the generated parameter models as real types.
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
 from plooto_api.api.auth import require_scope
@@ -69,8 +69,10 @@ def _add_resource(resource: object_service.Resource) -> None:
             raise ApiError(400, "invalid_cursor", str(exc), param="cursor") from exc
         except ValueError as exc:  # an amount with more decimals than its currency allows
             raise ApiError(400, "invalid_request", str(exc)) from exc
-        return {"object": "list", "data": result.items, "has_more": result.has_more,
-                "next_cursor": result.next_cursor}  # fmt: skip
+        # Serialized here from already-validated objects; FastAPI would validate them a second time.
+        body = list_model.model_construct(object="list", data=result.items, has_more=result.has_more,
+                                          next_cursor=result.next_cursor)  # fmt: skip
+        return Response(body.model_dump_json(), media_type="application/json")
 
     async def get_object(
         request: Request,
@@ -89,7 +91,7 @@ def _add_resource(resource: object_service.Resource) -> None:
             obj = object_service.get_object(session, resource, principal.access, object_id)
         if obj is None:
             raise ApiError(404, "not_found", f"no {resource.object_type} {object_id}", param="id")
-        return obj
+        return Response(obj.model_dump_json(), media_type="application/json")
 
     router.add_api_route(
         f"/{resource.path}", list_objects, methods=["GET"], response_model=list_model,

@@ -415,7 +415,7 @@ class FxConversion(CompanyOwnedMixin, Base):
     target_currency: Mapped[str] = mapped_column(String(3))
     target_amount_minor: Mapped[int] = mapped_column(BigInteger)
     rate: Mapped[Decimal] = mapped_column(DecimalText)
-    fee_minor: Mapped[int] = mapped_column(BigInteger, default=0)
+    fee_minor: Mapped[int | None] = mapped_column(BigInteger)
     fee_currency: Mapped[str | None] = mapped_column(String(3))
     status: Mapped[str] = mapped_column(String(16))  # quoted · executed · expired
     quoted_at: Mapped[datetime]

@@ -602,7 +602,7 @@ def upgrade() -> None:
         sa.Column("target_currency", sa.String(length=3), nullable=False),
         sa.Column("target_amount_minor", sa.BigInteger(), nullable=False),
         sa.Column("rate", plooto_api.store.types.DecimalText(length=48), nullable=False),
-        sa.Column("fee_minor", sa.BigInteger(), nullable=False),
+        sa.Column("fee_minor", sa.BigInteger(), nullable=True),
         sa.Column("fee_currency", sa.String(length=3), nullable=True),
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("quoted_at", plooto_api.store.types.UTCDateTime(timezone=True), nullable=False),

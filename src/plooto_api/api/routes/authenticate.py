@@ -1,0 +1,127 @@
+"""`POST /authenticate` and `POST /authenticate/mfa`: log into Plooto, get a session token."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from plooto_api import mapping, schemas
+from plooto_api.api.errors import ApiError
+from plooto_api.jobs.schedules import schedule_connection
+from plooto_api.services.authentication import Authenticated, Challenge, UnknownChallenge
+from plooto_api.services.connections import get_connection
+from plooto_api.upstream import (
+    AccountLocked,
+    InvalidCredentials,
+    InvalidMfaCode,
+    RateLimited,
+    UpstreamChanged,
+    UpstreamUnavailable,
+)
+
+router = APIRouter(tags=["authentication"])
+
+
+class AuthenticateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    username: str = Field(min_length=3, max_length=320, examples=["controller@northwind-cpa.test"])
+    password: SecretStr = Field(min_length=1, max_length=512)
+    totp_secret: SecretStr | None = Field(default=None, max_length=256, description="Lets MFA answer itself.")
+    mfa_code: str | None = Field(default=None, pattern=r"^\d{6,8}$", description="A code the portal sent.")
+    trust_device: bool = Field(default=True, description="Remember this gateway so MFA is skipped next time.")
+
+
+class MfaRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    challenge_id: str = Field(min_length=1, max_length=100)
+    code: str = Field(pattern=r"^\d{6,8}$")
+
+
+class AuthenticateResponse(BaseModel):
+    connection: schemas.Connection
+    session_token: str = Field(description="Bearer token reading this connection's data (12 hours).")
+
+
+class MfaRequiredResponse(BaseModel):
+    status: Literal["mfa_required"] = "mfa_required"
+    challenge_id: str
+    methods: list[str] = Field(examples=[["sms"]])
+
+
+def _authenticated(request: Request, result: Authenticated) -> JSONResponse:
+    ctx = request.app.state.ctx
+    with ctx.sessions() as session:
+        connection = mapping.connection_to_schema(get_connection(session, result.connection_id))
+    if getattr(request.app.state, "jobs", None) is not None and request.app.state.run_jobs:
+        schedule_connection(request.app.state.jobs, ctx, result.connection_id)
+    body = AuthenticateResponse(connection=connection, session_token=result.session_token)
+    return JSONResponse(body.model_dump(mode="json"), status_code=201)
+
+
+def _refused(exc: Exception) -> ApiError:
+    if isinstance(exc, InvalidCredentials):
+        return ApiError(401, "invalid_credentials", "the portal refused this username and password")
+    if isinstance(exc, InvalidMfaCode):
+        return ApiError(401, "invalid_mfa_code", "the portal refused this MFA code", param="code")
+    if isinstance(exc, AccountLocked):
+        headers = {"Retry-After": "900"}
+        return ApiError(429, "account_locked", "the portal has locked this login after repeated failures",
+                        headers=headers)  # fmt: skip
+    if isinstance(exc, RateLimited):
+        return ApiError(429, "upstream_rate_limited", "the portal is rate limiting; try again shortly")
+    if isinstance(exc, UpstreamChanged):
+        return ApiError(502, "upstream_changed", "the portal's login pages changed; an operator must review")
+    return ApiError(503, "upstream_unavailable", "the portal could not be reached")
+
+
+@router.post(
+    "/authenticate",
+    status_code=201,
+    response_model=AuthenticateResponse,
+    responses={202: {"model": MfaRequiredResponse, "description": "An MFA code is needed."},
+               401: {"description": "Wrong credentials."}, 429: {"description": "Too many attempts."}},
+    summary="Log into Plooto and get a session token",
+)  # fmt: skip
+async def authenticate(request: Request, body: AuthenticateRequest) -> Any:
+    """No token needed. Creates (or refreshes) the connection for this login."""
+    upstream_url = request.app.state.upstream_url
+    if not upstream_url:
+        raise ApiError(503, "no_upstream", "this gateway has no portal configured (PLOOTO_API_UPSTREAM_URL)")
+    try:
+        result = await request.app.state.authenticator.authenticate(
+            username=body.username,
+            password=body.password.get_secret_value(),
+            totp_secret=body.totp_secret.get_secret_value() if body.totp_secret else None,
+            mfa_code=body.mfa_code,
+            trust_device=body.trust_device,
+            upstream_url=upstream_url,
+        )
+    except (InvalidCredentials, InvalidMfaCode, AccountLocked, RateLimited, UpstreamChanged,
+            UpstreamUnavailable) as exc:  # fmt: skip
+        raise _refused(exc) from exc
+    if isinstance(result, Challenge):
+        challenge = MfaRequiredResponse(challenge_id=result.challenge_id, methods=result.methods)
+        return JSONResponse(challenge.model_dump(), status_code=202)
+    return _authenticated(request, result)
+
+
+@router.post(
+    "/authenticate/mfa",
+    status_code=201,
+    response_model=AuthenticateResponse,
+    summary="Complete a login with the MFA code the portal sent",
+)
+async def authenticate_mfa(request: Request, body: MfaRequest) -> Any:
+    try:
+        result = await request.app.state.authenticator.complete_challenge(body.challenge_id, body.code)
+    except UnknownChallenge as exc:
+        raise ApiError(404, "unknown_challenge", "no pending MFA challenge with this id (it may have expired)",
+                       param="challenge_id") from exc  # fmt: skip
+    except (InvalidMfaCode, AccountLocked, RateLimited, UpstreamChanged, UpstreamUnavailable) as exc:
+        raise _refused(exc) from exc
+    return _authenticated(request, result)

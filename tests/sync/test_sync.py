@@ -1,0 +1,253 @@
+"""Sync against the real sandbox over loopback: full pull, incremental pull, lifecycle events,
+MFA by SMS, restart without MFA, crash and resume, drift, session expiry and bad passwords."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from plooto_api.jobs import JobContext
+from plooto_api.services.sessions import complete_mfa, replace_credentials
+from plooto_api.store import models
+from plooto_api.sync import engine as sync_engine
+from plooto_api.sync.engine import SyncEngine
+
+from .conftest import CLERK, PASSWORD
+
+BILLS_PER_COMPANY = 30
+COMPANIES = 2
+
+
+def _count(session: Session, model: Any, **where: Any) -> int:
+    stmt = select(func.count()).select_from(model)
+    for column, value in where.items():
+        stmt = stmt.where(getattr(model, column) == value)
+    return int(session.scalar(stmt) or 0)
+
+
+def _event_types(ctx: JobContext) -> Counter[str]:
+    with ctx.sessions() as session:
+        return Counter(session.scalars(select(models.Event.type)))
+
+
+def _connection(ctx: JobContext, connection_id: str) -> models.Connection:
+    with ctx.sessions() as session:
+        row = session.get(models.Connection, connection_id)
+        assert row is not None
+        return row
+
+
+async def test_initial_sync_mirrors_every_object_type(
+    ctx: JobContext, make_connection: Callable[..., str]
+) -> None:
+    connection_id = make_connection()
+    report = await SyncEngine(ctx).sync_connection(connection_id)
+    assert report.ok, report.error or report.drift
+    with ctx.sessions() as session:
+        assert _count(session, models.Company) == COMPANIES
+        assert _count(session, models.Bill) == COMPANIES * BILLS_PER_COMPANY
+        for model in (models.Vendor, models.Customer, models.Payment, models.Invoice, models.BankAccount,
+                      models.PortalUser, models.ApprovalRule, models.RecurringInvoice):  # fmt: skip
+            assert _count(session, model) > 0, model.__name__
+        statuses = set(session.scalars(select(models.Bill.status)))
+        assert {"pending_approval", "paid"} <= statuses
+        cursors = session.scalars(select(models.SyncCursor)).all()
+        assert cursors and all(c.full_sync_completed_at is not None for c in cursors)
+    events = _event_types(ctx)
+    assert events["bill.created"] == COMPANIES * BILLS_PER_COMPANY
+    assert _connection(ctx, connection_id).state == "healthy"
+    assert _connection(ctx, connection_id).last_synced_at is not None
+
+
+async def test_incremental_sync_fetches_only_what_changed(
+    ctx: JobContext, make_connection: Callable[..., str], control: httpx.Client
+) -> None:
+    connection_id = make_connection()
+    engine = SyncEngine(ctx)
+    first = await engine.sync_connection(connection_id)
+    assert first.ok
+    with ctx.sessions() as session:
+        company = session.scalars(select(models.Company).order_by(models.Company.name)).first()
+        assert company is not None
+    # The clock stays put: changes made at the same instant as the last sync must still be seen.
+    changed = control.post(
+        "/mutate", json={"action": "modifyBills", "companyId": company.upstream_id, "count": 3}
+    )
+    changed.raise_for_status()
+    again = await engine.sync_connection(connection_id, cadence="fast")
+    assert again.ok, again.error
+    assert again.counts.created == 0
+    assert again.counts.by_type.get("bill") == 3
+    assert _event_types(ctx)["bill.updated"] == 3
+    nothing = await engine.sync_connection(connection_id, cadence="fast")
+    assert nothing.counts.created == 0 and nothing.counts.updated == 0
+
+
+async def test_payment_lifecycle_becomes_events(
+    ctx: JobContext, make_connection: Callable[..., str], control: httpx.Client
+) -> None:
+    connection_id = make_connection()
+    engine = SyncEngine(ctx)
+    assert (await engine.sync_connection(connection_id)).ok
+    with ctx.sessions() as session:
+        bill = session.scalars(
+            select(models.Bill).where(models.Bill.status == "approved").order_by(models.Bill.id)
+        ).first()
+        assert bill is not None, "the seed has open, approved bills"
+        bill_upstream_id = bill.upstream_id
+    created = control.post("/mutate", json={"action": "createPayment", "billId": bill_upstream_id,
+                                            "userEmail": "controller@northwind-cpa.test"})  # fmt: skip
+    assert created.status_code == 200, created.text
+    payment_upstream_id = created.json()["changed"][0]
+    control.post("/mutate", json={"action": "approvePayment", "paymentId": payment_upstream_id,
+                                  "userEmail": CLERK})  # fmt: skip
+    assert (await engine.sync_connection(connection_id, cadence="fast")).ok
+    assert _event_types(ctx)["payment.created"] >= 1
+    control.post("/clock", json={"advance_days": 3}).raise_for_status()
+    assert (await engine.sync_connection(connection_id, cadence="fast")).ok
+    assert _event_types(ctx)["payment.status_updated"] >= 1
+    # Slow rails (cheque, an unclaimed e-mail transfer) may still be travelling; settle it.
+    control.post("/mutate", json={"action": "completePayment", "paymentId": payment_upstream_id})
+    assert (await engine.sync_connection(connection_id, cadence="fast")).ok
+    with ctx.sessions() as session:
+        payment = session.scalars(
+            select(models.Payment).where(models.Payment.upstream_id == payment_upstream_id)
+        ).one()
+        # The seed has a payee whose bank returns payments; either way the payment is settled.
+        assert payment.status in {"completed", "returned"}
+        assert [h.status for h in payment.status_history][-1] == payment.status
+        final_event = "payment.completed" if payment.status == "completed" else "payment.failed"
+    events = _event_types(ctx)
+    assert events["payment.status_updated"] >= 1
+    assert events[final_event] >= 1
+    assert events["bill.updated"] >= 1
+
+
+async def test_sms_login_waits_for_a_code_then_recovers_and_survives_restart(
+    ctx: JobContext, make_connection: Callable[..., str], control: httpx.Client, settings: Any
+) -> None:
+    connection_id = make_connection(username=CLERK, totp_secret=None)
+    engine = SyncEngine(ctx)
+    blocked = await engine.sync_connection(connection_id)
+    assert blocked.state == "requires_action"
+    row = _connection(ctx, connection_id)
+    assert (row.state, row.state_reason) == ("requires_action", "mfa")
+    assert _event_types(ctx)["connection.requires_action"] == 1
+    again = await engine.sync_connection(connection_id)  # waits for the code; sends no new SMS
+    assert again.state == "requires_action" and "MFA code" in (again.error or "")
+    code = [m for m in control.get("/outbox").json() if m["kind"] == "Sms"][-1]["code"]
+    await complete_mfa(ctx, connection_id, code, trust_device=True)
+    recovered = await engine.sync_connection(connection_id)
+    assert recovered.ok and recovered.state == "healthy"
+    assert _event_types(ctx)["connection.repaired"] == 1
+    sms_before = len([m for m in control.get("/outbox").json() if m["kind"] == "Sms"])
+    # A restart: a new worker context, same store and vault key. No new MFA is asked for.
+    restarted = JobContext.from_settings(settings, migrate=False)
+    try:
+        after = await SyncEngine(restarted).sync_connection(connection_id, cadence="fast")
+        assert after.ok and after.state == "healthy"
+    finally:
+        await restarted.aclose()
+    assert len([m for m in control.get("/outbox").json() if m["kind"] == "Sms"]) == sms_before
+
+
+async def test_crash_mid_sync_resumes_without_loss_or_doubles(
+    ctx: JobContext, make_connection: Callable[..., str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sync_engine, "PAGE_SIZE", 7)
+    connection_id = make_connection()
+    pages = 0
+
+    def crash_after_three_bill_pages(company: str, feed: str, done: int, total: int | None) -> None:
+        nonlocal pages
+        if feed == "bills":
+            pages += 1
+            if pages == 3:
+                raise KeyboardInterrupt("simulated crash")
+
+    with pytest.raises(KeyboardInterrupt):
+        await SyncEngine(ctx).sync_connection(connection_id, progress=crash_after_three_bill_pages)
+    with ctx.sessions() as session:
+        partial = _count(session, models.Bill)
+        assert 0 < partial < COMPANIES * BILLS_PER_COMPANY
+        cursor = session.scalars(
+            select(models.SyncCursor).where(models.SyncCursor.object_type == "bills")
+        ).first()
+        assert cursor is not None and cursor.page_state and cursor.page_state["in_progress"]
+    report = await SyncEngine(ctx).sync_connection(connection_id)
+    assert report.ok
+    with ctx.sessions() as session:
+        assert _count(session, models.Bill) == COMPANIES * BILLS_PER_COMPANY
+    assert _event_types(ctx)["bill.created"] == COMPANIES * BILLS_PER_COMPANY
+
+
+async def test_drift_marks_the_connection_and_spares_other_types(
+    ctx: JobContext, make_connection: Callable[..., str], control: httpx.Client
+) -> None:
+    connection_id = make_connection()
+    control.post("/faults", json={"kind": "shape_change", "objectType": "bill", "fromField": "totalAmount",
+                                  "toField": "grandTotal"}).raise_for_status()  # fmt: skip
+    report = await SyncEngine(ctx).sync_connection(connection_id)
+    assert report.drift and any("totalAmount" in d for d in report.drift)
+    row = _connection(ctx, connection_id)
+    assert row.state == "upstream_changed"
+    assert row.state_detail and row.state_detail["differences"]
+    assert _event_types(ctx)["connection.upstream_changed"] == 1
+    with ctx.sessions() as session:
+        assert _count(session, models.Bill) == 0
+        assert _count(session, models.Vendor) > 0 and _count(session, models.Invoice) > 0
+    control.delete("/faults").raise_for_status()
+    healed = await SyncEngine(ctx).sync_connection(connection_id)
+    assert healed.ok
+    assert _connection(ctx, connection_id).state == "upstream_changed"  # until an operator clears it
+
+
+async def test_session_expiry_between_syncs_is_transparent(
+    ctx: JobContext, make_connection: Callable[..., str], control: httpx.Client
+) -> None:
+    connection_id = make_connection()
+    engine = SyncEngine(ctx)
+    assert (await engine.sync_connection(connection_id)).ok
+    with ctx.sessions() as session:
+        bills_before = _count(session, models.Bill)
+    control.post("/clock", json={"advance_hours": 1}).raise_for_status()  # past the 15-minute idle timeout
+    control.post("/mutate", json={"action": "createBills", "companyId": _first_company(ctx), "count": 2})
+    portal = await ctx.portals.get(connection_id)
+    logins_before = portal.stats.logins
+    report = await engine.sync_connection(connection_id, cadence="fast")
+    assert report.ok, report.error
+    assert portal.stats.logins == logins_before + 1  # one transparent re-login
+    with ctx.sessions() as session:
+        assert _count(session, models.Bill) == bills_before + 2
+    assert _connection(ctx, connection_id).state == "healthy"
+
+
+async def test_wrong_password_needs_action_and_is_not_retried(
+    ctx: JobContext, make_connection: Callable[..., str]
+) -> None:
+    connection_id = make_connection(password="wrong-" + PASSWORD)
+    for _ in range(6):  # the portal locks a login after 5 failures; the gateway must try only once
+        report = await SyncEngine(ctx).sync_connection(connection_id)
+        assert report.state == "requires_action"
+    row = _connection(ctx, connection_id)
+    assert row.state_reason == "password"
+    with ctx.sessions() as session:
+        changes = session.scalars(select(models.ConnectionStateChange.to_state)).all()
+    assert changes.count("requires_action") == 1
+    await replace_credentials(ctx, connection_id, password=PASSWORD)
+    fixed = await SyncEngine(ctx).sync_connection(connection_id)
+    assert fixed.ok, fixed.error  # not locked: the portal saw one failed attempt, not six
+    assert _event_types(ctx)["connection.repaired"] >= 1
+
+
+def _first_company(ctx: JobContext) -> str:
+    with ctx.sessions() as session:
+        company = session.scalars(select(models.Company).order_by(models.Company.name)).first()
+        assert company is not None
+        return company.upstream_id
