@@ -38,6 +38,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="initial sandbox clock, ISO-8601 (default 2026-03-02T14:00:00Z)",
     )
+    parser.add_argument("--session-idle-minutes", type=int, default=15)
+    parser.add_argument("--session-absolute-hours", type=int, default=12)
+    parser.add_argument("--rate-limit", type=float, default=25.0, help="requests per second per session")
+    parser.add_argument("--rate-burst", type=int, default=50)
     parser.add_argument("--log-level", default="warning")
     return parser.parse_args(argv)
 
@@ -68,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         bills_per_company=args.bills_per_company,
         control_enabled=not args.no_control,
         state_file=args.state_file,
+        session_idle_minutes=args.session_idle_minutes,
+        session_absolute_hours=args.session_absolute_hours,
+        rate_limit_per_second=args.rate_limit,
+        rate_limit_burst=args.rate_burst,
     )
     if args.start_time is not None:
         config.start_time = args.start_time

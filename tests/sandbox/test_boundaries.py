@@ -25,7 +25,7 @@ def test_no_secrets_in_output_even_at_debug_level() -> None:
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "plooto_sandbox", "--port", str(port), "--companies", "1",
-         "--bills-per-company", "3", "--log-level", "debug"],
+         "--bills-per-company", "3", "--log-level", "debug", "--session-idle-minutes", "5"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
@@ -37,6 +37,8 @@ def test_no_secrets_in_output_even_at_debug_level() -> None:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
             headers = login(client, CONTROLLER)
             client.get("/api/companies", headers=headers)
+            session = client.get("/api/session", headers=headers).json()
+            assert session["idleExpiresAt"] == "2026-03-02T14:05:00Z"  # --session-idle-minutes 5
             cookies = [value for value in client.cookies.values() if len(value) > 16]
     finally:
         process.terminate()
