@@ -1,0 +1,154 @@
+"""`POST /authenticate`: log into the portal with a user's credentials and hand back a session token.
+
+The credentials are proven against the portal before anything is kept: a refused password leaves
+no connection behind. When the portal wants a code the gateway cannot produce (SMS), the caller
+gets a challenge id to complete with `complete_challenge`. Pending challenges live in this process
+for the life of the portal's code (10 minutes).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from sqlalchemy import select
+
+from plooto_api.jobs.context import JobContext
+from plooto_api.services.connections import (
+    change_state,
+    create_connection,
+    get_connection,
+    update_credentials,
+)
+from plooto_api.services.sessions import complete_mfa
+from plooto_api.services.tokens import READ_SCOPES, create_token
+from plooto_api.store.base import utcnow
+from plooto_api.store.database import transaction
+from plooto_api.store.models import Connection
+from plooto_api.upstream import MfaRequired
+
+CHALLENGE_TTL_SECONDS = 600
+SESSION_TOKEN_LIFETIME = timedelta(hours=12)
+
+
+@dataclass
+class Authenticated:
+    """A logged-in connection and the session token that reads its data."""
+
+    connection_id: str
+    session_token: str
+
+
+@dataclass
+class Challenge:
+    """The portal asked for an MFA code the caller must supply."""
+
+    challenge_id: str
+    connection_id: str
+    methods: list[str]
+    trust_device: bool
+    expires: float = field(default_factory=lambda: time.monotonic() + CHALLENGE_TTL_SECONDS)
+
+
+class UnknownChallenge(LookupError):
+    """No pending challenge with that id (never issued, completed, or expired)."""
+
+
+class Authenticator:
+    """Runs portal logins on behalf of API callers."""
+
+    def __init__(self, ctx: JobContext) -> None:
+        self.ctx = ctx
+        self._challenges: dict[str, Challenge] = {}
+
+    async def authenticate(
+        self,
+        *,
+        username: str,
+        password: str,
+        upstream_url: str,
+        totp_secret: str | None = None,
+        mfa_code: str | None = None,
+        trust_device: bool = True,
+    ) -> Authenticated | Challenge:
+        """Log in; raises the upstream AuthenticationError subclasses when the portal refuses."""
+        connection_id, created = self._connection_for(username, upstream_url, password, totp_secret)
+        await self.ctx.portals.forget(connection_id)  # a fresh session with the credentials just given
+        portal = await self.ctx.portals.get(connection_id)
+        try:
+            await portal.ensure_logged_in()
+        except MfaRequired as exc:
+            if mfa_code:
+                await complete_mfa(self.ctx, connection_id, mfa_code, trust_device=trust_device)
+                return self._issue(connection_id)
+            self._mark(connection_id, "requires_action", "mfa", {"method": exc.challenge.method})
+            challenge = Challenge("mfa_" + secrets.token_urlsafe(18), connection_id, [exc.challenge.method],
+                                  trust_device)  # fmt: skip
+            self._prune()
+            self._challenges[challenge.challenge_id] = challenge
+            return challenge
+        except Exception:
+            if created:
+                self._discard(connection_id)
+            raise
+        return self._issue(connection_id)
+
+    async def complete_challenge(self, challenge_id: str, code: str) -> Authenticated:
+        """Answer a pending challenge; raises UnknownChallenge or upstream InvalidMfaCode."""
+        self._prune()
+        challenge = self._challenges.get(challenge_id)
+        if challenge is None:
+            raise UnknownChallenge(challenge_id)
+        await complete_mfa(self.ctx, challenge.connection_id, code, trust_device=challenge.trust_device)
+        self._challenges.pop(challenge_id, None)
+        return self._issue(challenge.connection_id)
+
+    def _connection_for(
+        self, username: str, upstream_url: str, password: str, totp_secret: str | None
+    ) -> tuple[str, bool]:
+        upstream_url = upstream_url.rstrip("/")
+        with transaction(self.ctx.sessions) as session:
+            existing = session.scalars(
+                select(Connection).where(
+                    Connection.username == username, Connection.upstream_url == upstream_url
+                )
+            ).first()
+            if existing is None:
+                row = create_connection(session, self.ctx.vault, username=username, password=password,
+                                        upstream_url=upstream_url, totp_secret=totp_secret)  # fmt: skip
+                return row.id, True
+            update_credentials(session, self.ctx.vault, existing, password=password, totp_secret=totp_secret)
+            if existing.state in {"requires_action", "locked"}:
+                change_state(session, existing, "healthy", detail={"credentials_replaced": True})
+            return existing.id, False
+
+    def _issue(self, connection_id: str) -> Authenticated:
+        with transaction(self.ctx.sessions) as session:
+            connection = get_connection(session, connection_id)
+            if connection.state == "requires_action":
+                change_state(session, connection, "healthy")
+            _, secret = create_token(
+                session, scopes=list(READ_SCOPES), name=f"session for {connection.username}", kind="session",
+                connection_id=connection_id, expires_at=utcnow() + SESSION_TOKEN_LIFETIME,
+            )  # fmt: skip
+        return Authenticated(connection_id, secret)
+
+    def _mark(
+        self, connection_id: str, state: str, reason: str | None, detail: dict[str, str] | None
+    ) -> None:
+        with transaction(self.ctx.sessions) as session:
+            change_state(session, get_connection(session, connection_id), state, reason=reason, detail=detail)
+
+    def _discard(self, connection_id: str) -> None:
+        with transaction(self.ctx.sessions) as session:
+            connection = session.get(Connection, connection_id)
+            if connection is not None:
+                self.ctx.vault.delete(session, connection_id)
+                session.delete(connection)
+
+    def _prune(self) -> None:
+        now = time.monotonic()
+        for challenge_id in [c for c, ch in self._challenges.items() if ch.expires < now]:
+            del self._challenges[challenge_id]
