@@ -285,7 +285,7 @@ def apply_to_row(obj: schemas.PortalObject, row: Any, *, connection_id: str) -> 
 
 def new_row(obj: schemas.PortalObject, *, connection_id: str) -> Any:
     """A new store row for a normalized object."""
-    spec = OBJECT_MAPS[obj.object]  # type: ignore[attr-defined]
+    spec = OBJECT_MAPS[obj.object]
     return apply_to_row(obj, spec.model(), connection_id=connection_id)
 
 

@@ -5,14 +5,12 @@ Bad input exits with code 2 and one line on stderr; progress and results go to s
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-import uvicorn
 from pydantic import ValidationError
 from rich.console import Console
 
@@ -67,26 +65,18 @@ def serve(
         str | None, typer.Option("--upstream", help="Portal base URL [env PLOOTO_API_UPSTREAM_URL].")
     ] = None,
 ) -> None:
-    """Run the gateway (API and in-process worker) until Ctrl-C."""
-    from plooto_api.api.app import create_app
+    """Run the gateway (API and in-process worker) until Ctrl-C.
+
+    With no upstream configured it starts the embedded sandbox with demo data, connects to it,
+    runs the first sync and prints an admin token.
+    """
+    from plooto_api.cli.serve import run_serve
 
     settings = load_settings(
         host=host, port=port, data_dir=data_dir, database_url=database_url, upstream_url=upstream
     )
     configure_logging(settings.log_level, settings.log_format)
-    base = f"http://{settings.host}:{settings.port}"
-    console.print(f"plooto-api {__version__}")
-    console.print(f"  store:   {_describe_database(settings)}")
-    console.print(f"  gateway: {base}")
-    console.print(f"  docs:    {base}/docs  (OpenAPI at {base}/openapi.json)")
-    sys.stdout.flush()
-    config = uvicorn.Config(
-        create_app(settings), host=settings.host, port=settings.port, log_config=None, access_log=False
-    )
-    # uvicorn re-raises Ctrl-C after a graceful shutdown; stopping is the intended outcome.
-    with contextlib.suppress(KeyboardInterrupt):
-        uvicorn.Server(config).run()
-    console.print("plooto-api stopped")
+    run_serve(settings, console)
 
 
 @app.command()

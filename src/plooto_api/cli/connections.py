@@ -31,7 +31,7 @@ def _progress(console: Console) -> Progress:
     )  # fmt: skip
 
 
-async def _sync_with_progress(
+async def sync_with_progress(
     ctx: JobContext, console: Console, connection_id: str, cadence: str
 ) -> SyncReport:
     tasks: dict[tuple[str, str], TaskID] = {}
@@ -46,7 +46,7 @@ async def _sync_with_progress(
         return await SyncEngine(ctx).sync_connection(connection_id, cadence=cadence, progress=update)  # type: ignore[arg-type]
 
 
-def _print_report(console: Console, report: SyncReport) -> None:
+def print_report(console: Console, report: SyncReport) -> None:
     counts = report.counts
     console.print(
         f"{report.connection_id}: {counts.created} created, {counts.updated} updated, "
@@ -95,7 +95,7 @@ def run_connect(settings: Settings, console: Console, *, username: str, password
             await _answer_mfa(ctx, console, connection_id, None)
             console.print("logged in")
             if sync_now:
-                _print_report(console, await _sync_with_progress(ctx, console, connection_id, "all"))
+                print_report(console, await sync_with_progress(ctx, console, connection_id, "all"))
         finally:
             await ctx.aclose()
 
@@ -119,8 +119,8 @@ def run_sync(settings: Settings, console: Console, *, connection_id: str | None,
             for cid in ids:
                 if mfa_code is not None:
                     await _answer_mfa(ctx, console, cid, mfa_code)
-                report = await _sync_with_progress(ctx, console, cid, cadence)
-                _print_report(console, report)
+                report = await sync_with_progress(ctx, console, cid, cadence)
+                print_report(console, report)
                 failed += 0 if report.ok else 1
         finally:
             await ctx.aclose()

@@ -46,6 +46,7 @@ class PortalObject(Schema):
     """Fields of every object mirrored from the portal."""
 
     id: str = Field(description="Gateway id with a type prefix, stable across syncs.")
+    object: str = Field(description="The object's type, e.g. `bill`.")
     company_id: str
     upstream_id: str = Field(description="The portal's own id.")
     created_at: datetime

@@ -209,7 +209,7 @@ class SyncEngine:
         rows = session.execute(
             select(Company.upstream_id, Company.id).where(Company.connection_id == connection_id)
         )
-        return dict(list(rows.tuples()))
+        return {upstream_id: gateway_id for upstream_id, gateway_id in rows}
 
     async def _sync_feed(
         self,
@@ -258,7 +258,8 @@ class SyncEngine:
                         cursor.full_sync_completed_at = utcnow()
             report.counts.add(counts)
             report.pages += 1
-            done += len(page.records)
+            # Progress counts the feed's own objects, not records derived from them (fees, mappings).
+            done += sum(1 for r in page.records if r.object_type == feed.object_types[0])
             if progress is not None:
                 progress(company_name, feed.name, done, page.total_count)
             if not more:
