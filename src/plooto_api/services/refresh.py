@@ -24,7 +24,7 @@ async def refresh_object(ctx: JobContext, row: Any) -> None:
             list(
                 session.execute(
                     select(Company.upstream_id, Company.id).where(Company.connection_id == connection_id)
-                ).tuples()
+                )
             )  # a Result has keys(): dict() would read it as a mapping
         )
     company_upstream_id = next(
