@@ -1,0 +1,106 @@
+"""POST /authenticate against the real sandbox: TOTP, SMS challenge, refusals, session tokens."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from pydantic import SecretStr
+
+from plooto_api.api.app import create_app
+from plooto_api.config import Settings
+from plooto_api.store.vault import generate_key
+
+CONTROLLER = {"username": "controller@northwind-cpa.test", "password": "sandbox-password"}
+TOTP = "PLOOTOSANDBOXTOTPSECRETKEY234567"
+CLERK = {"username": "clerk@northwind-cpa.test", "password": "sandbox-password"}
+
+
+@pytest.fixture
+def client(database_url: str, tmp_path: Path, sandbox: str) -> Iterator[TestClient]:
+    settings = Settings(data_dir=tmp_path / "d", database_url=database_url, upstream_url=sandbox,
+                        vault_key=SecretStr(generate_key()))  # fmt: skip
+    with TestClient(create_app(settings, run_jobs=False)) as test_client:
+        yield test_client
+
+
+def _sms_code(sandbox: str) -> str:
+    messages = httpx.get(f"{sandbox}/__sandbox/outbox").json()
+    return str([m for m in messages if m["kind"] == "Sms"][-1]["code"])
+
+
+def test_totp_login_returns_a_connection_and_session_token(client: TestClient) -> None:
+    response = client.post("/authenticate", json={**CONTROLLER, "totp_secret": TOTP})
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["connection"]["state"] == "healthy"
+    token = body["session_token"]
+    assert token.startswith("papi_")
+    own = client.get("/connections", headers={"Authorization": f"Bearer {token}"}).json()["data"]
+    assert [c["id"] for c in own] == [body["connection"]["id"]]
+    assert TOTP not in response.text and "sandbox-password" not in response.text
+
+
+def test_sms_login_is_completed_with_the_code(client: TestClient, sandbox: str) -> None:
+    started = client.post("/authenticate", json=CLERK)
+    assert started.status_code == 202, started.text
+    challenge = started.json()
+    assert challenge["status"] == "mfa_required" and challenge["methods"] == ["sms"]
+    wrong = client.post(
+        "/authenticate/mfa", json={"challenge_id": challenge["challenge_id"], "code": "000000"}
+    )
+    assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "invalid_mfa_code"
+    done = client.post("/authenticate/mfa", json={"challenge_id": challenge["challenge_id"],
+                                                  "code": _sms_code(sandbox)})  # fmt: skip
+    assert done.status_code == 201, done.text
+    assert done.json()["connection"]["state"] == "healthy"
+    again = client.post(
+        "/authenticate/mfa", json={"challenge_id": challenge["challenge_id"], "code": "123456"}
+    )
+    assert again.status_code == 404 and again.json()["error"]["code"] == "unknown_challenge"
+
+
+def test_session_tokens_see_only_their_connection(client: TestClient, sandbox: str) -> None:
+    controller = client.post("/authenticate", json={**CONTROLLER, "totp_secret": TOTP}).json()
+    challenge = client.post("/authenticate", json=CLERK).json()
+    clerk = client.post("/authenticate/mfa", json={"challenge_id": challenge["challenge_id"],
+                                                   "code": _sms_code(sandbox)}).json()  # fmt: skip
+    headers = {"Authorization": f"Bearer {clerk['session_token']}"}
+    assert client.get(f"/connections/{controller['connection']['id']}", headers=headers).status_code == 404
+    assert client.get(f"/connections/{clerk['connection']['id']}", headers=headers).status_code == 200
+
+
+def test_wrong_password_is_401_and_leaves_nothing(client: TestClient) -> None:
+    response = client.post("/authenticate", json={**CONTROLLER, "password": "not-it"})
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "invalid_credentials"
+    assert "not-it" not in response.text
+    with client.app.state.sessions() as session:  # type: ignore[attr-defined]
+        from sqlalchemy import func, select
+
+        from plooto_api.store.models import Connection, VaultEntry
+
+        assert session.scalar(select(func.count()).select_from(Connection)) == 0
+        assert session.scalar(select(func.count()).select_from(VaultEntry)) == 0
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"username": "x"},
+        {**CONTROLLER, "mfa_code": "12ab"},
+        {**CONTROLLER, "extra": True},
+        {"username": 5, "password": []},
+    ],
+)
+def test_malformed_bodies_are_400(client: TestClient, body: dict[str, Any]) -> None:
+    response = client.post("/authenticate", json=body)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "invalid_request"
+    assert client.post("/authenticate", content=b"{not json", headers={"content-type": "application/json"}
+                       ).status_code == 400  # fmt: skip
