@@ -40,6 +40,13 @@ class Settings(BaseSettings):
     sync_fast_interval_seconds: float = Field(default=30.0, gt=0, description="Open items sync period.")
     sync_slow_interval_seconds: float = Field(default=300.0, gt=0, description="Reference data sync period.")
     keep_alive_interval_seconds: float = Field(default=300.0, gt=0, description="Portal keep-alive period.")
+    event_retention_days: int = Field(default=90, ge=1, description="Events older than this are purged.")
+    webhook_allow_private: bool = Field(
+        default=False, description="Allow webhook targets on private or loopback addresses (tests, dev)."
+    )
+    webhook_delivery_interval_seconds: float = Field(
+        default=1.0, gt=0, description="How often the delivery worker looks for due webhook deliveries."
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["console", "json"] = "console"
 
