@@ -21,6 +21,10 @@ from plooto_api.sync.engine import SyncEngine
 from .conftest import CLERK, PASSWORD
 
 BILLS_PER_COMPANY = 30
+
+
+class SimulatedCrash(Exception):
+    """Stands for the worker dying between two pages."""
 COMPANIES = 2
 
 
@@ -169,9 +173,9 @@ async def test_crash_mid_sync_resumes_without_loss_or_doubles(
         if feed == "bills":
             pages += 1
             if pages == 3:
-                raise KeyboardInterrupt("simulated crash")
+                raise SimulatedCrash("the worker died here")
 
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SimulatedCrash):
         await SyncEngine(ctx).sync_connection(connection_id, progress=crash_after_three_bill_pages)
     with ctx.sessions() as session:
         partial = _count(session, models.Bill)

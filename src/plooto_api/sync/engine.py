@@ -12,6 +12,7 @@ confirms an object is gone (a 404 for that object).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -32,6 +33,7 @@ from plooto_api.sync.upsert import ApplyCounts, apply_records
 from plooto_api.upstream import (
     FEEDS,
     AccountLocked,
+    ChangePage,
     Feed,
     InvalidCredentials,
     MfaRequired,
@@ -46,6 +48,7 @@ from plooto_api.upstream import (
 log = get_logger(__name__)
 
 PAGE_SIZE = 200
+COMPANY_CONCURRENCY = 3
 Cadence = Literal["fast", "slow", "all"]
 ProgressCallback = Callable[[str, str, int, int | None], None]  # company, feed, done, total
 
@@ -149,15 +152,27 @@ class SyncEngine:
             if first_sync:
                 self._set_state(connection_id, "syncing")
             companies = await self._sync_companies(portal, connection_id, report)
-            for company_upstream_id, company_name in companies:
-                for feed in feeds_for(cadence):
-                    try:
-                        await self._sync_feed(portal, connection_id, company_upstream_id, company_name, feed,
-                                              report, progress)  # fmt: skip
-                    except UpstreamChanged as exc:
-                        # Only this feed stops; the others keep syncing.
-                        report.drift.extend(exc.differences or [str(exc)])
-                        log.warning("upstream_changed", connection=connection_id, feed=feed.name)
+            # Companies are independent: pull several at once (the portal session's throttle still
+            # caps the requests in flight); feeds within a company go in dependency order.
+            limit = asyncio.Semaphore(COMPANY_CONCURRENCY)
+
+            async def sync_company(company_upstream_id: str, company_name: str) -> None:
+                async with limit:
+                    for feed in feeds_for(cadence):
+                        try:
+                            await self._sync_feed(portal, connection_id, company_upstream_id, company_name, feed,
+                                                  report, progress)  # fmt: skip
+                        except UpstreamChanged as exc:
+                            # Only this feed stops; the others keep syncing.
+                            report.drift.extend(exc.differences or [str(exc)])
+                            log.warning("upstream_changed", connection=connection_id, feed=feed.name)
+
+            results = await asyncio.gather(
+                *(sync_company(c, n) for c, n in companies), return_exceptions=True
+            )
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
         except MfaRequired as exc:
             self._fail(report, "requires_action", "mfa", {"method": exc.challenge.method}, exc)
         except InvalidCredentials as exc:
@@ -233,39 +248,64 @@ class SyncEngine:
         report.feeds += 1
         seen: set[tuple[str, str]] = set()
         done = 0
-        while True:
-            page = await portal.list_changes(
+
+        def fetch() -> asyncio.Future[ChangePage]:
+            return asyncio.ensure_future(portal.list_changes(
                 company_upstream_id, feed.name, modified_since=position.since, page_number=position.page,
                 page_size=PAGE_SIZE,
-            )  # fmt: skip
-            # Records at exactly `since` are applied again rather than skipped: one may have changed
-            # at the same instant as the last sync. Unchanged records cost a comparison, no write.
-            seen.update((r.object_type, r.upstream_id) for r in page.records)
-            more = page.has_more and bool(page.records)
-            if page.records:
-                position.advance(page.records[-1], keyset=feed.incremental)
-            with transaction(self.ctx.sessions) as session:
-                counts = apply_records(session, connection_id, self._company_ids(session, connection_id), page.records,
-                                       utcnow())  # fmt: skip
-                cursor = _cursor(session, connection_id, company_upstream_id, feed.name)
-                # Saved with the page's rows: a crash resumes exactly after this page.
-                cursor.page_state = {**position.as_state(), "in_progress": more}
-                cursor.watermark = _iso(position.since) if position.since else None
+            ))  # fmt: skip
+
+        pending = fetch()
+        try:
+            while True:
+                page = await pending
+                seen.update((r.object_type, r.upstream_id) for r in page.records)
+                more = page.has_more and bool(page.records)
+                if page.records:
+                    position.advance(page.records[-1], keyset=feed.incremental)
+                state = {**position.as_state(), "in_progress": more}
+                if more:
+                    pending = fetch()  # the next query is known: fetch it while this page is written
+                # Records at exactly `since` are applied again rather than skipped: one may have changed
+                # at the same instant as the last sync. Unchanged records cost a comparison, no write.
+                counts = await asyncio.to_thread(
+                    self._write_page, connection_id, company_upstream_id, feed, page.records, state
+                )
+                report.counts.add(counts)
+                report.pages += 1
+                # Progress counts the feed's own objects, not records derived from them (fees, mappings).
+                done += sum(1 for r in page.records if r.object_type == feed.object_types[0])
+                if progress is not None:
+                    progress(company_name, feed.name, done, page.total_count)
                 if not more:
-                    cursor.last_success_at = utcnow()
-                    cursor.last_error = None
-                    if cursor.full_sync_completed_at is None:
-                        cursor.full_sync_completed_at = utcnow()
-            report.counts.add(counts)
-            report.pages += 1
-            # Progress counts the feed's own objects, not records derived from them (fees, mappings).
-            done += sum(1 for r in page.records if r.object_type == feed.object_types[0])
-            if progress is not None:
-                progress(company_name, feed.name, done, page.total_count)
-            if not more:
-                break
+                    break
+        finally:
+            if not pending.done():
+                pending.cancel()
         if not feed.incremental:
             await self._confirm_absences(portal, connection_id, company_upstream_id, feed, seen, report)
+
+    def _write_page(
+        self,
+        connection_id: str,
+        company_upstream_id: str,
+        feed: Feed,
+        records: list[UpstreamRecord],
+        state: dict[str, Any],
+    ) -> ApplyCounts:
+        """Apply one page and move the cursor past it, in one transaction (a crash resumes after it)."""
+        with transaction(self.ctx.sessions) as session:
+            counts = apply_records(session, connection_id, self._company_ids(session, connection_id), records,
+                                   utcnow())  # fmt: skip
+            cursor = _cursor(session, connection_id, company_upstream_id, feed.name)
+            cursor.page_state = state
+            cursor.watermark = state.get("since")
+            if not state["in_progress"]:
+                cursor.last_success_at = utcnow()
+                cursor.last_error = None
+                if cursor.full_sync_completed_at is None:
+                    cursor.full_sync_completed_at = utcnow()
+        return counts
 
     async def _confirm_absences(
         self,
