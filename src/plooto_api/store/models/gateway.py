@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from plooto_api.store.base import AutoIncrementKey, Base, TimestampMixin, utcnow
 
@@ -164,6 +164,8 @@ class WebhookDelivery(TimestampMixin, Base):
     __table_args__ = (
         UniqueConstraint("endpoint_id", "event_id"),
         Index("ix_webhook_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
+        # In-order delivery per endpoint and object looks for an earlier delivery still pending.
+        Index("ix_webhook_deliveries_endpoint_id_object_id_status", "endpoint_id", "object_id", "status"),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
@@ -176,6 +178,9 @@ class WebhookDelivery(TimestampMixin, Base):
     attempt_count: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime | None]
     last_attempt_at: Mapped[datetime | None]
+
+    # Staged with its event in one flush: the relationship makes the event's INSERT come first.
+    event: Mapped[Event] = relationship(lazy="raise")
 
 
 class WebhookDeliveryAttempt(Base):
