@@ -35,6 +35,7 @@ from plooto_api.upstream._models import (
     ThrottleConfig,
     UpstreamRecord,
     UpstreamRef,
+    WriteResult,
 )
 from plooto_api.upstream._session import PortalSession
 from plooto_api.upstream._throttle import AdaptiveThrottle
@@ -68,4 +69,5 @@ __all__ = [
     "UpstreamRecord",
     "UpstreamRef",
     "UpstreamUnavailable",
+    "WriteResult",
 ]

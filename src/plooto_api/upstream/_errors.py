@@ -111,14 +111,40 @@ class PortalRuleViolation(UpstreamError):
     """The portal refused a request by one of its business rules (4xx)."""
 
     def __init__(
-        self, code: str, message: str, *, field: str | None = None, status_code: int | None = None
+        self,
+        code: str,
+        message: str,
+        *,
+        field: str | None = None,
+        status_code: int | None = None,
+        trace_id: str | None = None,
     ) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
         self.field = field
         self.status_code = status_code
+        self.trace_id = trace_id  # the portal's request id, evidence for the audit log
 
 
 class AmbiguousWriteOutcome(UpstreamError):
-    """A write reached the portal but its outcome is unknown; read back before deciding."""
+    """A write reached the portal but its outcome is unknown; read back before deciding.
+
+    `settled` says the portal is done with the request (it answered, if with a 5xx, or closed the
+    connection after its answer began), so a read-back now is conclusive. Not settled (we gave up
+    waiting) means the portal may still be applying it: a read-back that finds nothing proves
+    nothing until the portal has had time to finish.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        settled: bool,
+        status_code: int | None = None,
+        trace_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.settled = settled
+        self.status_code = status_code
+        self.trace_id = trace_id

@@ -134,3 +134,18 @@ class SessionStats:
     mfa_answers: int = 0
     relogins: int = 0
     xsrf_refreshes: int = 0
+
+
+@dataclass
+class WriteResult:
+    """What a portal write returned: the object(s) it made or changed, and the evidence."""
+
+    records: list[UpstreamRecord]  # the main object first, then what it carries (FX, mappings)
+    portal_id: str | None
+    http_status: int | None
+    trace_id: str | None
+    raw: Any = None  # the portal's JSON (for answers that are not mirrored objects, e.g. reminders)
+
+    @property
+    def record(self) -> UpstreamRecord | None:
+        return self.records[0] if self.records else None

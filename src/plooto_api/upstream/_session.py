@@ -6,11 +6,14 @@ import asyncio
 import contextlib
 import http.cookiejar
 import random
+import re
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
+from decimal import Decimal
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal
+from zoneinfo import ZoneInfo
 
 import httpx
 import pyotp
@@ -21,6 +24,7 @@ from plooto_api.upstream import portal
 from plooto_api.upstream._convert import Context, loads, parse_timestamp
 from plooto_api.upstream._errors import (
     AccountLocked,
+    AmbiguousWriteOutcome,
     InvalidCredentials,
     InvalidMfaCode,
     MfaRequired,
@@ -42,6 +46,7 @@ from plooto_api.upstream._models import (
     SessionStats,
     ThrottleConfig,
     UpstreamRecord,
+    WriteResult,
 )
 from plooto_api.upstream._shapes import check_shape
 from plooto_api.upstream._throttle import AdaptiveThrottle
@@ -85,6 +90,7 @@ class PortalSession:
         self._portal_clock = portal_clock
         self._clock_offset: float | None = None  # portal time - local time, seconds
         self._clock_from_date = False
+        self.write_timeout = timeout  # seconds a write may take before its outcome is ambiguous
         self._client = httpx.AsyncClient(
             base_url=self.base_url,
             follow_redirects=False,
@@ -724,6 +730,336 @@ class PortalSession:
                 return None
             page_number += 1
 
+    # -- JSON API: writes ----------------------------------------------------------------------
+    # A write is sent once. It is sent again only when the portal provably did not apply it: a 429
+    # (the rate limiter answers before the request is handled), a 401 (no session, nothing ran), a
+    # refused anti-forgery token, a connection that could not be opened. Anything else that leaves
+    # the outcome unknown raises AmbiguousWriteOutcome; the caller reads back by the reference it
+    # wrote into the object before it decides to send again.
+
+    def portal_today(self) -> date:
+        """The portal's business date (debit dates are days in its time zone)."""
+        return self.portal_now().astimezone(ZoneInfo(portal.BUSINESS_TIME_ZONE)).date()
+
+    async def _send_write(
+        self, method: str, path: str, *, json_body: Any, files: dict[str, Any] | None
+    ) -> httpx.Response:
+        headers = {"Accept": "application/json"}
+        xsrf = self._cookie(portal.XSRF_COOKIE)
+        if xsrf:
+            headers[portal.XSRF_HEADER] = xsrf
+        async with self.throttle.slot():
+            self.stats.requests += 1
+            started = time.monotonic()
+            try:
+                response = await self._client.request(
+                    method, path, json=json_body, files=files, headers=headers, timeout=self.write_timeout
+                )
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+                # The request never left: nothing can have been applied.
+                self.throttle.on_failure()
+                raise UpstreamUnavailable(f"could not reach the portal: {type(exc).__name__}") from exc
+            except httpx.TimeoutException as exc:
+                self.throttle.on_failure()
+                raise AmbiguousWriteOutcome(
+                    f"the portal did not answer {method} {path} within {self.write_timeout:g}s", settled=False
+                ) from exc
+            except httpx.TransportError as exc:
+                self.throttle.on_failure()
+                raise AmbiguousWriteOutcome(
+                    f"the connection broke during {method} {path} ({type(exc).__name__})", settled=False
+                ) from exc
+            latency = time.monotonic() - started
+        self._note_date_header(response)
+        self._persist()
+        if response.status_code < 500 and response.status_code != 429:
+            self.throttle.on_response(latency)
+        return response
+
+    async def _api_write(
+        self,
+        method: str,
+        path: str,
+        *,
+        object_type: str,
+        json_body: Any = None,
+        files: dict[str, Any] | None = None,
+    ) -> tuple[Any, httpx.Response]:
+        """Send one write; returns the JSON answer and the response (status, trace id)."""
+        await self.ensure_logged_in()
+        relogged = xsrf_refreshed = False
+        rate_limited = 0
+        while True:
+            generation = self._generation
+            response = await self._send_write(method, path, json_body=json_body, files=files)
+            status = response.status_code
+            trace_id = response.headers.get(portal.TRACE_HEADER)
+            if 200 <= status < 300:
+                return self._json(response, object_type), response
+            body = self._error_body(response)
+            code = body.get(portal.ERROR_CODE_FIELD)
+            message = str(body.get(portal.ERROR_MESSAGE_FIELD) or f"HTTP {status}")
+            if status == 429:
+                self.stats.responses_429 += 1
+                retry_after = _retry_after(response)
+                self.throttle.on_rate_limited(retry_after)  # the next slot waits for Retry-After
+                rate_limited += 1
+                if rate_limited >= self.throttle_config.max_attempts:
+                    raise RateLimited(retry_after=retry_after)
+                self.stats.retries += 1
+                continue
+            if status >= 500:
+                self.throttle.on_failure()
+                # The portal's own error envelope means the portal finished with the request; a
+                # proxy's page (502/504 HTML) does not say whether the portal behind it still works.
+                raise AmbiguousWriteOutcome(
+                    f"the portal answered {status} to {method} {path}",
+                    settled=isinstance(code, str),
+                    status_code=status,
+                    trace_id=trace_id,
+                )
+            if status == 401:
+                if relogged:
+                    raise SessionExpired("the portal session was lost again right after signing in")
+                relogged = True
+                await self._relogin(generation, mfa_only=code == portal.ERROR_MFA_REQUIRED)
+                continue
+            if status == 403 and code == portal.ERROR_XSRF_INVALID:
+                if xsrf_refreshed:
+                    raise SessionExpired("the portal refused a fresh anti-forgery token")
+                xsrf_refreshed = True
+                await self._refresh_xsrf()
+                continue
+            if status == 403:
+                raise PermissionDenied(message)
+            if status == 404:
+                raise NotFound(message, code=str(code) if code else None)
+            if 400 <= status < 500:
+                errors = body.get(portal.ERROR_VALIDATION_FIELD) or [{}]
+                field = errors[0].get("field") if isinstance(errors[0], dict) else None
+                raise PortalRuleViolation(
+                    str(code or status), message, field=field, status_code=status, trace_id=trace_id
+                )
+            raise UpstreamChanged(object_type, [f"{method} {path}: unexpected answer HTTP {status}"])
+
+    def _write_result(
+        self, raw: Any, collection: portal.Collection, company: str, response: httpx.Response | None
+    ) -> WriteResult:
+        check_shape(collection.shape, raw, object_type=collection.object_type)
+        return WriteResult(
+            records=collection.normalize(raw, self._context(company)),
+            portal_id=raw.get(collection.id_field),
+            http_status=response.status_code if response is not None else None,
+            trace_id=response.headers.get(portal.TRACE_HEADER) if response is not None else None,
+            raw=raw,
+        )
+
+    async def create_payment(
+        self,
+        company_upstream_id: str,
+        *,
+        bill_upstream_id: str,
+        amount: Decimal,
+        payment_method: str | None,
+        debit_bank_account_upstream_id: str,
+        requested_debit_date: date | None,
+        external_reference: str,
+        memo: str | None = None,
+    ) -> WriteResult:
+        """Create a payment of one bill. Without a date it is the earliest the portal allows."""
+        if not 0 < len(external_reference) <= portal.EXTERNAL_REFERENCE_MAX:
+            raise ValueError("external_reference must be 1 to 100 characters")
+        await self.ensure_logged_in()
+        day = requested_debit_date or self.portal_today()
+        path = portal.company_collection(company_upstream_id, portal.PAYMENTS.path)
+        for attempt in range(2):
+            body = portal.payment_body(
+                bill_id=bill_upstream_id, amount=amount, payment_method=payment_method,
+                debit_bank_account_id=debit_bank_account_upstream_id, requested_debit_date=day.isoformat(),
+                external_reference=external_reference, memo=memo,
+            )  # fmt: skip
+            try:
+                raw, response = await self._api_write("POST", path, json_body=body, object_type="payment")
+            except PortalRuleViolation as exc:
+                # A refusal for the cut-off was not applied and names the earliest allowed day.
+                earliest = _first_date(exc.message)
+                cut_off = exc.code == portal.ERROR_CUT_OFF_PASSED
+                if requested_debit_date is None and cut_off and earliest and attempt == 0:
+                    day = earliest
+                    continue
+                raise
+            return self._write_result(raw, portal.PAYMENTS, company_upstream_id, response)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def find_payments_by_reference(
+        self, company_upstream_id: str, external_reference: str
+    ) -> list[WriteResult]:
+        """Every payment carrying this external reference (the portal does not keep them unique)."""
+        path = portal.company_collection(company_upstream_id, portal.PAYMENTS.path)
+        params = {
+            portal.EXTERNAL_REFERENCE_FIELD: external_reference,
+            portal.PAGE_NUMBER_PARAM: 1,
+            portal.PAGE_SIZE_PARAM: portal.MAX_PAGE_SIZE,
+        }
+        body = await self._page(path, params, object_type="payment")
+        return [
+            self._write_result(item, portal.PAYMENTS, company_upstream_id, None)
+            for item in body[portal.PAGE_ITEMS]
+            if isinstance(item, dict) and item.get(portal.EXTERNAL_REFERENCE_FIELD) == external_reference
+        ]
+
+    async def _object_action(
+        self, company: str, collection: portal.Collection, object_id: str, action: str, body: Any
+    ) -> WriteResult:
+        path = f"{portal.company_collection(company, collection.path)}/{object_id}/{action}"
+        raw, response = await self._api_write(
+            "POST", path, json_body=body, object_type=collection.object_type
+        )
+        return self._write_result(raw, collection, company, response)
+
+    async def approve_bill(
+        self, company_upstream_id: str, bill_upstream_id: str, *, comment: str | None = None
+    ) -> WriteResult:
+        """Approve a bill as this login (the current level's approver)."""
+        return await self._object_action(company_upstream_id, portal.BILLS, bill_upstream_id, "approve",
+                                         {"comment": comment} if comment else {})  # fmt: skip
+
+    async def reject_bill(
+        self, company_upstream_id: str, bill_upstream_id: str, *, comment: str | None = None
+    ) -> WriteResult:
+        """Reject a bill as this login."""
+        return await self._object_action(company_upstream_id, portal.BILLS, bill_upstream_id, "reject",
+                                         {"comment": comment} if comment else {})  # fmt: skip
+
+    async def approve_payment(self, company_upstream_id: str, payment_upstream_id: str) -> WriteResult:
+        """Approve a payment as one of its debit account's signing authorities."""
+        return await self._object_action(
+            company_upstream_id, portal.PAYMENTS, payment_upstream_id, "approve", {}
+        )
+
+    async def reject_payment(self, company_upstream_id: str, payment_upstream_id: str) -> WriteResult:
+        """Reject a payment as one of its debit account's signing authorities."""
+        return await self._object_action(
+            company_upstream_id, portal.PAYMENTS, payment_upstream_id, "reject", {}
+        )
+
+    async def cancel_payment(self, company_upstream_id: str, payment_upstream_id: str) -> WriteResult:
+        """Cancel a payment that has not been debited yet."""
+        return await self._object_action(
+            company_upstream_id, portal.PAYMENTS, payment_upstream_id, "cancel", {}
+        )
+
+    async def create_bill(
+        self,
+        company_upstream_id: str,
+        *,
+        vendor_upstream_id: str,
+        number: str,
+        issue_date: date,
+        due_date: date,
+        lines: list[dict[str, Any]],
+        currency: str | None,
+        memo: str | None,
+        reference: str,
+    ) -> WriteResult:
+        """Create a bill; its memo carries `reference`. The portal routes it into its approval policy."""
+        body = portal.bill_body(
+            vendor_id=vendor_upstream_id, number=number, issue_date=issue_date.isoformat(),
+            due_date=due_date.isoformat(), lines=lines, currency=currency,
+            memo=portal.memo_with_reference(memo, reference),
+        )  # fmt: skip
+        path = portal.company_collection(company_upstream_id, portal.BILLS.path)
+        raw, response = await self._api_write("POST", path, json_body=body, object_type="bill")
+        return self._write_result(raw, portal.BILLS, company_upstream_id, response)
+
+    async def upload_bill_attachment(
+        self,
+        company_upstream_id: str,
+        bill_upstream_id: str,
+        *,
+        file_name: str,
+        content: bytes,
+        content_type: str,
+    ) -> dict[str, Any]:
+        """Attach a file to a bill; returns the portal's attachment object."""
+        path = f"{portal.company_collection(company_upstream_id, portal.BILLS.path)}/{bill_upstream_id}/attachments"
+        files = {portal.ATTACHMENT_FILE_FIELD: (file_name, content, content_type)}
+        raw, _response = await self._api_write("POST", path, files=files, object_type="attachment")
+        check_shape(portal.ATTACHMENT, raw, object_type="attachment")
+        return dict(raw)
+
+    async def create_invoice(
+        self,
+        company_upstream_id: str,
+        *,
+        customer_upstream_id: str,
+        number: str | None,
+        issue_date: date | None,
+        terms: str | None,
+        due_date: date | None,
+        lines: list[dict[str, Any]],
+        memo: str | None,
+        reference: str,
+        send: str,
+        scheduled_send_date: date | None,
+        reminders: dict[str, Any] | None,
+        recurring: dict[str, Any] | None,
+    ) -> WriteResult:
+        """Create an invoice (send now, schedule or draft); its memo carries `reference`."""
+        body = portal.invoice_body(
+            customer_id=customer_upstream_id, number=number,
+            issue_date=issue_date.isoformat() if issue_date else None, terms=terms,
+            due_date=due_date.isoformat() if due_date else None, lines=lines,
+            memo=portal.memo_with_reference(memo, reference), send=send,
+            scheduled_send_date=scheduled_send_date.isoformat() if scheduled_send_date else None,
+            reminders=reminders, recurring=recurring,
+        )  # fmt: skip
+        path = portal.company_collection(company_upstream_id, portal.INVOICES.path)
+        raw, response = await self._api_write("POST", path, json_body=body, object_type="invoice")
+        return self._write_result(raw, portal.INVOICES, company_upstream_id, response)
+
+    async def find_by_memo_reference(
+        self, company_upstream_id: str, object_type: str, reference: str, *, modified_since: datetime
+    ) -> WriteResult | None:
+        """The bill or invoice whose memo carries `reference`, among those changed since then."""
+        collection = portal.BILLS if object_type == "bill" else portal.INVOICES
+        path = portal.company_collection(company_upstream_id, collection.path)
+        page_number = 1
+        while True:
+            params = {
+                portal.PAGE_NUMBER_PARAM: page_number,
+                portal.PAGE_SIZE_PARAM: portal.MAX_PAGE_SIZE,
+                portal.MODIFIED_SINCE_PARAM: portal.timestamp_param(modified_since),
+            }
+            body = await self._page(path, params, object_type=collection.object_type)
+            for item in body[portal.PAGE_ITEMS]:
+                if isinstance(item, dict) and portal.memo_has_reference(item.get("memo"), reference):
+                    return self._write_result(item, collection, company_upstream_id, None)
+            if page_number >= body[portal.PAGE_TOTAL_PAGES]:
+                return None
+            page_number += 1
+
+    async def send_reminder(self, company_upstream_id: str, invoice_upstream_id: str) -> WriteResult:
+        """Send a manual reminder for an invoice now; `raw` is the portal's reminder."""
+        path = f"{portal.company_collection(company_upstream_id, portal.INVOICES.path)}/{invoice_upstream_id}/reminders"
+        raw, response = await self._api_write("POST", path, json_body={}, object_type="reminder")
+        check_shape(portal.REMINDER, raw, object_type="reminder")
+        return WriteResult([], raw.get("reminderId"), response.status_code,
+                           response.headers.get(portal.TRACE_HEADER), raw)  # fmt: skip
+
+    async def list_reminders(
+        self, company_upstream_id: str, invoice_upstream_id: str
+    ) -> list[dict[str, Any]]:
+        """The reminder schedule and sent log of one invoice."""
+        path = portal.company_collection(company_upstream_id, "reminders")
+        params = {"invoiceId": invoice_upstream_id, portal.PAGE_NUMBER_PARAM: 1,
+                  portal.PAGE_SIZE_PARAM: portal.MAX_PAGE_SIZE}  # fmt: skip
+        body = await self._page(path, params, object_type="reminder")
+        items = [item for item in body[portal.PAGE_ITEMS] if isinstance(item, dict)]
+        for item in items:
+            check_shape(portal.REMINDER, item, object_type="reminder")
+        return items
+
     async def aclose(self) -> None:
         """Persist the state one last time and close the HTTP client (the portal session stays alive)."""
         if self._restored:
@@ -752,3 +1088,17 @@ def _retry_after(response: httpx.Response) -> float | None:
             return max(0.0, (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds())
         except (TypeError, ValueError):
             return None
+
+
+_DATE = re.compile(r"\b(\d{4}-\d{2}-\d{2})\b")
+
+
+def _first_date(message: str) -> date | None:
+    """The first ISO date in a portal message (the cut-off refusal names the earliest day)."""
+    match = _DATE.search(message or "")
+    if match is None:
+        return None
+    try:
+        return date.fromisoformat(match.group(1))
+    except ValueError:
+        return None

@@ -1130,3 +1130,142 @@ SESSION_IDLE_TIMEOUT_SECONDS = 15 * 60
 SESSION_IDLE_EXPIRES = "idleExpiresAt"
 TOTP_DIGITS = 6
 TOTP_INTERVAL = 30
+
+# --- writes -------------------------------------------------------------------------------------
+# What the portal's write endpoints are called and what their bodies look like. Every write that
+# creates an object carries the gateway's reference, so the object can be found again after an
+# ambiguous outcome: a payment in `externalReference` (exact-match filter), a bill or an invoice in
+# its memo (listed back by modifiedSince and matched there).
+
+BUSINESS_TIME_ZONE = "America/Toronto"  # the portal's "today" for debit dates
+EXTERNAL_REFERENCE_FIELD = "externalReference"
+EXTERNAL_REFERENCE_MAX = 100
+MEMO_MAX = 255
+MEMO_REFERENCE_PREFIX = "[ref "  # "<memo> [ref <reference>]" on bills and invoices
+PAYMENT_ID_FIELD = "paymentId"
+BILL_ID_FIELD = "billId"
+INVOICE_ID_FIELD = "invoiceId"
+ERROR_CUT_OFF_PASSED = "CutOffPassed"
+ERROR_TRACE_FIELD = "traceId"
+TRACE_HEADER = "x-plooto-id"
+ATTACHMENT_FILE_FIELD = "file"
+PAYMENT_METHOD_TO_PORTAL = {value: key for key, value in PAYMENT_METHOD.items()}
+INVOICE_SEND = {"now": "Now", "scheduled": "Scheduled", "draft": "Draft"}
+RECURRING_FREQUENCY_TO_PORTAL = {value: key for key, value in RECURRING_FREQUENCY.items()}
+INVOICE_TERMS = ("DueOnReceipt", "Net15", "Net30", "Net45", "Net60")
+REMINDER = Shape(
+    "reminder",
+    {
+        "reminderId": "str", "invoiceId": "str", "kind": "str", "scheduledFor": "ts?", "sentAt": "ts?",
+        "status": "str", "channel": "str?", "recipient": "str?",
+    },
+)  # fmt: skip
+
+
+def company_collection(company: str, collection: str) -> str:
+    """`/api/companies/{company}/{collection}`."""
+    return f"{COMPANY_PATH.format(company=company)}/{collection}"
+
+
+def memo_with_reference(memo: str | None, reference: str) -> str:
+    """A memo that carries the gateway's reference (the caller's memo first, trimmed to fit)."""
+    tag = f"{MEMO_REFERENCE_PREFIX}{reference}]"
+    text = (memo or "").strip()
+    room = MEMO_MAX - len(tag) - 1
+    return f"{text[:room]} {tag}" if text else tag
+
+
+def memo_has_reference(memo: Any, reference: str) -> bool:
+    return isinstance(memo, str) and memo.endswith(f"{MEMO_REFERENCE_PREFIX}{reference}]")
+
+
+def payment_body(
+    *,
+    bill_id: str,
+    amount: Decimal,
+    payment_method: str | None,
+    debit_bank_account_id: str,
+    requested_debit_date: str,
+    external_reference: str,
+    memo: str | None,
+) -> dict[str, Any]:
+    """The create-payment body; `payment_method` is a normalized method (eft, wire, …) or None."""
+    body: dict[str, Any] = {
+        BILL_ID_FIELD: bill_id,
+        "amount": str(amount),
+        "debitBankAccountId": debit_bank_account_id,
+        "requestedDebitDate": requested_debit_date,
+        EXTERNAL_REFERENCE_FIELD: external_reference,
+    }
+    if payment_method:
+        body["paymentMethod"] = PAYMENT_METHOD_TO_PORTAL[payment_method]
+    if memo:
+        body["memo"] = memo[:MEMO_MAX]
+    return body
+
+
+def _portal_lines(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for line in lines:
+        item: dict[str, Any] = {"description": line["description"]}
+        for ours, theirs in (("quantity", "quantity"), ("unit_price", "unitPrice"), ("amount", "amount"),
+                             ("account_code", "accountCode")):  # fmt: skip
+            if line.get(ours) is not None:
+                item[theirs] = str(line[ours]) if ours != "account_code" else line[ours]
+        out.append(item)
+    return out
+
+
+def bill_body(
+    *,
+    vendor_id: str,
+    number: str,
+    issue_date: str,
+    due_date: str,
+    lines: list[dict[str, Any]],
+    currency: str | None,
+    memo: str,
+) -> dict[str, Any]:
+    """The create-bill body (the memo already carries the reference)."""
+    body: dict[str, Any] = {
+        "vendorId": vendor_id, "billNumber": number, "issueDate": issue_date, "dueDate": due_date,
+        "lineItems": _portal_lines(lines), "memo": memo,
+    }  # fmt: skip
+    if currency:
+        body["currency"] = currency
+    return body
+
+
+def invoice_body(
+    *,
+    customer_id: str,
+    number: str | None,
+    issue_date: str | None,
+    terms: str | None,
+    due_date: str | None,
+    lines: list[dict[str, Any]],
+    memo: str,
+    send: str,
+    scheduled_send_date: str | None,
+    reminders: dict[str, Any] | None,
+    recurring: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The create-invoice body; `send` is now · scheduled · draft."""
+    body: dict[str, Any] = {
+        "customerId": customer_id, "lineItems": _portal_lines(lines), "memo": memo, "send": INVOICE_SEND[send],
+    }  # fmt: skip
+    optional = {"invoiceNumber": number, "issueDate": issue_date, "terms": terms, "dueDate": due_date,
+                "scheduledSendDate": scheduled_send_date}  # fmt: skip
+    body.update({key: value for key, value in optional.items() if value is not None})
+    if reminders is not None:
+        body["reminderSchedule"] = {
+            "enabled": bool(reminders.get("enabled", True)),
+            "daysBeforeDue": list(reminders.get("days_before_due", [])),
+            "daysAfterDue": list(reminders.get("days_after_due", [])),
+        }
+    if recurring is not None:
+        plan: dict[str, Any] = {"frequency": RECURRING_FREQUENCY_TO_PORTAL[recurring["frequency"]]}
+        if recurring.get("end_date"):
+            plan["endDate"] = recurring["end_date"]
+        body["recurring"] = plan
+    return body
