@@ -47,6 +47,18 @@ class Settings(BaseSettings):
     webhook_delivery_interval_seconds: float = Field(
         default=1.0, gt=0, description="How often the delivery worker looks for due webhook deliveries."
     )
+    write_wait_seconds: float = Field(
+        default=5.0, ge=0, description="How long a write request waits for the portal before answering 202."
+    )
+    write_timeout_seconds: float = Field(
+        default=60.0, gt=0, description="How long one portal write may take before its outcome is unknown."
+    )
+    write_settle_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        description="After an unknown outcome, how long the portal may still apply a write; a write not "
+        "found by then is sent again.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["console", "json"] = "console"
 
