@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 
 from plooto_api.api.app import create_app
 from plooto_api.config import Settings
+from plooto_api.store.database import head_revision
 
 
 @pytest.fixture
@@ -25,7 +26,7 @@ def test_health_reports_ok_and_the_schema_revision(client: TestClient) -> None:
     body = response.json()
     assert body["status"] == "ok"
     assert body["database"]["status"] == "ok"
-    assert body["database"]["revision"] == "0001"
+    assert body["database"]["revision"] == head_revision()
     assert response.headers["x-request-id"].startswith("req_")
 
 
