@@ -1,0 +1,304 @@
+"""Webhook endpoints and deliveries: create, read, delete, rotate secrets, test, redeliver, replay.
+
+Secrets are sealed in the vault (never stored in plain text) and returned only by `create_endpoint`
+and `rotate_secret`. Token scoping: an unrestricted token manages every endpoint; a token limited
+to companies or a connection sees only the endpoints it created, and those receive only its
+companies' events.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Select, select
+from sqlalchemy.orm import Session
+
+from plooto_api import schemas
+from plooto_api.services.tokens import Principal
+from plooto_api.store.base import new_id, utcnow
+from plooto_api.store.models import (
+    Company,
+    Event,
+    WebhookDelivery,
+    WebhookDeliveryAttempt,
+    WebhookEndpoint,
+)
+from plooto_api.store.vault import Vault
+from plooto_api.webhooks import schemas as wh_schemas
+from plooto_api.webhooks.delivery import SECRET_PURPOSE
+from plooto_api.webhooks.fanout import event_type_matches, forget_targets
+from plooto_api.webhooks.signing import generate_secret
+from plooto_api.webhooks.targets import InvalidWebhookUrl, check_target_url
+
+# A rotated-out secret still signs (beside the new one) this long, so receivers can switch over.
+PREVIOUS_SECRET_GRACE = timedelta(hours=24)
+TEST_EVENT_TYPE = "webhook_endpoint.test"
+_EVENT_PATTERN = re.compile(r"^(\*|[a-z_]+(\.[a-z_]+)*(\.\*)?)$")
+
+# The event types the gateway emits (subscriptions may also name a family, `bill.*`).
+EVENT_TYPES = (
+    "bill.created", "bill.updated", "bill.approval_updated", "bill.deleted",
+    "payment.created", "payment.updated", "payment.status_updated", "payment.sent", "payment.failed",
+    "payment.completed", "payment.deleted",
+    "invoice.created", "invoice.updated", "invoice.paid", "invoice.overdue", "invoice.deleted",
+    "connection.requires_action", "connection.repaired", "connection.upstream_changed",
+    "webhook_endpoint.disabled", TEST_EVENT_TYPE,
+)  # fmt: skip
+
+
+class WebhookError(Exception):
+    """A request about webhooks the caller can fix; `param` names the offending field."""
+
+    def __init__(self, code: str, message: str, param: str | None = None, status: int = 400) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.param = param
+        self.status = status
+
+
+def endpoint_to_schema(row: WebhookEndpoint) -> schemas.WebhookEndpoint:
+    """An endpoint row as its API object (never with its secret)."""
+    return schemas.WebhookEndpoint(
+        id=row.id,
+        url=row.url,
+        description=row.description,
+        events=row.event_types,
+        companies=row.company_ids,
+        enabled=row.enabled,
+        disabled_reason=row.disabled_reason,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def readable_endpoints(principal: Principal) -> Select[WebhookEndpoint]:
+    """The endpoints a token may see and manage."""
+    stmt = select(WebhookEndpoint)
+    access = principal.access
+    if access.company_ids is not None or access.connection_ids is not None:
+        stmt = stmt.where(WebhookEndpoint.owner == principal.token_id)
+    return stmt
+
+
+def get_endpoint(session: Session, principal: Principal, endpoint_id: str) -> WebhookEndpoint:
+    """One readable endpoint; WebhookError 404 otherwise."""
+    row = session.scalars(readable_endpoints(principal).where(WebhookEndpoint.id == endpoint_id)).first()
+    if row is None:
+        raise WebhookError("not_found", f"no webhook endpoint {endpoint_id[:64]}", "id", 404)
+    return row
+
+
+def _allowed_companies(session: Session, principal: Principal) -> set[str] | None:
+    access = principal.access
+    allowed: set[str] | None = None if access.company_ids is None else set(access.company_ids)
+    if access.connection_ids is not None:
+        in_connections = set(
+            session.scalars(select(Company.id).where(Company.connection_id.in_(access.connection_ids)))
+        )
+        allowed = in_connections if allowed is None else allowed & in_connections
+    return allowed
+
+
+def _check_events(events: list[str] | None) -> list[str] | None:
+    if events is None:
+        return None
+    if not events:
+        raise WebhookError(
+            "invalid_request", "events must name at least one type (omit it for all)", "events"
+        )
+    for item in events:
+        if not _EVENT_PATTERN.match(item):
+            raise WebhookError("invalid_request", f"events: {item[:80]!r} is not an event type", "events")
+    return sorted(set(events))
+
+
+def _seal_secret(vault: Vault, session: Session, endpoint_id: str, secret: str, previous: str | None) -> None:
+    until = (utcnow() + PREVIOUS_SECRET_GRACE).isoformat() if previous else None
+    value = {"current": secret, "previous": previous, "previous_expires_at": until}
+    vault.seal(session, endpoint_id, SECRET_PURPOSE, value)
+
+
+def create_endpoint(
+    session: Session,
+    vault: Vault,
+    principal: Principal,
+    body: wh_schemas.WebhookEndpointCreate,
+    *,
+    allow_private: bool,
+) -> wh_schemas.WebhookEndpointWithSecret:
+    """Create an endpoint; the returned object carries its secret, shown this once."""
+    try:
+        url = check_target_url(body.url, allow_private=allow_private)
+    except InvalidWebhookUrl as exc:
+        raise WebhookError("invalid_url", str(exc), "url") from exc
+    events = _check_events(body.events)
+    allowed = _allowed_companies(session, principal)
+    companies = None if body.companies is None else sorted(set(body.companies))
+    if companies is not None:
+        known = set(session.scalars(select(Company.id).where(Company.id.in_(companies))))
+        for company_id in companies:
+            if company_id not in known or (allowed is not None and company_id not in allowed):
+                raise WebhookError("invalid_request", f"companies: no company {company_id[:64]}", "companies")
+    elif allowed is not None:
+        companies = sorted(allowed)  # a limited token's endpoint hears only its own companies
+    row = WebhookEndpoint(
+        id=new_id("we"),
+        url=url,
+        description=body.description,
+        event_types=events,
+        company_ids=companies,
+        enabled=body.enabled,
+        owner=principal.token_id,
+    )
+    session.add(row)
+    secret = generate_secret()
+    _seal_secret(vault, session, row.id, secret, None)
+    session.flush()
+    forget_targets(session)
+    return wh_schemas.WebhookEndpointWithSecret(**endpoint_to_schema(row).model_dump(), secret=secret)
+
+
+def delete_endpoint(session: Session, vault: Vault, principal: Principal, endpoint_id: str) -> None:
+    """Delete an endpoint, its deliveries and its secret."""
+    row = get_endpoint(session, principal, endpoint_id)
+    vault.delete(session, row.id)
+    session.delete(row)
+    session.flush()
+    forget_targets(session)
+
+
+def rotate_secret(
+    session: Session, vault: Vault, principal: Principal, endpoint_id: str
+) -> wh_schemas.WebhookEndpointWithSecret:
+    """A new secret, returned this once; the old one still signs (beside it) for 24 hours."""
+    row = get_endpoint(session, principal, endpoint_id)
+    stored: dict[str, Any] | None = vault.open(session, row.id, SECRET_PURPOSE)
+    secret = generate_secret()
+    _seal_secret(vault, session, row.id, secret, stored["current"] if stored else None)
+    row.updated_at = utcnow()
+    return wh_schemas.WebhookEndpointWithSecret(**endpoint_to_schema(row).model_dump(), secret=secret)
+
+
+def queue_test_event(session: Session, principal: Principal, endpoint_id: str) -> WebhookDelivery:
+    """A `webhook_endpoint.test` event delivered to this endpoint alone."""
+    row = get_endpoint(session, principal, endpoint_id)
+    now = utcnow()
+    event = Event(id=new_id("evt"), type=TEST_EVENT_TYPE, object_type="webhook_endpoint", object_id=None,
+                  data=endpoint_to_schema(row).model_dump(mode="json"), created_at=now)  # fmt: skip
+    session.add(event)
+    delivery = WebhookDelivery(id=new_id("whd"), endpoint_id=row.id, event_id=event.id, object_id=None,
+                               status="pending", attempt_count=0, next_attempt_at=now)  # fmt: skip
+    delivery.event = event
+    session.add(delivery)
+    session.flush()
+    return delivery
+
+
+def requeue(
+    session: Session, events: Iterable[Event], endpoints: list[WebhookEndpoint], now: datetime
+) -> list[WebhookDelivery]:
+    """Queue `events` again to each of `endpoints` that subscribes to them (the schedule restarts)."""
+    from plooto_api.webhooks.fanout import _target
+
+    targets = [(e, _target(e.id, e.event_types, e.company_ids)) for e in endpoints if e.enabled]
+    queued = []
+    for event in events:
+        for endpoint, target in targets:
+            if not target.wants(event.type, event.company_id):
+                continue
+            delivery = session.scalars(
+                select(WebhookDelivery).where(
+                    WebhookDelivery.endpoint_id == endpoint.id, WebhookDelivery.event_id == event.id
+                )
+            ).first()
+            if delivery is None:
+                delivery = WebhookDelivery(id=new_id("whd"), endpoint_id=endpoint.id, event_id=event.id,
+                                           object_id=event.object_id)  # fmt: skip
+                session.add(delivery)
+            delivery.status = "pending"
+            delivery.attempt_count = 0
+            delivery.next_attempt_at = now
+            queued.append(delivery)
+    session.flush()
+    return queued
+
+
+def redeliver_event(session: Session, principal: Principal, event: Event) -> list[WebhookDelivery]:
+    """Queue one event again to every (readable, enabled, subscribed) endpoint."""
+    endpoints = list(session.scalars(readable_endpoints(principal)))
+    return requeue(session, [event], endpoints, utcnow())
+
+
+def replay(
+    session: Session,
+    *,
+    since: datetime,
+    event_type: str | None = None,
+    endpoint_id: str | None = None,
+    now: datetime | None = None,
+) -> list[WebhookDelivery]:
+    """Queue every event since `since` (optionally of a type or family, to one endpoint) again."""
+    stmt = select(WebhookEndpoint)
+    if endpoint_id is not None:
+        stmt = stmt.where(WebhookEndpoint.id == endpoint_id)
+    endpoints = list(session.scalars(stmt))
+    if endpoint_id is not None and not endpoints:
+        raise WebhookError("not_found", f"no webhook endpoint {endpoint_id}", "endpoint", 404)
+    events = [
+        e
+        for e in session.scalars(select(Event).where(Event.created_at >= since).order_by(Event.seq))
+        if e.type != TEST_EVENT_TYPE and (event_type is None or event_type_matches(event_type, e.type))
+    ]
+    return requeue(session, events, endpoints, now or utcnow())
+
+
+def list_deliveries(
+    session: Session,
+    endpoint_id: str,
+    *,
+    status: str | None,
+    after_id: str | None,
+    limit: int,
+) -> tuple[list[wh_schemas.WebhookDelivery], bool]:
+    """One page of an endpoint's deliveries, oldest first, with their attempts."""
+    stmt = (
+        select(WebhookDelivery, Event.type)
+        .join(Event, Event.id == WebhookDelivery.event_id)
+        .where(WebhookDelivery.endpoint_id == endpoint_id)
+    )
+    if status:
+        stmt = stmt.where(WebhookDelivery.status == status)
+    if after_id:
+        stmt = stmt.where(WebhookDelivery.id > after_id)
+    rows = session.execute(stmt.order_by(WebhookDelivery.id).limit(limit + 1)).all()
+    has_more = len(rows) > limit
+    rows = rows[:limit]
+    return [delivery_to_schema(session, d, t) for d, t in rows], has_more
+
+
+def delivery_to_schema(session: Session, row: WebhookDelivery, event_type: str) -> wh_schemas.WebhookDelivery:
+    """A delivery with its attempts, oldest first."""
+    attempts = session.scalars(
+        select(WebhookDeliveryAttempt)
+        .where(WebhookDeliveryAttempt.delivery_id == row.id)
+        .order_by(WebhookDeliveryAttempt.id)
+    )
+    return wh_schemas.WebhookDelivery(
+        id=row.id,
+        endpoint_id=row.endpoint_id,
+        event_id=row.event_id,
+        event_type=event_type,
+        object_id=row.object_id,
+        status=row.status,
+        attempt_count=row.attempt_count,
+        next_attempt_at=row.next_attempt_at,
+        last_attempt_at=row.last_attempt_at,
+        created_at=row.created_at,
+        attempts=[
+            wh_schemas.WebhookDeliveryAttempt.model_validate(a, from_attributes=True) for a in attempts
+        ],
+    )

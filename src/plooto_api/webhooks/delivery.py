@@ -1,0 +1,317 @@
+"""The delivery worker: claims due deliveries, posts them signed, records every attempt, and
+schedules the next try.
+
+Semantics:
+- At least once. A delivery is leased while in flight (its next attempt pushed out by `LEASE`), so
+  a worker that dies mid-send leaves it to be retried, never lost.
+- In order per endpoint and object: a delivery waits while an earlier event of the same object is
+  still pending (or retrying) for the same endpoint.
+- Retries after a failure (non-2xx, timeout after 10 s, connection error) on `RETRY_DELAYS`; after
+  the last one the delivery is `failed`. An endpoint whose deliveries have failed without a success
+  for `DISABLE_AFTER` is disabled with a `webhook_endpoint.disabled` event.
+- Time comes from the injected `now()` (scheduling, leases); the signature's `webhook-timestamp` is
+  the real wall clock, since receivers compare it with theirs.
+- Claiming is safe with several workers: `FOR UPDATE SKIP LOCKED` on PostgreSQL; on SQLite the
+  write transaction (BEGIN IMMEDIATE) serializes claims.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+from sqlalchemy import Select, exists, or_, select
+from sqlalchemy.orm import Session, aliased, sessionmaker
+
+from plooto_api import __version__, mapping
+from plooto_api.log import get_logger
+from plooto_api.services import events as event_service
+from plooto_api.store.base import utcnow
+from plooto_api.store.database import transaction
+from plooto_api.store.models import Event, WebhookDelivery, WebhookDeliveryAttempt, WebhookEndpoint
+from plooto_api.store.vault import Vault
+from plooto_api.webhooks.signing import signed_headers
+from plooto_api.webhooks.targets import address_allowed, parse_target
+
+log = get_logger(__name__)
+
+# After the first attempt (made as soon as the event exists): about three days in all.
+RETRY_DELAYS: tuple[timedelta, ...] = (
+    timedelta(seconds=5),
+    timedelta(minutes=5),
+    timedelta(minutes=30),
+    timedelta(hours=2),
+    timedelta(hours=5),
+    timedelta(hours=10),
+    timedelta(hours=14),
+    timedelta(hours=20),
+    timedelta(hours=24),
+)
+MAX_ATTEMPTS = len(RETRY_DELAYS) + 1
+REQUEST_TIMEOUT_SECONDS = 10.0
+LEASE = timedelta(seconds=60)  # longer than one attempt can take
+DISABLE_AFTER = timedelta(days=5)
+SECRET_PURPOSE = "webhook_secret"
+
+
+def event_payload(event: Event) -> str:
+    """The JSON body sent for an event: the event object, plus the Standard Webhooks `timestamp`."""
+    payload = mapping.event_to_schema(event).model_dump(mode="json")
+    payload["timestamp"] = payload["created_at"]
+    return json.dumps(payload, separators=(",", ":"), sort_keys=True)
+
+
+def signing_secrets(vault: Vault, session: Session, endpoint_id: str, now: datetime) -> list[str]:
+    """The endpoint's current secret, and the previous one while it is still honoured."""
+    stored: dict[str, Any] | None = vault.open(session, endpoint_id, SECRET_PURPOSE)
+    if not stored:
+        return []
+    found = [str(stored["current"])]
+    previous, until = stored.get("previous"), stored.get("previous_expires_at")
+    if previous and until and datetime.fromisoformat(until) > now:
+        found.append(str(previous))
+    return found
+
+
+@dataclass
+class _Claimed:
+    delivery_id: str
+    endpoint_id: str
+    url: str
+    event_id: str
+    body: str
+    secrets: list[str]
+
+
+@dataclass
+class _Outcome:
+    delivery_id: str
+    attempted_at: datetime
+    ok: bool
+    response_status: int | None
+    error: str | None
+    duration_ms: int
+
+
+class DeliveryWorker:
+    """Delivers due webhook deliveries. One instance per process is enough; several are safe."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        vault: Vault,
+        *,
+        allow_private: bool,
+        now: Callable[[], datetime] = utcnow,
+        transport: httpx.AsyncBaseTransport | None = None,
+        batch_size: int = 100,
+        concurrency: int = 16,
+        timeout: float = REQUEST_TIMEOUT_SECONDS,
+    ) -> None:
+        self.sessions = sessions
+        self.vault = vault
+        self.allow_private = allow_private
+        self.now = now
+        self.transport = transport
+        self.batch_size = batch_size
+        self.concurrency = concurrency
+        self.timeout = timeout
+
+    async def run_once(self) -> int:
+        """Attempt every delivery due now (up to one batch); returns how many were attempted."""
+        claimed = self._claim()
+        if claimed:
+            await self._send_and_record(claimed)
+        return len(claimed)
+
+    async def run_until_idle(self, max_rounds: int = 1000) -> int:
+        """Run batches until nothing is due at `now()`; returns how many attempts were made."""
+        total = 0
+        for _ in range(max_rounds):
+            attempted = await self.run_once()
+            if not attempted:
+                break
+            total += attempted
+        return total
+
+    async def deliver_now(self, delivery_id: str) -> bool:
+        """Attempt one delivery now, whatever its schedule (still after earlier events of its object).
+        False if it is not pending or must wait for an earlier one."""
+        claimed = self._claim(only_id=delivery_id)
+        if claimed:
+            await self._send_and_record(claimed)
+        return bool(claimed)
+
+    # --- claim ---------------------------------------------------------------------------------
+
+    def _due(self, now: datetime, only_id: str | None) -> Select[WebhookDelivery, Event, WebhookEndpoint]:
+        earlier = aliased(WebhookDelivery)
+        earlier_event = aliased(Event)
+        blocked = (
+            exists()
+            .where(
+                earlier.endpoint_id == WebhookDelivery.endpoint_id,
+                earlier.object_id == WebhookDelivery.object_id,
+                earlier.status == "pending",
+                earlier.id != WebhookDelivery.id,
+                earlier_event.id == earlier.event_id,
+                earlier_event.seq < Event.seq,
+            )
+            .correlate(WebhookDelivery, Event)
+        )
+        stmt = (
+            select(WebhookDelivery, Event, WebhookEndpoint)
+            .join(Event, Event.id == WebhookDelivery.event_id)
+            .join(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id)
+            .where(
+                WebhookDelivery.status == "pending",
+                WebhookEndpoint.enabled.is_(True),
+                or_(WebhookDelivery.object_id.is_(None), ~blocked),
+            )
+        )
+        if only_id is None:
+            stmt = stmt.where(WebhookDelivery.next_attempt_at <= now)
+        else:
+            stmt = stmt.where(WebhookDelivery.id == only_id)
+        return stmt.order_by(Event.seq).limit(self.batch_size)
+
+    def _claim(self, only_id: str | None = None) -> list[_Claimed]:
+        now = self.now()
+        claimed: list[_Claimed] = []
+        with transaction(self.sessions) as session:
+            stmt = self._due(now, only_id)
+            if session.get_bind().dialect.name == "postgresql":
+                stmt = stmt.with_for_update(skip_locked=True, of=WebhookDelivery)
+            secrets: dict[str, list[str]] = {}
+            for delivery, event, endpoint in session.execute(stmt).all():
+                if endpoint.id not in secrets:
+                    secrets[endpoint.id] = signing_secrets(self.vault, session, endpoint.id, now)
+                delivery.next_attempt_at = now + LEASE  # leased: another worker leaves it alone
+                claimed.append(
+                    _Claimed(
+                        delivery.id,
+                        endpoint.id,
+                        endpoint.url,
+                        event.id,
+                        event_payload(event),
+                        secrets[endpoint.id],
+                    )
+                )
+        return claimed
+
+    # --- send ----------------------------------------------------------------------------------
+
+    async def _send_and_record(self, claimed: list[_Claimed]) -> None:
+        limit = asyncio.Semaphore(self.concurrency)
+        async with httpx.AsyncClient(
+            transport=self.transport,
+            timeout=httpx.Timeout(self.timeout),
+            follow_redirects=False,  # a redirect could point anywhere, past the target check
+            trust_env=False,
+        ) as client:
+
+            async def one(item: _Claimed) -> _Outcome:
+                async with limit:
+                    return await self._attempt(client, item)
+
+            outcomes = await asyncio.gather(*(one(item) for item in claimed))
+        self._record(list(outcomes))
+
+    async def _refused_address(self, url: str) -> str | None:
+        if self.allow_private:
+            return None
+        host, port = parse_target(url)
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=0)
+        except OSError:
+            return f"target host {host} does not resolve"
+        for info in infos:
+            address = str(info[4][0])
+            if not address_allowed(address):
+                return f"target host {host} resolves to a refused address {address}"
+        return None
+
+    async def _attempt(self, client: httpx.AsyncClient, item: _Claimed) -> _Outcome:
+        attempted_at = self.now()
+        started = time.perf_counter()
+        status: int | None = None
+        error: str | None = None
+        try:
+            error = await self._refused_address(item.url)
+            if error is None and not item.secrets:
+                error = "endpoint has no signing secret"
+            if error is None:
+                headers = signed_headers(item.secrets, item.event_id, item.body, datetime.now(UTC))
+                headers["content-type"] = "application/json"
+                headers["user-agent"] = f"plooto-api-webhooks/{__version__}"
+                response = await client.post(item.url, content=item.body.encode(), headers=headers)
+                status = response.status_code
+                if not 200 <= status < 300:
+                    error = f"endpoint answered HTTP {status}"
+        except httpx.TimeoutException:
+            error = f"no response within {self.timeout:g} s"
+        except (httpx.HTTPError, ValueError) as exc:
+            error = f"{type(exc).__name__}: {exc}"[:500]
+        duration_ms = int((time.perf_counter() - started) * 1000)
+        return _Outcome(item.delivery_id, attempted_at, error is None, status, error, duration_ms)
+
+    # --- record --------------------------------------------------------------------------------
+
+    def _record(self, outcomes: list[_Outcome]) -> None:
+        now = self.now()
+        with transaction(self.sessions) as session:
+            for outcome in outcomes:
+                delivery = session.get(WebhookDelivery, outcome.delivery_id)
+                if delivery is None:
+                    continue  # its endpoint was deleted meanwhile
+                endpoint = session.get(WebhookEndpoint, delivery.endpoint_id)
+                assert endpoint is not None
+                session.add(
+                    WebhookDeliveryAttempt(
+                        delivery_id=delivery.id,
+                        attempted_at=outcome.attempted_at,
+                        response_status=outcome.response_status,
+                        error=outcome.error,
+                        duration_ms=outcome.duration_ms,
+                    )
+                )
+                delivery.attempt_count += 1
+                delivery.last_attempt_at = outcome.attempted_at
+                if outcome.ok:
+                    delivery.status = "succeeded"
+                    delivery.next_attempt_at = None
+                    endpoint.failing_since = None
+                    continue
+                if delivery.attempt_count >= MAX_ATTEMPTS:
+                    delivery.status = "failed"
+                    delivery.next_attempt_at = None
+                else:
+                    delivery.next_attempt_at = now + RETRY_DELAYS[delivery.attempt_count - 1]
+                log.info("webhook_attempt_failed", delivery=delivery.id, endpoint=endpoint.id,
+                         attempt=delivery.attempt_count, error=outcome.error)  # fmt: skip
+                if endpoint.failing_since is None:
+                    endpoint.failing_since = outcome.attempted_at
+                elif endpoint.enabled and now - endpoint.failing_since >= DISABLE_AFTER:
+                    self._disable(session, endpoint, now)
+
+    def _disable(self, session: Session, endpoint: WebhookEndpoint, now: datetime) -> None:
+        endpoint.enabled = False
+        endpoint.disabled_reason = "deliveries failed for 5 days"
+        endpoint.updated_at = now
+        log.warning("webhook_endpoint_disabled", endpoint=endpoint.id)
+        session.flush()
+        from plooto_api.services.webhooks import endpoint_to_schema
+
+        event_service.record_event(
+            session,
+            "webhook_endpoint.disabled",
+            data=endpoint_to_schema(endpoint).model_dump(mode="json"),
+            object_type="webhook_endpoint",
+            object_id=endpoint.id,
+        )

@@ -1,0 +1,96 @@
+"""Fan-out: one pending delivery per matching endpoint, staged in the same transaction as the event,
+so no event can be committed without its deliveries (nor a delivery without its event)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from plooto_api.store.base import new_id
+from plooto_api.store.models import Event, WebhookDelivery, WebhookEndpoint
+
+# session.info key: the enabled endpoints, read once per transaction (a sync writes many events).
+_CACHE_KEY = "plooto_api.webhook_targets"
+
+
+@dataclass(frozen=True)
+class Target:
+    """What an enabled endpoint wants: event types (exact, or `prefix.*`) and companies."""
+
+    endpoint_id: str
+    event_types: frozenset[str] | None
+    type_prefixes: tuple[str, ...]
+    company_ids: frozenset[str] | None
+
+    def wants(self, event_type: str, company_id: str | None) -> bool:
+        """Whether this endpoint subscribes to an event of `event_type` in `company_id`."""
+        if (
+            self.event_types is not None
+            and event_type not in self.event_types
+            and not any(event_type.startswith(prefix) for prefix in self.type_prefixes)
+        ):
+            return False
+        # An endpoint limited to companies gets only those companies' events.
+        return self.company_ids is None or (company_id is not None and company_id in self.company_ids)
+
+
+def event_type_matches(pattern: str, event_type: str) -> bool:
+    """`bill.*` matches every bill event; `*` matches everything; otherwise an exact match."""
+    if pattern == "*":
+        return True
+    if pattern.endswith(".*"):
+        return event_type.startswith(pattern[:-1])
+    return pattern == event_type
+
+
+def _target(endpoint_id: str, event_types: list[str] | None, company_ids: list[str] | None) -> Target:
+    exact = None if event_types is None or "*" in event_types else frozenset(event_types)
+    prefixes = tuple(t[:-1] for t in event_types or [] if t.endswith(".*"))
+    companies = None if company_ids is None else frozenset(company_ids)
+    return Target(endpoint_id, exact, prefixes, companies)
+
+
+def targets(session: Session) -> list[Target]:
+    """The enabled endpoints, read once per transaction of `session`."""
+    transaction = session.get_transaction()
+    cached = session.info.get(_CACHE_KEY)
+    if cached is not None and transaction is not None and cached[0] is transaction:
+        return list(cached[1])
+    with session.no_autoflush:  # the caller's pending rows flush when the caller decides
+        rows = session.execute(
+            select(WebhookEndpoint.id, WebhookEndpoint.event_types, WebhookEndpoint.company_ids).where(
+                WebhookEndpoint.enabled.is_(True)
+            )
+        ).all()
+    found = [_target(r.id, r.event_types, r.company_ids) for r in rows]
+    if transaction is not None:
+        session.info[_CACHE_KEY] = (transaction, found)
+    return found
+
+
+def forget_targets(session: Session) -> None:
+    """Drop the cached endpoints (after creating, changing or deleting one in this transaction)."""
+    session.info.pop(_CACHE_KEY, None)
+
+
+def fan_out(session: Session, event: Event) -> list[WebhookDelivery]:
+    """Stage a pending delivery of `event` for every enabled endpoint that wants it."""
+    deliveries = []
+    for target in targets(session):
+        if not target.wants(event.type, event.company_id):
+            continue
+        delivery = WebhookDelivery(
+            id=new_id("whd"),
+            endpoint_id=target.endpoint_id,
+            event_id=event.id,
+            object_id=event.object_id,
+            status="pending",
+            attempt_count=0,
+            next_attempt_at=event.created_at,
+        )
+        delivery.event = event
+        session.add(delivery)
+        deliveries.append(delivery)
+    return deliveries
