@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
+from sqlalchemy import Select, delete, select
 from sqlalchemy.orm import Session
 
 from plooto_api.store.base import new_id, utcnow
 from plooto_api.store.models import Event
+from plooto_api.store.scope import AccessScope
+from plooto_api.webhooks.fanout import fan_out
 
 
 def record_event(
@@ -32,4 +36,29 @@ def record_event(
         created_at=utcnow(),
     )
     session.add(event)
+    # Its webhook deliveries commit (or not) with it, so none can be lost in between.
+    fan_out(session, event)
     return event
+
+
+def readable_events(access: AccessScope) -> Select[Event]:
+    """The events a caller may see: its connections' and companies' (events of no company, such as
+    a connection's, only without a company limit)."""
+    stmt = select(Event)
+    if access.connection_ids is not None:
+        stmt = stmt.where(Event.connection_id.in_(access.connection_ids))
+    if access.company_ids is not None:
+        stmt = stmt.where(Event.company_id.in_(access.company_ids))
+    return stmt
+
+
+def purge_events(session: Session, older_than: datetime, batch: int = 1000) -> int:
+    """Delete one batch of events created before `older_than` (their deliveries go with them)."""
+    seqs = list(
+        session.scalars(
+            select(Event.seq).where(Event.created_at < older_than).order_by(Event.seq).limit(batch)
+        )
+    )
+    if seqs:
+        session.execute(delete(Event).where(Event.seq.in_(seqs)))
+    return len(seqs)
