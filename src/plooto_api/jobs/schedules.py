@@ -23,8 +23,16 @@ def schedule_connection(engine: InProcessEngine, ctx: JobContext, connection_id:
                  settings.keep_alive_interval_seconds, run_now=False)  # fmt: skip
 
 
+def schedule_gateway(engine: InProcessEngine, ctx: JobContext) -> None:
+    """The jobs every gateway runs once, whatever its connections: webhook delivery, event purge."""
+    engine.every("webhooks:deliver", "webhooks.deliver", None, ctx.settings.webhook_delivery_interval_seconds,
+                 key="webhooks:deliver")  # fmt: skip
+    engine.every("events:purge", "events.purge", None, 3600.0, key="events:purge", run_now=False)
+
+
 def schedule_all(engine: InProcessEngine, ctx: JobContext) -> int:
-    """Schedule every connection in the store; returns how many."""
+    """Schedule the gateway's own jobs and every connection in the store; returns how many connections."""
+    schedule_gateway(engine, ctx)
     with ctx.sessions() as session:
         ids = list(session.scalars(select(Connection.id)))
     for connection_id in ids:
