@@ -302,3 +302,13 @@ def delivery_to_schema(session: Session, row: WebhookDelivery, event_type: str) 
             wh_schemas.WebhookDeliveryAttempt.model_validate(a, from_attributes=True) for a in attempts
         ],
     )
+
+
+def delivery_schema_by_id(session: Session, delivery_id: str) -> wh_schemas.WebhookDelivery:
+    """One delivery with its attempts."""
+    delivery, event_type = session.execute(
+        select(WebhookDelivery, Event.type)
+        .join(Event, Event.id == WebhookDelivery.event_id)
+        .where(WebhookDelivery.id == delivery_id)
+    ).one()
+    return delivery_to_schema(session, delivery, event_type)

@@ -1,0 +1,122 @@
+"""`GET /events`, `GET /events/{id}` and `POST /events/{id}/redeliver`."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel
+from sqlalchemy import or_
+
+from plooto_api import mapping, schemas
+from plooto_api.api.auth import require_scope
+from plooto_api.api.errors import ApiError
+from plooto_api.services import webhooks as webhook_service
+from plooto_api.services.events import readable_events
+from plooto_api.services.tokens import Principal
+from plooto_api.store.database import transaction
+from plooto_api.store.models import Event
+from plooto_api.store.pagination import MAX_LIMIT, InvalidCursor, decode_cursor, encode_cursor
+from plooto_api.webhooks import schemas as wh_schemas
+
+router = APIRouter(tags=["events"])
+_read = Depends(require_scope("events:read"))
+_write = Depends(require_scope("webhooks:write"))
+
+
+class EventList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[schemas.Event]
+    has_more: bool
+    next_cursor: str | None = None
+
+
+class DeliveryList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[wh_schemas.WebhookDelivery]
+    has_more: bool = False
+    next_cursor: str | None = None
+
+
+def _after_seq(cursor: str) -> int:
+    try:
+        text = decode_cursor(cursor)
+        if not text.isdigit():
+            raise InvalidCursor("cursor is not valid")
+        return int(text)
+    except InvalidCursor as exc:
+        raise ApiError(400, "invalid_cursor", str(exc), param="cursor") from exc
+
+
+@router.get("/events", response_model=EventList, summary="List events, oldest first")
+def list_events(
+    request: Request,
+    principal: Principal = _read,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 25,
+    cursor: Annotated[str | None, Query(max_length=500)] = None,
+    type: Annotated[
+        list[str] | None,
+        Query(max_length=100, description="Event type, or a family such as `bill.*` (repeatable)."),
+    ] = None,
+    company: Annotated[str | None, Query(max_length=40)] = None,
+    object_id: Annotated[str | None, Query(max_length=40)] = None,
+    created_from: Annotated[datetime | None, Query(description="Created at or after (ISO 8601).")] = None,
+    created_to: Annotated[datetime | None, Query(description="Created at or before (ISO 8601).")] = None,
+) -> Any:
+    stmt = readable_events(principal.access)
+    if type:
+        clauses = [
+            Event.type.startswith(t[:-1], autoescape=True) if t.endswith(".*") else Event.type == t
+            for t in type
+        ]
+        stmt = stmt.where(or_(*clauses))
+    if company:
+        stmt = stmt.where(Event.company_id == company)
+    if object_id:
+        stmt = stmt.where(Event.object_id == object_id)
+    for value, name in ((created_from, "created_from"), (created_to, "created_to")):
+        if value is not None and value.tzinfo is None:
+            raise ApiError(400, "invalid_request", f"{name}: give a time zone (e.g. Z)", param=name)
+    if created_from is not None:
+        stmt = stmt.where(Event.created_at >= created_from)
+    if created_to is not None:
+        stmt = stmt.where(Event.created_at <= created_to)
+    if cursor:
+        stmt = stmt.where(Event.seq > _after_seq(cursor))
+    with request.app.state.sessions() as session:
+        rows = list(session.scalars(stmt.order_by(Event.seq).limit(limit + 1)))
+    has_more = len(rows) > limit
+    rows = rows[:limit]
+    return {
+        "object": "list",
+        "data": [mapping.event_to_schema(r) for r in rows],
+        "has_more": has_more,
+        "next_cursor": encode_cursor(str(rows[-1].seq)) if has_more else None,
+    }
+
+
+def _event(session: Any, principal: Principal, event_id: str) -> Event:
+    row: Event | None = session.scalars(readable_events(principal.access).where(Event.id == event_id)).first()
+    if row is None:
+        raise ApiError(404, "not_found", f"no event {event_id[:64]}", param="id")
+    return row
+
+
+@router.get("/events/{event_id}", response_model=schemas.Event, summary="Get one event")
+def get_event(request: Request, event_id: str, principal: Principal = _read) -> Any:
+    with request.app.state.sessions() as session:
+        return mapping.event_to_schema(_event(session, principal, event_id))
+
+
+@router.post(
+    "/events/{event_id}/redeliver",
+    response_model=DeliveryList,
+    summary="Queue an event again to every subscribed endpoint",
+)
+def redeliver_event(request: Request, event_id: str, principal: Principal = _write) -> Any:
+    with transaction(request.app.state.sessions) as session:
+        event = _event(session, principal, event_id)
+        deliveries = webhook_service.redeliver_event(session, principal, event)
+        data = [webhook_service.delivery_to_schema(session, d, event.type) for d in deliveries]
+    return {"object": "list", "data": data, "has_more": False, "next_cursor": None}
