@@ -218,6 +218,46 @@ def tokens_revoke(
     run_revoke(load_settings(data_dir=data_dir, database_url=database_url), console, token_id)
 
 
+events_app = typer.Typer(
+    help="Follow events live and replay them to webhook endpoints.", no_args_is_help=True
+)
+app.add_typer(events_app, name="events")
+
+
+@events_app.command("tail")
+def events_tail(
+    event_type: Annotated[
+        list[str] | None, typer.Option("--type", help="Only this type, or a family like bill.* (repeatable).")
+    ] = None,
+    interval: Annotated[float, typer.Option(min=0.05, help="Seconds between polls of the store.")] = 1.0,
+    count: Annotated[int | None, typer.Option(min=1, help="Stop after this many events.")] = None,
+    data_dir: DataDirOption = None,
+    database_url: DatabaseUrlOption = None,
+) -> None:
+    """Print one line per new event as it is recorded, until Ctrl-C."""
+    from plooto_api.cli.events import run_tail
+
+    settings = load_settings(data_dir=data_dir, database_url=database_url)
+    run_tail(settings, console, event_types=event_type or [], interval=interval, count=count)
+
+
+@events_app.command("replay")
+def events_replay(
+    since: Annotated[str, typer.Option(help="ISO 8601 time, or an age such as 30m, 2h, 3d.")],
+    event_type: Annotated[
+        str | None, typer.Option("--type", help="Only this type or family (bill.*).")
+    ] = None,
+    endpoint: Annotated[str | None, typer.Option(help="Only to this webhook endpoint (we_…).")] = None,
+    data_dir: DataDirOption = None,
+    database_url: DatabaseUrlOption = None,
+) -> None:
+    """Queue past events again to their webhook endpoints (delivered by the running gateway)."""
+    from plooto_api.cli.events import run_replay
+
+    settings = load_settings(data_dir=data_dir, database_url=database_url)
+    run_replay(settings, console, since=since, event_type=event_type, endpoint=endpoint)
+
+
 @db_app.command("upgrade")
 def db_upgrade(data_dir: DataDirOption = None, database_url: DatabaseUrlOption = None) -> None:
     """Migrate the database schema to the newest version."""
