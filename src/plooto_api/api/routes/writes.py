@@ -1,0 +1,280 @@
+"""Routes that write to the portal: payments, bills, invoices, approvals, cancel, remind.
+
+Each route checks its scope, honours `Idempotency-Key`, lets `services.writes` resolve the request
+against the store (clear 4xx before anything is sent), records the intent and runs the write as a
+job. If the portal answers within the short wait the object comes back; otherwise `202` with the
+operation to poll at `GET /operations/{id}`.
+"""
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Callable
+from datetime import date
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy.orm import Session
+
+from plooto_api.api.auth import require_scope
+from plooto_api.api.errors import ApiError, error_body
+from plooto_api.services import idempotency, writes
+from plooto_api.services.tokens import Principal
+from plooto_api.store import models
+
+router = APIRouter(tags=["writes"])
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+REPLAYED_HEADER = "Idempotent-Replayed"
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CreatePayment(Body):
+    bill_id: str = Field(max_length=64, description="An approved bill.")
+    amount: Decimal | None = Field(None, description="Decimal string; default: the amount due.")
+    method: Literal["eft", "ach", "cheque", "wire", "card", "instant", "email_transfer"] | None = Field(
+        None, description="Default: the vendor's default method for the currencies."
+    )
+    debit_bank_account_id: str | None = Field(
+        None, max_length=64, description="Default: the company's account."
+    )
+    scheduled_for: date | None = Field(
+        None, description="Debit date; default: the earliest the portal allows."
+    )
+    memo: str | None = Field(None, max_length=255)
+
+
+class Line(Body):
+    description: str = Field(min_length=1, max_length=500)
+    quantity: Decimal | None = None
+    unit_price: Decimal | None = None
+    amount: Decimal | None = None
+    account_code: str | None = Field(None, max_length=64)
+
+
+class CreateBill(Body):
+    vendor_id: str = Field(max_length=64)
+    number: str = Field(min_length=1, max_length=100)
+    issue_date: date
+    due_date: date
+    lines: list[Line] = Field(min_length=1, max_length=500)
+    currency: str | None = Field(None, min_length=3, max_length=3)
+    memo: str | None = Field(None, max_length=200)
+
+
+class Reminders(Body):
+    enabled: bool = True
+    days_before_due: list[int] = Field(default_factory=list, max_length=10)
+    days_after_due: list[int] = Field(default_factory=list, max_length=10)
+
+
+class Recurring(Body):
+    frequency: Literal["weekly", "biweekly", "monthly"]
+    end_date: date | None = None
+
+
+class CreateInvoice(Body):
+    customer_id: str = Field(max_length=64)
+    number: str | None = Field(None, max_length=100)
+    issue_date: date | None = None
+    terms: Literal["DueOnReceipt", "Net15", "Net30", "Net45", "Net60"] | None = None
+    due_date: date | None = None
+    lines: list[Line] = Field(min_length=1, max_length=500)
+    memo: str | None = Field(None, max_length=200)
+    send: Literal["now", "scheduled", "draft"] = "now"
+    scheduled_send_date: date | None = None
+    reminders: Reminders | None = None
+    recurring: Recurring | None = None
+
+
+class Decision(Body):
+    comment: str | None = Field(None, max_length=500)
+
+
+def _error(request: Request, status: int, code: str, message: str, param: str | None = None) -> JSONResponse:
+    return JSONResponse(error_body(request, code, message, param), status_code=status)
+
+
+async def _perform(
+    request: Request,
+    principal: Principal,
+    fingerprint_body: Any,
+    prepare: Callable[[Session], writes.Intent],
+) -> JSONResponse:
+    """Idempotency, store checks, intent, job, short wait: the same for every write."""
+    state = request.app.state
+    sessions = state.sessions
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    record_id: int | None = None
+    if key is not None:
+        fingerprint = idempotency.request_hash(request.method, request.url.path, fingerprint_body)
+        try:
+            claim = await asyncio.to_thread(
+                idempotency.claim, sessions, owner=principal.token_id, key=key, method=request.method,
+                path=request.url.path, fingerprint=fingerprint,
+            )  # fmt: skip
+        except idempotency.InvalidKey as exc:
+            raise ApiError(400, "invalid_idempotency_key", str(exc), param=IDEMPOTENCY_HEADER) from exc
+        if claim.outcome == "reused":
+            raise ApiError(422, "idempotency_key_reused",
+                           "this Idempotency-Key was used with a different request", param=IDEMPOTENCY_HEADER)  # fmt: skip
+        if claim.outcome == "in_flight":
+            raise ApiError(409, "idempotency_key_in_flight",
+                           "a request with this Idempotency-Key is still in progress; retry later",
+                           param=IDEMPOTENCY_HEADER)  # fmt: skip
+        if claim.outcome == "replay":
+            return JSONResponse(claim.response_body, status_code=claim.response_status or 200,
+                                headers={REPLAYED_HEADER: "true"})  # fmt: skip
+        record_id = claim.record_id
+    try:
+        with sessions() as session:
+            intent = prepare(session)
+        operation = writes.record_intent(sessions, principal, intent, idempotency_record=record_id,
+                                         request_id=getattr(request.state, "request_id", None))  # fmt: skip
+    except writes.WriteRefused as exc:
+        body = error_body(request, exc.code, exc.message, exc.param)
+        if record_id is not None:
+            idempotency.complete(sessions, record_id, exc.status, body)
+        return JSONResponse(body, status_code=exc.status)
+    except BaseException:
+        if record_id is not None:
+            idempotency.release(sessions, record_id)
+        raise
+    task = state.jobs.enqueue(
+        "writes.execute", {"operation_id": operation.id}, key=f"operation:{operation.id}"
+    )
+    with contextlib.suppress(TimeoutError):  # still running: answer 202 with the operation
+        await asyncio.wait_for(asyncio.shield(task), timeout=state.settings.write_wait_seconds)
+    with sessions() as session:
+        row = session.get(models.Operation, operation.id)
+        assert row is not None
+    if row.status == "succeeded":
+        status, body = (201 if row.kind.startswith("create_") else 200), writes.response_body(row)
+    elif row.status in ("failed", "requires_action"):
+        status, body = writes.error_response(row)
+        body["error"]["request_id"] = getattr(request.state, "request_id", None)
+    else:
+        status, body = 202, writes.operation_json(row)
+    if record_id is not None:
+        await asyncio.to_thread(idempotency.complete, sessions, record_id, status, body)
+    return JSONResponse(body, status_code=status, headers={"Operation-Id": row.id})
+
+
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    202: {"description": "The portal has not answered yet: the operation to poll."},
+    409: {"description": "writes_blocked, idempotency_key_in_flight, or the object's state forbids it."},
+    422: {"description": "A rule refused it (bill_not_approved, amount_exceeds_amount_due, the portal's refusal, "
+          "idempotency_key_reused)."},
+}  # fmt: skip
+
+
+@router.post("/create_payment", status_code=201, responses=_RESPONSES, summary="Pay an approved bill")
+async def create_payment(
+    request: Request,
+    body: CreatePayment,
+    principal: Annotated[Principal, Depends(require_scope("payments:write"))],
+) -> JSONResponse:
+    data = body.model_dump()
+    return await _perform(request, principal, body.model_dump(mode="json"),
+                          lambda s: writes.prepare_create_payment(s, principal, data))  # fmt: skip
+
+
+@router.post("/create_invoice", status_code=201, responses=_RESPONSES, summary="Create (and send) an invoice")
+async def create_invoice(
+    request: Request,
+    body: CreateInvoice,
+    principal: Annotated[Principal, Depends(require_scope("invoices:write"))],
+) -> JSONResponse:
+    data = body.model_dump(mode="json")
+    return await _perform(
+        request, principal, data, lambda s: writes.prepare_create_invoice(s, principal, data)
+    )
+
+
+@router.post(
+    "/create_bill", status_code=201, responses=_RESPONSES, summary="Create a bill (JSON, or multipart with a file)",
+    description="JSON body, or multipart/form-data with a `bill` field (the same JSON) and a `file` attachment.",
+)  # fmt: skip
+async def create_bill(
+    request: Request, principal: Annotated[Principal, Depends(require_scope("bills:write"))]
+) -> JSONResponse:
+    attachment: tuple[str, bytes, str] | None = None
+    content_type = request.headers.get("content-type", "")
+    try:
+        if content_type.startswith("multipart/form-data"):
+            form = await request.form()
+            raw = form.get("bill")
+            if not isinstance(raw, str):
+                raise ApiError(400, "invalid_request", "multipart requests carry the bill as a `bill` JSON field",
+                               param="bill")  # fmt: skip
+            payload = json.loads(raw)
+            upload = form.get("file")
+            if upload is not None and not isinstance(upload, str):
+                content = await upload.read()
+                attachment = (
+                    upload.filename or "attachment",
+                    content,
+                    upload.content_type or "application/pdf",
+                )
+        else:
+            payload = await request.json()
+        body = CreateBill.model_validate(payload)
+    except (ValueError, ValidationError) as exc:
+        errors = exc.errors() if isinstance(exc, ValidationError) else []
+        param = ".".join(str(p) for p in errors[0]["loc"]) if errors else None
+        raise ApiError(400, "invalid_request", errors[0]["msg"] if errors else "the body is not valid JSON",
+                       param=param) from None  # fmt: skip
+    data = body.model_dump(mode="json")
+    fingerprint = {**data, "attachment": [attachment[0], len(attachment[1])] if attachment else None}
+    return await _perform(request, principal, fingerprint,
+                          lambda s: writes.prepare_create_bill(s, principal, data, attachment))  # fmt: skip
+
+
+@router.post("/approvals/{approval_id}/approve", responses=_RESPONSES, summary="Approve a bill or a payment")
+async def approve(
+    request: Request, approval_id: str, principal: Annotated[Principal, Depends(require_scope("approvals:write"))],
+    body: Decision | None = None,
+) -> JSONResponse:  # fmt: skip
+    comment = body.comment if body else None
+    return await _perform(request, principal, {"id": approval_id, "comment": comment},
+                          lambda s: writes.prepare_decision(s, principal, approval_id, "approve", comment))  # fmt: skip
+
+
+@router.post("/approvals/{approval_id}/reject", responses=_RESPONSES, summary="Reject a bill or a payment")
+async def reject(
+    request: Request, approval_id: str, principal: Annotated[Principal, Depends(require_scope("approvals:write"))],
+    body: Decision | None = None,
+) -> JSONResponse:  # fmt: skip
+    comment = body.comment if body else None
+    return await _perform(request, principal, {"id": approval_id, "comment": comment},
+                          lambda s: writes.prepare_decision(s, principal, approval_id, "reject", comment))  # fmt: skip
+
+
+@router.post(
+    "/payments/{payment_id}/cancel", responses=_RESPONSES, summary="Cancel a payment not yet debited"
+)
+async def cancel_payment(
+    request: Request,
+    payment_id: str,
+    principal: Annotated[Principal, Depends(require_scope("payments:write"))],
+) -> JSONResponse:
+    return await _perform(request, principal, {"id": payment_id},
+                          lambda s: writes.prepare_cancel_payment(s, principal, payment_id))  # fmt: skip
+
+
+@router.post(
+    "/invoices/{invoice_id}/remind", responses=_RESPONSES, summary="Send a reminder for an invoice now"
+)
+async def remind(
+    request: Request,
+    invoice_id: str,
+    principal: Annotated[Principal, Depends(require_scope("invoices:write"))],
+) -> JSONResponse:
+    return await _perform(request, principal, {"id": invoice_id},
+                          lambda s: writes.prepare_remind(s, principal, invoice_id))  # fmt: skip

@@ -1,0 +1,763 @@
+"""Writes to the portal that never happen twice: intents, execution, read-back and recovery.
+
+A write becomes an `Operation` whose intent (kind, resolved portal parameters and a unique
+`reference`) is committed BEFORE anything is sent. Writes that create an object put the reference
+into it (a payment's external reference, a bill's or invoice's memo). After any unknown outcome —
+a timeout, a dropped connection, a 5xx, the gateway killed mid-request — the operation reads the
+portal back and matches the reference before it may send again; while the portal may still be
+applying an earlier send (the settle window), "not found" proves nothing and nothing is re-sent.
+Decisions the portal itself refuses to repeat (approve, reject, cancel) are simply sent again and
+a "decided already" answer is checked against the object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from plooto_api import mapping
+from plooto_api.jobs.context import JobContext
+from plooto_api.log import get_logger
+from plooto_api.money import from_minor, to_minor
+from plooto_api.services import audit, idempotency
+from plooto_api.services import objects as object_service
+from plooto_api.services.connections import change_state
+from plooto_api.services.tokens import Principal
+from plooto_api.store import models
+from plooto_api.store.base import new_id, utcnow
+from plooto_api.store.database import transaction
+from plooto_api.upstream import (
+    AmbiguousWriteOutcome,
+    AuthenticationError,
+    NotFound,
+    PermissionDenied,
+    PortalRuleViolation,
+    PortalSession,
+    RateLimited,
+    UpstreamChanged,
+    UpstreamUnavailable,
+    WriteResult,
+)
+
+log = get_logger(__name__)
+
+TERMINAL = {"succeeded", "failed", "requires_action"}
+MAX_SENDS = 5  # sends of one operation, each after a read-back that found nothing
+READ_BACK_POLL_SECONDS = 0.25
+ATTACHMENT_MAX_BYTES = 10 * 1024 * 1024
+
+# The portal's refusal codes as the API states them: (HTTP status, our code).
+PORTAL_CODES: dict[str, tuple[int, str]] = {
+    "AmountExceedsOpenBalance": (422, "amount_exceeds_amount_due"),
+    "BillNotApproved": (422, "bill_not_approved"),
+    "SelfApprovalNotAllowed": (422, "self_approval_not_allowed"),
+    "NotAnApprover": (422, "not_an_approver"),
+    "AlreadyDecided": (409, "already_decided"),
+    "InvalidState": (409, "invalid_state"),
+    "DebitDateInPast": (422, "debit_date_in_past"),
+    "CutOffPassed": (422, "cut_off_passed"),
+    "CurrencyMismatch": (422, "currency_mismatch"),
+    "PaymentMethodUnavailable": (422, "payment_method_unavailable"),
+    "BankAccountNotVerified": (422, "bank_account_not_verified"),
+    "BusinessRuleViolation": (422, "portal_rule_violation"),
+    "ValidationFailed": (422, "portal_validation_failed"),
+}
+_DECIDED_ALREADY = {"AlreadyDecided", "InvalidState"}
+
+
+class WriteRefused(Exception):
+    """The gateway refuses a write before sending it (the caller's mistake or a portal rule it knows)."""
+
+    def __init__(self, status: int, code: str, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.param = param
+
+
+@dataclass
+class Intent:
+    """A write resolved against the store, ready to be recorded."""
+
+    kind: str
+    connection_id: str
+    company_id: str
+    request: dict[str, Any]  # portal-level parameters (upstream ids), JSON values only
+    object_type: str  # what the write returns
+    object_id: str | None = None  # the gateway object it acts on, if any
+
+
+# --- resolving requests against the store (checks the store can make before sending) ----------
+
+
+def _resource(object_type: str) -> object_service.Resource:
+    return next(r for r in object_service.RESOURCES if r.object_type == object_type)
+
+
+def _visible(session: Session, principal: Principal, object_type: str, object_id: str, param: str) -> Any:
+    row = object_service.row_for(session, _resource(object_type), principal.access, object_id)
+    if row is None or getattr(row, "deleted_at", None) is not None:
+        raise WriteRefused(404, "not_found", f"no {object_type.replace('_', ' ')} {object_id}", param=param)
+    return row
+
+
+def _writable_connection(session: Session, connection_id: str) -> models.Connection:
+    connection = session.get(models.Connection, connection_id)
+    if connection is None:
+        raise WriteRefused(404, "not_found", "the object's connection no longer exists")
+    if connection.state == "upstream_changed":
+        raise WriteRefused(409, "writes_blocked",
+                           "the portal changed shape; writes stay blocked until the adapter is updated")  # fmt: skip
+    return connection
+
+
+def _company_upstream(session: Session, company_id: str) -> str:
+    company = session.get(models.Company, company_id)
+    if company is None:
+        raise WriteRefused(404, "not_found", f"no company {company_id}")
+    return company.upstream_id
+
+
+def _upstream_of(session: Session, model: Any, gateway_id: str | None) -> str | None:
+    if gateway_id is None:
+        return None
+    row = session.get(model, gateway_id)
+    return row.upstream_id if row is not None else None
+
+
+def _default_account(session: Session, company_id: str, currency: str) -> models.BankAccount | None:
+    """The company's account to pay from: verified, in the bill's currency, fewest approvals."""
+    accounts = session.scalars(
+        select(models.BankAccount).where(
+            models.BankAccount.company_id == company_id,
+            models.BankAccount.deleted_at.is_(None),
+            models.BankAccount.status == "verified",
+            models.BankAccount.kind == "bank",
+        )
+    ).all()
+    ranked = sorted(accounts, key=lambda a: (a.currency != currency, a.approvals_required, a.name, a.id))
+    return ranked[0] if ranked else None
+
+
+def prepare_create_payment(session: Session, principal: Principal, body: dict[str, Any]) -> Intent:
+    """Pay an approved bill; omitted fields default to the amount due, the vendor's method, the
+    company's default account and the earliest date the portal allows."""
+    bill = _visible(session, principal, "bill", body["bill_id"], "bill_id")
+    _writable_connection(session, bill.connection_id)
+    if bill.status in ("pending_approval", "draft", "rejected") or bill.approval_status in (
+        "pending",
+        "rejected",
+    ):
+        raise WriteRefused(422, "bill_not_approved", f"bill {bill.id} is {bill.status}; only approved bills are paid",
+                           param="bill_id")  # fmt: skip
+    if bill.status == "void":
+        raise WriteRefused(422, "bill_void", f"bill {bill.id} is void", param="bill_id")
+    if bill.amount_due_minor <= 0:
+        raise WriteRefused(422, "nothing_due", f"bill {bill.id} has nothing left to pay", param="bill_id")
+    amount_minor = bill.amount_due_minor
+    if body.get("amount") is not None:
+        try:
+            amount_minor = to_minor(Decimal(str(body["amount"])), bill.currency)
+        except ValueError as exc:
+            raise WriteRefused(400, "invalid_request", str(exc), param="amount") from exc
+        if amount_minor <= 0:
+            raise WriteRefused(400, "invalid_request", "amount must be positive", param="amount")
+        if amount_minor > bill.amount_due_minor:
+            due = from_minor(bill.amount_due_minor, bill.currency)
+            raise WriteRefused(422, "amount_exceeds_amount_due",
+                               f"amount is more than the {due} {bill.currency} due on bill {bill.id}",
+                               param="amount")  # fmt: skip
+    if body.get("debit_bank_account_id"):
+        account = _visible(
+            session, principal, "bank_account", body["debit_bank_account_id"], "debit_bank_account_id"
+        )
+        if account.company_id != bill.company_id:
+            raise WriteRefused(422, "bank_account_mismatch", "the account belongs to another company",
+                               param="debit_bank_account_id")  # fmt: skip
+        if account.status != "verified":
+            raise WriteRefused(422, "bank_account_not_verified", f"bank account {account.id} is not verified",
+                               param="debit_bank_account_id")  # fmt: skip
+    else:
+        account = _default_account(session, bill.company_id, bill.currency)
+        if account is None:
+            raise WriteRefused(422, "no_bank_account", "the company has no verified bank account to pay from")
+    scheduled = body.get("scheduled_for")
+    request = {
+        "company_upstream_id": _company_upstream(session, bill.company_id),
+        "bill_upstream_id": bill.upstream_id,
+        "amount": str(from_minor(amount_minor, bill.currency)),
+        "currency": bill.currency,
+        "method": body.get("method"),
+        "debit_bank_account_upstream_id": account.upstream_id,
+        "scheduled_for": scheduled.isoformat() if isinstance(scheduled, date) else scheduled,
+        "memo": body.get("memo"),
+    }
+    return Intent("create_payment", bill.connection_id, bill.company_id, request, "payment", bill.id)
+
+
+def prepare_decision(session: Session, principal: Principal, approval_id: str, decision: str,
+                     comment: str | None) -> Intent:  # fmt: skip
+    """Approve or reject a bill or a payment (an approval id is the object's gateway id)."""
+    object_type = "payment" if approval_id.startswith("pay") else "bill"
+    row = _visible(session, principal, object_type, approval_id, "id")
+    _writable_connection(session, row.connection_id)
+    status = row.approval_status if object_type == "bill" else row.status
+    waiting = status == "pending" if object_type == "bill" else status == "pending_approval"
+    if not waiting:
+        raise WriteRefused(409, "not_awaiting_approval", f"{object_type} {row.id} is not awaiting approval")
+    request = {
+        "company_upstream_id": _company_upstream(session, row.company_id),
+        "object_upstream_id": row.upstream_id,
+        "comment": comment,
+    }
+    return Intent(
+        f"{decision}_{object_type}", row.connection_id, row.company_id, request, object_type, row.id
+    )
+
+
+def prepare_cancel_payment(session: Session, principal: Principal, payment_id: str) -> Intent:
+    """Cancel a payment that has not been debited yet."""
+    row = _visible(session, principal, "payment", payment_id, "id")
+    _writable_connection(session, row.connection_id)
+    if row.direction != "payable" or row.status not in ("pending_approval", "scheduled"):
+        raise WriteRefused(409, "payment_not_cancellable", f"payment {row.id} is {row.status}; only payments not "
+                           "yet debited can be cancelled")  # fmt: skip
+    request = {
+        "company_upstream_id": _company_upstream(session, row.company_id),
+        "object_upstream_id": row.upstream_id,
+    }
+    return Intent("cancel_payment", row.connection_id, row.company_id, request, "payment", row.id)
+
+
+def _lines(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        {k: (str(v) if isinstance(v, Decimal) else v) for k, v in line.items() if v is not None}
+        for line in lines
+    ]
+
+
+def prepare_create_bill(
+    session: Session, principal: Principal, body: dict[str, Any], attachment: tuple[str, bytes, str] | None
+) -> Intent:
+    """A bill for a vendor; the portal routes it into the company's approval policy."""
+    vendor = _visible(session, principal, "vendor", body["vendor_id"], "vendor_id")
+    _writable_connection(session, vendor.connection_id)
+    request: dict[str, Any] = {
+        "company_upstream_id": _company_upstream(session, vendor.company_id),
+        "vendor_upstream_id": vendor.upstream_id,
+        "number": body["number"],
+        "issue_date": str(body["issue_date"]),
+        "due_date": str(body["due_date"]),
+        "lines": _lines(body["lines"]),
+        "currency": body.get("currency"),
+        "memo": body.get("memo"),
+    }
+    if attachment is not None:
+        name, content, content_type = attachment
+        if len(content) > ATTACHMENT_MAX_BYTES:
+            raise WriteRefused(413, "attachment_too_large", "attachments are limited to 10 MB", param="file")
+        request["attachment"] = {"file_name": name, "content_type": content_type,
+                                 "content_b64": base64.b64encode(content).decode()}  # fmt: skip
+    return Intent("create_bill", vendor.connection_id, vendor.company_id, request, "bill", None)
+
+
+def prepare_create_invoice(session: Session, principal: Principal, body: dict[str, Any]) -> Intent:
+    """An invoice for a customer: send now, schedule or keep as draft; reminders; recurring."""
+    customer = _visible(session, principal, "customer", body["customer_id"], "customer_id")
+    _writable_connection(session, customer.connection_id)
+    if body.get("send") == "scheduled" and not body.get("scheduled_send_date"):
+        raise WriteRefused(400, "invalid_request", "a scheduled send needs scheduled_send_date",
+                           param="scheduled_send_date")  # fmt: skip
+    request = {
+        "company_upstream_id": _company_upstream(session, customer.company_id),
+        "customer_upstream_id": customer.upstream_id,
+        **{k: (str(v) if isinstance(v, date) else v) for k, v in body.items()
+           if k not in ("customer_id", "lines", "accounting_sync")},
+        "lines": _lines(body["lines"]),
+    }  # fmt: skip
+    return Intent("create_invoice", customer.connection_id, customer.company_id, request, "invoice", None)
+
+
+def prepare_remind(session: Session, principal: Principal, invoice_id: str) -> Intent:
+    """Send a manual reminder for an open invoice."""
+    row = _visible(session, principal, "invoice", invoice_id, "id")
+    _writable_connection(session, row.connection_id)
+    if row.status in ("draft", "paid", "void"):
+        raise WriteRefused(
+            409, "invoice_not_open", f"invoice {row.id} is {row.status}; reminders go for open invoices"
+        )
+    request = {
+        "company_upstream_id": _company_upstream(session, row.company_id),
+        "object_upstream_id": row.upstream_id,
+    }
+    return Intent("send_reminder", row.connection_id, row.company_id, request, "invoice", row.id)
+
+
+# --- recording the intent -----------------------------------------------------------------------
+
+
+def record_intent(
+    sessions: Any,
+    principal: Principal,
+    intent: Intent,
+    *,
+    idempotency_record: int | None,
+    request_id: str | None,
+) -> models.Operation:
+    """Commit the operation (with its unique reference) before anything is sent."""
+    with transaction(sessions) as session:
+        operation_id = new_id("op")
+        now = utcnow()
+        operation = models.Operation(
+            id=operation_id, connection_id=intent.connection_id, company_id=intent.company_id, kind=intent.kind,
+            status="pending", request={**intent.request, "object_type": intent.object_type,
+                                       "object_id": intent.object_id},
+            reference=f"papi-{operation_id}", attempts=0, created_by=principal.token_id,
+            created_at=now, updated_at=now,
+        )  # fmt: skip
+        session.add(operation)
+        if idempotency_record is not None:
+            idempotency.attach_operation(session, idempotency_record, operation_id)
+        audit.append(session, actor=principal.token_id, action=f"{intent.kind}.requested",
+                     object_type=intent.object_type, object_id=intent.object_id, company_id=intent.company_id,
+                     connection_id=intent.connection_id, request_id=request_id,
+                     detail={"operation_id": operation_id, "reference": operation.reference,
+                             "request": _audit_request(intent.request)})  # fmt: skip
+        return operation
+
+
+def _audit_request(request: dict[str, Any]) -> dict[str, Any]:
+    # The attachment's bytes stay out of the log; its name and size are enough evidence.
+    out = dict(request)
+    if isinstance(out.get("attachment"), dict):
+        attached = out["attachment"]
+        out["attachment"] = {
+            "file_name": attached["file_name"],
+            "size": len(attached["content_b64"]) * 3 // 4,
+        }
+    return out
+
+
+# --- executing ----------------------------------------------------------------------------------
+
+Send = Callable[[PortalSession, models.Operation], Awaitable[WriteResult]]
+Find = Callable[[PortalSession, models.Operation], Awaitable[WriteResult | None]]
+
+
+@dataclass(frozen=True)
+class WriteKind:
+    """How one kind of write is sent, and found again after an unknown outcome."""
+
+    send: Send
+    find: Find | None  # None: the portal refuses to repeat it, so sending again is safe
+    refetch: tuple[str, str] | None = None  # (object type, request key) to read after "done already"
+    success_event: str | None = None
+
+
+def _req(op: models.Operation) -> dict[str, Any]:
+    return op.request
+
+
+async def _send_payment(portal: PortalSession, op: models.Operation) -> WriteResult:
+    r = _req(op)
+    return await portal.create_payment(
+        r["company_upstream_id"], bill_upstream_id=r["bill_upstream_id"], amount=Decimal(r["amount"]),
+        payment_method=r.get("method"), debit_bank_account_upstream_id=r["debit_bank_account_upstream_id"],
+        requested_debit_date=date.fromisoformat(r["scheduled_for"]) if r.get("scheduled_for") else None,
+        external_reference=op.reference, memo=r.get("memo"),
+    )  # fmt: skip
+
+
+async def _find_payment(portal: PortalSession, op: models.Operation) -> WriteResult | None:
+    found = await portal.find_payments_by_reference(_req(op)["company_upstream_id"], op.reference)
+    if len(found) > 1:  # never expected: it would mean a second payment was made
+        log.error("write.duplicate_payments", operation=op.id, count=len(found))
+    return found[0] if found else None
+
+
+def _since(op: models.Operation) -> datetime:
+    stamp = _req(op).get("portal_time_before")
+    return datetime.fromisoformat(stamp) if stamp else datetime(2000, 1, 1)
+
+
+async def _send_bill(portal: PortalSession, op: models.Operation) -> WriteResult:
+    r = _req(op)
+    if op.upstream_id is None:
+        result = await portal.create_bill(
+            r["company_upstream_id"], vendor_upstream_id=r["vendor_upstream_id"], number=r["number"],
+            issue_date=date.fromisoformat(r["issue_date"]), due_date=date.fromisoformat(r["due_date"]),
+            lines=r["lines"], currency=r.get("currency"), memo=r.get("memo"), reference=op.reference,
+        )  # fmt: skip
+        op.upstream_id = result.portal_id
+    return await _attach(portal, op)
+
+
+async def _attach(portal: PortalSession, op: models.Operation) -> WriteResult:
+    """Upload the bill's attachment unless the bill already carries it; returns the bill as it is."""
+    r = _req(op)
+    company, bill_id = r["company_upstream_id"], op.upstream_id
+    assert bill_id is not None
+    attachment = r.get("attachment")
+    if attachment:
+        bill = await portal.fetch_object(company, "bill", bill_id)
+        names = [a.get("file_name") for a in (bill.fields.get("attachments") or [])] if bill else []
+        if attachment["file_name"] not in names:
+            await portal.upload_bill_attachment(
+                company, bill_id, file_name=attachment["file_name"],
+                content=base64.b64decode(attachment["content_b64"]), content_type=attachment["content_type"],
+            )  # fmt: skip
+    record = await portal.fetch_object(company, "bill", bill_id)
+    return WriteResult([record] if record else [], bill_id, None, None)
+
+
+async def _find_bill(portal: PortalSession, op: models.Operation) -> WriteResult | None:
+    if op.upstream_id is None:
+        found = await portal.find_by_memo_reference(
+            _req(op)["company_upstream_id"], "bill", op.reference, modified_since=_since(op)
+        )
+        if found is None:
+            return None
+        op.upstream_id = found.portal_id
+    return await _attach(portal, op)
+
+
+async def _send_invoice(portal: PortalSession, op: models.Operation) -> WriteResult:
+    r = _req(op)
+
+    def day(key: str) -> date | None:
+        return date.fromisoformat(r[key]) if r.get(key) else None
+
+    return await portal.create_invoice(
+        r["company_upstream_id"], customer_upstream_id=r["customer_upstream_id"], number=r.get("number"),
+        issue_date=day("issue_date"), terms=r.get("terms"), due_date=day("due_date"), lines=r["lines"],
+        memo=r.get("memo"), reference=op.reference, send=r.get("send") or "now",
+        scheduled_send_date=day("scheduled_send_date"), reminders=r.get("reminders"), recurring=r.get("recurring"),
+    )  # fmt: skip
+
+
+async def _find_invoice(portal: PortalSession, op: models.Operation) -> WriteResult | None:
+    return await portal.find_by_memo_reference(
+        _req(op)["company_upstream_id"], "invoice", op.reference, modified_since=_since(op)
+    )
+
+
+def _action(name: str) -> Send:
+    async def send(portal: PortalSession, op: models.Operation) -> WriteResult:
+        r = _req(op)
+        company, target = r["company_upstream_id"], r["object_upstream_id"]
+        if name in ("approve_bill", "reject_bill"):
+            method = portal.approve_bill if name == "approve_bill" else portal.reject_bill
+            return await method(company, target, comment=r.get("comment"))
+        actions = {"approve_payment": portal.approve_payment, "reject_payment": portal.reject_payment,
+                   "cancel_payment": portal.cancel_payment}  # fmt: skip
+        return await actions[name](company, target)
+
+    return send
+
+
+async def _send_reminder(portal: PortalSession, op: models.Operation) -> WriteResult:
+    r = _req(op)
+    sent = await portal.send_reminder(r["company_upstream_id"], r["object_upstream_id"])
+    record = await portal.fetch_object(r["company_upstream_id"], "invoice", r["object_upstream_id"])
+    return WriteResult([record] if record else [], sent.portal_id, sent.http_status, sent.trace_id, sent.raw)
+
+
+async def _find_reminder(portal: PortalSession, op: models.Operation) -> WriteResult | None:
+    r = _req(op)
+    reminders = await portal.list_reminders(r["company_upstream_id"], r["object_upstream_id"])
+    manual = [x for x in reminders if x.get("kind") == "Manual"]
+    if len(manual) <= int(r.get("manual_reminders_before", 0)):
+        return None
+    record = await portal.fetch_object(r["company_upstream_id"], "invoice", r["object_upstream_id"])
+    return WriteResult([record] if record else [], manual[-1].get("reminderId"), None, None, manual[-1])
+
+
+KINDS: dict[str, WriteKind] = {
+    "create_payment": WriteKind(_send_payment, _find_payment),
+    "create_bill": WriteKind(_send_bill, _find_bill),
+    "create_invoice": WriteKind(_send_invoice, _find_invoice),
+    "approve_bill": WriteKind(_action("approve_bill"), None, ("bill", "object_upstream_id")),
+    "reject_bill": WriteKind(_action("reject_bill"), None, ("bill", "object_upstream_id")),
+    "approve_payment": WriteKind(_action("approve_payment"), None, ("payment", "object_upstream_id")),
+    "reject_payment": WriteKind(_action("reject_payment"), None, ("payment", "object_upstream_id")),
+    "cancel_payment": WriteKind(_action("cancel_payment"), None, ("payment", "object_upstream_id")),
+    "send_reminder": WriteKind(_send_reminder, _find_reminder),
+}
+
+
+def _load(ctx: JobContext, operation_id: str) -> models.Operation | None:
+    with ctx.sessions() as session:
+        return session.get(models.Operation, operation_id)
+
+
+def _save(ctx: JobContext, op: models.Operation, **changes: Any) -> models.Operation:
+    with transaction(ctx.sessions) as session:
+        row = session.get(models.Operation, op.id)
+        assert row is not None
+        for key, value in changes.items():
+            setattr(row, key, value)
+        row.updated_at = utcnow()
+        return row
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    from datetime import UTC
+
+    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+
+
+async def execute(ctx: JobContext, operation_id: str) -> str:
+    """Carry an operation to a final state; safe to run again at any point (recovery does)."""
+    op = _load(ctx, operation_id)
+    if op is None or op.status in TERMINAL:
+        return op.status if op is not None else "missing"
+    kind = KINDS[op.kind]
+    with ctx.sessions() as session:
+        connection = session.get(models.Connection, op.connection_id)
+        if connection is not None and connection.state == "upstream_changed":
+            return _finish_failed(
+                ctx, op, 409, "writes_blocked", "the portal changed shape; writes are blocked"
+            )
+    portal = await ctx.portals.get(op.connection_id)
+    portal.write_timeout = ctx.settings.write_timeout_seconds
+    settle = timedelta(seconds=ctx.settings.write_settle_seconds)
+    settled = False  # after a restart nothing is known about the last send: assume it may still land
+    try:
+        await portal.ensure_logged_in()
+        if op.attempts == 0 and op.kind in ("create_bill", "create_invoice", "send_reminder"):
+            op = _save(ctx, op, request=await _before_first_send(portal, op))
+        while True:
+            if op.attempts > 0:
+                found = await kind.find(portal, op) if kind.find is not None else None
+                if found is not None:
+                    return _finish_succeeded(ctx, op, found, read_back=True)
+                started = _aware(op.started_at) or utcnow()
+                log.debug("write.read_back_not_found", operation=op.id, settled=settled)
+                if kind.find is not None and not settled and utcnow() < started + settle:
+                    # An earlier send may still be applied: look again, do not send.
+                    await asyncio.sleep(READ_BACK_POLL_SECONDS)
+                    continue
+                if op.attempts >= MAX_SENDS:
+                    return _finish_failed(ctx, op, 502, "write_not_confirmed",
+                                          f"the portal did not confirm the write after {op.attempts} attempts",
+                                          status="requires_action")  # fmt: skip
+            # The send is recorded (attempts, started_at) before it goes out.
+            op = _save(ctx, op, status="running", attempts=op.attempts + 1, started_at=utcnow(),
+                       upstream_id=op.upstream_id)  # fmt: skip
+            try:
+                result = await kind.send(portal, op)
+            except AmbiguousWriteOutcome as exc:
+                settled = exc.settled
+                log.warning("write.ambiguous", operation=op.id, kind=op.kind, settled=exc.settled,
+                            status=exc.status_code, trace_id=exc.trace_id)  # fmt: skip
+                op = _save(ctx, op, error={"last_ambiguous": str(exc), "http_status": exc.status_code,
+                                           "trace_id": exc.trace_id}, upstream_id=op.upstream_id)  # fmt: skip
+                continue
+            except UpstreamUnavailable as exc:
+                if exc.status_code is None:  # never left: nothing applied, the count stays honest
+                    op = _save(ctx, op, attempts=op.attempts - 1)
+                raise
+            except PortalRuleViolation as exc:
+                if exc.code in _DECIDED_ALREADY and op.attempts > 1 and kind.refetch is not None:
+                    # Our earlier (unanswered) send did it: the object shows the decision.
+                    record = await portal.fetch_object(
+                        op.request["company_upstream_id"], kind.refetch[0], op.request[kind.refetch[1]]
+                    )
+                    result = WriteResult(
+                        [record] if record else [], op.request[kind.refetch[1]], None, exc.trace_id
+                    )
+                    return _finish_succeeded(ctx, op, result, read_back=True)
+                status, code = PORTAL_CODES.get(exc.code, (422, "portal_rule_violation"))
+                return _finish_failed(ctx, op, status, code, exc.message, portal_code=exc.code,
+                                      http_status=exc.status_code, trace_id=exc.trace_id, param=exc.field)  # fmt: skip
+            return _finish_succeeded(ctx, op, result, read_back=False)
+    except PermissionDenied as exc:
+        return _finish_failed(
+            ctx, op, 403, "portal_permission_denied", str(exc), portal_code="PermissionDenied"
+        )
+    except NotFound as exc:
+        return _finish_failed(ctx, op, 404, "not_found_upstream", str(exc), portal_code=exc.code)
+    except UpstreamChanged as exc:
+        with transaction(ctx.sessions) as session:
+            connection = session.get(models.Connection, op.connection_id)
+            if connection is not None:
+                change_state(
+                    session, connection, "upstream_changed", detail={"differences": exc.differences[:10]}
+                )
+        return _finish_failed(ctx, op, 502, "upstream_changed", str(exc), status="requires_action")
+    except AuthenticationError as exc:
+        return _finish_failed(ctx, op, 409, "connection_requires_action", str(exc) or type(exc).__name__,
+                              status="requires_action")  # fmt: skip
+    except (UpstreamUnavailable, RateLimited) as exc:
+        # Not applied (or not known to be): the operation stays open; recovery takes it up again.
+        _save(ctx, op, status="pending" if op.attempts == 0 else "running",
+              error={"last_error": str(exc), "retryable": True})  # fmt: skip
+        raise
+
+
+async def _before_first_send(portal: PortalSession, op: models.Operation) -> dict[str, Any]:
+    """What the read-back will compare with, noted before the first send."""
+    request = dict(op.request)
+    request["portal_time_before"] = (portal.portal_now() - timedelta(minutes=5)).isoformat()
+    if op.kind == "send_reminder":
+        reminders = await portal.list_reminders(request["company_upstream_id"], request["object_upstream_id"])
+        request["manual_reminders_before"] = sum(1 for r in reminders if r.get("kind") == "Manual")
+    return request
+
+
+def _company_ids(session: Session, connection_id: str) -> dict[str, str]:
+    rows = session.execute(
+        select(models.Company.upstream_id, models.Company.id).where(
+            models.Company.connection_id == connection_id
+        )
+    )
+    return {upstream: gateway for upstream, gateway in rows}
+
+
+def _evidence(result: WriteResult | None, **extra: Any) -> dict[str, Any]:
+    evidence = {"portal_id": result.portal_id if result else None,
+                "http_status": result.http_status if result else None,
+                "trace_id": result.trace_id if result else None}  # fmt: skip
+    evidence.update({k: v for k, v in extra.items() if v is not None})
+    return evidence
+
+
+def _finish_succeeded(ctx: JobContext, op: models.Operation, result: WriteResult, *, read_back: bool) -> str:
+    now = utcnow()
+    with transaction(ctx.sessions) as session:
+        row = session.get(models.Operation, op.id)
+        assert row is not None
+        if row.status in TERMINAL:
+            return row.status
+        object_json: dict[str, Any] | None = None
+        object_id = row.request.get("object_id")
+        record = result.record
+        if result.records:
+            from plooto_api.sync.upsert import apply_records
+
+            apply_records(
+                session, row.connection_id, _company_ids(session, row.connection_id), result.records, now
+            )
+        if record is not None:
+            model: Any = mapping.object_map_for(record.object_type).model
+            stored = session.scalars(
+                select(model).where(
+                    model.connection_id == row.connection_id, model.upstream_id == record.upstream_id
+                )
+            ).first()
+            if stored is not None:
+                object_json = mapping.to_schema(stored).model_dump(mode="json")
+                object_id = stored.id
+        body = {"object_type": row.request.get("object_type"), "object_id": object_id, "object": object_json}
+        if row.kind == "send_reminder" and isinstance(result.raw, dict):
+            body["reminder"] = {"id": result.raw.get("reminderId"), "sent_at": result.raw.get("sentAt")}
+        row.status = "succeeded"
+        row.result = body
+        row.error = None
+        row.upstream_id = result.portal_id or row.upstream_id
+        row.finished_at = now
+        row.updated_at = now
+        audit.append(session, actor=row.created_by or "system", action=f"{row.kind}.succeeded",
+                     object_type=row.request.get("object_type"), object_id=object_id, company_id=row.company_id,
+                     connection_id=row.connection_id,
+                     detail={"operation_id": row.id, "reference": row.reference, "attempts": row.attempts,
+                             "read_back": read_back},
+                     upstream_evidence=_evidence(result))  # fmt: skip
+        status_code = 201 if row.kind.startswith("create_") else 200
+        idempotency.complete_for_operation(session, row.id, status_code, response_body(row))
+    return "succeeded"
+
+
+def _finish_failed(
+    ctx: JobContext,
+    op: models.Operation,
+    http: int,
+    code: str,
+    message: str,
+    *,
+    status: str = "failed",
+    portal_code: str | None = None,
+    http_status: int | None = None,
+    trace_id: str | None = None,
+    param: str | None = None,
+) -> str:
+    now = utcnow()
+    with transaction(ctx.sessions) as session:
+        row = session.get(models.Operation, op.id)
+        assert row is not None
+        if row.status in TERMINAL:
+            return row.status
+        row.status = status
+        row.error = {
+            "status": http,
+            "code": code,
+            "message": message,
+            "param": param,
+            "portal_code": portal_code,
+        }
+        row.finished_at = now
+        row.updated_at = now
+        audit.append(session, actor=row.created_by or "system", action=f"{row.kind}.{status}",
+                     object_type=row.request.get("object_type"), object_id=row.request.get("object_id"),
+                     company_id=row.company_id, connection_id=row.connection_id,
+                     detail={"operation_id": row.id, "reference": row.reference, "attempts": row.attempts,
+                             "error": row.error},
+                     upstream_evidence={"http_status": http_status, "trace_id": trace_id,
+                                        "portal_code": portal_code})  # fmt: skip
+        idempotency.complete_for_operation(session, row.id, *error_response(row))
+    return status
+
+
+def operation_json(row: models.Operation) -> dict[str, Any]:
+    """The operation as its API object."""
+    return mapping.operation_to_schema(row).model_dump(mode="json")
+
+
+def response_body(row: models.Operation) -> dict[str, Any]:
+    """What a finished write answers: the object it made or changed (or the operation)."""
+    result = row.result or {}
+    return result.get("object") or operation_json(row)
+
+
+def error_response(row: models.Operation) -> tuple[int, dict[str, Any]]:
+    """A failed operation as the API error it answers with."""
+    error = row.error or {}
+    body = {"error": {"code": error.get("code", "write_failed"), "message": error.get("message", "the write failed"),
+                      "param": error.get("param"), "request_id": None, "operation_id": row.id}}  # fmt: skip
+    return int(error.get("status", 422)), body
+
+
+def unfinished(ctx: JobContext) -> list[str]:
+    """Operations a previous process left pending or running."""
+    with ctx.sessions() as session:
+        return list(
+            session.scalars(
+                select(models.Operation.id)
+                .where(models.Operation.status.in_(("pending", "running")))
+                .order_by(models.Operation.created_at)
+            )
+        )
+
+
+def get_operation(session: Session, principal: Principal, operation_id: str) -> models.Operation | None:
+    """An operation the caller may see (its company is in the token's scope)."""
+    row = session.get(models.Operation, operation_id)
+    if row is None:
+        return None
+    if (
+        principal.access.connection_ids is not None
+        and row.connection_id not in principal.access.connection_ids
+    ):
+        return None
+    if row.company_id is not None and not principal.access.allows_company(row.company_id):
+        return None
+    return row

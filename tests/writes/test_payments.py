@@ -1,0 +1,158 @@
+"""POST /create_payment against the real sandbox: defaults, store checks, portal refusals, and
+exactly one portal payment under every injected fault and under 50 concurrent same-key requests."""
+
+from __future__ import annotations
+
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from plooto_api.money import from_minor
+from plooto_api.services.audit import verify_chain
+from plooto_api.store import models
+
+from .conftest import Gateway
+
+
+def _events(gw: Gateway) -> Counter[str]:
+    with gw.sessions()() as session:
+        return Counter(session.scalars(select(models.Event.type)))
+
+
+def test_bill_id_alone_pays_the_amount_due(gateway: Gateway) -> None:
+    bill = gateway.bill(status="approved", currency="CAD")
+    response = gateway.post("/create_payment", {"bill_id": bill.id})
+    assert response.status_code == 201, response.text
+    payment = response.json()
+    assert payment["object"] == "payment" and payment["id"].startswith("pay")
+    assert payment["amount"] == {"amount": str(from_minor(bill.amount_due_minor, "CAD")), "currency": "CAD"}
+    assert payment["reference"].startswith("papi-op")
+    assert gateway.get(f"/payments/{payment['id']}").status_code == 200
+    assert len(gateway.ground_truth(bill.upstream_id)) == 1
+    assert _events(gateway)["payment.created"] >= 1
+    operation = gateway.get(f"/operations/{response.headers['Operation-Id']}").json()
+    assert operation["status"] == "succeeded" and operation["attempts"] == 1
+    with gateway.sessions()() as session:
+        assert verify_chain(session) == []
+        actions = list(session.scalars(select(models.AuditEntry.action).order_by(models.AuditEntry.seq)))
+        assert actions[-2:] == ["create_payment.requested", "create_payment.succeeded"]
+        entry = session.scalars(select(models.AuditEntry).order_by(models.AuditEntry.seq.desc())).first()
+        assert entry is not None and entry.upstream_evidence and entry.upstream_evidence["trace_id"]
+        assert entry.upstream_evidence["http_status"] == 201
+
+
+def test_store_checks_refuse_before_sending(gateway: Gateway) -> None:
+    pending = gateway.bill(status="pending_approval")
+    response = gateway.post("/create_payment", {"bill_id": pending.id})
+    assert response.status_code == 422 and response.json()["error"]["code"] == "bill_not_approved"
+    approved = gateway.bill(status="approved", currency="CAD")
+    too_much = str(from_minor(approved.amount_due_minor + 1, "CAD"))
+    response = gateway.post("/create_payment", {"bill_id": approved.id, "amount": too_much})
+    assert response.status_code == 422 and response.json()["error"]["code"] == "amount_exceeds_amount_due"
+    assert gateway.post("/create_payment", {"bill_id": "bill_nope"}).status_code == 404
+    with gateway.sessions()() as session:
+        assert session.scalars(select(models.Operation)).all() == []
+    with gateway.sessions()() as session, session.begin():
+        connection = session.get(models.Connection, gateway.connection_id)
+        assert connection is not None
+        connection.state = "upstream_changed"
+    response = gateway.post("/create_payment", {"bill_id": approved.id})
+    assert response.status_code == 409 and response.json()["error"]["code"] == "writes_blocked"
+    assert gateway.ground_truth(approved.upstream_id) == []
+
+
+def test_portal_refusal_is_a_4xx_with_its_code(gateway: Gateway) -> None:
+    bill = gateway.bill(status="approved", currency="CAD")
+    response = gateway.post("/create_payment", {"bill_id": bill.id, "scheduled_for": "2026-01-05"})
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["code"] == "debit_date_in_past"
+    operation = gateway.get(f"/operations/{response.headers['Operation-Id']}").json()
+    assert operation["status"] == "failed" and operation["error"]["portal_code"] == "DebitDateInPast"
+
+
+def test_a_token_without_the_scope_is_refused(gateway: Gateway) -> None:
+    from plooto_api.services.tokens import create_token
+    from plooto_api.store.database import transaction
+
+    with transaction(gateway.sessions()) as session:
+        _row, secret = create_token(session, scopes=["bills:read", "payments:read"])
+    bill = gateway.bill(status="approved")
+    response = gateway.client.post("/create_payment", json={"bill_id": bill.id},
+                                   headers={"Authorization": f"Bearer {secret}"})  # fmt: skip
+    assert response.status_code == 403 and response.json()["error"]["code"] == "insufficient_scope"
+
+
+FAULTS: dict[str, dict[str, Any]] = {
+    "dropped_response_after_apply": {"kind": "drop_response", "mode": "abort"},
+    "5xx_after_apply": {"kind": "drop_response", "mode": "502"},
+    "5xx_without_apply": {"kind": "error", "status": 503},
+    "session_revoked_mid_write": {"kind": "revoke_session"},
+}
+
+
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+def test_exactly_one_payment_under_each_fault(gateway: Gateway, fault: str) -> None:
+    bill = gateway.bill(status="approved", currency="CAD")
+    gateway.fault(**FAULTS[fault], method="POST", pathPattern=r"/payments$", count=1)
+    response = gateway.post("/create_payment", {"bill_id": bill.id}, key=f"fault-{fault}")
+    assert response.status_code in (201, 202), response.text
+    operation = gateway.wait_operation(response.headers["Operation-Id"])
+    assert operation["status"] == "succeeded", operation
+    truth = gateway.ground_truth(bill.upstream_id)
+    assert len(truth) == 1, truth
+    assert truth[0]["externalReference"] == operation["reference"]
+
+
+def test_latency_beyond_the_wait_answers_202_then_succeeds(make_gateway: Any) -> None:
+    gw = make_gateway(write_wait_seconds=0.5)
+    bill = gw.bill(status="approved", currency="CAD")
+    gw.fault(kind="latency", latencyMs=1500, method="POST", pathPattern=r"/payments$", count=1)
+    response = gw.post("/create_payment", {"bill_id": bill.id}, key="slow-1")
+    assert response.status_code == 202, response.text
+    assert response.json()["object"] == "operation" and response.json()["status"] in ("pending", "running")
+    operation = gw.wait_operation(response.json()["id"])
+    assert operation["status"] == "succeeded"
+    assert operation["result"]["object"]["id"] == operation["result"]["object_id"]
+    assert len(gw.ground_truth(bill.upstream_id)) == 1
+    replay = gw.post("/create_payment", {"bill_id": bill.id}, key="slow-1")
+    assert replay.headers.get("Idempotent-Replayed") == "true"
+
+
+def test_latency_beyond_the_portal_timeout_is_read_back_not_resent(make_gateway: Any) -> None:
+    gw = make_gateway(write_wait_seconds=0.2, write_timeout_seconds=0.5, write_settle_seconds=5.0)
+    bill = gw.bill(status="approved", currency="CAD")
+    gw.fault(kind="latency", latencyMs=1500, method="POST", pathPattern=r"/payments$", count=1)
+    response = gw.post("/create_payment", {"bill_id": bill.id})
+    assert response.status_code == 202
+    operation = gw.wait_operation(response.json()["id"])
+    # Not found while the portal might still apply it, so nothing was re-sent before the settle window
+    # ended (the sandbox drops a request whose client hung up; a real portal might not).
+    assert operation["status"] == "succeeded", operation
+    assert len(gw.ground_truth(bill.upstream_id)) == 1
+
+
+def test_fifty_concurrent_requests_with_one_key_pay_once(gateway: Gateway) -> None:
+    bill = gateway.bill(status="approved", currency="CAD")
+    body = {"bill_id": bill.id}
+    with ThreadPoolExecutor(50) as pool:
+        responses = list(pool.map(lambda _: gateway.post("/create_payment", body, key="same-key"), range(50)))
+    statuses = Counter(r.status_code for r in responses)
+    assert statuses[201] >= 1 and set(statuses) <= {201, 409}, statuses
+    created = [r for r in responses if r.status_code == 201]
+    assert len({r.json()["id"] for r in created}) == 1
+    assert sum(1 for r in created if r.headers.get("Idempotent-Replayed") != "true") == 1
+    assert all(
+        r.json()["error"]["code"] == "idempotency_key_in_flight" for r in responses if r.status_code == 409
+    )
+    assert len(gateway.ground_truth(bill.upstream_id)) == 1
+    replay = gateway.post("/create_payment", body, key="same-key")
+    assert replay.status_code == 201 and replay.headers["Idempotent-Replayed"] == "true"
+    assert replay.json() == created[0].json()
+    reused = gateway.post("/create_payment", {**body, "amount": "1.00"}, key="same-key")
+    assert reused.status_code == 422 and reused.json()["error"]["code"] == "idempotency_key_reused"
+    assert gateway.post("/create_payment", body, key="k" * 256).status_code == 400
+    with gateway.sessions()() as session:
+        assert len(session.scalars(select(models.Operation)).all()) == 1
