@@ -13,6 +13,8 @@ from plooto_api import __version__
 from plooto_api.api.errors import install_error_handlers
 from plooto_api.api.routes import authenticate, connections, health, metrics, objects, webhook_endpoints
 from plooto_api.api.routes import events as event_routes
+from plooto_api.api.routes import operations as operation_routes
+from plooto_api.api.routes import writes as write_routes
 from plooto_api.config import Settings
 from plooto_api.jobs import InProcessEngine, JobContext
 from plooto_api.jobs.schedules import schedule_all
@@ -44,6 +46,7 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool = True) -> Fa
         app.state.authenticator = Authenticator(ctx)
         if run_jobs:
             schedule_all(jobs, ctx)
+            jobs.enqueue("writes.recover")  # writes a previous process left unfinished
         try:
             yield
         finally:
@@ -79,6 +82,8 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool = True) -> Fa
     app.include_router(authenticate.router)
     app.include_router(connections.router)
     app.include_router(objects.router)
+    app.include_router(write_routes.router)
+    app.include_router(operation_routes.router)
     app.include_router(event_routes.router)
     app.include_router(webhook_endpoints.router)
     return app
