@@ -37,6 +37,11 @@ def timestamp(value: datetime) -> str:
     return value.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def precise_timestamp(value: datetime) -> str:
+    """ISO-8601 UTC timestamp with microseconds and a `Z` suffix (for `lastModified`)."""
+    return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 # Decimals are handed to the C JSON encoder as strings wrapped in marks, and the marks (with the
 # string's quotes) are cut from the output afterwards, so the text of each Decimal lands in the
 # JSON verbatim. The marks hold a NUL (escaped by the encoder as \u0000) and a per-process random

@@ -28,7 +28,7 @@ from plooto_sandbox.model import (
     User,
     Vendor,
 )
-from plooto_sandbox.money import money, rate, timestamp
+from plooto_sandbox.money import money, precise_timestamp, rate, timestamp
 from plooto_sandbox.store import PortalState
 
 JSON = dict[str, Any]
@@ -67,7 +67,7 @@ def accounting(link: AccountingLink | None) -> JSON | None:
 
 
 def _stamps(created: Any, modified: Any) -> JSON:
-    return {"createdDate": timestamp(created), "lastModified": timestamp(modified)}
+    return {"createdDate": timestamp(created), "lastModified": precise_timestamp(modified)}
 
 
 def company(state: PortalState, item: Company, member: Membership, detail: bool = False) -> JSON:

@@ -12,7 +12,7 @@ import random
 import uuid
 from bisect import bisect_left
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from plooto_sandbox.model import (
@@ -127,6 +127,7 @@ class PortalState:
         self.seed = seed
         self.rng = random.Random(f"portal-writes-{seed}")
         self.seq = 0
+        self.last_stamp: datetime | None = None
         self.companies: dict[str, Company] = {}
         self.users: dict[str, User] = {}
         self.users_by_email: dict[str, User] = {}
@@ -162,12 +163,25 @@ class PortalState:
         self.objects[KIND_OF[type(obj)]][object_id] = obj
         self.touch(obj, company_id, object_id)
 
+    def stamp(self) -> datetime:
+        """A modification time: the clock's now, made unique and increasing with microsecond ticks.
+
+        [choice] Like a .NET backend's high-resolution `lastModified`, no two modifications share a
+        stamp, even while the sandbox clock stands still; so `modifiedSince` of the last stamp seen
+        returns only that one object again, not every object changed in the same instant.
+        """
+        last = getattr(self, "last_stamp", None)  # absent in state files written before it existed
+        stamp = self.now if last is None or self.now > last else last + timedelta(microseconds=1)
+        self.last_stamp = stamp
+        return stamp
+
     def touch(self, obj: Tracked, company_id: str, object_id: str) -> None:
         """Mark an object modified now (bumps lastModified and the change index)."""
         self.seq += 1
-        obj.modified = self.now
+        stamp = self.stamp()
+        obj.modified = stamp
         obj.seq = self.seq
-        self.index(company_id, KIND_OF[type(obj)]).record(object_id, self.now, self.seq)
+        self.index(company_id, KIND_OF[type(obj)]).record(object_id, stamp, self.seq)
 
     def get(self, cls: type[T], object_id: str) -> T | None:
         """An object by id if it is of that class."""
@@ -253,9 +267,21 @@ def rebuild_indexes(state: PortalState) -> None:
         attribute = ID_ATTRIBUTE[kind]
         # Ids are unique, so the tuple sort never falls through to comparing objects.
         rows = sorted([(obj.modified, getattr(obj, attribute), obj) for obj in table.values()])
+        # Unique stamps (see PortalState.stamp): ties are broken backwards, newest first, so no
+        # seeded object ends up modified after the clock's start.
+        following: datetime | None = None
+        for index in range(len(rows) - 1, -1, -1):
+            modified, object_id, obj = rows[index]
+            earlier = None if following is None else following - timedelta(microseconds=1)
+            if earlier is not None and modified > earlier and earlier >= obj.created:
+                modified = obj.modified = earlier
+                rows[index] = (modified, object_id, obj)
+            following = modified
         for modified, object_id, obj in rows:
             state.seq += 1
             obj.seq = state.seq
             state.index(obj.company_id, kind).record(object_id, modified, state.seq)
+            if state.last_stamp is None or modified > state.last_stamp:
+                state.last_stamp = modified
     for payment in state.objects["payment"].values():
         state.index_reference(payment)

@@ -99,8 +99,9 @@ CREATED = "createdDate"
 
 
 def timestamp_param(value: datetime) -> str:
-    """The portal's timestamp format for query parameters: `YYYY-MM-DDTHH:MM:SSZ` UTC."""
-    return str(value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    """The portal's timestamp format for query parameters: `YYYY-MM-DDTHH:MM:SS.ffffffZ` UTC
+    (`lastModified` carries microseconds; sending fewer would re-read a whole second's changes)."""
+    return str(value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
 
 
 # --- shapes (drift detection) -------------------------------------------------------------------
