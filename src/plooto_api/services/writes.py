@@ -436,18 +436,29 @@ async def _send_invoice(portal: PortalSession, op: models.Operation) -> WriteRes
     def day(key: str) -> date | None:
         return date.fromisoformat(r[key]) if r.get(key) else None
 
-    return await portal.create_invoice(
+    result = await portal.create_invoice(
         r["company_upstream_id"], customer_upstream_id=r["customer_upstream_id"], number=r.get("number"),
         issue_date=day("issue_date"), terms=r.get("terms"), due_date=day("due_date"), lines=r["lines"],
         memo=r.get("memo"), reference=op.reference, send=r.get("send") or "now",
         scheduled_send_date=day("scheduled_send_date"), reminders=r.get("reminders"), recurring=r.get("recurring"),
     )  # fmt: skip
+    return await _with_recurring(portal, r["company_upstream_id"], result)
+
+
+async def _with_recurring(portal: PortalSession, company: str, result: WriteResult) -> WriteResult:
+    """An invoice made with a recurring schedule: the schedule's record too, so the link resolves."""
+    plan_id = result.raw.get("recurringInvoiceId") if isinstance(result.raw, dict) else None
+    if plan_id:
+        plan = await portal.fetch_object(company, "recurring_invoice", plan_id)
+        if plan is not None:
+            result.records.append(plan)
+    return result
 
 
 async def _find_invoice(portal: PortalSession, op: models.Operation) -> WriteResult | None:
-    return await portal.find_by_memo_reference(
-        _req(op)["company_upstream_id"], "invoice", op.reference, modified_since=_since(op)
-    )
+    company = _req(op)["company_upstream_id"]
+    found = await portal.find_by_memo_reference(company, "invoice", op.reference, modified_since=_since(op))
+    return await _with_recurring(portal, company, found) if found is not None else None
 
 
 def _action(name: str) -> Send:
