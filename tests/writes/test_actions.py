@@ -171,3 +171,31 @@ def test_create_an_invoice_with_reminders_and_recurrence_then_remind(gateway: Ga
     assert any("eminder" in (m.get("subject") or "") for m in outbox)
     draft = gateway.post(f"/invoices/{invoice['id']}/remind", key="r2")
     assert draft.status_code == 200
+
+
+def test_list_approvals_across_bills_and_payments(gateway: Gateway) -> None:
+    bill = gateway.bill(status="approved", currency="CAD")
+    payment = gateway.post("/create_payment", {"bill_id": bill.id}).json()
+    assert payment["status"] == "pending_approval"
+    seen: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        page = gateway.client.get("/approvals", params={"limit": 3, **({"cursor": cursor} if cursor else {})},
+                                  headers=gateway.headers).json()  # fmt: skip
+        seen.extend(page["data"])
+        if not page["has_more"]:
+            break
+        cursor = page["next_cursor"]
+    assert len({a["id"] for a in seen}) == len(seen)
+    types = Counter(a["type"] for a in seen)
+    assert types["bill"] >= 1 and payment["id"] in {a["id"] for a in seen}
+    assert all(a["status"] == "pending" for a in seen)
+    only_bills = gateway.client.get(
+        "/approvals", params={"type": "bill", "limit": 100}, headers=gateway.headers
+    )
+    assert {a["type"] for a in only_bills.json()["data"]} == {"bill"}
+    assert len(only_bills.json()["data"]) == types["bill"]
+    rejected = gateway.client.get(
+        "/approvals", params={"status": "rejected", "type": "bill"}, headers=gateway.headers
+    )
+    assert all(a["bill"]["status"] == "rejected" for a in rejected.json()["data"])

@@ -1,0 +1,36 @@
+"""`GET /approvals`: bills and payments awaiting approval (or decided), one list."""
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse
+
+from plooto_api.api.auth import require_scope
+from plooto_api.api.errors import ApiError
+from plooto_api.services import approvals
+from plooto_api.services.tokens import Principal
+from plooto_api.store.pagination import DEFAULT_LIMIT, MAX_LIMIT, InvalidCursor, PageRequest
+
+router = APIRouter(tags=["approvals"])
+
+
+@router.get("/approvals", summary="List bills and payments awaiting approval")
+def list_approvals(
+    request: Request,
+    principal: Annotated[Principal, Depends(require_scope("approvals:read"))],
+    company: Annotated[str | None, Query(max_length=64, description="company (client book) id")] = None,
+    status: Annotated[Literal["pending", "approved", "rejected"], Query()] = "pending",
+    type: Annotated[
+        Literal["bill", "payment"] | None, Query(description="bill or payment; both by default")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+    cursor: Annotated[str | None, Query(max_length=1000)] = None,
+) -> Any:
+    try:
+        with request.app.state.sessions() as session:
+            page = approvals.list_approvals(session, principal.access, PageRequest(limit, cursor),
+                                            kind=type, status=status, company=company)  # fmt: skip
+    except InvalidCursor as exc:
+        raise ApiError(400, "invalid_cursor", str(exc), param="cursor") from exc
+    return JSONResponse({"object": "list", "data": page.items, "has_more": page.has_more,
+                         "next_cursor": page.next_cursor})  # fmt: skip

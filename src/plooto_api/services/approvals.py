@@ -1,0 +1,109 @@
+"""Bills and payments awaiting (or past) approval, as one list across both kinds."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any, Literal
+
+from sqlalchemy import ColumnElement
+from sqlalchemy.orm import Session
+
+from plooto_api import mapping
+from plooto_api.store import models
+from plooto_api.store.pagination import InvalidCursor, Page, PageRequest, encode_cursor
+from plooto_api.store.repository import ObjectRepository
+from plooto_api.store.scope import AccessScope
+
+ApprovalType = Literal["bill", "payment"]
+ApprovalStatus = Literal["pending", "approved", "rejected"]
+
+
+def _ulid(object_id: str) -> str:
+    return object_id.split("_", 1)[-1]  # ids sort by creation time after their type prefix
+
+
+def _conditions(kind: ApprovalType, status: ApprovalStatus, company: str | None) -> list[ColumnElement[bool]]:
+    model: Any = models.Bill if kind == "bill" else models.Payment
+    where: list[ColumnElement[bool]] = [model.deleted_at.is_(None)]
+    if company:
+        where.append(model.company_id == company)
+    if kind == "bill":
+        where.append(models.Bill.approval_status == status)
+        return where
+    where.append(models.Payment.direction == "payable")
+    if status == "pending":
+        where.append(models.Payment.status == "pending_approval")
+    elif status == "rejected":
+        where.append(models.Payment.upstream_status_raw == "Rejected")
+    else:  # approved: past approval and not refused (includes payments that needed none)
+        where.append(models.Payment.status.not_in(("pending_approval",)))
+        where.append(models.Payment.upstream_status_raw.not_in(("Rejected",)))
+    return where
+
+
+def _decode(cursor: str | None) -> dict[str, str | None]:
+    if not cursor:
+        return {"bill": None, "payment": None}
+    try:
+        data = json.loads(base64.urlsafe_b64decode((cursor + "=" * (-len(cursor) % 4)).encode()))
+    except (binascii.Error, ValueError, UnicodeDecodeError) as exc:
+        raise InvalidCursor("cursor is not valid") from exc
+    if not isinstance(data, dict) or data.get("v") != "approvals":
+        raise InvalidCursor("cursor is not valid")
+    return {"bill": data.get("bill"), "payment": data.get("payment")}
+
+
+def _encode(positions: dict[str, str | None]) -> str:
+    raw = json.dumps({"v": "approvals", **positions}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def approval_json(row: Any) -> dict[str, Any]:
+    """One approval: the bill or payment, its approval state and the object itself."""
+    obj = mapping.to_schema(row).model_dump(mode="json")
+    kind = obj["object"]
+    approval = obj.get("approval") or {}
+    return {
+        "id": obj["id"], "object": "approval", "type": kind, "company_id": obj["company_id"],
+        "status": approval.get("status") or ("pending" if obj.get("status") == "pending_approval" else None),
+        "amount": obj.get("total") if kind == "bill" else obj.get("amount"),
+        "steps": approval.get("steps", []), kind: obj,
+    }  # fmt: skip
+
+
+def list_approvals(
+    session: Session,
+    access: AccessScope,
+    page: PageRequest,
+    *,
+    kind: ApprovalType | None,
+    status: ApprovalStatus,
+    company: str | None,
+) -> Page[dict[str, Any]]:
+    """A page of approvals, oldest first, across bills and payments."""
+    positions = _decode(page.cursor)
+    candidates: list[tuple[str, str, Any]] = []
+    more: dict[str, bool] = {}
+    for this in ("bill", "payment"):
+        if kind is not None and kind != this:
+            continue
+        model: Any = models.Bill if this == "bill" else models.Payment
+        after = positions[this]
+        sub = ObjectRepository(session, model).list(
+            access, PageRequest(page.limit, encode_cursor(after) if after else None),
+            _conditions(this, status, company),
+        )  # fmt: skip
+        more[this] = sub.has_more
+        candidates.extend((_ulid(row.id), this, row) for row in sub.items)
+    candidates.sort(key=lambda c: c[0])
+    taken = candidates[: page.limit]
+    for _key, this, row in taken:
+        positions[this] = row.id
+    left = len(candidates) > len(taken) or any(more.values())
+    return Page(
+        items=[approval_json(row) for _key, _this, row in taken],
+        has_more=left,
+        next_cursor=_encode(positions) if left else None,
+    )
