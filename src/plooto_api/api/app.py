@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request, Response
 
 from plooto_api import __version__
 from plooto_api.api.errors import install_error_handlers
+from plooto_api.api.routes import approvals as approval_routes
 from plooto_api.api.routes import authenticate, connections, health, metrics, objects, webhook_endpoints
 from plooto_api.api.routes import events as event_routes
 from plooto_api.api.routes import operations as operation_routes
@@ -83,6 +84,7 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool = True) -> Fa
     app.include_router(connections.router)
     app.include_router(objects.router)
     app.include_router(write_routes.router)
+    app.include_router(approval_routes.router)
     app.include_router(operation_routes.router)
     app.include_router(event_routes.router)
     app.include_router(webhook_endpoints.router)
