@@ -24,6 +24,7 @@ from plooto_api.store.repository import ObjectRepository
 from plooto_api.store.scope import AccessScope
 
 Op = Literal["eq", "gte", "lte"]
+MAX_MINOR = 2**63 - 1  # amounts are 64-bit minor units in the store
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,8 @@ def conditions(resource: Resource, params: dict[str, Any]) -> list[ColumnElement
             continue
         if spec.money:
             value = to_minor(value, currency)
+            if abs(value) > MAX_MINOR:
+                raise ValueError(f"{spec.param} is out of range")
         column = getattr(model, spec.column)
         if spec.op == "eq":
             result.append(column == value)
