@@ -526,8 +526,26 @@ def _aware(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
 
+TRANSIENT_RETRIES = 4
+
+
 async def execute(ctx: JobContext, operation_id: str) -> str:
-    """Carry an operation to a final state; safe to run again at any point (recovery does)."""
+    """Carry an operation to a final state; safe to run again at any point (recovery does).
+
+    A portal that cannot be reached (or keeps rate-limiting) is tried again a few times with
+    backoff; after that the operation stays open for the next recovery run.
+    """
+    for attempt in range(TRANSIENT_RETRIES):
+        try:
+            return await _execute_once(ctx, operation_id)
+        except (UpstreamUnavailable, RateLimited):
+            if attempt == TRANSIENT_RETRIES - 1:
+                raise
+            await asyncio.sleep(min(8.0, 0.5 * 2**attempt))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def _execute_once(ctx: JobContext, operation_id: str) -> str:
     op = _load(ctx, operation_id)
     if op is None or op.status in TERMINAL:
         return op.status if op is not None else "missing"
