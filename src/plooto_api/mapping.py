@@ -21,6 +21,14 @@ from plooto_api.store import models
 from plooto_api.store.base import Base
 
 
+@dataclass
+class RowValues:
+    """Column values of one object's row, and the rows of its child tables by relationship name."""
+
+    values: dict[str, Any]
+    children: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class ChildMap:
     """A one-to-many collection stored in its own table (line items, status history, …)."""
@@ -47,7 +55,15 @@ class ObjectMap:
     currency_column: str = "currency"
     composite: frozenset[str] = frozenset()  # fields read_extra / write_extra store
     read_extra: Callable[[Any], dict[str, Any]] | None = None
-    write_extra: Callable[[Any, Any], None] | None = None
+    write_extra: Callable[[Any, str], RowValues] | None = None
+    extra_children: tuple[ChildMap, ...] = ()  # child tables write_extra fills
+
+    def child_map(self, relationship: str) -> ChildMap:
+        """The ChildMap stored under a relationship name."""
+        for child in (*self.children.values(), *self.extra_children):
+            if child.relationship == relationship:
+                return child
+        raise KeyError(relationship)
 
 
 _BASE_FIELDS = {"object", "upstream", "accounting_refs", "company_id"}
@@ -71,9 +87,11 @@ def _bill_approval_read(row: models.Bill) -> dict[str, Any]:
     }
 
 
-def _bill_approval_write(obj: schemas.Bill, row: models.Bill) -> None:
-    row.approval_status = obj.approval.status
-    _replace_children(_APPROVAL_STEP, obj.approval.steps, row, row.currency)
+def _bill_approval_write(obj: schemas.Bill, currency: str) -> RowValues:
+    return RowValues(
+        {"approval_status": obj.approval.status},
+        {_APPROVAL_STEP.relationship: _child_rows(_APPROVAL_STEP, obj.approval.steps, currency)},
+    )
 
 
 def _money_fields(*names: str) -> dict[str, tuple[str, str]]:
@@ -106,6 +124,7 @@ OBJECT_MAPS: dict[str, ObjectMap] = {
                 )
             },
             composite=frozenset({"approval"}),
+            extra_children=(_APPROVAL_STEP,),
             read_extra=_bill_approval_read,
             write_extra=_bill_approval_write,
         ),
@@ -220,7 +239,7 @@ def _column_value(value: Any) -> Any:
     return value
 
 
-def _replace_children(child: ChildMap, items: Sequence[BaseModel], parent: Any, currency: str) -> None:
+def _child_rows(child: ChildMap, items: Sequence[BaseModel], currency: str) -> list[dict[str, Any]]:
     rows = []
     for position, item in enumerate(items):
         values: dict[str, Any] = {}
@@ -232,54 +251,72 @@ def _replace_children(child: ChildMap, items: Sequence[BaseModel], parent: Any, 
                 values[child.renames.get(name, name)] = _column_value(value)
         if child.positioned:
             values["position"] = position
-        rows.append(child.model(**values))
-    setattr(parent, child.relationship, rows)
+        rows.append(values)
+    return rows
+
+
+_ROW_FIELDS = {"id", "upstream_id", "created_at", "updated_at", "deleted_at"}
+
+
+def row_values(obj: schemas.PortalObject, *, connection_id: str) -> RowValues:
+    """The column values (and child rows) that store a normalized object: the one write mapping,
+    used for ORM updates and for bulk inserts alike."""
+    spec = OBJECT_MAPS[obj.object]
+    values: dict[str, Any] = {
+        "id": obj.id,
+        "connection_id": connection_id,
+        "upstream_id": obj.upstream_id,
+        "created_at": obj.created_at,
+        "updated_at": obj.updated_at,
+        "deleted_at": obj.deleted_at,
+        "upstream_status_raw": obj.upstream.status_raw,
+        "upstream_fetched_at": obj.upstream.fetched_at,
+        "upstream_url": obj.upstream.url,
+        "quickbooks_id": obj.accounting_refs.quickbooks,
+        "xero_id": obj.accounting_refs.xero,
+        "netsuite_id": obj.accounting_refs.netsuite,
+    }
+    if spec.model is not models.Company:
+        values["company_id"] = obj.company_id
+    # Currencies first: money fields are converted to minor units in their own currency.
+    for name, (minor_col, currency_col) in spec.money.items():
+        value = getattr(obj, name)
+        if value is not None:
+            current = values.get(currency_col)
+            if current not in (None, value.currency):
+                raise ValueError(f"{spec.object_type}.{name} is in {value.currency}, not {current}")
+            values[currency_col] = value.currency
+            values[minor_col] = to_minor(value.amount, value.currency)
+        else:
+            values[minor_col] = None
+            if currency_col != spec.currency_column:
+                values[currency_col] = None
+    for name in spec.schema.model_fields:
+        if name in _BASE_FIELDS or name in _ROW_FIELDS or name in spec.money or name in spec.composite:
+            continue
+        if name not in spec.children:
+            values[spec.renames.get(name, name)] = _column_value(getattr(obj, name))
+    currency = values.get(spec.currency_column) or ""
+    children = {
+        child.relationship: _child_rows(child, getattr(obj, name), currency)
+        for name, child in spec.children.items()
+    }
+    if spec.write_extra is not None:
+        extra = spec.write_extra(obj, currency)
+        values.update(extra.values)
+        children.update(extra.children)
+    return RowValues(values, children)
 
 
 def apply_to_row(obj: schemas.PortalObject, row: Any, *, connection_id: str) -> Any:
     """Write a normalized object's fields onto a store row (new or existing) and return the row."""
     spec = object_map_for(row)
-    written_currencies: set[str] = set()
-    row.id = obj.id
-    row.connection_id = connection_id
-    if spec.model is not models.Company:
-        row.company_id = obj.company_id
-    row.upstream_id = obj.upstream_id
-    row.created_at = obj.created_at
-    row.updated_at = obj.updated_at
-    row.deleted_at = obj.deleted_at
-    row.upstream_status_raw = obj.upstream.status_raw
-    row.upstream_fetched_at = obj.upstream.fetched_at
-    row.upstream_url = obj.upstream.url
-    row.quickbooks_id = obj.accounting_refs.quickbooks
-    row.xero_id = obj.accounting_refs.xero
-    row.netsuite_id = obj.accounting_refs.netsuite
-    # Currencies first: money fields are converted to minor units in their own currency.
-    for name, (_, currency_col) in spec.money.items():
-        value = getattr(obj, name)
-        if value is not None:
-            current = getattr(row, currency_col, None)
-            if current not in (None, value.currency) and currency_col in written_currencies:
-                raise ValueError(f"{spec.object_type}.{name} is in {value.currency}, not {current}")
-            setattr(row, currency_col, value.currency)
-            written_currencies.add(currency_col)
-        elif currency_col != spec.currency_column:
-            setattr(row, currency_col, None)
-    for name in spec.schema.model_fields:
-        if name in _BASE_FIELDS or name in {"id", "upstream_id", "created_at", "updated_at", "deleted_at"}:
-            continue
-        value = getattr(obj, name)
-        if name in spec.money:
-            minor_col, currency_col = spec.money[name]
-            setattr(row, minor_col, None if value is None else to_minor(value.amount, value.currency))
-        elif name in spec.children:
-            _replace_children(spec.children[name], value, row, getattr(row, spec.currency_column))
-        elif name in spec.composite:
-            continue  # stored across several columns by write_extra
-        else:
-            setattr(row, spec.renames.get(name, name), _column_value(value))
-    if spec.write_extra is not None:
-        spec.write_extra(obj, row)
+    stored = row_values(obj, connection_id=connection_id)
+    for column, value in stored.values.items():
+        setattr(row, column, value)
+    for relationship, rows in stored.children.items():
+        child = spec.child_map(relationship)
+        setattr(row, relationship, [child.model(**values) for values in rows])
     return row
 
 

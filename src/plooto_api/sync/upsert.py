@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session, selectinload
 
 from plooto_api import mapping, schemas
@@ -159,10 +159,36 @@ def apply_records(
     # flush per type: the unit of work orders inserts by relationship(), not by bare foreign keys.
     order = sorted(by_type, key=lambda object_type: object_type != "company")
     for object_type in order:
+        inserts = _Inserts()
         for record in by_type[object_type]:
-            _apply_one(session, connection_id, company_ids, record, existing, assigned, ids, now, counts)
+            _apply_one(
+                session, connection_id, company_ids, record, existing, assigned, ids, now, counts, inserts
+            )
+        inserts.execute(session, mapping.object_map_for(object_type))
         session.flush()
     return counts
+
+
+@dataclass
+class _Inserts:
+    """New rows of one type, inserted together (executemany) rather than one ORM object at a time."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    children: defaultdict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
+
+    def add(self, spec: mapping.ObjectMap, stored: mapping.RowValues) -> None:
+        self.rows.append(stored.values)
+        parent_key = f"{spec.object_type}_id"
+        for relationship, rows in stored.children.items():
+            self.children[relationship] += [{**row, parent_key: stored.values["id"]} for row in rows]
+
+    def execute(self, session: Session, spec: mapping.ObjectMap) -> None:
+        if not self.rows:
+            return
+        session.execute(insert(spec.model), self.rows)
+        for relationship, rows in self.children.items():
+            if rows:
+                session.execute(insert(spec.child_map(relationship).model), rows)
 
 
 def _apply_one(
@@ -175,6 +201,7 @@ def _apply_one(
     ids: dict[tuple[str, str], str],
     now: datetime,
     counts: ApplyCounts,
+    inserts: _Inserts,
 ) -> None:
     spec = mapping.object_map_for(record.object_type)
     gateway_id = assigned[(record.object_type, record.upstream_id)]
@@ -209,8 +236,7 @@ def _apply_one(
     fetched = new.upstream.model_copy(update={"fetched_at": now})
     new = new.model_copy(update={"updated_at": now, "upstream": fetched})
     if row is None:
-        row = mapping.new_row(new, connection_id=connection_id)
-        session.add(row)
+        inserts.add(spec, mapping.row_values(new, connection_id=connection_id))
         counts.created += 1
         event_types = [f"{record.object_type}.created"]
     else:
