@@ -95,6 +95,8 @@ def test_wrong_password_is_401_and_leaves_nothing(client: TestClient) -> None:
         {"username": "x"},
         {**CONTROLLER, "mfa_code": "12ab"},
         {**CONTROLLER, "extra": True},
+        {**CONTROLLER, "totp_secret": "JBSWY3DP"},  # too short to be a TOTP secret
+        {**CONTROLLER, "totp_secret": "not base32!"},
         {"username": 5, "password": []},
     ],
 )

@@ -25,6 +25,8 @@ BILLS_PER_COMPANY = 30
 
 class SimulatedCrash(Exception):
     """Stands for the worker dying between two pages."""
+
+
 COMPANIES = 2
 
 
@@ -255,3 +257,19 @@ def _first_company(ctx: JobContext) -> str:
         company = session.scalars(select(models.Company).order_by(models.Company.name)).first()
         assert company is not None
         return company.upstream_id
+
+
+async def test_a_wrong_totp_secret_needs_action_and_is_not_retried(
+    ctx: JobContext, make_connection: Callable[..., str]
+) -> None:
+    connection_id = make_connection(
+        totp_secret="JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"
+    )  # valid, but not this user's
+    first = await SyncEngine(ctx).sync_connection(connection_id)
+    assert first.state == "requires_action"
+    row = _connection(ctx, connection_id)
+    assert (row.state_reason, (row.state_detail or {}).get("error")) == ("mfa", "code_refused")
+    portal = await ctx.portals.get(connection_id)
+    logins = portal.stats.logins
+    again = await SyncEngine(ctx).sync_connection(connection_id)
+    assert again.state == "requires_action" and portal.stats.logins == logins  # no new attempt

@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from plooto_api.config import Settings
 from plooto_api.jobs.context import JobContext
-from plooto_api.services.connections import change_state, create_connection
+from plooto_api.services.connections import change_state, create_connection, normalize_totp_secret
 from plooto_api.services.sessions import complete_mfa
 from plooto_api.store.database import transaction
 from plooto_api.store.models import Connection
@@ -85,6 +85,10 @@ def run_connect(settings: Settings, console: Console, *, username: str, password
         ctx = JobContext.from_settings(settings)
         try:
             assert settings.upstream_url
+            try:
+                normalize_totp_secret(totp_secret) if totp_secret else None
+            except ValueError as exc:
+                raise CliFailure(f"--totp-secret: {exc}") from exc
             with transaction(ctx.sessions) as session:
                 connection = create_connection(
                     session, ctx.vault, username=username, password=password, upstream_url=settings.upstream_url,

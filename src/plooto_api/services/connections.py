@@ -7,6 +7,8 @@ emits an event in the same transaction.
 
 from __future__ import annotations
 
+import base64
+import binascii
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +29,21 @@ class ConnectionNotFound(LookupError):
     """No connection with that id."""
 
 
+def normalize_totp_secret(secret: str) -> str:
+    """A TOTP secret as authenticator apps show it (base32, spaces allowed), checked and normalized.
+
+    Raises ValueError with a message fit for the user when it is not usable.
+    """
+    cleaned = "".join(secret.split()).upper().rstrip("=")
+    try:
+        decoded = base64.b32decode(cleaned + "=" * (-len(cleaned) % 8))
+    except (binascii.Error, ValueError):
+        raise ValueError("the TOTP secret is not base32 (letters A-Z and digits 2-7)") from None
+    if len(decoded) * 8 < 112:
+        raise ValueError("the TOTP secret is too short (at least 112 bits, 23 base32 characters)")
+    return cleaned
+
+
 def create_connection(
     session: Session,
     vault: Vault,
@@ -39,6 +56,8 @@ def create_connection(
     login_mode: str = "http",
 ) -> Connection:
     """Create a connection; its password and TOTP secret go into the vault, never the row."""
+    if totp_secret is not None:
+        totp_secret = normalize_totp_secret(totp_secret)
     connection = Connection(
         id=new_id("conn"),
         label=label,
@@ -77,7 +96,7 @@ def update_credentials(
     if password is not None:
         secret["password"] = password
     if totp_secret is not None:
-        secret["totp_secret"] = totp_secret
+        secret["totp_secret"] = normalize_totp_secret(totp_secret)
     vault.seal(session, connection.id, "credentials", secret)
 
 

@@ -36,13 +36,12 @@ from plooto_api.upstream import (
     ChangePage,
     Feed,
     InvalidCredentials,
+    InvalidMfaCode,
     MfaRequired,
     PortalSession,
-    RateLimited,
     UpstreamChanged,
     UpstreamError,
     UpstreamRecord,
-    UpstreamUnavailable,
 )
 
 log = get_logger(__name__)
@@ -175,14 +174,14 @@ class SyncEngine:
                     raise result
         except MfaRequired as exc:
             self._fail(report, "requires_action", "mfa", {"method": exc.challenge.method}, exc)
+        except InvalidMfaCode as exc:  # the stored TOTP secret produced a refused code: a person must fix it
+            self._fail(report, "requires_action", "mfa", {"method": "totp", "error": "code_refused"}, exc)
         except InvalidCredentials as exc:
             self._fail(report, "requires_action", "password", None, exc)
         except AccountLocked as exc:
             until = getattr(exc, "until", None)
             self._fail(report, "locked", None, {"until": until.isoformat()} if until else None, exc)
-        except (UpstreamUnavailable, RateLimited) as exc:
-            self._fail(report, "upstream_unavailable", None, {"error": type(exc).__name__}, exc)
-        except UpstreamError as exc:
+        except UpstreamError as exc:  # unreachable, rate limited past retries, or refusing us
             self._fail(report, "upstream_unavailable", None, {"error": type(exc).__name__}, exc)
         if report.error is None:
             self._finish(report)
