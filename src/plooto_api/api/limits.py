@@ -1,0 +1,160 @@
+"""Abuse limits on the gateway's own API: login attempt rate limits and request body size.
+
+- Login attempts (`POST /authenticate`, `POST /authenticate/mfa`) are counted in an in-process
+  sliding window per client address and per username (for MFA codes: per challenge, which belongs
+  to one username and costs a login attempt to obtain). Over the limit: 429 with Retry-After.
+  The client address is the socket's peer; a gateway behind a proxy sees the proxy's address.
+- Request bodies are limited (JSON: `max_body_bytes`; multipart uploads: `max_upload_bytes` plus
+  the JSON allowance). A declared Content-Length over the limit is refused before anything is
+  read; a body without one (chunked) is counted as it streams and refused once it passes the limit.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import Request
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from plooto_api.api.errors import ApiError
+from plooto_api.config import Settings
+
+Clock = Callable[[], float]
+
+
+class SlidingWindowLimiter:
+    """At most `limit` hits per key in any `window` seconds; the clock is injectable for tests."""
+
+    def __init__(self, limit: int, window: float, clock: Clock = time.monotonic) -> None:
+        self.limit = limit
+        self.window = window
+        self.clock = clock
+        self._hits: dict[str, deque[float]] = {}
+
+    def hit(self, key: str) -> float | None:
+        """Count one attempt for `key`; None if allowed, else seconds until one would be."""
+        now = self.clock()
+        hits = self._hits.setdefault(key, deque())
+        while hits and hits[0] <= now - self.window:
+            hits.popleft()
+        if len(hits) >= self.limit:
+            return hits[0] + self.window - now
+        hits.append(now)
+        self._forget_idle(now)
+        return None
+
+    def _forget_idle(self, now: float) -> None:
+        # Keep memory bounded under a spray of distinct keys: drop keys with no recent hits.
+        if len(self._hits) > 10_000:
+            for key in [k for k, v in self._hits.items() if not v or v[-1] <= now - self.window]:
+                del self._hits[key]
+
+
+class LoginAttemptLimits:
+    """The per-client and per-username limiters of login and MFA attempts."""
+
+    def __init__(self, settings: Settings, clock: Clock = time.monotonic) -> None:
+        window = settings.auth_attempt_window_seconds
+        self.per_client = SlidingWindowLimiter(settings.auth_attempts_per_client, window, clock)
+        self.per_username = SlidingWindowLimiter(settings.auth_attempts_per_username, window, clock)
+
+    def check(self, client: str, username: str | None) -> None:
+        """Count an attempt; ApiError 429 (with Retry-After) if a limit is exceeded."""
+        waits = [self.per_client.hit(f"client:{client}")]
+        if username:
+            waits.append(self.per_username.hit(f"user:{username.strip().lower()}"))
+        wait = max((w for w in waits if w is not None), default=None)
+        if wait is not None:
+            seconds = max(1, math.ceil(wait))
+            raise ApiError(429, "rate_limited", f"too many login attempts; try again in {seconds} s",
+                           headers={"Retry-After": str(seconds)})  # fmt: skip
+
+
+async def limit_login_attempts(request: Request) -> None:
+    """Dependency of the authentication routes: count this attempt against its client and username."""
+    limits: LoginAttemptLimits | None = getattr(request.app.state, "login_limits", None)
+    if limits is None or request.method != "POST":
+        return
+    username: str | None = None
+    try:
+        body: Any = await request.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        if request.url.path.endswith("/mfa"):
+            challenge = body.get("challenge_id")
+            username = f"challenge:{challenge}" if isinstance(challenge, str) else None
+        elif isinstance(body.get("username"), str):
+            username = body["username"]
+    limits.check(request.client.host if request.client else "unknown", username)
+
+
+class PayloadTooLarge(StarletteHTTPException):
+    """The body passed the size limit while it was being read (answered as 413 payload_too_large)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"the request body is larger than {limit} bytes")
+
+
+class BodySizeLimit:
+    """ASGI middleware: 413 for bodies over the limit, without reading more than the limit."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int, max_upload_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.max_upload_bytes = max_upload_bytes
+
+    def _limit(self, scope: Scope) -> int:
+        for name, value in scope.get("headers", []):
+            if name == b"content-type" and value.lower().startswith(b"multipart/form-data"):
+                return self.max_upload_bytes + self.max_body_bytes  # the file plus its form fields
+        return self.max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self._limit(scope)
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = -1
+                if declared < 0 or declared > limit:
+                    await self._refuse(scope, send, limit, declared < 0)
+                    return
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise PayloadTooLarge(limit)
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+    async def _refuse(self, scope: Scope, send: Send, limit: int, malformed: bool) -> None:
+        request_id = scope.get("state", {}).get("request_id")
+        if malformed:
+            status, code, message = 400, "invalid_request", "the Content-Length header is not a number"
+        else:
+            status, code, message = 413, "payload_too_large", f"the request body is larger than {limit} bytes"
+        body = json.dumps(
+            {"error": {"code": code, "message": message, "param": None, "request_id": request_id}}
+        ).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                   (b"connection", b"close")]  # fmt: skip
+        if request_id:
+            headers.append((b"x-request-id", str(request_id).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
