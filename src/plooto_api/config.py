@@ -59,6 +59,23 @@ class Settings(BaseSettings):
         description="After an unknown outcome, how long the portal may still apply a write; a write not "
         "found by then is sent again.",
     )
+    auth_attempts_per_client: int = Field(
+        default=10,
+        ge=1,
+        description="POST /authenticate and /authenticate/mfa attempts per client IP per window.",
+    )
+    auth_attempts_per_username: int = Field(
+        default=5, ge=1, description="Login attempts per username (MFA: per challenge) per window."
+    )
+    auth_attempt_window_seconds: float = Field(
+        default=60.0, gt=0, description="The rate limit's sliding window."
+    )
+    max_body_bytes: int = Field(
+        default=1024 * 1024, ge=1024, description="Largest JSON request body accepted."
+    )
+    max_upload_bytes: int = Field(
+        default=10 * 1024 * 1024, ge=1024, description="Largest attachment accepted (multipart requests)."
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["console", "json"] = "console"
 
