@@ -7,10 +7,11 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
 
 from plooto_api import __version__
 from plooto_api.api.errors import install_error_handlers
+from plooto_api.api.limits import BodySizeLimit, LoginAttemptLimits, limit_login_attempts
 from plooto_api.api.routes import approvals as approval_routes
 from plooto_api.api.routes import authenticate, connections, health, metrics, objects, webhook_endpoints
 from plooto_api.api.routes import events as event_routes
@@ -64,6 +65,11 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool = True) -> Fa
     )
     app.state.settings = settings
     install_error_handlers(app)
+    app.state.login_limits = LoginAttemptLimits(settings)
+    # Added before the request-id middleware, so that one wraps it and a 413 carries an id too.
+    app.add_middleware(
+        BodySizeLimit, max_body_bytes=settings.max_body_bytes, max_upload_bytes=settings.max_upload_bytes
+    )
 
     @app.middleware("http")
     async def request_id(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
@@ -80,7 +86,11 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool = True) -> Fa
 
     app.include_router(health.router)
     app.include_router(metrics.router)
-    app.include_router(authenticate.router)
+    app.include_router(
+        authenticate.router,
+        dependencies=[Depends(limit_login_attempts)],
+        responses={429: {"description": "Too many login attempts from this client or for this username."}},
+    )
     app.include_router(connections.router)
     app.include_router(objects.router)
     app.include_router(write_routes.router)
