@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from plooto_api.api.auth import require_scope
 from plooto_api.api.errors import ApiError, error_body
-from plooto_api.services import idempotency, writes
+from plooto_api.services import idempotency, uploads, writes
 from plooto_api.services.tokens import Principal
 from plooto_api.store import models
 
@@ -217,11 +217,13 @@ async def create_bill(
             upload = form.get("file")
             if upload is not None and not isinstance(upload, str):
                 content = await upload.read()
-                attachment = (
-                    upload.filename or "attachment",
-                    content,
-                    upload.content_type or "application/pdf",
-                )
+                try:  # the type comes from the bytes, not from what the client declared
+                    sniffed = uploads.check_upload(
+                        content, max_bytes=request.app.state.settings.max_upload_bytes
+                    )
+                except uploads.UploadRefused as refused:
+                    raise ApiError(refused.status, refused.code, refused.message, param="file") from None
+                attachment = (upload.filename or "attachment", content, sniffed)
         else:
             payload = await request.json()
         body = CreateBill.model_validate(payload)
