@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from plooto_api.services.connections import VaultSessionStateStore, get_connection, load_credentials
+from plooto_api.store.models import VaultEntry
 from plooto_api.store.vault import Vault
 from plooto_api.upstream import PortalSession, ThrottleConfig
 
 
 class PortalRegistry:
-    """Creates each connection's PortalSession on first use and keeps it for the process's life."""
+    """Creates each connection's PortalSession on first use and keeps it for the process's life, or
+    until its credentials are replaced (by this process or another: the CLI, another API process)."""
 
     def __init__(
         self, sessions: sessionmaker[Session], vault: Vault, throttle: ThrottleConfig | None = None
@@ -21,12 +24,24 @@ class PortalRegistry:
         self._vault = vault
         self._throttle = throttle
         self._portals: dict[str, PortalSession] = {}
+        self._sealed: dict[str, bytes | None] = {}  # each portal's credentials, by their vault nonce
         self._lock = asyncio.Lock()
 
     async def get(self, connection_id: str) -> PortalSession:
         """The connection's portal session (created, with its saved cookies, if needed)."""
         async with self._lock:
             portal = self._portals.get(connection_id)
+            with self._sessions() as session:
+                # Every seal draws a new nonce, so a changed nonce means new credentials.
+                sealed = session.scalars(
+                    select(VaultEntry.nonce).where(
+                        VaultEntry.owner_id == connection_id, VaultEntry.purpose == "credentials"
+                    )
+                ).first()
+            if portal is not None and self._sealed.get(connection_id) != sealed:
+                self._portals.pop(connection_id)
+                await portal.aclose()
+                portal = None
             if portal is None:
                 with self._sessions() as session:
                     connection = get_connection(session, connection_id)
@@ -40,6 +55,7 @@ class PortalRegistry:
                     login_mode="browser" if login_mode == "browser" else "http",
                 )
                 self._portals[connection_id] = portal
+                self._sealed[connection_id] = sealed
             return portal
 
     async def forget(self, connection_id: str) -> None:
