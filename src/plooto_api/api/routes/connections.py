@@ -1,22 +1,28 @@
-"""`GET /connections` and `GET /connections/{id}`: the Plooto logins and their health."""
+"""`GET /connections`, `GET /connections/{id}` and `PATCH /connections/{id}`: the Plooto logins, their
+health, and replacing a login's password or TOTP secret."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from sqlalchemy import Select, select
 
 from plooto_api import mapping, schemas
 from plooto_api.api.auth import require_scope
 from plooto_api.api.errors import ApiError
+from plooto_api.services import audit
+from plooto_api.services.connections import normalize_totp_secret
+from plooto_api.services.sessions import replace_credentials
 from plooto_api.services.tokens import Principal
+from plooto_api.store.database import transaction
 from plooto_api.store.models import Company, Connection
 from plooto_api.store.pagination import MAX_LIMIT, InvalidCursor, decode_cursor, encode_cursor
 
 router = APIRouter(tags=["connections"])
 _read = Depends(require_scope("connections:read"))
+_write = Depends(require_scope("connections:write"))
 
 
 class ConnectionList(BaseModel):
@@ -74,3 +80,62 @@ def get_connection(request: Request, connection_id: str, principal: Principal = 
     if row is None:
         raise ApiError(404, "not_found", f"no connection {connection_id[:64]}", param="id")
     return mapping.connection_to_schema(row)
+
+
+class ConnectionUpdate(BaseModel):
+    """New credentials or label; fields left out are kept. Secrets are never returned or logged."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    password: SecretStr | None = Field(default=None, min_length=1, max_length=512,
+                                       description="The login's new portal password.")  # fmt: skip
+    totp_secret: SecretStr | None = Field(default=None, max_length=256,
+                                          description="A new TOTP secret (base32), so MFA answers itself.")  # fmt: skip
+    label: str | None = Field(default=None, max_length=200, examples=["Northwind CPA"])
+
+    @field_validator("totp_secret")
+    @classmethod
+    def _usable_totp_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        return SecretStr(normalize_totp_secret(value.get_secret_value()))
+
+
+@router.patch(
+    "/connections/{connection_id}",
+    response_model=schemas.Connection,
+    summary="Replace a connection's password or TOTP secret, or rename it",
+)
+async def update_connection(
+    request: Request, connection_id: str, body: ConnectionUpdate, principal: Principal = _write
+) -> Any:
+    """A connection waiting for a new password (`requires_action`, reason `password`) logs in again
+    with the one given here at its next sync."""
+    ctx = request.app.state.ctx
+    with ctx.sessions() as session:
+        if session.scalars(_readable(principal).where(Connection.id == connection_id)).first() is None:
+            raise ApiError(404, "not_found", f"no connection {connection_id[:64]}", param="id")
+    changed = [name for name in ("password", "totp_secret", "label") if getattr(body, name) is not None]
+    if not changed:
+        raise ApiError(400, "invalid_request", "give at least one of password, totp_secret, label")
+    if body.password is not None or body.totp_secret is not None:
+        await replace_credentials(
+            ctx, connection_id,
+            password=body.password.get_secret_value() if body.password else None,
+            totp_secret=body.totp_secret.get_secret_value() if body.totp_secret else None,
+        )  # fmt: skip
+    with transaction(ctx.sessions) as session:
+        row = session.get(Connection, connection_id)
+        assert row is not None
+        if body.label is not None:
+            row.label = body.label
+        audit.append(session, actor=principal.token_id, action="connection.updated", object_type="connection",
+                     object_id=connection_id, connection_id=connection_id,
+                     request_id=getattr(request.state, "request_id", None),
+                     detail={"changed": changed})  # names of the fields only, never their values  # fmt: skip
+        result = mapping.connection_to_schema(row)
+    jobs = getattr(request.app.state, "jobs", None)
+    if jobs is not None and request.app.state.run_jobs and changed != ["label"]:
+        # Log in with the new credentials now rather than at the next scheduled sync.
+        jobs.enqueue("sync.connection", {"connection_id": connection_id}, key=f"connection:{connection_id}")
+    return result
