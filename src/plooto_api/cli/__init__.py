@@ -174,6 +174,29 @@ def connections_clear_drift(
     run_clear_drift(load_settings(data_dir=data_dir, database_url=database_url), console, connection)
 
 
+@connections_app.command("set-password")
+def connections_set_password(
+    connection: Annotated[str, typer.Argument(help="Connection id.")],
+    totp_secret: Annotated[
+        str | None,
+        typer.Option(
+            help="Also replace the TOTP secret [env PLOOTO_TOTP_SECRET].", envvar="PLOOTO_TOTP_SECRET"
+        ),
+    ] = None,
+    data_dir: DataDirOption = None,
+    database_url: DatabaseUrlOption = None,
+) -> None:
+    """Give a connection its new Plooto password, read from PLOOTO_PASSWORD or asked for (never a flag).
+
+    A connection whose password was refused (requires_action: password) logs in again with it.
+    """
+    from plooto_api.cli.connections import run_set_password
+
+    settings = load_settings(data_dir=data_dir, database_url=database_url)
+    password = os.environ.get("PLOOTO_PASSWORD") or typer.prompt("New Plooto password", hide_input=True)
+    run_set_password(settings, console, connection, password=password, totp_secret=totp_secret)
+
+
 tokens_app = typer.Typer(help="Create, list and revoke API tokens.", no_args_is_help=True)
 app.add_typer(tokens_app, name="tokens")
 

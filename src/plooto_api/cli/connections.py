@@ -165,6 +165,39 @@ def run_clear_drift(settings: Settings, console: Console, connection_id: str) ->
     console.print(f"{connection_id} cleared; writes are allowed again")
 
 
+def run_set_password(
+    settings: Settings, console: Console, connection_id: str, *, password: str | None, totp_secret: str | None
+) -> None:
+    """Replace a connection's password and/or TOTP secret (sealed in the vault), recorded in the audit log."""
+    from plooto_api.services import audit
+    from plooto_api.services.sessions import replace_credentials
+
+    async def run() -> int:
+        ctx = JobContext.from_settings(settings)
+        try:
+            with ctx.sessions() as session:
+                if session.get(Connection, connection_id) is None:
+                    raise CliFailure(f"no connection {connection_id} (see `plooto-api connections list`)")
+            try:
+                secret = normalize_totp_secret(totp_secret) if totp_secret else None
+            except ValueError as exc:
+                raise CliFailure(f"--totp-secret: {exc}") from exc
+            await replace_credentials(ctx, connection_id, password=password, totp_secret=secret)
+            changed = [name for name, value in (("password", password), ("totp_secret", secret)) if value]
+            with transaction(ctx.sessions) as session:
+                audit.append(session, actor="cli", action="connection.updated", object_type="connection",
+                             object_id=connection_id, connection_id=connection_id,
+                             detail={"changed": changed})  # fmt: skip
+                state = session.get(Connection, connection_id)
+                console.print(f"{connection_id} credentials replaced ({', '.join(changed)}); "
+                              f"state {state.state if state else '?'}; the next sync logs in with them")  # fmt: skip
+        finally:
+            await ctx.aclose()
+        return 0
+
+    _run(run())
+
+
 def _run(coro: Coroutine[Any, Any, int | None]) -> int:
     try:
         result = asyncio.run(coro)
