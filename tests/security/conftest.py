@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -11,6 +11,8 @@ from pydantic import SecretStr
 
 from plooto_api.api.app import create_app
 from plooto_api.config import Settings
+from plooto_api.jobs import JobContext
+from plooto_api.services.connections import create_connection
 from plooto_api.services.tokens import create_token
 from plooto_api.store.database import create_db_engine, session_factory, transaction
 from plooto_api.store.vault import generate_key
@@ -53,3 +55,30 @@ def make_token(database_url: str) -> Iterator[Callable[..., str]]:
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def portal_settings(settings: Settings, sandbox: str) -> Settings:
+    """The gateway's settings with the sandbox as its portal."""
+    return settings.model_copy(update={"upstream_url": sandbox})
+
+
+@pytest.fixture
+async def ctx(portal_settings: Settings) -> AsyncIterator[JobContext]:
+    """A worker context on this test's database, keyed like the gateway."""
+    context = JobContext.from_settings(portal_settings, migrate=False)
+    yield context
+    await context.aclose()
+
+
+@pytest.fixture
+def portal_client(portal_settings: Settings) -> Iterator[TestClient]:
+    """The gateway app (no background jobs) with the sandbox as its portal."""
+    with TestClient(create_app(portal_settings, run_jobs=False)) as test_client:
+        yield test_client
+
+
+def add_connection(ctx: JobContext, password: str = PASSWORD, totp_secret: str | None = TOTP_SECRET) -> str:
+    with transaction(ctx.sessions) as session:
+        return create_connection(session, ctx.vault, username=CONTROLLER, password=password,
+                                 upstream_url=str(ctx.settings.upstream_url), totp_secret=totp_secret).id  # fmt: skip
