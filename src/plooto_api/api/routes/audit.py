@@ -1,0 +1,95 @@
+"""`GET /audit`: the append-only audit log, oldest first, for tokens with the `audit:read` scope."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel
+from sqlalchemy import Select, select
+
+from plooto_api import mapping, schemas
+from plooto_api.api.auth import require_scope
+from plooto_api.api.errors import ApiError
+from plooto_api.services.tokens import Principal
+from plooto_api.store.models import AuditEntry
+from plooto_api.store.pagination import MAX_LIMIT, InvalidCursor, decode_cursor, encode_cursor
+
+router = APIRouter(tags=["audit"])
+_read = Depends(require_scope("audit:read"))
+
+
+class AuditEntryList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[schemas.AuditEntry]
+    has_more: bool
+    next_cursor: str | None = None
+
+
+def _readable(principal: Principal) -> Select[AuditEntry]:
+    """A token limited to companies or a connection sees only the entries about them."""
+    stmt = select(AuditEntry)
+    access = principal.access
+    if access.connection_ids is not None:
+        stmt = stmt.where(AuditEntry.connection_id.in_(access.connection_ids))
+    if access.company_ids is not None:
+        stmt = stmt.where(AuditEntry.company_id.in_(access.company_ids))
+    return stmt
+
+
+def _after_seq(cursor: str) -> int:
+    try:
+        text = decode_cursor(cursor)
+        if not text.isdigit():
+            raise InvalidCursor("cursor is not valid")
+        return int(text)
+    except InvalidCursor as exc:
+        raise ApiError(400, "invalid_cursor", str(exc), param="cursor") from exc
+
+
+@router.get("/audit", response_model=AuditEntryList, summary="List audit log entries, oldest first")
+def list_audit_entries(
+    request: Request,
+    principal: Principal = _read,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 25,
+    cursor: Annotated[str | None, Query(max_length=500)] = None,
+    action: Annotated[
+        str | None, Query(max_length=64, description="An action, or a family such as `create_payment.*`.")
+    ] = None,
+    actor: Annotated[str | None, Query(max_length=100, description="A token id, `system` or `cli`.")] = None,
+    object_id: Annotated[str | None, Query(max_length=40)] = None,
+    company: Annotated[str | None, Query(max_length=40)] = None,
+    connection: Annotated[str | None, Query(max_length=40)] = None,
+    occurred_from: Annotated[datetime | None, Query(description="At or after (ISO 8601).")] = None,
+    occurred_to: Annotated[datetime | None, Query(description="At or before (ISO 8601).")] = None,
+) -> Any:
+    stmt = _readable(principal)
+    if action:
+        if action.endswith(".*"):
+            stmt = stmt.where(AuditEntry.action.startswith(action[:-1], autoescape=True))
+        else:
+            stmt = stmt.where(AuditEntry.action == action)
+    for column, match in ((AuditEntry.actor, actor), (AuditEntry.object_id, object_id),
+                          (AuditEntry.company_id, company), (AuditEntry.connection_id, connection)):  # fmt: skip
+        if match:
+            stmt = stmt.where(column == match)
+    for value, name in ((occurred_from, "occurred_from"), (occurred_to, "occurred_to")):
+        if value is not None and value.tzinfo is None:
+            raise ApiError(400, "invalid_request", f"{name}: give a time zone (e.g. Z)", param=name)
+    if occurred_from is not None:
+        stmt = stmt.where(AuditEntry.occurred_at >= occurred_from)
+    if occurred_to is not None:
+        stmt = stmt.where(AuditEntry.occurred_at <= occurred_to)
+    if cursor:
+        stmt = stmt.where(AuditEntry.seq > _after_seq(cursor))
+    with request.app.state.sessions() as session:
+        rows = list(session.scalars(stmt.order_by(AuditEntry.seq).limit(limit + 1)))
+    has_more = len(rows) > limit
+    rows = rows[:limit]
+    return {
+        "object": "list",
+        "data": [mapping.audit_entry_to_schema(r) for r in rows],
+        "has_more": has_more,
+        "next_cursor": encode_cursor(str(rows[-1].seq)) if has_more else None,
+    }
