@@ -13,6 +13,7 @@ from plooto_api import __version__
 from plooto_api.api.errors import install_error_handlers
 from plooto_api.api.limits import BodySizeLimit, LoginAttemptLimits, limit_login_attempts
 from plooto_api.api.routes import approvals as approval_routes
+from plooto_api.api.routes import audit as audit_routes
 from plooto_api.api.routes import authenticate, connections, health, metrics, objects, webhook_endpoints
 from plooto_api.api.routes import events as event_routes
 from plooto_api.api.routes import operations as operation_routes
@@ -98,4 +99,5 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool = True) -> Fa
     app.include_router(operation_routes.router)
     app.include_router(event_routes.router)
     app.include_router(webhook_endpoints.router)
+    app.include_router(audit_routes.router)
     return app
