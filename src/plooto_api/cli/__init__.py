@@ -281,6 +281,25 @@ def events_replay(
     run_replay(settings, console, since=since, event_type=event_type, endpoint=endpoint)
 
 
+audit_app = typer.Typer(help="Check the append-only audit log.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command("verify")
+def audit_verify(
+    expect_head: Annotated[
+        str | None, typer.Option(help="A head hash from an earlier verify that must still be in the log.")
+    ] = None,
+    data_dir: DataDirOption = None,
+    database_url: DatabaseUrlOption = None,
+) -> None:
+    """Verify the hash chain: exit 0 "N entries, chain intact", or exit 1 naming the first bad entry."""
+    from plooto_api.cli.audit import run_verify
+
+    settings = load_settings(data_dir=data_dir, database_url=database_url)
+    raise typer.Exit(run_verify(settings, console, expect_head=expect_head))
+
+
 @db_app.command("upgrade")
 def db_upgrade(data_dir: DataDirOption = None, database_url: DatabaseUrlOption = None) -> None:
     """Migrate the database schema to the newest version."""
