@@ -4,6 +4,9 @@ Envelope encryption: every entry has its own random data key, which encrypts the
 key is itself encrypted ("wrapped") by the master key. The master key comes from
 PLOOTO_API_VAULT_KEY, or from a key file created on first run (0600) in the data directory. Each
 entry records which master key wrapped it, so keys can be rotated; a wrong key fails loudly.
+The key file holds the current key on its first line and, during a rotation, older keys on the
+lines after it; a running process re-reads the file when it changes, so `plooto-api vault
+rotate-key` needs no restart.
 The entry's owner and purpose are bound as associated data, so a sealed value cannot be moved to
 another connection or purpose.
 """
@@ -20,7 +23,7 @@ from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from plooto_api.config import Settings
@@ -58,9 +61,13 @@ def generate_key() -> str:
 class Vault:
     """Seals and opens secrets stored as `VaultEntry` rows."""
 
-    def __init__(self, current_key: bytes, previous_keys: list[bytes] | None = None) -> None:
+    def __init__(
+        self, current_key: bytes, previous_keys: list[bytes] | None = None, *, key_file: Path | None = None
+    ) -> None:
         self._current_id = _key_id(current_key)
         self._keys = {_key_id(k): k for k in [*(previous_keys or []), current_key]}
+        self._key_file = key_file
+        self._key_file_stamp = _stamp(key_file) if key_file is not None else None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Vault:
@@ -69,18 +76,41 @@ class Vault:
         if settings.vault_key is not None:
             return cls(_decode_key(settings.vault_key.get_secret_value()), previous)
         path = settings.ensure_data_dir() / KEY_FILE_NAME
-        return cls(_load_or_create_key_file(path), previous)
+        current, *older = _load_or_create_key_file(path)
+        return cls(current, [*previous, *older], key_file=path)
 
     @property
     def current_key_id(self) -> str:
         """Id of the key new entries are wrapped with."""
+        self._refresh()
         return self._current_id
+
+    @property
+    def key_ids(self) -> list[str]:
+        """Ids of every key this vault can open entries with, the current one first."""
+        self._refresh()
+        return [self._current_id, *sorted(k for k in self._keys if k != self._current_id)]
+
+    @property
+    def key_file(self) -> Path | None:
+        """The key file the keys come from, or None when they come from the environment."""
+        return self._key_file
+
+    def _refresh(self) -> None:
+        """Pick up a key file rewritten by `vault rotate-key` (keys already known stay usable)."""
+        if self._key_file is None or _stamp(self._key_file) == self._key_file_stamp:
+            return
+        self._key_file_stamp = _stamp(self._key_file)
+        current, *older = read_key_file(self._key_file)
+        self._keys.update({_key_id(k): k for k in [*older, current]})
+        self._current_id = _key_id(current)
 
     def _aad(self, owner_id: str, purpose: str) -> bytes:
         return f"plooto-api:{owner_id}:{purpose}".encode()
 
     def seal(self, session: Session, owner_id: str, purpose: str, value: Any) -> None:
         """Encrypt a JSON-serializable value and store it for (owner, purpose), replacing any old one."""
+        self._refresh()
         plaintext = json.dumps(value, separators=(",", ":")).encode()
         data_key = AESGCM.generate_key(bit_length=256)
         nonce = secrets.token_bytes(12)
@@ -114,8 +144,27 @@ class Vault:
 
     def rewrap_all(self, session: Session) -> int:
         """Re-wrap every data key under the current master key (key rotation); returns how many."""
+        total = 0
+        while count := self.rewrap_batch(session, 1000):
+            total += count
+        return total
+
+    def rewrap_batch(self, session: Session, limit: int = 100) -> int:
+        """Re-wrap up to `limit` entries not under the current key; returns how many (0: none left).
+
+        Rows are locked (PostgreSQL) so a concurrent `seal` of the same entry waits rather than
+        being overwritten with a stale data key. Only the wrapping changes: ciphertexts stay.
+        """
+        self._refresh()
         count = 0
-        for entry in session.scalars(select(VaultEntry).where(VaultEntry.key_id != self._current_id)):
+        stmt = (
+            select(VaultEntry)
+            .where(VaultEntry.key_id != self._current_id)
+            .order_by(VaultEntry.id)
+            .limit(limit)
+            .with_for_update()
+        )
+        for entry in session.scalars(stmt):
             data_key = self._unwrap(entry)
             wrap_nonce = secrets.token_bytes(12)
             entry.wrapped_data_key = wrap_nonce + AESGCM(self._keys[self._current_id]).encrypt(
@@ -129,7 +178,14 @@ class Vault:
         stmt = select(VaultEntry).where(VaultEntry.owner_id == owner_id, VaultEntry.purpose == purpose)
         return session.scalars(stmt).first()
 
+    def key_usage(self, session: Session) -> dict[str, int]:
+        """How many entries each master key wraps, by key id."""
+        rows = session.execute(select(VaultEntry.key_id, func.count()).group_by(VaultEntry.key_id))
+        return {key_id: int(count) for key_id, count in rows}
+
     def _unwrap(self, entry: VaultEntry) -> bytes:
+        if entry.key_id not in self._keys:
+            self._refresh()  # another process may have rotated the key file
         key = self._keys.get(entry.key_id)
         if key is None:
             raise VaultError(
@@ -156,12 +212,48 @@ class Vault:
         return json.loads(plaintext)
 
 
-def _load_or_create_key_file(path: Path) -> bytes:
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return None
+    return info.st_mtime_ns, info.st_ino
+
+
+def read_key_file(path: Path) -> list[bytes]:
+    """The keys in a key file: the current one first, then older ones still accepted for reading."""
+    keys = [_decode_key(line) for line in path.read_text().splitlines() if line.strip()]
+    if not keys:
+        raise VaultError(f"vault key file {path} holds no key")
+    return keys
+
+
+def write_key_file(path: Path, keys: list[str]) -> None:
+    """Replace the key file atomically (owner-only): readers see the old file or the new, never half."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write("".join(key + "\n" for key in keys))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _load_or_create_key_file(path: Path) -> list[bytes]:
     if path.exists():
-        return _decode_key(path.read_text())
+        return read_key_file(path)
     key = generate_key()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(key + "\n")
     log.warning("vault_key_file_created", path=str(path), hint="set PLOOTO_API_VAULT_KEY in production")
-    return _decode_key(key)
+    return [_decode_key(key)]
