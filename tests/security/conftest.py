@@ -18,6 +18,7 @@ from plooto_api.store.database import create_db_engine, session_factory, transac
 from plooto_api.store.vault import generate_key
 
 CONTROLLER = "controller@northwind-cpa.test"
+CLERK = "clerk@northwind-cpa.test"  # MFA by SMS
 PASSWORD = "sandbox-password"
 TOTP_SECRET = "PLOOTOSANDBOXTOTPSECRETKEY234567"
 
@@ -78,7 +79,12 @@ def portal_client(portal_settings: Settings) -> Iterator[TestClient]:
         yield test_client
 
 
-def add_connection(ctx: JobContext, password: str = PASSWORD, totp_secret: str | None = TOTP_SECRET) -> str:
+def add_connection(
+    ctx: JobContext,
+    password: str = PASSWORD,
+    totp_secret: str | None = TOTP_SECRET,
+    username: str = CONTROLLER,
+) -> str:
     with transaction(ctx.sessions) as session:
-        return create_connection(session, ctx.vault, username=CONTROLLER, password=password,
+        return create_connection(session, ctx.vault, username=username, password=password,
                                  upstream_url=str(ctx.settings.upstream_url), totp_secret=totp_secret).id  # fmt: skip
