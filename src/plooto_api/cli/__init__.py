@@ -281,6 +281,45 @@ def events_replay(
     run_replay(settings, console, since=since, event_type=event_type, endpoint=endpoint)
 
 
+vault_app = typer.Typer(help="Inspect the encrypted vault and rotate its key.", no_args_is_help=True)
+app.add_typer(vault_app, name="vault")
+
+
+@vault_app.command("status")
+def vault_status(data_dir: DataDirOption = None, database_url: DatabaseUrlOption = None) -> None:
+    """Show the vault keys in force (ids only) and how many entries each one wraps."""
+    from plooto_api.cli.vault import run_status
+
+    raise typer.Exit(run_status(load_settings(data_dir=data_dir, database_url=database_url), console))
+
+
+@vault_app.command("rotate-key")
+def vault_rotate_key(
+    keep_old: Annotated[
+        bool, typer.Option(help="Keep the old key in the key file after re-wrapping.")
+    ] = False,
+    data_dir: DataDirOption = None,
+    database_url: DatabaseUrlOption = None,
+) -> None:
+    """Generate a new vault key and re-wrap every entry under it, while gateways keep running.
+
+    With the key file it does everything; with PLOOTO_API_VAULT_KEY it prints the new key and the
+    settings to roll out, then `plooto-api vault rewrap` finishes.
+    """
+    from plooto_api.cli.vault import run_rotate_key
+
+    settings = load_settings(data_dir=data_dir, database_url=database_url)
+    raise typer.Exit(run_rotate_key(settings, console, keep_old=keep_old))
+
+
+@vault_app.command("rewrap")
+def vault_rewrap(data_dir: DataDirOption = None, database_url: DatabaseUrlOption = None) -> None:
+    """Re-wrap every vault entry under the current key, in small batches."""
+    from plooto_api.cli.vault import run_rewrap
+
+    raise typer.Exit(run_rewrap(load_settings(data_dir=data_dir, database_url=database_url), console))
+
+
 audit_app = typer.Typer(help="Check the append-only audit log.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
 
