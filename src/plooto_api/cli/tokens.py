@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import re
+from datetime import timedelta
+
 from rich.console import Console
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from plooto_api.config import Settings
 from plooto_api.services.tokens import InvalidScope, create_token, revoke_token
+from plooto_api.store.base import utcnow
 from plooto_api.store.database import create_db_engine, session_factory, transaction, upgrade_to_head
 from plooto_api.store.models import ApiToken, Company, Connection
 
@@ -20,12 +24,33 @@ def _sessions(settings: Settings) -> tuple[Engine, sessionmaker[Session]]:
     return engine, session_factory(engine)
 
 
+_DURATION = re.compile(r"^(\d+)([mhdw])$")
+_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_lifetime(text: str) -> timedelta:
+    """`90m`, `12h`, `30d` or `8w` as a duration."""
+    from plooto_api.cli import CliError
+
+    match = _DURATION.match(text.strip())
+    if not match or int(match.group(1)) == 0:
+        raise CliError(f"--expires-in {text!r}: give a duration such as 90m, 12h, 30d or 8w")
+    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+
+
 def run_create(
-    settings: Settings, *, scopes: str, companies: list[str] | None, connection: str | None, name: str | None
+    settings: Settings,
+    *,
+    scopes: str,
+    companies: list[str] | None,
+    connection: str | None,
+    name: str | None,
+    expires_in: str | None = None,
 ) -> str:
     """Create a token; returns its secret."""
     from plooto_api.cli import CliError
 
+    expires_at = utcnow() + parse_lifetime(expires_in) if expires_in else None
     engine, sessions = _sessions(settings)
     try:
         with transaction(sessions) as session:
@@ -41,6 +66,7 @@ def run_create(
                     name=name,
                     company_ids=companies,
                     connection_id=connection,
+                    expires_at=expires_at,
                 )
             except InvalidScope as exc:
                 raise CliError(str(exc)) from exc
@@ -58,7 +84,12 @@ def run_list(settings: Settings, console: Console) -> None:
     finally:
         engine.dispose()
     for row in rows:
-        state = "revoked" if row.revoked_at else "active"
+        expires = row.expires_at
+        if expires is not None and expires.tzinfo is None:  # SQLite hands back naive UTC
+            expires = expires.replace(tzinfo=utcnow().tzinfo)
+        expired = expires is not None and expires <= utcnow()
+        state = "revoked" if row.revoked_at else "expired" if expired else "active"
+        state += f" (expires {expires.isoformat(timespec='seconds')})" if expires and not expired else ""
         limits = f" companies={','.join(row.company_ids)}" if row.company_ids else ""
         limits += f" connection={row.connection_id}" if row.connection_id else ""
         used = row.last_used_at.isoformat() if row.last_used_at else "never"
