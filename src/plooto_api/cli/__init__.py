@@ -211,6 +211,9 @@ def tokens_create(
     ] = None,
     connection: Annotated[str | None, typer.Option(help="Limit to this connection id.")] = None,
     name: Annotated[str | None, typer.Option(help="A name to recognise the token by.")] = None,
+    expires_in: Annotated[
+        str | None, typer.Option(help="Lifetime such as 90m, 12h, 30d or 8w (default: no expiry).")
+    ] = None,
     data_dir: DataDirOption = None,
     database_url: DatabaseUrlOption = None,
 ) -> None:
@@ -218,7 +221,8 @@ def tokens_create(
     from plooto_api.cli.tokens import run_create
 
     settings = load_settings(data_dir=data_dir, database_url=database_url)
-    print(run_create(settings, scopes=scopes, companies=company, connection=connection, name=name))
+    print(run_create(settings, scopes=scopes, companies=company, connection=connection, name=name,
+                     expires_in=expires_in))  # fmt: skip
 
 
 @tokens_app.command("list")
