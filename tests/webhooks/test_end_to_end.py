@@ -182,10 +182,10 @@ async def test_every_event_of_a_scenario_arrives_signed_in_order_across_a_restar
         arrival = [first_arrival[e.id] for e in object_events]
         assert arrival == sorted(arrival), f"events of {object_id} out of order"
     # Each webhook carries the object as it was after its change.
-    last_payment = [r for r in delivered if r.payload["object_id"] and r.payload["object_type"] == "payment"][
-        -1
-    ]
-    assert last_payment.payload["data"]["status"] in {"completed", "returned", "failed"}
+    paid = gateway.one(select(models.Payment).where(models.Payment.upstream_id == payment))
+    last_event = [e for e in events if e.object_id == paid.id][-1]
+    payload = next(r.payload for r in delivered if r.webhook_id == last_event.id)
+    assert payload["data"]["status"] == paid.status and paid.status in {"completed", "returned"}
 
     # The restarted gateway's API shows every attempt, failures included.
     with TestClient(create_app(settings, run_jobs=False)) as api:
@@ -194,5 +194,5 @@ async def test_every_event_of_a_scenario_arrives_signed_in_order_across_a_restar
         )
         assert page.status_code == 200
         attempts = [a for d in page.json()["data"] for a in d["attempts"]]
-        assert {a["response_status"] for a in attempts} == {200, 500}
+        assert {a["response_status"] for a in attempts} >= {200, 500}
     await gateway.ctx.aclose()
