@@ -12,7 +12,9 @@ from sqlalchemy import select
 
 from plooto_api.money import from_minor
 from plooto_api.services.audit import verify_chain
+from plooto_api.services.tokens import create_token
 from plooto_api.store import models
+from plooto_api.store.database import transaction
 
 from .conftest import Gateway
 
@@ -64,25 +66,19 @@ def test_store_checks_refuse_before_sending(gateway: Gateway) -> None:
     assert gateway.ground_truth(approved.upstream_id) == []
 
 
-def test_portal_refusal_is_a_4xx_with_its_code(gateway: Gateway) -> None:
+def test_portal_refusal_is_a_4xx_with_its_code_and_scopes_are_checked(gateway: Gateway) -> None:
     bill = gateway.bill(status="approved", currency="CAD")
     response = gateway.post("/create_payment", {"bill_id": bill.id, "scheduled_for": "2026-01-05"})
     assert response.status_code == 422, response.text
     assert response.json()["error"]["code"] == "debit_date_in_past"
     operation = gateway.get(f"/operations/{response.headers['Operation-Id']}").json()
     assert operation["status"] == "failed" and operation["error"]["portal_code"] == "DebitDateInPast"
-
-
-def test_a_token_without_the_scope_is_refused(gateway: Gateway) -> None:
-    from plooto_api.services.tokens import create_token
-    from plooto_api.store.database import transaction
-
     with transaction(gateway.sessions()) as session:
         _row, secret = create_token(session, scopes=["bills:read", "payments:read"])
-    bill = gateway.bill(status="approved")
     response = gateway.client.post("/create_payment", json={"bill_id": bill.id},
                                    headers={"Authorization": f"Bearer {secret}"})  # fmt: skip
     assert response.status_code == 403 and response.json()["error"]["code"] == "insufficient_scope"
+    assert gateway.ground_truth(bill.upstream_id) == []
 
 
 FAULTS: dict[str, dict[str, Any]] = {
@@ -122,9 +118,9 @@ def test_latency_beyond_the_wait_answers_202_then_succeeds(make_gateway: Any) ->
 
 
 def test_latency_beyond_the_portal_timeout_is_read_back_not_resent(make_gateway: Any) -> None:
-    gw = make_gateway(write_wait_seconds=0.2, write_timeout_seconds=0.5, write_settle_seconds=5.0)
+    gw = make_gateway(write_wait_seconds=0.2, write_timeout_seconds=0.3, write_settle_seconds=1.5)
     bill = gw.bill(status="approved", currency="CAD")
-    gw.fault(kind="latency", latencyMs=1500, method="POST", pathPattern=r"/payments$", count=1)
+    gw.fault(kind="latency", latencyMs=1000, method="POST", pathPattern=r"/payments$", count=1)
     response = gw.post("/create_payment", {"bill_id": bill.id})
     assert response.status_code == 202
     operation = gw.wait_operation(response.json()["id"])
