@@ -8,10 +8,12 @@ for the life of the portal's code (10 minutes).
 
 from __future__ import annotations
 
+import hmac
 import secrets
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import select
 
@@ -74,7 +76,7 @@ class Authenticator:
         trust_device: bool = True,
     ) -> Authenticated | Challenge:
         """Log in; raises the upstream AuthenticationError subclasses when the portal refuses."""
-        connection_id, created = self._connection_for(username, upstream_url, password, totp_secret)
+        connection_id, created, backup = self._connection_for(username, upstream_url, password, totp_secret)
         await self.ctx.portals.forget(connection_id)  # a fresh session with the credentials just given
         portal = await self.ctx.portals.get(connection_id)
         try:
@@ -92,6 +94,8 @@ class Authenticator:
         except Exception:
             if created:
                 self._discard(connection_id)
+            elif backup is not None:
+                await self._restore(connection_id, backup)
             raise
         return self._issue(connection_id)
 
@@ -107,7 +111,13 @@ class Authenticator:
 
     def _connection_for(
         self, username: str, upstream_url: str, password: str, totp_secret: str | None
-    ) -> tuple[str, bool]:
+    ) -> tuple[str, bool, dict[str, Any] | None]:
+        """The connection for this login: (id, created, what to put back if the portal refuses).
+
+        Credentials that differ from the stored ones are unproven: the saved portal session must not
+        vouch for them (that would hand a session token to anyone who knows the username), so it is
+        set aside and the login is done afresh with them; a refusal restores the old ones.
+        """
         upstream_url = upstream_url.rstrip("/")
         with transaction(self.ctx.sessions) as session:
             existing = session.scalars(
@@ -118,16 +128,34 @@ class Authenticator:
             if existing is None:
                 row = create_connection(session, self.ctx.vault, username=username, password=password,
                                         upstream_url=upstream_url, totp_secret=totp_secret)  # fmt: skip
-                return row.id, True
+                return row.id, True, None
+            stored = self.ctx.vault.open(session, existing.id, "credentials") or {}
+            same = hmac.compare_digest(str(stored.get("password", "")).encode(), password.encode()) and (
+                totp_secret is None
+                or hmac.compare_digest(str(stored.get("totp_secret") or "").encode(), totp_secret.encode())
+            )
+            if same:
+                if existing.state in {"requires_action", "locked"}:
+                    change_state(session, existing, "healthy", detail={"credentials_replaced": True})
+                return existing.id, False, None
+            backup = {"credentials": stored,
+                      "session_state": self.ctx.vault.open(session, existing.id, "session_state")}  # fmt: skip
             update_credentials(session, self.ctx.vault, existing, password=password, totp_secret=totp_secret)
-            if existing.state in {"requires_action", "locked"}:
-                change_state(session, existing, "healthy", detail={"credentials_replaced": True})
-            return existing.id, False
+            self.ctx.vault.delete(session, existing.id, "session_state")
+            return existing.id, False, backup
+
+    async def _restore(self, connection_id: str, backup: dict[str, Any]) -> None:
+        """Put back the credentials and portal session that unproven ones displaced."""
+        with transaction(self.ctx.sessions) as session:
+            self.ctx.vault.seal(session, connection_id, "credentials", backup["credentials"])
+            if backup["session_state"] is not None:
+                self.ctx.vault.seal(session, connection_id, "session_state", backup["session_state"])
+        await self.ctx.portals.forget(connection_id)
 
     def _issue(self, connection_id: str) -> Authenticated:
         with transaction(self.ctx.sessions) as session:
             connection = get_connection(session, connection_id)
-            if connection.state == "requires_action":
+            if connection.state in {"requires_action", "locked"}:  # the portal just let us in
                 change_state(session, connection, "healthy")
             _, secret = create_token(
                 session, scopes=list(READ_SCOPES), name=f"session for {connection.username}", kind="session",
