@@ -199,3 +199,29 @@ def test_list_approvals_across_bills_and_payments(gateway: Gateway) -> None:
         "/approvals", params={"status": "rejected", "type": "bill"}, headers=gateway.headers
     )
     assert all(a["bill"]["status"] == "rejected" for a in rejected.json()["data"])
+
+
+def test_approve_a_payment_as_a_signing_authority(gateway: Gateway, sandbox: str) -> None:
+    bill = gateway.bill(status="approved", currency="CAD")
+    made = gateway.control.post("/mutate", json={"action": "createPayment", "billId": bill.upstream_id,
+                                                 "userEmail": _cfo_email(sandbox), "amount": "5.00"})  # fmt: skip
+    assert made.status_code == 200, made.text
+
+    async def resync() -> bool:
+        ctx = JobContext.from_settings(gateway.settings, migrate=False)
+        try:
+            return (await SyncEngine(ctx).sync_connection(gateway.connection_id)).ok
+        finally:
+            await ctx.aclose()
+
+    assert asyncio.run(resync())
+    with gateway.sessions()() as session:
+        payment = session.scalars(
+            select(models.Payment).where(models.Payment.connection_id == gateway.connection_id,
+                                         models.Payment.upstream_id.in_(made.json()["changed"]))
+        ).first()  # fmt: skip
+    assert payment is not None and payment.status == "pending_approval"
+    approved = gateway.post(f"/approvals/{payment.id}/approve", key="pay-appr")
+    assert approved.status_code == 200, approved.text
+    assert approved.json()["status"] == "scheduled"
+    assert gateway.post(f"/approvals/{payment.id}/approve").json()["error"]["code"] == "not_awaiting_approval"
