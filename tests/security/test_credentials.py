@@ -29,10 +29,12 @@ def _state(ctx: JobContext, connection_id: str) -> tuple[str, str | None]:
 
 async def _needs_password(ctx: JobContext) -> str:
     connection_id = add_connection(ctx, password="old-" + PASSWORD)  # as if changed in the portal
-    report = await SyncEngine(ctx).sync_connection(connection_id)
+    report = await SyncEngine(ctx).sync_connection(connection_id, cadence="fast")
     assert report.state == "requires_action"
     assert _state(ctx, connection_id) == ("requires_action", "password")
-    again = await SyncEngine(ctx).sync_connection(connection_id)  # no new login with the refused one
+    again = await SyncEngine(ctx).sync_connection(
+        connection_id, cadence="fast"
+    )  # no new login with the refused one
     assert again.state == "requires_action" and "password" in (again.error or "")
     return connection_id
 
@@ -48,7 +50,7 @@ async def test_patch_replaces_a_refused_password_and_the_connection_recovers(
     assert response.json()["label"] == "Northwind"
     assert PASSWORD not in response.text
     assert _state(ctx, connection_id) == ("healthy", None)
-    report = await SyncEngine(ctx).sync_connection(connection_id)
+    report = await SyncEngine(ctx).sync_connection(connection_id, cadence="fast")
     assert report.ok and report.state == "healthy" and report.counts.created > 0
     with ctx.sessions() as session:
         entry = session.scalars(select(AuditEntry).where(AuditEntry.object_id == connection_id)).one()
@@ -59,7 +61,7 @@ async def test_patch_replaces_a_refused_password_and_the_connection_recovers(
 async def test_patch_replaces_the_totp_secret(ctx: JobContext, portal_client: TestClient,
                                               make_token: Callable[..., str]) -> None:  # fmt: skip
     connection_id = add_connection(ctx, totp_secret="JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP")  # the wrong one
-    first = await SyncEngine(ctx).sync_connection(connection_id)
+    first = await SyncEngine(ctx).sync_connection(connection_id, cadence="fast")
     assert first.state == "requires_action"
     token = make_token(["connections:write"])
     spaced = " ".join(TOTP_SECRET[i : i + 4] for i in range(0, len(TOTP_SECRET), 4)).lower()
@@ -67,7 +69,7 @@ async def test_patch_replaces_the_totp_secret(ctx: JobContext, portal_client: Te
                                    json={"totp_secret": spaced})  # fmt: skip
     assert response.status_code == 200, response.text
     assert TOTP_SECRET not in response.text
-    assert (await SyncEngine(ctx).sync_connection(connection_id)).ok
+    assert (await SyncEngine(ctx).sync_connection(connection_id, cadence="fast")).ok
 
 
 async def test_patch_is_scoped_and_validated(
@@ -105,7 +107,7 @@ async def test_cli_set_password_reads_the_environment_and_recovers_the_connectio
     assert (
         "credentials replaced (password)" in result.stdout and PASSWORD not in result.stdout + result.stderr
     )
-    assert (await SyncEngine(ctx).sync_connection(connection_id)).ok
+    assert (await SyncEngine(ctx).sync_connection(connection_id, cadence="fast")).ok
     missing = subprocess.run([*CLI, "connections", "set-password", "conn_nope"], env=env,
                              capture_output=True, text=True, timeout=60)  # fmt: skip
     assert missing.returncode == 2 and "no connection conn_nope" in missing.stderr

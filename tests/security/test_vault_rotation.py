@@ -54,11 +54,11 @@ async def _connect_both(ctx: JobContext, sandbox: str) -> list[str]:
     """A TOTP login and an SMS login (its code read from the outbox), both synced once."""
     totp = add_connection(ctx)
     sms = add_connection(ctx, username=CLERK, totp_secret=None)
-    assert (await SyncEngine(ctx).sync_connection(totp)).ok
-    assert (await SyncEngine(ctx).sync_connection(sms)).state == "requires_action"
+    assert (await SyncEngine(ctx).sync_connection(totp, cadence="fast")).ok
+    assert (await SyncEngine(ctx).sync_connection(sms, cadence="fast")).state == "requires_action"
     code = [m for m in httpx.get(f"{sandbox}/__sandbox/outbox").json() if m["kind"] == "Sms"][-1]["code"]
     await complete_mfa(ctx, sms, code, trust_device=True)
-    assert (await SyncEngine(ctx).sync_connection(sms)).ok
+    assert (await SyncEngine(ctx).sync_connection(sms, cadence="fast")).ok
     return [totp, sms]
 
 
