@@ -75,7 +75,7 @@ class MirroredMixin:
     connection_id: Mapped[str] = mapped_column(
         String(40), ForeignKey("connections.id", ondelete="CASCADE"), index=True
     )
-    upstream_id: Mapped[str] = mapped_column(String(64))
+    upstream_id: Mapped[str] = mapped_column(String(128))  # portal ids, or derived ones (userId@companyId)
     upstream_status_raw: Mapped[str | None] = mapped_column(String(64))
     upstream_fetched_at: Mapped[datetime | None]
     upstream_url: Mapped[str | None] = mapped_column(String(500))

@@ -259,9 +259,12 @@ class SyncEngine:
             while True:
                 page = await pending
                 seen.update((r.object_type, r.upstream_id) for r in page.records)
-                more = page.has_more and bool(page.records)
-                if page.records:
-                    position.advance(page.records[-1], keyset=feed.incremental)
+                # The keyset follows the feed's own objects, in the portal's order; records derived from
+                # them (fees, FX, accounting mappings) ride along and carry no position.
+                own = [r for r in page.records if r.object_type == feed.object_types[0]]
+                more = page.has_more and bool(own)
+                if own:
+                    position.advance(own[-1], keyset=feed.incremental)
                 state = {**position.as_state(), "in_progress": more}
                 if more:
                     pending = fetch()  # the next query is known: fetch it while this page is written
@@ -272,8 +275,7 @@ class SyncEngine:
                 )
                 report.counts.add(counts)
                 report.pages += 1
-                # Progress counts the feed's own objects, not records derived from them (fees, mappings).
-                done += sum(1 for r in page.records if r.object_type == feed.object_types[0])
+                done += len(own)
                 if progress is not None:
                     progress(company_name, feed.name, done, page.total_count)
                 if not more:

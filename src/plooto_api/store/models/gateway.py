@@ -58,7 +58,7 @@ class SyncCursor(Base):
     connection_id: Mapped[str] = mapped_column(
         String(40), ForeignKey("connections.id", ondelete="CASCADE"), index=True
     )
-    company_upstream_id: Mapped[str] = mapped_column(String(64))
+    company_upstream_id: Mapped[str] = mapped_column(String(128))
     object_type: Mapped[str] = mapped_column(String(32))
     watermark: Mapped[str | None] = mapped_column(String(200))  # the portal's modified-since value
     page_state: Mapped[dict[str, Any] | None] = mapped_column()  # mid-pull position, for resume
@@ -88,7 +88,7 @@ class Operation(TimestampMixin, Base):
     result: Mapped[dict[str, Any] | None] = mapped_column()
     error: Mapped[dict[str, Any] | None] = mapped_column()
     reference: Mapped[str] = mapped_column(String(100))  # written into the portal object to find it again
-    upstream_id: Mapped[str | None] = mapped_column(String(64))
+    upstream_id: Mapped[str | None] = mapped_column(String(128))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     created_by: Mapped[str | None] = mapped_column(String(40))  # api token id
     started_at: Mapped[datetime | None]

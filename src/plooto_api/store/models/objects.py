@@ -140,7 +140,7 @@ class Bill(CompanyOwnedMixin, Base):
     )
 
     vendor_id: Mapped[str | None] = mapped_column(String(40), ForeignKey("vendors.id", ondelete="SET NULL"))
-    vendor_upstream_id: Mapped[str | None] = mapped_column(String(64))
+    vendor_upstream_id: Mapped[str | None] = mapped_column(String(128))
     number: Mapped[str | None] = mapped_column(String(100))
     issue_date: Mapped[date | None]
     due_date: Mapped[date | None]
@@ -297,7 +297,7 @@ class Invoice(CompanyOwnedMixin, Base):
     customer_id: Mapped[str | None] = mapped_column(
         String(40), ForeignKey("customers.id", ondelete="SET NULL")
     )
-    customer_upstream_id: Mapped[str | None] = mapped_column(String(64))
+    customer_upstream_id: Mapped[str | None] = mapped_column(String(128))
     number: Mapped[str | None] = mapped_column(String(100))
     issue_date: Mapped[date | None]
     due_date: Mapped[date | None]
