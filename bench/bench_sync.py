@@ -1,0 +1,158 @@
+"""Sync benchmark: initial-sync throughput against the portal's rate limit, and incremental cost.
+
+1. Initial sync of a sandbox whose per-session rate limit is R requests/s: objects/s, requests/s
+   as a fraction of R (target >= 0.9) and the share of requests answered 429 (target < 1%).
+2. An incremental sync after 10 bills change, at 10,000 and at 100,000 bills in the store and the
+   portal (target: within 1.2x of each other).
+
+Starts `python -m plooto_sandbox` on loopback and a gateway worker context in this process, on a
+temporary SQLite store. Prints one figure per line: `name value unit`.
+
+    .venv/bin/python bench/bench_sync.py [--rate 10] [--bills 5000] [--skip-100k]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+from pydantic import SecretStr
+
+from plooto_api.config import Settings
+from plooto_api.jobs import JobContext
+from plooto_api.services.connections import create_connection
+from plooto_api.store.database import transaction
+from plooto_api.store.vault import generate_key
+from plooto_api.sync.engine import SyncEngine
+
+USER, PASSWORD, TOTP = "controller@northwind-cpa.test", "sandbox-password", "PLOOTOSANDBOXTOTPSECRETKEY234567"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def sandbox(companies: int, bills: int, rate: float, burst: int) -> Iterator[str]:
+    port = _free_port()
+    log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)  # noqa: SIM115 (outlives the block)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "plooto_sandbox", "--port", str(port), "--companies", str(companies),
+         "--bills-per-company", str(bills), "--rate-limit", str(rate), "--rate-burst", str(burst)],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while "listening on" not in Path(log.name).read_text():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(Path(log.name).read_text()[-2000:])
+            time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+async def _context(url: str, tmp: str) -> tuple[JobContext, str]:
+    settings = Settings(data_dir=Path(tmp), upstream_url=url, vault_key=SecretStr(generate_key()),
+                        log_level="warning")  # fmt: skip
+    ctx = JobContext.from_settings(settings)
+    with transaction(ctx.sessions) as session:
+        connection_id = create_connection(session, ctx.vault, username=USER, password=PASSWORD, upstream_url=url,
+                                          totp_secret=TOTP).id  # fmt: skip
+    return ctx, connection_id
+
+
+async def initial_sync(rate: float, bills: int) -> dict[str, Any]:
+    with sandbox(2, bills, rate, int(rate)) as url, tempfile.TemporaryDirectory() as tmp:
+        ctx, connection_id = await _context(url, tmp)
+        try:
+            started = time.perf_counter()
+            report = await SyncEngine(ctx).sync_connection(connection_id)
+            elapsed = time.perf_counter() - started
+            assert report.ok, report.error
+            stats = (await ctx.portals.get(connection_id)).stats
+        finally:
+            await ctx.aclose()
+    objects = report.counts.created
+    return {
+        "initial_sync_bills": (2 * bills, "count"),
+        "initial_sync_objects": (objects, "count"),
+        "initial_sync_seconds": (round(elapsed, 1), "s"),
+        "initial_sync_objects_per_second": (round(objects / elapsed), "objects/s"),
+        "portal_rate_limit": (rate, "req/s"),
+        "initial_sync_requests": (stats.requests, "count"),
+        "initial_sync_requests_per_second": (round(stats.requests / elapsed, 2), "req/s"),
+        "initial_sync_fraction_of_rate_limit": (round(stats.requests / elapsed / rate, 3), "ratio"),
+        "initial_sync_responses_429": (stats.responses_429, "count"),
+        "initial_sync_429_share": (round(100 * stats.responses_429 / max(stats.requests, 1), 2), "%"),
+    }
+
+
+async def incremental_cost(bills: int, rounds: int = 5) -> tuple[float, float]:
+    """Median seconds and requests of an incremental sync after 10 bills changed."""
+    with sandbox(1, bills, 5000, 5000) as url, tempfile.TemporaryDirectory() as tmp:
+        ctx, connection_id = await _context(url, tmp)
+        control = httpx.Client(base_url=f"{url}/__sandbox", timeout=60)
+        try:
+            engine = SyncEngine(ctx)
+            started = time.perf_counter()
+            assert (await engine.sync_connection(connection_id)).ok
+            print(f"initial_sync_{bills // 1000}k_seconds {time.perf_counter() - started:.1f} s", flush=True)
+            company = (
+                httpx.Client(base_url=url).get("/__sandbox/users").json()
+            )  # warms nothing; keeps it simple
+            del company
+            portal = await ctx.portals.get(connection_id)
+            companies = await portal.list_companies()
+            timings, requests = [], []
+            for _ in range(rounds):
+                # The sandbox clock stays put: moving it would run due payment and invoice events,
+                # changing thousands of objects, and this measures 10 changes.
+                control.post("/mutate", json={"action": "modifyBills", "companyId": companies[0].upstream_id,
+                                              "count": 10}).raise_for_status()  # fmt: skip
+                before = portal.stats.requests
+                started = time.perf_counter()
+                report = await engine.sync_connection(connection_id, cadence="fast")
+                timings.append(time.perf_counter() - started)
+                requests.append(portal.stats.requests - before)
+                assert report.ok and report.counts.by_type.get("bill", 0) >= 10, report
+        finally:
+            control.close()
+            await ctx.aclose()
+    return statistics.median(timings), statistics.median(requests)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rate", type=float, default=10.0, help="the portal's per-session limit, req/s")
+    parser.add_argument("--bills", type=int, default=5000, help="bills per company (2 companies) for part 1")
+    parser.add_argument("--skip-100k", action="store_true")
+    args = parser.parse_args()
+    for name, (value, unit) in asyncio.run(initial_sync(args.rate, args.bills)).items():
+        print(f"{name} {value} {unit}", flush=True)
+    small, small_requests = asyncio.run(incremental_cost(10_000))
+    print(f"incremental_10_changes_at_10k_bills {small * 1000:.1f} ms", flush=True)
+    print(f"incremental_10_changes_at_10k_bills_requests {small_requests:.0f} count", flush=True)
+    if not args.skip_100k:
+        large, large_requests = asyncio.run(incremental_cost(100_000))
+        print(f"incremental_10_changes_at_100k_bills {large * 1000:.1f} ms")
+        print(f"incremental_10_changes_at_100k_bills_requests {large_requests:.0f} count")
+        print(f"incremental_100k_over_10k {large / small:.2f} x")
+
+
+if __name__ == "__main__":
+    main()
