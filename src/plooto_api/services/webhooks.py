@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
-from plooto_api import schemas
+from plooto_api import mapping
 from plooto_api.services.tokens import Principal
 from plooto_api.store.base import new_id, utcnow
 from plooto_api.store.models import (
@@ -58,21 +58,6 @@ class WebhookError(Exception):
         self.message = message
         self.param = param
         self.status = status
-
-
-def endpoint_to_schema(row: WebhookEndpoint) -> schemas.WebhookEndpoint:
-    """An endpoint row as its API object (never with its secret)."""
-    return schemas.WebhookEndpoint(
-        id=row.id,
-        url=row.url,
-        description=row.description,
-        events=row.event_types,
-        companies=row.company_ids,
-        enabled=row.enabled,
-        disabled_reason=row.disabled_reason,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-    )
 
 
 def readable_endpoints(principal: Principal) -> Select[WebhookEndpoint]:
@@ -159,7 +144,9 @@ def create_endpoint(
     _seal_secret(vault, session, row.id, secret, None)
     session.flush()
     forget_targets(session)
-    return wh_schemas.WebhookEndpointWithSecret(**endpoint_to_schema(row).model_dump(), secret=secret)
+    return wh_schemas.WebhookEndpointWithSecret(
+        **mapping.webhook_endpoint_to_schema(row).model_dump(), secret=secret
+    )
 
 
 def delete_endpoint(session: Session, vault: Vault, principal: Principal, endpoint_id: str) -> None:
@@ -180,7 +167,9 @@ def rotate_secret(
     secret = generate_secret()
     _seal_secret(vault, session, row.id, secret, stored["current"] if stored else None)
     row.updated_at = utcnow()
-    return wh_schemas.WebhookEndpointWithSecret(**endpoint_to_schema(row).model_dump(), secret=secret)
+    return wh_schemas.WebhookEndpointWithSecret(
+        **mapping.webhook_endpoint_to_schema(row).model_dump(), secret=secret
+    )
 
 
 def queue_test_event(session: Session, principal: Principal, endpoint_id: str) -> WebhookDelivery:
@@ -188,7 +177,7 @@ def queue_test_event(session: Session, principal: Principal, endpoint_id: str) -
     row = get_endpoint(session, principal, endpoint_id)
     now = utcnow()
     event = Event(id=new_id("evt"), type=TEST_EVENT_TYPE, object_type="webhook_endpoint", object_id=None,
-                  data=endpoint_to_schema(row).model_dump(mode="json"), created_at=now)  # fmt: skip
+                  data=mapping.webhook_endpoint_to_schema(row).model_dump(mode="json"), created_at=now)  # fmt: skip
     session.add(event)
     delivery = WebhookDelivery(id=new_id("whd"), endpoint_id=row.id, event_id=event.id, object_id=None,
                                status="pending", attempt_count=0, next_attempt_at=now)  # fmt: skip

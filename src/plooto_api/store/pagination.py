@@ -6,7 +6,10 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
+
+from sqlalchemy import Select
+from sqlalchemy.orm import Session
 
 T = TypeVar("T")
 
@@ -55,3 +58,20 @@ class Page(Generic[T]):
     items: list[T]
     has_more: bool
     next_cursor: str | None
+
+
+def fetch_page(session: Session, stmt: Select[Any], key: Any, page: PageRequest) -> Page[Any]:
+    """The page of `stmt`'s rows that follows the cursor, in order of `key` (a unique column: a
+    time-ordered id or an auto-incrementing sequence)."""
+    if page.cursor:
+        after: Any = decode_cursor(page.cursor)
+        if issubclass(key.type.python_type, int):
+            if not after.isdigit():
+                raise InvalidCursor("cursor is not valid")
+            after = int(after)
+        stmt = stmt.where(key > after)
+    rows = list(session.scalars(stmt.order_by(key).limit(page.limit + 1)))
+    has_more = len(rows) > page.limit
+    rows = rows[: page.limit]
+    next_cursor = encode_cursor(str(getattr(rows[-1], key.key))) if has_more else None
+    return Page(items=rows, has_more=has_more, next_cursor=next_cursor)

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from plooto_api.store.base import Base
 from plooto_api.store.models import Company
-from plooto_api.store.pagination import Page, PageRequest, decode_cursor, encode_cursor
+from plooto_api.store.pagination import Page, PageRequest, fetch_page
 from plooto_api.store.scope import AccessScope
 
 M = TypeVar("M", bound=Base)
@@ -58,21 +58,10 @@ class ObjectRepository(Generic[M]):
         filters: Sequence[ColumnElement[bool]] = (),
     ) -> Page[M]:
         """A page of objects in id order, after the cursor, matching every filter."""
-        stmt = self.readable_statement(scope).where(*filters)
-        if page.cursor:
-            stmt = stmt.where(self._model.id > decode_cursor(page.cursor))
-        stmt = stmt.order_by(self._model.id).limit(page.limit + 1).options(*self._eager)
-        rows = list(self.session.scalars(stmt))
-        has_more = len(rows) > page.limit
-        rows = rows[: page.limit]
-        next_cursor = encode_cursor(self._model_id(rows[-1])) if has_more else None
-        return Page(items=rows, has_more=has_more, next_cursor=next_cursor)
+        stmt = self.readable_statement(scope).where(*filters).options(*self._eager)
+        return fetch_page(self.session, stmt, self._model.id, page)
 
     def add(self, row: M) -> M:
         """Stage a new row in the session."""
         self.session.add(row)
         return row
-
-    @staticmethod
-    def _model_id(row: Any) -> str:
-        return str(row.id)

@@ -306,12 +306,12 @@ class DeliveryWorker:
         endpoint.updated_at = now
         log.warning("webhook_endpoint_disabled", endpoint=endpoint.id)
         session.flush()
-        from plooto_api.services.webhooks import endpoint_to_schema
+        from plooto_api.mapping import webhook_endpoint_to_schema
 
         event_service.record_event(
             session,
             "webhook_endpoint.disabled",
-            data=endpoint_to_schema(endpoint).model_dump(mode="json"),
+            data=webhook_endpoint_to_schema(endpoint).model_dump(mode="json"),
             object_type="webhook_endpoint",
             object_id=endpoint.id,
         )

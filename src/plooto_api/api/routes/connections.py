@@ -12,13 +12,14 @@ from sqlalchemy import Select, select
 from plooto_api import mapping, schemas
 from plooto_api.api.auth import require_scope
 from plooto_api.api.errors import ApiError
+from plooto_api.api.lists import list_body
 from plooto_api.services import audit
 from plooto_api.services.connections import normalize_totp_secret
 from plooto_api.services.sessions import replace_credentials
 from plooto_api.services.tokens import Principal
 from plooto_api.store.database import transaction
 from plooto_api.store.models import Company, Connection
-from plooto_api.store.pagination import MAX_LIMIT, InvalidCursor, decode_cursor, encode_cursor
+from plooto_api.store.pagination import MAX_LIMIT, PageRequest, fetch_page
 
 router = APIRouter(tags=["connections"])
 _read = Depends(require_scope("connections:read"))
@@ -56,21 +57,9 @@ def list_connections(
     stmt = _readable(principal)
     if state:
         stmt = stmt.where(Connection.state == state)
-    if cursor:
-        try:
-            stmt = stmt.where(Connection.id > decode_cursor(cursor))
-        except InvalidCursor as exc:
-            raise ApiError(400, "invalid_cursor", str(exc), param="cursor") from exc
     with request.app.state.sessions() as session:
-        rows = list(session.scalars(stmt.order_by(Connection.id).limit(limit + 1)))
-    has_more = len(rows) > limit
-    rows = rows[:limit]
-    return {
-        "object": "list",
-        "data": [mapping.connection_to_schema(r) for r in rows],
-        "has_more": has_more,
-        "next_cursor": encode_cursor(rows[-1].id) if has_more else None,
-    }
+        page = fetch_page(session, stmt, Connection.id, PageRequest(limit=limit, cursor=cursor))
+    return list_body(page, mapping.connection_to_schema)
 
 
 @router.get("/connections/{connection_id}", response_model=schemas.Connection, summary="Get one connection")

@@ -12,12 +12,13 @@ from sqlalchemy import or_
 from plooto_api import mapping, schemas
 from plooto_api.api.auth import require_scope
 from plooto_api.api.errors import ApiError
+from plooto_api.api.lists import list_body
 from plooto_api.services import webhooks as webhook_service
 from plooto_api.services.events import readable_events
 from plooto_api.services.tokens import Principal
 from plooto_api.store.database import transaction
 from plooto_api.store.models import Event
-from plooto_api.store.pagination import MAX_LIMIT, InvalidCursor, decode_cursor, encode_cursor
+from plooto_api.store.pagination import MAX_LIMIT, PageRequest, fetch_page
 from plooto_api.webhooks import schemas as wh_schemas
 
 router = APIRouter(tags=["events"])
@@ -37,16 +38,6 @@ class DeliveryList(BaseModel):
     data: list[wh_schemas.WebhookDelivery]
     has_more: bool = False
     next_cursor: str | None = None
-
-
-def _after_seq(cursor: str) -> int:
-    try:
-        text = decode_cursor(cursor)
-        if not text.isdigit():
-            raise InvalidCursor("cursor is not valid")
-        return int(text)
-    except InvalidCursor as exc:
-        raise ApiError(400, "invalid_cursor", str(exc), param="cursor") from exc
 
 
 @router.get("/events", response_model=EventList, summary="List events, oldest first")
@@ -82,18 +73,9 @@ def list_events(
         stmt = stmt.where(Event.created_at >= created_from)
     if created_to is not None:
         stmt = stmt.where(Event.created_at <= created_to)
-    if cursor:
-        stmt = stmt.where(Event.seq > _after_seq(cursor))
     with request.app.state.sessions() as session:
-        rows = list(session.scalars(stmt.order_by(Event.seq).limit(limit + 1)))
-    has_more = len(rows) > limit
-    rows = rows[:limit]
-    return {
-        "object": "list",
-        "data": [mapping.event_to_schema(r) for r in rows],
-        "has_more": has_more,
-        "next_cursor": encode_cursor(str(rows[-1].seq)) if has_more else None,
-    }
+        page = fetch_page(session, stmt, Event.seq, PageRequest(limit=limit, cursor=cursor))
+    return list_body(page, mapping.event_to_schema)
 
 
 def _event(session: Any, principal: Principal, event_id: str) -> Event:

@@ -9,14 +9,22 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel
 
-from plooto_api import schemas
+from plooto_api import mapping, schemas
 from plooto_api.api.auth import require_scope
 from plooto_api.api.errors import ApiError
+from plooto_api.api.lists import list_body
 from plooto_api.services import webhooks as service
 from plooto_api.services.tokens import Principal
 from plooto_api.store.database import transaction
 from plooto_api.store.models import WebhookEndpoint
-from plooto_api.store.pagination import MAX_LIMIT, InvalidCursor, decode_cursor, encode_cursor
+from plooto_api.store.pagination import (
+    MAX_LIMIT,
+    InvalidCursor,
+    PageRequest,
+    decode_cursor,
+    encode_cursor,
+    fetch_page,
+)
 from plooto_api.webhooks import schemas as wh_schemas
 from plooto_api.webhooks.delivery import DeliveryWorker
 
@@ -80,19 +88,9 @@ def list_endpoints(
     cursor: Annotated[str | None, Query(max_length=500)] = None,
 ) -> Any:
     stmt = service.readable_endpoints(principal)
-    after = _after(cursor)
-    if after:
-        stmt = stmt.where(WebhookEndpoint.id > after)
     with request.app.state.sessions() as session:
-        rows = list(session.scalars(stmt.order_by(WebhookEndpoint.id).limit(limit + 1)))
-    has_more = len(rows) > limit
-    rows = rows[:limit]
-    return {
-        "object": "list",
-        "data": [service.endpoint_to_schema(r) for r in rows],
-        "has_more": has_more,
-        "next_cursor": encode_cursor(rows[-1].id) if has_more else None,
-    }
+        page = fetch_page(session, stmt, WebhookEndpoint.id, PageRequest(limit=limit, cursor=cursor))
+    return list_body(page, mapping.webhook_endpoint_to_schema)
 
 
 @router.get(
@@ -100,7 +98,7 @@ def list_endpoints(
 )
 def get_endpoint(request: Request, endpoint_id: str, principal: Principal = _read) -> Any:
     with _as_api_errors(), request.app.state.sessions() as session:
-        return service.endpoint_to_schema(service.get_endpoint(session, principal, endpoint_id))
+        return mapping.webhook_endpoint_to_schema(service.get_endpoint(session, principal, endpoint_id))
 
 
 @router.delete("/webhook_endpoints/{endpoint_id}", status_code=204, summary="Delete an endpoint")
