@@ -1,6 +1,6 @@
 """Read API benchmark: 1,000,000 bills across 100 companies, filtered list latency vs the floor.
 
-Loads the store directly (bulk inserts), starts `plooto-api serve` against it, then drives
+Loads the store directly (bulk inserts), starts the gateway's API on it (jobs off), then drives
 `GET /bills?company=…&status=…&limit=100` from a concurrent client. The floor is the same query run
 on the database plus JSON serialization of the rows, in this process. Prints `name value unit`.
 
@@ -178,10 +178,15 @@ def main() -> None:
         company_ids, token = load(url, args.bills, args.companies)
         port = _free_port()
         env = {**os.environ, "PLOOTO_API_DATABASE_URL": url, "PLOOTO_API_LOG_LEVEL": "warning"}
+        # The API alone (no sync or webhook jobs, no sandbox): reads are served from the store.
+        serve = (
+            "import sys, uvicorn; from plooto_api.api.app import create_app; from plooto_api.config import Settings;"
+            "uvicorn.run(create_app(Settings(data_dir=sys.argv[1]), run_jobs=False), host='127.0.0.1',"
+            " port=int(sys.argv[2]), log_level='warning')"
+        )
         server = subprocess.Popen(
-            [sys.executable, "-c", "from plooto_api.cli import main; main()", "serve", "--port", str(port),
-             "--data-dir", str(data_dir)],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [sys.executable, "-c", serve, str(data_dir), str(port)], env=env,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         base = f"http://127.0.0.1:{port}"
         try:
