@@ -12,9 +12,10 @@ from sqlalchemy import Select, select
 from plooto_api import mapping, schemas
 from plooto_api.api.auth import require_scope
 from plooto_api.api.errors import ApiError
+from plooto_api.api.lists import list_body
 from plooto_api.services.tokens import Principal
 from plooto_api.store.models import AuditEntry
-from plooto_api.store.pagination import MAX_LIMIT, InvalidCursor, decode_cursor, encode_cursor
+from plooto_api.store.pagination import MAX_LIMIT, PageRequest, fetch_page
 
 router = APIRouter(tags=["audit"])
 _read = Depends(require_scope("audit:read"))
@@ -36,16 +37,6 @@ def _readable(principal: Principal) -> Select[AuditEntry]:
     if access.company_ids is not None:
         stmt = stmt.where(AuditEntry.company_id.in_(access.company_ids))
     return stmt
-
-
-def _after_seq(cursor: str) -> int:
-    try:
-        text = decode_cursor(cursor)
-        if not text.isdigit():
-            raise InvalidCursor("cursor is not valid")
-        return int(text)
-    except InvalidCursor as exc:
-        raise ApiError(400, "invalid_cursor", str(exc), param="cursor") from exc
 
 
 @router.get("/audit", response_model=AuditEntryList, summary="List audit log entries, oldest first")
@@ -81,15 +72,6 @@ def list_audit_entries(
         stmt = stmt.where(AuditEntry.occurred_at >= occurred_from)
     if occurred_to is not None:
         stmt = stmt.where(AuditEntry.occurred_at <= occurred_to)
-    if cursor:
-        stmt = stmt.where(AuditEntry.seq > _after_seq(cursor))
     with request.app.state.sessions() as session:
-        rows = list(session.scalars(stmt.order_by(AuditEntry.seq).limit(limit + 1)))
-    has_more = len(rows) > limit
-    rows = rows[:limit]
-    return {
-        "object": "list",
-        "data": [mapping.audit_entry_to_schema(r) for r in rows],
-        "has_more": has_more,
-        "next_cursor": encode_cursor(str(rows[-1].seq)) if has_more else None,
-    }
+        page = fetch_page(session, stmt, AuditEntry.seq, PageRequest(limit=limit, cursor=cursor))
+    return list_body(page, mapping.audit_entry_to_schema)
