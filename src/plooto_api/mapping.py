@@ -275,6 +275,7 @@ def row_values(obj: schemas.PortalObject, *, connection_id: str) -> RowValues:
         "quickbooks_id": obj.accounting_refs.quickbooks,
         "xero_id": obj.accounting_refs.xero,
         "netsuite_id": obj.accounting_refs.netsuite,
+        "document": obj.model_dump_json(),
     }
     if spec.model is not models.Company:
         values["company_id"] = obj.company_id

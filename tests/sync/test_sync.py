@@ -3,6 +3,7 @@ MFA by SMS, restart without MFA, crash and resume, drift, session expiry and bad
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from plooto_api import mapping
 from plooto_api.jobs import JobContext
 from plooto_api.services.sessions import complete_mfa, replace_credentials
 from plooto_api.store import models
@@ -133,6 +135,19 @@ async def test_payment_lifecycle_becomes_events(
     assert events["payment.status_updated"] >= 1
     assert events[final_event] >= 1
     assert events["bill.updated"] >= 1
+    _assert_documents_match_columns(ctx)
+
+
+def _assert_documents_match_columns(ctx: JobContext) -> None:
+    """Reads serve each row's stored JSON document; it must be exactly what its columns say."""
+    checked = 0
+    with ctx.sessions() as session:
+        for spec in mapping.OBJECT_MAPS.values():
+            for row in session.scalars(select(spec.model)):
+                assert row.document is not None, (spec.object_type, row.id)
+                assert json.loads(row.document) == mapping.to_schema(row).model_dump(mode="json"), row.id
+                checked += 1
+    assert checked > 100
 
 
 async def test_sms_login_waits_for_a_code_then_recovers_and_survives_restart(

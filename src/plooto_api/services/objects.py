@@ -146,22 +146,29 @@ def conditions(resource: Resource, params: dict[str, Any]) -> list[ColumnElement
     return result
 
 
-def list_objects(
+def list_documents(
     session: Session, resource: Resource, access: AccessScope, params: dict[str, Any], page: PageRequest
-) -> Page[schemas.PortalObject]:
-    """A page of normalized objects matching `params`, within `access`."""
-    rows = ObjectRepository(session, resource.model).list(access, page, conditions(resource, params))
-    return Page(
-        items=[mapping.to_schema(r) for r in rows.items], has_more=rows.has_more, next_cursor=rows.next_cursor
-    )
+) -> Page[str]:
+    """A page of objects matching `params`, within `access`, as their stored JSON documents."""
+    repository = ObjectRepository(session, resource.model)
+    rows = repository.list_documents(access, page, conditions(resource, params))
+    documents = [row.document or _rebuilt(repository, access, row.id) for row in rows.items]
+    return Page(items=documents, has_more=rows.has_more, next_cursor=rows.next_cursor)
 
 
-def get_object(
-    session: Session, resource: Resource, access: AccessScope, object_id: str
-) -> schemas.PortalObject | None:
-    """One normalized object, or None when it does not exist for this caller."""
+def get_document(session: Session, resource: Resource, access: AccessScope, object_id: str) -> str | None:
+    """One object's JSON document, or None when it does not exist for this caller."""
     row = ObjectRepository(session, resource.model).get(object_id, access)
-    return None if row is None else mapping.to_schema(row)
+    if row is None:
+        return None
+    return row.document or mapping.to_schema(row).model_dump_json()
+
+
+def _rebuilt(repository: ObjectRepository[Any], access: AccessScope, object_id: str) -> str:
+    # A row written before documents were kept: build its JSON from the columns.
+    row = repository.get(object_id, access)
+    assert row is not None
+    return mapping.to_schema(row).model_dump_json()
 
 
 def row_for(session: Session, resource: Resource, access: AccessScope, object_id: str) -> Any | None:
@@ -176,7 +183,7 @@ __all__ = [
     "Filter",
     "Resource",
     "conditions",
-    "get_object",
-    "list_objects",
+    "get_document",
+    "list_documents",
     "models",
 ]

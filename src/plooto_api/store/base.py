@@ -7,7 +7,7 @@ import time
 from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, Integer, MetaData, String
+from sqlalchemy import BigInteger, ForeignKey, Integer, MetaData, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from plooto_api.store.types import JSONType, UTCDateTime
@@ -85,6 +85,9 @@ class MirroredMixin:
     deleted_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The normalized JSON as last written, beside the columns it was made from: reads serve it as
+    # it is. Written only by mapping.row_values, with the columns, so the two cannot disagree.
+    document: Mapped[str | None] = mapped_column(Text)
 
 
 class CompanyOwnedMixin(MirroredMixin):

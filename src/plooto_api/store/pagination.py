@@ -60,9 +60,12 @@ class Page(Generic[T]):
     next_cursor: str | None
 
 
-def fetch_page(session: Session, stmt: Select[Any], key: Any, page: PageRequest) -> Page[Any]:
+def fetch_page(
+    session: Session, stmt: Select[Any], key: Any, page: PageRequest, *, columns: bool = False
+) -> Page[Any]:
     """The page of `stmt`'s rows that follows the cursor, in order of `key` (a unique column: a
-    time-ordered id or an auto-incrementing sequence)."""
+    time-ordered id or an auto-incrementing sequence). With `columns`, rows are column tuples
+    (attribute access by name) rather than ORM objects."""
     if page.cursor:
         after: Any = decode_cursor(page.cursor)
         if issubclass(key.type.python_type, int):
@@ -70,7 +73,8 @@ def fetch_page(session: Session, stmt: Select[Any], key: Any, page: PageRequest)
                 raise InvalidCursor("cursor is not valid")
             after = int(after)
         stmt = stmt.where(key > after)
-    rows = list(session.scalars(stmt.order_by(key).limit(page.limit + 1)))
+    ordered = stmt.order_by(key).limit(page.limit + 1)
+    rows: list[Any] = list(session.execute(ordered) if columns else session.scalars(ordered))
     has_more = len(rows) > page.limit
     rows = rows[: page.limit]
     next_cursor = encode_cursor(str(getattr(rows[-1], key.key))) if has_more else None

@@ -61,6 +61,20 @@ class ObjectRepository(Generic[M]):
         stmt = self.readable_statement(scope).where(*filters).options(*self._eager)
         return fetch_page(self.session, stmt, self._model.id, page)
 
+    def list_documents(
+        self,
+        scope: AccessScope,
+        page: PageRequest,
+        filters: Sequence[ColumnElement[bool]] = (),
+    ) -> Page[Any]:
+        """Like `list`, but rows of (id, document) only: what a list read serves."""
+        stmt = (
+            self.readable_statement(scope)
+            .where(*filters)
+            .with_only_columns(self._model.id, self._model.document)
+        )
+        return fetch_page(self.session, stmt, self._model.id, page, columns=True)
+
     def add(self, row: M) -> M:
         """Stage a new row in the session."""
         self.session.add(row)
