@@ -132,3 +132,29 @@ def sandbox(sandbox_url: str) -> str:
         client.delete("/__sandbox/faults").raise_for_status()
         client.post("/__sandbox/reset", json=SANDBOX_SEED).raise_for_status()
     return sandbox_url
+
+
+@pytest.fixture
+def process_database_env(_postgres_engine: Engine | None) -> Iterator[dict[str, str]]:
+    """Environment for a gateway subprocess: a database of its own on PostgreSQL (the process keeps
+    its own vault key, so it must not meet another test's sealed rows); nothing on SQLite, where the
+    process keeps its database in its own data directory."""
+    if _postgres_engine is None:
+        yield {}
+        return
+    import secrets
+
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+
+    assert POSTGRES_URL
+    name = f"{make_url(POSTGRES_URL).database}_p{secrets.token_hex(4)}"
+    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield {"PLOOTO_API_DATABASE_URL": make_url(POSTGRES_URL).set(database=name).render_as_string(False)}
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

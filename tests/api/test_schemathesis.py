@@ -25,12 +25,12 @@ CLI = [sys.executable, "-c", "from plooto_api.cli import main; main()"]
 
 
 @pytest.mark.slow
-def test_no_server_errors_and_no_schema_violations(tmp_path: Path) -> None:
+def test_no_server_errors_and_no_schema_violations(
+    tmp_path: Path, process_database_env: dict[str, str]
+) -> None:
     schemathesis = shutil.which("schemathesis", path=str(Path(sys.executable).parent))
     assert schemathesis, "schemathesis is a test dependency"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PLOOTO_API_")}
-    if "PLOOTO_API_TEST_DATABASE_URL" in os.environ:
-        env["PLOOTO_API_DATABASE_URL"] = os.environ["PLOOTO_API_TEST_DATABASE_URL"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PLOOTO_API_")} | process_database_env
     port = free_port()
     out = tmp_path / "serve.out"
     with out.open("w") as handle:

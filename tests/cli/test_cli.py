@@ -21,11 +21,8 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _env(tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PLOOTO_API_")}
-    if "PLOOTO_API_TEST_DATABASE_URL" in os.environ:
-        env["PLOOTO_API_DATABASE_URL"] = os.environ["PLOOTO_API_TEST_DATABASE_URL"]
-    return env
+def _env(db_env: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("PLOOTO_API_")} | db_env
 
 
 def _wait_for_health(url: str, proc: subprocess.Popen[str], timeout: float = 30.0) -> httpx.Response:
@@ -39,11 +36,11 @@ def _wait_for_health(url: str, proc: subprocess.Popen[str], timeout: float = 30.
     raise AssertionError("gateway did not start")
 
 
-def test_serve_answers_health_and_stops_cleanly(tmp_path: Path) -> None:
+def test_serve_answers_health_and_stops_cleanly(tmp_path: Path, process_database_env: dict[str, str]) -> None:
     port = _free_port()
     proc = subprocess.Popen(
         [*CLI, "serve", "--port", str(port), "--data-dir", str(tmp_path / "data")],
-        cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=tmp_path, env=_env(process_database_env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
         response = _wait_for_health(f"http://127.0.0.1:{port}/health", proc)
@@ -59,24 +56,24 @@ def test_serve_answers_health_and_stops_cleanly(tmp_path: Path) -> None:
         assert (tmp_path / "data" / "plooto-api.db").exists()
 
 
-def test_default_data_dir_is_dot_plooto_api(tmp_path: Path) -> None:
-    result = subprocess.run([*CLI, "db", "upgrade"], cwd=tmp_path, env=_env(tmp_path),
+def test_default_data_dir_is_dot_plooto_api(tmp_path: Path, process_database_env: dict[str, str]) -> None:
+    result = subprocess.run([*CLI, "db", "upgrade"], cwd=tmp_path, env=_env(process_database_env),
                             capture_output=True, text=True, timeout=60)  # fmt: skip
     assert result.returncode == 0, result.stderr
     if "PLOOTO_API_TEST_DATABASE_URL" not in os.environ:
         assert (tmp_path / ".plooto-api" / "plooto-api.db").exists()
-    status = subprocess.run([*CLI, "db", "status"], cwd=tmp_path, env=_env(tmp_path),
+    status = subprocess.run([*CLI, "db", "status"], cwd=tmp_path, env=_env(process_database_env),
                             capture_output=True, text=True, timeout=60)  # fmt: skip
     assert "up to date" in status.stdout
 
 
-def test_bad_input_exits_2_with_one_line(tmp_path: Path) -> None:
+def test_bad_input_exits_2_with_one_line(tmp_path: Path, process_database_env: dict[str, str]) -> None:
     for args, needle in (
         (["serve", "--port", "http"], "--port"),
         (["no-such-command"], "no-such-command"),
         (["serve", "--port", "70000"], "65535"),
     ):
-        result = subprocess.run([*CLI, *args], cwd=tmp_path, env=_env(tmp_path),
+        result = subprocess.run([*CLI, *args], cwd=tmp_path, env=_env(process_database_env),
                                 capture_output=True, text=True, timeout=60)  # fmt: skip
         assert result.returncode == 2, (args, result.stderr)
         lines = result.stderr.strip().splitlines()

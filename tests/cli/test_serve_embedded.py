@@ -18,10 +18,10 @@ from conftest import free_port
 CLI = [sys.executable, "-c", "from plooto_api.cli import main; main()"]
 
 
-def _start(tmp_path: Path, port: int, name: str) -> tuple[subprocess.Popen[str], Path]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PLOOTO_API_")}
-    if "PLOOTO_API_TEST_DATABASE_URL" in os.environ:
-        env["PLOOTO_API_DATABASE_URL"] = os.environ["PLOOTO_API_TEST_DATABASE_URL"]
+def _start(
+    tmp_path: Path, port: int, name: str, db_env: dict[str, str]
+) -> tuple[subprocess.Popen[str], Path]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PLOOTO_API_")} | db_env
     out = tmp_path / f"{name}.out"
     with out.open("w") as handle:
         proc = subprocess.Popen([*CLI, "serve", "--port", str(port)], cwd=tmp_path, env=env, stdout=handle,
@@ -46,9 +46,11 @@ def _stop(proc: subprocess.Popen[str]) -> None:
 
 
 @pytest.mark.slow
-def test_serve_runs_the_embedded_sandbox_and_survives_a_restart(tmp_path: Path) -> None:
+def test_serve_runs_the_embedded_sandbox_and_survives_a_restart(
+    tmp_path: Path, process_database_env: dict[str, str]
+) -> None:
     port = free_port()
-    proc, out = _start(tmp_path, port, "first")
+    proc, out = _start(tmp_path, port, "first", process_database_env)
     try:
         token = _wait_for_token(proc, out)
         base = f"http://127.0.0.1:{port}"
@@ -73,7 +75,7 @@ def test_serve_runs_the_embedded_sandbox_and_survives_a_restart(tmp_path: Path) 
     with pytest.raises(httpx.TransportError):  # the sandbox stopped with the gateway
         httpx.get(sandbox_url.group(1) + "/login", timeout=2)
 
-    proc, out = _start(tmp_path, port, "second")
+    proc, out = _start(tmp_path, port, "second", process_database_env)
     try:
         assert _wait_for_token(proc, out) == token  # the same admin token
     finally:
