@@ -5,6 +5,7 @@ Loads the store directly (bulk inserts), starts the gateway's API on it (jobs of
 on the database plus JSON serialization of the rows, in this process. Prints `name value unit`.
 
     .venv/bin/python bench/bench_reads.py [--bills 1000000] [--companies 100] [--requests 3000]
+        [--concurrency 1 4]
 """
 
 from __future__ import annotations
@@ -175,7 +176,7 @@ def main() -> None:
     parser.add_argument("--bills", type=int, default=1_000_000)
     parser.add_argument("--companies", type=int, default=100)
     parser.add_argument("--requests", type=int, default=3000)
-    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4], help="requests in flight")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp)
@@ -204,21 +205,24 @@ def main() -> None:
                         break
                 except httpx.TransportError:
                     time.sleep(0.1)
-            timings, rps = asyncio.run(drive(base, token, company_ids, args.requests, args.concurrency))
+            results = {
+                c: asyncio.run(drive(base, token, company_ids, args.requests, c)) for c in args.concurrency
+            }
             status = Path(f"/proc/{server.pid}/status").read_text()
             peak_kb = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM")))
         finally:
             server.send_signal(signal.SIGINT)
             server.wait(timeout=30)
         floors = floor(url, company_ids, 500)
-    api_p50, floor_p50 = pct(timings, 0.5), statistics.median(floors) * 1000
+    floor_p50 = statistics.median(floors) * 1000
     print(f"bills {args.bills} count")
-    print(f"api_p50 {api_p50:.2f} ms")
-    print(f"api_p99 {pct(timings, 0.99):.2f} ms")
-    print(f"api_requests_per_second {rps:.0f} req/s")
+    for concurrency, (timings, rps) in results.items():
+        print(f"api_c{concurrency}_p50 {pct(timings, 0.5):.2f} ms")
+        print(f"api_c{concurrency}_p99 {pct(timings, 0.99):.2f} ms")
+        print(f"api_c{concurrency}_requests_per_second {rps:.0f} req/s")
+        print(f"api_c{concurrency}_p50_over_floor {pct(timings, 0.5) / floor_p50:.2f} x")
     print(f"floor_p50 {floor_p50:.2f} ms")
     print(f"floor_p99 {pct(floors, 0.99):.2f} ms")
-    print(f"api_p50_over_floor {api_p50 / floor_p50:.2f} x")
     print(f"server_peak_rss {peak_kb / 1024:.0f} MB")
 
 
