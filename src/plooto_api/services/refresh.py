@@ -4,15 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
-
 from plooto_api import mapping
 from plooto_api.jobs.context import JobContext
 from plooto_api.services.events import record_event
 from plooto_api.store.base import utcnow
 from plooto_api.store.database import transaction
-from plooto_api.store.models import Company
-from plooto_api.sync.upsert import apply_records
+from plooto_api.sync.upsert import apply_records, company_ids
 
 
 async def refresh_object(ctx: JobContext, row: Any) -> None:
@@ -20,13 +17,7 @@ async def refresh_object(ctx: JobContext, row: Any) -> None:
     object_type = mapping.object_map_for(row).object_type
     connection_id = row.connection_id
     with ctx.sessions() as session:
-        companies = dict(
-            list(
-                session.execute(
-                    select(Company.upstream_id, Company.id).where(Company.connection_id == connection_id)
-                )
-            )  # a Result has keys(): dict() would read it as a mapping
-        )
+        companies = company_ids(session, connection_id)
     company_upstream_id = next(
         (
             upstream

@@ -28,8 +28,8 @@ from plooto_api.services.connections import change_state, get_connection
 from plooto_api.services.sessions import login_blocked_reason
 from plooto_api.store.base import utcnow
 from plooto_api.store.database import transaction
-from plooto_api.store.models import Company, SyncCursor
-from plooto_api.sync.upsert import ApplyCounts, apply_records
+from plooto_api.store.models import SyncCursor
+from plooto_api.sync.upsert import ApplyCounts, apply_records, company_ids
 from plooto_api.upstream import (
     FEEDS,
     AccountLocked,
@@ -219,12 +219,6 @@ class SyncEngine:
         report.counts.add(counts)
         return [(r.upstream_id, str(r.fields.get("name", r.upstream_id))) for r in records]
 
-    def _company_ids(self, session: Session, connection_id: str) -> dict[str, str]:
-        rows = session.execute(
-            select(Company.upstream_id, Company.id).where(Company.connection_id == connection_id)
-        )
-        return {upstream_id: gateway_id for upstream_id, gateway_id in rows}
-
     async def _sync_feed(
         self,
         portal: PortalSession,
@@ -296,7 +290,7 @@ class SyncEngine:
     ) -> ApplyCounts:
         """Apply one page and move the cursor past it, in one transaction (a crash resumes after it)."""
         with transaction(self.ctx.sessions) as session:
-            counts = apply_records(session, connection_id, self._company_ids(session, connection_id), records,
+            counts = apply_records(session, connection_id, company_ids(session, connection_id), records,
                                    utcnow())  # fmt: skip
             cursor = _cursor(session, connection_id, company_upstream_id, feed.name)
             cursor.page_state = state
@@ -319,7 +313,7 @@ class SyncEngine:
     ) -> None:
         """After a complete listing, ask the portal about each row it did not list; delete on 404 only."""
         with self.ctx.sessions() as session:
-            company_id = self._company_ids(session, connection_id).get(company_upstream_id)
+            company_id = company_ids(session, connection_id).get(company_upstream_id)
             missing: list[tuple[str, str]] = []
             for object_type in feed.object_types:
                 model: Any = mapping.object_map_for(object_type).model

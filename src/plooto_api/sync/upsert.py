@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, selectinload
 from plooto_api import mapping, schemas
 from plooto_api.services.events import record_event
 from plooto_api.store.base import new_id
+from plooto_api.store.models import Company
 from plooto_api.upstream import UpstreamRecord, UpstreamRef
 
 _PAYMENT_SENT = {"in_transit"}
@@ -121,6 +122,14 @@ def _events_for_change(object_type: str, old: schemas.PortalObject, new: schemas
         elif new_data["status"] == "overdue":
             types.append("invoice.overdue")
     return types
+
+
+def company_ids(session: Session, connection_id: str) -> dict[str, str]:
+    """Gateway company ids of a connection, by the portal's company id (what apply_records needs)."""
+    rows = session.execute(
+        select(Company.upstream_id, Company.id).where(Company.connection_id == connection_id)
+    )
+    return {upstream_id: gateway_id for upstream_id, gateway_id in rows}
 
 
 def apply_records(
