@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import secrets
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI, Request, Response
+from fastapi import Depends, FastAPI
 
 from plooto_api import __version__
+from plooto_api.api.context import RequestContext
 from plooto_api.api.errors import install_error_handlers
 from plooto_api.api.limits import BodySizeLimit, LoginAttemptLimits, limit_login_attempts
 from plooto_api.api.routes import approvals as approval_routes
@@ -21,7 +20,6 @@ from plooto_api.api.routes import writes as write_routes
 from plooto_api.config import Settings
 from plooto_api.jobs import InProcessEngine, JobContext
 from plooto_api.jobs.schedules import schedule_all
-from plooto_api.metrics import HTTP_LATENCY, HTTP_REQUESTS
 from plooto_api.services.authentication import Authenticator
 
 DESCRIPTION = (
@@ -72,18 +70,7 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool = True) -> Fa
         BodySizeLimit, max_body_bytes=settings.max_body_bytes, max_upload_bytes=settings.max_upload_bytes
     )
 
-    @app.middleware("http")
-    async def request_id(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        # Every response carries an id that also appears in its error body and in the log.
-        request.state.request_id = "req_" + secrets.token_hex(8)
-        started = time.perf_counter()
-        response = await call_next(request)
-        response.headers["X-Request-Id"] = request.state.request_id
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")  # the template, so ids do not explode the label set
-        HTTP_REQUESTS.labels(request.method, path, str(response.status_code)).inc()
-        HTTP_LATENCY.labels(request.method, path).observe(time.perf_counter() - started)
-        return response
+    app.add_middleware(RequestContext)
 
     app.include_router(health.router)
     app.include_router(metrics.router)

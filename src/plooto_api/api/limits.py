@@ -154,7 +154,5 @@ class BodySizeLimit:
         ).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                    (b"connection", b"close")]  # fmt: skip
-        if request_id:
-            headers.append((b"x-request-id", str(request_id).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})

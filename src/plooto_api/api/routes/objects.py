@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
-from plooto_api.api.auth import require_scope
+from plooto_api.api.auth import authorize, bearer_token, require_scope
 from plooto_api.api.errors import ApiError
 from plooto_api.services import objects as object_service
 from plooto_api.services.refresh import refresh_object
@@ -59,12 +59,17 @@ def _add_resource(resource: object_service.Resource) -> None:
     require = Depends(require_scope(resource.scope))
 
     def list_objects(
-        request: Request, params: Annotated[params_model, Query()], principal: Principal = require
+        request: Request,
+        params: Annotated[params_model, Query()],
+        token: Annotated[str, Depends(bearer_token)],
     ) -> Any:
+        # The token is checked here rather than by a dependency: one worker thread and one database
+        # session serve the whole request (lists are the busiest path).
         values = params.model_dump()
         try:
             page = PageRequest(limit=values.pop("limit"), cursor=values.pop("cursor"))
             with request.app.state.sessions() as session:
+                principal = authorize(request, session, token, resource.scope)
                 result = object_service.list_documents(session, resource, principal.access, values, page)
         except InvalidCursor as exc:
             raise ApiError(400, "invalid_cursor", str(exc), param="cursor") from exc
