@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, delete, select
+from sqlalchemy import Select, delete, insert, select
 from sqlalchemy.orm import Session
 
 from plooto_api.store.base import new_id, utcnow
-from plooto_api.store.models import Event
+from plooto_api.store.models import Event, WebhookDelivery
 from plooto_api.store.scope import AccessScope
-from plooto_api.webhooks.fanout import fan_out
+from plooto_api.webhooks.fanout import delivery_rows, fan_out
 
 
 def record_event(
@@ -39,6 +40,43 @@ def record_event(
     # Its webhook deliveries commit (or not) with it, so none can be lost in between.
     fan_out(session, event)
     return event
+
+
+@dataclass
+class EventBatch:
+    """Many events of one transaction (a sync page's), inserted together with their deliveries.
+
+    The same rows `record_event` writes, in the order they were added (their `seq` follows it), but
+    as two bulk INSERTs instead of one ORM object per event and delivery."""
+
+    session: Session
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(
+        self,
+        event_type: str,
+        *,
+        data: dict[str, Any],
+        connection_id: str | None,
+        company_id: str | None,
+        object_type: str | None,
+        object_id: str | None,
+    ) -> None:
+        self.rows.append({
+            "id": new_id("evt"), "type": event_type, "connection_id": connection_id, "company_id": company_id,
+            "object_type": object_type, "object_id": object_id, "data": data, "created_at": utcnow(),
+        })  # fmt: skip
+
+    def flush(self) -> int:
+        """Insert the staged events and their deliveries; returns how many events."""
+        count = len(self.rows)
+        if self.rows:
+            self.session.execute(insert(Event.__table__), self.rows)
+            deliveries = delivery_rows(self.session, self.rows)
+            if deliveries:
+                self.session.execute(insert(WebhookDelivery.__table__), deliveries)
+            self.rows = []
+        return count
 
 
 def readable_events(access: AccessScope) -> Select[Event]:

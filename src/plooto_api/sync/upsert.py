@@ -17,7 +17,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.orm import Session, selectinload
 
 from plooto_api import mapping, schemas
-from plooto_api.services.events import record_event
+from plooto_api.services.events import EventBatch
 from plooto_api.store.base import new_id
 from plooto_api.store.models import Company
 from plooto_api.upstream import UpstreamRecord, UpstreamRef
@@ -167,14 +167,26 @@ def apply_records(
     # Companies first, then each type in the order it came (feeds are in dependency order). One
     # flush per type: the unit of work orders inserts by relationship(), not by bare foreign keys.
     order = sorted(by_type, key=lambda object_type: object_type != "company")
+    events = EventBatch(session)
     for object_type in order:
         inserts = _Inserts()
         for record in by_type[object_type]:
             _apply_one(
-                session, connection_id, company_ids, record, existing, assigned, ids, now, counts, inserts
+                session,
+                connection_id,
+                company_ids,
+                record,
+                existing,
+                assigned,
+                ids,
+                now,
+                counts,
+                inserts,
+                events,
             )
         inserts.execute(session, mapping.object_map_for(object_type))
         session.flush()
+    counts.events += events.flush()  # in the order the changes were applied
     return counts
 
 
@@ -211,6 +223,7 @@ def _apply_one(
     now: datetime,
     counts: ApplyCounts,
     inserts: _Inserts,
+    events: EventBatch,
 ) -> None:
     spec = mapping.object_map_for(record.object_type)
     gateway_id = assigned[(record.object_type, record.upstream_id)]
@@ -255,8 +268,7 @@ def _apply_one(
     counts.by_type[record.object_type] += 1
     payload = new.model_dump(mode="json")
     for event_type in event_types:
-        record_event(
-            session,
+        events.add(
             event_type,
             data=payload,
             connection_id=connection_id,
@@ -264,4 +276,3 @@ def _apply_one(
             object_type=record.object_type,
             object_id=gateway_id,
         )
-        counts.events += 1

@@ -4,11 +4,12 @@ so no event can be committed without its deliveries (nor a delivery without its 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from plooto_api.store.base import new_id
+from plooto_api.store.base import new_id, utcnow
 from plooto_api.store.models import Event, WebhookDelivery, WebhookEndpoint
 
 # session.info key: the enabled endpoints, read once per transaction (a sync writes many events).
@@ -94,3 +95,20 @@ def fan_out(session: Session, event: Event) -> list[WebhookDelivery]:
         session.add(delivery)
         deliveries.append(delivery)
     return deliveries
+
+
+def delivery_rows(session: Session, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The pending deliveries of events given as rows (a bulk insert of events): one per enabled
+    endpoint that wants each, as rows for a bulk insert after the events'."""
+    found = targets(session)
+    if not found:
+        return []
+    now = utcnow()
+    return [
+        {"id": new_id("whd"), "endpoint_id": target.endpoint_id, "event_id": event["id"],
+         "object_id": event["object_id"], "status": "pending", "attempt_count": 0,
+         "next_attempt_at": event["created_at"], "created_at": now, "updated_at": now}
+        for event in events
+        for target in found
+        if target.wants(event["type"], event["company_id"])
+    ]  # fmt: skip
