@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Select, delete, insert, select
+from sqlalchemy import Select, Table, delete, insert, select
 from sqlalchemy.orm import Session
 
 from plooto_api.store.base import new_id, utcnow
@@ -71,10 +71,10 @@ class EventBatch:
         """Insert the staged events and their deliveries; returns how many events."""
         count = len(self.rows)
         if self.rows:
-            self.session.execute(insert(Event.__table__), self.rows)
+            self.session.execute(insert(cast(Table, Event.__table__)), self.rows)  # Core: no ORM objects
             deliveries = delivery_rows(self.session, self.rows)
             if deliveries:
-                self.session.execute(insert(WebhookDelivery.__table__), deliveries)
+                self.session.execute(insert(cast(Table, WebhookDelivery.__table__)), deliveries)
             self.rows = []
         return count
 
