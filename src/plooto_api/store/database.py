@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import orjson
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
@@ -40,6 +42,15 @@ def _begin(conn: Any) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
+def json_dumps(value: Any) -> str:
+    """JSON columns' serializer: orjson (a sync page writes thousands of JSON values), falling back
+    to the standard library for what orjson refuses but `json` takes (integers beyond 64 bits)."""
+    try:
+        return orjson.dumps(value).decode()
+    except orjson.JSONEncodeError:
+        return json.dumps(value)
+
+
 def create_db_engine(url: str, *, echo: bool = False) -> Engine:
     """Create an engine for `url`, applying the settings each backend needs to be safe under load."""
     parsed = make_url(url)
@@ -48,12 +59,15 @@ def create_db_engine(url: str, *, echo: bool = False) -> Engine:
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(
-            url, echo=echo, connect_args={"check_same_thread": False, "isolation_level": None}
-        )
+            url, echo=echo, json_serializer=json_dumps,
+            connect_args={"check_same_thread": False, "isolation_level": None},
+        )  # fmt: skip
         event.listen(engine, "connect", _configure_sqlite)
         event.listen(engine, "begin", _begin)
         return engine
-    return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    return create_engine(
+        url, echo=echo, json_serializer=json_dumps, pool_pre_ping=True, pool_size=10, max_overflow=20
+    )
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

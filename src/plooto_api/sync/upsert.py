@@ -206,10 +206,11 @@ class _Inserts:
     def execute(self, session: Session, spec: mapping.ObjectMap) -> None:
         if not self.rows:
             return
-        session.execute(insert(spec.model), self.rows)
+        # Core inserts of the tables (the rows are column values already): no ORM bulk bookkeeping.
+        session.execute(insert(spec.model.__table__), self.rows)
         for relationship, rows in self.children.items():
             if rows:
-                session.execute(insert(spec.child_map(relationship).model), rows)
+                session.execute(insert(spec.child_map(relationship).model.__table__), rows)
 
 
 def _apply_one(
