@@ -14,7 +14,7 @@ from sandbox.test_api import create_bill
 def test_default_rate_limit_answers_429_with_retry_after() -> None:
     with make_client() as client:
         headers = login(client, CONTROLLER)
-        # Fire until refused: at 25 req/s refill, the 50-token burst runs out after ~50+ fast calls.
+        # Fire until refused: at 25 req/s refill, the 50-token burst runs out after ~50 fast calls.
         responses = []
         for _ in range(400):
             responses.append(client.get("/api/companies", headers=headers))
@@ -22,7 +22,9 @@ def test_default_rate_limit_answers_429_with_retry_after() -> None:
                 break
         limited = responses[-1]
         assert limited.status_code == 429, "a burst must eventually exceed the default bucket"
-        assert len(responses) > 50
+        # The 50-token burst, less the token the sign-in's own page took; refill can only add more
+        # (how many depends on this machine's speed, so only the lower bound is certain).
+        assert len(responses) - 1 >= 49
         assert int(limited.headers["retry-after"]) >= 1
         assert limited.json()["errorCode"] == "RateLimitExceeded"
 
