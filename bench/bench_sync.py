@@ -8,7 +8,10 @@
 Starts `python -m plooto_sandbox` on loopback and a gateway worker context in this process, on a
 temporary SQLite store. Prints one figure per line: `name value unit`.
 
-    .venv/bin/python bench/bench_sync.py [--rate 10] [--bills 5000] [--skip-100k]
+    .venv/bin/python bench/bench_sync.py [--rate 25 [10 ...]] [--bills 5000] [--skip-100k]
+
+`--rate` defaults to the sandbox's own default limit (25 req/s); with several rates, part 1 runs once
+per rate and each figure's name ends in `_at_<rate>`.
 """
 
 from __future__ import annotations
@@ -138,12 +141,15 @@ async def incremental_cost(bills: int, rounds: int = 5) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rate", type=float, default=10.0, help="the portal's per-session limit, req/s")
+    parser.add_argument("--rate", type=float, nargs="+", default=[25.0],
+                        help="the portal's per-session limit, req/s (the sandbox's default is 25)")  # fmt: skip
     parser.add_argument("--bills", type=int, default=5000, help="bills per company (2 companies) for part 1")
     parser.add_argument("--skip-100k", action="store_true")
     args = parser.parse_args()
-    for name, (value, unit) in asyncio.run(initial_sync(args.rate, args.bills)).items():
-        print(f"{name} {value} {unit}", flush=True)
+    for rate in args.rate:
+        suffix = f"_at_{rate:g}" if len(args.rate) > 1 else ""
+        for name, (value, unit) in asyncio.run(initial_sync(rate, args.bills)).items():
+            print(f"{name}{suffix} {value} {unit}", flush=True)
     small, small_requests = asyncio.run(incremental_cost(10_000))
     print(f"incremental_10_changes_at_10k_bills {small * 1000:.1f} ms", flush=True)
     print(f"incremental_10_changes_at_10k_bills_requests {small_requests:.0f} count", flush=True)
