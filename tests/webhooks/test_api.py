@@ -53,7 +53,7 @@ def world(database_url: str, tmp_path: Path) -> Iterator[dict[str, Any]]:
             event_type = ["bill.created", "bill.updated", "payment.sent"][n % 3]
             events.append(record_event(session, event_type, data={"n": n}, company_id=company_id,
                                        connection_id=conn.id, object_id=f"obj_{n % 5}",
-                                       object_type=event_type.split(".")[0]).id)  # fmt: skip
+                                       object_type=event_type.split(".")[0]))  # fmt: skip
     engine.dispose()
     settings = Settings(data_dir=tmp_path / "data", database_url=database_url,
                         vault_key=SecretStr(generate_key()), webhook_allow_private=True)  # fmt: skip

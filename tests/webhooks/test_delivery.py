@@ -50,7 +50,7 @@ def _endpoint(sessions: sessionmaker[Session], vault: Vault, url: str, **fields:
 def _event(sessions: sessionmaker[Session], event_type: str, object_id: str, n: int = 0, **kw: Any) -> str:
     with transaction(sessions) as session:
         return record_event(session, event_type, data={"id": object_id, "n": n}, object_id=object_id,
-                            object_type=event_type.split(".")[0], **kw).id  # fmt: skip
+                            object_type=event_type.split(".")[0], **kw)  # fmt: skip
 
 
 def _worker(sessions: sessionmaker[Session], vault: Vault, clock: Clock, **kw: Any) -> DeliveryWorker:

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from plooto_api.store.base import new_id, utcnow
 from plooto_api.store.models import Event, WebhookDelivery
 from plooto_api.store.scope import AccessScope
-from plooto_api.webhooks.fanout import delivery_rows, fan_out
+from plooto_api.webhooks.fanout import delivery_rows
 
 
 def record_event(
@@ -24,30 +24,20 @@ def record_event(
     company_id: str | None = None,
     object_type: str | None = None,
     object_id: str | None = None,
-) -> Event:
-    """Stage an event in the caller's transaction; it commits (or not) with the change itself."""
-    event = Event(
-        id=new_id("evt"),
-        type=event_type,
-        connection_id=connection_id,
-        company_id=company_id,
-        object_type=object_type,
-        object_id=object_id,
-        data=data,
-        created_at=utcnow(),
-    )
-    session.add(event)
-    # Its webhook deliveries commit (or not) with it, so none can be lost in between.
-    fan_out(session, event)
-    return event
+) -> str:
+    """Append one event, with its webhook deliveries, in the caller's transaction; it commits (or
+    not) with the change itself, so no delivery can be lost in between. Returns the event's id."""
+    batch = EventBatch(session)
+    event_id = batch.add(event_type, data=data, connection_id=connection_id, company_id=company_id,
+                         object_type=object_type, object_id=object_id)  # fmt: skip
+    batch.flush()
+    return event_id
 
 
 @dataclass
 class EventBatch:
-    """Many events of one transaction (a sync page's), inserted together with their deliveries.
-
-    The same rows `record_event` writes, in the order they were added (their `seq` follows it), but
-    as two bulk INSERTs instead of one ORM object per event and delivery."""
+    """Events of one transaction, inserted together with their deliveries when flushed: a sync
+    page's many, or `record_event`'s one. Their `seq` follows the order they were added."""
 
     session: Session
     rows: list[dict[str, Any]] = field(default_factory=list)
@@ -57,15 +47,17 @@ class EventBatch:
         event_type: str,
         *,
         data: dict[str, Any],
-        connection_id: str | None,
-        company_id: str | None,
-        object_type: str | None,
-        object_id: str | None,
-    ) -> None:
+        connection_id: str | None = None,
+        company_id: str | None = None,
+        object_type: str | None = None,
+        object_id: str | None = None,
+    ) -> str:
+        event_id = new_id("evt")
         self.rows.append({
-            "id": new_id("evt"), "type": event_type, "connection_id": connection_id, "company_id": company_id,
+            "id": event_id, "type": event_type, "connection_id": connection_id, "company_id": company_id,
             "object_type": object_type, "object_id": object_id, "data": data, "created_at": utcnow(),
         })  # fmt: skip
+        return event_id
 
     def flush(self) -> int:
         """Insert the staged events and their deliveries; returns how many events."""

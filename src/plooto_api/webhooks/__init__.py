@@ -2,7 +2,7 @@
 delivery worker that retries on a schedule and keeps each object's events in order per endpoint."""
 
 from plooto_api.webhooks.delivery import RETRY_DELAYS, DeliveryWorker
-from plooto_api.webhooks.fanout import fan_out
+from plooto_api.webhooks.fanout import delivery_rows
 from plooto_api.webhooks.signing import generate_secret, signed_headers
 from plooto_api.webhooks.targets import InvalidWebhookUrl, check_target_url
 
@@ -11,7 +11,7 @@ __all__ = [
     "DeliveryWorker",
     "InvalidWebhookUrl",
     "check_target_url",
-    "fan_out",
+    "delivery_rows",
     "generate_secret",
     "signed_headers",
 ]

@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from plooto_api.store.base import new_id, utcnow
-from plooto_api.store.models import Event, WebhookDelivery, WebhookEndpoint
+from plooto_api.store.models import WebhookEndpoint
 
 # session.info key: the enabled endpoints, read once per transaction (a sync writes many events).
 _CACHE_KEY = "plooto_api.webhook_targets"
@@ -74,27 +74,6 @@ def targets(session: Session) -> list[Target]:
 def forget_targets(session: Session) -> None:
     """Drop the cached endpoints (after creating, changing or deleting one in this transaction)."""
     session.info.pop(_CACHE_KEY, None)
-
-
-def fan_out(session: Session, event: Event) -> list[WebhookDelivery]:
-    """Stage a pending delivery of `event` for every enabled endpoint that wants it."""
-    deliveries = []
-    for target in targets(session):
-        if not target.wants(event.type, event.company_id):
-            continue
-        delivery = WebhookDelivery(
-            id=new_id("whd"),
-            endpoint_id=target.endpoint_id,
-            event_id=event.id,
-            object_id=event.object_id,
-            status="pending",
-            attempt_count=0,
-            next_attempt_at=event.created_at,
-        )
-        delivery.event = event
-        session.add(delivery)
-        deliveries.append(delivery)
-    return deliveries
 
 
 def delivery_rows(session: Session, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
