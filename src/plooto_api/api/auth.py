@@ -56,10 +56,9 @@ def current_principal(request: Request, token: Annotated[str, Depends(bearer_tok
 def require_scope(scope: str) -> Callable[..., Principal]:
     """A dependency that admits callers whose token carries `scope` (403 otherwise)."""
 
-    def check(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
-        if not principal.allows(scope):
-            raise ApiError(403, "insufficient_scope", f"this token lacks the {scope} scope")
-        return principal
+    def check(request: Request, token: Annotated[str, Depends(bearer_token)]) -> Principal:
+        with request.app.state.sessions() as session:
+            return authorize(request, session, token, scope)
 
     check.__name__ = f"require_{scope.replace(':', '_')}"
     return check
