@@ -70,6 +70,66 @@ def _describe(value: Any) -> str:
     return type(value).__name__
 
 
+# A spec compiled once: names and `?` suffixes parsed, known field names gathered. Both the fast
+# conformance test and the checker that describes differences walk this form.
+@dataclass(frozen=True)
+class _Type:
+    kind: str
+    nullable: bool
+
+
+@dataclass(frozen=True)
+class _List:
+    item: _Node
+
+
+@dataclass(frozen=True)
+class _Object:
+    fields: tuple[tuple[str, bool, _Node], ...]  # (name, optional, spec)
+    known: frozenset[str]
+
+
+_Node = _Type | _List | _Object
+_COMPILED: dict[int, tuple[Shape, _Object]] = {}  # by id, holding the shape so the id stays its own
+
+
+def _compile(spec: Spec) -> _Node:
+    if isinstance(spec, Shape):
+        cached = _COMPILED.get(id(spec))
+        if cached is not None and cached[0] is spec:
+            return cached[1]
+        fields = tuple(
+            (declared.rstrip("?"), declared.endswith("?"), _compile(item))
+            for declared, item in spec.fields.items()
+        )
+        node = _Object(fields, frozenset(name for name, _, _ in fields))
+        _COMPILED[id(spec)] = (spec, node)
+        return node
+    if isinstance(spec, ListOf):
+        return _List(_compile(spec.item))
+    return _Type(spec.rstrip("?"), spec.endswith("?"))
+
+
+def _conforms(node: _Node, value: Any) -> bool:
+    """Whether `value` matches exactly (no drift and no extra field): the common case, checked
+    without building the messages `differences` gives when it does not."""
+    if isinstance(node, _Type):
+        if value is None:
+            return node.nullable or node.kind == "any"
+        return _type_ok(node.kind, value)
+    if isinstance(node, _List):
+        return isinstance(value, list) and all(_conforms(node.item, item) for item in value)
+    if not isinstance(value, dict):
+        return False
+    for name, optional, item in node.fields:
+        if name in value:
+            if not _conforms(item, value[name]):
+                return False
+        elif not optional:
+            return False
+    return node.known.issuperset(value)
+
+
 class _Checker:
     def __init__(self) -> None:
         self.fatal: list[str] = []
@@ -79,88 +139,42 @@ class _Checker:
         if text not in bucket:
             bucket.append(text)
 
-    def check(self, spec: Spec, value: Any, where: str) -> None:
-        if isinstance(spec, Shape):
+    def check(self, node: _Node, value: Any, where: str) -> None:
+        if isinstance(node, _Object):
             if not isinstance(value, dict):
                 self.add(self.fatal, f"{where}: expected object, got {_describe(value)}")
                 return
-            self.check_object(spec, value, where)
-        elif isinstance(spec, ListOf):
+            self.check_object(node, value, where)
+        elif isinstance(node, _List):
             if not isinstance(value, list):
                 self.add(self.fatal, f"{where}: expected list, got {_describe(value)}")
                 return
             for item in value:
-                self.check(spec.item, item, f"{where}[]")
+                self.check(node.item, item, f"{where}[]")
         else:
-            nullable = spec.endswith("?")
-            kind = spec.rstrip("?")
             if value is None:
-                if not nullable and kind != "any":
-                    self.add(self.fatal, f"{where}: expected {kind}, got null")
+                if not node.nullable and node.kind != "any":
+                    self.add(self.fatal, f"{where}: expected {node.kind}, got null")
                 return
-            if not _type_ok(kind, value):
-                self.add(self.fatal, f"{where}: expected {kind}, got {_describe(value)}")
+            if not _type_ok(node.kind, value):
+                self.add(self.fatal, f"{where}: expected {node.kind}, got {_describe(value)}")
 
-    def check_object(self, shape: Shape, value: dict[str, Any], where: str) -> None:
-        known: set[str] = set()
-        for declared, spec in shape.fields.items():
-            optional = declared.endswith("?")
-            name = declared.rstrip("?")
-            known.add(name)
+    def check_object(self, node: _Object, value: dict[str, Any], where: str) -> None:
+        for name, optional, item in node.fields:
             if name not in value:
                 if not optional:
                     self.add(self.fatal, f"{where}: missing field '{name}'")
                 continue
-            self.check(spec, value[name], f"{where}.{name}")
+            self.check(item, value[name], f"{where}.{name}")
         for name in value:
-            if name not in known:
+            if name not in node.known:
                 self.add(self.extra, f"{where}: unexpected field '{name}'")
-
-
-_Compiled = Any  # ("shape", fields, known) · ("list", item) · ("type", kind, nullable)
-_COMPILED: dict[int, _Compiled] = {}
-
-
-def _compile(spec: Spec) -> _Compiled:
-    if isinstance(spec, Shape):
-        cached = _COMPILED.get(id(spec))
-        if cached is None:
-            fields = tuple(
-                (declared.rstrip("?"), declared.endswith("?"), _compile(item))
-                for declared, item in spec.fields.items()
-            )
-            cached = _COMPILED[id(spec)] = ("shape", fields, frozenset(name for name, _, _ in fields))
-        return cached
-    if isinstance(spec, ListOf):
-        return ("list", _compile(spec.item))
-    return ("type", spec.rstrip("?"), spec.endswith("?"))
-
-
-def _conforms(compiled: _Compiled, value: Any) -> bool:
-    """Whether `value` matches exactly (no drift and no extra field): the common case, checked
-    without building the messages `differences` gives when it does not."""
-    tag = compiled[0]
-    if tag == "type":
-        if value is None:
-            return compiled[2] or compiled[1] == "any"
-        return _type_ok(compiled[1], value)
-    if tag == "list":
-        return isinstance(value, list) and all(_conforms(compiled[1], item) for item in value)
-    if not isinstance(value, dict):
-        return False
-    for name, optional, item in compiled[1]:
-        if name in value:
-            if not _conforms(item, value[name]):
-                return False
-        elif not optional:
-            return False
-    return compiled[2].issuperset(value)
 
 
 def differences(shape: Shape, value: Any) -> tuple[list[str], list[str]]:
     """(fatal differences, unexpected extra fields) of `value` against `shape`."""
     checker = _Checker()
-    checker.check(shape, value, shape.name)
+    checker.check(_compile(shape), value, shape.name)
     return checker.fatal, checker.extra
 
 
