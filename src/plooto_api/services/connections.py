@@ -10,8 +10,9 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import AfterValidator, SecretStr
 from sqlalchemy.orm import Session, sessionmaker
 
 from plooto_api import mapping
@@ -42,6 +43,14 @@ def normalize_totp_secret(secret: str) -> str:
     if len(decoded) * 8 < 112:
         raise ValueError("the TOTP secret is too short (at least 112 bits, 23 base32 characters)")
     return cleaned
+
+
+def _checked_totp_secret(value: SecretStr) -> SecretStr:
+    return SecretStr(normalize_totp_secret(value.get_secret_value()))
+
+
+# A TOTP secret in a request body, checked and normalized as it is parsed (a 422 when unusable).
+TotpSecretInput = Annotated[SecretStr, AfterValidator(_checked_totp_secret)]
 
 
 def create_connection(

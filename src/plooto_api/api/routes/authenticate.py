@@ -6,13 +6,13 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from plooto_api import mapping, schemas
 from plooto_api.api.errors import ApiError
 from plooto_api.jobs.schedules import schedule_connection
 from plooto_api.services.authentication import Authenticated, Challenge, UnknownChallenge
-from plooto_api.services.connections import get_connection, normalize_totp_secret
+from plooto_api.services.connections import TotpSecretInput, get_connection
 from plooto_api.upstream import (
     AccountLocked,
     InvalidCredentials,
@@ -30,16 +30,11 @@ class AuthenticateRequest(BaseModel):
 
     username: str = Field(min_length=3, max_length=320, examples=["controller@northwind-cpa.test"])
     password: SecretStr = Field(min_length=1, max_length=512)
-    totp_secret: SecretStr | None = Field(default=None, max_length=256, description="Lets MFA answer itself.")
+    totp_secret: TotpSecretInput | None = Field(
+        default=None, max_length=256, description="Lets MFA answer itself."
+    )
     mfa_code: str | None = Field(default=None, pattern=r"^\d{6,8}$", description="A code the portal sent.")
     trust_device: bool = Field(default=True, description="Remember this gateway so MFA is skipped next time.")
-
-    @field_validator("totp_secret")
-    @classmethod
-    def _usable_totp_secret(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is None:
-            return None
-        return SecretStr(normalize_totp_secret(value.get_secret_value()))
 
 
 class MfaRequest(BaseModel):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from sqlalchemy import Select, select
 
 from plooto_api import mapping, schemas
@@ -14,7 +14,7 @@ from plooto_api.api.auth import require_scope
 from plooto_api.api.errors import ApiError
 from plooto_api.api.lists import list_body
 from plooto_api.services import audit
-from plooto_api.services.connections import normalize_totp_secret
+from plooto_api.services.connections import TotpSecretInput
 from plooto_api.services.sessions import replace_credentials
 from plooto_api.services.tokens import Principal
 from plooto_api.store.database import transaction
@@ -78,16 +78,9 @@ class ConnectionUpdate(BaseModel):
 
     password: SecretStr | None = Field(default=None, min_length=1, max_length=512,
                                        description="The login's new portal password.")  # fmt: skip
-    totp_secret: SecretStr | None = Field(default=None, max_length=256,
+    totp_secret: TotpSecretInput | None = Field(default=None, max_length=256,
                                           description="A new TOTP secret (base32), so MFA answers itself.")  # fmt: skip
     label: str | None = Field(default=None, max_length=200, examples=["Northwind CPA"])
-
-    @field_validator("totp_secret")
-    @classmethod
-    def _usable_totp_secret(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is None:
-            return None
-        return SecretStr(normalize_totp_secret(value.get_secret_value()))
 
 
 @router.patch(
