@@ -11,8 +11,7 @@ from sqlalchemy import Select, select
 
 from plooto_api import mapping, schemas
 from plooto_api.api.auth import require_scope
-from plooto_api.api.errors import ApiError
-from plooto_api.api.lists import list_body
+from plooto_api.api.lists import list_body, within
 from plooto_api.services.tokens import Principal
 from plooto_api.store.models import AuditEntry
 from plooto_api.store.pagination import MAX_LIMIT, PageRequest, fetch_page
@@ -65,13 +64,9 @@ def list_audit_entries(
                           (AuditEntry.company_id, company), (AuditEntry.connection_id, connection)):  # fmt: skip
         if match:
             stmt = stmt.where(column == match)
-    for value, name in ((occurred_from, "occurred_from"), (occurred_to, "occurred_to")):
-        if value is not None and value.tzinfo is None:
-            raise ApiError(400, "invalid_request", f"{name}: give a time zone (e.g. Z)", param=name)
-    if occurred_from is not None:
-        stmt = stmt.where(AuditEntry.occurred_at >= occurred_from)
-    if occurred_to is not None:
-        stmt = stmt.where(AuditEntry.occurred_at <= occurred_to)
+    stmt = within(
+        stmt, AuditEntry.occurred_at, occurred_from, occurred_to, params=("occurred_from", "occurred_to")
+    )
     with request.app.state.sessions() as session:
         page = fetch_page(session, stmt, AuditEntry.seq, PageRequest(limit=limit, cursor=cursor))
     return list_body(page, mapping.audit_entry_to_schema)

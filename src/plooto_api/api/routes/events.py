@@ -12,7 +12,7 @@ from sqlalchemy import or_
 from plooto_api import mapping, schemas
 from plooto_api.api.auth import require_scope
 from plooto_api.api.errors import ApiError
-from plooto_api.api.lists import list_body
+from plooto_api.api.lists import list_body, within
 from plooto_api.services import webhooks as webhook_service
 from plooto_api.services.events import readable_events
 from plooto_api.services.tokens import Principal
@@ -66,13 +66,7 @@ def list_events(
         stmt = stmt.where(Event.company_id == company)
     if object_id:
         stmt = stmt.where(Event.object_id == object_id)
-    for value, name in ((created_from, "created_from"), (created_to, "created_to")):
-        if value is not None and value.tzinfo is None:
-            raise ApiError(400, "invalid_request", f"{name}: give a time zone (e.g. Z)", param=name)
-    if created_from is not None:
-        stmt = stmt.where(Event.created_at >= created_from)
-    if created_to is not None:
-        stmt = stmt.where(Event.created_at <= created_to)
+    stmt = within(stmt, Event.created_at, created_from, created_to, params=("created_from", "created_to"))
     with request.app.state.sessions() as session:
         page = fetch_page(session, stmt, Event.seq, PageRequest(limit=limit, cursor=cursor))
     return list_body(page, mapping.event_to_schema)
