@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import threading
+import weakref
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +66,7 @@ def create_db_engine(url: str, *, echo: bool = False) -> Engine:
         )  # fmt: skip
         event.listen(engine, "connect", _configure_sqlite)
         event.listen(engine, "begin", _begin)
+        _SQLITE_WRITE_LOCKS[engine] = threading.RLock()
         return engine
     return create_engine(
         url, echo=echo, json_serializer=json_dumps, pool_pre_ping=True, pool_size=10, max_overflow=20
@@ -75,10 +78,22 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
+# SQLite has one writer at a time. Writers of this process queue on a lock that hands over the moment
+# it is released; left to SQLite's busy handler they would poll, sleeping up to 100 ms between tries,
+# while the write lock sits free. Other processes (a CLI beside the server) still wait in busy_timeout.
+_SQLITE_WRITE_LOCKS: weakref.WeakKeyDictionary[Engine, threading.RLock] = weakref.WeakKeyDictionary()
+
+
+def _write_lock(factory: sessionmaker[Session]) -> AbstractContextManager[Any]:
+    bind = factory.kw.get("bind")
+    lock = _SQLITE_WRITE_LOCKS.get(bind) if isinstance(bind, Engine) else None
+    return lock if lock is not None else nullcontext()
+
+
 @contextmanager
 def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
     """One unit of work that writes: commit if the block succeeds, roll back if it raises."""
-    with factory() as session, session.begin():
+    with _write_lock(factory), factory() as session, session.begin():
         session.connection(execution_options=WRITE_TRANSACTION)  # SQLite: BEGIN IMMEDIATE
         yield session
 
