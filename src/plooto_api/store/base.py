@@ -25,6 +25,8 @@ NAMING_CONVENTION = {
 AutoIncrementKey = BigInteger().with_variant(Integer(), "sqlite")
 
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
+_CROCKFORD_PAIRS = [high + low for high in _CROCKFORD for low in _CROCKFORD]  # 10 bits at a time
+_PAIR_SHIFTS = range(120, -1, -10)
 
 
 def utcnow() -> datetime:
@@ -39,11 +41,7 @@ def new_id(prefix: str) -> str:
     later and list order by id is creation order.
     """
     value = (int(time.time() * 1000) << 80) | secrets.randbits(80)
-    chars = []
-    for _ in range(26):
-        chars.append(_CROCKFORD[value & 31])
-        value >>= 5
-    return f"{prefix}_{''.join(reversed(chars))}"
+    return f"{prefix}_{''.join([_CROCKFORD_PAIRS[(value >> shift) & 1023] for shift in _PAIR_SHIFTS])}"
 
 
 class Base(DeclarativeBase):
