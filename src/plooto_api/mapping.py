@@ -258,9 +258,10 @@ def _child_rows(child: ChildMap, items: Sequence[BaseModel], currency: str) -> l
 _ROW_FIELDS = {"id", "upstream_id", "created_at", "updated_at", "deleted_at"}
 
 
-def row_values(obj: schemas.PortalObject, *, connection_id: str) -> RowValues:
+def row_values(obj: schemas.PortalObject, *, connection_id: str, document: str | None = None) -> RowValues:
     """The column values (and child rows) that store a normalized object: the one write mapping,
-    used for ORM updates and for bulk inserts alike."""
+    used for ORM updates and for bulk inserts alike. `document` is the object's JSON when the caller
+    has it already."""
     spec = OBJECT_MAPS[obj.object]
     values: dict[str, Any] = {
         "id": obj.id,
@@ -275,7 +276,7 @@ def row_values(obj: schemas.PortalObject, *, connection_id: str) -> RowValues:
         "quickbooks_id": obj.accounting_refs.quickbooks,
         "xero_id": obj.accounting_refs.xero,
         "netsuite_id": obj.accounting_refs.netsuite,
-        "document": obj.model_dump_json(),
+        "document": obj.model_dump_json() if document is None else document,
     }
     if spec.model is not models.Company:
         values["company_id"] = obj.company_id
@@ -309,10 +310,9 @@ def row_values(obj: schemas.PortalObject, *, connection_id: str) -> RowValues:
     return RowValues(values, children)
 
 
-def apply_to_row(obj: schemas.PortalObject, row: Any, *, connection_id: str) -> Any:
-    """Write a normalized object's fields onto a store row (new or existing) and return the row."""
+def apply_to_row(stored: RowValues, row: Any) -> Any:
+    """Write an object's stored form (`row_values`) onto a store row (new or existing); returns the row."""
     spec = object_map_for(row)
-    stored = row_values(obj, connection_id=connection_id)
     for column, value in stored.values.items():
         setattr(row, column, value)
     for relationship, rows in stored.children.items():
@@ -324,7 +324,7 @@ def apply_to_row(obj: schemas.PortalObject, row: Any, *, connection_id: str) -> 
 def new_row(obj: schemas.PortalObject, *, connection_id: str) -> Any:
     """A new store row for a normalized object."""
     spec = OBJECT_MAPS[obj.object]
-    return apply_to_row(obj, spec.model(), connection_id=connection_id)
+    return apply_to_row(row_values(obj, connection_id=connection_id), spec.model())
 
 
 # --- gateway objects -------------------------------------------------------------------------------

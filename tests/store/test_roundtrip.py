@@ -119,7 +119,7 @@ def test_update_replaces_children_in_place(sessions: sessionmaker[Session], seed
         repo = ObjectRepository(session, models.Bill)
         row = repo.get_by_upstream_id(connection_id, bill.upstream_id)
         assert row is not None
-        mapping.apply_to_row(changed, row, connection_id=connection_id)
+        mapping.apply_to_row(mapping.row_values(changed, connection_id=connection_id), row)
     with sessions() as session:
         assert session.scalars(select(models.BillLineItem)).all().__len__() == 1
         loaded = mapping.to_schema(session.get(models.Bill, bill.id))  # type: ignore[arg-type]

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, selectinload
 from plooto_api import mapping, schemas
 from plooto_api.services.events import EventBatch
 from plooto_api.store.base import new_id
+from plooto_api.store.database import json_dumps
 from plooto_api.store.models import Company
 from plooto_api.upstream import UpstreamRecord, UpstreamRef
 
@@ -64,25 +65,27 @@ def _load_existing(
     return found
 
 
+_NESTED = (UpstreamRef, dict, list, tuple)  # values worth descending into; the rest are leaves
+
+
 def _collect_refs(value: Any, into: defaultdict[str, set[str]]) -> None:
     if isinstance(value, UpstreamRef):
         into[value.object_type].add(value.upstream_id)
-    elif isinstance(value, dict):
-        for item in value.values():
-            _collect_refs(item, into)
-    elif isinstance(value, list | tuple):
-        for item in value:
+        return
+    for item in value.values() if isinstance(value, dict) else value:
+        if isinstance(item, _NESTED):
             _collect_refs(item, into)
 
 
 def _resolve(value: Any, ids: dict[tuple[str, str], str]) -> Any:
+    """`value` with each UpstreamRef replaced by its gateway id (None when not in the store)."""
     if isinstance(value, UpstreamRef):
         return ids.get((value.object_type, value.upstream_id))
     if isinstance(value, dict):
-        return {key: _resolve(item, ids) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_resolve(item, ids) for item in value]
-    return value
+        return {
+            key: _resolve(item, ids) if isinstance(item, _NESTED) else item for key, item in value.items()
+        }
+    return [_resolve(item, ids) if isinstance(item, _NESTED) else item for item in value]
 
 
 def _gateway_ids(
@@ -251,23 +254,27 @@ def _apply_one(
         "accounting_refs": record.accounting_refs,
     }
     new = spec.schema.model_validate(data)
-    # Unchanged means the JSON we serve is unchanged (free-form fields hold Decimal before the
-    # database and strings after). A deleted row that reappears differs in deleted_at.
-    if old is not None and new.model_dump(mode="json") == old.model_dump(mode="json"):
-        counts.unchanged += 1
-        return
-    fetched = new.upstream.model_copy(update={"fetched_at": now})
-    new = new.model_copy(update={"updated_at": now, "upstream": fetched})
+    payload = new.model_dump(mode="json")
+    if old is not None:
+        # Unchanged means the JSON we serve is unchanged (free-form fields hold Decimal before the
+        # database and strings after). A deleted row that reappears differs in deleted_at.
+        if payload == old.model_dump(mode="json"):
+            counts.unchanged += 1
+            return
+        fetched = new.upstream.model_copy(update={"fetched_at": now})
+        new = new.model_copy(update={"updated_at": now, "upstream": fetched})
+        payload = new.model_dump(mode="json")
+    # The stored document is the payload's JSON: one dump serves the row and its events.
+    stored = mapping.row_values(new, connection_id=connection_id, document=json_dumps(payload))
     if row is None:
-        inserts.add(spec, mapping.row_values(new, connection_id=connection_id))
+        inserts.add(spec, stored)
         counts.created += 1
         event_types = [f"{record.object_type}.created"]
     else:
-        mapping.apply_to_row(new, row, connection_id=connection_id)
+        mapping.apply_to_row(stored, row)
         counts.updated += 1
         event_types = _events_for_change(record.object_type, old, new) if old is not None else []
     counts.by_type[record.object_type] += 1
-    payload = new.model_dump(mode="json")
     for event_type in event_types:
         events.add(
             event_type,
