@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import DateTime, select
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from plooto_api import mapping
@@ -14,6 +15,7 @@ from plooto_api.store import models
 from plooto_api.store.base import new_id
 from plooto_api.store.repository import ObjectRepository
 from plooto_api.store.scope import AccessScope
+from plooto_api.store.types import UTCDateTime
 from support import factories
 
 
@@ -103,6 +105,28 @@ def test_naive_datetimes_are_refused(sessions: sessionmaker[Session]) -> None:
                 state_changed_at=datetime(2026, 1, 1),
             )
         )
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+        datetime(2026, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),
+        datetime(2026, 3, 8, 1, 30, 0, 7, tzinfo=timezone(timedelta(hours=-5))),
+        datetime(999, 1, 1, tzinfo=UTC),
+    ],
+)
+def test_sqlite_stores_utc_times_as_sqlalchemy_datetime_text(value: datetime) -> None:
+    # UTCDateTime binds SQLite text in one step; it must be exactly what DATETIME writes (and reads
+    # back), or stored rows and range filters would change meaning.
+    dialect = sqlite.dialect()
+    ours = UTCDateTime().bind_processor(dialect)
+    reference = dialect.type_descriptor(DateTime(timezone=True)).bind_processor(dialect)
+    assert ours is not None and reference is not None
+    assert ours(value) == reference(value.astimezone(UTC).replace(tzinfo=None))
+    assert ours(None) is None
+    with pytest.raises(ValueError, match="naive datetime"):
+        ours(value.replace(tzinfo=None))
 
 
 def test_update_replaces_children_in_place(sessions: sessionmaker[Session], seeded: tuple[str, list]) -> None:
