@@ -13,6 +13,7 @@ import random
 import re
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from email.utils import format_datetime
@@ -153,11 +154,14 @@ class FaultBook:
 
 
 class RateLimiter:
-    """Token buckets keyed by session (real time, not the sandbox clock)."""
+    """Token buckets keyed by session (real time, not the sandbox clock; `clock` is for simulations)."""
 
-    def __init__(self, rate_per_second: float, burst: int) -> None:
+    def __init__(
+        self, rate_per_second: float, burst: int, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.rate = rate_per_second
         self.burst = burst
+        self.clock = clock
         self.buckets: dict[str, tuple[float, float]] = {}
 
     def configure(self, rate_per_second: float, burst: int) -> None:
@@ -168,7 +172,7 @@ class RateLimiter:
 
     def take(self, key: str) -> float | None:
         """Spend a token; return None if allowed, else the seconds until one is available."""
-        now = time.monotonic()
+        now = self.clock()
         tokens, last = self.buckets.get(key, (float(self.burst), now))
         tokens = min(float(self.burst), tokens + (now - last) * self.rate)
         if tokens >= 1.0:
@@ -176,6 +180,11 @@ class RateLimiter:
             return None
         self.buckets[key] = (tokens, now)
         return (1.0 - tokens) / self.rate if self.rate > 0 else 60.0
+
+
+def retry_after_seconds(wait: float) -> int:
+    """The Retry-After a 429 carries: whole seconds, at least one (as HTTP-date-free servers send)."""
+    return max(1, math.ceil(wait))
 
 
 class PortalEdge:
@@ -217,7 +226,7 @@ class PortalEdge:
         key = session_token or (client[0] if client else "anonymous")
         wait = self.sandbox.limiter.take(key)
         if wait is not None:
-            retry_after = str(max(1, math.ceil(wait)))
+            retry_after = str(retry_after_seconds(wait))
             await self._reply(
                 send_with_headers,
                 429,

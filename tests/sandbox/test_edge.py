@@ -7,6 +7,7 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
+from plooto_sandbox.faults import RateLimiter, retry_after_seconds
 from sandbox.sandbox_helpers import CONTROLLER, Portal, login, make_client
 from sandbox.test_api import create_bill
 
@@ -27,6 +28,18 @@ def test_default_rate_limit_answers_429_with_retry_after() -> None:
         assert len(responses) - 1 >= 49
         assert int(limited.headers["retry-after"]) >= 1
         assert limited.json()["errorCode"] == "RateLimitExceeded"
+
+
+def test_token_bucket_refills_at_its_rate_and_says_how_long_to_wait() -> None:
+    now = 0.0
+    limiter = RateLimiter(2, 2, clock=lambda: now)
+    assert [limiter.take("s"), limiter.take("s")] == [None, None]  # the burst
+    assert limiter.take("s") == pytest.approx(0.5)  # one token comes back every 1/rate s
+    assert limiter.take("other") is None  # buckets are per session
+    now = 0.5
+    assert limiter.take("s") is None
+    assert limiter.take("s") == pytest.approx(0.5)
+    assert [retry_after_seconds(w) for w in (0.01, 1.0, 1.2)] == [1, 1, 2]  # whole seconds, at least 1
 
 
 def test_rate_limit_is_per_session_and_configurable(client: TestClient) -> None:
