@@ -1,0 +1,70 @@
+"""Throttle benchmark: how much of a portal's rate limit the adaptive throttle itself can use.
+
+Runs the gateway's real `AdaptiveThrottle` against the sandbox's real `RateLimiter` (a token bucket
+whose burst equals its rate, as in bench_sync) on one simulated clock, with a client that costs
+nothing: requests start as soon as the throttle allows (up to its concurrency cap) and answer after
+a fixed latency; a 429 carries the sandbox's Retry-After. It separates the throttle's ceiling from
+the gateway's CPU, which bench_sync measures together. Deterministic; prints `name value unit`.
+
+    .venv/bin/python bench/bench_throttle.py [--limits 5 10 25 50] [--requests 163 1000]
+
+163 requests is bench_sync's initial sync of 10,000 bills.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+
+from plooto_api.upstream import AdaptiveThrottle, ThrottleConfig
+from plooto_sandbox.faults import RateLimiter, retry_after_seconds
+
+
+def simulate(limit: float, requests: int, latency: float = 0.05) -> tuple[float, float]:
+    """(successful requests/s as a fraction of `limit`, share of requests answered 429 in %)."""
+    now = 0.0
+    config = ThrottleConfig()
+    throttle = AdaptiveThrottle(config, clock=lambda: now)
+    portal = RateLimiter(limit, int(limit), clock=lambda: now)
+    answers: list[tuple[float, float | None]] = []  # (time the answer arrives, Retry-After or None)
+    ok = limited = 0
+    while ok < requests:
+        # Start the next request when both a concurrency slot and the throttle's pace allow it.
+        if len(answers) >= config.max_concurrency:
+            now, retry_after = heapq.heappop(answers)
+            ok, limited = _answer(throttle, retry_after, latency, ok, limited)
+            continue
+        start = now + throttle.reserve()
+        while answers and answers[0][0] <= start:  # answers that arrive while it waits are seen first
+            now, retry_after = heapq.heappop(answers)
+            ok, limited = _answer(throttle, retry_after, latency, ok, limited)
+        now = max(now, start)
+        wait = portal.take("session")
+        heapq.heappush(answers, (now + latency, None if wait is None else float(retry_after_seconds(wait))))
+    return ok / now / limit, 100 * limited / (ok + limited)
+
+
+def _answer(throttle: AdaptiveThrottle, retry_after: float | None, latency: float, ok: int,
+            limited: int) -> tuple[int, int]:  # fmt: skip
+    if retry_after is None:
+        throttle.on_response(latency)
+        return ok + 1, limited
+    throttle.on_rate_limited(retry_after)
+    return ok, limited + 1
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--limits", type=float, nargs="+", default=[5.0, 10.0, 25.0, 50.0])
+    parser.add_argument("--requests", type=int, nargs="+", default=[163, 1000])
+    args = parser.parse_args()
+    for limit in args.limits:
+        for requests in args.requests:
+            fraction, share = simulate(limit, requests)
+            name = f"throttle_at_{limit:g}_req_s_{requests}_requests"
+            print(f"{name}_fraction_of_limit {fraction:.3f} ratio")
+            print(f"{name}_429_share {share:.2f} %")
+
+
+if __name__ == "__main__":
+    main()
