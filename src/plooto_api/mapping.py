@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from pydantic import BaseModel
@@ -40,6 +41,14 @@ class ChildMap:
     renames: dict[str, str] = field(default_factory=dict)  # schema field -> column
     positioned: bool = False
 
+    @cached_property
+    def columns(self) -> tuple[tuple[str, str, bool], ...]:
+        """(schema field, column, is money) for each field, worked out once rather than per row."""
+        return tuple(
+            (name, self.money.get(name) or self.renames.get(name, name), name in self.money)
+            for name in self.schema.model_fields
+        )
+
 
 @dataclass(frozen=True)
 class ObjectMap:
@@ -58,6 +67,15 @@ class ObjectMap:
     write_extra: Callable[[Any, str], RowValues] | None = None
     extra_children: tuple[ChildMap, ...] = ()  # child tables write_extra fills
 
+    @cached_property
+    def plain_columns(self) -> tuple[tuple[str, str], ...]:
+        """(schema field, column) of the fields stored as they are: every field that is not a base
+        or row field, money, a child collection or composite. Worked out once, not per object."""
+        special = _BASE_FIELDS | _ROW_FIELDS | set(self.money) | set(self.children) | self.composite
+        return tuple(
+            (name, self.renames.get(name, name)) for name in self.schema.model_fields if name not in special
+        )
+
     def child_map(self, relationship: str) -> ChildMap:
         """The ChildMap stored under a relationship name."""
         for child in (*self.children.values(), *self.extra_children):
@@ -66,7 +84,8 @@ class ObjectMap:
         raise KeyError(relationship)
 
 
-_BASE_FIELDS = {"object", "upstream", "accounting_refs", "company_id"}
+_BASE_FIELDS = frozenset({"object", "upstream", "accounting_refs", "company_id"})
+_ROW_FIELDS = frozenset({"id", "upstream_id", "created_at", "updated_at", "deleted_at"})
 
 _LINE_ITEMS = {"unit_price": "unit_price_minor", "amount": "amount_minor"}
 _APPROVAL_STEP = ChildMap(
@@ -231,10 +250,13 @@ def to_schema(row: Base) -> schemas.PortalObject:
     return spec.schema.model_validate(data)
 
 
+_STRUCTURED = (BaseModel, dict, list)
+
+
 def _column_value(value: Any) -> Any:
     """Values bound for JSON columns (models, dicts, lists: possibly holding dates or decimals) become
     plain JSON; scalars are stored as they are."""
-    if isinstance(value, BaseModel | dict | list):
+    if isinstance(value, _STRUCTURED):
         return to_jsonable_python(value)
     return value
 
@@ -243,19 +265,16 @@ def _child_rows(child: ChildMap, items: Sequence[BaseModel], currency: str) -> l
     rows = []
     for position, item in enumerate(items):
         values: dict[str, Any] = {}
-        for name in child.schema.model_fields:
+        for name, column, is_money in child.columns:
             value = getattr(item, name)
-            if name in child.money:
-                values[child.money[name]] = None if value is None else to_minor(value.amount, currency)
+            if is_money:
+                values[column] = None if value is None else to_minor(value.amount, currency)
             else:
-                values[child.renames.get(name, name)] = _column_value(value)
+                values[column] = _column_value(value)
         if child.positioned:
             values["position"] = position
         rows.append(values)
     return rows
-
-
-_ROW_FIELDS = {"id", "upstream_id", "created_at", "updated_at", "deleted_at"}
 
 
 def row_values(obj: schemas.PortalObject, *, connection_id: str, document: str | None = None) -> RowValues:
@@ -293,11 +312,8 @@ def row_values(obj: schemas.PortalObject, *, connection_id: str, document: str |
             values[minor_col] = None
             if currency_col != spec.currency_column:
                 values[currency_col] = None
-    for name in spec.schema.model_fields:
-        if name in _BASE_FIELDS or name in _ROW_FIELDS or name in spec.money or name in spec.composite:
-            continue
-        if name not in spec.children:
-            values[spec.renames.get(name, name)] = _column_value(getattr(obj, name))
+    for name, column in spec.plain_columns:
+        values[column] = _column_value(getattr(obj, name))
     currency = values.get(spec.currency_column) or ""
     children = {
         child.relationship: _child_rows(child, getattr(obj, name), currency)
