@@ -6,9 +6,9 @@ nothing: requests start as soon as the throttle allows (up to its concurrency ca
 a fixed latency; a 429 carries the sandbox's Retry-After. It separates the throttle's ceiling from
 the gateway's CPU, which bench_sync measures together. Deterministic; prints `name value unit`.
 
-    .venv/bin/python bench/bench_throttle.py [--limits 5 10 25 50] [--requests 163 1000]
+    .venv/bin/python bench/bench_throttle.py [--limits 5 10 25 50] [--requests 163 1000 3000]
 
-163 requests is bench_sync's initial sync of 10,000 bills.
+163 requests is bench_sync's initial sync of 10,000 bills; 3,000 is about 180,000 bills.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def _answer(throttle: AdaptiveThrottle, retry_after: float | None, latency: floa
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--limits", type=float, nargs="+", default=[5.0, 10.0, 25.0, 50.0])
-    parser.add_argument("--requests", type=int, nargs="+", default=[163, 1000])
+    parser.add_argument("--requests", type=int, nargs="+", default=[163, 1000, 3000])
     args = parser.parse_args()
     for limit in args.limits:
         for requests in args.requests:

@@ -60,6 +60,31 @@ def test_rate_grows_additively_after_healthy_runs_up_to_max() -> None:
     assert throttle.rate == 6
 
 
+def test_after_a_429_the_rate_recovers_fast_to_near_where_it_came_then_probes_slowly() -> None:
+    clock = FakeClock()
+    config = ThrottleConfig(initial_rate=20, increase_after=20, recovery_below=0.8, recovery_increase=0.1,
+                            recovery_after=10, probe_increase=0.005)  # fmt: skip
+    throttle = AdaptiveThrottle(config, clock=clock)
+    throttle.on_rate_limited(None)
+    assert (throttle.rate, throttle.ceiling) == (10, 20)
+    rates = []
+    for _ in range(5):
+        for _ in range(10):
+            throttle.on_response(0.01)
+        rates.append(throttle.rate)
+    # +10% per 10 healthy answers, up to 0.8 of the ceiling (not additive +1 per 20).
+    assert rates == pytest.approx([11, 12.1, 13.31, 14.641, 16])
+    for _ in range(19):
+        throttle.on_response(0.01)
+    assert throttle.rate == 16
+    throttle.on_response(0.01)
+    assert throttle.rate == pytest.approx(16.08)  # past it, +0.5% per 20
+    clock.now += 2
+    throttle.on_rate_limited(None)  # the next 429 moves the ceiling to the rate it came at
+    assert throttle.ceiling == pytest.approx(16.08)
+    assert throttle.rate == pytest.approx(8.04)
+
+
 def test_latency_well_above_baseline_reduces_rate() -> None:
     clock = FakeClock()
     throttle = AdaptiveThrottle(ThrottleConfig(initial_rate=20, increase_after=1000), clock=clock)

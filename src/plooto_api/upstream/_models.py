@@ -65,7 +65,14 @@ class ThrottleConfig:
     max_rate: float = 50.0
     burst: float = 2.0  # requests that may start at once after an idle spell
     increase_after: int = 20  # consecutive healthy responses before the rate grows
-    additive_increase: float = 1.0  # req/s added after each healthy run
+    additive_increase: float = 1.0  # req/s added after each healthy run, until the first 429
+    # After a 429 the rate it came at is the ceiling: below `recovery_below` of it the rate grows
+    # by `recovery_increase` (a share) per `recovery_after` healthy responses; from there it probes
+    # past the ceiling by `probe_increase` per `increase_after`, so the portal's limit is met rarely.
+    recovery_below: float = 0.8
+    recovery_increase: float = 0.1
+    recovery_after: int = 10
+    probe_increase: float = 0.005
     decrease_factor_429: float = 0.5
     decrease_factor_latency: float = 0.75
     latency_factor: float = 3.0  # "well above baseline" = this many times the moving baseline ...

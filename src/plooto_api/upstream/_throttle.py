@@ -1,7 +1,10 @@
 """Per-session throttle: a concurrency cap plus an adaptive request rate (AIMD on a paced bucket).
 
 Multiplicative decrease on 429 (and a pause for its Retry-After) and on latency well above the
-moving baseline; additive increase after a run of healthy responses, up to `max_rate`.
+moving baseline. Until the first 429 the rate grows additively after each run of healthy responses.
+A 429 marks the rate it came at as the portal's ceiling: the rate then recovers quickly to just
+below that ceiling and probes past it slowly, so a long sync runs near the limit and meets it
+rarely (AIMD alone would saw between half the limit and the limit, with a 429 every cycle).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ class AdaptiveThrottle:
         self._last_decrease = -1e9
         self._healthy = 0
         self.baseline: float | None = None
+        self.ceiling: float | None = None  # the rate the last 429 came at
         self._samples = 0
         self.decreases = 0
         self.increases = 0
@@ -79,7 +83,9 @@ class AdaptiveThrottle:
         now = self._clock()
         if retry_after is not None and retry_after > 0:
             self._blocked_until = max(self._blocked_until, now + retry_after)
-        self._decrease(self.config.decrease_factor_429)
+        rate = self.rate
+        if self._decrease(self.config.decrease_factor_429):
+            self.ceiling = rate
         self._healthy = 0
 
     def on_response(self, latency: float) -> None:
@@ -96,11 +102,24 @@ class AdaptiveThrottle:
         self.baseline = latency if baseline is None else baseline + 0.1 * (latency - baseline)
         self._samples += 1
         self._healthy += 1
-        if self._healthy >= cfg.increase_after:
-            self._healthy = 0
-            if self.rate < cfg.max_rate:
-                self.rate = min(cfg.max_rate, self.rate + cfg.additive_increase)
+        self._grow()
+
+    def _grow(self) -> None:
+        cfg = self.config
+        if self.ceiling is not None and self.rate < cfg.recovery_below * self.ceiling:
+            if self._healthy >= cfg.recovery_after:  # well below the known limit: recover fast
+                self._healthy = 0
+                self.rate = min(cfg.recovery_below * self.ceiling, self.rate * (1 + cfg.recovery_increase))
                 self.increases += 1
+            return
+        if self._healthy < cfg.increase_after or self.rate >= cfg.max_rate:
+            return
+        self._healthy = 0
+        if self.ceiling is None:  # no limit met yet
+            self.rate = min(cfg.max_rate, self.rate + cfg.additive_increase)
+        else:  # near or past the known limit: probe slowly
+            self.rate = min(cfg.max_rate, self.rate * (1 + cfg.probe_increase))
+        self.increases += 1
 
     def on_failure(self) -> None:
         """A 5xx or transport error: not a rate signal, but it breaks the healthy run."""
