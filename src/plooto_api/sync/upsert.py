@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session, selectinload
 
-from plooto_api import mapping, schemas
+from plooto_api import mapping
 from plooto_api.services.events import EventBatch
 from plooto_api.store.base import new_id
 from plooto_api.store.database import json_dumps
@@ -106,9 +106,9 @@ def _gateway_ids(
     return ids
 
 
-def _events_for_change(object_type: str, old: schemas.PortalObject, new: schemas.PortalObject) -> list[str]:
+def _events_for_change(object_type: str, old_data: dict[str, Any], new_data: dict[str, Any]) -> list[str]:
+    """The events an update causes, from the object's JSON before and after."""
     types = [f"{object_type}.updated"]
-    old_data, new_data = old.model_dump(), new.model_dump()
     if object_type == "bill" and old_data["approval"] != new_data["approval"]:
         types.append("bill.approval_updated")
     if object_type == "payment" and old_data["status"] != new_data["status"]:
@@ -255,10 +255,11 @@ def _apply_one(
     }
     new = spec.schema.model_validate(data)
     payload = new.model_dump(mode="json")
-    if old is not None:
+    old_payload = old.model_dump(mode="json") if old is not None else None
+    if old_payload is not None:
         # Unchanged means the JSON we serve is unchanged (free-form fields hold Decimal before the
         # database and strings after). A deleted row that reappears differs in deleted_at.
-        if payload == old.model_dump(mode="json"):
+        if payload == old_payload:
             counts.unchanged += 1
             return
         fetched = new.upstream.model_copy(update={"fetched_at": now})
@@ -273,7 +274,9 @@ def _apply_one(
     else:
         mapping.apply_to_row(stored, row)
         counts.updated += 1
-        event_types = _events_for_change(record.object_type, old, new) if old is not None else []
+        event_types = (
+            _events_for_change(record.object_type, old_payload, payload) if old_payload is not None else []
+        )
     counts.by_type[record.object_type] += 1
     for event_type in event_types:
         events.add(
