@@ -79,7 +79,7 @@ class ConnectionUpdate(BaseModel):
     password: SecretStr | None = Field(default=None, min_length=1, max_length=512,
                                        description="The login's new portal password.")  # fmt: skip
     totp_secret: TotpSecretInput | None = Field(default=None, max_length=256,
-                                          description="A new TOTP secret (base32), so MFA answers itself.")  # fmt: skip
+                                                description="A new TOTP secret (base32), so MFA answers itself.")  # fmt: skip
     label: str | None = Field(default=None, max_length=200, examples=["Northwind CPA"])
 
 
