@@ -1,14 +1,16 @@
-"""Write transactions of one process queue for SQLite's single writer instead of polling for it."""
+"""Write transactions of one process queue for SQLite's single writer instead of polling for it, and
+leave copying the write-ahead log into the database to a thread of their own."""
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event, text
 
-from plooto_api.store.database import create_db_engine, session_factory, transaction
+from plooto_api.store.database import checkpointer_for, create_db_engine, session_factory, transaction
 
 
 def test_concurrent_sqlite_writers_of_one_process_wait_their_turn(tmp_path: Path) -> None:
@@ -75,5 +77,44 @@ def test_a_failed_write_transaction_releases_the_queue(tmp_path: Path) -> None:
         assert done.is_set()
         with engine.connect() as conn:
             assert conn.execute(text("SELECT n FROM t")).scalars().all() == [2]  # the failed one rolled back
+    finally:
+        engine.dispose()
+
+
+def test_committed_writes_are_checkpointed_by_the_checkpointer_thread(tmp_path: Path) -> None:
+    path = tmp_path / "wal.db"
+    engine = create_db_engine(f"sqlite:///{path}")
+    sessions = session_factory(engine)
+    checkpointer = checkpointer_for(engine)
+    assert checkpointer is not None
+    try:
+        with engine.connect() as conn:
+            # Writers would copy the WAL themselves only far past SQLite's default of 1,000 pages.
+            assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one() == 4000
+        with engine.begin() as conn:
+            conn.execute(text("CREATE TABLE blobs (b TEXT NOT NULL)"))
+        assert not checkpointer.running  # nothing but transaction() wakes it
+        for _ in range(20):
+            with transaction(sessions) as session:
+                session.execute(text("INSERT INTO blobs VALUES (:b)"), {"b": "x" * 20_000})
+        assert checkpointer.running and checkpointer.checkpoints >= 0
+        assert checkpointer.wait(checkpointer.nudge(), timeout=30)
+        # The database file alone, without its WAL, now holds every committed row.
+        alone = tmp_path / "alone.db"
+        alone.write_bytes(path.read_bytes())
+        copy = sqlite3.connect(alone)
+        try:
+            assert copy.execute("SELECT count(*) FROM blobs").fetchone() == (20,)
+        finally:
+            copy.close()
+    finally:
+        engine.dispose()
+    assert not checkpointer.running  # disposing the engine ends the thread
+
+
+def test_memory_and_server_databases_have_no_checkpointer() -> None:
+    engine = create_db_engine("sqlite://")
+    try:
+        assert checkpointer_for(engine) is None
     finally:
         engine.dispose()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 import threading
 import weakref
 from collections.abc import Iterator
@@ -30,7 +32,81 @@ def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA foreign_keys=ON")
+    # Writers leave copying the WAL into the database to the checkpointer thread below; they
+    # checkpoint themselves only past this many pages (16 MiB), should it ever fall behind.
+    cursor.execute(f"PRAGMA wal_autocheckpoint={_WRITER_CHECKPOINT_PAGES}")
     cursor.close()
+
+
+_WRITER_CHECKPOINT_PAGES = 4000
+
+
+class WalCheckpointer:
+    """Copies a SQLite database's write-ahead log back into the database file on its own thread.
+
+    Left to SQLite, the writer whose commit takes the WAL past its threshold does that copy (and its
+    fsyncs) inside the commit, so a bulk writer stalls every few megabytes. Here each committed write
+    transaction wakes this thread, which runs a PASSIVE checkpoint on its own connection: it never
+    waits for readers or writers, and SQLite does the work without Python's GIL, so it runs beside
+    the next transaction. The thread starts at the first commit and ends when the engine is disposed.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = str(Path(path).absolute())
+        self.checkpoints = 0  # checkpoints run so far
+        self._requested = 0  # nudges so far
+        self._covered = 0  # the nudges the last finished checkpoint began after
+        self._cond = threading.Condition()
+        self._stopped = False
+        self._thread: threading.Thread | None = None
+
+    def nudge(self) -> int:
+        """A write transaction committed: checkpoint soon. Nudges coalesce; the returned ticket is
+        what `wait` takes to know a checkpoint begun after this nudge has finished."""
+        with self._cond:
+            if self._thread is None and not self._stopped:
+                self._thread = threading.Thread(target=self._run, name="sqlite-checkpoint", daemon=True)
+                self._thread.start()
+            self._requested += 1
+            self._cond.notify_all()
+            return self._requested
+
+    def wait(self, ticket: int, timeout: float) -> bool:
+        """Block until a checkpoint begun after nudge `ticket` has finished (False on timeout)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._covered >= ticket, timeout)
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=10)
+
+    def _run(self) -> None:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute("PRAGMA busy_timeout=1000")
+            while True:
+                with self._cond:
+                    self._cond.wait_for(lambda: self._stopped or self._requested > self._covered)
+                    if self._stopped:
+                        return
+                    target = self._requested
+                # Busy or gone: counted as done all the same; the next commit nudges again.
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                with self._cond:
+                    self.checkpoints += 1
+                    self._covered = target
+                    self._cond.notify_all()
+        finally:
+            conn.close()
 
 
 WRITE_TRANSACTION = {"plooto_write": True}
@@ -67,6 +143,10 @@ def create_db_engine(url: str, *, echo: bool = False) -> Engine:
         event.listen(engine, "connect", _configure_sqlite)
         event.listen(engine, "begin", _begin)
         _SQLITE_WRITE_LOCKS[engine] = threading.RLock()
+        if database and database != ":memory:":
+            checkpointer = _SQLITE_CHECKPOINTERS[engine] = WalCheckpointer(database)
+            event.listen(engine, "engine_disposed", lambda _engine: checkpointer.stop())
+            weakref.finalize(engine, checkpointer.stop)
         return engine
     return create_engine(
         url, echo=echo, json_serializer=json_dumps, pool_pre_ping=True, pool_size=10, max_overflow=20
@@ -82,6 +162,12 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
 # it is released; left to SQLite's busy handler they would poll, sleeping up to 100 ms between tries,
 # while the write lock sits free. Other processes (a CLI beside the server) still wait in busy_timeout.
 _SQLITE_WRITE_LOCKS: weakref.WeakKeyDictionary[Engine, threading.RLock] = weakref.WeakKeyDictionary()
+_SQLITE_CHECKPOINTERS: weakref.WeakKeyDictionary[Engine, WalCheckpointer] = weakref.WeakKeyDictionary()
+
+
+def checkpointer_for(engine: Engine) -> WalCheckpointer | None:
+    """The WAL checkpointer of a SQLite file database's engine (None for other databases)."""
+    return _SQLITE_CHECKPOINTERS.get(engine)
 
 
 def _write_lock(factory: sessionmaker[Session]) -> AbstractContextManager[Any]:
@@ -93,9 +179,13 @@ def _write_lock(factory: sessionmaker[Session]) -> AbstractContextManager[Any]:
 @contextmanager
 def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
     """One unit of work that writes: commit if the block succeeds, roll back if it raises."""
+    bind = factory.kw.get("bind")
     with _write_lock(factory), factory() as session, session.begin():
         session.connection(execution_options=WRITE_TRANSACTION)  # SQLite: BEGIN IMMEDIATE
         yield session
+    checkpointer = _SQLITE_CHECKPOINTERS.get(bind) if isinstance(bind, Engine) else None
+    if checkpointer is not None:
+        checkpointer.nudge()
 
 
 def _alembic_config(engine: Engine) -> AlembicConfig:
