@@ -190,3 +190,19 @@ def test_portal_clock_learned_from_the_session_answers_a_later_totp_challenge(
 
     run(scenario())
     assert restarted.stats.mfa_answers == 1 and restarted.stats.logins == 0
+
+
+def test_a_session_closed_without_saving_never_writes_its_state_again(make_session: SessionFactory) -> None:
+    store = MemoryStateStore()
+    session = make_session(store=store)
+
+    async def scenario() -> None:
+        await session.ensure_logged_in()
+        assert store.state is not None and store.state["cookies"]
+        store.state = None  # its credentials were replaced: the saved session was set aside
+        await session.aclose(persist=False)
+        session.save_state()  # e.g. a sync that was still running on it, ending
+        session._persist(force=True)  # or one of its responses arriving
+
+    run(scenario())
+    assert store.state is None

@@ -85,6 +85,35 @@ def test_after_a_429_the_rate_recovers_fast_to_near_where_it_came_then_probes_sl
     assert throttle.rate == pytest.approx(8.04)
 
 
+def test_a_throttle_resumes_from_what_an_earlier_one_learned() -> None:
+    config = ThrottleConfig(initial_rate=10, min_rate=0.5, max_rate=50)
+    earlier = AdaptiveThrottle(ThrottleConfig(initial_rate=30, max_rate=50), clock=FakeClock())
+    earlier.on_rate_limited(None)
+    learned = earlier.learned()
+    assert learned == {"rate": 15, "ceiling": 30}
+
+    resumed = AdaptiveThrottle(config, clock=FakeClock())
+    resumed.resume(learned)
+    assert (resumed.rate, resumed.ceiling) == (15, 30)
+    for _ in range(10):  # below 0.8 of the known ceiling: the fast recovery applies at once
+        resumed.on_response(0.01)
+    assert resumed.rate == pytest.approx(16.5)
+
+    # Within the configured bounds, never above the ceiling; malformed state changes nothing.
+    for state, expected in [
+        ({"rate": 500, "ceiling": None}, (50, None)),
+        ({"rate": 40, "ceiling": 20}, (20, 20)),
+        ({"rate": 0.01}, (0.5, None)),
+        ({"rate": "fast", "ceiling": 20}, (10, None)),
+        ({"rate": float("nan")}, (10, None)),
+        ({"rate": True}, (10, None)),
+        (None, (10, None)),
+    ]:
+        fresh = AdaptiveThrottle(config, clock=FakeClock())
+        fresh.resume(state)
+        assert (fresh.rate, fresh.ceiling) == expected, state
+
+
 def test_latency_well_above_baseline_reduces_rate() -> None:
     clock = FakeClock()
     throttle = AdaptiveThrottle(ThrottleConfig(initial_rate=20, increase_after=1000), clock=clock)
@@ -160,6 +189,31 @@ def test_drift_in_a_page_is_never_retried_and_money_stays_decimal() -> None:
         run(session.list_changes("c", "vendors", modified_since=None))
     assert "page: missing field 'items'" in caught.value.differences
     assert session.stats.retries == 0
+
+
+def test_a_restarted_session_resumes_the_learned_rate(make_session: SessionFactory) -> None:
+    store = MemoryStateStore()
+    config = ThrottleConfig(initial_rate=10.0, max_rate=100.0)
+    session = make_session(store=store, throttle=config)
+
+    async def learn() -> None:
+        await session.ensure_logged_in()
+        session.throttle.on_rate_limited(None)  # as a 429 at 10 req/s would
+        session.throttle.rate = 7.25
+        await session.list_companies()
+        await session.aclose()
+
+    run(learn())
+    assert store.state is not None and store.state["throttle"] == {"rate": 7.25, "ceiling": 10.0}
+    restarted = make_session(store=store, throttle=config)
+
+    async def resume() -> None:
+        await restarted.ensure_logged_in()
+        await restarted.aclose()
+
+    run(resume())
+    assert restarted.stats.logins == 0  # the same saved session, cookies and all
+    assert (restarted.throttle.ceiling, restarted.throttle.rate) == (10.0, pytest.approx(7.25, abs=0.2))
 
 
 def test_429_storm_against_the_sandbox(make_session: SessionFactory, control: Control) -> None:

@@ -40,7 +40,7 @@ class PortalRegistry:
                 ).first()
             if portal is not None and self._sealed.get(connection_id) != sealed:
                 self._portals.pop(connection_id)
-                await portal.aclose()
+                await portal.aclose(persist=False)  # its cookies are not the new credentials' to keep
                 portal = None
             if portal is None:
                 with self._sessions() as session:
@@ -59,11 +59,12 @@ class PortalRegistry:
             return portal
 
     async def forget(self, connection_id: str) -> None:
-        """Drop a connection's session (after its credentials change), closing its HTTP client."""
+        """Drop a connection's session (after its credentials change), closing its HTTP client. It
+        saves nothing more: the saved state is the new credentials' to build, or to put back."""
         async with self._lock:
             portal = self._portals.pop(connection_id, None)
         if portal is not None:
-            await portal.aclose()
+            await portal.aclose(persist=False)
 
     async def aclose(self) -> None:
         """Close every session's HTTP client."""

@@ -185,6 +185,7 @@ class SyncEngine:
             self._fail(report, "upstream_unavailable", None, {"error": type(exc).__name__}, exc)
         if report.error is None:
             self._finish(report)
+        portal.save_state()  # with the rate the throttle learned, so a restart resumes near the limit
         return report
 
     def _set_state(self, connection_id: str, state: str, reason: str | None = None,

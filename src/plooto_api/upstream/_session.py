@@ -104,6 +104,7 @@ class PortalSession:
         self._restored = False
         self._pending_mfa: MfaChallenge | None = None
         self._saved_snapshot: tuple[Any, ...] | None = None
+        self._detached = False  # closed without saving: its state is no longer this connection's
 
     def __repr__(self) -> str:
         return f"PortalSession(base_url={self.base_url!r}, username={self._credentials.username!r})"
@@ -129,6 +130,8 @@ class PortalSession:
         return (cookies, pending)
 
     def _persist(self, *, force: bool = False) -> None:
+        if self._detached:
+            return
         snapshot = self._snapshot()
         if not force and snapshot == self._saved_snapshot:
             return
@@ -140,6 +143,7 @@ class PortalSession:
             if self._pending_mfa
             else None,
             "clock_offset": self._clock_offset,
+            "throttle": self.throttle.learned(),
             "saved_at": datetime.now(UTC).isoformat(),
         }
         self._store.save(state)
@@ -170,6 +174,8 @@ class PortalSession:
             self._pending_mfa = MfaChallenge(pending["method"], pending.get("detail"))
         if isinstance(state.get("clock_offset"), int | float):
             self._clock_offset = float(state["clock_offset"])
+        throttle = state.get("throttle")
+        self.throttle.resume(throttle if isinstance(throttle, dict) else None)
         self._saved_snapshot = self._snapshot()
 
     def _set_cookie(
@@ -1060,10 +1066,21 @@ class PortalSession:
             check_shape(portal.REMINDER, item, object_type="reminder")
         return items
 
-    async def aclose(self) -> None:
-        """Persist the state one last time and close the HTTP client (the portal session stays alive)."""
+    def save_state(self) -> None:
+        """Persist the session now, with what the throttle has learned (a sync calls this when it
+        ends; cookie changes are saved as they happen)."""
         if self._restored:
-            self._persist()
+            self._persist(force=True)
+
+    async def aclose(self, *, persist: bool = True) -> None:
+        """Close the HTTP client (the portal session stays alive), saving the state one last time.
+
+        `persist=False` is for a session whose credentials were replaced: it saves nothing more, not
+        even from a request still in flight, so its cookies cannot vouch for the new credentials."""
+        if persist:
+            self.save_state()
+        else:
+            self._detached = True
         await self._client.aclose()
 
     async def __aenter__(self) -> PortalSession:

@@ -5,13 +5,17 @@ moving baseline. Until the first 429 the rate grows additively after each run of
 A 429 marks the rate it came at as the portal's ceiling: the rate then recovers quickly to just
 below that ceiling and probes past it slowly, so a long sync runs near the limit and meets it
 rarely (AIMD alone would saw between half the limit and the limit, with a 429 every cycle).
+
+What a throttle has learned (its rate and the ceiling) is kept with the session's state, so a
+restarted gateway resumes near the portal's limit instead of ramping up to it again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 
 from plooto_api.upstream._models import ThrottleConfig
@@ -41,6 +45,36 @@ class AdaptiveThrottle:
         self._samples = 0
         self.decreases = 0
         self.increases = 0
+        self.min_rate_seen = self.rate
+
+    # -- what it has learned --------------------------------------------------------------------
+
+    def learned(self) -> dict[str, float | None]:
+        """The rate and ceiling to resume from after a restart (see `resume`)."""
+        return {
+            "rate": round(self.rate, 3),
+            "ceiling": None if self.ceiling is None else round(self.ceiling, 3),
+        }
+
+    def resume(self, learned: Mapping[str, object] | None) -> None:
+        """Start from what an earlier run learned: its rate (within the configured bounds, and not
+        above its ceiling) and its ceiling. Anything malformed is ignored: the configured start stands."""
+
+        def positive(value: object) -> float | None:
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                return None
+            return float(value) if math.isfinite(value) and value > 0 else None
+
+        if not learned:
+            return
+        rate, ceiling = positive(learned.get("rate")), positive(learned.get("ceiling"))
+        if rate is None:
+            return
+        cfg = self.config
+        if ceiling is not None:
+            rate = min(rate, ceiling)
+        self.rate = min(max(rate, cfg.min_rate), cfg.max_rate)
+        self.ceiling = ceiling
         self.min_rate_seen = self.rate
 
     # -- pacing --------------------------------------------------------------------------------
