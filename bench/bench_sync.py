@@ -2,7 +2,10 @@
 
 1. Initial sync of a sandbox whose per-session rate limit is R requests/s: objects/s, requests/s
    as a fraction of R (target >= 0.9) and the share of requests answered 429 (target < 1%).
-2. An incremental sync after 10 bills change, at 10,000 and at 100,000 bills in the store and the
+   The throttle does not know R: it starts at 10 req/s and learns the limit as it goes.
+2. The gateway's own capacity: the same sync against a portal with no practical limit, the throttle
+   starting at its cap (50 req/s), so only the gateway's CPU bounds it (`gateway_capacity_*`).
+3. An incremental sync after 10 bills change, at 10,000 and at 100,000 bills in the store and the
    portal (target: within 1.2x of each other).
 
 Starts `python -m plooto_sandbox` on loopback and a gateway worker context in this process, on a
@@ -35,9 +38,11 @@ from pydantic import SecretStr
 from plooto_api.config import Settings
 from plooto_api.jobs import JobContext
 from plooto_api.services.connections import create_connection
+from plooto_api.services.portals import PortalRegistry
 from plooto_api.store.database import transaction
 from plooto_api.store.vault import generate_key
 from plooto_api.sync.engine import SyncEngine
+from plooto_api.upstream import ThrottleConfig
 
 USER, PASSWORD, TOTP = "controller@northwind-cpa.test", "sandbox-password", "PLOOTOSANDBOXTOTPSECRETKEY234567"
 
@@ -79,9 +84,11 @@ async def _context(url: str, tmp: str) -> tuple[JobContext, str]:
     return ctx, connection_id
 
 
-async def initial_sync(rate: float, bills: int) -> dict[str, Any]:
+async def initial_sync(rate: float, bills: int, *, start_rate: float | None = None) -> dict[str, Any]:
     with sandbox(2, bills, rate, int(rate)) as url, tempfile.TemporaryDirectory() as tmp:
         ctx, connection_id = await _context(url, tmp)
+        if start_rate is not None:
+            ctx.portals = PortalRegistry(ctx.sessions, ctx.vault, ThrottleConfig(initial_rate=start_rate))
         try:
             started = time.perf_counter()
             report = await SyncEngine(ctx).sync_connection(connection_id)
@@ -150,6 +157,12 @@ def main() -> None:
         suffix = f"_at_{rate:g}" if len(args.rate) > 1 else ""
         for name, (value, unit) in asyncio.run(initial_sync(rate, args.bills)).items():
             print(f"{name}{suffix} {value} {unit}", flush=True)
+    capacity = asyncio.run(initial_sync(100_000, args.bills, start_rate=ThrottleConfig().max_rate))
+    requests_per_second = capacity["initial_sync_requests_per_second"][0]
+    print(f"gateway_capacity_objects_per_second {capacity['initial_sync_objects_per_second'][0]} objects/s")
+    print(f"gateway_capacity_requests_per_second {requests_per_second} req/s")
+    for rate in args.rate:
+        print(f"gateway_capacity_over_limit_{rate:g} {requests_per_second / rate:.2f} ratio", flush=True)
     small, small_requests = asyncio.run(incremental_cost(10_000))
     print(f"incremental_10_changes_at_10k_bills {small * 1000:.1f} ms", flush=True)
     print(f"incremental_10_changes_at_10k_bills_requests {small_requests:.0f} count", flush=True)
