@@ -8,7 +8,9 @@ the gateway's CPU, which bench_sync measures together. Deterministic; prints `na
 
     .venv/bin/python bench/bench_throttle.py [--limits 5 10 25 50] [--requests 163 1000 3000]
 
-163 requests is bench_sync's initial sync of 10,000 bills; 3,000 is about 180,000 bills.
+163 requests is bench_sync's initial sync of 10,000 bills; 3,000 is about 180,000 bills. The
+`_resumed` rows are a 163-request sync by a throttle that resumes what a 3,000-request one learned
+(as a restarted gateway does from the saved session state), against a portal bucket that is full.
 """
 
 from __future__ import annotations
@@ -20,11 +22,15 @@ from plooto_api.upstream import AdaptiveThrottle, ThrottleConfig
 from plooto_sandbox.faults import RateLimiter, retry_after_seconds
 
 
-def simulate(limit: float, requests: int, latency: float = 0.05) -> tuple[float, float]:
-    """(successful requests/s as a fraction of `limit`, share of requests answered 429 in %)."""
+def simulate(
+    limit: float, requests: int, latency: float = 0.05, learned: dict[str, float | None] | None = None
+) -> tuple[float, float, dict[str, float | None]]:
+    """(successful requests/s as a fraction of `limit`, share of requests answered 429 in %, what
+    the throttle learned); `learned` is what it starts from."""
     now = 0.0
     config = ThrottleConfig()
     throttle = AdaptiveThrottle(config, clock=lambda: now)
+    throttle.resume(learned)
     portal = RateLimiter(limit, int(limit), clock=lambda: now)
     answers: list[tuple[float, float | None]] = []  # (time the answer arrives, Retry-After or None)
     ok = limited = 0
@@ -41,7 +47,7 @@ def simulate(limit: float, requests: int, latency: float = 0.05) -> tuple[float,
         now = max(now, start)
         wait = portal.take("session")
         heapq.heappush(answers, (now + latency, None if wait is None else float(retry_after_seconds(wait))))
-    return ok / now / limit, 100 * limited / (ok + limited)
+    return ok / now / limit, 100 * limited / (ok + limited), throttle.learned()
 
 
 def _answer(throttle: AdaptiveThrottle, retry_after: float | None, latency: float, ok: int,
@@ -60,10 +66,15 @@ def main() -> None:
     args = parser.parse_args()
     for limit in args.limits:
         for requests in args.requests:
-            fraction, share = simulate(limit, requests)
+            fraction, share, _ = simulate(limit, requests)
             name = f"throttle_at_{limit:g}_req_s_{requests}_requests"
             print(f"{name}_fraction_of_limit {fraction:.3f} ratio")
             print(f"{name}_429_share {share:.2f} %")
+        learned = simulate(limit, 3000)[2]
+        fraction, share, _ = simulate(limit, 163, learned=learned)
+        name = f"throttle_at_{limit:g}_req_s_163_requests_resumed"
+        print(f"{name}_fraction_of_limit {fraction:.3f} ratio")
+        print(f"{name}_429_share {share:.2f} %")
 
 
 if __name__ == "__main__":
