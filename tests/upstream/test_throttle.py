@@ -209,6 +209,14 @@ def test_a_restarted_session_resumes_the_learned_rate(make_session: SessionFacto
 
     async def resume() -> None:
         await restarted.ensure_logged_in()
+        saves = store.saves
+        restarted.save_state()  # nothing learned or changed since the restore: nothing to write
+        assert store.saves == saves
+        restarted.throttle.rate = 8.5
+        restarted.save_state()
+        assert store.saves == saves + 1 and store.state is not None
+        assert store.state["throttle"]["rate"] == 8.5
+        restarted.throttle.rate = 7.25
         await restarted.aclose()
 
     run(resume())

@@ -104,6 +104,7 @@ class PortalSession:
         self._restored = False
         self._pending_mfa: MfaChallenge | None = None
         self._saved_snapshot: tuple[Any, ...] | None = None
+        self._saved_throttle: dict[str, float | None] | None = None
         self._detached = False  # closed without saving: its state is no longer this connection's
 
     def __repr__(self) -> str:
@@ -135,6 +136,7 @@ class PortalSession:
         snapshot = self._snapshot()
         if not force and snapshot == self._saved_snapshot:
             return
+        learned = self.throttle.learned()
         state = {
             "version": STATE_VERSION,
             "username": self._credentials.username,
@@ -143,11 +145,12 @@ class PortalSession:
             if self._pending_mfa
             else None,
             "clock_offset": self._clock_offset,
-            "throttle": self.throttle.learned(),
+            "throttle": learned,
             "saved_at": datetime.now(UTC).isoformat(),
         }
         self._store.save(state)
         self._saved_snapshot = snapshot
+        self._saved_throttle = learned
 
     def _restore(self) -> None:
         if self._restored:
@@ -177,6 +180,7 @@ class PortalSession:
         throttle = state.get("throttle")
         self.throttle.resume(throttle if isinstance(throttle, dict) else None)
         self._saved_snapshot = self._snapshot()
+        self._saved_throttle = throttle if isinstance(throttle, dict) else None
 
     def _set_cookie(
         self, name: str, value: str, domain: str, path: str, expires: int | None, secure: bool
@@ -1067,10 +1071,10 @@ class PortalSession:
         return items
 
     def save_state(self) -> None:
-        """Persist the session now, with what the throttle has learned (a sync calls this when it
-        ends; cookie changes are saved as they happen)."""
+        """Persist the session now if it or what the throttle has learned changed since it was last
+        saved (a sync calls this when it ends; cookie changes are saved as they happen)."""
         if self._restored:
-            self._persist(force=True)
+            self._persist(force=self.throttle.learned() != self._saved_throttle)
 
     async def aclose(self, *, persist: bool = True) -> None:
         """Close the HTTP client (the portal session stays alive), saving the state one last time.
