@@ -97,7 +97,7 @@ def test_committed_writes_are_checkpointed_by_the_checkpointer_thread(tmp_path: 
         for _ in range(20):
             with transaction(sessions) as session:
                 session.execute(text("INSERT INTO blobs VALUES (:b)"), {"b": "x" * 20_000})
-        assert checkpointer.running and checkpointer.checkpoints >= 0
+        assert checkpointer.running
         assert checkpointer.wait(checkpointer.nudge(), timeout=30)
         # The database file alone, without its WAL, now holds every committed row.
         alone = tmp_path / "alone.db"

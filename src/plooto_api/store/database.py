@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sqlite3
 import threading
 import weakref
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,11 @@ from sqlalchemy.orm import Session, sessionmaker
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 
+# Writers leave copying the WAL into the database to WalCheckpointer's thread; they checkpoint
+# themselves only past this many pages (16 MiB), should it ever fall behind.
+_WRITER_CHECKPOINT_PAGES = 4000
+
+
 def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
     # WAL lets readers run beside the single writer; a busy timeout queues writers instead of
     # failing them; foreign keys are off by default in SQLite.
@@ -32,13 +37,8 @@ def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA foreign_keys=ON")
-    # Writers leave copying the WAL into the database to the checkpointer thread below; they
-    # checkpoint themselves only past this many pages (16 MiB), should it ever fall behind.
     cursor.execute(f"PRAGMA wal_autocheckpoint={_WRITER_CHECKPOINT_PAGES}")
     cursor.close()
-
-
-_WRITER_CHECKPOINT_PAGES = 4000
 
 
 class WalCheckpointer:
@@ -53,7 +53,6 @@ class WalCheckpointer:
 
     def __init__(self, path: str) -> None:
         self.path = str(Path(path).absolute())
-        self.checkpoints = 0  # checkpoints run so far
         self._requested = 0  # nudges so far
         self._covered = 0  # the nudges the last finished checkpoint began after
         self._cond = threading.Condition()
@@ -99,10 +98,9 @@ class WalCheckpointer:
                         return
                     target = self._requested
                 # Busy or gone: counted as done all the same; the next commit nudges again.
-                with contextlib.suppress(sqlite3.Error):
+                with suppress(sqlite3.Error):
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                 with self._cond:
-                    self.checkpoints += 1
                     self._covered = target
                     self._cond.notify_all()
         finally:
@@ -142,9 +140,9 @@ def create_db_engine(url: str, *, echo: bool = False) -> Engine:
         )  # fmt: skip
         event.listen(engine, "connect", _configure_sqlite)
         event.listen(engine, "begin", _begin)
-        _SQLITE_WRITE_LOCKS[engine] = threading.RLock()
+        writing = _SQLITE_WRITING[engine] = _SqliteWriting()
         if database and database != ":memory:":
-            checkpointer = _SQLITE_CHECKPOINTERS[engine] = WalCheckpointer(database)
+            checkpointer = writing.checkpointer = WalCheckpointer(database)
             event.listen(engine, "engine_disposed", lambda _engine: checkpointer.stop())
             weakref.finalize(engine, checkpointer.stop)
         return engine
@@ -158,34 +156,39 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
-# SQLite has one writer at a time. Writers of this process queue on a lock that hands over the moment
-# it is released; left to SQLite's busy handler they would poll, sleeping up to 100 ms between tries,
-# while the write lock sits free. Other processes (a CLI beside the server) still wait in busy_timeout.
-_SQLITE_WRITE_LOCKS: weakref.WeakKeyDictionary[Engine, threading.RLock] = weakref.WeakKeyDictionary()
-_SQLITE_CHECKPOINTERS: weakref.WeakKeyDictionary[Engine, WalCheckpointer] = weakref.WeakKeyDictionary()
+@dataclass
+class _SqliteWriting:
+    """What the write transactions of one SQLite engine share in this process.
+
+    SQLite has one writer at a time. Writers of this process queue on `lock`, which hands over the
+    moment it is released; left to SQLite's busy handler they would poll, sleeping up to 100 ms
+    between tries, while the write lock sits free. Other processes (a CLI beside the server) still
+    wait in busy_timeout. `checkpointer` (file databases) is woken after each commit.
+    """
+
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    checkpointer: WalCheckpointer | None = None
+
+
+_SQLITE_WRITING: weakref.WeakKeyDictionary[Engine, _SqliteWriting] = weakref.WeakKeyDictionary()
 
 
 def checkpointer_for(engine: Engine) -> WalCheckpointer | None:
     """The WAL checkpointer of a SQLite file database's engine (None for other databases)."""
-    return _SQLITE_CHECKPOINTERS.get(engine)
-
-
-def _write_lock(factory: sessionmaker[Session]) -> AbstractContextManager[Any]:
-    bind = factory.kw.get("bind")
-    lock = _SQLITE_WRITE_LOCKS.get(bind) if isinstance(bind, Engine) else None
-    return lock if lock is not None else nullcontext()
+    writing = _SQLITE_WRITING.get(engine)
+    return writing.checkpointer if writing is not None else None
 
 
 @contextmanager
 def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
     """One unit of work that writes: commit if the block succeeds, roll back if it raises."""
     bind = factory.kw.get("bind")
-    with _write_lock(factory), factory() as session, session.begin():
+    writing = _SQLITE_WRITING.get(bind) if isinstance(bind, Engine) else None
+    with writing.lock if writing is not None else nullcontext(), factory() as session, session.begin():
         session.connection(execution_options=WRITE_TRANSACTION)  # SQLite: BEGIN IMMEDIATE
         yield session
-    checkpointer = _SQLITE_CHECKPOINTERS.get(bind) if isinstance(bind, Engine) else None
-    if checkpointer is not None:
-        checkpointer.nudge()
+    if writing is not None and writing.checkpointer is not None:
+        writing.checkpointer.nudge()
 
 
 def _alembic_config(engine: Engine) -> AlembicConfig:
