@@ -178,9 +178,9 @@ class PortalSession:
         if isinstance(state.get("clock_offset"), int | float):
             self._clock_offset = float(state["clock_offset"])
         throttle = state.get("throttle")
-        self.throttle.resume(throttle if isinstance(throttle, dict) else None)
-        self._saved_snapshot = self._snapshot()
         self._saved_throttle = throttle if isinstance(throttle, dict) else None
+        self.throttle.resume(self._saved_throttle)
+        self._saved_snapshot = self._snapshot()
 
     def _set_cookie(
         self, name: str, value: str, domain: str, path: str, expires: int | None, secure: bool
