@@ -7,6 +7,8 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+import pytest
+
 from plooto_api import schemas
 from plooto_api.schemas.common import PortalObject
 from plooto_api.upstream import FEEDS, PortalSession, UpstreamRecord, UpstreamRef
@@ -169,3 +171,21 @@ def test_record_fields_are_plain_dataclass() -> None:
         "upstream_id",
         "company_upstream_id",
     ]
+
+
+def test_loads_keeps_numbers_exact_and_refuses_what_is_not_json() -> None:
+    from plooto_api.upstream._convert import loads
+
+    assert loads(
+        b'{"a": 10.10, "b": 0.1234567890123456789, "c": 3, "d": 123456789012345678901234567890}'
+    ) == {
+        "a": Decimal("10.10"),
+        "b": Decimal("0.1234567890123456789"),
+        "c": 3,
+        "d": 123456789012345678901234567890,
+    }
+    assert str(loads(b"[10.10]")[0]) == "10.10"  # the portal's own digits, not a float's
+    assert loads(b"\xef\xbb\xbf{}") == {} and loads("\ufeff[]") == []
+    for not_json in (b"NaN", b"[Infinity]", b"<html>", b'{"a": 1'):
+        with pytest.raises(ValueError):
+            loads(not_json)

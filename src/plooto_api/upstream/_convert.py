@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
-import json
+import codecs
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
+import msgspec
+
 from plooto_api.upstream._models import UpstreamRecord, UpstreamRef
+
+_DECODER = msgspec.json.Decoder(float_hook=Decimal)  # the float's own text becomes the Decimal
 
 
 def loads(text: str | bytes) -> Any:
-    """Parse JSON keeping every number with a fraction as a Decimal (money never becomes a float)."""
-    return json.loads(text, parse_float=Decimal)
+    """Parse JSON keeping every number with a fraction as a Decimal (money never becomes a float).
+
+    Raises ValueError for anything that is not JSON, including NaN and Infinity."""
+    # A byte-order mark is tolerated, as the standard library's json.loads does for bytes.
+    text = text.removeprefix("\ufeff") if isinstance(text, str) else text.removeprefix(codecs.BOM_UTF8)
+    return _DECODER.decode(text)
 
 
 def money(amount: Any, currency: str) -> dict[str, Any]:

@@ -5,6 +5,10 @@ A shape is data: field name → spec. A spec is a type name (`str`, `int`, `bool
 `Shape`, or `ListOf(spec)`. A field name ending in `?` may be absent altogether.
 Missing fields and wrong types are drift (the adapter cannot be trusted with the object);
 unexpected new fields are reported alongside but alone do not fail (portals add fields).
+
+Every record of every page is checked, so the common case (an exact match) is tested in C: each
+shape is also compiled to a msgspec type and the value converted to it. Only a value that fails
+that test is walked in Python, to say what differed.
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Union
+from typing import Annotated, Any, Union
+
+import msgspec
 
 from plooto_api.upstream._errors import UpstreamChanged
 
@@ -87,47 +93,81 @@ class _List:
 class _Object:
     fields: tuple[tuple[str, bool, _Node], ...]  # (name, optional, spec)
     known: frozenset[str]
+    exact: Any  # the msgspec type a value converts to when it matches exactly, extra fields refused
 
 
 _Node = _Type | _List | _Object
 _COMPILED: dict[int, tuple[Shape, _Object]] = {}  # by id, holding the shape so the id stays its own
 
 
+def _compile_shape(shape: Shape) -> _Object:
+    cached = _COMPILED.get(id(shape))
+    if cached is not None and cached[0] is shape:
+        return cached[1]
+    fields = tuple(
+        (declared.rstrip("?"), declared.endswith("?"), _compile(item))
+        for declared, item in shape.fields.items()
+    )
+    node = _Object(fields, frozenset(name for name, _, _ in fields), _exact_struct(shape.name, fields))
+    _COMPILED[id(shape)] = (shape, node)
+    return node
+
+
 def _compile(spec: Spec) -> _Node:
     if isinstance(spec, Shape):
-        cached = _COMPILED.get(id(spec))
-        if cached is not None and cached[0] is spec:
-            return cached[1]
-        fields = tuple(
-            (declared.rstrip("?"), declared.endswith("?"), _compile(item))
-            for declared, item in spec.fields.items()
-        )
-        node = _Object(fields, frozenset(name for name, _, _ in fields))
-        _COMPILED[id(spec)] = (spec, node)
-        return node
+        return _compile_shape(spec)
     if isinstance(spec, ListOf):
         return _List(_compile(spec.item))
     return _Type(spec.rstrip("?"), spec.endswith("?"))
 
 
-def _conforms(node: _Node, value: Any) -> bool:
+# The msgspec form of each type name. Decimal is passed as a builtin type, so a `number` accepts
+# the Decimal and int that loads() produces and refuses a numeric string, as _type_ok does.
+_EXACT_TYPES: dict[str, Any] = {
+    "any": Any,
+    "str": str,
+    "bool": bool,
+    "int": int,
+    "number": Decimal | int,
+    "date": Annotated[str, msgspec.Meta(pattern=_DATE.pattern)],
+    "ts": Annotated[str, msgspec.Meta(pattern=_TIMESTAMP.pattern)],
+    "dict": dict[str, Any],
+    "list": list[Any],
+}
+
+
+def _exact_type(node: _Node) -> Any:
+    if isinstance(node, _Object):
+        return node.exact
+    if isinstance(node, _List):
+        return list[_exact_type(node.item)]  # type: ignore[misc]
+    if node.kind not in _EXACT_TYPES:
+        raise ValueError(f"unknown spec type {node.kind!r}")
+    exact = _EXACT_TYPES[node.kind]
+    return exact | None if node.nullable else exact
+
+
+def _exact_struct(name: str, fields: tuple[tuple[str, bool, _Node], ...]) -> Any:
+    # Attributes are named f0, f1, ... and renamed to the portal's names, which need not be identifiers.
+    attributes: list[Any] = []
+    for index, (_, optional, item) in enumerate(fields):
+        exact = _exact_type(item)
+        if optional:
+            attributes.append((f"f{index}", exact | msgspec.UnsetType, msgspec.UNSET))
+        else:
+            attributes.append((f"f{index}", exact))
+    rename = {f"f{index}": field_name for index, (field_name, _, _) in enumerate(fields)}
+    return msgspec.defstruct(name, attributes, kw_only=True, forbid_unknown_fields=True, rename=rename)
+
+
+def _conforms(node: _Object, value: Any) -> bool:
     """Whether `value` matches exactly (no drift and no extra field): the common case, checked
     without building the messages `differences` gives when it does not."""
-    if isinstance(node, _Type):
-        if value is None:
-            return node.nullable or node.kind == "any"
-        return _type_ok(node.kind, value)
-    if isinstance(node, _List):
-        return isinstance(value, list) and all(_conforms(node.item, item) for item in value)
-    if not isinstance(value, dict):
+    try:
+        msgspec.convert(value, node.exact, builtin_types=(Decimal,))
+    except msgspec.ValidationError:
         return False
-    for name, optional, item in node.fields:
-        if name in value:
-            if not _conforms(item, value[name]):
-                return False
-        elif not optional:
-            return False
-    return node.known.issuperset(value)
+    return True
 
 
 class _Checker:
@@ -174,13 +214,13 @@ class _Checker:
 def differences(shape: Shape, value: Any) -> tuple[list[str], list[str]]:
     """(fatal differences, unexpected extra fields) of `value` against `shape`."""
     checker = _Checker()
-    checker.check(_compile(shape), value, shape.name)
+    checker.check(_compile_shape(shape), value, shape.name)
     return checker.fatal, checker.extra
 
 
 def check_shape(shape: Shape, value: Any, *, object_type: str) -> list[str]:
     """Raise UpstreamChanged when `value` drifted from `shape`; return the harmless extras."""
-    if _conforms(_compile(shape), value):
+    if _conforms(_compile_shape(shape), value):
         return []
     fatal, extra = differences(shape, value)
     if fatal:
