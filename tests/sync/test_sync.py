@@ -69,6 +69,17 @@ async def test_initial_sync_mirrors_every_object_type(
         assert cursors and all(c.full_sync_completed_at is not None for c in cursors)
     events = _event_types(ctx)
     assert events["bill.created"] == COMPANIES * BILLS_PER_COMPANY
+    _assert_documents_match_columns(ctx)
+    with ctx.sessions() as session:
+        # A created object's event holds the same JSON object as its row's document (stored once
+        # serialized, not as a JSON string of it).
+        for bill in session.scalars(select(models.Bill).order_by(models.Bill.id).limit(5)):
+            created = session.scalars(
+                select(models.Event).where(
+                    models.Event.object_id == bill.id, models.Event.type == "bill.created"
+                )
+            ).one()
+            assert isinstance(created.data, dict) and created.data == json.loads(bill.document)
     assert _connection(ctx, connection_id).state == "healthy"
     assert _connection(ctx, connection_id).last_synced_at is not None
 

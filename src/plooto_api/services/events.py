@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from plooto_api.store.base import new_id, utcnow
 from plooto_api.store.models import Event, WebhookDelivery
 from plooto_api.store.scope import AccessScope
+from plooto_api.store.types import RawJSON
 from plooto_api.webhooks.fanout import delivery_rows
 
 
@@ -46,12 +47,14 @@ class EventBatch:
         self,
         event_type: str,
         *,
-        data: dict[str, Any],
+        data: dict[str, Any] | RawJSON,
         connection_id: str | None = None,
         company_id: str | None = None,
         object_type: str | None = None,
         object_id: str | None = None,
     ) -> str:
+        """Stage one event; `data` is the object as a dict, or as its JSON text when the caller
+        has serialized it already (a sync's document). Returns the event's id."""
         event_id = new_id("evt")
         self.rows.append({
             "id": event_id, "type": event_type, "connection_id": connection_id, "company_id": company_id,

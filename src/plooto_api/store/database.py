@@ -21,6 +21,8 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from plooto_api.store.types import RawJSON
+
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 
@@ -120,7 +122,10 @@ def _begin(conn: Any) -> None:
 
 def json_dumps(value: Any) -> str:
     """JSON columns' serializer: orjson (a sync page writes thousands of JSON values), falling back
-    to the standard library for what orjson refuses but `json` takes (integers beyond 64 bits)."""
+    to the standard library for what orjson refuses but `json` takes (integers beyond 64 bits).
+    A RawJSON is serialized already and is stored as it is."""
+    if type(value) is RawJSON:
+        return value
     try:
         return orjson.dumps(value).decode()
     except orjson.JSONEncodeError:

@@ -16,6 +16,13 @@ from sqlalchemy.types import TypeDecorator
 JSONType = JSON().with_variant(JSONB(), "postgresql")
 
 
+class RawJSON(str):
+    """JSON text serialized already (a sync's object document): a JSON column given one stores the
+    text as it is instead of encoding it again. Only text the gateway serialized itself goes here."""
+
+    __slots__ = ()
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     """A timezone-aware UTC timestamp. Naive datetimes are refused rather than guessed at.
 

@@ -21,6 +21,7 @@ from plooto_api.services.events import EventBatch
 from plooto_api.store.base import new_id
 from plooto_api.store.database import json_dumps
 from plooto_api.store.models import Company
+from plooto_api.store.types import RawJSON
 from plooto_api.upstream import UpstreamRecord, UpstreamRef
 
 _PAYMENT_SENT = {"in_transit"}
@@ -254,9 +255,15 @@ def _apply_one(
         "accounting_refs": record.accounting_refs,
     }
     new = spec.schema.model_validate(data)
-    payload = new.model_dump(mode="json")
-    old_payload = old.model_dump(mode="json") if old is not None else None
-    if old_payload is not None:
+    if old is None:
+        # One dump, straight to JSON text, serves the new row's document and its event.
+        document = new.model_dump_json()
+        inserts.add(spec, mapping.row_values(new, connection_id=connection_id, document=document))
+        counts.created += 1
+        event_types = [f"{record.object_type}.created"]
+    else:
+        payload = new.model_dump(mode="json")
+        old_payload = old.model_dump(mode="json")
         # Unchanged means the JSON we serve is unchanged (free-form fields hold Decimal before the
         # database and strings after). A deleted row that reappears differs in deleted_at.
         if payload == old_payload:
@@ -265,23 +272,16 @@ def _apply_one(
         fetched = new.upstream.model_copy(update={"fetched_at": now})
         new = new.model_copy(update={"updated_at": now, "upstream": fetched})
         payload = new.model_dump(mode="json")
-    # The stored document is the payload's JSON: one dump serves the row and its events.
-    stored = mapping.row_values(new, connection_id=connection_id, document=json_dumps(payload))
-    if row is None:
-        inserts.add(spec, stored)
-        counts.created += 1
-        event_types = [f"{record.object_type}.created"]
-    else:
-        mapping.apply_to_row(stored, row)
+        document = json_dumps(payload)
+        mapping.apply_to_row(mapping.row_values(new, connection_id=connection_id, document=document), row)
         counts.updated += 1
-        event_types = (
-            _events_for_change(record.object_type, old_payload, payload) if old_payload is not None else []
-        )
+        event_types = _events_for_change(record.object_type, old_payload, payload)
     counts.by_type[record.object_type] += 1
+    event_data = RawJSON(document)  # the events store the document's text, not a second serialization
     for event_type in event_types:
         events.add(
             event_type,
-            data=payload,
+            data=event_data,
             connection_id=connection_id,
             company_id=company_id,
             object_type=record.object_type,
