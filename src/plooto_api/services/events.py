@@ -6,10 +6,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Select, Table, delete, insert, select
+from sqlalchemy import Select, Table, delete, select
 from sqlalchemy.orm import Session
 
 from plooto_api.store.base import new_id, utcnow
+from plooto_api.store.bulk import insert_rows
 from plooto_api.store.models import Event, WebhookDelivery
 from plooto_api.store.scope import AccessScope
 from plooto_api.store.types import RawJSON
@@ -66,10 +67,10 @@ class EventBatch:
         """Insert the staged events and their deliveries; returns how many events."""
         count = len(self.rows)
         if self.rows:
-            self.session.execute(insert(cast(Table, Event.__table__)), self.rows)  # Core: no ORM objects
-            deliveries = delivery_rows(self.session, self.rows)
-            if deliveries:
-                self.session.execute(insert(cast(Table, WebhookDelivery.__table__)), deliveries)
+            insert_rows(self.session, cast(Table, Event.__table__), self.rows)  # no ORM objects
+            insert_rows(
+                self.session, cast(Table, WebhookDelivery.__table__), delivery_rows(self.session, self.rows)
+            )
             self.rows = []
         return count
 

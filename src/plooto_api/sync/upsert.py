@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from plooto_api import mapping
 from plooto_api.services.events import EventBatch
 from plooto_api.store.base import new_id
+from plooto_api.store.bulk import insert_rows
 from plooto_api.store.database import json_dumps
 from plooto_api.store.models import Company
 from plooto_api.store.types import RawJSON
@@ -210,11 +211,10 @@ class _Inserts:
     def execute(self, session: Session, spec: mapping.ObjectMap) -> None:
         if not self.rows:
             return
-        # Core inserts of the tables (the rows are column values already): no ORM bulk bookkeeping.
-        session.execute(insert(spec.model.__table__), self.rows)
+        # Inserts of the tables (the rows are column values already): no ORM bulk bookkeeping.
+        insert_rows(session, spec.model.__table__, self.rows)
         for relationship, rows in self.children.items():
-            if rows:
-                session.execute(insert(spec.child_map(relationship).model.__table__), rows)
+            insert_rows(session, spec.child_map(relationship).model.__table__, rows)
 
 
 def _apply_one(

@@ -1,0 +1,77 @@
+"""insert_rows stores exactly what Core's executemany stores, on every backend."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any, cast
+
+import pytest
+from sqlalchemy import Table, insert, select, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from plooto_api.store.bulk import insert_rows
+from plooto_api.store.database import transaction
+from plooto_api.store.models import Event
+from plooto_api.store.types import RawJSON
+
+EVENTS = cast(Table, Event.__table__)
+WHEN = datetime(2026, 11, 27, 23, 5, 1, 250, tzinfo=timezone(timedelta(hours=-5)))
+
+
+def _rows(prefix: str) -> list[dict[str, Any]]:
+    return [
+        {"id": f"{prefix}_1", "type": "bill.created", "connection_id": "con_1", "company_id": None,
+         "object_type": "bill", "object_id": "bil_1", "data": {"total": "10.50", "lines": [1, None]},
+         "created_at": WHEN},
+        {"id": f"{prefix}_2", "type": "bill.created", "connection_id": "con_1", "company_id": "cmp_1",
+         "object_type": "bill", "object_id": "bil_2", "data": RawJSON('{"total":"0.01","memo":"é"}'),
+         "created_at": WHEN.astimezone(UTC).replace(microsecond=0)},
+    ]  # fmt: skip
+
+
+def _stored(session: Session, prefix: str) -> list[tuple[Any, ...]]:
+    rows = session.execute(
+        select(Event.type, Event.connection_id, Event.company_id, Event.object_type, Event.object_id,
+               Event.data, Event.created_at).where(Event.id.like(f"{prefix}_%")).order_by(Event.id)
+    )  # fmt: skip
+    return [tuple(row) for row in rows]
+
+
+def test_rows_read_back_as_core_inserts_them(sessions: sessionmaker[Session]) -> None:
+    with transaction(sessions) as session:
+        session.execute(insert(EVENTS), _rows("core"))
+        insert_rows(session, EVENTS, _rows("bulk"))
+    with sessions() as session:
+        core, bulk = _stored(session, "core"), _stored(session, "bulk")
+        assert bulk == core
+        assert bulk[0][5] == {"total": "10.50", "lines": [1, None]}
+        assert bulk[1][5] == {"total": "0.01", "memo": "é"}  # RawJSON stored as the object, not a string
+        assert bulk[0][6] == WHEN and bulk[0][6].tzinfo == UTC
+        if session.get_bind().dialect.name == "sqlite":  # the very same text in the file
+            raw = session.execute(text("SELECT id, created_at, data FROM events ORDER BY id")).all()
+            by_id = {row[0]: row[1:] for row in raw}
+            assert by_id["bulk_1"] == by_id["core_1"] and by_id["bulk_2"] == by_id["core_2"]
+
+
+def test_a_missing_column_with_a_python_default_gets_it(sessions: sessionmaker[Session]) -> None:
+    rows = [{key: value for key, value in row.items() if key != "data"} for row in _rows("dflt")]
+    with transaction(sessions) as session:
+        insert_rows(session, EVENTS, rows)
+    with sessions() as session:
+        assert [row[5] for row in _stored(session, "dflt")] == [{}, {}]
+
+
+def test_rows_that_differ_in_their_columns_are_refused_whole(sessions: sessionmaker[Session]) -> None:
+    rows = _rows("bad")
+    del rows[1]["company_id"]
+    with pytest.raises(ValueError, match="differ in their columns"), transaction(sessions) as session:
+        insert_rows(session, EVENTS, rows)
+    with sessions() as session:
+        assert _stored(session, "bad") == []
+
+
+def test_no_rows_is_a_no_op(sessions: sessionmaker[Session]) -> None:
+    with transaction(sessions) as session:
+        insert_rows(session, EVENTS, [])
+    with sessions() as session:
+        assert session.scalar(select(Event.seq).limit(1)) is None
