@@ -70,13 +70,16 @@ def _load_existing(
 _NESTED = (UpstreamRef, dict, list, tuple)  # values worth descending into; the rest are leaves
 
 
-def _collect_refs(value: Any, into: defaultdict[str, set[str]]) -> None:
+def _collect_refs(value: Any, into: defaultdict[str, set[str]]) -> bool:
+    """Add the references inside `value` to `into`; whether it holds any."""
     if isinstance(value, UpstreamRef):
         into[value.object_type].add(value.upstream_id)
-        return
+        return True
+    found = False
     for item in value.values() if isinstance(value, dict) else value:
-        if isinstance(item, _NESTED):
-            _collect_refs(item, into)
+        if isinstance(item, _NESTED) and _collect_refs(item, into):
+            found = True
+    return found
 
 
 def _resolve(value: Any, ids: dict[tuple[str, str], str]) -> Any:
@@ -164,35 +167,46 @@ def apply_records(
         for record in recs:
             row = existing[object_type].get(record.upstream_id)
             assigned[(object_type, record.upstream_id)] = row.id if row is not None else new_id(prefix)
+    # The references each record holds, and which of its fields hold them (only those are copied
+    # with the references resolved; the rest are passed on as they are).
     refs: defaultdict[str, set[str]] = defaultdict(set)
+    ref_fields: dict[tuple[str, str], list[str]] = {}
     for record in records:
-        _collect_refs(record.fields, refs)
-    ids = _gateway_ids(session, connection_id, refs, assigned)
+        ref_fields[(record.object_type, record.upstream_id)] = [
+            key
+            for key, value in record.fields.items()
+            if isinstance(value, _NESTED) and _collect_refs(value, refs)
+        ]
+    page = _Page(session, connection_id, company_ids, existing, assigned, ref_fields,
+                 _gateway_ids(session, connection_id, refs, assigned), now, counts, EventBatch(session))  # fmt: skip
 
     # Companies first, then each type in the order it came (feeds are in dependency order). One
     # flush per type: the unit of work orders inserts by relationship(), not by bare foreign keys.
     order = sorted(by_type, key=lambda object_type: object_type != "company")
-    events = EventBatch(session)
     for object_type in order:
         inserts = _Inserts()
         for record in by_type[object_type]:
-            _apply_one(
-                session,
-                connection_id,
-                company_ids,
-                record,
-                existing,
-                assigned,
-                ids,
-                now,
-                counts,
-                inserts,
-                events,
-            )
+            _apply_one(page, record, inserts)
         inserts.execute(session, mapping.object_map_for(object_type))
         session.flush()
-    counts.events += events.flush()  # in the order the changes were applied
+    counts.events += page.events.flush()  # in the order the changes were applied
     return counts
+
+
+@dataclass
+class _Page:
+    """What applying one page's records shares."""
+
+    session: Session
+    connection_id: str
+    company_ids: dict[str, str]
+    existing: dict[str, dict[str, Any]]  # type -> upstream id -> stored row
+    assigned: dict[tuple[str, str], str]  # the page's gateway ids by (type, upstream id)
+    ref_fields: dict[tuple[str, str], list[str]]  # the fields of each record that hold references
+    ids: dict[tuple[str, str], str]  # gateway ids of the page's objects and of what they refer to
+    now: datetime
+    counts: ApplyCounts
+    events: EventBatch
 
 
 @dataclass
@@ -217,30 +231,22 @@ class _Inserts:
             insert_rows(session, spec.child_map(relationship).model.__table__, rows)
 
 
-def _apply_one(
-    session: Session,
-    connection_id: str,
-    company_ids: dict[str, str],
-    record: UpstreamRecord,
-    existing: dict[str, dict[str, Any]],
-    assigned: dict[tuple[str, str], str],
-    ids: dict[tuple[str, str], str],
-    now: datetime,
-    counts: ApplyCounts,
-    inserts: _Inserts,
-    events: EventBatch,
-) -> None:
+def _apply_one(page: _Page, record: UpstreamRecord, inserts: _Inserts) -> None:
     spec = mapping.object_map_for(record.object_type)
-    gateway_id = assigned[(record.object_type, record.upstream_id)]
+    key = (record.object_type, record.upstream_id)
+    gateway_id = page.assigned[key]
     if record.object_type == "company":
-        company_ids[record.upstream_id] = gateway_id
-    company_id = company_ids.get(record.company_upstream_id)
+        page.company_ids[record.upstream_id] = gateway_id
+    company_id = page.company_ids.get(record.company_upstream_id)
     if company_id is None:
         return  # a record of a company this login no longer reaches
-    row = existing[record.object_type].get(record.upstream_id)
+    connection_id, counts, now = page.connection_id, page.counts, page.now
+    row = page.existing[record.object_type].get(record.upstream_id)
     old = mapping.to_schema(row) if row is not None else None
-    data = {
-        **_resolve(record.fields, ids),
+    data = dict(record.fields)
+    for name in page.ref_fields[key]:
+        data[name] = _resolve(data[name], page.ids)
+    data.update({
         "id": gateway_id,
         "company_id": company_id,
         "upstream_id": record.upstream_id,
@@ -253,7 +259,7 @@ def _apply_one(
             "url": record.url,
         },
         "accounting_refs": record.accounting_refs,
-    }
+    })  # fmt: skip
     new = spec.schema.model_validate(data)
     if old is None:
         # One dump, straight to JSON text, serves the new row's document and its event.
@@ -279,7 +285,7 @@ def _apply_one(
     counts.by_type[record.object_type] += 1
     event_data = RawJSON(document)  # the events store the document's text, not a second serialization
     for event_type in event_types:
-        events.add(
+        page.events.add(
             event_type,
             data=event_data,
             connection_id=connection_id,
