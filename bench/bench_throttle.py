@@ -40,11 +40,16 @@ def simulate(
             now, retry_after = heapq.heappop(answers)
             ok, limited = _answer(throttle, retry_after, latency, ok, limited)
             continue
-        start = now + throttle.reserve()
-        while answers and answers[0][0] <= start:  # answers that arrive while it waits are seen first
-            now, retry_after = heapq.heappop(answers)
-            ok, limited = _answer(throttle, retry_after, latency, ok, limited)
-        now = max(now, start)
+        while (
+            True
+        ):  # as AdaptiveThrottle.slot: wait for the paced start, and past a Retry-After met meanwhile
+            start = now + throttle.reserve()
+            while answers and answers[0][0] <= start:  # answers that arrive while it waits are seen first
+                now, retry_after = heapq.heappop(answers)
+                ok, limited = _answer(throttle, retry_after, latency, ok, limited)
+            now = max(now, start)
+            if not throttle.held():
+                break
         wait = portal.take("session")
         heapq.heappush(answers, (now + latency, None if wait is None else float(retry_after_seconds(wait))))
     return ok / now / limit, 100 * limited / (ok + limited), throttle.learned()

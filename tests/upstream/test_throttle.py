@@ -132,6 +132,27 @@ def test_pacing_spaces_starts_at_the_rate() -> None:
     assert waits == pytest.approx([0, 0, 0.25, 0.5])
 
 
+def test_a_start_reserved_before_a_429_waits_for_its_retry_after() -> None:
+    clock = FakeClock()
+    started: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        if throttle.rate == 10:  # a 429 answers another request while this start waits its turn
+            throttle.on_rate_limited(retry_after=2)
+        clock.now += seconds
+
+    throttle = AdaptiveThrottle(ThrottleConfig(initial_rate=10, burst=1), clock=clock, sleep=sleep)
+
+    async def two_starts() -> None:
+        for _ in range(2):
+            async with throttle.slot():
+                started.append(clock.now)
+
+    run(two_starts())
+    # The second start was due at 100.1; the Retry-After that came meanwhile holds it until 102.
+    assert started[0] == 100.0 and started[1] == pytest.approx(102.0)
+
+
 def _mock_session(handler: Any, **throttle: Any) -> PortalSession:
     state = {
         "version": 1,

@@ -88,13 +88,21 @@ class AdaptiveThrottle:
         self._next_start = earliest + interval
         return max(0.0, earliest - now)
 
+    def held(self) -> bool:
+        """Whether a 429's Retry-After still holds every start (a start reserved before it arrived too)."""
+        return self._clock() < self._blocked_until
+
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
-        """Hold a concurrency slot and wait for the paced start time."""
+        """Hold a concurrency slot and wait for the paced start time, and past any Retry-After that
+        arrived while waiting: a start reserved before the 429 came is held by it all the same."""
         async with self._semaphore:
-            delay = self.reserve()
-            if delay > 0:
-                await self._sleep(delay)
+            while True:
+                delay = self.reserve()
+                if delay > 0:
+                    await self._sleep(delay)
+                if not self.held():
+                    break
             yield
 
     # -- feedback ------------------------------------------------------------------------------
