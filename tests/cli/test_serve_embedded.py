@@ -40,8 +40,8 @@ def _wait_for_token(proc: subprocess.Popen[str], out: Path, timeout: float = 120
     raise AssertionError(out.read_text())
 
 
-def _stop(proc: subprocess.Popen[str]) -> None:
-    proc.send_signal(signal.SIGINT)
+def _stop(proc: subprocess.Popen[str], how: signal.Signals = signal.SIGINT) -> None:
+    proc.send_signal(how)
     assert proc.wait(timeout=60) == 0
 
 
@@ -79,8 +79,11 @@ def test_serve_runs_the_embedded_sandbox_and_survives_a_restart(
     try:
         assert _wait_for_token(proc, out) == token  # the same admin token
     finally:
-        _stop(proc)
+        _stop(proc, signal.SIGTERM)  # as a service manager stops it
     second = out.read_text()
+    assert "plooto-api stopped" in second
+    with pytest.raises(httpx.TransportError):  # SIGTERM stops the sandbox too
+        httpx.get(sandbox_url.group(1) + "/login", timeout=2)
     assert "0 created" in second
     assert "portal.signed_in" not in second  # the saved session was reused: no new login, no MFA
     assert re.search(r"sandbox: (http://\S+)", second).group(1) == sandbox_url.group(1)  # type: ignore[union-attr]

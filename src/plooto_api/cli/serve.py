@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
+import threading
+from types import FrameType
 
 import uvicorn
 from rich.console import Console
@@ -30,8 +33,21 @@ def _first_sync(settings: Settings, console: Console, sandbox_url: str) -> None:
     asyncio.run(run())
 
 
+def _stop_on_sigterm() -> None:
+    """Make SIGTERM (how a service manager, a container runtime or `kill` stops it) end `serve` as
+    Ctrl-C does, through the `finally` that stops the embedded sandbox. At its default, SIGTERM
+    ends the process outright (uvicorn raises it again after its own graceful shutdown), leaving
+    the sandbox child running on its port."""
+
+    def stop(_signum: int, _frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, stop)
+
+
 def run_serve(settings: Settings, console: Console) -> None:
-    """Start everything, print where it is, and serve until Ctrl-C; then stop everything."""
+    """Start everything, print where it is, and serve until Ctrl-C or SIGTERM; then stop everything."""
     from plooto_api.api.app import create_app
     from plooto_api.cli import CliError
 
@@ -40,6 +56,7 @@ def run_serve(settings: Settings, console: Console) -> None:
         f"  store:   {make_url(settings.resolved_database_url).render_as_string(hide_password=True)}"
     )
     sandbox: EmbeddedSandbox | None = None
+    _stop_on_sigterm()
     try:
         if not settings.upstream_url:
             sandbox = EmbeddedSandbox(settings.ensure_data_dir())
