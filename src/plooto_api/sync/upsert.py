@@ -177,7 +177,7 @@ def apply_records(
             for key, value in record.fields.items()
             if isinstance(value, _NESTED) and _collect_refs(value, refs)
         ]
-    page = _Page(session, connection_id, company_ids, existing, assigned, ref_fields,
+    page = _Page(connection_id, company_ids, existing, assigned, ref_fields,
                  _gateway_ids(session, connection_id, refs, assigned), now, counts, EventBatch(session))  # fmt: skip
 
     # Companies first, then each type in the order it came (feeds are in dependency order). One
@@ -197,7 +197,6 @@ def apply_records(
 class _Page:
     """What applying one page's records shares."""
 
-    session: Session
     connection_id: str
     company_ids: dict[str, str]
     existing: dict[str, dict[str, Any]]  # type -> upstream id -> stored row
