@@ -40,9 +40,8 @@ def simulate(
             now, retry_after = heapq.heappop(answers)
             ok, limited = _answer(throttle, retry_after, latency, ok, limited)
             continue
-        while (
-            True
-        ):  # as AdaptiveThrottle.slot: wait for the paced start, and past a Retry-After met meanwhile
+        # As AdaptiveThrottle.slot: wait for the paced start, and past a Retry-After met meanwhile.
+        while True:
             start = now + throttle.reserve()
             while answers and answers[0][0] <= start:  # answers that arrive while it waits are seen first
                 now, retry_after = heapq.heappop(answers)
