@@ -2,9 +2,9 @@
 
 Core's executemany rebuilds every row's parameters through its generic path (a dict per row with
 every column, then each value through its type's processor): about a tenth of the instructions of
-an initial sync on SQLite. On SQLite the rows are bound here by a plan made once per table and set of keys
-(the SQL, the parameter order and each column's processor, all from SQLAlchemy itself), and go
-to the driver's executemany. Rows that need what only Core does (a Python-side column default
+an initial sync on SQLite. On SQLite the rows are bound here by a plan made once per table and set
+of keys (the SQL, the parameter order and each column's processor, all from SQLAlchemy itself), and
+go to the driver's executemany. Rows that need what only Core does (a Python-side column default
 for a column they lack) and other databases take Core's path.
 """
 
