@@ -4,7 +4,9 @@
    as a fraction of R (target >= 0.9) and the share of requests answered 429 (target < 1%).
    The throttle does not know R: it starts at 10 req/s and learns the limit as it goes.
 2. The gateway's own capacity: the same sync against a portal with no practical limit, the throttle
-   starting at its cap (50 req/s), so only the gateway's CPU bounds it (`gateway_capacity_*`).
+   starting at its cap (50 req/s), so only the gateway's CPU bounds it (`gateway_capacity_*`); and
+   the same again with pages fetched, checked and normalized but not written (`fetch_only_*`), which
+   shows how the CPU divides between the portal side and the store side.
 3. An incremental sync after 10 bills change, at 10,000 and at 100,000 bills in the store and the
    portal (target: within 1.2x of each other).
 
@@ -37,11 +39,13 @@ from pydantic import SecretStr
 
 from plooto_api.config import Settings
 from plooto_api.jobs import JobContext
+from plooto_api.mapping import OBJECT_MAPS
 from plooto_api.services.connections import create_connection
 from plooto_api.services.portals import PortalRegistry
 from plooto_api.store.database import transaction
 from plooto_api.store.vault import generate_key
 from plooto_api.sync.engine import SyncEngine
+from plooto_api.sync.upsert import ApplyCounts
 from plooto_api.upstream import ThrottleConfig
 
 USER, PASSWORD, TOTP = "controller@northwind-cpa.test", "sandbox-password", "PLOOTOSANDBOXTOTPSECRETKEY234567"
@@ -84,14 +88,26 @@ async def _context(url: str, tmp: str) -> tuple[JobContext, str]:
     return ctx, connection_id
 
 
-async def initial_sync(rate: float, bills: int, *, start_rate: float | None = None) -> dict[str, Any]:
+class _FetchOnlyEngine(SyncEngine):
+    """Fetches, checks and normalizes every page as a sync does, and writes nothing."""
+
+    def _write_page(self, connection_id: str, company_upstream_id: str, feed: Any, records: list[Any],
+                    state: dict[str, Any]) -> ApplyCounts:  # fmt: skip
+        counts = ApplyCounts()
+        counts.created = sum(r.object_type in OBJECT_MAPS for r in records)
+        return counts
+
+
+async def initial_sync(
+    rate: float, bills: int, *, start_rate: float | None = None, engine: type[SyncEngine] = SyncEngine
+) -> dict[str, Any]:
     with sandbox(2, bills, rate, int(rate)) as url, tempfile.TemporaryDirectory() as tmp:
         ctx, connection_id = await _context(url, tmp)
         if start_rate is not None:
             ctx.portals = PortalRegistry(ctx.sessions, ctx.vault, ThrottleConfig(initial_rate=start_rate))
         try:
             started = time.perf_counter()
-            report = await SyncEngine(ctx).sync_connection(connection_id)
+            report = await engine(ctx).sync_connection(connection_id)
             elapsed = time.perf_counter() - started
             assert report.ok, report.error
             stats = (await ctx.portals.get(connection_id)).stats
@@ -163,6 +179,14 @@ def main() -> None:
     print(f"gateway_capacity_requests_per_second {requests_per_second} req/s")
     for rate in args.rate:
         print(f"gateway_capacity_over_limit_{rate:g} {requests_per_second / rate:.2f} ratio", flush=True)
+    fetch_only = asyncio.run(
+        initial_sync(100_000, args.bills, start_rate=ThrottleConfig().max_rate, engine=_FetchOnlyEngine)
+    )
+    print(f"fetch_only_objects_per_second {fetch_only['initial_sync_objects_per_second'][0]} objects/s")
+    print(
+        f"fetch_only_requests_per_second {fetch_only['initial_sync_requests_per_second'][0]} req/s",
+        flush=True,
+    )
     small, small_requests = asyncio.run(incremental_cost(10_000))
     print(f"incremental_10_changes_at_10k_bills {small * 1000:.1f} ms", flush=True)
     print(f"incremental_10_changes_at_10k_bills_requests {small_requests:.0f} count", flush=True)
