@@ -40,6 +40,7 @@ from pydantic import SecretStr
 from plooto_api.config import Settings
 from plooto_api.jobs import JobContext
 from plooto_api.mapping import OBJECT_MAPS
+from plooto_api.runtime import tune_gc
 from plooto_api.services.connections import create_connection
 from plooto_api.services.portals import PortalRegistry
 from plooto_api.store.database import transaction
@@ -79,6 +80,7 @@ def sandbox(companies: int, bills: int, rate: float, burst: int) -> Iterator[str
 
 
 async def _context(url: str, tmp: str) -> tuple[JobContext, str]:
+    tune_gc()  # as every plooto-api process does
     settings = Settings(data_dir=Path(tmp), upstream_url=url, vault_key=SecretStr(generate_key()),
                         log_level="warning")  # fmt: skip
     ctx = JobContext.from_settings(settings)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import socket
@@ -11,6 +12,10 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
+
+from plooto_api.cli import main
+from plooto_api.runtime import GC_THRESHOLDS
 
 CLI = [sys.executable, "-c", "from plooto_api.cli import main; main()"]
 
@@ -79,3 +84,18 @@ def test_bad_input_exits_2_with_one_line(tmp_path: Path, process_database_env: d
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and needle in lines[0], result.stderr
         assert "Traceback" not in result.stderr
+
+
+def test_every_command_collects_garbage_less_often(monkeypatch: pytest.MonkeyPatch) -> None:
+    # In this process rather than a child: the threshold is the interpreter's, not something a
+    # command prints. Restored afterwards so the rest of the suite runs with what it started with.
+    before = gc.get_threshold()
+    assert before != GC_THRESHOLDS
+    monkeypatch.setattr(sys, "argv", ["plooto-api", "--help"])
+    try:
+        with pytest.raises(SystemExit) as exited:
+            main()
+        assert exited.value.code == 0
+        assert gc.get_threshold() == GC_THRESHOLDS
+    finally:
+        gc.set_threshold(*before)

@@ -17,6 +17,7 @@ from rich.console import Console
 from plooto_api import __version__
 from plooto_api.config import Settings
 from plooto_api.log import configure_logging
+from plooto_api.runtime import tune_gc
 
 app = typer.Typer(
     name="plooto-api",
@@ -389,6 +390,7 @@ def _describe_database(settings: Settings) -> str:
 
 def main() -> None:
     """Console-script entry point: one line and exit code 2 for anything the user can fix."""
+    tune_gc()
     try:
         result = app(standalone_mode=False)
     except CliError as exc:
