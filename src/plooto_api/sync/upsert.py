@@ -177,8 +177,8 @@ def apply_records(
             for key, value in record.fields.items()
             if isinstance(value, _NESTED) and _collect_refs(value, refs)
         ]
-    page = _Page(connection_id, company_ids, existing, assigned, ref_fields,
-                 _gateway_ids(session, connection_id, refs, assigned), now, counts, EventBatch(session))  # fmt: skip
+    page = _Page(connection_id, company_ids, existing, ref_fields, _gateway_ids(session, connection_id, refs, assigned),
+                 now, counts, EventBatch(session))  # fmt: skip
 
     # Companies first, then each type in the order it came (feeds are in dependency order). One
     # flush per type: the unit of work orders inserts by relationship(), not by bare foreign keys.
@@ -200,9 +200,8 @@ class _Page:
     connection_id: str
     company_ids: dict[str, str]
     existing: dict[str, dict[str, Any]]  # type -> upstream id -> stored row
-    assigned: dict[tuple[str, str], str]  # the page's gateway ids by (type, upstream id)
     ref_fields: dict[tuple[str, str], list[str]]  # the fields of each record that hold references
-    ids: dict[tuple[str, str], str]  # gateway ids of the page's objects and of what they refer to
+    ids: dict[tuple[str, str], str]  # gateway ids of the page's objects and what they refer to
     now: datetime
     counts: ApplyCounts
     events: EventBatch
@@ -233,7 +232,7 @@ class _Inserts:
 def _apply_one(page: _Page, record: UpstreamRecord, inserts: _Inserts) -> None:
     spec = mapping.object_map_for(record.object_type)
     key = (record.object_type, record.upstream_id)
-    gateway_id = page.assigned[key]
+    gateway_id = page.ids[key]
     if record.object_type == "company":
         page.company_ids[record.upstream_id] = gateway_id
     company_id = page.company_ids.get(record.company_upstream_id)
