@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from plooto_api import mapping
 from plooto_api.store import models
 from plooto_api.store.base import new_id, utcnow
+from plooto_api.store.bulk import ids_by_upstream_id
 from plooto_api.store.pagination import InvalidCursor, PageRequest, decode_cursor, encode_cursor
 from plooto_api.store.repository import ObjectRepository
 from plooto_api.store.scope import AccessScope
@@ -110,3 +111,22 @@ def test_cursors_are_opaque_and_checked() -> None:
         PageRequest(limit=0)
     with pytest.raises(ValueError):
         PageRequest(limit=101)
+
+
+def test_ids_by_upstream_id_finds_a_connections_rows_only(
+    sessions: sessionmaker[Session], two_tenants: dict[str, list[str]]
+) -> None:
+    table = models.Vendor.__table__
+    with sessions() as session:
+        vendors = {row.upstream_id: row for row in session.query(models.Vendor)}
+        (company_a, ids_a), (company_b, _) = two_tenants.items()
+        connection_a = session.get(models.Company, company_a).connection_id  # type: ignore[union-attr]
+        of_a = [u for u, row in vendors.items() if row.company_id == company_a]
+        of_b = [u for u, row in vendors.items() if row.company_id == company_b]
+        asked = [*of_a[:3], *of_b[:2], "V-nowhere", of_a[0]]  # another tenant's, absent, repeated
+        found = ids_by_upstream_id(session, table, connection_a, asked)  # type: ignore[arg-type]
+        assert found == {u: vendors[u].id for u in of_a[:3]}
+        assert set(found.values()) <= set(ids_a)
+        assert ids_by_upstream_id(session, table, connection_a, []) == {}  # type: ignore[arg-type]
+        many = [f"V-{company_a}-{n}" for n in range(30)] * 40  # past one IN list's worth of ids
+        assert len(ids_by_upstream_id(session, table, connection_a, many)) == 30  # type: ignore[arg-type]

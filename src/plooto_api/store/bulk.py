@@ -1,4 +1,5 @@
-"""Inserting many rows of one table at once (a sync page's objects, child rows and events).
+"""Inserting many rows of one table at once (a sync page's objects, child rows and events), and
+looking many rows up at once by their portal ids.
 
 Core's executemany rebuilds every row's parameters through its generic path (a dict per row with
 every column, then each value through its type's processor): about a tenth of the instructions of
@@ -16,9 +17,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Table, insert
+from sqlalchemy import Table, insert, select
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session
+
+from plooto_api.store.database import json_dumps
 
 
 @dataclass(frozen=True)
@@ -78,3 +81,38 @@ def insert_rows(session: Session, table: Table, rows: Sequence[dict[str, Any]]) 
             values[position] = process(values[position])
         params.append(tuple(values))
     connection.exec_driver_sql(plan.sql, params)
+
+
+_IN_CHUNK = 500  # ids per IN list: within every backend's limit on bound parameters
+
+
+def ids_by_upstream_id(
+    session: Session, table: Table, connection_id: str, upstream_ids: Sequence[str]
+) -> dict[str, str]:
+    """The gateway ids of the rows of `table` that mirror `upstream_ids` for a connection, by portal id
+    (ids not in the store are left out).
+
+    A sync looks up every page's ids, most of them absent during an initial sync. Core binds each id
+    of an IN list as its own parameter, through its generic path (about 0.3 ms for a page's 200);
+    on SQLite the ids go instead as one JSON array parameter, which the unique index on
+    (connection_id, upstream_id) is searched with, one probe per id.
+    """
+    if not upstream_ids:
+        return {}
+    connection = session.connection()
+    if connection.dialect.name == "sqlite":
+        name = connection.dialect.identifier_preparer.format_table(table)
+        sql = (
+            f"SELECT upstream_id, id FROM {name} "
+            "WHERE connection_id = ? AND upstream_id IN (SELECT value FROM json_each(?))"
+        )
+        rows = connection.exec_driver_sql(sql, (connection_id, json_dumps(list(upstream_ids))))
+        return {upstream_id: gateway_id for upstream_id, gateway_id in rows}
+    found: dict[str, str] = {}
+    ids = list(upstream_ids)
+    for start in range(0, len(ids), _IN_CHUNK):
+        stmt = select(table.c.upstream_id, table.c.id).where(
+            table.c.connection_id == connection_id, table.c.upstream_id.in_(ids[start : start + _IN_CHUNK])
+        )
+        found.update({upstream_id: gateway_id for upstream_id, gateway_id in connection.execute(stmt)})
+    return found

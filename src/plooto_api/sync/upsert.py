@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, selectinload
 from plooto_api import mapping
 from plooto_api.services.events import EventBatch
 from plooto_api.store.base import new_id
-from plooto_api.store.bulk import insert_rows
+from plooto_api.store.bulk import ids_by_upstream_id, insert_rows
 from plooto_api.store.database import json_dumps
 from plooto_api.store.models import Company
 from plooto_api.store.types import RawJSON
@@ -51,18 +51,18 @@ class ApplyCounts:
 def _load_existing(
     session: Session, connection_id: str, object_type: str, upstream_ids: Iterable[str]
 ) -> dict[str, Any]:
-    spec = mapping.object_map_for(object_type)
-    model: Any = spec.model
-    ids = list(set(upstream_ids))
+    """The stored rows (with their child rows) that mirror `upstream_ids`, by portal id."""
+    model: Any = mapping.object_map_for(object_type).model
+    # Which exist, by a cheap index probe first: in an initial sync, mostly none do.
+    present = list(
+        ids_by_upstream_id(session, model.__table__, connection_id, list(set(upstream_ids))).values()
+    )
     found: dict[str, Any] = {}
     eager = [selectinload(rel.class_attribute) for rel in model.__mapper__.relationships]
-    for start in range(0, len(ids), 500):  # keep IN lists within every backend's parameter limit
-        stmt = (
-            select(model)
-            .where(model.connection_id == connection_id, model.upstream_id.in_(ids[start : start + 500]))
-            .options(*eager)
-        )
-        for row in session.scalars(stmt):
+    for start in range(0, len(present), 500):  # keep IN lists within every backend's parameter limit
+        for row in session.scalars(
+            select(model).where(model.id.in_(present[start : start + 500])).options(*eager)
+        ):
             found[row.upstream_id] = row
     return found
 
@@ -101,13 +101,9 @@ def _gateway_ids(
         missing = [u for u in upstream_ids if (object_type, u) not in ids]
         if not missing or object_type not in mapping.OBJECT_MAPS:
             continue
-        model: Any = mapping.object_map_for(object_type).model
-        for start in range(0, len(missing), 500):
-            stmt = select(model.upstream_id, model.id).where(
-                model.connection_id == connection_id, model.upstream_id.in_(missing[start : start + 500])
-            )
-            for upstream_id, gateway_id in session.execute(stmt):
-                ids[(object_type, upstream_id)] = gateway_id
+        table = mapping.object_map_for(object_type).model.__table__
+        for upstream_id, gateway_id in ids_by_upstream_id(session, table, connection_id, missing).items():
+            ids[(object_type, upstream_id)] = gateway_id
     return ids
 
 
@@ -152,6 +148,7 @@ def apply_records(
     `company_ids` maps portal company ids to gateway company ids; a company record adds itself.
     """
     counts = ApplyCounts()
+    session.flush()  # the lookups below go to the database directly: let them see what the caller staged
     by_type: defaultdict[str, list[UpstreamRecord]] = defaultdict(list)
     for record in records:
         if record.object_type in mapping.OBJECT_MAPS:
