@@ -26,6 +26,8 @@ def _rows(prefix: str) -> list[dict[str, Any]]:
         {"id": f"{prefix}_2", "type": "bill.created", "connection_id": "con_1", "company_id": "cmp_1",
          "object_type": "bill", "object_id": "bil_2", "data": RawJSON('{"total":"0.01","memo":"é"}'),
          "created_at": WHEN.astimezone(UTC).replace(microsecond=0)},
+        {"id": f"{prefix}_3", "type": "bill.updated", "connection_id": "con_1", "company_id": "cmp_1",
+         "object_type": "bill", "object_id": "bil_1", "data": {}, "created_at": WHEN},  # a time met again
     ]  # fmt: skip
 
 
@@ -47,10 +49,11 @@ def test_rows_read_back_as_core_inserts_them(sessions: sessionmaker[Session]) ->
         assert bulk[0][5] == {"total": "10.50", "lines": [1, None]}
         assert bulk[1][5] == {"total": "0.01", "memo": "é"}  # RawJSON stored as the object, not a string
         assert bulk[0][6] == WHEN and bulk[0][6].tzinfo == UTC
+        assert bulk[2][6] == WHEN and bulk[1][6] == WHEN.replace(microsecond=0)
         if session.get_bind().dialect.name == "sqlite":  # the very same text in the file
             raw = session.execute(text("SELECT id, created_at, data FROM events ORDER BY id")).all()
             by_id = {row[0]: row[1:] for row in raw}
-            assert by_id["bulk_1"] == by_id["core_1"] and by_id["bulk_2"] == by_id["core_2"]
+            assert all(by_id[f"bulk_{n}"] == by_id[f"core_{n}"] for n in (1, 2, 3))
 
 
 def test_a_missing_column_with_a_python_default_gets_it(sessions: sessionmaker[Session]) -> None:
@@ -58,7 +61,7 @@ def test_a_missing_column_with_a_python_default_gets_it(sessions: sessionmaker[S
     with transaction(sessions) as session:
         insert_rows(session, EVENTS, rows)
     with sessions() as session:
-        assert [row[5] for row in _stored(session, "dflt")] == [{}, {}]
+        assert [row[5] for row in _stored(session, "dflt")] == [{}, {}, {}]
 
 
 def test_rows_that_differ_in_their_columns_are_refused_whole(sessions: sessionmaker[Session]) -> None:

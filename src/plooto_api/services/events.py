@@ -43,6 +43,7 @@ class EventBatch:
 
     session: Session
     rows: list[dict[str, Any]] = field(default_factory=list)
+    created_at: datetime = field(default_factory=utcnow)  # one time for the whole transaction's events
 
     def add(
         self,
@@ -59,7 +60,7 @@ class EventBatch:
         event_id = new_id("evt")
         self.rows.append({
             "id": event_id, "type": event_type, "connection_id": connection_id, "company_id": company_id,
-            "object_type": object_type, "object_id": object_id, "data": data, "created_at": utcnow(),
+            "object_type": object_type, "object_id": object_id, "data": data, "created_at": self.created_at,
         })  # fmt: skip
         return event_id
 

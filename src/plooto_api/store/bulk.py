@@ -15,6 +15,7 @@ import threading
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import Table, insert, select
@@ -29,6 +30,9 @@ class _Plan:
     sql: str
     keys: tuple[str, ...]  # the row keys, in the SQL's parameter order
     processors: tuple[tuple[int, Callable[[Any], Any]], ...]  # (position, processor) where one applies
+    # Positions of date and time columns: their values repeat within a batch (a page's fetch time,
+    # its events' time), so each distinct value is converted once per batch.
+    repeating: frozenset[int] = frozenset()
 
 
 _PLANS: weakref.WeakKeyDictionary[Dialect, dict[tuple[Table, tuple[str, ...]], _Plan | None]] = (
@@ -48,12 +52,14 @@ def _plan(dialect: Dialect, table: Table, keys: tuple[str, ...]) -> _Plan | None
     order = compiled.positiontup or []
     plan: _Plan | None = None
     if compiled.positional and set(order) <= set(keys):
-        processors = []
+        processors, repeating = [], set()
         for position, key in enumerate(order):
             processor = table.c[key].type.dialect_impl(dialect).bind_processor(dialect)
             if processor is not None:
                 processors.append((position, processor))
-        plan = _Plan(compiled.string, tuple(order), tuple(processors))
+                if _python_type(table.c[key].type) in (datetime, date):
+                    repeating.add(position)
+        plan = _Plan(compiled.string, tuple(order), tuple(processors), frozenset(repeating))
     with _PLANS_LOCK:
         plans[(table, keys)] = plan
     return plan
@@ -74,13 +80,27 @@ def insert_rows(session: Session, table: Table, rows: Sequence[dict[str, Any]]) 
     if plan is None:
         connection.execute(insert(table), list(rows))
         return
-    params = []
-    for row in rows:
-        values = [row[key] for key in plan.keys]
-        for position, process in plan.processors:
-            values[position] = process(values[position])
-        params.append(tuple(values))
-    connection.exec_driver_sql(plan.sql, params)
+    params = [[row[key] for key in plan.keys] for row in rows]
+    for position, process in plan.processors:
+        if position in plan.repeating:
+            converted: dict[Any, Any] = {}
+            for values in params:
+                value = values[position]
+                if value in converted:
+                    values[position] = converted[value]
+                else:
+                    values[position] = converted[value] = process(value)
+        else:
+            for values in params:
+                values[position] = process(values[position])
+    connection.exec_driver_sql(plan.sql, [tuple(values) for values in params])
+
+
+def _python_type(column_type: Any) -> type | None:
+    try:
+        return column_type.python_type
+    except NotImplementedError:
+        return None
 
 
 _IN_CHUNK = 500  # ids per IN list: within every backend's limit on bound parameters

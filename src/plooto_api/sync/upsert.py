@@ -175,7 +175,7 @@ def apply_records(
             if isinstance(value, _NESTED) and _collect_refs(value, refs)
         ]
     page = _Page(connection_id, company_ids, existing, ref_fields, _gateway_ids(session, connection_id, refs, assigned),
-                 now, counts, EventBatch(session))  # fmt: skip
+                 now, counts, EventBatch(session, created_at=now))  # fmt: skip
 
     # Companies first, then each type in the order it came (feeds are in dependency order). One
     # flush per type: the unit of work orders inserts by relationship(), not by bare foreign keys.
