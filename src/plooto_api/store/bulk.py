@@ -103,7 +103,7 @@ def _python_type(column_type: Any) -> type | None:
         return None
 
 
-_IN_CHUNK = 500  # ids per IN list: within every backend's limit on bound parameters
+IN_LIST_LIMIT = 500  # values per IN list: within every backend's limit on bound parameters
 
 
 def ids_by_upstream_id(
@@ -130,9 +130,10 @@ def ids_by_upstream_id(
         return {upstream_id: gateway_id for upstream_id, gateway_id in rows}
     found: dict[str, str] = {}
     ids = list(upstream_ids)
-    for start in range(0, len(ids), _IN_CHUNK):
+    for start in range(0, len(ids), IN_LIST_LIMIT):
         stmt = select(table.c.upstream_id, table.c.id).where(
-            table.c.connection_id == connection_id, table.c.upstream_id.in_(ids[start : start + _IN_CHUNK])
+            table.c.connection_id == connection_id,
+            table.c.upstream_id.in_(ids[start : start + IN_LIST_LIMIT]),
         )
         found.update({upstream_id: gateway_id for upstream_id, gateway_id in connection.execute(stmt)})
     return found

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, selectinload
 from plooto_api import mapping
 from plooto_api.services.events import EventBatch
 from plooto_api.store.base import new_id
-from plooto_api.store.bulk import ids_by_upstream_id, insert_rows
+from plooto_api.store.bulk import IN_LIST_LIMIT, ids_by_upstream_id, insert_rows
 from plooto_api.store.database import json_dumps
 from plooto_api.store.models import Company
 from plooto_api.store.types import RawJSON
@@ -59,9 +59,9 @@ def _load_existing(
     )
     found: dict[str, Any] = {}
     eager = [selectinload(rel.class_attribute) for rel in model.__mapper__.relationships]
-    for start in range(0, len(present), 500):  # keep IN lists within every backend's parameter limit
+    for start in range(0, len(present), IN_LIST_LIMIT):
         for row in session.scalars(
-            select(model).where(model.id.in_(present[start : start + 500])).options(*eager)
+            select(model).where(model.id.in_(present[start : start + IN_LIST_LIMIT])).options(*eager)
         ):
             found[row.upstream_id] = row
     return found
