@@ -79,11 +79,15 @@ def sandbox(companies: int, bills: int, rate: float, burst: int) -> Iterator[str
         proc.wait(timeout=30)
 
 
-async def _context(url: str, tmp: str) -> tuple[JobContext, str]:
+async def _context(url: str, tmp: str, start_rate: float | None = None) -> tuple[JobContext, str]:
+    """A worker context on a store in `tmp` with one connection to `url`; its throttle starts at
+    `start_rate` when one is given, else where the product's starts."""
     tune_gc()  # as every plooto-api process does
     settings = Settings(data_dir=Path(tmp), upstream_url=url, vault_key=SecretStr(generate_key()),
                         log_level="warning")  # fmt: skip
     ctx = JobContext.from_settings(settings)
+    if start_rate is not None:
+        ctx.portals = PortalRegistry(ctx.sessions, ctx.vault, ThrottleConfig(initial_rate=start_rate))
     with transaction(ctx.sessions) as session:
         connection_id = create_connection(session, ctx.vault, username=USER, password=PASSWORD, upstream_url=url,
                                           totp_secret=TOTP).id  # fmt: skip
@@ -104,9 +108,7 @@ async def initial_sync(
     rate: float, bills: int, *, start_rate: float | None = None, engine: type[SyncEngine] = SyncEngine
 ) -> dict[str, Any]:
     with sandbox(2, bills, rate, int(rate)) as url, tempfile.TemporaryDirectory() as tmp:
-        ctx, connection_id = await _context(url, tmp)
-        if start_rate is not None:
-            ctx.portals = PortalRegistry(ctx.sessions, ctx.vault, ThrottleConfig(initial_rate=start_rate))
+        ctx, connection_id = await _context(url, tmp, start_rate)
         try:
             started = time.perf_counter()
             report = await engine(ctx).sync_connection(connection_id)
@@ -137,10 +139,7 @@ async def incremental_cost(bills: int, rounds: int = 5) -> tuple[float, float]:
     a short initial sync at a lower rate than a long one, and pacing would then decide the figure
     rather than the store's size."""
     with sandbox(1, bills, 5000, 5000) as url, tempfile.TemporaryDirectory() as tmp:
-        ctx, connection_id = await _context(url, tmp)
-        ctx.portals = PortalRegistry(
-            ctx.sessions, ctx.vault, ThrottleConfig(initial_rate=ThrottleConfig().max_rate)
-        )
+        ctx, connection_id = await _context(url, tmp, start_rate=ThrottleConfig().max_rate)
         control = httpx.Client(base_url=f"{url}/__sandbox", timeout=60)
         try:
             engine = SyncEngine(ctx)
