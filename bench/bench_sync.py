@@ -42,7 +42,6 @@ from plooto_api.jobs import JobContext
 from plooto_api.mapping import OBJECT_MAPS
 from plooto_api.runtime import tune_gc
 from plooto_api.services.connections import create_connection
-from plooto_api.services.portals import PortalRegistry
 from plooto_api.store.database import transaction
 from plooto_api.store.vault import generate_key
 from plooto_api.sync.engine import SyncEngine
@@ -83,11 +82,10 @@ async def _context(url: str, tmp: str, start_rate: float | None = None) -> tuple
     """A worker context on a store in `tmp` with one connection to `url`; its throttle starts at
     `start_rate` when one is given, else where the product's starts."""
     tune_gc()  # as every plooto-api process does
+    start = {} if start_rate is None else {"upstream_initial_rate": start_rate}
     settings = Settings(data_dir=Path(tmp), upstream_url=url, vault_key=SecretStr(generate_key()),
-                        log_level="warning")  # fmt: skip
+                        log_level="warning", **start)  # fmt: skip
     ctx = JobContext.from_settings(settings)
-    if start_rate is not None:
-        ctx.portals = PortalRegistry(ctx.sessions, ctx.vault, ThrottleConfig(initial_rate=start_rate))
     with transaction(ctx.sessions) as session:
         connection_id = create_connection(session, ctx.vault, username=USER, password=PASSWORD, upstream_url=url,
                                           totp_secret=TOTP).id  # fmt: skip

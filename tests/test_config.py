@@ -36,3 +36,17 @@ def test_bad_values_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PLOOTO_API_PORT", "70000")
     with pytest.raises(ValueError, match="65535"):
         Settings()
+
+
+def test_throttle_settings_and_their_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PLOOTO_API_UPSTREAM_INITIAL_RATE", "25")
+    monkeypatch.setenv("PLOOTO_API_UPSTREAM_MAX_CONCURRENCY", "8")
+    settings = Settings()
+    assert (settings.upstream_initial_rate, settings.upstream_max_rate) == (25.0, 50.0)
+    assert settings.upstream_max_concurrency == 8
+    monkeypatch.setenv("PLOOTO_API_UPSTREAM_MAX_RATE", "20")
+    with pytest.raises(ValueError, match=r"25 req/s is above upstream_max_rate \(20 req/s\)"):
+        Settings()
+    monkeypatch.setenv("PLOOTO_API_UPSTREAM_MAX_RATE", "0")
+    with pytest.raises(ValueError, match=r"greater than or equal to 0\.5"):
+        Settings()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATA_DIR = Path(".plooto-api")
@@ -40,6 +40,20 @@ class Settings(BaseSettings):
     sync_fast_interval_seconds: float = Field(default=30.0, gt=0, description="Open items sync period.")
     sync_slow_interval_seconds: float = Field(default=300.0, gt=0, description="Reference data sync period.")
     keep_alive_interval_seconds: float = Field(default=300.0, gt=0, description="Portal keep-alive period.")
+    # The per-connection throttle (see plooto_api.upstream._throttle). The portal's limit is learned
+    # as it is met; these bound that learning and say where a connection with nothing learned starts.
+    upstream_max_rate: float = Field(
+        default=50.0, ge=0.5, le=1000, description="Portal requests/s a connection never exceeds."
+    )
+    upstream_initial_rate: float = Field(
+        default=10.0,
+        ge=0.5,
+        description="Portal requests/s a connection starts at before it has learned the portal's limit "
+        "(set it to the limit when you know it; a restart resumes the rate learned instead).",
+    )
+    upstream_max_concurrency: int = Field(
+        default=4, ge=1, le=64, description="Portal requests in flight at once per connection."
+    )
     event_retention_days: int = Field(default=90, ge=1, description="Events older than this are purged.")
     webhook_allow_private: bool = Field(
         default=False, description="Allow webhook targets on private or loopback addresses (tests, dev)."
@@ -88,6 +102,14 @@ class Settings(BaseSettings):
         for prefix in ("postgresql://", "postgres://"):
             if value.startswith(prefix):
                 return "postgresql+psycopg://" + value[len(prefix) :]
+        return value
+
+    @field_validator("upstream_initial_rate")
+    @classmethod
+    def _initial_rate_within_max(cls, value: float, info: ValidationInfo) -> float:
+        ceiling = info.data.get("upstream_max_rate")
+        if ceiling is not None and value > ceiling:
+            raise ValueError(f"{value:g} req/s is above upstream_max_rate ({ceiling:g} req/s)")
         return value
 
     @property

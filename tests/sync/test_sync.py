@@ -299,3 +299,28 @@ async def test_a_wrong_totp_secret_needs_action_and_is_not_retried(
     logins = portal.stats.logins
     again = await SyncEngine(ctx).sync_connection(connection_id)
     assert again.state == "requires_action" and portal.stats.logins == logins  # no new attempt
+
+
+async def test_throttle_settings_bound_every_connection_and_what_it_learned(
+    ctx: JobContext, make_connection: Callable[..., str]
+) -> None:
+    """PLOOTO_API_UPSTREAM_* settings reach each connection's throttle; on restart the learned rate
+    is resumed, within a lowered ceiling, rather than the configured start."""
+    connection_id = make_connection()
+    limits = {"upstream_initial_rate": 3.0, "upstream_max_rate": 4.0, "upstream_max_concurrency": 2}
+    first = JobContext.from_settings(ctx.settings.model_copy(update=limits), migrate=False)
+    try:
+        portal = await first.portals.get(connection_id)
+        assert (portal.throttle.rate, portal.throttle_config.max_rate) == (3.0, 4.0)
+        assert portal.throttle_config.max_concurrency == 2
+        assert await portal.list_companies()
+    finally:
+        await first.aclose()  # saves the session, with what the throttle learned (3 req/s)
+    lowered = {**limits, "upstream_initial_rate": 1.0, "upstream_max_rate": 2.5}
+    restarted = JobContext.from_settings(ctx.settings.model_copy(update=lowered), migrate=False)
+    try:
+        portal = await restarted.portals.get(connection_id)
+        assert await portal.list_companies()  # restores the saved session
+        assert portal.throttle.rate == 2.5
+    finally:
+        await restarted.aclose()

@@ -30,6 +30,7 @@ class JobContext:
     def from_settings(cls, settings: Settings, *, migrate: bool = True) -> JobContext:
         """Open the store (migrating it to head), the vault and an empty portal registry."""
         from plooto_api.services.portals import PortalRegistry
+        from plooto_api.upstream import ThrottleConfig
 
         if settings.database_url is None:
             settings.ensure_data_dir()
@@ -38,7 +39,12 @@ class JobContext:
             upgrade_to_head(engine)
         sessions = session_factory(engine)
         vault = Vault.from_settings(settings)
-        return cls(settings, engine, sessions, vault, PortalRegistry(sessions, vault))
+        throttle = ThrottleConfig(
+            initial_rate=settings.upstream_initial_rate,
+            max_rate=settings.upstream_max_rate,
+            max_concurrency=settings.upstream_max_concurrency,
+        )
+        return cls(settings, engine, sessions, vault, PortalRegistry(sessions, vault, throttle))
 
     async def aclose(self) -> None:
         """Close portal clients and database connections."""
