@@ -2,7 +2,9 @@
 
 1. Initial sync of a sandbox whose per-session rate limit is R requests/s: objects/s, requests/s
    as a fraction of R (target >= 0.9) and the share of requests answered 429 (target < 1%).
-   The throttle does not know R: it starts at 10 req/s and learns the limit as it goes.
+   The throttle does not know R: it starts at 10 req/s and learns the limit as it goes. The
+   `_started_at_limit` figures are the same sync with the throttle started at R, as with
+   PLOOTO_API_UPSTREAM_INITIAL_RATE set to the portal's known limit.
 2. The gateway's own capacity: the same sync against a portal with no practical limit, the throttle
    starting at its cap (50 req/s), so only the gateway's CPU bounds it (`gateway_capacity_*`); and
    the same again with pages fetched, checked and normalized but not written (`fetch_only_*`), which
@@ -179,6 +181,11 @@ def main() -> None:
         suffix = f"_at_{rate:g}" if len(args.rate) > 1 else ""
         for name, (value, unit) in asyncio.run(initial_sync(rate, args.bills)).items():
             print(f"{name}{suffix} {value} {unit}", flush=True)
+        # As an operator who knows the limit runs it (PLOOTO_API_UPSTREAM_INITIAL_RATE=<limit>).
+        known = asyncio.run(initial_sync(rate, args.bills, start_rate=rate))
+        for name in ("initial_sync_fraction_of_rate_limit", "initial_sync_429_share"):
+            value, unit = known[name]
+            print(f"{name}_started_at_limit{suffix} {value} {unit}", flush=True)
     capacity = asyncio.run(initial_sync(100_000, args.bills, start_rate=ThrottleConfig().max_rate))
     requests_per_second = capacity["initial_sync_requests_per_second"][0]
     print(f"gateway_capacity_objects_per_second {capacity['initial_sync_objects_per_second'][0]} objects/s")
