@@ -132,8 +132,9 @@ async def initial_sync(
     }
 
 
-async def incremental_cost(bills: int, rounds: int = 5) -> tuple[float, float]:
-    """Median seconds and requests of an incremental sync after 10 bills changed.
+async def incremental_cost(bills: int, rounds: int = 9) -> tuple[float, float]:
+    """Median seconds and requests of an incremental sync after 10 bills changed, over `rounds`
+    rounds (single rounds vary by about a fifth on a shared machine).
 
     The throttle starts at its cap (the portal has no practical limit here): left to learn, it ends
     a short initial sync at a lower rate than a long one, and pacing would then decide the figure
