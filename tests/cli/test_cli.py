@@ -73,12 +73,21 @@ def test_default_data_dir_is_dot_plooto_api(tmp_path: Path, process_database_env
 
 
 def test_bad_input_exits_2_with_one_line(tmp_path: Path, process_database_env: dict[str, str]) -> None:
-    for args, needle in (
-        (["serve", "--port", "http"], "--port"),
-        (["no-such-command"], "no-such-command"),
-        (["serve", "--port", "70000"], "65535"),
+    for args, env, needle in (
+        (["serve", "--port", "http"], {}, "--port"),
+        (["no-such-command"], {}, "no-such-command"),
+        (
+            ["serve", "--port", "70000"],
+            {},
+            "port (on the command line): Input should be less than or equal to 65535",
+        ),
+        (
+            ["connections", "list"],
+            {"PLOOTO_API_UPSTREAM_INITIAL_RATE": "90"},
+            "upstream_initial_rate (PLOOTO_API_UPSTREAM_INITIAL_RATE): Value error, 90 req/s is above upstream_max_rate",
+        ),
     ):
-        result = subprocess.run([*CLI, *args], cwd=tmp_path, env=_env(process_database_env),
+        result = subprocess.run([*CLI, *args], cwd=tmp_path, env=_env(process_database_env) | env,
                                 capture_output=True, text=True, timeout=60)  # fmt: skip
         assert result.returncode == 2, (args, result.stderr)
         lines = result.stderr.strip().splitlines()

@@ -53,7 +53,8 @@ def load_settings(**overrides: Any) -> Settings:
     except ValidationError as exc:
         first = exc.errors()[0]
         name = ".".join(str(part) for part in first["loc"])
-        raise CliError(f"{name} (flag or PLOOTO_API_{name.upper()}): {first['msg']}") from exc
+        given = "on the command line" if overrides.get(name) is not None else f"PLOOTO_API_{name.upper()}"
+        raise CliError(f"{name} ({given}): {first['msg']}") from exc
 
 
 @app.command()
