@@ -182,8 +182,9 @@ def main() -> None:
         suffix = f"_at_{rate:g}" if len(args.rate) > 1 else ""
         for name, (value, unit) in asyncio.run(initial_sync(rate, args.bills)).items():
             print(f"{name}{suffix} {value} {unit}", flush=True)
-        # As an operator who knows the limit runs it (PLOOTO_API_UPSTREAM_INITIAL_RATE=<limit>).
-        known = asyncio.run(initial_sync(rate, args.bills, start_rate=rate))
+        # As an operator who knows the limit runs it (PLOOTO_API_UPSTREAM_INITIAL_RATE=<limit>,
+        # which may not exceed the throttle's cap).
+        known = asyncio.run(initial_sync(rate, args.bills, start_rate=min(rate, ThrottleConfig().max_rate)))
         for name in ("initial_sync_fraction_of_rate_limit", "initial_sync_429_share"):
             value, unit = known[name]
             print(f"{name}_started_at_limit{suffix} {value} {unit}", flush=True)
