@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from plooto_api.config import Settings
+from plooto_api.upstream import ThrottleConfig
 
 
 def test_defaults_need_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -50,3 +51,15 @@ def test_throttle_settings_and_their_bounds(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("PLOOTO_API_UPSTREAM_MAX_RATE", "0")
     with pytest.raises(ValueError, match=r"greater than or equal to 0\.5"):
         Settings()
+
+
+def test_throttle_defaults_are_the_throttles_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("INITIAL_RATE", "MAX_RATE", "MAX_CONCURRENCY"):
+        monkeypatch.delenv(f"PLOOTO_API_UPSTREAM_{name}", raising=False)
+    settings, throttle = Settings(), ThrottleConfig()
+    assert (settings.upstream_initial_rate, settings.upstream_max_rate, settings.upstream_max_concurrency) == (
+        throttle.initial_rate, throttle.max_rate, throttle.max_concurrency,
+    )  # fmt: skip
+    for name in ("upstream_initial_rate", "upstream_max_rate"):
+        floors = [bound.ge for bound in Settings.model_fields[name].metadata if hasattr(bound, "ge")]
+        assert floors == [throttle.min_rate], name
