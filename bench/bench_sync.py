@@ -8,7 +8,8 @@
 2. The gateway's own capacity: the same sync against a portal with no practical limit, the throttle
    starting at its cap (50 req/s), so only the gateway's CPU bounds it (`gateway_capacity_*`); and
    the same again with pages fetched, checked and normalized but not written (`fetch_only_*`), which
-   shows how the CPU divides between the portal side and the store side.
+   shows how the CPU divides between the portal side and the store side. `gateway_capacity_us_per_object`
+   against `us_per_object_allowed_for_0.9_at_<rate>` says which bounds part 1 on this machine.
 3. An incremental sync after 10 bills change, at 10,000 and at 100,000 bills in the store and the
    portal (target: within 1.2x of each other), the throttle at its cap for both.
 
@@ -147,10 +148,6 @@ async def incremental_cost(bills: int, rounds: int = 9) -> tuple[float, float]:
             started = time.perf_counter()
             assert (await engine.sync_connection(connection_id)).ok
             print(f"initial_sync_{bills // 1000}k_seconds {time.perf_counter() - started:.1f} s", flush=True)
-            company = (
-                httpx.Client(base_url=url).get("/__sandbox/users").json()
-            )  # warms nothing; keeps it simple
-            del company
             portal = await ctx.portals.get(connection_id)
             companies = await portal.list_companies()
             timings, requests = [], []
@@ -192,8 +189,14 @@ def main() -> None:
     requests_per_second = capacity["initial_sync_requests_per_second"][0]
     print(f"gateway_capacity_objects_per_second {capacity['initial_sync_objects_per_second'][0]} objects/s")
     print(f"gateway_capacity_requests_per_second {requests_per_second} req/s")
+    # The time per object at capacity (the gateway's one busy core), against the time per object that
+    # 0.9 of a limit allows: the two say whether part 1 is bounded by the portal's limit or by this CPU.
+    objects_per_request = capacity["initial_sync_objects"][0] / capacity["initial_sync_requests"][0]
+    print(f"gateway_capacity_us_per_object {1e6 / capacity['initial_sync_objects_per_second'][0]:.0f} us")
     for rate in args.rate:
-        print(f"gateway_capacity_over_limit_{rate:g} {requests_per_second / rate:.2f} ratio", flush=True)
+        print(f"gateway_capacity_over_limit_{rate:g} {requests_per_second / rate:.2f} ratio")
+        print(f"us_per_object_allowed_for_0.9_at_{rate:g} {1e6 / (0.9 * rate * objects_per_request):.0f} us",
+              flush=True)  # fmt: skip
     fetch_only = asyncio.run(
         initial_sync(100_000, args.bills, start_rate=ThrottleConfig().max_rate, engine=_FetchOnlyEngine)
     )
