@@ -48,7 +48,7 @@ def test_rate_halves_on_429_and_start_waits_for_retry_after() -> None:
     assert throttle.rate == 0.5  # floor
 
 
-def test_rate_grows_additively_after_healthy_runs_up_to_max() -> None:
+def test_rate_grows_after_healthy_runs_up_to_max() -> None:
     clock = FakeClock()
     config = ThrottleConfig(initial_rate=4, max_rate=6, increase_after=5, additive_increase=1)
     throttle = AdaptiveThrottle(config, clock=clock)
@@ -58,6 +58,23 @@ def test_rate_grows_additively_after_healthy_runs_up_to_max() -> None:
     for _ in range(50):
         throttle.on_response(0.01)
     assert throttle.rate == 6
+
+
+def test_before_any_429_a_high_rate_grows_by_a_share_not_by_one() -> None:
+    config = ThrottleConfig(
+        initial_rate=10, increase_after=20, additive_increase=1, proportional_increase=0.1
+    )
+    throttle = AdaptiveThrottle(config, clock=FakeClock())
+    rates = []
+    for _ in range(4):
+        for _ in range(20):
+            throttle.on_response(0.01)
+        rates.append(throttle.rate)
+    # +1 req/s or +10%, whichever is more: alike at 10 req/s, faster above it.
+    assert rates == pytest.approx([11, 12.1, 13.31, 14.641])
+    for _ in range(19):
+        throttle.on_response(0.01)
+    assert throttle.rate == pytest.approx(14.641)  # only whole healthy runs count
 
 
 def test_after_a_429_the_rate_recovers_fast_to_near_where_it_came_then_probes_slowly() -> None:

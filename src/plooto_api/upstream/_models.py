@@ -65,7 +65,10 @@ class ThrottleConfig:
     max_rate: float = 50.0
     burst: float = 2.0  # requests that may start at once after an idle spell
     increase_after: int = 20  # consecutive healthy responses before the rate grows
-    additive_increase: float = 1.0  # req/s added after each healthy run, until the first 429
+    # Until the first 429, each healthy run adds `additive_increase` req/s or `proportional_increase`
+    # of the rate, whichever is more.
+    additive_increase: float = 1.0
+    proportional_increase: float = 0.1
     # After a 429 the rate it came at is the ceiling: below `recovery_below` of it the rate grows
     # by `recovery_increase` (a share) per `recovery_after` healthy responses; from there it probes
     # past the ceiling by `probe_increase` per `increase_after`, so the portal's limit is met rarely.

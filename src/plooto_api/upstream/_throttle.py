@@ -1,7 +1,9 @@
 """Per-session throttle: a concurrency cap plus an adaptive request rate (AIMD on a paced bucket).
 
 Multiplicative decrease on 429 (and a pause for its Retry-After) and on latency well above the
-moving baseline. Until the first 429 the rate grows additively after each run of healthy responses.
+moving baseline. Until the first 429 the rate grows after each run of healthy responses by 1 req/s
+or by a tenth, whichever is more: near a low limit it creeps up on it (a short sync has room for
+about one 429), while a high limit is reached in far fewer steps than by +1 alone.
 A 429 marks the rate it came at as the portal's ceiling: the rate then recovers quickly to just
 below that ceiling and probes past it slowly, so a long sync runs near the limit and meets it
 rarely (AIMD alone would saw between half the limit and the limit, with a 429 every cycle).
@@ -158,7 +160,8 @@ class AdaptiveThrottle:
             return
         self._healthy = 0
         if self.ceiling is None:  # no limit met yet
-            self.rate = min(cfg.max_rate, self.rate + cfg.additive_increase)
+            step = max(cfg.additive_increase, self.rate * cfg.proportional_increase)
+            self.rate = min(cfg.max_rate, self.rate + step)
         else:  # near or past the known limit: probe slowly
             self.rate = min(cfg.max_rate, self.rate * (1 + cfg.probe_increase))
         self.increases += 1
