@@ -29,6 +29,14 @@ class FakeClock:
         return self.now
 
 
+def paced_answers(throttle: AdaptiveThrottle, count: int) -> None:
+    """`count` requests that each start when the throttle allows (the clock stands still, so past
+    the burst every start waits for its pace) and answer healthy."""
+    for _ in range(count):
+        throttle.reserve()
+        throttle.on_response(0.01)
+
+
 def test_rate_halves_on_429_and_start_waits_for_retry_after() -> None:
     clock = FakeClock()
     throttle = AdaptiveThrottle(ThrottleConfig(initial_rate=10, min_rate=0.5, burst=1), clock=clock)
@@ -52,12 +60,30 @@ def test_rate_grows_after_healthy_runs_up_to_max() -> None:
     clock = FakeClock()
     config = ThrottleConfig(initial_rate=4, max_rate=6, increase_after=5, additive_increase=1)
     throttle = AdaptiveThrottle(config, clock=clock)
-    for _ in range(5):
-        throttle.on_response(0.01)
+    paced_answers(throttle, 5)
     assert throttle.rate == 5
-    for _ in range(50):
-        throttle.on_response(0.01)
+    paced_answers(throttle, 50)
     assert throttle.rate == 6
+
+
+def test_the_rate_does_not_grow_while_the_gateway_sends_slower_than_it() -> None:
+    clock = FakeClock()
+    config = ThrottleConfig(initial_rate=10, increase_after=20)
+    throttle = AdaptiveThrottle(config, clock=clock)
+    for _ in range(200):  # one start a second against a rate of 10 a second: none waits
+        clock.now += 1.0
+        assert throttle.reserve() == 0
+        throttle.on_response(0.01)
+    assert (throttle.rate, throttle.increases) == (10, 0)
+    assert throttle.learned() == {"rate": 10, "ceiling": None}  # nothing unproven is saved
+    # A run in which fewer than half the starts waited proves nothing either; one where half did, does.
+    # The first `waited` starts of each run come at the instant the previous run's last one came.
+    for waited in (9, 10):
+        for index in range(20):
+            clock.now += 0.0 if index < waited else 1.0
+            throttle.reserve()
+            throttle.on_response(0.01)
+    assert (throttle.rate, throttle.increases) == (11, 1)
 
 
 def test_before_any_429_a_high_rate_grows_by_a_share_not_by_one() -> None:
@@ -67,13 +93,11 @@ def test_before_any_429_a_high_rate_grows_by_a_share_not_by_one() -> None:
     throttle = AdaptiveThrottle(config, clock=FakeClock())
     rates = []
     for _ in range(4):
-        for _ in range(20):
-            throttle.on_response(0.01)
+        paced_answers(throttle, 20)
         rates.append(throttle.rate)
     # +1 req/s or +10%, whichever is more: alike at 10 req/s, faster above it.
     assert rates == pytest.approx([11, 12.1, 13.31, 14.641])
-    for _ in range(19):
-        throttle.on_response(0.01)
+    paced_answers(throttle, 19)
     assert throttle.rate == pytest.approx(14.641)  # only whole healthy runs count
 
 
@@ -91,10 +115,9 @@ def test_after_a_429_the_rate_recovers_fast_to_near_where_it_came_then_probes_sl
         rates.append(throttle.rate)
     # +10% per 10 healthy answers, up to 0.8 of the ceiling (not additive +1 per 20).
     assert rates == pytest.approx([11, 12.1, 13.31, 14.641, 16])
-    for _ in range(19):
-        throttle.on_response(0.01)
+    paced_answers(throttle, 19)
     assert throttle.rate == 16
-    throttle.on_response(0.01)
+    paced_answers(throttle, 1)
     assert throttle.rate == pytest.approx(16.08)  # past it, +0.5% per 20
     clock.now += 2
     throttle.on_rate_limited(None)  # the next 429 moves the ceiling to the rate it came at

@@ -3,7 +3,9 @@
 Multiplicative decrease on 429 (and a pause for its Retry-After) and on latency well above the
 moving baseline. Until the first 429 the rate grows after each run of healthy responses by 1 req/s
 or by a tenth, whichever is more: near a low limit it creeps up on it (a short sync has room for
-about one 429), while a high limit is reached in far fewer steps than by +1 alone.
+about one 429), while a high limit is reached in far fewer steps than by +1 alone. Only a run in
+which at least half the starts waited for their pace counts: a gateway that sends slower than its
+rate (busy, or with little to fetch) learns nothing about a higher one.
 A 429 marks the rate it came at as the portal's ceiling: the rate then recovers quickly to just
 below that ceiling and probes past it slowly, so a long sync runs near the limit and meets it
 rarely (AIMD alone would saw between half the limit and the limit, with a 429 every cycle).
@@ -42,6 +44,7 @@ class AdaptiveThrottle:
         self._blocked_until = 0.0
         self._last_decrease = -1e9
         self._healthy = 0
+        self._waited = 0  # starts of the current healthy run that had to wait for their pace
         self.baseline: float | None = None
         self.ceiling: float | None = None  # the rate the last 429 came at
         self._samples = 0
@@ -88,6 +91,8 @@ class AdaptiveThrottle:
         # Idle time earns at most `burst` immediate starts.
         earliest = max(self._next_start, now - (self.config.burst - 1) * interval, self._blocked_until)
         self._next_start = earliest + interval
+        if earliest > now:
+            self._waited += 1
         return max(0.0, earliest - now)
 
     def held(self) -> bool:
@@ -117,7 +122,7 @@ class AdaptiveThrottle:
         self.rate = max(self.config.min_rate, self.rate * factor)
         self.min_rate_seen = min(self.min_rate_seen, self.rate)
         self.decreases += 1
-        self._healthy = 0
+        self._healthy = self._waited = 0
         # Re-pace the queue at the new rate from now on.
         self._next_start = max(self._next_start, now + 1.0 / self.rate)
         return True
@@ -130,7 +135,7 @@ class AdaptiveThrottle:
         rate = self.rate
         if self._decrease(self.config.decrease_factor_429):
             self.ceiling = rate
-        self._healthy = 0
+        self._healthy = self._waited = 0
 
     def on_response(self, latency: float) -> None:
         """A healthy (non-429, non-5xx) response took `latency` seconds."""
@@ -152,13 +157,19 @@ class AdaptiveThrottle:
         cfg = self.config
         if self.ceiling is not None and self.rate < cfg.recovery_below * self.ceiling:
             if self._healthy >= cfg.recovery_after:  # well below the known limit: recover fast
-                self._healthy = 0
+                self._healthy = self._waited = 0
                 self.rate = min(cfg.recovery_below * self.ceiling, self.rate * (1 + cfg.recovery_increase))
                 self.increases += 1
             return
         if self._healthy < cfg.increase_after or self.rate >= cfg.max_rate:
             return
-        self._healthy = 0
+        # Grow only past a rate that held requests back: when the gateway sends slower than its rate
+        # (busy writing, or little to fetch), a healthy run proves nothing about a higher one, and an
+        # unproven rate would be saved and resumed, to meet the portal's limit in a burst later.
+        paced = 2 * self._waited >= self._healthy
+        self._healthy = self._waited = 0
+        if not paced:
+            return
         if self.ceiling is None:  # no limit met yet
             step = max(cfg.additive_increase, self.rate * cfg.proportional_increase)
             self.rate = min(cfg.max_rate, self.rate + step)
@@ -168,4 +179,4 @@ class AdaptiveThrottle:
 
     def on_failure(self) -> None:
         """A 5xx or transport error: not a rate signal, but it breaks the healthy run."""
-        self._healthy = 0
+        self._healthy = self._waited = 0
