@@ -81,6 +81,7 @@ def test_bad_input_exits_2_with_one_line(tmp_path: Path, process_database_env: d
             {},
             "port (on the command line): Input should be less than or equal to 65535",
         ),
+        (["connections", "clear-drift", "conn_nope"], {}, "no connection conn_nope"),
         (
             ["connections", "list"],
             {"PLOOTO_API_UPSTREAM_INITIAL_RATE": "90"},

@@ -3,6 +3,7 @@ exactly one portal payment under every injected fault and under 50 concurrent sa
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -10,11 +11,13 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from plooto_api.jobs import JobContext
 from plooto_api.money import from_minor
 from plooto_api.services.audit import verify_chain
 from plooto_api.services.tokens import create_token
 from plooto_api.store import models
 from plooto_api.store.database import transaction
+from plooto_api.sync.engine import SyncEngine, SyncReport
 
 from .conftest import Gateway
 
@@ -64,6 +67,62 @@ def test_store_checks_refuse_before_sending(gateway: Gateway) -> None:
     response = gateway.post("/create_payment", {"bill_id": approved.id})
     assert response.status_code == 409 and response.json()["error"]["code"] == "writes_blocked"
     assert gateway.ground_truth(approved.upstream_id) == []
+
+
+def _sync(gw: Gateway) -> SyncReport:
+    async def run() -> SyncReport:
+        ctx = JobContext.from_settings(gw.settings, migrate=False)
+        try:
+            return await SyncEngine(ctx).sync_connection(gw.connection_id)
+        finally:
+            await ctx.aclose()
+
+    return asyncio.run(run())
+
+
+def test_drift_blocks_writes_until_an_operator_clears_it(gateway: Gateway) -> None:
+    bill = gateway.bill(status="approved", currency="CAD")
+    with gateway.sessions()() as session:
+        company = session.get(models.Company, bill.company_id)
+        assert company is not None
+        company_upstream_id = company.upstream_id
+    gateway.fault(kind="shape_change", objectType="bill", fromField="totalAmount", toField="grandTotal")
+    gateway.control.post("/mutate", json={"action": "createBills", "companyId": company_upstream_id,
+                                          "count": 1}).raise_for_status()  # fmt: skip
+    assert _sync(gateway).drift  # the new bill comes back in the changed shape
+    connection = gateway.get(f"/connections/{gateway.connection_id}").json()
+    assert connection["state"] == "upstream_changed"
+    assert any("totalAmount" in d for d in connection["state_detail"]["differences"])
+    response = gateway.post("/create_payment", {"bill_id": bill.id})
+    assert response.status_code == 409 and response.json()["error"]["code"] == "writes_blocked"
+
+    with transaction(gateway.sessions()) as session:
+        _row, reader = create_token(session, scopes=["connections:read"])
+    response = gateway.client.post(f"/connections/{gateway.connection_id}/clear_drift",
+                                   headers={"Authorization": f"Bearer {reader}"})  # fmt: skip
+    assert response.status_code == 403 and response.json()["error"]["code"] == "insufficient_scope"
+    assert gateway.post("/connections/conn_nope/clear_drift").status_code == 404
+
+    gateway.control.delete("/faults").raise_for_status()  # the adapter "updated"
+    response = gateway.post(f"/connections/{gateway.connection_id}/clear_drift")
+    assert response.status_code == 200, response.text
+    assert response.json()["state"] == "healthy"
+    assert response.json()["state_detail"]["cleared_by"].startswith("tok")
+    assert _events(gateway)["connection.repaired"] == 1
+    with gateway.sessions()() as session:
+        assert verify_chain(session) == []
+        entry = session.scalars(select(models.AuditEntry).order_by(models.AuditEntry.seq.desc())).first()
+        assert entry is not None and entry.action == "connection.drift_cleared"
+        assert entry.connection_id == gateway.connection_id and entry.actor.startswith("tok")
+        assert entry.detail and any("totalAmount" in d for d in entry.detail["differences"])
+    again = gateway.post(f"/connections/{gateway.connection_id}/clear_drift")
+    assert again.status_code == 409 and again.json()["error"]["code"] == "invalid_state"
+    assert "not upstream_changed" in again.json()["error"]["message"]
+
+    assert gateway.post("/create_payment", {"bill_id": bill.id}).status_code == 201
+    assert len(gateway.ground_truth(bill.upstream_id)) == 1
+    report = _sync(gateway)
+    assert report.ok and report.state == "healthy"  # the bill the portal changed is mirrored now
 
 
 def test_portal_refusal_is_a_4xx_with_its_code_and_scopes_are_checked(gateway: Gateway) -> None:

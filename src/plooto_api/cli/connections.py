@@ -10,18 +10,20 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from sqlalchemy import select
 
+from plooto_api.cli import CliError
 from plooto_api.config import Settings
 from plooto_api.jobs.context import JobContext
-from plooto_api.services.connections import change_state, create_connection, normalize_totp_secret
+from plooto_api.services.connections import (
+    NotUpstreamChanged,
+    clear_drift,
+    create_connection,
+    normalize_totp_secret,
+)
 from plooto_api.services.sessions import complete_mfa
 from plooto_api.store.database import transaction
 from plooto_api.store.models import Connection
 from plooto_api.sync.engine import SyncEngine, SyncReport
 from plooto_api.upstream import InvalidMfaCode, MfaRequired
-
-
-class CliFailure(Exception):
-    """A failure to report in one line with exit code 2."""
 
 
 def _progress(console: Console) -> Progress:
@@ -66,7 +68,7 @@ async def _answer_mfa(ctx: JobContext, console: Console, connection_id: str, cod
     except MfaRequired as exc:
         if code is None:
             if not console.is_interactive:
-                raise CliFailure(
+                raise CliError(
                     f"the portal sent a {exc.challenge.method} code; run `plooto-api sync --connection "
                     f"{connection_id} --mfa-code CODE`"
                 ) from exc
@@ -74,7 +76,7 @@ async def _answer_mfa(ctx: JobContext, console: Console, connection_id: str, cod
     try:
         await complete_mfa(ctx, connection_id, code, trust_device=True)
     except InvalidMfaCode as exc:
-        raise CliFailure("the MFA code was not accepted") from exc
+        raise CliError("the MFA code was not accepted") from exc
 
 
 def run_connect(settings: Settings, console: Console, *, username: str, password: str, totp_secret: str | None,
@@ -88,7 +90,7 @@ def run_connect(settings: Settings, console: Console, *, username: str, password
             try:
                 normalize_totp_secret(totp_secret) if totp_secret else None
             except ValueError as exc:
-                raise CliFailure(f"--totp-secret: {exc}") from exc
+                raise CliError(f"--totp-secret: {exc}") from exc
             with transaction(ctx.sessions) as session:
                 connection = create_connection(
                     session, ctx.vault, username=username, password=password, upstream_url=settings.upstream_url,
@@ -117,9 +119,9 @@ def run_sync(settings: Settings, console: Console, *, connection_id: str | None,
             with ctx.sessions() as session:
                 ids = [connection_id] if connection_id else list(session.scalars(select(Connection.id)))
                 if connection_id and session.get(Connection, connection_id) is None:
-                    raise CliFailure(f"no connection {connection_id}")
+                    raise CliError(f"no connection {connection_id}")
             if not ids:
-                raise CliFailure("no connections yet; add one with `plooto-api connect`")
+                raise CliError("no connections yet; add one with `plooto-api connect`")
             for cid in ids:
                 if mfa_code is not None:
                     await _answer_mfa(ctx, console, cid, mfa_code)
@@ -154,12 +156,13 @@ def run_clear_drift(settings: Settings, console: Console, connection_id: str) ->
     ctx = JobContext.from_settings(settings)
     try:
         with transaction(ctx.sessions) as session:
-            connection = session.get(Connection, connection_id)
+            connection = session.get(Connection, connection_id, with_for_update=True)
             if connection is None:
-                raise CliFailure(f"no connection {connection_id}")
-            if connection.state != "upstream_changed":
-                raise CliFailure(f"{connection_id} is {connection.state}, not upstream_changed")
-            change_state(session, connection, "healthy", detail={"cleared_by": "operator"})
+                raise CliError(f"no connection {connection_id}")
+            try:
+                clear_drift(session, connection, actor="cli")
+            except NotUpstreamChanged as exc:
+                raise CliError(str(exc)) from None
     finally:
         ctx.engine.dispose()
     console.print(f"{connection_id} cleared; writes are allowed again")
@@ -177,11 +180,11 @@ def run_set_password(
         try:
             with ctx.sessions() as session:
                 if session.get(Connection, connection_id) is None:
-                    raise CliFailure(f"no connection {connection_id} (see `plooto-api connections list`)")
+                    raise CliError(f"no connection {connection_id} (see `plooto-api connections list`)")
             try:
                 secret = normalize_totp_secret(totp_secret) if totp_secret else None
             except ValueError as exc:
-                raise CliFailure(f"--totp-secret: {exc}") from exc
+                raise CliError(f"--totp-secret: {exc}") from exc
             await replace_credentials(ctx, connection_id, password=password, totp_secret=secret)
             changed = [name for name, value in (("password", password), ("totp_secret", secret)) if value]
             with transaction(ctx.sessions) as session:
@@ -199,10 +202,4 @@ def run_set_password(
 
 
 def _run(coro: Coroutine[Any, Any, int | None]) -> int:
-    try:
-        result = asyncio.run(coro)
-    except CliFailure as exc:
-        from plooto_api.cli import CliError
-
-        raise CliError(str(exc)) from exc
-    return int(result or 0)
+    return int(asyncio.run(coro) or 0)

@@ -16,6 +16,7 @@ from pydantic import AfterValidator, SecretStr
 from sqlalchemy.orm import Session, sessionmaker
 
 from plooto_api import mapping
+from plooto_api.services import audit
 from plooto_api.services.events import record_event
 from plooto_api.store.base import new_id, utcnow
 from plooto_api.store.database import transaction
@@ -28,6 +29,10 @@ PROBLEM_STATES = frozenset({"requires_action", "locked", "upstream_unavailable",
 
 class ConnectionNotFound(LookupError):
     """No connection with that id."""
+
+
+class NotUpstreamChanged(Exception):
+    """Clearing drift was asked of a connection that is not `upstream_changed`."""
 
 
 def normalize_totp_secret(secret: str) -> str:
@@ -144,6 +149,23 @@ def change_state(
         object_id=connection.id,
     )
     return True
+
+
+def clear_drift(
+    session: Session, connection: Connection, *, actor: str, request_id: str | None = None
+) -> None:
+    """An operator reviewed the portal's change (and updated the adapter): allow writes again.
+
+    The connection goes back to healthy (event `connection.repaired`) and the audit log keeps who
+    cleared which differences. A feed that still differs marks the connection again at its next sync.
+    """
+    if connection.state != "upstream_changed":
+        raise NotUpstreamChanged(f"{connection.id} is {connection.state}, not upstream_changed")
+    differences = (connection.state_detail or {}).get("differences")
+    change_state(session, connection, "healthy", detail={"cleared_by": actor})
+    audit.append(session, actor=actor, action="connection.drift_cleared", object_type="connection",
+                 object_id=connection.id, connection_id=connection.id, request_id=request_id,
+                 detail={"differences": differences})  # fmt: skip
 
 
 @dataclass

@@ -1,5 +1,6 @@
-"""`GET /connections`, `GET /connections/{id}` and `PATCH /connections/{id}`: the Plooto logins, their
-health, and replacing a login's password or TOTP secret."""
+"""`GET /connections`, `GET /connections/{id}`, `PATCH /connections/{id}` and
+`POST /connections/{id}/clear_drift`: the Plooto logins, their health, replacing a login's password or
+TOTP secret, and allowing writes again after the portal changed shape."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from plooto_api.api.auth import require_scope
 from plooto_api.api.errors import ApiError
 from plooto_api.api.lists import list_body
 from plooto_api.services import audit
-from plooto_api.services.connections import TotpSecretInput
+from plooto_api.services.connections import NotUpstreamChanged, TotpSecretInput, clear_drift
 from plooto_api.services.sessions import replace_credentials
 from plooto_api.services.tokens import Principal
 from plooto_api.store.database import transaction
@@ -116,8 +117,41 @@ async def update_connection(
                      request_id=getattr(request.state, "request_id", None),
                      detail={"changed": changed})  # names of the fields only, never their values  # fmt: skip
         result = mapping.connection_to_schema(row)
-    jobs = getattr(request.app.state, "jobs", None)
-    if jobs is not None and request.app.state.run_jobs and changed != ["label"]:
-        # Log in with the new credentials now rather than at the next scheduled sync.
-        jobs.enqueue("sync.connection", {"connection_id": connection_id}, key=f"connection:{connection_id}")
+    if changed != ["label"]:
+        _sync_now(request, connection_id)  # log in with the new credentials now, not at the next tick
     return result
+
+
+@router.post(
+    "/connections/{connection_id}/clear_drift",
+    response_model=schemas.Connection,
+    summary="Allow writes again after the portal's change of shape was reviewed",
+    responses={409: {"description": "`invalid_state`: the connection is not upstream_changed"}},
+)
+def clear_connection_drift(request: Request, connection_id: str, principal: Principal = _write) -> Any:
+    """A connection whose portal answered in an unexpected shape is `upstream_changed` and refuses
+    writes (409 `writes_blocked`) until an operator has reviewed the differences in its
+    `state_detail` and updated the adapter. This returns it to healthy, records who did it in the
+    audit log and syncs it at once: a feed that still differs marks it again."""
+    ctx = request.app.state.ctx
+    with transaction(ctx.sessions) as session:
+        row = session.scalars(
+            _readable(principal).where(Connection.id == connection_id).with_for_update()
+        ).first()
+        if row is None:
+            raise ApiError(404, "not_found", f"no connection {connection_id[:64]}", param="id")
+        try:
+            clear_drift(session, row, actor=principal.token_id,
+                        request_id=getattr(request.state, "request_id", None))  # fmt: skip
+        except NotUpstreamChanged as exc:
+            raise ApiError(409, "invalid_state", str(exc)) from None
+        result = mapping.connection_to_schema(row)
+    _sync_now(request, connection_id)
+    return result
+
+
+def _sync_now(request: Request, connection_id: str) -> None:
+    """Queue a sync of the connection, when this process runs jobs."""
+    jobs = getattr(request.app.state, "jobs", None)
+    if jobs is not None and request.app.state.run_jobs:
+        jobs.enqueue("sync.connection", {"connection_id": connection_id}, key=f"connection:{connection_id}")
