@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import structlog
 from fastapi import Depends, FastAPI
 
 from plooto_api import __version__
@@ -20,6 +21,7 @@ from plooto_api.api.routes import writes as write_routes
 from plooto_api.config import Settings
 from plooto_api.jobs import InProcessEngine, JobContext
 from plooto_api.jobs.schedules import schedule_all
+from plooto_api.log import configure_logging
 from plooto_api.services.authentication import Authenticator
 
 DESCRIPTION = (
@@ -33,6 +35,8 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool = True) -> Fa
     """Build the gateway application. The schema is migrated to head when it starts, and (unless
     `run_jobs` is false) the in-process worker keeps every connection synced."""
     settings = settings or Settings()
+    if not structlog.is_configured():  # served by another runner than `plooto-api serve`
+        configure_logging(settings.log_level, settings.log_format)  # its redaction, tracebacks without locals
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
