@@ -230,6 +230,8 @@ async def test_drift_marks_the_connection_and_spares_other_types(
     row = _connection(ctx, connection_id)
     assert row.state == "upstream_changed"
     assert row.state_detail and row.state_detail["differences"]
+    differences = row.state_detail["differences"]
+    assert len(differences) == len(set(differences))  # once, though every company's bills differ
     assert _event_types(ctx)["connection.upstream_changed"] == 1
     with ctx.sessions() as session:
         assert _count(session, models.Bill) == 0

@@ -98,6 +98,19 @@ class Gateway:
     def fault(self, **spec: Any) -> None:
         self.control.post("/faults", json=spec).raise_for_status()
 
+    def wait_synced_after(self, stamp: str | None, timeout: float = 30.0) -> dict[str, Any]:
+        """Poll the connection until a sync newer than `stamp` finished (the app's jobs run it)."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while True:
+            body = self.get(f"/connections/{self.connection_id}").json()
+            if body["last_synced_at"] != stamp and body["state"] != "syncing":
+                return dict(body)
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no sync after {stamp} within {timeout} s: {body}")
+            time.sleep(0.1)  # waiting for the background job, not driving it
+
     def wait_operation(self, operation_id: str, timeout: float = 30.0) -> dict[str, Any]:
         """Poll the operation until it is final (the job runs on the app's loop)."""
         import time
@@ -114,10 +127,11 @@ class Gateway:
 def make_gateway(database_url: str, tmp_path: Path, sandbox: str) -> Iterator[Callable[..., Gateway]]:
     opened: list[tuple[TestClient, httpx.Client]] = []
 
-    def make(username: str = CONTROLLER, totp: str | None = TOTP_SECRET, **overrides: Any) -> Gateway:
+    def make(username: str = CONTROLLER, totp: str | None = TOTP_SECRET, run_jobs: bool = False,
+             **overrides: Any) -> Gateway:  # fmt: skip
         settings = base_settings(database_url, tmp_path / f"d{len(opened)}", sandbox, **overrides)
         connection_id = asyncio.run(connect_and_sync(settings, username, totp))
-        client = TestClient(create_app(settings, run_jobs=False))
+        client = TestClient(create_app(settings, run_jobs=run_jobs))
         client.__enter__()
         with transaction(client.app.state.sessions) as session:  # type: ignore[attr-defined]
             _row, secret = create_token(session, scopes=["*"], name="writes-test")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -80,7 +81,15 @@ def _sync(gw: Gateway) -> SyncReport:
     return asyncio.run(run())
 
 
-def test_drift_blocks_writes_until_an_operator_clears_it(gateway: Gateway) -> None:
+def _bills(gw: Gateway) -> int:
+    with gw.sessions()() as session:
+        return len(session.scalars(select(models.Bill.id)).all())
+
+
+def test_drift_blocks_writes_until_an_operator_clears_it(make_gateway: Callable[..., Gateway]) -> None:
+    # The app runs its jobs (clearing syncs at once); its periodic syncs wait an hour after the first.
+    gateway = make_gateway(run_jobs=True, sync_fast_interval_seconds=3600.0)
+    gateway.wait_synced_after(gateway.get(f"/connections/{gateway.connection_id}").json()["last_synced_at"])
     bill = gateway.bill(status="approved", currency="CAD")
     with gateway.sessions()() as session:
         company = session.get(models.Company, bill.company_id)
@@ -89,10 +98,14 @@ def test_drift_blocks_writes_until_an_operator_clears_it(gateway: Gateway) -> No
     gateway.fault(kind="shape_change", objectType="bill", fromField="totalAmount", toField="grandTotal")
     gateway.control.post("/mutate", json={"action": "createBills", "companyId": company_upstream_id,
                                           "count": 1}).raise_for_status()  # fmt: skip
-    assert _sync(gateway).drift  # the new bill comes back in the changed shape
+    bills_before = _bills(gateway)
+    assert _sync(gateway).drift  # the new bill comes back in the changed shape, and is not written
+    assert _bills(gateway) == bills_before
     connection = gateway.get(f"/connections/{gateway.connection_id}").json()
     assert connection["state"] == "upstream_changed"
-    assert any("totalAmount" in d for d in connection["state_detail"]["differences"])
+    differences = connection["state_detail"]["differences"]
+    assert any("totalAmount" in d for d in differences)
+    assert len(differences) == len(set(differences))  # once, though every company's bills differ
     response = gateway.post("/create_payment", {"bill_id": bill.id})
     assert response.status_code == 409 and response.json()["error"]["code"] == "writes_blocked"
 
@@ -119,10 +132,12 @@ def test_drift_blocks_writes_until_an_operator_clears_it(gateway: Gateway) -> No
     assert again.status_code == 409 and again.json()["error"]["code"] == "invalid_state"
     assert "not upstream_changed" in again.json()["error"]["message"]
 
+    # The sync that clearing started mirrors the bill the portal had answered in the changed shape.
+    synced = gateway.wait_synced_after(connection["last_synced_at"])
+    assert synced["state"] == "healthy"
+    assert _bills(gateway) == bills_before + 1
     assert gateway.post("/create_payment", {"bill_id": bill.id}).status_code == 201
     assert len(gateway.ground_truth(bill.upstream_id)) == 1
-    report = _sync(gateway)
-    assert report.ok and report.state == "healthy"  # the bill the portal changed is mirrored now
 
 
 def test_portal_refusal_is_a_4xx_with_its_code_and_scopes_are_checked(gateway: Gateway) -> None:

@@ -162,8 +162,11 @@ class SyncEngine:
                             await self._sync_feed(portal, connection_id, company_upstream_id, company_name, feed,
                                                   report, progress)  # fmt: skip
                         except UpstreamChanged as exc:
-                            # Only this feed stops; the others keep syncing.
-                            report.drift.extend(exc.differences or [str(exc)])
+                            # Only this feed stops; the others keep syncing. Companies share one portal,
+                            # so a difference is reported once, not once per company.
+                            for difference in exc.differences or [str(exc)]:
+                                if difference not in report.drift:
+                                    report.drift.append(difference)
                             log.warning("upstream_changed", connection=connection_id, feed=feed.name)
 
             results = await asyncio.gather(

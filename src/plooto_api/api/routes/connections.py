@@ -128,7 +128,7 @@ async def update_connection(
     summary="Allow writes again after the portal's change of shape was reviewed",
     responses={409: {"description": "`invalid_state`: the connection is not upstream_changed"}},
 )
-def clear_connection_drift(request: Request, connection_id: str, principal: Principal = _write) -> Any:
+async def clear_connection_drift(request: Request, connection_id: str, principal: Principal = _write) -> Any:
     """A connection whose portal answered in an unexpected shape is `upstream_changed` and refuses
     writes (409 `writes_blocked`) until an operator has reviewed the differences in its
     `state_detail` and updated the adapter. This returns it to healthy, records who did it in the
