@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -10,10 +11,18 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
+from sqlalchemy import select
 
 from plooto_api.api.app import create_app
 from plooto_api.config import Settings
+from plooto_api.jobs import JobContext
+from plooto_api.services.audit import verify_chain
+from plooto_api.services.connections import create_connection
+from plooto_api.services.tokens import create_token
+from plooto_api.store import models
+from plooto_api.store.database import transaction
 from plooto_api.store.vault import generate_key
+from plooto_api.sync.engine import SyncEngine, SyncReport
 
 CONTROLLER = {"username": "controller@northwind-cpa.test", "password": "sandbox-password"}
 TOTP = "PLOOTOSANDBOXTOTPSECRETKEY234567"
@@ -62,6 +71,68 @@ def test_sms_login_is_completed_with_the_code(client: TestClient, sandbox: str) 
         "/authenticate/mfa", json={"challenge_id": challenge["challenge_id"], "code": "123456"}
     )
     assert again.status_code == 404 and again.json()["error"]["code"] == "unknown_challenge"
+
+
+def _sync(settings: Settings, connection_id: str | None = None) -> tuple[str, SyncReport]:
+    """Sync in a context of its own, as a worker or the CLI would (a new SMS connection without an id)."""
+
+    async def run() -> tuple[str, SyncReport]:
+        ctx = JobContext.from_settings(settings, migrate=False)
+        try:
+            cid = connection_id
+            if cid is None:
+                with transaction(ctx.sessions) as session:
+                    cid = create_connection(session, ctx.vault, username=CLERK["username"], password=CLERK["password"],
+                                            upstream_url=str(settings.upstream_url)).id  # fmt: skip
+            return cid, await SyncEngine(ctx).sync_connection(cid)
+        finally:
+            await ctx.aclose()
+
+    return asyncio.run(run())
+
+
+def test_a_sync_waiting_for_an_sms_code_is_answered_through_the_api(client: TestClient, sandbox: str) -> None:
+    settings: Settings = client.app.state.settings  # type: ignore[attr-defined]
+    connection_id, report = _sync(settings)
+    assert report.state == "requires_action"
+    with transaction(client.app.state.sessions) as session:  # type: ignore[attr-defined]
+        _row, secret = create_token(session, scopes=["connections:read", "connections:write"])
+    headers = {"Authorization": f"Bearer {secret}"}
+    path = f"/connections/{connection_id}/mfa"
+    waiting = client.get(f"/connections/{connection_id}", headers=headers).json()
+    assert (waiting["state"], waiting["state_reason"]) == ("requires_action", "mfa")
+
+    assert client.post(path, json={"code": "12"}, headers=headers).status_code == 400
+    wrong = client.post(path, json={"code": "000000"}, headers=headers)
+    assert wrong.status_code == 422 and wrong.json()["error"]["code"] == "invalid_mfa_code"
+    code = _sms_code(sandbox)
+    done = client.post(path, json={"code": code}, headers=headers)
+    assert done.status_code == 200, done.text
+    assert done.json()["state"] == "healthy" and done.json()["state_reason"] is None
+    again = client.post(path, json={"code": code}, headers=headers)
+    assert again.status_code == 409 and again.json()["error"]["code"] == "invalid_state"
+    with client.app.state.sessions() as session:  # type: ignore[attr-defined]
+        assert verify_chain(session) == []
+        entry = session.scalars(select(models.AuditEntry).order_by(models.AuditEntry.seq.desc())).first()
+        assert entry is not None and entry.action == "connection.mfa_answered"
+        assert code not in str(entry.detail)
+    # The next sync, in a context of its own, signs in without a new code (trusted device).
+    _cid, report = _sync(settings, connection_id)
+    assert report.ok and report.state == "healthy", report.error
+
+
+def test_a_code_for_an_expired_sign_in_is_refused_and_says_so(client: TestClient, sandbox: str) -> None:
+    connection_id, _report = _sync(client.app.state.settings)  # type: ignore[attr-defined]
+    code = _sms_code(sandbox)
+    httpx.post(
+        f"{sandbox}/__sandbox/clock", json={"advance_hours": 1}
+    ).raise_for_status()  # past the idle timeout
+    with transaction(client.app.state.sessions) as session:  # type: ignore[attr-defined]
+        _row, secret = create_token(session, scopes=["connections:write"])
+    response = client.post(f"/connections/{connection_id}/mfa", json={"code": code},
+                           headers={"Authorization": f"Bearer {secret}"})  # fmt: skip
+    assert response.status_code == 409 and response.json()["error"]["code"] == "mfa_expired"
+    assert "new code" in response.json()["error"]["message"]
 
 
 def test_session_tokens_see_only_their_connection(client: TestClient, sandbox: str) -> None:

@@ -89,7 +89,8 @@ async def limit_login_attempts(request: Request) -> None:
     if isinstance(body, dict):
         if request.url.path.endswith("/mfa"):
             challenge = body.get("challenge_id")
-            username = f"challenge:{challenge}" if isinstance(challenge, str) else None
+            # A pending sign-in: a challenge /authenticate issued, or a connection waiting for its code.
+            username = f"challenge:{challenge}" if isinstance(challenge, str) else f"path:{request.url.path}"
         elif isinstance(body.get("username"), str):
             username = body["username"]
     limits.check(request.client.host if request.client else "unknown", username)

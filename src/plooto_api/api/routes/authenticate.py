@@ -65,7 +65,8 @@ def _authenticated(request: Request, result: Authenticated) -> JSONResponse:
     return JSONResponse(body.model_dump(mode="json"), status_code=201)
 
 
-def _refused(exc: Exception) -> ApiError:
+def login_refused(exc: Exception) -> ApiError:
+    """The API error for a portal refusing (or failing) a login or an MFA code."""
     if isinstance(exc, InvalidCredentials):
         return ApiError(401, "invalid_credentials", "the portal refused this username and password")
     if isinstance(exc, InvalidMfaCode):
@@ -105,7 +106,7 @@ async def authenticate(request: Request, body: AuthenticateRequest) -> Any:
         )
     except (InvalidCredentials, InvalidMfaCode, AccountLocked, RateLimited, UpstreamChanged,
             UpstreamUnavailable) as exc:  # fmt: skip
-        raise _refused(exc) from exc
+        raise login_refused(exc) from exc
     if isinstance(result, Challenge):
         challenge = MfaRequiredResponse(challenge_id=result.challenge_id, methods=result.methods)
         return JSONResponse(challenge.model_dump(), status_code=202)
@@ -125,5 +126,5 @@ async def authenticate_mfa(request: Request, body: MfaRequest) -> Any:
         raise ApiError(404, "unknown_challenge", "no pending MFA challenge with this id (it may have expired)",
                        param="challenge_id") from exc  # fmt: skip
     except (InvalidMfaCode, AccountLocked, RateLimited, UpstreamChanged, UpstreamUnavailable) as exc:
-        raise _refused(exc) from exc
+        raise login_refused(exc) from exc
     return _authenticated(request, result)

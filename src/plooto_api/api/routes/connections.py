@@ -1,6 +1,7 @@
-"""`GET /connections`, `GET /connections/{id}`, `PATCH /connections/{id}` and
-`POST /connections/{id}/clear_drift`: the Plooto logins, their health, replacing a login's password or
-TOTP secret, and allowing writes again after the portal changed shape."""
+"""`GET /connections`, `GET /connections/{id}`, `PATCH /connections/{id}`, `POST /connections/{id}/mfa`
+and `POST /connections/{id}/clear_drift`: the Plooto logins, their health, replacing a login's
+password or TOTP secret, answering the MFA code a background sign-in is waiting for, and allowing
+writes again after the portal changed shape."""
 
 from __future__ import annotations
 
@@ -13,14 +14,24 @@ from sqlalchemy import Select, select
 from plooto_api import mapping, schemas
 from plooto_api.api.auth import require_scope
 from plooto_api.api.errors import ApiError
+from plooto_api.api.limits import limit_login_attempts
 from plooto_api.api.lists import list_body
+from plooto_api.api.routes.authenticate import login_refused
 from plooto_api.services import audit
 from plooto_api.services.connections import NotUpstreamChanged, TotpSecretInput, clear_drift
-from plooto_api.services.sessions import replace_credentials
+from plooto_api.services.sessions import complete_mfa, replace_credentials
 from plooto_api.services.tokens import Principal
 from plooto_api.store.database import transaction
 from plooto_api.store.models import Company, Connection
 from plooto_api.store.pagination import MAX_LIMIT, PageRequest, fetch_page
+from plooto_api.upstream import (
+    AccountLocked,
+    InvalidMfaCode,
+    RateLimited,
+    SessionExpired,
+    UpstreamChanged,
+    UpstreamUnavailable,
+)
 
 router = APIRouter(tags=["connections"])
 _read = Depends(require_scope("connections:read"))
@@ -119,6 +130,66 @@ async def update_connection(
         result = mapping.connection_to_schema(row)
     if changed != ["label"]:
         _sync_now(request, connection_id)  # log in with the new credentials now, not at the next tick
+    return result
+
+
+class ConnectionMfa(BaseModel):
+    """The code the portal sent (by SMS) when the gateway signed in in the background."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    code: str = Field(pattern=r"^\d{6,8}$", examples=["123456"])
+    trust_device: bool = Field(default=True, description="Keep the portal's trusted-device cookie, so later "
+                                                         "sign-ins of this connection skip MFA.")  # fmt: skip
+
+
+@router.post(
+    "/connections/{connection_id}/mfa",
+    response_model=schemas.Connection,
+    summary="Answer the MFA code a connection's sign-in is waiting for",
+    dependencies=[Depends(limit_login_attempts)],
+    responses={
+        422: {"description": "`invalid_mfa_code`: the portal refused the code"},
+        409: {"description": "`invalid_state`: no code is awaited; `mfa_expired`: the portal's pending "
+                             "sign-in expired (a new sign-in is started and the portal sends a new code)"},
+    },
+)  # fmt: skip
+async def answer_connection_mfa(
+    request: Request, connection_id: str, body: ConnectionMfa, principal: Principal = _write
+) -> Any:
+    """A sync that signs in without a TOTP secret leaves the connection `requires_action` (reason
+    `mfa`) until someone gives the code the portal sent; the sign-in then completes and the
+    connection syncs at once. (`POST /authenticate/mfa` does the same for a login an application
+    started itself.)"""
+    ctx = request.app.state.ctx
+    with ctx.sessions() as session:
+        row = session.scalars(_readable(principal).where(Connection.id == connection_id)).first()
+        if row is None:
+            raise ApiError(404, "not_found", f"no connection {connection_id[:64]}", param="id")
+        if (row.state, row.state_reason) != ("requires_action", "mfa"):
+            waiting = f"{row.state} ({row.state_reason})" if row.state_reason else row.state
+            raise ApiError(
+                409, "invalid_state", f"{connection_id} is {waiting}; it is not waiting for an MFA code"
+            )
+    try:
+        await complete_mfa(ctx, connection_id, body.code, trust_device=body.trust_device)
+    except SessionExpired:
+        _sync_now(request, connection_id)
+        raise ApiError(409, "mfa_expired", "the portal's pending sign-in expired; the gateway signs in again and "
+                                           "the portal sends a new code") from None  # fmt: skip
+    except InvalidMfaCode as exc:  # 422, not 401: the caller's token is fine, the portal's code is not
+        raise ApiError(422, "invalid_mfa_code", "the portal refused this MFA code", param="code") from exc
+    except (AccountLocked, RateLimited, UpstreamChanged, UpstreamUnavailable) as exc:
+        raise login_refused(exc) from exc
+    with transaction(ctx.sessions) as session:
+        row = session.get(Connection, connection_id)
+        assert row is not None
+        audit.append(session, actor=principal.token_id, action="connection.mfa_answered", object_type="connection",
+                     object_id=connection_id, connection_id=connection_id,
+                     request_id=getattr(request.state, "request_id", None),
+                     detail={"trust_device": body.trust_device})  # never the code  # fmt: skip
+        result = mapping.connection_to_schema(row)
+    _sync_now(request, connection_id)
     return result
 
 
