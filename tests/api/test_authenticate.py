@@ -42,6 +42,10 @@ def _sms_code(sandbox: str) -> str:
     return str([m for m in messages if m["kind"] == "Sms"][-1]["code"])
 
 
+def _sms_count(sandbox: str) -> int:
+    return sum(1 for m in httpx.get(f"{sandbox}/__sandbox/outbox").json() if m["kind"] == "Sms")
+
+
 def test_totp_login_returns_a_connection_and_session_token(client: TestClient) -> None:
     response = client.post("/authenticate", json={**CONTROLLER, "totp_secret": TOTP})
     assert response.status_code == 201, response.text
@@ -123,16 +127,20 @@ def test_a_sync_waiting_for_an_sms_code_is_answered_through_the_api(client: Test
 
 def test_a_code_for_an_expired_sign_in_is_refused_and_says_so(client: TestClient, sandbox: str) -> None:
     connection_id, _report = _sync(client.app.state.settings)  # type: ignore[attr-defined]
-    code = _sms_code(sandbox)
-    httpx.post(
-        f"{sandbox}/__sandbox/clock", json={"advance_hours": 1}
-    ).raise_for_status()  # past the idle timeout
+    code, sent = _sms_code(sandbox), _sms_count(sandbox)
+    clock = httpx.post(f"{sandbox}/__sandbox/clock", json={"advance_hours": 1})  # past the idle timeout
+    clock.raise_for_status()
     with transaction(client.app.state.sessions) as session:  # type: ignore[attr-defined]
         _row, secret = create_token(session, scopes=["connections:write"])
     response = client.post(f"/connections/{connection_id}/mfa", json={"code": code},
                            headers={"Authorization": f"Bearer {secret}"})  # fmt: skip
     assert response.status_code == 409 and response.json()["error"]["code"] == "mfa_expired"
     assert "new code" in response.json()["error"]["message"]
+    assert _sms_count(sandbox) == sent + 1  # the sign-in was started again: the portal sent another code
+    new_code = _sms_code(sandbox)
+    response = client.post(f"/connections/{connection_id}/mfa", json={"code": new_code},
+                           headers={"Authorization": f"Bearer {secret}"})  # fmt: skip
+    assert response.status_code == 200 and response.json()["state"] == "healthy", response.text
 
 
 def test_session_tokens_see_only_their_connection(client: TestClient, sandbox: str) -> None:

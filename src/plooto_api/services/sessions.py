@@ -13,6 +13,7 @@ from plooto_api.services.connections import change_state, get_connection, update
 from plooto_api.store.base import utcnow
 from plooto_api.store.database import transaction
 from plooto_api.store.models import Connection
+from plooto_api.upstream import MfaRequired
 
 # How long a locked connection is left alone when the portal does not say until when.
 DEFAULT_LOCK_BACKOFF = timedelta(minutes=15)
@@ -44,6 +45,25 @@ async def complete_mfa(ctx: JobContext, connection_id: str, code: str, *, trust_
     """
     portal = await ctx.portals.get(connection_id)
     await portal.submit_mfa_code(code, trust_device=trust_device)
+    _signed_in(ctx, connection_id)
+
+
+async def sign_in_again(ctx: JobContext, connection_id: str) -> bool:
+    """Start a new sign-in after the portal dropped a pending one (its MFA step expired).
+
+    True when it completed without a code (the device is trusted); False when the portal sent a new
+    code, which the connection waits for as before.
+    """
+    portal = await ctx.portals.get(connection_id)
+    try:
+        await portal.ensure_logged_in()
+    except MfaRequired:
+        return False
+    _signed_in(ctx, connection_id)
+    return True
+
+
+def _signed_in(ctx: JobContext, connection_id: str) -> None:
     with transaction(ctx.sessions) as session:
         connection = get_connection(session, connection_id)
         if connection.state == "requires_action" and connection.state_reason == "mfa":

@@ -19,13 +19,14 @@ from plooto_api.api.lists import list_body
 from plooto_api.api.routes.authenticate import login_refused
 from plooto_api.services import audit
 from plooto_api.services.connections import NotUpstreamChanged, TotpSecretInput, clear_drift
-from plooto_api.services.sessions import complete_mfa, replace_credentials
+from plooto_api.services.sessions import complete_mfa, replace_credentials, sign_in_again
 from plooto_api.services.tokens import Principal
 from plooto_api.store.database import transaction
 from plooto_api.store.models import Company, Connection
 from plooto_api.store.pagination import MAX_LIMIT, PageRequest, fetch_page
 from plooto_api.upstream import (
     AccountLocked,
+    InvalidCredentials,
     InvalidMfaCode,
     RateLimited,
     SessionExpired,
@@ -151,7 +152,7 @@ class ConnectionMfa(BaseModel):
     responses={
         422: {"description": "`invalid_mfa_code`: the portal refused the code"},
         409: {"description": "`invalid_state`: no code is awaited; `mfa_expired`: the portal's pending "
-                             "sign-in expired (a new sign-in is started and the portal sends a new code)"},
+                             "sign-in expired (it is started again and the portal sends a new code)"},
     },
 )  # fmt: skip
 async def answer_connection_mfa(
@@ -172,14 +173,15 @@ async def answer_connection_mfa(
                 409, "invalid_state", f"{connection_id} is {waiting}; it is not waiting for an MFA code"
             )
     try:
-        await complete_mfa(ctx, connection_id, body.code, trust_device=body.trust_device)
-    except SessionExpired:
-        _sync_now(request, connection_id)
-        raise ApiError(409, "mfa_expired", "the portal's pending sign-in expired; the gateway signs in again and "
-                                           "the portal sends a new code") from None  # fmt: skip
+        try:
+            await complete_mfa(ctx, connection_id, body.code, trust_device=body.trust_device)
+        except SessionExpired:
+            if not await sign_in_again(ctx, connection_id):
+                raise ApiError(409, "mfa_expired", "the portal's pending sign-in expired before this code came; "
+                                                   "it was started again and the portal sent a new code") from None  # fmt: skip
     except InvalidMfaCode as exc:  # 422, not 401: the caller's token is fine, the portal's code is not
         raise ApiError(422, "invalid_mfa_code", "the portal refused this MFA code", param="code") from exc
-    except (AccountLocked, RateLimited, UpstreamChanged, UpstreamUnavailable) as exc:
+    except (InvalidCredentials, AccountLocked, RateLimited, UpstreamChanged, UpstreamUnavailable) as exc:
         raise login_refused(exc) from exc
     with transaction(ctx.sessions) as session:
         row = session.get(Connection, connection_id)
