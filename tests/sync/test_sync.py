@@ -3,6 +3,8 @@ MFA by SMS, restart without MFA, crash and resume, drift, session expiry and bad
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
 from collections import Counter
 from collections.abc import Callable
@@ -10,10 +12,13 @@ from typing import Any
 
 import httpx
 import pytest
+from rich.console import Console
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from plooto_api import mapping
+from plooto_api.cli import CliError
+from plooto_api.cli.connections import run_sync
 from plooto_api.jobs import JobContext
 from plooto_api.services.sessions import complete_mfa, replace_credentials
 from plooto_api.store import models
@@ -187,6 +192,26 @@ async def test_sms_login_waits_for_a_code_then_recovers_and_survives_restart(
     finally:
         await restarted.aclose()
     assert len([m for m in control.get("/outbox").json() if m["kind"] == "Sms"]) == sms_before
+
+
+async def test_the_cli_says_when_a_code_came_for_an_expired_sign_in(
+    ctx: JobContext, make_connection: Callable[..., str], control: httpx.Client, settings: Any
+) -> None:
+    connection_id = make_connection(username=CLERK, totp_secret=None)
+    assert (await SyncEngine(ctx).sync_connection(connection_id)).state == "requires_action"
+    sms = [m for m in control.get("/outbox").json() if m["kind"] == "Sms"]
+    control.post("/clock", json={"advance_hours": 1}).raise_for_status()  # the pending sign-in expires
+    console = Console(file=io.StringIO())
+
+    def sync(code: str) -> int:
+        return run_sync(settings, console, connection_id=connection_id, cadence="all", mfa_code=code)
+
+    with pytest.raises(CliError, match="started again and the portal sent a new sms code"):
+        await asyncio.to_thread(sync, sms[-1]["code"])
+    sent = [m for m in control.get("/outbox").json() if m["kind"] == "Sms"]
+    assert len(sent) == len(sms) + 1
+    assert await asyncio.to_thread(sync, sent[-1]["code"]) == 0
+    assert _connection(ctx, connection_id).state == "healthy"
 
 
 async def test_crash_mid_sync_resumes_without_loss_or_doubles(

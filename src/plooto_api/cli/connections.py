@@ -62,10 +62,18 @@ def print_report(console: Console, report: SyncReport) -> None:
 
 async def _answer_mfa(ctx: JobContext, console: Console, connection_id: str, code: str | None) -> None:
     portal = await ctx.portals.get(connection_id)
+    logins = portal.stats.logins
     try:
         await portal.ensure_logged_in()
         return
     except MfaRequired as exc:
+        if code is not None and portal.stats.logins > logins:
+            # The sign-in the code was sent for had expired: this one asked the portal for a new code.
+            raise CliError(
+                f"the portal's pending sign-in had expired, so it was started again and the portal sent a new "
+                f"{exc.challenge.method} code; run `plooto-api sync --connection {connection_id} --mfa-code CODE` "
+                f"with it"
+            ) from exc
         if code is None:
             if not console.is_interactive:
                 raise CliError(
