@@ -19,7 +19,7 @@ from plooto_api.services.connections import (
     create_connection,
     normalize_totp_secret,
 )
-from plooto_api.services.sessions import complete_mfa
+from plooto_api.services.sessions import answer_mfa
 from plooto_api.store.database import transaction
 from plooto_api.store.models import Connection
 from plooto_api.sync.engine import SyncEngine, SyncReport
@@ -61,20 +61,12 @@ def print_report(console: Console, report: SyncReport) -> None:
 
 
 async def _answer_mfa(ctx: JobContext, console: Console, connection_id: str, code: str | None) -> None:
-    portal = await ctx.portals.get(connection_id)
-    logins = portal.stats.logins
-    try:
-        await portal.ensure_logged_in()
-        return
-    except MfaRequired as exc:
-        if code is not None and portal.stats.logins > logins:
-            # The sign-in the code was sent for had expired: this one asked the portal for a new code.
-            raise CliError(
-                f"the portal's pending sign-in had expired, so it was started again and the portal sent a new "
-                f"{exc.challenge.method} code; run `plooto-api sync --connection {connection_id} --mfa-code CODE` "
-                f"with it"
-            ) from exc
-        if code is None:
+    if code is None:
+        portal = await ctx.portals.get(connection_id)
+        try:
+            await portal.ensure_logged_in()
+            return
+        except MfaRequired as exc:
             if not console.is_interactive:
                 raise CliError(
                     f"the portal sent a {exc.challenge.method} code; run `plooto-api sync --connection "
@@ -82,9 +74,16 @@ async def _answer_mfa(ctx: JobContext, console: Console, connection_id: str, cod
                 ) from exc
             code = console.input(f"MFA code sent by {exc.challenge.method}: ").strip()
     try:
-        await complete_mfa(ctx, connection_id, code, trust_device=True)
+        signed_in = await answer_mfa(ctx, connection_id, code, trust_device=True)
     except InvalidMfaCode as exc:
         raise CliError("the MFA code was not accepted") from exc
+    if not signed_in:
+        pending = (await ctx.portals.get(connection_id)).pending_mfa
+        method = f"{pending.method} " if pending is not None else ""
+        raise CliError(
+            f"the portal's pending sign-in had expired, so it was started again and the portal sent a new {method}"
+            f"code; run `plooto-api sync --connection {connection_id} --mfa-code CODE` with it"
+        )
 
 
 def run_connect(settings: Settings, console: Console, *, username: str, password: str, totp_secret: str | None,

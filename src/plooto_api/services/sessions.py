@@ -13,7 +13,7 @@ from plooto_api.services.connections import change_state, get_connection, update
 from plooto_api.store.base import utcnow
 from plooto_api.store.database import transaction
 from plooto_api.store.models import Connection
-from plooto_api.upstream import MfaRequired
+from plooto_api.upstream import MfaRequired, SessionExpired
 
 # How long a locked connection is left alone when the portal does not say until when.
 DEFAULT_LOCK_BACKOFF = timedelta(minutes=15)
@@ -48,12 +48,21 @@ async def complete_mfa(ctx: JobContext, connection_id: str, code: str, *, trust_
     _signed_in(ctx, connection_id)
 
 
-async def sign_in_again(ctx: JobContext, connection_id: str) -> bool:
-    """Start a new sign-in after the portal dropped a pending one (its MFA step expired).
+async def answer_mfa(ctx: JobContext, connection_id: str, code: str, *, trust_device: bool = True) -> bool:
+    """`complete_mfa`, or, when the portal dropped the pending sign-in first (its MFA step expired),
+    a new sign-in: the code given was for the old one.
 
-    True when it completed without a code (the device is trusted); False when the portal sent a new
-    code, which the connection waits for as before.
+    True when the connection is signed in (the new sign-in needed no code: the device is trusted);
+    False when the portal sent a new code, which the connection waits for as before.
     """
+    try:
+        await complete_mfa(ctx, connection_id, code, trust_device=trust_device)
+    except SessionExpired:
+        return await _sign_in_again(ctx, connection_id)
+    return True
+
+
+async def _sign_in_again(ctx: JobContext, connection_id: str) -> bool:
     portal = await ctx.portals.get(connection_id)
     try:
         await portal.ensure_logged_in()

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from sqlalchemy import Select, select
+from sqlalchemy.orm import Session
 
 from plooto_api import mapping, schemas
 from plooto_api.api.auth import require_scope
@@ -19,7 +20,7 @@ from plooto_api.api.lists import list_body
 from plooto_api.api.routes.authenticate import login_refused
 from plooto_api.services import audit
 from plooto_api.services.connections import NotUpstreamChanged, TotpSecretInput, clear_drift
-from plooto_api.services.sessions import complete_mfa, replace_credentials, sign_in_again
+from plooto_api.services.sessions import answer_mfa, replace_credentials
 from plooto_api.services.tokens import Principal
 from plooto_api.store.database import transaction
 from plooto_api.store.models import Company, Connection
@@ -29,7 +30,6 @@ from plooto_api.upstream import (
     InvalidCredentials,
     InvalidMfaCode,
     RateLimited,
-    SessionExpired,
     UpstreamChanged,
     UpstreamUnavailable,
 )
@@ -59,6 +59,17 @@ def _readable(principal: Principal) -> Select[Connection]:
     return stmt
 
 
+def _visible(
+    session: Session, principal: Principal, connection_id: str, *, for_update: bool = False
+) -> Connection:
+    """The connection if the token may see it, else 404 (whether it exists or not)."""
+    stmt = _readable(principal).where(Connection.id == connection_id)
+    row = session.scalars(stmt.with_for_update() if for_update else stmt).first()
+    if row is None:
+        raise ApiError(404, "not_found", f"no connection {connection_id[:64]}", param="id")
+    return row
+
+
 @router.get("/connections", response_model=ConnectionList, summary="List connections")
 def list_connections(
     request: Request,
@@ -78,10 +89,7 @@ def list_connections(
 @router.get("/connections/{connection_id}", response_model=schemas.Connection, summary="Get one connection")
 def get_connection(request: Request, connection_id: str, principal: Principal = _read) -> Any:
     with request.app.state.sessions() as session:
-        row = session.scalars(_readable(principal).where(Connection.id == connection_id)).first()
-    if row is None:
-        raise ApiError(404, "not_found", f"no connection {connection_id[:64]}", param="id")
-    return mapping.connection_to_schema(row)
+        return mapping.connection_to_schema(_visible(session, principal, connection_id))
 
 
 class ConnectionUpdate(BaseModel):
@@ -108,8 +116,7 @@ async def update_connection(
     with the one given here at its next sync."""
     ctx = request.app.state.ctx
     with ctx.sessions() as session:
-        if session.scalars(_readable(principal).where(Connection.id == connection_id)).first() is None:
-            raise ApiError(404, "not_found", f"no connection {connection_id[:64]}", param="id")
+        _visible(session, principal, connection_id)
     changed = [name for name in ("password", "totp_secret", "label") if getattr(body, name) is not None]
     if not changed:
         raise ApiError(400, "invalid_request", "give at least one of password, totp_secret, label")
@@ -164,33 +171,29 @@ async def answer_connection_mfa(
     started itself.)"""
     ctx = request.app.state.ctx
     with ctx.sessions() as session:
-        row = session.scalars(_readable(principal).where(Connection.id == connection_id)).first()
-        if row is None:
-            raise ApiError(404, "not_found", f"no connection {connection_id[:64]}", param="id")
+        row = _visible(session, principal, connection_id)
         if (row.state, row.state_reason) != ("requires_action", "mfa"):
             waiting = f"{row.state} ({row.state_reason})" if row.state_reason else row.state
             raise ApiError(
                 409, "invalid_state", f"{connection_id} is {waiting}; it is not waiting for an MFA code"
             )
     try:
-        try:
-            await complete_mfa(ctx, connection_id, body.code, trust_device=body.trust_device)
-        except SessionExpired:
-            if not await sign_in_again(ctx, connection_id):
-                raise ApiError(409, "mfa_expired", "the portal's pending sign-in expired before this code came; "
-                                                   "it was started again and the portal sent a new code") from None  # fmt: skip
+        signed_in = await answer_mfa(ctx, connection_id, body.code, trust_device=body.trust_device)
     except InvalidMfaCode as exc:  # 422, not 401: the caller's token is fine, the portal's code is not
         raise ApiError(422, "invalid_mfa_code", "the portal refused this MFA code", param="code") from exc
     except (InvalidCredentials, AccountLocked, RateLimited, UpstreamChanged, UpstreamUnavailable) as exc:
         raise login_refused(exc) from exc
+    if not signed_in:
+        raise ApiError(409, "mfa_expired", "the portal's pending sign-in expired before this code came; "
+                                           "it was started again and the portal sent a new code")  # fmt: skip
     with transaction(ctx.sessions) as session:
-        row = session.get(Connection, connection_id)
-        assert row is not None
+        answered = session.get(Connection, connection_id)
+        assert answered is not None
         audit.append(session, actor=principal.token_id, action="connection.mfa_answered", object_type="connection",
                      object_id=connection_id, connection_id=connection_id,
                      request_id=getattr(request.state, "request_id", None),
                      detail={"trust_device": body.trust_device})  # never the code  # fmt: skip
-        result = mapping.connection_to_schema(row)
+        result = mapping.connection_to_schema(answered)
     _sync_now(request, connection_id)
     return result
 
@@ -208,11 +211,7 @@ async def clear_connection_drift(request: Request, connection_id: str, principal
     audit log and syncs it at once: a feed that still differs marks it again."""
     ctx = request.app.state.ctx
     with transaction(ctx.sessions) as session:
-        row = session.scalars(
-            _readable(principal).where(Connection.id == connection_id).with_for_update()
-        ).first()
-        if row is None:
-            raise ApiError(404, "not_found", f"no connection {connection_id[:64]}", param="id")
+        row = _visible(session, principal, connection_id, for_update=True)
         try:
             clear_drift(session, row, actor=principal.token_id,
                         request_id=getattr(request.state, "request_id", None))  # fmt: skip
