@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,26 +101,27 @@ class Gateway:
 
     def wait_synced_after(self, stamp: str | None, timeout: float = 30.0) -> dict[str, Any]:
         """Poll the connection until a sync newer than `stamp` finished (the app's jobs run it)."""
-        import time
 
-        deadline = time.monotonic() + timeout
-        while True:
-            body = self.get(f"/connections/{self.connection_id}").json()
-            if body["last_synced_at"] != stamp and body["state"] != "syncing":
-                return dict(body)
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no sync after {stamp} within {timeout} s: {body}")
-            time.sleep(0.1)  # waiting for the background job, not driving it
+        def synced(body: dict[str, Any]) -> bool:
+            return body["last_synced_at"] != stamp and body["state"] != "syncing"
+
+        body = self._poll(f"/connections/{self.connection_id}", timeout, synced)
+        if not synced(body):
+            raise AssertionError(f"no sync after {stamp} within {timeout} s: {body}")
+        return body
 
     def wait_operation(self, operation_id: str, timeout: float = 30.0) -> dict[str, Any]:
         """Poll the operation until it is final (the job runs on the app's loop)."""
-        import time
+        return self._poll(f"/operations/{operation_id}", timeout,
+                          lambda b: b["status"] in ("succeeded", "failed", "requires_action"))  # fmt: skip
 
+    def _poll(self, path: str, timeout: float, done: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+        """GET `path` until `done` holds or `timeout` passes; the last body either way."""
         deadline = time.monotonic() + timeout
         while True:
-            body = self.get(f"/operations/{operation_id}").json()
-            if body["status"] in ("succeeded", "failed", "requires_action") or time.monotonic() > deadline:
-                return dict(body)
+            body = dict(self.get(path).json())
+            if done(body) or time.monotonic() > deadline:
+                return body
             time.sleep(0.1)  # waiting for the background job, not driving it
 
 
