@@ -7,6 +7,7 @@ from typing import Any, cast
 
 import pytest
 from sqlalchemy import Table, insert, select, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from plooto_api.store.bulk import insert_rows
@@ -78,3 +79,18 @@ def test_no_rows_is_a_no_op(sessions: sessionmaker[Session]) -> None:
         insert_rows(session, EVENTS, [])
     with sessions() as session:
         assert session.scalar(select(Event.seq).limit(1)) is None
+
+
+def test_a_duplicate_key_raises_as_core_raises_it_and_writes_nothing(sessions: sessionmaker[Session]) -> None:
+    with transaction(sessions) as session:
+        insert_rows(session, EVENTS, _rows("dup")[:1])
+    rows = _rows("dup")  # the first is stored already
+    with pytest.raises(IntegrityError), transaction(sessions) as session:
+        insert_rows(session, EVENTS, rows[1:] + rows[:1])
+    with sessions() as session:
+        assert [row[4] for row in _stored(session, "dup")] == ["bil_1"]
+    # The session's connection is usable again after the rollback.
+    with transaction(sessions) as session:
+        insert_rows(session, EVENTS, rows[1:])
+    with sessions() as session:
+        assert len(_stored(session, "dup")) == 3

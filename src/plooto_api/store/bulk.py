@@ -3,10 +3,14 @@ looking many rows up at once by their portal ids.
 
 Core's executemany rebuilds every row's parameters through its generic path (a dict per row with
 every column, then each value through its type's processor): about a tenth of the instructions of
-an initial sync on SQLite. On SQLite the rows are bound here by a plan made once per table and set
-of keys (the SQL, the parameter order and each column's processor, all from SQLAlchemy itself), and
-go to the driver's executemany. Rows that need what only Core does (a Python-side column default
-for a column they lack) and other databases take Core's path.
+an initial sync on SQLite. Here the rows are bound by a plan made once per table and set of keys
+(the statement, the parameter order and each column's processor, all from SQLAlchemy itself):
+- on SQLite they go to the driver's executemany;
+- on PostgreSQL (psycopg) they go through COPY FROM STDIN, one stream per table, where
+  executemany would send, and the server parse and plan, one INSERT per row (an initial sync on
+  PostgreSQL spent most of its time waiting for those).
+Rows that need what only Core does (a Python-side column default for a column they lack) and other
+drivers take Core's path. Errors are raised as SQLAlchemy's, as Core's path raises them.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import Table, insert, select
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from plooto_api.store.database import json_dumps
@@ -28,6 +33,7 @@ from plooto_api.store.database import json_dumps
 @dataclass(frozen=True)
 class _Plan:
     sql: str
+    copy: bool  # COPY FROM STDIN (PostgreSQL) rather than an executemany of INSERT
     keys: tuple[str, ...]  # the row keys, in the SQL's parameter order
     processors: tuple[tuple[int, Callable[[Any], Any]], ...]  # (position, processor) where one applies
     # Positions of date and time columns: their values repeat within a batch (a page's fetch time,
@@ -42,27 +48,39 @@ _PLANS_LOCK = threading.Lock()
 
 
 def _plan(dialect: Dialect, table: Table, keys: tuple[str, ...]) -> _Plan | None:
-    """The bound form of INSERT INTO table (keys): None when Core must do it (a column outside
-    `keys` takes a Python-side default)."""
+    """How to insert rows of `keys` into `table`: None when Core must do it (another driver, or a
+    column outside `keys` takes a Python-side default)."""
     with _PLANS_LOCK:
         plans = _PLANS.setdefault(dialect, {})
         if (table, keys) in plans:
             return plans[(table, keys)]
-    compiled = insert(table).compile(dialect=dialect, column_keys=list(keys))
-    order = compiled.positiontup or []
     plan: _Plan | None = None
-    if compiled.positional and set(order) <= set(keys):
-        processors, repeating = [], set()
-        for position, key in enumerate(order):
-            processor = table.c[key].type.dialect_impl(dialect).bind_processor(dialect)
-            if processor is not None:
-                processors.append((position, processor))
-                if _python_type(table.c[key].type) in (datetime, date):
-                    repeating.add(position)
-        plan = _Plan(compiled.string, tuple(order), tuple(processors), frozenset(repeating))
+    if dialect.name == "sqlite":
+        compiled = insert(table).compile(dialect=dialect, column_keys=list(keys))
+        order = tuple(compiled.positiontup or [])
+        if compiled.positional and set(order) <= set(keys):
+            plan = _bound_plan(dialect, table, compiled.string, order, copy=False)
+    elif dialect.name == "postgresql" and dialect.driver == "psycopg":
+        defaulted = [c for c in table.c if c.default is not None and not c.default.is_sequence]
+        if all(column.key in keys for column in defaulted):
+            quote = dialect.identifier_preparer
+            columns = ", ".join(quote.quote(table.c[key].name) for key in keys)
+            sql = f"COPY {quote.format_table(table)} ({columns}) FROM STDIN"
+            plan = _bound_plan(dialect, table, sql, keys, copy=True)
     with _PLANS_LOCK:
         plans[(table, keys)] = plan
     return plan
+
+
+def _bound_plan(dialect: Dialect, table: Table, sql: str, order: tuple[str, ...], *, copy: bool) -> _Plan:
+    processors, repeating = [], set()
+    for position, key in enumerate(order):
+        processor = table.c[key].type.dialect_impl(dialect).bind_processor(dialect)
+        if processor is not None:
+            processors.append((position, processor))
+            if _python_type(table.c[key].type) in (datetime, date):
+                repeating.add(position)
+    return _Plan(sql, copy, order, tuple(processors), frozenset(repeating))
 
 
 def insert_rows(session: Session, table: Table, rows: Sequence[dict[str, Any]]) -> None:
@@ -75,8 +93,7 @@ def insert_rows(session: Session, table: Table, rows: Sequence[dict[str, Any]]) 
         if row.keys() != keys:
             raise ValueError(f"rows for {table.name} differ in their columns: {sorted(keys ^ row.keys())}")
     connection = session.connection()
-    dialect = connection.dialect
-    plan = _plan(dialect, table, tuple(keys)) if dialect.name == "sqlite" else None
+    plan = _plan(connection.dialect, table, tuple(keys))
     if plan is None:
         connection.execute(insert(table), list(rows))
         return
@@ -93,7 +110,23 @@ def insert_rows(session: Session, table: Table, rows: Sequence[dict[str, Any]]) 
         else:
             for values in params:
                 values[position] = process(values[position])
-    connection.exec_driver_sql(plan.sql, [tuple(values) for values in params])
+    if plan.copy:
+        _copy(connection, plan.sql, params)
+    else:
+        connection.exec_driver_sql(plan.sql, [tuple(values) for values in params])
+
+
+def _copy(connection: Connection, sql: str, rows: list[list[Any]]) -> None:
+    """COPY `rows` in with the connection's psycopg connection, in its transaction."""
+    driver = connection.connection.driver_connection
+    dbapi = connection.dialect.loaded_dbapi
+    try:
+        with driver.cursor() as cursor, cursor.copy(sql) as copy:  # type: ignore[union-attr]
+            for row in rows:
+                copy.write_row(row)
+    except dbapi.Error as exc:
+        # As Core raises it (IntegrityError for a duplicate key, and so on); the rows are not shown.
+        raise DBAPIError.instance(sql, None, exc, dbapi.Error) from exc
 
 
 def _python_type(column_type: Any) -> type | None:
@@ -113,20 +146,33 @@ def ids_by_upstream_id(
     (ids not in the store are left out).
 
     A sync looks up every page's ids, most of them absent during an initial sync. Core binds each id
-    of an IN list as its own parameter, through its generic path (about 0.3 ms for a page's 200);
-    on SQLite the ids go instead as one JSON array parameter, which the unique index on
-    (connection_id, upstream_id) is searched with, one probe per id.
+    of an IN list as its own parameter, through its generic path (about 0.3 ms for a page's 200),
+    and each length of list is a new statement for the server to plan. The ids go instead as one
+    parameter, a JSON array on SQLite and an array on PostgreSQL, and the unique index on
+    (connection_id, upstream_id) is searched with it, one probe per id.
     """
     if not upstream_ids:
         return {}
     connection = session.connection()
-    if connection.dialect.name == "sqlite":
-        name = connection.dialect.identifier_preparer.format_table(table)
+    dialect = connection.dialect
+    name = dialect.identifier_preparer.format_table(table)
+    if dialect.name == "sqlite":
         sql = (
             f"SELECT upstream_id, id FROM {name} "
             "WHERE connection_id = ? AND upstream_id IN (SELECT value FROM json_each(?))"
         )
         rows = connection.exec_driver_sql(sql, (connection_id, json_dumps(list(upstream_ids))))
+        return {upstream_id: gateway_id for upstream_id, gateway_id in rows}
+    if dialect.name == "postgresql" and dialect.driver == "psycopg":
+        # One index probe per id, whatever the table's statistics say: during a first sync they still
+        # describe an empty table, and `upstream_id = ANY(...)` was then planned as a scan of every
+        # row of the connection (LIMIT 1 keeps the subquery a per-id lookup).
+        sql = (
+            "SELECT ids.upstream_id, found.id FROM unnest(%s::text[]) AS ids(upstream_id) "
+            f"CROSS JOIN LATERAL (SELECT id FROM {name} WHERE connection_id = %s "
+            "AND upstream_id = ids.upstream_id LIMIT 1) AS found"
+        )
+        rows = connection.exec_driver_sql(sql, (list(upstream_ids), connection_id))
         return {upstream_id: gateway_id for upstream_id, gateway_id in rows}
     found: dict[str, str] = {}
     ids = list(upstream_ids)
