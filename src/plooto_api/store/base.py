@@ -70,9 +70,8 @@ class MirroredMixin:
     """
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    connection_id: Mapped[str] = mapped_column(
-        String(40), ForeignKey("connections.id", ondelete="CASCADE"), index=True
-    )
+    # No index of its own: every mirrored table's unique (connection_id, upstream_id) index leads with it.
+    connection_id: Mapped[str] = mapped_column(String(40), ForeignKey("connections.id", ondelete="CASCADE"))
     upstream_id: Mapped[str] = mapped_column(String(128))  # portal ids, or derived ones (userId@companyId)
     upstream_status_raw: Mapped[str | None] = mapped_column(String(64))
     upstream_fetched_at: Mapped[datetime | None]
