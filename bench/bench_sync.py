@@ -14,9 +14,11 @@
    portal (target: within 1.2x of each other), the throttle at its cap for both.
 
 Starts `python -m plooto_sandbox` on loopback and a gateway worker context in this process, on a
-temporary SQLite store. Prints one figure per line: `name value unit`.
+temporary SQLite store, or with `--database-url` on a throwaway database created (and dropped) on
+that PostgreSQL server for each sync. Prints one figure per line: `name value unit`.
 
     .venv/bin/python bench/bench_sync.py [--rate 25 [10 ...]] [--bills 5000] [--skip-100k]
+        [--database-url postgresql+psycopg://root@127.0.0.1:5432/test]
 
 `--rate` defaults to the sandbox's own default limit (25 req/s); with several rates, part 1 runs once
 per rate and each figure's name ends in `_at_<rate>`.
@@ -32,13 +34,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 from pydantic import SecretStr
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
 from plooto_api.config import Settings
 from plooto_api.jobs import JobContext
@@ -81,18 +85,46 @@ def sandbox(companies: int, bills: int, rate: float, burst: int) -> Iterator[str
         proc.wait(timeout=30)
 
 
-async def _context(url: str, tmp: str, start_rate: float | None = None) -> tuple[JobContext, str]:
-    """A worker context on a store in `tmp` with one connection to `url`; its throttle starts at
+DATABASE_URL: str | None = None  # a PostgreSQL server to run on (--database-url); SQLite when None
+
+
+@contextmanager
+def _database() -> Iterator[dict[str, Any]]:
+    """Settings for a fresh store: none (SQLite in the data directory), or a throwaway database on
+    the PostgreSQL server of --database-url."""
+    if DATABASE_URL is None:
+        yield {}
+        return
+    server = make_url(DATABASE_URL)
+    name = f"plooto_bench_{time.time_ns()}"
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield {"database_url": server.set(database=name).render_as_string(hide_password=False)}
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@asynccontextmanager
+async def _context(url: str, start_rate: float | None = None) -> AsyncIterator[tuple[JobContext, str]]:
+    """A worker context on a fresh store with one connection to `url`; its throttle starts at
     `start_rate` when one is given, else where the product's starts."""
     tune_gc()  # as every plooto-api process does
     start = {} if start_rate is None else {"upstream_initial_rate": start_rate}
-    settings = Settings(data_dir=Path(tmp), upstream_url=url, vault_key=SecretStr(generate_key()),
-                        log_level="warning", **start)  # fmt: skip
-    ctx = JobContext.from_settings(settings)
-    with transaction(ctx.sessions) as session:
-        connection_id = create_connection(session, ctx.vault, username=USER, password=PASSWORD, upstream_url=url,
-                                          totp_secret=TOTP).id  # fmt: skip
-    return ctx, connection_id
+    with tempfile.TemporaryDirectory() as tmp, _database() as database:
+        settings = Settings(data_dir=Path(tmp), upstream_url=url, vault_key=SecretStr(generate_key()),
+                            log_level="warning", **start, **database)  # fmt: skip
+        ctx = JobContext.from_settings(settings)
+        try:
+            with transaction(ctx.sessions) as session:
+                connection_id = create_connection(session, ctx.vault, username=USER, password=PASSWORD,
+                                                  upstream_url=url, totp_secret=TOTP).id  # fmt: skip
+            yield ctx, connection_id
+        finally:
+            await ctx.aclose()
 
 
 class _FetchOnlyEngine(SyncEngine):
@@ -108,16 +140,13 @@ class _FetchOnlyEngine(SyncEngine):
 async def initial_sync(
     rate: float, bills: int, *, start_rate: float | None = None, engine: type[SyncEngine] = SyncEngine
 ) -> dict[str, Any]:
-    with sandbox(2, bills, rate, int(rate)) as url, tempfile.TemporaryDirectory() as tmp:
-        ctx, connection_id = await _context(url, tmp, start_rate)
-        try:
+    with sandbox(2, bills, rate, int(rate)) as url:
+        async with _context(url, start_rate) as (ctx, connection_id):
             started = time.perf_counter()
             report = await engine(ctx).sync_connection(connection_id)
             elapsed = time.perf_counter() - started
             assert report.ok, report.error
             stats = (await ctx.portals.get(connection_id)).stats
-        finally:
-            await ctx.aclose()
     objects = report.counts.created
     return {
         "initial_sync_bills": (2 * bills, "count"),
@@ -140,31 +169,29 @@ async def incremental_cost(bills: int, rounds: int = 9) -> tuple[float, float]:
     The throttle starts at its cap (the portal has no practical limit here): left to learn, it ends
     a short initial sync at a lower rate than a long one, and pacing would then decide the figure
     rather than the store's size."""
-    with sandbox(1, bills, 5000, 5000) as url, tempfile.TemporaryDirectory() as tmp:
-        ctx, connection_id = await _context(url, tmp, start_rate=ThrottleConfig().max_rate)
-        control = httpx.Client(base_url=f"{url}/__sandbox", timeout=60)
-        try:
-            engine = SyncEngine(ctx)
-            started = time.perf_counter()
-            assert (await engine.sync_connection(connection_id)).ok
-            print(f"initial_sync_{bills // 1000}k_seconds {time.perf_counter() - started:.1f} s", flush=True)
-            portal = await ctx.portals.get(connection_id)
-            companies = await portal.list_companies()
-            timings, requests = [], []
-            for _ in range(rounds):
-                # The sandbox clock stays put: moving it would run due payment and invoice events,
-                # changing thousands of objects, and this measures 10 changes.
-                control.post("/mutate", json={"action": "modifyBills", "companyId": companies[0].upstream_id,
-                                              "count": 10}).raise_for_status()  # fmt: skip
-                before = portal.stats.requests
+    with sandbox(1, bills, 5000, 5000) as url:
+        async with _context(url, start_rate=ThrottleConfig().max_rate) as (ctx, connection_id):
+            with httpx.Client(base_url=f"{url}/__sandbox", timeout=60) as control:
+                engine = SyncEngine(ctx)
                 started = time.perf_counter()
-                report = await engine.sync_connection(connection_id, cadence="fast")
-                timings.append(time.perf_counter() - started)
-                requests.append(portal.stats.requests - before)
-                assert report.ok and report.counts.by_type.get("bill", 0) >= 10, report
-        finally:
-            control.close()
-            await ctx.aclose()
+                assert (await engine.sync_connection(connection_id)).ok
+                print(
+                    f"initial_sync_{bills // 1000}k_seconds {time.perf_counter() - started:.1f} s", flush=True
+                )
+                portal = await ctx.portals.get(connection_id)
+                companies = await portal.list_companies()
+                timings, requests = [], []
+                for _ in range(rounds):
+                    # The sandbox clock stays put: moving it would run due payment and invoice events,
+                    # changing thousands of objects, and this measures 10 changes.
+                    control.post("/mutate", json={"action": "modifyBills", "companyId": companies[0].upstream_id,
+                                                  "count": 10}).raise_for_status()  # fmt: skip
+                    before = portal.stats.requests
+                    started = time.perf_counter()
+                    report = await engine.sync_connection(connection_id, cadence="fast")
+                    timings.append(time.perf_counter() - started)
+                    requests.append(portal.stats.requests - before)
+                    assert report.ok and report.counts.by_type.get("bill", 0) >= 10, report
     return statistics.median(timings), statistics.median(requests)
 
 
@@ -174,7 +201,12 @@ def main() -> None:
                         help="the portal's per-session limit, req/s (the sandbox's default is 25)")  # fmt: skip
     parser.add_argument("--bills", type=int, default=5000, help="bills per company (2 companies) for part 1")
     parser.add_argument("--skip-100k", action="store_true")
+    parser.add_argument(
+        "--database-url", help="a PostgreSQL server (URL of any database on it) to run on instead of SQLite"
+    )
     args = parser.parse_args()
+    global DATABASE_URL
+    DATABASE_URL = args.database_url
     for rate in args.rate:
         suffix = f"_at_{rate:g}" if len(args.rate) > 1 else ""
         for name, (value, unit) in asyncio.run(initial_sync(rate, args.bills)).items():
