@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
+from sqlalchemy import JSON
 
 from plooto_api import schemas
 from plooto_api.money import from_minor, to_minor
@@ -42,11 +43,12 @@ class ChildMap:
     positioned: bool = False
 
     @cached_property
-    def columns(self) -> tuple[tuple[str, str, bool], ...]:
-        """(schema field, column, is money) for each field, worked out once rather than per row."""
+    def columns(self) -> tuple[tuple[str, str, bool, bool], ...]:
+        """(schema field, column, is money, is JSON) for each field, worked out once rather than per row."""
         return tuple(
-            (name, self.money.get(name) or self.renames.get(name, name), name in self.money)
+            (name, column, name in self.money, _is_json(self.model, column))
             for name in self.schema.model_fields
+            for column in [self.money.get(name) or self.renames.get(name, name)]
         )
 
 
@@ -68,12 +70,15 @@ class ObjectMap:
     extra_children: tuple[ChildMap, ...] = ()  # child tables write_extra fills
 
     @cached_property
-    def plain_columns(self) -> tuple[tuple[str, str], ...]:
-        """(schema field, column) of the fields stored as they are: every field that is not a base
-        or row field, money, a child collection or composite. Worked out once, not per object."""
+    def plain_columns(self) -> tuple[tuple[str, str, bool], ...]:
+        """(schema field, column, is JSON) of the fields stored as they are: every field that is not a
+        base or row field, money, a child collection or composite. Worked out once, not per object."""
         special = _BASE_FIELDS | _ROW_FIELDS | set(self.money) | set(self.children) | self.composite
         return tuple(
-            (name, self.renames.get(name, name)) for name in self.schema.model_fields if name not in special
+            (name, column, _is_json(self.model, column))
+            for name in self.schema.model_fields
+            if name not in special
+            for column in [self.renames.get(name, name)]
         )
 
     def child_map(self, relationship: str) -> ChildMap:
@@ -250,27 +255,24 @@ def to_schema(row: Base) -> schemas.PortalObject:
     return spec.schema.model_validate(data)
 
 
-_STRUCTURED = (BaseModel, dict, list)
-
-
-def _column_value(value: Any) -> Any:
-    """Values bound for JSON columns (models, dicts, lists: possibly holding dates or decimals) become
-    plain JSON; scalars are stored as they are."""
-    if isinstance(value, _STRUCTURED):
-        return to_jsonable_python(value)
-    return value
+def _is_json(model: type[Any], column: str) -> bool:
+    """Whether `column` of `model` is a JSON column: its values (models, dicts, lists, possibly holding
+    dates or decimals) are bound as plain JSON; other columns take values as they are."""
+    return isinstance(model.__table__.c[column].type, JSON)
 
 
 def _child_rows(child: ChildMap, items: Sequence[BaseModel], currency: str) -> list[dict[str, Any]]:
     rows = []
     for position, item in enumerate(items):
         values: dict[str, Any] = {}
-        for name, column, is_money in child.columns:
+        for name, column, is_money, is_json in child.columns:
             value = getattr(item, name)
             if is_money:
                 values[column] = None if value is None else to_minor(value.amount, currency)
+            elif is_json:
+                values[column] = to_jsonable_python(value)
             else:
-                values[column] = _column_value(value)
+                values[column] = value
         if child.positioned:
             values["position"] = position
         rows.append(values)
@@ -312,8 +314,8 @@ def row_values(obj: schemas.PortalObject, *, connection_id: str, document: str |
             values[minor_col] = None
             if currency_col != spec.currency_column:
                 values[currency_col] = None
-    for name, column in spec.plain_columns:
-        values[column] = _column_value(getattr(obj, name))
+    for name, column, is_json in spec.plain_columns:
+        values[column] = to_jsonable_python(getattr(obj, name)) if is_json else getattr(obj, name)
     currency = values.get(spec.currency_column) or ""
     children = {
         child.relationship: _child_rows(child, getattr(obj, name), currency)
