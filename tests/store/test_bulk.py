@@ -29,6 +29,10 @@ def _rows(prefix: str) -> list[dict[str, Any]]:
          "created_at": WHEN.astimezone(UTC).replace(microsecond=0)},
         {"id": f"{prefix}_3", "type": "bill.updated", "connection_id": "con_1", "company_id": "cmp_1",
          "object_type": "bill", "object_id": "bil_1", "data": {}, "created_at": WHEN},  # a time met again
+        # What COPY's text format escapes: tabs, newlines, backslashes (and \N, its NULL).
+        {"id": f"{prefix}_4", "type": "bill.updated", "connection_id": "con_1", "company_id": "\\N",
+         "object_type": "bill", "object_id": 'bil_\t"x"\\y\nz', "data": {"memo": "a\tb\\c\nd"},
+         "created_at": WHEN},
     ]  # fmt: skip
 
 
@@ -51,10 +55,11 @@ def test_rows_read_back_as_core_inserts_them(sessions: sessionmaker[Session]) ->
         assert bulk[1][5] == {"total": "0.01", "memo": "é"}  # RawJSON stored as the object, not a string
         assert bulk[0][6] == WHEN and bulk[0][6].tzinfo == UTC
         assert bulk[2][6] == WHEN and bulk[1][6] == WHEN.replace(microsecond=0)
+        assert bulk[3][2:5] == ("\\N", "bill", 'bil_\t"x"\\y\nz') and bulk[3][5] == {"memo": "a\tb\\c\nd"}
         if session.get_bind().dialect.name == "sqlite":  # the very same text in the file
             raw = session.execute(text("SELECT id, created_at, data FROM events ORDER BY id")).all()
             by_id = {row[0]: row[1:] for row in raw}
-            assert all(by_id[f"bulk_{n}"] == by_id[f"core_{n}"] for n in (1, 2, 3))
+            assert all(by_id[f"bulk_{n}"] == by_id[f"core_{n}"] for n in (1, 2, 3, 4))
 
 
 def test_a_missing_column_with_a_python_default_gets_it(sessions: sessionmaker[Session]) -> None:
@@ -62,7 +67,7 @@ def test_a_missing_column_with_a_python_default_gets_it(sessions: sessionmaker[S
     with transaction(sessions) as session:
         insert_rows(session, EVENTS, rows)
     with sessions() as session:
-        assert [row[5] for row in _stored(session, "dflt")] == [{}, {}, {}]
+        assert [row[5] for row in _stored(session, "dflt")] == [{}, {}, {}, {}]
 
 
 def test_rows_that_differ_in_their_columns_are_refused_whole(sessions: sessionmaker[Session]) -> None:
@@ -93,4 +98,4 @@ def test_a_duplicate_key_raises_as_core_raises_it_and_writes_nothing(sessions: s
     with transaction(sessions) as session:
         insert_rows(session, EVENTS, rows[1:])
     with sessions() as session:
-        assert len(_stored(session, "dup")) == 3
+        assert len(_stored(session, "dup")) == 4
