@@ -1,7 +1,6 @@
 """mirrored tables lose their index on connection_id alone: the unique (connection_id, upstream_id)
-index leads with that column and serves the same lookups. One fewer index to write per row, and on
-PostgreSQL the planner can no longer prefer it (with statistics still empty during a first sync) to
-the unique index for a page's lookup by portal ids, which scanned every row of the connection.
+index leads with that column and serves the same lookups (the foreign key's cascade included), so
+the single-column index only cost a write per row.
 
 Revision ID: 0004
 Revises: 0003
