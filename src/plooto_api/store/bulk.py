@@ -60,7 +60,7 @@ def _plan(dialect: Dialect, table: Table, keys: tuple[str, ...]) -> _Plan | None
         order = tuple(compiled.positiontup or [])
         if compiled.positional and set(order) <= set(keys):
             plan = _bound_plan(dialect, table, compiled.string, order, copy=False)
-    elif dialect.name == "postgresql" and dialect.driver == "psycopg":
+    elif _psycopg(dialect):
         defaulted = [c for c in table.c if c.default is not None and not c.default.is_sequence]
         if all(column.key in keys for column in defaulted):
             quote = dialect.identifier_preparer
@@ -70,6 +70,11 @@ def _plan(dialect: Dialect, table: Table, keys: tuple[str, ...]) -> _Plan | None
     with _PLANS_LOCK:
         plans[(table, keys)] = plan
     return plan
+
+
+def _psycopg(dialect: Dialect) -> bool:
+    """PostgreSQL through psycopg 3: the driver whose COPY and array parameters are used here."""
+    return dialect.name == "postgresql" and dialect.driver == "psycopg"
 
 
 def _bound_plan(dialect: Dialect, table: Table, sql: str, order: tuple[str, ...], *, copy: bool) -> _Plan:
@@ -161,9 +166,8 @@ def ids_by_upstream_id(
             f"SELECT upstream_id, id FROM {name} "
             "WHERE connection_id = ? AND upstream_id IN (SELECT value FROM json_each(?))"
         )
-        rows = connection.exec_driver_sql(sql, (connection_id, json_dumps(list(upstream_ids))))
-        return {upstream_id: gateway_id for upstream_id, gateway_id in rows}
-    if dialect.name == "postgresql" and dialect.driver == "psycopg":
+        params: tuple[Any, ...] = (connection_id, json_dumps(list(upstream_ids)))
+    elif _psycopg(dialect):
         # One index probe per id, whatever the table's statistics say: during a first sync they still
         # describe an empty table, and `upstream_id = ANY(...)` was then planned as a scan of every
         # row of the connection (LIMIT 1 keeps the subquery a per-id lookup).
@@ -172,10 +176,17 @@ def ids_by_upstream_id(
             f"CROSS JOIN LATERAL (SELECT id FROM {name} WHERE connection_id = %s "
             "AND upstream_id = ids.upstream_id LIMIT 1) AS found"
         )
-        rows = connection.exec_driver_sql(sql, (list(upstream_ids), connection_id))
-        return {upstream_id: gateway_id for upstream_id, gateway_id in rows}
+        params = (list(upstream_ids), connection_id)
+    else:
+        return _ids_by_in_lists(connection, table, connection_id, list(upstream_ids))
+    return {upstream_id: gateway_id for upstream_id, gateway_id in connection.exec_driver_sql(sql, params)}
+
+
+def _ids_by_in_lists(
+    connection: Connection, table: Table, connection_id: str, ids: list[str]
+) -> dict[str, str]:
+    """`ids_by_upstream_id` through Core, one IN list per IN_LIST_LIMIT ids (other databases)."""
     found: dict[str, str] = {}
-    ids = list(upstream_ids)
     for start in range(0, len(ids), IN_LIST_LIMIT):
         stmt = select(table.c.upstream_id, table.c.id).where(
             table.c.connection_id == connection_id,
