@@ -118,6 +118,9 @@ def test_bill_filters(world: dict[str, Any]) -> None:
         ("/bills/" + "x" * 5000, {}, "not_found"),
         ("/vendors/ven_doesnotexist", {}, "not_found"),
         ("/payments", {"network_connected": "maybe"}, "invalid_request"),
+        ("/bills", {"status": "unpaid"}, "invalid_request"),  # a status the product does not have
+        ("/bills", {"approval_status": "Approved"}, "invalid_request"),  # the portal's spelling, not ours
+        ("/payments", {"method": "bitcoin"}, "invalid_request"),
     ],
 )
 def test_bad_input_is_a_clear_4xx(
@@ -128,3 +131,17 @@ def test_bad_input_is_a_clear_4xx(
     error = response.json()["error"]
     assert error["code"] == code
     assert error["message"] and error["request_id"]
+
+
+def test_a_misspelt_status_is_refused_with_the_values_it_may_take(world: dict[str, Any]) -> None:
+    # Matching nothing would read as "no such bills"; the error says what the filter takes instead.
+    response = _get(world, "/bills", status="pending")
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["param"] == "status"
+    assert "'pending_approval'" in error["message"] and "'void'" in error["message"]
+    assert _get(world, "/bills", status="pending_approval").status_code == 200
+    schema = world["client"].get("/openapi.json").json()
+    parameters = {p["name"]: p for p in schema["paths"]["/bills"]["get"]["parameters"]}
+    enum = next(s["enum"] for s in parameters["status"]["schema"]["anyOf"] if "enum" in s)
+    assert "pending_approval" in enum and "unpaid" not in enum

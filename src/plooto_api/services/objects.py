@@ -11,13 +11,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any, Literal
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 from sqlalchemy import ColumnElement
 from sqlalchemy.orm import Session
 
 from plooto_api import mapping, schemas
 from plooto_api.money import to_minor
+from plooto_api.schemas.objects import ApprovalStatus
 from plooto_api.store import models
 from plooto_api.store.pagination import Page, PageRequest
 from plooto_api.store.repository import ObjectRepository
@@ -34,12 +36,12 @@ class Filter:
     param: str
     column: str
     op: Op = "eq"
-    type: type = str
+    type: Any = str  # a type, or a Literal of the values it takes
     description: str = ""
     money: bool = False  # a decimal amount compared with a *_minor column
 
 
-def _eq(param: str, column: str | None = None, kind: type = str, description: str = "") -> Filter:
+def _eq(param: str, column: str | None = None, kind: Any = str, description: str = "") -> Filter:
     return Filter(param, column or param, "eq", kind, description)
 
 
@@ -92,7 +94,7 @@ RESOURCES: list[Resource] = [
              [COMPANY, CURRENCY, _eq("network_connected", kind=bool), _eq("status"), UPDATED], "Payees."),
     Resource("customers", "customer", "customers:read", [COMPANY, CURRENCY, _eq("status"), UPDATED], "Payers."),
     Resource("bills", "bill", "bills:read",
-             [COMPANY, _eq("vendor", "vendor_id"), _eq("status"), _eq("approval_status"), CURRENCY,
+             [COMPANY, _eq("vendor", "vendor_id"), _eq("status"), _eq("approval_status", kind=ApprovalStatus), CURRENCY,
               *_range("due_date", "due_date", date, "due"), *_range("issue_date", "issue_date", date, "issued"),
               *_amount("total_minor"), UPDATED], "Payable documents with their approval state."),
     Resource("payments", "payment", "payments:read",
@@ -121,6 +123,27 @@ RESOURCES: list[Resource] = [
 ]  # fmt: skip
 
 RESOURCES_BY_PATH = {r.path: r for r in RESOURCES}
+
+
+def _closed_set(annotation: Any) -> Any | None:
+    """The Literal of a field whose values are a closed set (`Literal[...]`, optionally `| None`)."""
+    if get_origin(annotation) is Literal:
+        return annotation
+    if get_origin(annotation) in (Union, UnionType):
+        literals = [arg for arg in get_args(annotation) if get_origin(arg) is Literal]
+        return literals[0] if len(literals) == 1 else None
+    return None
+
+
+def filter_type(resource: Resource, spec: Filter) -> Any:
+    """The type a filter's value is validated as: a string filter on a field whose values are a
+    closed set (a status, a method) takes only those values, so a misspelt one is refused rather
+    than matching nothing."""
+    if spec.type is not str or spec.param != spec.column:  # `object` filters on object_id, not on `object`
+        return spec.type
+    field_info = resource.schema.model_fields.get(spec.param)
+    closed = _closed_set(field_info.annotation) if field_info is not None else None
+    return closed if closed is not None else str
 
 
 def conditions(resource: Resource, params: dict[str, Any]) -> list[ColumnElement[bool]]:

@@ -45,7 +45,11 @@ def _title(path: str) -> str:
 def _add_resource(resource: object_service.Resource) -> None:
     name = _title(resource.path)
     fields: dict[str, Any] = {
-        f.param: (f.type | None, Field(None, description=f.description or f.param)) for f in resource.filters
+        f.param: (
+            object_service.filter_type(resource, f) | None,
+            Field(None, description=f.description or f.param),
+        )
+        for f in resource.filters
     }
     params_model: Any = create_model(f"{name}ListParams", __base__=ListParams, **fields)
     list_kind: Any = Literal["list"]
