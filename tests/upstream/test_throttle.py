@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import httpx
@@ -11,6 +12,7 @@ import pytest
 from plooto_api.upstream import (
     AdaptiveThrottle,
     Credentials,
+    LoopStalls,
     MemoryStateStore,
     PortalSession,
     RateLimited,
@@ -214,6 +216,57 @@ SESSION_BODY = {
     "selectedCompanyId": None, "idleExpiresAt": "2026-03-02T14:15:00Z", "absoluteExpiresAt": "2026-03-03T02:00:00Z",
 }  # fmt: skip
 EMPTY_PAGE = {"items": [], "pageNumber": 1, "pageSize": 25, "totalCount": 0, "totalPages": 1}
+
+
+def test_a_stall_of_the_event_loop_is_measured() -> None:
+    async def stall_during_a_request() -> tuple[float, float, float, bool]:
+        loop = asyncio.get_running_loop()
+        stalls = LoopStalls.of_running_loop()
+        started = stalls.start()
+        loop.call_soon(time.sleep, 0.3)  # the loop busy, as a page being parsed keeps it
+        await asyncio.sleep(0.02)  # the request's own time
+        elapsed = loop.time() - started
+        stalled = stalls.stalled(started, loop.time())
+        latency = stalls.finish(started)
+        await asyncio.sleep(0.05)
+        return elapsed, stalled, latency, stalls._checking
+
+    elapsed, stalled, latency, checking = run(stall_during_a_request())
+    assert elapsed >= 0.3
+    assert stalled >= 0.25
+    assert latency < 0.1
+    assert not checking  # no request in flight: the checks stop
+
+
+async def _seven_answers(session: PortalSession, slow: float, stall: float) -> None:
+    """Six quick keep-alives for a baseline, then one the portal takes `slow` seconds over while
+    the gateway's own event loop is blocked for `stall` seconds."""
+    for _ in range(6):
+        await session.keep_alive()
+    SLOW["seconds"] = slow
+    if stall:
+        asyncio.get_running_loop().call_soon(time.sleep, stall)
+    await session.keep_alive()
+
+
+SLOW = {"seconds": 0.0}
+
+
+async def _slow_portal(request: httpx.Request) -> httpx.Response:
+    await asyncio.sleep(SLOW.pop("seconds", 0.0))
+    return httpx.Response(200, json=SESSION_BODY)
+
+
+def test_a_slow_portal_slows_the_rate_but_the_gateways_own_stall_does_not() -> None:
+    # The portal answers in 0.6 s: its latency, the rate comes down.
+    slow = _mock_session(_slow_portal, increase_after=1000)
+    run(_seven_answers(slow, slow=0.6, stall=0))
+    assert slow.throttle.rate == 750 and slow.throttle.decreases == 1
+    # The portal answers at once, but the response waits 0.6 s for the gateway's busy loop: not the
+    # portal's doing. It used to cut the rate on every such stall of a long sync, and keep it cut.
+    stalled = _mock_session(_slow_portal, increase_after=1000)
+    run(_seven_answers(stalled, slow=0.01, stall=0.6))
+    assert stalled.throttle.rate == 1000 and stalled.throttle.decreases == 0
 
 
 def test_429_is_retried_honouring_retry_after_then_raised_when_exhausted() -> None:

@@ -38,7 +38,7 @@ from plooto_api.upstream._models import (
     WriteResult,
 )
 from plooto_api.upstream._session import PortalSession
-from plooto_api.upstream._throttle import AdaptiveThrottle
+from plooto_api.upstream._throttle import AdaptiveThrottle, LoopStalls
 from plooto_api.upstream.portal import FEEDS
 
 __all__ = [
@@ -52,6 +52,7 @@ __all__ = [
     "Feed",
     "InvalidCredentials",
     "InvalidMfaCode",
+    "LoopStalls",
     "MemoryStateStore",
     "MfaChallenge",
     "MfaRequired",

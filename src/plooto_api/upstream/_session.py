@@ -49,7 +49,7 @@ from plooto_api.upstream._models import (
     WriteResult,
 )
 from plooto_api.upstream._shapes import check_shape
-from plooto_api.upstream._throttle import AdaptiveThrottle
+from plooto_api.upstream._throttle import AdaptiveThrottle, LoopStalls
 
 log = structlog.get_logger("plooto_api.upstream")
 
@@ -264,9 +264,10 @@ class PortalSession:
             xsrf = self._cookie(portal.XSRF_COOKIE)
             if xsrf:
                 headers[portal.XSRF_HEADER] = xsrf
+        stalls = LoopStalls.of_running_loop()
         async with self.throttle.slot():
             self.stats.requests += 1
-            started = time.monotonic()
+            started = stalls.start()
             try:
                 response = await self._client.request(method, path, params=params, data=data, headers=headers)
             except httpx.TimeoutException as exc:
@@ -277,7 +278,9 @@ class PortalSession:
                 raise _Transient(
                     UpstreamUnavailable(f"could not reach the portal: {type(exc).__name__}")
                 ) from exc
-            latency = time.monotonic() - started
+            finally:
+                # What the portal took, not what this process's busy loop added to it.
+                latency = stalls.finish(started)
         self._note_date_header(response)
         self._persist()
         if response.status_code == 429:
@@ -758,9 +761,10 @@ class PortalSession:
         xsrf = self._cookie(portal.XSRF_COOKIE)
         if xsrf:
             headers[portal.XSRF_HEADER] = xsrf
+        stalls = LoopStalls.of_running_loop()
         async with self.throttle.slot():
             self.stats.requests += 1
-            started = time.monotonic()
+            started = stalls.start()
             try:
                 response = await self._client.request(
                     method, path, json=json_body, files=files, headers=headers, timeout=self.write_timeout
@@ -779,7 +783,8 @@ class PortalSession:
                 raise AmbiguousWriteOutcome(
                     f"the connection broke during {method} {path} ({type(exc).__name__})", settled=False
                 ) from exc
-            latency = time.monotonic() - started
+            finally:
+                latency = stalls.finish(started)  # as in _send
         self._note_date_header(response)
         self._persist()
         if response.status_code < 500 and response.status_code != 429:

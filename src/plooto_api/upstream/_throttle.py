@@ -1,7 +1,8 @@
 """Per-session throttle: a concurrency cap plus an adaptive request rate (AIMD on a paced bucket).
 
 Multiplicative decrease on 429 (and a pause for its Retry-After) and on latency well above the
-moving baseline. Until the first 429 the rate grows after each run of healthy responses by 1 req/s
+moving baseline (the portal's latency: stalls of the gateway's own event loop are taken out, see
+LoopStalls). Until the first 429 the rate grows after each run of healthy responses by 1 req/s
 or by a tenth, whichever is more: near a low limit it creeps up on it (a short sync has room for
 about one 429), while a high limit is reached in far fewer steps than by +1 alone. Only a run in
 which at least half the starts waited for their pace counts: a gateway that sends slower than its
@@ -19,10 +20,84 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+import weakref
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 
 from plooto_api.upstream._models import ThrottleConfig
+
+
+class LoopStalls:
+    """When this process's event loop could not run: a measured request latency includes those
+    stalls, which are the gateway's own doing, not the portal's.
+
+    While a sync is busy (a page parsed on the loop, the store's writer thread holding the GIL) a
+    response may wait on the loop for a good part of a second after it arrived. Taken as the
+    portal's latency, that cut the rate on every such stall and left it there, saved with the
+    session: after a long initial sync on a slow machine, every later sync was paced at a fraction
+    of what the portal allows. While requests are in flight, a callback due every `INTERVAL`
+    seconds notes how late it runs; the stalls that overlap a request are taken out of its latency.
+    """
+
+    INTERVAL = 0.01  # seconds between checks while requests are in flight
+    MIN_STALL = 0.005  # later than this counts as a stall
+    KEEP = 600.0  # seconds of stalls kept: longer than any request may take
+
+    _by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopStalls] = weakref.WeakKeyDictionary()
+
+    def __init__(self) -> None:
+        self._stalls: deque[tuple[float, float]] = deque()  # (start, end) on the loop's clock
+        self._in_flight = 0
+        self._checking = False
+
+    @classmethod
+    def of_running_loop(cls) -> LoopStalls:
+        """The monitor of the running loop (it holds no reference to the loop: a closed loop drops
+        its pending check, and with it the monitor)."""
+        loop = asyncio.get_running_loop()
+        monitor = cls._by_loop.get(loop)
+        if monitor is None:
+            monitor = cls._by_loop[loop] = cls()
+        return monitor
+
+    def start(self) -> float:
+        """A request begins: the loop's time now. Each `start` needs its `finish`."""
+        loop = asyncio.get_running_loop()
+        self._in_flight += 1
+        if not self._checking:
+            self._checking = True
+            due = loop.time() + self.INTERVAL
+            loop.call_at(due, self._check, due)
+        return loop.time()
+
+    def finish(self, started: float) -> float:
+        """The request that began at `started` is over: its latency, the loop's stalls taken out."""
+        self._in_flight -= 1
+        now = asyncio.get_running_loop().time()
+        return max(0.0, (now - started) - self.stalled(started, now))
+
+    def _check(self, due: float) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if now - due > self.MIN_STALL:
+            self._stalls.append((due, now))
+        while self._stalls and self._stalls[0][1] < now - self.KEEP:
+            self._stalls.popleft()
+        if self._in_flight > 0:
+            next_due = now + self.INTERVAL
+            loop.call_at(next_due, self._check, next_due)
+        else:  # nothing to measure: an idle gateway is not woken a hundred times a second
+            self._checking = False
+
+    def stalled(self, start: float, end: float) -> float:
+        """Seconds between `start` and `end` (the loop's clock) during which the loop was stalled."""
+        total = 0.0
+        for stall_start, stall_end in reversed(self._stalls):
+            if stall_end <= start:
+                break
+            total += max(0.0, min(stall_end, end) - max(stall_start, start))
+        return total
 
 
 class AdaptiveThrottle:
