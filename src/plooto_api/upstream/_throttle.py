@@ -42,7 +42,7 @@ class LoopStalls:
 
     INTERVAL = 0.01  # seconds between checks while requests are in flight
     MIN_STALL = 0.005  # later than this counts as a stall
-    KEEP = 600.0  # seconds of stalls kept: longer than any request may take
+    KEEP = 120.0  # seconds of stalls kept (at most 100 a second): longer than a read may take
 
     _by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopStalls] = weakref.WeakKeyDictionary()
 
