@@ -43,7 +43,9 @@ _Page = tuple[str, Any, list[Any], dict[str, Any]]  # company, feed, records, cu
 class _Keeping(SyncEngine):
     """Syncs as usual and keeps each page it wrote."""
 
-    pages: list[_Page]
+    def __init__(self, ctx: Any) -> None:
+        super().__init__(ctx)
+        self.pages: list[_Page] = []
 
     def _write_page(self, connection_id: str, company_upstream_id: str, feed: Any, records: list[Any],
                     state: dict[str, Any]) -> ApplyCounts:  # fmt: skip
@@ -55,7 +57,6 @@ async def _pages(url: str) -> tuple[list[_Page], int]:
     """Every page an initial sync writes, and the requests it took."""
     async with _context(url, ThrottleConfig().max_rate) as (ctx, connection_id):
         engine = _Keeping(ctx)
-        engine.pages = []
         assert (await engine.sync_connection(connection_id)).ok
         return engine.pages, (await ctx.portals.get(connection_id)).stats.requests
 

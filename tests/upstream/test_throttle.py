@@ -238,34 +238,36 @@ def test_a_stall_of_the_event_loop_is_measured() -> None:
     assert not checking  # no request in flight: the checks stop
 
 
-async def _seven_answers(session: PortalSession, slow: float, stall: float) -> None:
-    """Six quick keep-alives for a baseline, then one the portal takes `slow` seconds over while
-    the gateway's own event loop is blocked for `stall` seconds."""
-    for _ in range(6):
+def _after_seven_answers(slow: float, stall: float) -> PortalSession:
+    """A session after six quick keep-alives (the latency baseline) and a seventh that the portal
+    takes `slow` seconds over while the gateway's own event loop is blocked for `stall` seconds."""
+    pending = {"delay": 0.0}
+
+    async def portal(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(pending.pop("delay", 0.0))
+        return httpx.Response(200, json=SESSION_BODY)
+
+    session = _mock_session(portal, increase_after=1000)
+
+    async def answers() -> None:
+        for _ in range(6):
+            await session.keep_alive()
+        pending["delay"] = slow
+        if stall:
+            asyncio.get_running_loop().call_soon(time.sleep, stall)
         await session.keep_alive()
-    SLOW["seconds"] = slow
-    if stall:
-        asyncio.get_running_loop().call_soon(time.sleep, stall)
-    await session.keep_alive()
 
-
-SLOW = {"seconds": 0.0}
-
-
-async def _slow_portal(request: httpx.Request) -> httpx.Response:
-    await asyncio.sleep(SLOW.pop("seconds", 0.0))
-    return httpx.Response(200, json=SESSION_BODY)
+    run(answers())
+    return session
 
 
 def test_a_slow_portal_slows_the_rate_but_the_gateways_own_stall_does_not() -> None:
     # The portal answers in 0.6 s: its latency, the rate comes down.
-    slow = _mock_session(_slow_portal, increase_after=1000)
-    run(_seven_answers(slow, slow=0.6, stall=0))
+    slow = _after_seven_answers(slow=0.6, stall=0)
     assert slow.throttle.rate == 750 and slow.throttle.decreases == 1
     # The portal answers at once, but the response waits 0.6 s for the gateway's busy loop: not the
     # portal's doing. It used to cut the rate on every such stall of a long sync, and keep it cut.
-    stalled = _mock_session(_slow_portal, increase_after=1000)
-    run(_seven_answers(stalled, slow=0.01, stall=0.6))
+    stalled = _after_seven_answers(slow=0.01, stall=0.6)
     assert stalled.throttle.rate == 1000 and stalled.throttle.decreases == 0
 
 
