@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, cast
 
 import pytest
-from sqlalchemy import Table, insert, select, text
+from sqlalchemy import Table, event, insert, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -99,3 +99,35 @@ def test_a_duplicate_key_raises_as_core_raises_it_and_writes_nothing(sessions: s
         insert_rows(session, EVENTS, rows[1:])
     with sessions() as session:
         assert len(_stored(session, "dup")) == 4
+
+
+def test_many_rows_go_in_few_statements_in_their_order(sessions: sessionmaker[Session]) -> None:
+    # 341 rows = 256 + 64 + 16 + 4 + 1: each multi-row statement once, and the one-row one.
+    rows = [{**_rows("many")[0], "id": f"many_{n:04d}", "object_id": f"bil_{n}"} for n in range(341)]
+    statements: list[tuple[str, bool]] = []
+
+    def record(
+        conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
+    ) -> None:
+        if statement.startswith("INSERT INTO events"):
+            statements.append((statement, executemany))
+
+    with transaction(sessions) as session:
+        engine = session.get_bind()
+        event.listen(engine, "before_cursor_execute", record)
+        try:
+            insert_rows(session, EVENTS, rows)
+        finally:
+            event.remove(engine, "before_cursor_execute", record)
+    with sessions() as session:
+        stored = session.scalars(select(Event.object_id).where(Event.id.like("many_%")).order_by(Event.seq))
+        assert list(stored) == [f"bil_{n}" for n in range(341)]  # seq follows the rows' order
+    if engine.dialect.name == "sqlite":
+        # Not an executemany, which steps (and lets go of the GIL) once per row.
+        assert [(statement.count("), ("), many) for statement, many in statements] == [
+            (255, False),
+            (63, False),
+            (15, False),
+            (3, False),
+            (0, False),
+        ]

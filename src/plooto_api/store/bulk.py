@@ -5,7 +5,11 @@ Core's executemany rebuilds every row's parameters through its generic path (a d
 every column, then each value through its type's processor): about a tenth of the instructions of
 an initial sync on SQLite. Here the rows are bound by a plan made once per table and set of keys
 (the statement, the parameter order and each column's processor, all from SQLAlchemy itself):
-- on SQLite they go to the driver's executemany;
+- on SQLite they go in multi-row INSERT statements, up to 256 rows each. The driver lets go of the
+  GIL for every step of a statement, and executemany steps once per row: each time, taking the GIL
+  back waits for any other busy thread of the process to yield it (up to the 5 ms switch
+  interval). Beside a thread that kept the GIL busy, an initial sync ran 29x slower than alone that
+  way, and 7.8x slower with multi-row statements (`bench/bench_sync_busy.py`);
 - on PostgreSQL (psycopg) they go through COPY FROM STDIN, one stream per table, where
   executemany would send, and the server parse and plan, one INSERT per row (an initial sync on
   PostgreSQL spent most of its time waiting for those).
@@ -15,11 +19,13 @@ drivers take Core's path. Errors are raised as SQLAlchemy's, as Core's path rais
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime
+from itertools import chain
 from typing import Any
 
 from sqlalchemy import Table, insert, select
@@ -33,12 +39,26 @@ from plooto_api.store.database import json_dumps
 @dataclass(frozen=True)
 class _Plan:
     sql: str
-    copy: bool  # COPY FROM STDIN (PostgreSQL) rather than an executemany of INSERT
+    copy: bool  # COPY FROM STDIN (PostgreSQL) rather than INSERT statements
     keys: tuple[str, ...]  # the row keys, in the SQL's parameter order
     processors: tuple[tuple[int, Callable[[Any], Any]], ...]  # (position, processor) where one applies
     # Positions of date and time columns: their values repeat within a batch (a page's fetch time,
     # its events' time), so each distinct value is converted once per batch.
     repeating: frozenset[int] = frozenset()
+    # SQLite: (rows, statement) for INSERTs of several rows at once, most rows first, down to one.
+    statements: tuple[tuple[int, str], ...] = ()
+
+
+_ROWS_PER_STATEMENT = (256, 64, 16, 4, 1)
+# Bound parameters a SQLite statement may hold: 32,766 from SQLite 3.32, 999 before.
+_SQLITE_MAX_VARIABLES = 32766 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999
+
+
+def _multi_row(sql: str, columns: int) -> tuple[tuple[int, str], ...]:
+    """The forms of the one-row `INSERT ... VALUES (?, ...)` `sql` that insert several rows, by rows."""
+    head, row = sql.rsplit(" VALUES ", 1)
+    sizes = [size for size in _ROWS_PER_STATEMENT if size == 1 or size * columns <= _SQLITE_MAX_VARIABLES]
+    return tuple((size, f"{head} VALUES {', '.join([row] * size)}") for size in sizes)
 
 
 _PLANS: weakref.WeakKeyDictionary[Dialect, dict[tuple[Table, tuple[str, ...]], _Plan | None]] = (
@@ -60,6 +80,7 @@ def _plan(dialect: Dialect, table: Table, keys: tuple[str, ...]) -> _Plan | None
         order = tuple(compiled.positiontup or [])
         if compiled.positional and set(order) <= set(keys):
             plan = _bound_plan(dialect, table, compiled.string, order, copy=False)
+            plan = replace(plan, statements=_multi_row(plan.sql, len(order)))
     elif _psycopg(dialect):
         defaulted = [c for c in table.c if c.default is not None and not c.default.is_sequence]
         if all(column.key in keys for column in defaulted):
@@ -117,8 +138,12 @@ def insert_rows(session: Session, table: Table, rows: Sequence[dict[str, Any]]) 
                 values[position] = process(values[position])
     if plan.copy:
         _copy(connection, plan.sql, params)
-    else:
-        connection.exec_driver_sql(plan.sql, [tuple(values) for values in params])
+        return
+    start = 0
+    for size, sql in plan.statements:
+        while len(params) - start >= size:
+            connection.exec_driver_sql(sql, tuple(chain.from_iterable(params[start : start + size])))
+            start += size
 
 
 def _copy(connection: Connection, sql: str, rows: list[list[Any]]) -> None:
