@@ -139,9 +139,12 @@ def create_db_engine(url: str, *, echo: bool = False) -> Engine:
         database = parsed.database
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
+        # The driver keeps 128 prepared statements per connection by default; a sync uses more (five
+        # forms of multi-row INSERT per table, store/bulk.py), and re-preparing the evicted ones
+        # cost 1.8% of an initial sync's instructions.
         engine = create_engine(
             url, echo=echo, json_serializer=json_dumps,
-            connect_args={"check_same_thread": False, "isolation_level": None},
+            connect_args={"check_same_thread": False, "isolation_level": None, "cached_statements": 512},
         )  # fmt: skip
         event.listen(engine, "connect", _configure_sqlite)
         event.listen(engine, "begin", _begin)
