@@ -8,7 +8,7 @@ import http.cookiejar
 import random
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from email.utils import parsedate_to_datetime
@@ -249,6 +249,37 @@ class PortalSession:
 
     # -- one HTTP exchange ---------------------------------------------------------------------
 
+    def _api_headers(self) -> dict[str, str]:
+        """What every call of the portal's JSON endpoints carries: JSON wanted, and the CSRF token."""
+        headers = {"Accept": "application/json"}
+        xsrf = self._cookie(portal.XSRF_COOKIE)
+        if xsrf:
+            headers[portal.XSRF_HEADER] = xsrf
+        return headers
+
+    async def _exchange(
+        self,
+        send: Callable[[], Awaitable[httpx.Response]],
+        transport_error: Callable[[httpx.TransportError], Exception],
+    ) -> tuple[httpx.Response, float]:
+        """One request in a throttle slot: the response and the portal's latency. A transport error
+        (timeouts included) breaks the throttle's healthy run and is raised as `transport_error` says."""
+        stalls = LoopStalls.of_running_loop()
+        async with self.throttle.slot():
+            self.stats.requests += 1
+            started = stalls.start()
+            try:
+                response = await send()
+            except httpx.TransportError as exc:
+                self.throttle.on_failure()
+                raise transport_error(exc) from exc
+            finally:
+                # What the portal took, not what this process's busy loop added to it.
+                latency = stalls.finish(started)
+        self._note_date_header(response)
+        self._persist()
+        return response, latency
+
     async def _send(
         self,
         method: str,
@@ -258,31 +289,16 @@ class PortalSession:
         data: dict[str, str] | None = None,
         api: bool = False,
     ) -> httpx.Response:
-        headers: dict[str, str] = {}
-        if api:
-            headers["Accept"] = "application/json"
-            xsrf = self._cookie(portal.XSRF_COOKIE)
-            if xsrf:
-                headers[portal.XSRF_HEADER] = xsrf
-        stalls = LoopStalls.of_running_loop()
-        async with self.throttle.slot():
-            self.stats.requests += 1
-            started = stalls.start()
-            try:
-                response = await self._client.request(method, path, params=params, data=data, headers=headers)
-            except httpx.TimeoutException as exc:
-                self.throttle.on_failure()
-                raise _Transient(UpstreamUnavailable(f"the portal timed out ({method} {path})")) from exc
-            except httpx.TransportError as exc:
-                self.throttle.on_failure()
-                raise _Transient(
-                    UpstreamUnavailable(f"could not reach the portal: {type(exc).__name__}")
-                ) from exc
-            finally:
-                # What the portal took, not what this process's busy loop added to it.
-                latency = stalls.finish(started)
-        self._note_date_header(response)
-        self._persist()
+        headers = self._api_headers() if api else {}
+
+        def transient(exc: httpx.TransportError) -> Exception:
+            if isinstance(exc, httpx.TimeoutException):
+                return _Transient(UpstreamUnavailable(f"the portal timed out ({method} {path})"))
+            return _Transient(UpstreamUnavailable(f"could not reach the portal: {type(exc).__name__}"))
+
+        response, latency = await self._exchange(
+            lambda: self._client.request(method, path, params=params, data=data, headers=headers), transient
+        )
         if response.status_code == 429:
             self.stats.responses_429 += 1
             retry_after = _retry_after(response)
@@ -757,36 +773,26 @@ class PortalSession:
     async def _send_write(
         self, method: str, path: str, *, json_body: Any, files: dict[str, Any] | None
     ) -> httpx.Response:
-        headers = {"Accept": "application/json"}
-        xsrf = self._cookie(portal.XSRF_COOKIE)
-        if xsrf:
-            headers[portal.XSRF_HEADER] = xsrf
-        stalls = LoopStalls.of_running_loop()
-        async with self.throttle.slot():
-            self.stats.requests += 1
-            started = stalls.start()
-            try:
-                response = await self._client.request(
-                    method, path, json=json_body, files=files, headers=headers, timeout=self.write_timeout
-                )
-            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+        headers = self._api_headers()
+
+        def outcome(exc: httpx.TransportError) -> Exception:
+            if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout):
                 # The request never left: nothing can have been applied.
-                self.throttle.on_failure()
-                raise UpstreamUnavailable(f"could not reach the portal: {type(exc).__name__}") from exc
-            except httpx.TimeoutException as exc:
-                self.throttle.on_failure()
-                raise AmbiguousWriteOutcome(
+                return UpstreamUnavailable(f"could not reach the portal: {type(exc).__name__}")
+            if isinstance(exc, httpx.TimeoutException):
+                return AmbiguousWriteOutcome(
                     f"the portal did not answer {method} {path} within {self.write_timeout:g}s", settled=False
-                ) from exc
-            except httpx.TransportError as exc:
-                self.throttle.on_failure()
-                raise AmbiguousWriteOutcome(
-                    f"the connection broke during {method} {path} ({type(exc).__name__})", settled=False
-                ) from exc
-            finally:
-                latency = stalls.finish(started)  # as in _send
-        self._note_date_header(response)
-        self._persist()
+                )
+            return AmbiguousWriteOutcome(
+                f"the connection broke during {method} {path} ({type(exc).__name__})", settled=False
+            )
+
+        response, latency = await self._exchange(
+            lambda: self._client.request(
+                method, path, json=json_body, files=files, headers=headers, timeout=self.write_timeout
+            ),
+            outcome,
+        )
         if response.status_code < 500 and response.status_code != 429:
             self.throttle.on_response(latency)
         return response
