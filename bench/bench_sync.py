@@ -66,6 +66,16 @@ def _free_port() -> int:
 
 @contextmanager
 def sandbox(companies: int, bills: int, rate: float, burst: int) -> Iterator[str]:
+    """A sandbox on loopback with `companies` x `bills`, limited to `rate` req/s: its URL."""
+    with sandbox_process(companies, bills, rate, burst) as (url, _):
+        yield url
+
+
+@contextmanager
+def sandbox_process(
+    companies: int, bills: int, rate: float, burst: int
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """As `sandbox`, with the sandbox's process (for what it spends)."""
     port = _free_port()
     log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)  # noqa: SIM115 (outlives the block)
     proc = subprocess.Popen(
@@ -79,7 +89,7 @@ def sandbox(companies: int, bills: int, rate: float, burst: int) -> Iterator[str
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(Path(log.name).read_text()[-2000:])
             time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", proc
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -28,7 +28,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from bench_sync import _context, sandbox
+from bench_sync import _context, sandbox_process
 from plooto_api.config import Settings
 from plooto_api.jobs.context import JobContext
 from plooto_api.sync.engine import SyncEngine
@@ -71,21 +71,8 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _sandbox_pid(url: str) -> int:
-    port = url.rsplit(":", 1)[1]
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                command = (entry / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if b"plooto_sandbox" in command and port.encode() in command:
-                return int(entry.name)
-    raise RuntimeError(f"no sandbox process serves {url}")
-
-
 async def _run(bills: int, *, split: bool) -> dict[str, float]:
-    with sandbox(2, bills, 100_000, 100_000) as url:
+    with sandbox_process(2, bills, 100_000, 100_000) as (url, sandbox_proc):
         async with _context(url, ThrottleConfig().max_rate) as (ctx, connection_id):
             writer = None
             if split:  # spawn, not fork: this process has threads running
@@ -95,14 +82,13 @@ async def _run(bills: int, *, split: bool) -> dict[str, float]:
             try:
                 engine = _SplitEngine(ctx, writer) if writer is not None else SyncEngine(ctx)
                 writer_start = writer.submit(_writer_cpu).result() if writer is not None else 0.0
-                sandbox_pid = _sandbox_pid(url)
-                sandbox_start, main_start = _cpu_seconds(sandbox_pid), time.process_time()
+                sandbox_start, main_start = _cpu_seconds(sandbox_proc.pid), time.process_time()
                 started = time.perf_counter()
                 report = await engine.sync_connection(connection_id)
                 elapsed = time.perf_counter() - started
                 main_cpu, sandbox_cpu = (
                     time.process_time() - main_start,
-                    _cpu_seconds(sandbox_pid) - sandbox_start,
+                    _cpu_seconds(sandbox_proc.pid) - sandbox_start,
                 )
                 writer_cpu = writer.submit(_writer_cpu).result() - writer_start if writer is not None else 0.0
             finally:
