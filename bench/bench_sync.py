@@ -123,7 +123,7 @@ async def _context(url: str, start_rate: float | None = None) -> AsyncIterator[t
     """A worker context on a fresh store with one connection to `url`; its throttle starts at
     `start_rate` when one is given, else where the product's starts."""
     tune_gc()  # as every plooto-api process does
-    start = {} if start_rate is None else {"upstream_initial_rate": start_rate}
+    start: dict[str, Any] = {} if start_rate is None else {"upstream_initial_rate": start_rate}
     with tempfile.TemporaryDirectory() as tmp, _database() as database:
         settings = Settings(data_dir=Path(tmp), upstream_url=url, vault_key=SecretStr(generate_key()),
                             log_level="warning", **start, **database)  # fmt: skip

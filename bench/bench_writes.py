@@ -58,7 +58,11 @@ FAULTS: dict[str, list[dict[str, Any]]] = {
         {"kind": "error", "status": 503, "method": "GET", "pathPattern": r"/payments$", "count": 2},
     ],
 }
-SETTINGS = {"write_wait_seconds": 0.5, "write_timeout_seconds": 0.6, "write_settle_seconds": 1.5}
+SETTINGS: dict[str, Any] = {
+    "write_wait_seconds": 0.5,
+    "write_timeout_seconds": 0.6,
+    "write_settle_seconds": 1.5,
+}
 
 
 def _free_port() -> int:
