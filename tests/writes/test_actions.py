@@ -82,9 +82,14 @@ def test_cancel_a_payment(gateway: Gateway) -> None:
     bill = gateway.bill(status="approved", currency="CAD")
     payment = gateway.post("/create_payment", {"bill_id": bill.id}).json()
     assert payment["status"] in ("pending_approval", "scheduled")
+    assert gateway.get(f"/bills/{bill.id}").json()["amount_due"]["amount"] == "0.00"
     cancelled = gateway.post(f"/payments/{payment['id']}/cancel", key="cancel-1")
     assert cancelled.status_code == 200, cancelled.text
     assert cancelled.json()["status"] == "cancelled"
+    # The bill is open again in the store at once, not after the next sync.
+    reopened = gateway.get(f"/bills/{bill.id}").json()
+    assert reopened["status"] == "approved"
+    assert reopened["amount_due"] == payment["amount"]
     again = gateway.post(f"/payments/{payment['id']}/cancel")
     assert again.status_code == 409 and again.json()["error"]["code"] == "payment_not_cancellable"
     assert [p["status"] for p in gateway.ground_truth(bill.upstream_id)] == ["Cancelled"]

@@ -39,6 +39,10 @@ def test_bill_id_alone_pays_the_amount_due(gateway: Gateway) -> None:
     assert gateway.get(f"/payments/{payment['id']}").status_code == 200
     assert len(gateway.ground_truth(bill.upstream_id)) == 1
     assert _events(gateway)["payment.created"] >= 1
+    # The bill the payment settles is read again with it: the store shows what the portal shows now.
+    paid = gateway.get(f"/bills/{bill.id}").json()
+    assert paid["amount_due"] == {"amount": "0.00", "currency": "CAD"} and paid["status"] == "scheduled"
+    assert _events(gateway)["bill.updated"] == 1
     operation = gateway.get(f"/operations/{response.headers['Operation-Id']}").json()
     assert operation["status"] == "succeeded" and operation["attempts"] == 1
     with gateway.sessions()() as session:
@@ -48,6 +52,23 @@ def test_bill_id_alone_pays_the_amount_due(gateway: Gateway) -> None:
         entry = session.scalars(select(models.AuditEntry).order_by(models.AuditEntry.seq.desc())).first()
         assert entry is not None and entry.upstream_evidence and entry.upstream_evidence["trace_id"]
         assert entry.upstream_evidence["http_status"] == 201
+
+
+def test_a_payment_stands_when_its_bill_reads_back_in_a_changed_shape(gateway: Gateway) -> None:
+    bill = gateway.bill(status="approved", currency="CAD")
+    gateway.fault(kind="shape_change", objectType="bill", fromField="totalAmount", toField="grandTotal")
+    response = gateway.post("/create_payment", {"bill_id": bill.id})
+    assert response.status_code == 201, response.text
+    assert len(gateway.ground_truth(bill.upstream_id)) == 1
+    # The bill is not written from an answer the adapter does not understand, and the connection
+    # is marked as any read in a changed shape marks it: further writes wait for an operator.
+    stored = gateway.get(f"/bills/{bill.id}").json()
+    assert stored["amount_due"]["amount"] == str(from_minor(bill.amount_due_minor, "CAD"))
+    connection = gateway.get(f"/connections/{gateway.connection_id}").json()
+    assert connection["state"] == "upstream_changed"
+    assert any("totalAmount" in d for d in connection["state_detail"]["differences"])
+    again = gateway.post("/create_payment", {"bill_id": gateway.bill(status="approved", currency="CAD").id})
+    assert again.status_code == 409 and again.json()["error"]["code"] == "writes_blocked"
 
 
 def test_store_checks_refuse_before_sending(gateway: Gateway) -> None:

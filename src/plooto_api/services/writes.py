@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -34,6 +34,7 @@ from plooto_api.services.tokens import Principal
 from plooto_api.store import models
 from plooto_api.store.base import new_id, utcnow
 from plooto_api.store.database import transaction
+from plooto_api.sync.upsert import references
 from plooto_api.upstream import (
     AmbiguousWriteOutcome,
     AuthenticationError,
@@ -43,6 +44,7 @@ from plooto_api.upstream import (
     PortalSession,
     RateLimited,
     UpstreamChanged,
+    UpstreamError,
     UpstreamUnavailable,
     WriteResult,
 )
@@ -568,7 +570,7 @@ async def _execute_once(ctx: JobContext, operation_id: str) -> str:
             if op.attempts > 0:
                 found = await kind.find(portal, op) if kind.find is not None else None
                 if found is not None:
-                    return _finish_succeeded(ctx, op, found, read_back=True)
+                    return await _succeed(ctx, portal, op, found, read_back=True)
                 started = _aware(op.started_at) or utcnow()
                 log.debug("write.read_back_not_found", operation=op.id, settled=settled)
                 if kind.find is not None and not settled and utcnow() < started + settle:
@@ -604,11 +606,11 @@ async def _execute_once(ctx: JobContext, operation_id: str) -> str:
                     result = WriteResult(
                         [record] if record else [], op.request[kind.refetch[1]], None, exc.trace_id
                     )
-                    return _finish_succeeded(ctx, op, result, read_back=True)
+                    return await _succeed(ctx, portal, op, result, read_back=True)
                 status, code = PORTAL_CODES.get(exc.code, (422, "portal_rule_violation"))
                 return _finish_failed(ctx, op, status, code, exc.message, portal_code=exc.code,
                                       http_status=exc.status_code, trace_id=exc.trace_id, param=exc.field)  # fmt: skip
-            return _finish_succeeded(ctx, op, result, read_back=False)
+            return await _succeed(ctx, portal, op, result, read_back=False)
     except PermissionDenied as exc:
         return _finish_failed(
             ctx, op, 403, "portal_permission_denied", str(exc), portal_code="PermissionDenied"
@@ -616,12 +618,7 @@ async def _execute_once(ctx: JobContext, operation_id: str) -> str:
     except NotFound as exc:
         return _finish_failed(ctx, op, 404, "not_found_upstream", str(exc), portal_code=exc.code)
     except UpstreamChanged as exc:
-        with transaction(ctx.sessions) as session:
-            connection = session.get(models.Connection, op.connection_id)
-            if connection is not None:
-                change_state(
-                    session, connection, "upstream_changed", detail={"differences": exc.differences[:10]}
-                )
+        _mark_changed(ctx, op.connection_id, exc)
         return _finish_failed(ctx, op, 502, "upstream_changed", str(exc), status="requires_action")
     except AuthenticationError as exc:
         return _finish_failed(ctx, op, 409, "connection_requires_action", str(exc) or type(exc).__name__,
@@ -631,6 +628,56 @@ async def _execute_once(ctx: JobContext, operation_id: str) -> str:
         _save(ctx, op, status="pending" if op.attempts == 0 else "running",
               error={"last_error": str(exc), "retryable": True})  # fmt: skip
         raise
+
+
+# What a payment settles: its bills' and invoices' balances and statuses change with it in the portal.
+_SETTLED_BY_PAYMENT = ("bill", "invoice")
+
+
+async def _succeed(ctx: JobContext, portal: PortalSession, op: models.Operation, result: WriteResult, *,
+                   read_back: bool) -> str:  # fmt: skip
+    """Finish a write the portal did, with fresh reads of what it changed besides its own object."""
+    return _finish_succeeded(
+        ctx, op, await _with_settled_objects(ctx, portal, op, result), read_back=read_back
+    )
+
+
+def _mark_changed(ctx: JobContext, connection_id: str, exc: UpstreamChanged) -> None:
+    """The portal answered in a shape the adapter does not know: the connection stops writing."""
+    with transaction(ctx.sessions) as session:
+        connection = session.get(models.Connection, connection_id)
+        if connection is not None:
+            change_state(
+                session, connection, "upstream_changed", detail={"differences": exc.differences[:10]}
+            )
+
+
+async def _with_settled_objects(
+    ctx: JobContext, portal: PortalSession, op: models.Operation, result: WriteResult
+) -> WriteResult:
+    """`result` with the bills and invoices a payment write changed read again from the portal, so the
+    store shows them as the portal does now (a paid bill's amount due, a cancelled payment's bill open
+    again) rather than until the next sync. The write is done whatever these reads give: one that
+    fails is left to that sync, and one in a changed shape marks the connection as any read does."""
+    payment = result.record
+    if payment is None or payment.object_type != "payment":
+        return result
+    refs = references(payment)
+    fresh = []
+    for object_type in _SETTLED_BY_PAYMENT:
+        for upstream_id in sorted(refs.get(object_type, ())):
+            try:
+                record = await portal.fetch_object(payment.company_upstream_id, object_type, upstream_id)
+            except UpstreamChanged as exc:
+                _mark_changed(ctx, op.connection_id, exc)
+                continue
+            except UpstreamError as exc:
+                log.warning("write.refresh_failed", operation=op.id, object_type=object_type,
+                            error=type(exc).__name__)  # fmt: skip
+                continue
+            if record is not None:
+                fresh.append(record)
+    return replace(result, records=[*result.records, *fresh]) if fresh else result
 
 
 async def _before_first_send(portal: PortalSession, op: models.Operation) -> dict[str, Any]:

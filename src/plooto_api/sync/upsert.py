@@ -82,6 +82,15 @@ def _collect_refs(value: Any, into: defaultdict[str, set[str]]) -> bool:
     return found
 
 
+def references(record: UpstreamRecord) -> defaultdict[str, set[str]]:
+    """The portal ids `record` refers to, by object type."""
+    refs: defaultdict[str, set[str]] = defaultdict(set)
+    for value in record.fields.values():
+        if isinstance(value, _NESTED):
+            _collect_refs(value, refs)
+    return refs
+
+
 def _resolve(value: Any, ids: dict[tuple[str, str], str]) -> Any:
     """`value` with each UpstreamRef replaced by its gateway id (None when not in the store)."""
     if isinstance(value, UpstreamRef):
