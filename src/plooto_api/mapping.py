@@ -68,6 +68,7 @@ class ObjectMap:
     read_extra: Callable[[Any], dict[str, Any]] | None = None
     write_extra: Callable[[Any, str], RowValues] | None = None
     extra_children: tuple[ChildMap, ...] = ()  # child tables write_extra fills
+    parts: frozenset[str] = frozenset()  # list fields a feed of their own fills (PARTS); kept otherwise
 
     @cached_property
     def plain_columns(self) -> tuple[tuple[str, str, bool], ...]:
@@ -174,6 +175,7 @@ OBJECT_MAPS: dict[str, ObjectMap] = {
                 ),
                 "reminders": ChildMap("reminders", models.InvoiceReminder, schemas.InvoiceReminder),
             },
+            parts=frozenset({"reminders"}),
         ),
         ObjectMap(
             "recurring_invoice", "rinv", schemas.RecurringInvoice, models.RecurringInvoice,
@@ -193,6 +195,30 @@ OBJECT_MAPS: dict[str, ObjectMap] = {
         ObjectMap("captured_document", "doc", schemas.CapturedDocument, models.CapturedDocument),
         ObjectMap("sync_mapping", "smap", schemas.SyncMapping, models.SyncMapping),
     )
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PartMap:
+    """Records that are items of another object's list field (an invoice's reminders), listed by a
+    feed of their own. Items are kept by their portal id (`upstream_id`), in `order`."""
+
+    record_type: str
+    parent_type: str
+    field: str
+    order: Callable[[dict[str, Any]], Any]
+
+    @property
+    def parent_key(self) -> str:
+        """The record field that refers to the parent."""
+        return f"{self.parent_type}_id"
+
+
+PARTS: dict[str, PartMap] = {
+    "invoice_reminder": PartMap(
+        "invoice_reminder", "invoice", "reminders",
+        order=lambda item: (item["scheduled_for"] is None, item["scheduled_for"] or "", item["upstream_id"] or ""),
+    ),
 }  # fmt: skip
 
 _MAP_BY_MODEL: dict[type[Any], ObjectMap] = {m.model: m for m in OBJECT_MAPS.values()}

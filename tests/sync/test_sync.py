@@ -8,6 +8,7 @@ import io
 import json
 from collections import Counter
 from collections.abc import Callable
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
 import httpx
@@ -351,3 +352,99 @@ async def test_throttle_settings_bound_every_connection_and_what_it_learned(
         assert portal.throttle.rate == 2.5
     finally:
         await restarted.aclose()
+
+
+async def _portal_reminders(
+    ctx: JobContext, connection_id: str, invoice: models.Invoice
+) -> list[dict[str, Any]]:
+    with ctx.sessions() as session:
+        company = session.get(models.Company, invoice.company_id)
+        assert company is not None
+    portal = await ctx.portals.get(connection_id)
+    return await portal.list_reminders(company.upstream_id, invoice.upstream_id)
+
+
+def _stored_reminders(ctx: JobContext, upstream_id: str) -> list[dict[str, Any]]:
+    with ctx.sessions() as session:
+        invoice = session.scalars(
+            select(models.Invoice).where(models.Invoice.upstream_id == upstream_id)
+        ).one()
+        served = json.loads(invoice.document)["reminders"]
+        assert served == mapping.to_schema(invoice).model_dump(mode="json")["reminders"]
+        return list(served)
+
+
+async def test_invoice_reminders_are_synced_and_a_sent_reminder_is_an_event(
+    ctx: JobContext, make_connection: Callable[..., str], control: httpx.Client
+) -> None:
+    connection_id = make_connection()
+    engine = SyncEngine(ctx)
+    assert (await engine.sync_connection(connection_id)).ok
+    with ctx.sessions() as session:
+        invoices = session.scalars(select(models.Invoice).order_by(models.Invoice.id)).all()
+    statuses: Counter[str] = Counter()
+    for invoice in invoices:  # the schedule and the sent log, as the portal lists them per invoice
+        portal = await _portal_reminders(ctx, connection_id, invoice)
+        stored = _stored_reminders(ctx, invoice.upstream_id)
+        assert sorted(r["upstream_id"] for r in stored) == sorted(r["reminderId"] for r in portal)
+        by_id = {r["reminderId"]: r for r in portal}
+        for reminder in stored:
+            assert reminder["status"] == by_id[reminder["upstream_id"]]["status"].lower()
+            statuses[reminder["status"]] += 1
+    assert statuses["sent"] > 0 and statuses["scheduled"] > 0, statuses
+    assert "invoice.reminder_sent" not in _event_types(ctx)  # reminders sent before the first sync
+
+    # The next scheduled reminder of an open invoice goes out: the next fast sync shows it as sent.
+    with ctx.sessions() as session:
+        scheduled = [
+            (reminder.scheduled_for, reminder.upstream_id, invoice.upstream_id)
+            for invoice in session.scalars(
+                select(models.Invoice).where(models.Invoice.status.in_(["sent", "viewed"]))
+            )
+            for reminder in invoice.reminders
+            if reminder.status == "scheduled" and reminder.scheduled_for is not None
+        ]
+    when, reminder_id, invoice_upstream_id = min(scheduled)
+    after = datetime.combine(when + timedelta(days=1), time(0), tzinfo=UTC)  # reminders go at 09:00 Toronto
+    control.post("/clock", json={"set": after.isoformat()}).raise_for_status()
+    assert (await engine.sync_connection(connection_id, cadence="fast")).ok
+    sent = {r["upstream_id"]: r for r in _stored_reminders(ctx, invoice_upstream_id)}[reminder_id]
+    assert sent["status"] == "sent" and sent["sent_at"] is not None
+    assert _event_types(ctx)["invoice.reminder_sent"] >= 1
+    with ctx.sessions() as session:
+        gateway_id = session.scalars(
+            select(models.Invoice.id).where(models.Invoice.upstream_id == invoice_upstream_id)
+        ).one()
+        kinds = set(session.scalars(select(models.Event.type).where(models.Event.object_id == gateway_id)))
+    assert {"invoice.updated", "invoice.reminder_sent"} <= kinds
+    _assert_documents_match_columns(ctx)
+
+
+async def test_reminders_of_an_invoice_the_store_lacks_bring_the_invoice(
+    ctx: JobContext, make_connection: Callable[..., str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    connection_id = make_connection()
+    engine = SyncEngine(ctx)
+    assert (await engine.sync_connection(connection_id)).ok
+    with ctx.sessions() as session:
+        invoice = session.scalars(
+            select(models.Invoice).where(models.Invoice.reminders.any()).order_by(models.Invoice.id)
+        ).first()
+        assert invoice is not None
+        upstream_id, expected = invoice.upstream_id, len(invoice.reminders)
+    # As if the invoice had been made after its feed was listed: only the reminders feed lists it now.
+    with ctx.sessions() as session, session.begin():
+        session.delete(
+            session.scalars(select(models.Invoice).where(models.Invoice.upstream_id == upstream_id)).one()
+        )
+    with ctx.sessions() as session, session.begin():
+        for cursor in session.scalars(
+            select(models.SyncCursor).where(models.SyncCursor.object_type == "reminders")
+        ):
+            session.delete(cursor)  # the reminders feed lists everything again
+    reminders_feed = [feed for feed in sync_engine.FEEDS if feed.name == "reminders"]
+    monkeypatch.setattr(sync_engine, "feeds_for", lambda cadence: reminders_feed)
+    report = await engine.sync_connection(connection_id, cadence="fast")
+    assert report.ok, report.error
+    assert report.counts.by_type["invoice"] >= 1
+    assert len(_stored_reminders(ctx, upstream_id)) == expected

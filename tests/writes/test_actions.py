@@ -172,6 +172,9 @@ def test_create_an_invoice_with_reminders_and_recurrence_then_remind(gateway: Ga
     assert _events(gateway)["invoice.created"] >= 1
     reminded = gateway.post(f"/invoices/{invoice['id']}/remind")
     assert reminded.status_code == 200, reminded.text
+    # The reminder joins the invoice's sent log at once, not at the next sync.
+    sent = [r for r in gateway.get(f"/invoices/{invoice['id']}").json()["reminders"] if r["kind"] == "manual"]
+    assert [r["status"] for r in sent] == ["sent"]
     outbox = gateway.control.get("/outbox", params={"kind": "Email"}).json()
     assert any("eminder" in (m.get("subject") or "") for m in outbox)
     draft = gateway.post(f"/invoices/{invoice['id']}/remind", key="r2")

@@ -222,6 +222,8 @@ class Payment(PortalObject):
 class InvoiceReminder(Schema):
     """A payment reminder, scheduled or sent."""
 
+    upstream_id: str | None = Field(default=None, description="The portal's id of the reminder.")
+    kind: Literal["before_due", "on_due", "after_due", "manual"] | None = None
     scheduled_for: date | None = None
     sent_at: datetime | None = None
     channel: str = "email"

@@ -481,7 +481,9 @@ async def _send_reminder(portal: PortalSession, op: models.Operation) -> WriteRe
     r = _req(op)
     sent = await portal.send_reminder(r["company_upstream_id"], r["object_upstream_id"])
     record = await portal.fetch_object(r["company_upstream_id"], "invoice", r["object_upstream_id"])
-    return WriteResult([record] if record else [], sent.portal_id, sent.http_status, sent.trace_id, sent.raw)
+    # The invoice first (the operation's object), then the reminder, which joins its list.
+    records = [record, *sent.records] if record else []
+    return WriteResult(records, sent.portal_id, sent.http_status, sent.trace_id, sent.raw)
 
 
 async def _find_reminder(portal: PortalSession, op: models.Operation) -> WriteResult | None:

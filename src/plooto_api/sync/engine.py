@@ -27,6 +27,7 @@ from plooto_api.log import get_logger
 from plooto_api.services.connections import change_state, get_connection
 from plooto_api.services.sessions import login_blocked_reason
 from plooto_api.store.base import utcnow
+from plooto_api.store.bulk import ids_by_upstream_id
 from plooto_api.store.database import transaction
 from plooto_api.store.models import SyncCursor
 from plooto_api.sync.upsert import ApplyCounts, apply_records, company_ids
@@ -256,6 +257,10 @@ class SyncEngine:
         try:
             while True:
                 page = await pending
+                if feed.parent is not None:
+                    parents = await self._absent_parents(portal, connection_id, company_upstream_id, feed.parent,
+                                                         page.records)  # fmt: skip
+                    page.records = [*parents, *page.records]
                 seen.update((r.object_type, r.upstream_id) for r in page.records)
                 # The keyset follows the feed's own objects, in the portal's order; records derived from
                 # them (fees, FX, accounting mappings) ride along and carry no position.
@@ -284,6 +289,32 @@ class SyncEngine:
         if not feed.incremental:
             await self._confirm_absences(portal, connection_id, company_upstream_id, feed, seen, report)
 
+    async def _absent_parents(
+        self,
+        portal: PortalSession,
+        connection_id: str,
+        company_upstream_id: str,
+        parent_type: str,
+        records: list[UpstreamRecord],
+    ) -> list[UpstreamRecord]:
+        """The objects `records` are parts of that the store lacks, read from the portal: one made after
+        its feed was listed has parts (a new invoice's reminders) this feed will not list again."""
+        wanted = {r.fields[f"{parent_type}_id"].upstream_id for r in records}
+        if not wanted:
+            return []
+
+        def stored() -> set[str]:
+            table = mapping.object_map_for(parent_type).model.__table__
+            with self.ctx.sessions() as session:
+                return set(ids_by_upstream_id(session, table, connection_id, sorted(wanted)))
+
+        parents = []
+        for upstream_id in sorted(wanted - await asyncio.to_thread(stored)):
+            record = await portal.fetch_object(company_upstream_id, parent_type, upstream_id)
+            if record is not None:  # gone from the portal: its parts are left out
+                parents.append(record)
+        return parents
+
     def _write_page(
         self,
         connection_id: str,
@@ -294,9 +325,9 @@ class SyncEngine:
     ) -> ApplyCounts:
         """Apply one page and move the cursor past it, in one transaction (a crash resumes after it)."""
         with transaction(self.ctx.sessions) as session:
-            counts = apply_records(session, connection_id, company_ids(session, connection_id), records,
-                                   utcnow())  # fmt: skip
             cursor = _cursor(session, connection_id, company_upstream_id, feed.name)
+            counts = apply_records(session, connection_id, company_ids(session, connection_id), records,
+                                   utcnow(), first_pull=cursor.full_sync_completed_at is None)  # fmt: skip
             cursor.page_state = state
             cursor.watermark = state.get("since")
             if not state["in_progress"]:

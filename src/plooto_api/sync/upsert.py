@@ -116,9 +116,14 @@ def _gateway_ids(
     return ids
 
 
-def _events_for_change(object_type: str, old_data: dict[str, Any], new_data: dict[str, Any]) -> list[str]:
-    """The events an update causes, from the object's JSON before and after."""
+def _events_for_change(
+    object_type: str, old_data: dict[str, Any], new_data: dict[str, Any], *, news: bool = True
+) -> list[str]:
+    """The events an update causes, from the object's JSON before and after. Without `news` (a
+    feed's first pull) only `<type>.updated`: the rest describe what happened before."""
     types = [f"{object_type}.updated"]
+    if not news:
+        return types
     if object_type == "bill" and old_data["approval"] != new_data["approval"]:
         types.append("bill.approval_updated")
     if object_type == "payment" and old_data["status"] != new_data["status"]:
@@ -134,6 +139,10 @@ def _events_for_change(object_type: str, old_data: dict[str, Any], new_data: dic
             types.append("invoice.paid")
         elif new_data["status"] == "overdue":
             types.append("invoice.overdue")
+    if object_type == "invoice":
+        sent_before = {r["upstream_id"] for r in old_data["reminders"] if r["status"] == "sent"}
+        if any(r["status"] == "sent" and r["upstream_id"] not in sent_before for r in new_data["reminders"]):
+            types.append("invoice.reminder_sent")
     return types
 
 
@@ -151,10 +160,15 @@ def apply_records(
     company_ids: dict[str, str],
     records: list[UpstreamRecord],
     now: datetime,
+    *,
+    first_pull: bool = False,
 ) -> ApplyCounts:
     """Upsert `records` (mirrored objects of any type) and stage their events in `session`.
 
     `company_ids` maps portal company ids to gateway company ids; a company record adds itself.
+    `first_pull`: the records come from a feed's first full listing, so the parts among them show
+    what happened before the gateway looked (a reminder sent last month): history, which no event
+    but `<type>.updated` reports.
     """
     counts = ApplyCounts()
     session.flush()  # the lookups below go to the database directly: let them see what the caller staged
@@ -184,7 +198,7 @@ def apply_records(
             if isinstance(value, _NESTED) and _collect_refs(value, refs)
         ]
     page = _Page(connection_id, company_ids, existing, ref_fields, _gateway_ids(session, connection_id, refs, assigned),
-                 now, counts, EventBatch(session, created_at=now))  # fmt: skip
+                 now, counts, EventBatch(session, created_at=now), first_pull)  # fmt: skip
 
     # Companies first, then each type in the order it came (feeds are in dependency order). One
     # flush per type: the unit of work orders inserts by relationship(), not by bare foreign keys.
@@ -195,6 +209,13 @@ def apply_records(
             _apply_one(page, record, inserts)
         inserts.execute(session, mapping.object_map_for(object_type))
         session.flush()
+    # Parts (an invoice's reminders) last: the objects they belong to may have come in this page.
+    parts: defaultdict[str, list[UpstreamRecord]] = defaultdict(list)
+    for record in records:
+        if record.object_type in mapping.PARTS:
+            parts[record.object_type].append(record)
+    for record_type, part_records in parts.items():
+        _apply_parts(session, page, mapping.PARTS[record_type], part_records)
     counts.events += page.events.flush()  # in the order the changes were applied
     return counts
 
@@ -211,6 +232,7 @@ class _Page:
     now: datetime
     counts: ApplyCounts
     events: EventBatch
+    first_pull: bool
 
 
 @dataclass
@@ -250,6 +272,9 @@ def _apply_one(page: _Page, record: UpstreamRecord, inserts: _Inserts) -> None:
     data = dict(record.fields)
     for name in page.ref_fields[key]:
         data[name] = _resolve(data[name], page.ids)
+    for name in spec.parts:  # filled by a feed of their own: an object's record does not carry them
+        if name not in data and old is not None:
+            data[name] = getattr(old, name)
     data.update({
         "id": gateway_id,
         "company_id": company_id,
@@ -271,29 +296,72 @@ def _apply_one(page: _Page, record: UpstreamRecord, inserts: _Inserts) -> None:
         inserts.add(spec, mapping.row_values(new, connection_id=connection_id, document=document))
         counts.created += 1
         event_types = [f"{record.object_type}.created"]
+        _stage_events(page, record.object_type, event_types, document, company_id, gateway_id)
     else:
-        payload = new.model_dump(mode="json")
-        old_payload = old.model_dump(mode="json")
-        # Unchanged means the JSON we serve is unchanged (free-form fields hold Decimal before the
-        # database and strings after). A deleted row that reappears differs in deleted_at.
-        if payload == old_payload:
-            counts.unchanged += 1
-            return
-        fetched = new.upstream.model_copy(update={"fetched_at": now})
-        new = new.model_copy(update={"updated_at": now, "upstream": fetched})
-        payload = new.model_dump(mode="json")
-        document = json_dumps(payload)
-        mapping.apply_to_row(mapping.row_values(new, connection_id=connection_id, document=document), row)
-        counts.updated += 1
-        event_types = _events_for_change(record.object_type, old_payload, payload)
-    counts.by_type[record.object_type] += 1
+        _update(page, spec, row, old, new, fetched=True)
+
+
+def _update(page: _Page, spec: mapping.ObjectMap, row: Any, old: Any, new: Any, *, fetched: bool) -> None:
+    """Write `new` over the stored `row` (whose object is `old`) when what we serve changes, with its
+    events. `fetched`: `new` is the object as just read from the portal (not only a part of it)."""
+    payload = new.model_dump(mode="json")
+    old_payload = old.model_dump(mode="json")
+    # Unchanged means the JSON we serve is unchanged (free-form fields hold Decimal before the
+    # database and strings after). A deleted row that reappears differs in deleted_at.
+    if payload == old_payload:
+        page.counts.unchanged += 1
+        return
+    changes: dict[str, Any] = {"updated_at": page.now}
+    if fetched:
+        changes["upstream"] = new.upstream.model_copy(update={"fetched_at": page.now})
+    new = new.model_copy(update=changes)
+    payload = new.model_dump(mode="json")
+    document = json_dumps(payload)
+    mapping.apply_to_row(mapping.row_values(new, connection_id=page.connection_id, document=document), row)
+    page.counts.updated += 1
+    # Parts listed by their feed's first pull (reminders sent before the gateway looked) are history.
+    event_types = _events_for_change(
+        spec.object_type, old_payload, payload, news=fetched or not page.first_pull
+    )
+    _stage_events(page, spec.object_type, event_types, document, new.company_id, new.id)
+
+
+def _stage_events(page: _Page, object_type: str, event_types: list[str], document: str, company_id: str,
+                  object_id: str) -> None:  # fmt: skip
+    page.counts.by_type[object_type] += 1
     event_data = RawJSON(document)  # the events store the document's text, not a second serialization
     for event_type in event_types:
         page.events.add(
             event_type,
             data=event_data,
-            connection_id=connection_id,
+            connection_id=page.connection_id,
             company_id=company_id,
-            object_type=record.object_type,
-            object_id=gateway_id,
+            object_type=object_type,
+            object_id=object_id,
         )
+
+
+def _apply_parts(session: Session, page: _Page, part: mapping.PartMap, records: list[UpstreamRecord]) -> None:
+    """Merge part records (reminders) into the stored objects they belong to, by the part's portal id.
+    A part whose object is not in the store is left out: the sync reads such objects first."""
+    spec = mapping.object_map_for(part.parent_type)
+    item_schema = spec.children[part.field].schema
+    by_parent: defaultdict[str, dict[str, UpstreamRecord]] = defaultdict(dict)
+    for record in records:  # the last record of a part wins (a page may list a part twice)
+        by_parent[record.fields[part.parent_key].upstream_id][record.upstream_id] = record
+    parents = _load_existing(session, page.connection_id, part.parent_type, by_parent)
+    for parent_upstream_id, parts in by_parent.items():
+        row = parents.get(parent_upstream_id)
+        if row is None:
+            page.counts.unchanged += len(parts)
+            continue
+        old = mapping.to_schema(row)
+        items = {item["upstream_id"]: item for item in old.model_dump(mode="json")[part.field]}
+        for upstream_id, record in parts.items():
+            fields = {name: value for name, value in record.fields.items() if name != part.parent_key}
+            # As the served JSON has it (dates as text), checked by the item's schema.
+            items[upstream_id] = item_schema.model_validate(fields).model_dump(mode="json")
+        new = spec.schema.model_validate(
+            {**old.model_dump(), part.field: sorted(items.values(), key=part.order)}
+        )
+        _update(page, spec, row, old, new, fetched=False)

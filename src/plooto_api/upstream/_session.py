@@ -1061,11 +1061,13 @@ class PortalSession:
             page_number += 1
 
     async def send_reminder(self, company_upstream_id: str, invoice_upstream_id: str) -> WriteResult:
-        """Send a manual reminder for an invoice now; `raw` is the portal's reminder."""
+        """Send a manual reminder for an invoice now; `raw` is the portal's reminder, `records` the
+        reminder as a part of its invoice."""
         path = f"{portal.company_collection(company_upstream_id, portal.INVOICES.path)}/{invoice_upstream_id}/reminders"
         raw, response = await self._api_write("POST", path, json_body={}, object_type="reminder")
         check_shape(portal.REMINDER, raw, object_type="reminder")
-        return WriteResult([], raw.get("reminderId"), response.status_code,
+        records = portal.normalize_reminder(raw, self._context(company_upstream_id))
+        return WriteResult(records, raw.get("reminderId"), response.status_code,
                            response.headers.get(portal.TRACE_HEADER), raw)  # fmt: skip
 
     async def list_reminders(

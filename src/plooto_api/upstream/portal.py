@@ -264,6 +264,13 @@ INVOICE = Shape(
         "recurringInvoiceId": "str?", "memo": "str?", "accountingIds": "dict?", **_STAMPS,
     },
 )  # fmt: skip
+REMINDER = Shape(
+    "reminder",
+    {
+        "reminderId": "str", "invoiceId": "str", "kind": "str", "scheduledFor": "ts?", "sentAt": "ts?",
+        "status": "str", "channel": "str?", "recipient": "str?", **_STAMPS,
+    },
+)  # fmt: skip
 RECURRING_INVOICE = Shape(
     "recurringInvoice",
     {
@@ -324,6 +331,8 @@ INVOICE_STATUS = {
 RECURRING_FREQUENCY = {"Weekly": "weekly", "BiWeekly": "biweekly", "Monthly": "monthly"}
 RECURRING_INTERVAL_DAYS = {"Weekly": 7, "BiWeekly": 14}
 RECURRING_STATUS = {"Active": "active", "Cancelled": "cancelled", "Completed": "completed"}
+REMINDER_KIND = {"BeforeDue": "before_due", "OnDue": "on_due", "AfterDue": "after_due", "Manual": "manual"}
+REMINDER_STATUS = {"Scheduled": "scheduled", "Sent": "sent", "Cancelled": "cancelled"}
 ROLE = {
     "Administrator": "administrator",
     "CFO": "cfo",
@@ -954,11 +963,36 @@ def reminder_offsets(schedule: dict[str, Any]) -> list[int]:
     return sorted({-int(d) for d in schedule["daysBeforeDue"]} | {int(d) for d in schedule["daysAfterDue"]})
 
 
+def normalize_reminder(raw: dict[str, Any], ctx: Context) -> list[UpstreamRecord]:
+    """A reminder of the schedule or the sent log: it becomes part of its invoice (`reminders`)."""
+    reminder_id = raw["reminderId"]
+    scheduled = parse_timestamp(raw.get("scheduledFor"))
+    fields = {
+        "invoice_id": ref("invoice", raw["invoiceId"]),
+        "upstream_id": reminder_id,
+        "kind": _mapped(REMINDER_KIND, raw["kind"], "invoice_reminder", "kind"),
+        "scheduled_for": scheduled.date() if scheduled else None,
+        "sent_at": parse_timestamp(raw.get("sentAt")),
+        "channel": (raw.get("channel") or "email").lower(),
+        "status": _mapped(REMINDER_STATUS, raw["status"], "invoice_reminder", "status"),
+    }
+    return [
+        ctx.record(
+            "invoice_reminder",
+            reminder_id,
+            fields,
+            status_raw=raw["status"],
+            modified=raw[LAST_MODIFIED],
+            created=raw[CREATED],
+        )
+    ]
+
+
 def normalize_invoice(raw: dict[str, Any], ctx: Context) -> list[UpstreamRecord]:
     invoice_id = raw["invoiceId"]
     currency = raw["currency"]
     total = money(raw["totalAmount"], currency)
-    # `reminders` (the sent log) is not on the invoice object; it stays out of these fields.
+    # `reminders` (the schedule and sent log) is not on the invoice object: the reminders feed fills it.
     fields = {
         "customer_id": ref("customer", raw.get("customerId")),
         "number": raw.get("invoiceNumber"),
@@ -1061,6 +1095,9 @@ RECURRING_INVOICES = Collection(
     "recurringInvoiceId",
     normalize_recurring_invoice,
 )
+REMINDERS = Collection(
+    "reminders", REMINDER, "invoice_reminder", "reminderId", normalize_reminder, has_detail=False
+)
 CUSTOMER_PAYMENTS = Collection(
     "customer-payments", CUSTOMER_PAYMENT, "payment", "customerPaymentId", normalize_customer_payment
 )
@@ -1081,6 +1118,7 @@ FEEDS: tuple[Feed, ...] = (
     ),
     Feed("recurring_invoices", ("recurring_invoice",), incremental=True, cadence="slow"),
     Feed("invoices", ("invoice", "sync_mapping"), incremental=True, cadence="fast"),
+    Feed("reminders", ("invoice_reminder",), incremental=True, cadence="fast", parent="invoice"),
     Feed("customer_payments", ("payment", "sync_mapping"), incremental=True, cadence="fast"),
 )
 FEED_COLLECTIONS: dict[str, Collection] = {
@@ -1093,6 +1131,7 @@ FEED_COLLECTIONS: dict[str, Collection] = {
     "payments": PAYMENTS,
     "recurring_invoices": RECURRING_INVOICES,
     "invoices": INVOICES,
+    "reminders": REMINDERS,
     "customer_payments": CUSTOMER_PAYMENTS,
 }
 
@@ -1154,13 +1193,6 @@ PAYMENT_METHOD_TO_PORTAL = {value: key for key, value in PAYMENT_METHOD.items()}
 INVOICE_SEND = {"now": "Now", "scheduled": "Scheduled", "draft": "Draft"}
 RECURRING_FREQUENCY_TO_PORTAL = {value: key for key, value in RECURRING_FREQUENCY.items()}
 INVOICE_TERMS = ("DueOnReceipt", "Net15", "Net30", "Net45", "Net60")
-REMINDER = Shape(
-    "reminder",
-    {
-        "reminderId": "str", "invoiceId": "str", "kind": "str", "scheduledFor": "ts?", "sentAt": "ts?",
-        "status": "str", "channel": "str?", "recipient": "str?",
-    },
-)  # fmt: skip
 
 
 def company_collection(company: str, collection: str) -> str:

@@ -353,6 +353,8 @@ class InvoiceReminder(Base):
     invoice_id: Mapped[str] = mapped_column(
         String(40), ForeignKey("invoices.id", ondelete="CASCADE"), index=True
     )
+    upstream_id: Mapped[str | None] = mapped_column(String(64))  # the portal's reminder id
+    kind: Mapped[str | None] = mapped_column(String(16))  # before_due · on_due · after_due · manual
     scheduled_for: Mapped[date | None]
     sent_at: Mapped[datetime | None]
     channel: Mapped[str] = mapped_column(String(16), default="email")
