@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from plooto_api import schemas
+from plooto_api import mapping, schemas
 from plooto_api.schemas.common import PortalObject
 from plooto_api.upstream import FEEDS, PortalSession, UpstreamRecord, UpstreamRef
 from plooto_api.upstream.portal import reminder_offsets
@@ -114,10 +114,22 @@ def test_every_feed_normalizes_into_the_schemas(make_session: SessionFactory) ->
     by_type: dict[str, list[UpstreamRecord]] = {}
     for record in records:
         by_type.setdefault(record.object_type, []).append(record)
+    parts = {key: by_type.pop(key) for key in list(by_type) if key in mapping.PARTS}
     assert set(by_type) == set(SCHEMAS), set(SCHEMAS) - set(by_type)
+    assert set(parts) == set(mapping.PARTS)
 
     refs: list[UpstreamRef] = []
     validated = {key: [validate(r, refs) for r in group] for key, group in by_type.items()}
+    for key, group in parts.items():  # an item of its parent's list, which its record refers to
+        part = mapping.PARTS[key]
+        item_schema = mapping.OBJECT_MAPS[part.parent_type].children[part.field].schema
+        for record in group:
+            assert no_floats(record.fields) and record.fields["upstream_id"] == record.upstream_id
+            fields = resolve_refs_to_dummy(record.fields, refs)
+            item_schema.model_validate({k: v for k, v in fields.items() if k != part.parent_key})
+    reminders = [r.fields for r in parts["invoice_reminder"]]
+    assert {r["status"] for r in reminders} >= {"scheduled", "sent"}
+    assert {r["kind"] for r in reminders} >= {"before_due", "after_due"}
     known = {(r.object_type, r.upstream_id) for r in records}
     dangling = {(ref.object_type, ref.upstream_id) for ref in refs} - known
     assert not dangling, sorted(dangling)[:5]  # every reference points at a record some feed emits

@@ -298,12 +298,15 @@ def _apply_one(page: _Page, record: UpstreamRecord, inserts: _Inserts) -> None:
         event_types = [f"{record.object_type}.created"]
         _stage_events(page, record.object_type, event_types, document, company_id, gateway_id)
     else:
-        _update(page, spec, row, old, new, fetched=True)
+        _update(page, spec, row, old, new)
 
 
-def _update(page: _Page, spec: mapping.ObjectMap, row: Any, old: Any, new: Any, *, fetched: bool) -> None:
+def _update(
+    page: _Page, spec: mapping.ObjectMap, row: Any, old: Any, new: Any, *, part: str | None = None
+) -> None:
     """Write `new` over the stored `row` (whose object is `old`) when what we serve changes, with its
-    events. `fetched`: `new` is the object as just read from the portal (not only a part of it)."""
+    events. `new` is the object as just read from the portal, or (`part`) `old` with that list field
+    merged from a feed of its own: then only the list's rows and the document are written."""
     payload = new.model_dump(mode="json")
     old_payload = old.model_dump(mode="json")
     # Unchanged means the JSON we serve is unchanged (free-form fields hold Decimal before the
@@ -312,16 +315,21 @@ def _update(page: _Page, spec: mapping.ObjectMap, row: Any, old: Any, new: Any, 
         page.counts.unchanged += 1
         return
     changes: dict[str, Any] = {"updated_at": page.now}
-    if fetched:
+    if part is None:
         changes["upstream"] = new.upstream.model_copy(update={"fetched_at": page.now})
     new = new.model_copy(update=changes)
     payload = new.model_dump(mode="json")
     document = json_dumps(payload)
-    mapping.apply_to_row(mapping.row_values(new, connection_id=page.connection_id, document=document), row)
+    stored = mapping.row_values(new, connection_id=page.connection_id, document=document)
+    if part is not None:  # the other columns and child rows are as they were
+        stored = mapping.RowValues(
+            {"document": document, "updated_at": page.now}, {part: stored.children[part]}
+        )
+    mapping.apply_to_row(stored, row)
     page.counts.updated += 1
     # Parts listed by their feed's first pull (reminders sent before the gateway looked) are history.
     event_types = _events_for_change(
-        spec.object_type, old_payload, payload, news=fetched or not page.first_pull
+        spec.object_type, old_payload, payload, news=part is None or not page.first_pull
     )
     _stage_events(page, spec.object_type, event_types, document, new.company_id, new.id)
 
@@ -352,8 +360,7 @@ def _apply_parts(session: Session, page: _Page, part: mapping.PartMap, records: 
     parents = _load_existing(session, page.connection_id, part.parent_type, by_parent)
     for parent_upstream_id, parts in by_parent.items():
         row = parents.get(parent_upstream_id)
-        if row is None:
-            page.counts.unchanged += len(parts)
+        if row is None:  # gone from the portal, or of a company this login no longer reaches
             continue
         old = mapping.to_schema(row)
         items = {item["upstream_id"]: item for item in old.model_dump(mode="json")[part.field]}
@@ -364,4 +371,4 @@ def _apply_parts(session: Session, page: _Page, part: mapping.PartMap, records: 
         new = spec.schema.model_validate(
             {**old.model_dump(), part.field: sorted(items.values(), key=part.order)}
         )
-        _update(page, spec, row, old, new, fetched=False)
+        _update(page, spec, row, old, new, part=part.field)
