@@ -43,7 +43,8 @@ EVENT_TYPES = (
     "bill.created", "bill.updated", "bill.approval_updated", "bill.deleted",
     "payment.created", "payment.updated", "payment.status_updated", "payment.sent", "payment.failed",
     "payment.completed", "payment.deleted",
-    "invoice.created", "invoice.updated", "invoice.paid", "invoice.overdue", "invoice.deleted",
+    "invoice.created", "invoice.updated", "invoice.paid", "invoice.overdue", "invoice.reminder_sent",
+    "invoice.deleted",
     "connection.requires_action", "connection.repaired", "connection.upstream_changed",
     "webhook_endpoint.disabled", TEST_EVENT_TYPE,
 )  # fmt: skip
