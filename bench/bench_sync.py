@@ -138,7 +138,11 @@ async def _context(url: str, start_rate: float | None = None) -> AsyncIterator[t
 
 
 class _FetchOnlyEngine(SyncEngine):
-    """Fetches, checks and normalizes every page as a sync does, and writes nothing."""
+    """Fetches, checks and normalizes every page as a sync does, and writes nothing (so it does not
+    read on their own the invoices a reminders page refers to: a sync that writes has them)."""
+
+    async def _absent_parents(self, *args: Any, **kwargs: Any) -> list[Any]:
+        return []
 
     def _write_page(self, connection_id: str, company_upstream_id: str, feed: Any, records: list[Any],
                     state: dict[str, Any]) -> ApplyCounts:  # fmt: skip

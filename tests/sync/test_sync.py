@@ -110,8 +110,22 @@ async def test_incremental_sync_fetches_only_what_changed(
     assert again.counts.created == 0
     assert again.counts.by_type.get("bill") == 3
     assert _event_types(ctx)["bill.updated"] == 3
+    portal = await ctx.portals.get(connection_id)
+    before = portal.stats.requests
     nothing = await engine.sync_connection(connection_id, cadence="fast")
     assert nothing.counts.created == 0 and nothing.counts.updated == 0
+    # One page per feed and company: records sharing the last instant of a feed long past (reminders
+    # sent in one batch) are not listed again; those at the frozen clock's instant (the bills just
+    # changed) are, and compare unchanged.
+    fast_feeds = len(sync_engine.feeds_for("fast"))
+    assert portal.stats.requests - before == 1 + COMPANIES * fast_feeds  # the company list, then feeds
+    with ctx.sessions() as session:
+        cursors = session.scalars(
+            select(models.SyncCursor).where(models.SyncCursor.connection_id == connection_id)
+        )
+        exclusive = {(c.object_type, c.company_upstream_id): c.page_state["exclusive"] for c in cursors}
+    assert all(exclusive[("reminders", c)] for c in {company for _, company in exclusive})
+    assert exclusive[("bills", company.upstream_id)] is False
 
 
 async def test_payment_lifecycle_becomes_events(
@@ -448,3 +462,16 @@ async def test_reminders_of_an_invoice_the_store_lacks_bring_the_invoice(
     assert report.ok, report.error
     assert report.counts.by_type["invoice"] >= 1
     assert len(_stored_reminders(ctx, upstream_id)) == expected
+
+
+def test_a_pull_skips_the_records_at_since_only_once_that_instant_is_settled() -> None:
+    since = datetime(2026, 3, 1, 14, 30, tzinfo=UTC)
+    state = {"since": since.isoformat(), "page": 4, "listed_at": (since + timedelta(seconds=30)).isoformat()}
+    position = sync_engine._Position(state)
+    position.start()  # listed 30 s after `since`: a change may still have taken that instant
+    assert (position.page, position.query_since()) == (1, since)
+    position = sync_engine._Position({**state, "listed_at": (since + timedelta(hours=1)).isoformat()})
+    position.start()
+    assert position.query_since() == since + timedelta(microseconds=1)
+    resumed = sync_engine._Position({**position.as_state(), "page": 2})  # a crash mid-pull: same query
+    assert resumed.query_since() == since + timedelta(microseconds=1) and resumed.page == 2

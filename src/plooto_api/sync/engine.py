@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from sqlalchemy import select
@@ -97,19 +97,55 @@ def _cursor(session: Session, connection_id: str, company_upstream_id: str, feed
     return cursor
 
 
+# How far the portal's clock must have been past `since` when a pull ended for the next pull to
+# skip the records at `since` (clocks of the portal's servers may differ by less than this).
+SETTLED_AFTER = timedelta(minutes=1)
+_TICK = timedelta(microseconds=1)  # the portal's timestamps are to the microsecond
+
+
 class _Position:
-    """Where a feed's pull stands: (since, after_id) keyset plus the page number within `since`."""
+    """Where a feed's pull stands: (since, after_id) keyset plus the page number within `since`.
+
+    `modifiedSince` is inclusive, so each pull lists again the records at `since`: one may have
+    changed at that same instant after the last listing. Once the portal's clock was past `since`
+    (by SETTLED_AFTER) when a pull listed them, no change can take that instant any more, and the
+    next pull starts just after it (`exclusive`): many records sharing one instant (reminders sent in
+    one batch) are then not listed again by every pull."""
 
     def __init__(self, state: dict[str, Any] | None) -> None:
         state = state or {}
         self.since: datetime | None = datetime.fromisoformat(state["since"]) if state.get("since") else None
         self.after_id: str | None = state.get("after_id")
         self.page: int = int(state.get("page", 1))
+        self.exclusive: bool = bool(state.get("exclusive"))
+        listed = state.get("listed_at")
+        self.listed_at: datetime | None = datetime.fromisoformat(listed) if listed else None
 
-    def advance(self, last: UpstreamRecord, *, keyset: bool) -> None:
-        """Move past a page whose last (greatest) record is `last`."""
+    def start(self) -> None:
+        """A new pull after a finished one: from the first page, past `since` once it is settled."""
+        self.page = 1
+        self.exclusive = (
+            self.since is not None
+            and self.listed_at is not None
+            and self.listed_at - self.since > SETTLED_AFTER
+        )
+
+    def query_since(self) -> datetime | None:
+        """The `modifiedSince` of this pull's query."""
+        return self.since + _TICK if self.since is not None and self.exclusive else self.since
+
+    def advance(self, last: UpstreamRecord, *, keyset: bool, listed_at: datetime) -> None:
+        """Move past a page whose last (greatest) record is `last`, listed when the portal's clock
+        was at least `listed_at`."""
+        self.listed_at = listed_at
         if keyset and (self.since is None or last.modified_at > self.since):
-            self.since, self.after_id, self.page = last.modified_at, last.upstream_id, 1
+            # Records at the new `since` may follow on the next page: the next query includes them.
+            self.since, self.after_id, self.page, self.exclusive = (
+                last.modified_at,
+                last.upstream_id,
+                1,
+                False,
+            )
         else:  # the page shares `since` (or the feed has no keyset): next page of the same query
             self.page += 1
             if keyset:
@@ -120,6 +156,8 @@ class _Position:
             "since": _iso(self.since) if self.since else None,
             "after_id": self.after_id,
             "page": self.page,
+            "exclusive": self.exclusive,
+            "listed_at": _iso(self.listed_at) if self.listed_at else None,
         }
 
 
@@ -240,23 +278,28 @@ class SyncEngine:
             cursor.last_run_at = utcnow()
         if not feed.incremental and not state.get("in_progress"):
             state = {}  # a feed without modified-since is listed whole every time
-        if not state.get("in_progress"):
-            state["page"] = 1  # a finished pull resumes from its keyset, at the first page
         position = _Position(state)
+        if not state.get("in_progress"):
+            position.start()  # a finished pull resumes from its keyset, at the first page
         report.feeds += 1
         seen: set[tuple[str, str]] = set()
         done = 0
 
-        def fetch() -> asyncio.Future[ChangePage]:
-            return asyncio.ensure_future(portal.list_changes(
-                company_upstream_id, feed.name, modified_since=position.since, page_number=position.page,
-                page_size=PAGE_SIZE,
-            ))  # fmt: skip
+        async def listed() -> tuple[ChangePage, datetime]:
+            asked_at = portal.portal_now()  # the portal lists no later than this
+            page = await portal.list_changes(
+                company_upstream_id, feed.name, modified_since=position.query_since(),
+                page_number=position.page, page_size=PAGE_SIZE,
+            )  # fmt: skip
+            return page, asked_at
+
+        def fetch() -> asyncio.Future[tuple[ChangePage, datetime]]:
+            return asyncio.ensure_future(listed())
 
         pending = fetch()
         try:
             while True:
-                page = await pending
+                page, asked_at = await pending
                 if feed.parent is not None:
                     parents = await self._absent_parents(portal, connection_id, company_upstream_id, feed.parent,
                                                          page.records)  # fmt: skip
@@ -267,7 +310,9 @@ class SyncEngine:
                 own = [r for r in page.records if r.object_type == feed.object_types[0]]
                 more = page.has_more and bool(own)
                 if own:
-                    position.advance(own[-1], keyset=feed.incremental)
+                    position.advance(own[-1], keyset=feed.incremental, listed_at=asked_at)
+                else:
+                    position.listed_at = asked_at
                 state = {**position.as_state(), "in_progress": more}
                 if more:
                     pending = fetch()  # the next query is known: fetch it while this page is written
