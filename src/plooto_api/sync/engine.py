@@ -286,7 +286,7 @@ class SyncEngine:
         done = 0
 
         async def listed() -> tuple[ChangePage, datetime]:
-            asked_at = portal.portal_now()  # the portal lists no later than this
+            asked_at = portal.portal_now()  # the portal lists no earlier than this
             page = await portal.list_changes(
                 company_upstream_id, feed.name, modified_since=position.query_since(),
                 page_number=position.page, page_size=PAGE_SIZE,
