@@ -87,3 +87,19 @@ def test_serve_runs_the_embedded_sandbox_and_survives_a_restart(
     assert "0 created" in second
     assert "portal.signed_in" not in second  # the saved session was reused: no new login, no MFA
     assert re.search(r"sandbox: (http://\S+)", second).group(1) == sandbox_url.group(1)  # type: ignore[union-attr]
+
+
+def test_a_sigterm_is_kept_until_the_server_exists_and_then_stops_it() -> None:
+    import signal as signals
+
+    import uvicorn
+
+    from plooto_api.cli.serve import _Stopper
+
+    stopper = _Stopper()
+    with pytest.raises(KeyboardInterrupt):  # before uvicorn: as Ctrl-C
+        stopper(signals.SIGTERM, None)
+    assert stopper.requested  # kept, should a weakref callback or __del__ have dropped the interrupt
+    server = stopper.server = uvicorn.Server(uvicorn.Config(app=lambda: None))
+    stopper(signals.SIGTERM, None)  # uvicorn starting (or restoring this handler when it is done)
+    assert server.should_exit

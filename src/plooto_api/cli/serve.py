@@ -33,17 +33,31 @@ def _first_sync(settings: Settings, console: Console, sandbox_url: str) -> None:
     asyncio.run(run())
 
 
-def _stop_on_sigterm() -> None:
+class _Stopper:
     """Make SIGTERM (how a service manager, a container runtime or `kill` stops it) end `serve` as
     Ctrl-C does, through the `finally` that stops the embedded sandbox. At its default, SIGTERM
     ends the process outright (uvicorn raises it again after its own graceful shutdown), leaving
-    the sandbox child running on its port."""
+    the sandbox child running on its port.
 
-    def stop(_signum: int, _frame: FrameType | None) -> None:
+    Before uvicorn runs, the handler raises KeyboardInterrupt; Python drops an exception raised
+    where it cannot propagate (a weakref callback, a `__del__`), so the request is also kept in
+    `requested` and checked before serving, and once the server exists it is told to exit instead
+    (uvicorn replaces this handler with its own when it starts, and stops at once if told so)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.server: uvicorn.Server | None = None
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self)
+
+    def __call__(self, _signum: int, _frame: FrameType | None) -> None:
+        self.requested = True
+        if self.server is not None:
+            self.server.should_exit = True
+            return
         raise KeyboardInterrupt
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, stop)
 
 
 def run_serve(settings: Settings, console: Console) -> None:
@@ -56,7 +70,8 @@ def run_serve(settings: Settings, console: Console) -> None:
         f"  store:   {make_url(settings.resolved_database_url).render_as_string(hide_password=True)}"
     )
     sandbox: EmbeddedSandbox | None = None
-    _stop_on_sigterm()
+    stopper = _Stopper()
+    stopper.install()
     try:
         if not settings.upstream_url:
             sandbox = EmbeddedSandbox(settings.ensure_data_dir())
@@ -83,9 +98,12 @@ def run_serve(settings: Settings, console: Console) -> None:
         config = uvicorn.Config(
             create_app(settings), host=settings.host, port=settings.port, log_config=None, access_log=False
         )
+        server = stopper.server = uvicorn.Server(config)
+        if stopper.requested:  # a SIGTERM whose KeyboardInterrupt was dropped on the way here
+            raise KeyboardInterrupt
         # uvicorn re-raises Ctrl-C after a graceful shutdown; stopping is the intended outcome.
         with contextlib.suppress(KeyboardInterrupt):
-            uvicorn.Server(config).run()
+            server.run()
     except KeyboardInterrupt:
         pass
     finally:
