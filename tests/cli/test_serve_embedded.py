@@ -12,8 +12,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+import uvicorn
 
 from conftest import free_port
+from plooto_api.cli.serve import _Stopper
 
 CLI = [sys.executable, "-c", "from plooto_api.cli import main; main()"]
 
@@ -90,16 +92,10 @@ def test_serve_runs_the_embedded_sandbox_and_survives_a_restart(
 
 
 def test_a_sigterm_is_kept_until_the_server_exists_and_then_stops_it() -> None:
-    import signal as signals
-
-    import uvicorn
-
-    from plooto_api.cli.serve import _Stopper
-
     stopper = _Stopper()
     with pytest.raises(KeyboardInterrupt):  # before uvicorn: as Ctrl-C
-        stopper(signals.SIGTERM, None)
+        stopper(signal.SIGTERM, None)
     assert stopper.requested  # kept, should a weakref callback or __del__ have dropped the interrupt
     server = stopper.server = uvicorn.Server(uvicorn.Config(app=lambda: None))
-    stopper(signals.SIGTERM, None)  # uvicorn starting (or restoring this handler when it is done)
+    stopper(signal.SIGTERM, None)  # uvicorn starting (or restoring this handler when it is done)
     assert server.should_exit
