@@ -119,6 +119,7 @@ class _Position:
         self.page: int = int(state.get("page", 1))
         self.exclusive: bool = bool(state.get("exclusive"))
         listed = state.get("listed_at")
+        # When the portal's clock was at least, as it listed the last page.
         self.listed_at: datetime | None = datetime.fromisoformat(listed) if listed else None
 
     def start(self) -> None:
@@ -134,10 +135,8 @@ class _Position:
         """The `modifiedSince` of this pull's query."""
         return self.since + _TICK if self.since is not None and self.exclusive else self.since
 
-    def advance(self, last: UpstreamRecord, *, keyset: bool, listed_at: datetime) -> None:
-        """Move past a page whose last (greatest) record is `last`, listed when the portal's clock
-        was at least `listed_at`."""
-        self.listed_at = listed_at
+    def advance(self, last: UpstreamRecord, *, keyset: bool) -> None:
+        """Move past a page whose last (greatest) record is `last`."""
         if keyset and (self.since is None or last.modified_at > self.since):
             # Records at the new `since` may follow on the next page: the next query includes them.
             self.since, self.after_id, self.page, self.exclusive = (
@@ -299,9 +298,10 @@ class SyncEngine:
         pending = fetch()
         try:
             while True:
-                page, asked_at = await pending
-                if feed.parent is not None:
-                    parents = await self._absent_parents(portal, connection_id, company_upstream_id, feed.parent,
+                page, position.listed_at = await pending
+                part = mapping.PARTS.get(feed.object_types[0])
+                if part is not None:  # the feed lists parts of other objects (an invoice's reminders)
+                    parents = await self._absent_parents(portal, connection_id, company_upstream_id, part,
                                                          page.records)  # fmt: skip
                     page.records = [*parents, *page.records]
                 seen.update((r.object_type, r.upstream_id) for r in page.records)
@@ -310,9 +310,7 @@ class SyncEngine:
                 own = [r for r in page.records if r.object_type == feed.object_types[0]]
                 more = page.has_more and bool(own)
                 if own:
-                    position.advance(own[-1], keyset=feed.incremental, listed_at=asked_at)
-                else:
-                    position.listed_at = asked_at
+                    position.advance(own[-1], keyset=feed.incremental)
                 state = {**position.as_state(), "in_progress": more}
                 if more:
                     pending = fetch()  # the next query is known: fetch it while this page is written
@@ -339,23 +337,23 @@ class SyncEngine:
         portal: PortalSession,
         connection_id: str,
         company_upstream_id: str,
-        parent_type: str,
+        part: mapping.PartMap,
         records: list[UpstreamRecord],
     ) -> list[UpstreamRecord]:
         """The objects `records` are parts of that the store lacks, read from the portal: one made after
         its feed was listed has parts (a new invoice's reminders) this feed will not list again."""
-        wanted = {r.fields[f"{parent_type}_id"].upstream_id for r in records}
+        wanted = {r.fields[part.parent_key].upstream_id for r in records}
         if not wanted:
             return []
 
         def stored() -> set[str]:
-            table = mapping.object_map_for(parent_type).model.__table__
+            table = mapping.object_map_for(part.parent_type).model.__table__
             with self.ctx.sessions() as session:
                 return set(ids_by_upstream_id(session, table, connection_id, sorted(wanted)))
 
         parents = []
         for upstream_id in sorted(wanted - await asyncio.to_thread(stored)):
-            record = await portal.fetch_object(company_upstream_id, parent_type, upstream_id)
+            record = await portal.fetch_object(company_upstream_id, part.parent_type, upstream_id)
             if record is not None:  # gone from the portal: its parts are left out
                 parents.append(record)
         return parents

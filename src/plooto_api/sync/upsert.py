@@ -363,7 +363,7 @@ def _apply_parts(session: Session, page: _Page, part: mapping.PartMap, records: 
         if row is None:  # gone from the portal, or of a company this login no longer reaches
             continue
         old = mapping.to_schema(row)
-        items = {item["upstream_id"]: item for item in old.model_dump(mode="json")[part.field]}
+        items = {item.upstream_id: item.model_dump(mode="json") for item in getattr(old, part.field)}
         for upstream_id, record in parts.items():
             fields = {name: value for name, value in record.fields.items() if name != part.parent_key}
             # As the served JSON has it (dates as text), checked by the item's schema.

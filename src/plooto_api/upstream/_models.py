@@ -94,9 +94,6 @@ class Feed:
     object_types: tuple[str, ...]
     incremental: bool
     cadence: Literal["fast", "slow"]
-    # The type of object each record belongs to (its `<parent>_id` field), when the records are parts
-    # of other objects rather than objects of their own: the sync reads a parent it lacks first.
-    parent: str | None = None
 
 
 @dataclass(frozen=True)

@@ -1118,7 +1118,7 @@ FEEDS: tuple[Feed, ...] = (
     ),
     Feed("recurring_invoices", ("recurring_invoice",), incremental=True, cadence="slow"),
     Feed("invoices", ("invoice", "sync_mapping"), incremental=True, cadence="fast"),
-    Feed("reminders", ("invoice_reminder",), incremental=True, cadence="fast", parent="invoice"),
+    Feed("reminders", ("invoice_reminder",), incremental=True, cadence="fast"),
     Feed("customer_payments", ("payment", "sync_mapping"), incremental=True, cadence="fast"),
 )
 FEED_COLLECTIONS: dict[str, Collection] = {
