@@ -354,6 +354,15 @@ def row_values(obj: schemas.PortalObject, *, connection_id: str, document: str |
     return RowValues(values, children)
 
 
+def child_rows(obj: schemas.PortalObject, name: str) -> list[dict[str, Any]]:
+    """The rows that store one child collection (field `name`) of a normalized object, as `row_values`
+    makes them, without the rest of the object's columns."""
+    child = OBJECT_MAPS[obj.object].children[name]
+    if child.money:  # in the currency row_values works out from the object's money fields
+        return row_values(obj, connection_id="").children[child.relationship]
+    return _child_rows(child, getattr(obj, name), "")
+
+
 def apply_to_row(stored: RowValues, row: Any) -> Any:
     """Write an object's stored form (`row_values`) onto a store row (new or existing); returns the row."""
     spec = object_map_for(row)

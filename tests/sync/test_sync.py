@@ -464,6 +464,75 @@ async def test_reminders_of_an_invoice_the_store_lacks_bring_the_invoice(
     assert len(_stored_reminders(ctx, upstream_id)) == expected
 
 
+async def test_an_object_the_portal_no_longer_lists_is_deleted_only_when_it_confirms_so(
+    ctx: JobContext,
+    make_connection: Callable[..., str],
+    control: httpx.Client,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    connection_id = make_connection()
+    engine = SyncEngine(ctx)
+    assert (await engine.sync_connection(connection_id)).ok
+    # A user the store mirrors and the portal no longer has (removed from the company since).
+    with ctx.sessions() as session, session.begin():
+        user = mapping.to_schema(
+            session.scalars(select(models.PortalUser).order_by(models.PortalUser.id)).first()
+        )
+        company_upstream_id = user.upstream_id.split("@")[1]
+        gone = user.model_copy(update={"id": "usr_gone", "upstream_id": f"U-gone@{company_upstream_id}"})
+        session.add(mapping.new_row(gone, connection_id=connection_id))
+    users_feed = [feed for feed in sync_engine.FEEDS if feed.name == "users"]
+    monkeypatch.setattr(sync_engine, "feeds_for", lambda cadence: users_feed)
+
+    # The portal failing to answer is not an answer: nothing is deleted.
+    control.post("/faults", json={"kind": "error", "status": 503, "pathPattern": "/users"}).raise_for_status()
+    failed = await engine.sync_connection(connection_id, cadence="slow")
+    assert failed.state == "upstream_unavailable"
+    control.delete("/faults").raise_for_status()
+    with ctx.sessions() as session:
+        assert _count(session, models.PortalUser, deleted_at=None) == _count(session, models.PortalUser)
+    assert "user.deleted" not in _event_types(ctx)
+
+    # Listed whole again, without it, and its own lookup confirms it gone: deleted, once.
+    assert (await engine.sync_connection(connection_id, cadence="slow")).ok
+    assert (await engine.sync_connection(connection_id, cadence="slow")).ok
+    with ctx.sessions() as session:
+        deleted = session.scalars(
+            select(models.PortalUser).where(models.PortalUser.deleted_at.is_not(None))
+        ).all()
+        assert [row.id for row in deleted] == ["usr_gone"]
+        assert json.loads(deleted[0].document)["deleted_at"] is not None  # its document says so too
+    assert _event_types(ctx)["user.deleted"] == 1
+    _assert_documents_match_columns(ctx)
+
+
+async def test_reminders_merge_into_an_invoice_stored_before_documents_were_kept(
+    ctx: JobContext, make_connection: Callable[..., str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    connection_id = make_connection()
+    engine = SyncEngine(ctx)
+    assert (await engine.sync_connection(connection_id)).ok
+    with ctx.sessions() as session, session.begin():
+        invoice = session.scalars(
+            select(models.Invoice).where(models.Invoice.reminders.any()).order_by(models.Invoice.id)
+        ).first()
+        assert invoice is not None
+        upstream_id, expected = invoice.upstream_id, _stored_reminders(ctx, invoice.upstream_id)
+        invoice.document = None  # as a row written before migration 0003 has it
+        invoice.reminders = []
+        for cursor in session.scalars(
+            select(models.SyncCursor).where(models.SyncCursor.object_type == "reminders")
+        ):
+            session.delete(cursor)  # the reminders feed lists everything again
+    reminders_feed = [feed for feed in sync_engine.FEEDS if feed.name == "reminders"]
+    monkeypatch.setattr(sync_engine, "feeds_for", lambda cadence: reminders_feed)
+    report = await engine.sync_connection(connection_id, cadence="fast")
+    assert report.ok, report.error
+    assert report.counts.updated == 1  # that invoice; the others have their reminders already
+    assert _stored_reminders(ctx, upstream_id) == expected
+    _assert_documents_match_columns(ctx)
+
+
 def test_a_pull_skips_the_records_at_since_only_once_that_instant_is_settled() -> None:
     since = datetime(2026, 3, 1, 14, 30, tzinfo=UTC)
     state = {"since": since.isoformat(), "page": 4, "listed_at": (since + timedelta(seconds=30)).isoformat()}

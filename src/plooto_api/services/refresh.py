@@ -6,10 +6,9 @@ from typing import Any
 
 from plooto_api import mapping
 from plooto_api.jobs.context import JobContext
-from plooto_api.services.events import record_event
 from plooto_api.store.base import utcnow
 from plooto_api.store.database import transaction
-from plooto_api.sync.upsert import apply_records, company_ids
+from plooto_api.sync.upsert import apply_records, company_ids, mark_deleted
 
 
 async def refresh_object(ctx: JobContext, row: Any) -> None:
@@ -35,8 +34,5 @@ async def refresh_object(ctx: JobContext, row: Any) -> None:
             apply_records(session, connection_id, companies, [record], utcnow())
             return
         stored = session.get(type(row), row.id)
-        if stored is not None and stored.deleted_at is None:
-            stored.deleted_at = utcnow()
-            record_event(session, f"{object_type}.deleted", data={"id": row.id, "object": object_type},
-                         connection_id=connection_id, company_id=companies.get(company_upstream_id),
-                         object_type=object_type, object_id=row.id)  # fmt: skip
+        if stored is not None:
+            mark_deleted(session, stored, utcnow())

@@ -182,14 +182,26 @@ def ids_by_upstream_id(
     parameter, a JSON array on SQLite and an array on PostgreSQL, and the unique index on
     (connection_id, upstream_id) is searched with it, one probe per id.
     """
+    return {upstream_id: row[0] for upstream_id, row in
+            rows_by_upstream_id(session, table, connection_id, upstream_ids, ("id",)).items()}  # fmt: skip
+
+
+def rows_by_upstream_id(
+    session: Session, table: Table, connection_id: str, upstream_ids: Sequence[str], columns: Sequence[str]
+) -> dict[str, tuple[Any, ...]]:
+    """`columns` of the rows of `table` that mirror `upstream_ids` for a connection, by portal id, as
+    `ids_by_upstream_id` finds them. Values come as the driver gives them: text, numbers and NULL
+    are what they are; dates and times are not converted."""
     if not upstream_ids:
         return {}
     connection = session.connection()
     dialect = connection.dialect
-    name = dialect.identifier_preparer.format_table(table)
+    quote = dialect.identifier_preparer
+    name = quote.format_table(table)
     if dialect.name == "sqlite":
+        wanted = ", ".join(quote.quote(table.c[column].name) for column in columns)
         sql = (
-            f"SELECT upstream_id, id FROM {name} "
+            f"SELECT upstream_id, {wanted} FROM {name} "
             "WHERE connection_id = ? AND upstream_id IN (SELECT value FROM json_each(?))"
         )
         params: tuple[Any, ...] = (connection_id, json_dumps(list(upstream_ids)))
@@ -197,26 +209,28 @@ def ids_by_upstream_id(
         # One index probe per id, whatever the table's statistics say: during a first sync they still
         # describe an empty table, and `upstream_id = ANY(...)` was then planned as a scan of every
         # row of the connection (LIMIT 1 keeps the subquery a per-id lookup).
+        inner = ", ".join(quote.quote(table.c[column].name) for column in columns)
+        outer = ", ".join(f"found.{quote.quote(table.c[column].name)}" for column in columns)
         sql = (
-            "SELECT ids.upstream_id, found.id FROM unnest(%s::text[]) AS ids(upstream_id) "
-            f"CROSS JOIN LATERAL (SELECT id FROM {name} WHERE connection_id = %s "
+            f"SELECT ids.upstream_id, {outer} FROM unnest(%s::text[]) AS ids(upstream_id) "
+            f"CROSS JOIN LATERAL (SELECT {inner} FROM {name} WHERE connection_id = %s "
             "AND upstream_id = ids.upstream_id LIMIT 1) AS found"
         )
         params = (list(upstream_ids), connection_id)
     else:
-        return _ids_by_in_lists(connection, table, connection_id, list(upstream_ids))
-    return {upstream_id: gateway_id for upstream_id, gateway_id in connection.exec_driver_sql(sql, params)}
+        return _rows_by_in_lists(connection, table, connection_id, list(upstream_ids), columns)
+    return {row[0]: tuple(row[1:]) for row in connection.exec_driver_sql(sql, params)}
 
 
-def _ids_by_in_lists(
-    connection: Connection, table: Table, connection_id: str, ids: list[str]
-) -> dict[str, str]:
-    """`ids_by_upstream_id` through Core, one IN list per IN_LIST_LIMIT ids (other databases)."""
-    found: dict[str, str] = {}
+def _rows_by_in_lists(
+    connection: Connection, table: Table, connection_id: str, ids: list[str], columns: Sequence[str]
+) -> dict[str, tuple[Any, ...]]:
+    """`rows_by_upstream_id` through Core, one IN list per IN_LIST_LIMIT ids (other databases)."""
+    found: dict[str, tuple[Any, ...]] = {}
     for start in range(0, len(ids), IN_LIST_LIMIT):
-        stmt = select(table.c.upstream_id, table.c.id).where(
+        stmt = select(table.c.upstream_id, *(table.c[column] for column in columns)).where(
             table.c.connection_id == connection_id,
             table.c.upstream_id.in_(ids[start : start + IN_LIST_LIMIT]),
         )
-        found.update({upstream_id: gateway_id for upstream_id, gateway_id in connection.execute(stmt)})
+        found.update({row[0]: tuple(row[1:]) for row in connection.execute(stmt)})
     return found

@@ -30,7 +30,7 @@ from plooto_api.store.base import utcnow
 from plooto_api.store.bulk import ids_by_upstream_id
 from plooto_api.store.database import transaction
 from plooto_api.store.models import SyncCursor
-from plooto_api.sync.upsert import ApplyCounts, apply_records, company_ids
+from plooto_api.sync.upsert import ApplyCounts, apply_records, company_ids, mark_deleted
 from plooto_api.upstream import (
     FEEDS,
     AccountLocked,
@@ -411,11 +411,5 @@ class SyncEngine:
                         model.connection_id == connection_id, model.upstream_id == upstream_id
                     )
                 ).first()
-                if row is not None:
-                    row.deleted_at = utcnow()
-                    from plooto_api.services.events import record_event
-
-                    record_event(session, f"{object_type}.deleted", data={"id": row.id, "object": object_type},
-                                 connection_id=connection_id, company_id=company_id, object_type=object_type,
-                                 object_id=row.id)  # fmt: skip
+                if row is not None and mark_deleted(session, row, utcnow()):
                     report.counts.updated += 1

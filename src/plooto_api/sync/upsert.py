@@ -13,13 +13,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+import orjson
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm.util import identity_key
 
 from plooto_api import mapping
-from plooto_api.services.events import EventBatch
+from plooto_api.services.events import EventBatch, record_event
 from plooto_api.store.base import new_id
-from plooto_api.store.bulk import IN_LIST_LIMIT, ids_by_upstream_id, insert_rows
+from plooto_api.store.bulk import IN_LIST_LIMIT, ids_by_upstream_id, insert_rows, rows_by_upstream_id
 from plooto_api.store.database import json_dumps
 from plooto_api.store.models import Company
 from plooto_api.store.types import RawJSON
@@ -152,6 +154,21 @@ def company_ids(session: Session, connection_id: str) -> dict[str, str]:
         select(Company.upstream_id, Company.id).where(Company.connection_id == connection_id)
     )
     return {upstream_id: gateway_id for upstream_id, gateway_id in rows}
+
+
+def mark_deleted(session: Session, row: Any, now: datetime) -> bool:
+    """Mark a stored object deleted, the portal having confirmed it gone (a 404 for it), with its
+    `<type>.deleted` event; whether it was not deleted already. Its document is rewritten with it."""
+    if row.deleted_at is not None:
+        return False
+    spec = mapping.object_map_for(row)
+    row.deleted_at = now
+    row.document = mapping.to_schema(row).model_dump_json()
+    company_id = row.id if spec.object_type == "company" else row.company_id
+    record_event(session, f"{spec.object_type}.deleted", data={"id": row.id, "object": spec.object_type},
+                 connection_id=row.connection_id, company_id=company_id, object_type=spec.object_type,
+                 object_id=row.id)  # fmt: skip
+    return True
 
 
 def apply_records(
@@ -301,12 +318,9 @@ def _apply_one(page: _Page, record: UpstreamRecord, inserts: _Inserts) -> None:
         _update(page, spec, row, old, new)
 
 
-def _update(
-    page: _Page, spec: mapping.ObjectMap, row: Any, old: Any, new: Any, *, part: str | None = None
-) -> None:
-    """Write `new` over the stored `row` (whose object is `old`) when what we serve changes, with its
-    events. `new` is the object as just read from the portal, or (`part`) `old` with that list field
-    merged from a feed of its own: then only the list's rows and the document are written."""
+def _update(page: _Page, spec: mapping.ObjectMap, row: Any, old: Any, new: Any) -> None:
+    """Write `new` (the object as just read from the portal) over the stored `row` (whose object is
+    `old`) when what we serve changes, with its events."""
     payload = new.model_dump(mode="json")
     old_payload = old.model_dump(mode="json")
     # Unchanged means the JSON we serve is unchanged (free-form fields hold Decimal before the
@@ -314,23 +328,13 @@ def _update(
     if payload == old_payload:
         page.counts.unchanged += 1
         return
-    changes: dict[str, Any] = {"updated_at": page.now}
-    if part is None:
-        changes["upstream"] = new.upstream.model_copy(update={"fetched_at": page.now})
-    new = new.model_copy(update=changes)
+    upstream = new.upstream.model_copy(update={"fetched_at": page.now})
+    new = new.model_copy(update={"updated_at": page.now, "upstream": upstream})
     payload = new.model_dump(mode="json")
     document = json_dumps(payload)
-    stored = mapping.row_values(new, connection_id=page.connection_id, document=document)
-    if part is not None:  # the other columns and child rows are as they were
-        stored = mapping.RowValues(
-            {"document": document, "updated_at": page.now}, {part: stored.children[part]}
-        )
-    mapping.apply_to_row(stored, row)
+    mapping.apply_to_row(mapping.row_values(new, connection_id=page.connection_id, document=document), row)
     page.counts.updated += 1
-    # Parts listed by their feed's first pull (reminders sent before the gateway looked) are history.
-    event_types = _events_for_change(
-        spec.object_type, old_payload, payload, news=part is None or not page.first_pull
-    )
+    event_types = _events_for_change(spec.object_type, old_payload, payload)
     _stage_events(page, spec.object_type, event_types, document, new.company_id, new.id)
 
 
@@ -351,24 +355,79 @@ def _stage_events(page: _Page, object_type: str, event_types: list[str], documen
 
 def _apply_parts(session: Session, page: _Page, part: mapping.PartMap, records: list[UpstreamRecord]) -> None:
     """Merge part records (reminders) into the stored objects they belong to, by the part's portal id.
-    A part whose object is not in the store is left out: the sync reads such objects first."""
+    A part whose object is not in the store is left out: the sync reads such objects first.
+
+    A first sync merges thousands of parts, so this reads each object's served JSON (its document)
+    rather than its row and every child row through the ORM, and writes back only the document, the
+    update time and the list's own child rows, all in statements of many rows."""
     spec = mapping.object_map_for(part.parent_type)
     item_schema = spec.children[part.field].schema
     by_parent: defaultdict[str, dict[str, UpstreamRecord]] = defaultdict(dict)
     for record in records:  # the last record of a part wins (a page may list a part twice)
         by_parent[record.fields[part.parent_key].upstream_id][record.upstream_id] = record
-    parents = _load_existing(session, page.connection_id, part.parent_type, by_parent)
+    table = spec.model.__table__
+    stored = rows_by_upstream_id(
+        session, table, page.connection_id, list(by_parent), ("id", "document", "deleted_at")
+    )
+    merged: list[tuple[str, Any, str]] = []  # (gateway id, the object with its merged list, its JSON)
     for parent_upstream_id, parts in by_parent.items():
-        row = parents.get(parent_upstream_id)
-        if row is None:  # gone from the portal, or of a company this login no longer reaches
-            continue
-        old = mapping.to_schema(row)
-        items = {item.upstream_id: item.model_dump(mode="json") for item in getattr(old, part.field)}
+        if parent_upstream_id not in stored:
+            continue  # gone from the portal, or of a company this login no longer reaches
+        gateway_id, document, deleted_at = stored[parent_upstream_id]
+        if document is None or deleted_at is not None:
+            # Written before documents were kept, or deleted after (its document may predate that):
+            # the columns say what it is.
+            old = mapping.to_schema(session.get_one(spec.model, gateway_id)).model_dump(mode="json")
+        else:
+            old = orjson.loads(document)
+        items = {item["upstream_id"]: item for item in old[part.field]}
         for upstream_id, record in parts.items():
             fields = {name: value for name, value in record.fields.items() if name != part.parent_key}
             # As the served JSON has it (dates as text), checked by the item's schema.
             items[upstream_id] = item_schema.model_validate(fields).model_dump(mode="json")
-        new = spec.schema.model_validate(
-            {**old.model_dump(), part.field: sorted(items.values(), key=part.order)}
-        )
-        _update(page, spec, row, old, new, part=part.field)
+        new_items = sorted(items.values(), key=part.order)
+        if new_items == old[part.field]:
+            page.counts.unchanged += 1
+            continue
+        new = spec.schema.model_validate({**old, part.field: new_items, "updated_at": page.now})
+        document = new.model_dump_json()
+        merged.append((gateway_id, new, document))
+        page.counts.updated += 1
+        # Parts listed by their feed's first pull (reminders sent before the gateway looked) are history.
+        event_types = _events_for_change(spec.object_type, old, {**old, part.field: new_items},
+                                         news=not page.first_pull)  # fmt: skip
+        _stage_events(page, spec.object_type, event_types, document, new.company_id, gateway_id)
+    if merged:
+        _write_parts(session, spec, part, merged, page.now)
+
+
+def _write_parts(
+    session: Session,
+    spec: mapping.ObjectMap,
+    part: mapping.PartMap,
+    merged: list[tuple[str, Any, str]],
+    now: datetime,
+) -> None:
+    """Store the merged objects' documents and update times, and replace their list's child rows."""
+    table, child_table = spec.model.__table__, spec.child_map(part.field).model.__table__
+    parent_column = child_table.c[f"{spec.object_type}_id"]
+    session.execute(
+        update(table)
+        .where(table.c.id == bindparam("row_id"))
+        .values(document=bindparam("new_document"), updated_at=bindparam("new_updated_at")),
+        [{"row_id": gateway_id, "new_document": document, "new_updated_at": now}
+         for gateway_id, _, document in merged],
+    )  # fmt: skip
+    ids = [gateway_id for gateway_id, _, _ in merged]
+    for start in range(0, len(ids), IN_LIST_LIMIT):
+        session.execute(delete(child_table).where(parent_column.in_(ids[start : start + IN_LIST_LIMIT])))
+    insert_rows(session, child_table, [
+        {**row, parent_column.key: gateway_id}
+        for gateway_id, new, _ in merged
+        for row in mapping.child_rows(new, part.field)
+    ])  # fmt: skip
+    # Rows the session holds (a write that read the object back) would otherwise show the old list.
+    for gateway_id in ids:
+        held = session.identity_map.get(identity_key(spec.model, gateway_id))
+        if held is not None:
+            session.expire(held)
