@@ -6,10 +6,10 @@ nothing: requests start as soon as the throttle allows (up to its concurrency ca
 a fixed latency; a 429 carries the sandbox's Retry-After. It separates the throttle's ceiling from
 the gateway's CPU, which bench_sync measures together. Deterministic; prints `name value unit`.
 
-    .venv/bin/python bench/bench_throttle.py [--limits 5 10 15 25 50] [--requests 163 1000 3000]
+    .venv/bin/python bench/bench_throttle.py [--limits 5 10 15 25 50] [--requests 215 1000 3000]
 
-163 requests is bench_sync's initial sync of 10,000 bills; 3,000 is about 180,000 bills. The
-`_resumed` rows are a 163-request sync by a throttle that resumes what a run of about 3,000 requests
+215 requests is bench_sync's initial sync of 10,000 bills; 3,000 is about 140,000 bills. The
+`_resumed` rows are a 215-request sync by a throttle that resumes what a run of about 3,000 requests
 learned (as a restarted gateway does from the saved session state), against a portal bucket that is
 full: the mean over 21 such runs (2,000 to 4,000 requests) and the worst 429 share among them.
 """
@@ -67,7 +67,7 @@ def _answer(throttle: AdaptiveThrottle, retry_after: float | None, latency: floa
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--limits", type=float, nargs="+", default=[5.0, 10.0, 15.0, 25.0, 50.0])
-    parser.add_argument("--requests", type=int, nargs="+", default=[163, 1000, 3000])
+    parser.add_argument("--requests", type=int, nargs="+", default=[215, 1000, 3000])
     args = parser.parse_args()
     for limit in args.limits:
         for requests in args.requests:
@@ -77,8 +77,8 @@ def main() -> None:
             print(f"{name}_429_share {share:.2f} %")
         # Where a long run stops in its slow saw-tooth decides the rate it hands on, so resume from
         # several: runs of 2,000 to 4,000 requests. The mean fraction, and the worst 429 share.
-        resumed = [simulate(limit, 163, learned=simulate(limit, end)[2]) for end in range(2000, 4001, 100)]
-        name = f"throttle_at_{limit:g}_req_s_163_requests_resumed"
+        resumed = [simulate(limit, 215, learned=simulate(limit, end)[2]) for end in range(2000, 4001, 100)]
+        name = f"throttle_at_{limit:g}_req_s_215_requests_resumed"
         print(f"{name}_fraction_of_limit {sum(r[0] for r in resumed) / len(resumed):.3f} ratio")
         print(f"{name}_429_share {max(r[1] for r in resumed):.2f} %")
 

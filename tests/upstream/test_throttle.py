@@ -60,7 +60,9 @@ def test_rate_halves_on_429_and_start_waits_for_retry_after() -> None:
 
 def test_rate_grows_after_healthy_runs_up_to_max() -> None:
     clock = FakeClock()
-    config = ThrottleConfig(initial_rate=4, max_rate=6, increase_after=5, additive_increase=1)
+    config = ThrottleConfig(
+        initial_rate=4, max_rate=6, increase_after=5, additive_increase=1, proportional_increase=0.1
+    )
     throttle = AdaptiveThrottle(config, clock=clock)
     paced_answers(throttle, 5)
     assert throttle.rate == 5
@@ -70,7 +72,7 @@ def test_rate_grows_after_healthy_runs_up_to_max() -> None:
 
 def test_the_rate_does_not_grow_while_the_gateway_sends_slower_than_it() -> None:
     clock = FakeClock()
-    config = ThrottleConfig(initial_rate=10, increase_after=20)
+    config = ThrottleConfig(initial_rate=10, increase_after=20, proportional_increase=0.1)
     throttle = AdaptiveThrottle(config, clock=clock)
     for _ in range(200):  # one start a second against a rate of 10 a second: none waits
         clock.now += 1.0
@@ -121,10 +123,38 @@ def test_after_a_429_the_rate_recovers_fast_to_near_where_it_came_then_probes_sl
     assert throttle.rate == 16
     paced_answers(throttle, 1)
     assert throttle.rate == pytest.approx(16.08)  # past it, +0.5% per 20
-    clock.now += 2
+    clock.now += 61  # past the measure window: what passed in between says nothing of the rate
     throttle.on_rate_limited(None)  # the next 429 moves the ceiling to the rate it came at
     assert throttle.ceiling == pytest.approx(16.08)
     assert throttle.rate == pytest.approx(8.04)
+
+
+def test_what_passes_between_two_429s_becomes_the_ceiling() -> None:
+    clock = FakeClock()
+    config = ThrottleConfig(initial_rate=40, max_rate=50, measure_min_responses=10, measured_share=0.95)
+    throttle = AdaptiveThrottle(config, clock=clock)
+    # A ramp overshot a portal that lets 25 a second through: its burst hid that until this 429.
+    throttle.on_rate_limited(None)
+    assert (throttle.rate, throttle.ceiling, throttle.measured) == (20, 40, None)
+    # 4 s of starts that each waited for their pace (the gateway pushing), 100 of them answered.
+    paced_answers(throttle, 100)
+    clock.now += 4
+    assert throttle.rate > 25  # recovering towards 0.8 of the ceiling it believes
+    throttle.on_rate_limited(None)  # the bucket is empty again: it refilled 100 in 4 s
+    assert throttle.measured == pytest.approx(25)
+    assert throttle.ceiling == pytest.approx(25)
+    assert throttle.rate == pytest.approx(23.75)  # just below it, not half of where it was
+
+    # Starts that did not wait (a gateway sending slower than its rate, so the portal's bucket may
+    # have stood full, its refill lost) measure nothing: halve as before.
+    for _ in range(100):
+        clock.now += 0.5
+        assert throttle.reserve() == 0
+        throttle.on_response(0.01)
+    rate = throttle.rate
+    throttle.on_rate_limited(None)
+    assert throttle.rate == pytest.approx(rate / 2)
+    assert throttle.measured == pytest.approx(25)  # unchanged
 
 
 def test_a_throttle_resumes_from_what_an_earlier_one_learned() -> None:

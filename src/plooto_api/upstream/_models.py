@@ -68,7 +68,7 @@ class ThrottleConfig:
     # Until the first 429, each healthy run adds `additive_increase` req/s or `proportional_increase`
     # of the rate, whichever is more.
     additive_increase: float = 1.0
-    proportional_increase: float = 0.1
+    proportional_increase: float = 0.5
     # After a 429 the rate it came at is the ceiling: below `recovery_below` of it the rate grows
     # by `recovery_increase` (a share) per `recovery_after` healthy responses; from there it probes
     # past the ceiling by `probe_increase` per `increase_after`, so the portal's limit is met rarely.
@@ -77,6 +77,14 @@ class ThrottleConfig:
     recovery_after: int = 10
     probe_increase: float = 0.005
     decrease_factor_429: float = 0.5
+    # The rate the portal let through between two 429s (see AdaptiveThrottle.on_rate_limited) counts
+    # when at least `measure_paced_share` of the starts in between waited for their pace, at least
+    # `measure_min_responses` answered, within `measure_window` seconds; the rate then drops to
+    # `measured_share` of it.
+    measure_paced_share: float = 0.5
+    measure_min_responses: int = 10
+    measure_window: float = 60.0
+    measured_share: float = 0.95
     decrease_factor_latency: float = 0.75
     latency_factor: float = 3.0  # "well above baseline" = this many times the moving baseline ...
     latency_floor: float = 0.2  # ... and at least this many seconds above it

@@ -2,14 +2,16 @@
 
 Multiplicative decrease on 429 (and a pause for its Retry-After) and on latency well above the
 moving baseline (the portal's latency: stalls of the gateway's own event loop are taken out, see
-LoopStalls). Until the first 429 the rate grows after each run of healthy responses by 1 req/s
-or by a tenth, whichever is more: near a low limit it creeps up on it (a short sync has room for
-about one 429), while a high limit is reached in far fewer steps than by +1 alone. Only a run in
+LoopStalls). Until the first 429 the rate ramps up after each run of healthy responses by a half
+(or 1 req/s, whichever is more): from the default 10 req/s a limit of 25 is reached in about 60
+responses, where +10% a run took 200, the whole of a 10,000-bill initial sync. Only a run in
 which at least half the starts waited for their pace counts: a gateway that sends slower than its
 rate (busy, or with little to fetch) learns nothing about a higher one.
 A 429 marks the rate it came at as the portal's ceiling: the rate then recovers quickly to just
 below that ceiling and probes past it slowly, so a long sync runs near the limit and meets it
-rarely (AIMD alone would saw between half the limit and the limit, with a 429 every cycle).
+rarely (AIMD alone would saw between half the limit and the limit, with a 429 every cycle). A fast
+ramp overshoots (the portal's burst hides it for a while), so that first ceiling is high; what the
+portal lets through between two 429s measures its rate, and becomes the ceiling (on_rate_limited).
 
 What a throttle has learned (its rate and the ceiling) is kept with the session's state, so a
 restarted gateway resumes near the portal's limit instead of ramping up to it again.
@@ -121,7 +123,11 @@ class AdaptiveThrottle:
         self._healthy = 0
         self._waited = 0  # starts of the current healthy run that had to wait for their pace
         self.baseline: float | None = None
-        self.ceiling: float | None = None  # the rate the last 429 came at
+        self.ceiling: float | None = None  # the rate the last 429 came at, or what was measured (below)
+        self.measured: float | None = None  # the rate the portal let through between its last two 429s
+        self._last_limited: float | None = None  # when the last 429 came
+        self._passed = 0  # healthy responses since then
+        self._paced_starts = self._starts = 0  # starts since then, and those that waited for their pace
         self._samples = 0
         self.decreases = 0
         self.increases = 0
@@ -166,8 +172,10 @@ class AdaptiveThrottle:
         # Idle time earns at most `burst` immediate starts.
         earliest = max(self._next_start, now - (self.config.burst - 1) * interval, self._blocked_until)
         self._next_start = earliest + interval
+        self._starts += 1
         if earliest > now:
             self._waited += 1
+            self._paced_starts += 1
         return max(0.0, earliest - now)
 
     def held(self) -> bool:
@@ -203,14 +211,45 @@ class AdaptiveThrottle:
         return True
 
     def on_rate_limited(self, retry_after: float | None) -> None:
-        """A 429: halve the rate and hold every start until Retry-After has passed."""
+        """A 429: slow down and hold every start until Retry-After has passed.
+
+        The first 429 halves the rate and marks the rate it came at as the ceiling. The portal's
+        bucket was empty then; at the next 429 it is empty again, so what it let through in between
+        is what it refilled (less any refill lost while it stood full): a measure of its rate from
+        below. When the gateway was pushing at its pace all along (so the bucket had no time to
+        stand full), that measure becomes the ceiling and the rate drops to just below it, not
+        to half: a ramp that overshot the limit (the bucket's burst hides an overshoot for a while)
+        then settles after its second 429 instead of meeting the limit again and again."""
         now = self._clock()
+        cfg = self.config
         if retry_after is not None and retry_after > 0:
             self._blocked_until = max(self._blocked_until, now + retry_after)
         rate = self.rate
-        if self._decrease(self.config.decrease_factor_429):
+        measured = self._measure(now)
+        if measured is not None and now - self._last_decrease >= cfg.decrease_cooldown:
+            self.measured = measured
+            self.ceiling = max(cfg.min_rate, min(rate, measured))
+            self._last_decrease = now
+            self.rate = min(rate, max(cfg.min_rate, cfg.measured_share * self.ceiling))
+            self.min_rate_seen = min(self.min_rate_seen, self.rate)
+            self.decreases += 1
+            self._next_start = max(self._next_start, now + 1.0 / self.rate)
+        elif self._decrease(cfg.decrease_factor_429):
             self.ceiling = rate
         self._healthy = self._waited = 0
+
+    def _measure(self, now: float) -> float | None:
+        """Responses per second the portal let through since its last 429, if that measures its rate
+        (see on_rate_limited); None otherwise. Starts counting afresh."""
+        cfg = self.config
+        last, passed = self._last_limited, self._passed
+        pushed = self._starts > 0 and self._paced_starts >= cfg.measure_paced_share * self._starts
+        self._last_limited, self._passed, self._starts, self._paced_starts = now, 0, 0, 0
+        if last is None or not pushed or passed < cfg.measure_min_responses:
+            return None
+        if not 0 < now - last <= cfg.measure_window:
+            return None
+        return passed / (now - last)
 
     def on_response(self, latency: float) -> None:
         """A healthy (non-429, non-5xx) response took `latency` seconds."""
@@ -226,6 +265,7 @@ class AdaptiveThrottle:
         self.baseline = latency if baseline is None else baseline + 0.1 * (latency - baseline)
         self._samples += 1
         self._healthy += 1
+        self._passed += 1
         self._grow()
 
     def _grow(self) -> None:
