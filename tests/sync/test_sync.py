@@ -434,32 +434,39 @@ async def test_invoice_reminders_are_synced_and_a_sent_reminder_is_an_event(
     _assert_documents_match_columns(ctx)
 
 
-async def test_reminders_of_an_invoice_the_store_lacks_bring_the_invoice(
-    ctx: JobContext, make_connection: Callable[..., str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    connection_id = make_connection()
-    engine = SyncEngine(ctx)
-    assert (await engine.sync_connection(connection_id)).ok
-    with ctx.sessions() as session:
-        invoice = session.scalars(
-            select(models.Invoice).where(models.Invoice.reminders.any()).order_by(models.Invoice.id)
-        ).first()
-        assert invoice is not None
-        upstream_id, expected = invoice.upstream_id, len(invoice.reminders)
-    # As if the invoice had been made after its feed was listed: only the reminders feed lists it now.
-    with ctx.sessions() as session, session.begin():
-        session.delete(
-            session.scalars(select(models.Invoice).where(models.Invoice.upstream_id == upstream_id)).one()
-        )
+def _first_invoice_with_reminders(session: Session) -> models.Invoice:
+    invoice = session.scalars(
+        select(models.Invoice).where(models.Invoice.reminders.any()).order_by(models.Invoice.id)
+    ).first()
+    assert invoice is not None
+    return invoice
+
+
+async def _sync_reminders_again(ctx: JobContext, connection_id: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A fast sync of the reminders feed alone, listing every reminder again (its cursors dropped)."""
     with ctx.sessions() as session, session.begin():
         for cursor in session.scalars(
             select(models.SyncCursor).where(models.SyncCursor.object_type == "reminders")
         ):
-            session.delete(cursor)  # the reminders feed lists everything again
+            session.delete(cursor)
     reminders_feed = [feed for feed in sync_engine.FEEDS if feed.name == "reminders"]
     monkeypatch.setattr(sync_engine, "feeds_for", lambda cadence: reminders_feed)
-    report = await engine.sync_connection(connection_id, cadence="fast")
+    report = await SyncEngine(ctx).sync_connection(connection_id, cadence="fast")
     assert report.ok, report.error
+    return report
+
+
+async def test_reminders_of_an_invoice_the_store_lacks_bring_the_invoice(
+    ctx: JobContext, make_connection: Callable[..., str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    connection_id = make_connection()
+    assert (await SyncEngine(ctx).sync_connection(connection_id)).ok
+    # As if the invoice had been made after its feed was listed: only the reminders feed lists it now.
+    with ctx.sessions() as session, session.begin():
+        invoice = _first_invoice_with_reminders(session)
+        upstream_id, expected = invoice.upstream_id, len(invoice.reminders)
+        session.delete(invoice)
+    report = await _sync_reminders_again(ctx, connection_id, monkeypatch)
     assert report.counts.by_type["invoice"] >= 1
     assert len(_stored_reminders(ctx, upstream_id)) == expected
 
@@ -510,24 +517,13 @@ async def test_reminders_merge_into_an_invoice_stored_before_documents_were_kept
     ctx: JobContext, make_connection: Callable[..., str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     connection_id = make_connection()
-    engine = SyncEngine(ctx)
-    assert (await engine.sync_connection(connection_id)).ok
+    assert (await SyncEngine(ctx).sync_connection(connection_id)).ok
     with ctx.sessions() as session, session.begin():
-        invoice = session.scalars(
-            select(models.Invoice).where(models.Invoice.reminders.any()).order_by(models.Invoice.id)
-        ).first()
-        assert invoice is not None
+        invoice = _first_invoice_with_reminders(session)
         upstream_id, expected = invoice.upstream_id, _stored_reminders(ctx, invoice.upstream_id)
         invoice.document = None  # as a row written before migration 0003 has it
         invoice.reminders = []
-        for cursor in session.scalars(
-            select(models.SyncCursor).where(models.SyncCursor.object_type == "reminders")
-        ):
-            session.delete(cursor)  # the reminders feed lists everything again
-    reminders_feed = [feed for feed in sync_engine.FEEDS if feed.name == "reminders"]
-    monkeypatch.setattr(sync_engine, "feeds_for", lambda cadence: reminders_feed)
-    report = await engine.sync_connection(connection_id, cadence="fast")
-    assert report.ok, report.error
+    report = await _sync_reminders_again(ctx, connection_id, monkeypatch)
     assert report.counts.updated == 1  # that invoice; the others have their reminders already
     assert _stored_reminders(ctx, upstream_id) == expected
     _assert_documents_match_columns(ctx)
