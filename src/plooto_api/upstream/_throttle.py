@@ -198,11 +198,15 @@ class AdaptiveThrottle:
     # -- feedback ------------------------------------------------------------------------------
 
     def _decrease(self, factor: float) -> bool:
+        return self._decrease_to(self.rate * factor)
+
+    def _decrease_to(self, rate: float) -> bool:
+        """Lower the rate to `rate` (within the configured floor) unless a decrease came just now."""
         now = self._clock()
         if now - self._last_decrease < self.config.decrease_cooldown:
             return False
         self._last_decrease = now
-        self.rate = max(self.config.min_rate, self.rate * factor)
+        self.rate = min(self.rate, max(self.config.min_rate, rate))
         self.min_rate_seen = min(self.min_rate_seen, self.rate)
         self.decreases += 1
         self._healthy = self._waited = 0
@@ -226,14 +230,10 @@ class AdaptiveThrottle:
             self._blocked_until = max(self._blocked_until, now + retry_after)
         rate = self.rate
         measured = self._measure(now)
-        if measured is not None and now - self._last_decrease >= cfg.decrease_cooldown:
-            self.measured = measured
-            self.ceiling = max(cfg.min_rate, min(rate, measured))
-            self._last_decrease = now
-            self.rate = min(rate, max(cfg.min_rate, cfg.measured_share * self.ceiling))
-            self.min_rate_seen = min(self.min_rate_seen, self.rate)
-            self.decreases += 1
-            self._next_start = max(self._next_start, now + 1.0 / self.rate)
+        if measured is not None:
+            ceiling = max(cfg.min_rate, min(rate, measured))
+            if self._decrease_to(cfg.measured_share * ceiling):
+                self.measured, self.ceiling = measured, ceiling
         elif self._decrease(cfg.decrease_factor_429):
             self.ceiling = rate
         self._healthy = self._waited = 0
