@@ -82,6 +82,11 @@ class ObjectMap:
             for column in [self.renames.get(name, name)]
         )
 
+    @property
+    def child_key(self) -> str:
+        """The column of its child tables that holds the parent's id."""
+        return f"{self.object_type}_id"
+
     def child_map(self, relationship: str) -> ChildMap:
         """The ChildMap stored under a relationship name."""
         for child in (*self.children.values(), *self.extra_children):

@@ -198,8 +198,9 @@ def rows_by_upstream_id(
     dialect = connection.dialect
     quote = dialect.identifier_preparer
     name = quote.format_table(table)
+    names = [quote.quote(table.c[column].name) for column in columns]
     if dialect.name == "sqlite":
-        wanted = ", ".join(quote.quote(table.c[column].name) for column in columns)
+        wanted = ", ".join(names)
         sql = (
             f"SELECT upstream_id, {wanted} FROM {name} "
             "WHERE connection_id = ? AND upstream_id IN (SELECT value FROM json_each(?))"
@@ -209,11 +210,10 @@ def rows_by_upstream_id(
         # One index probe per id, whatever the table's statistics say: during a first sync they still
         # describe an empty table, and `upstream_id = ANY(...)` was then planned as a scan of every
         # row of the connection (LIMIT 1 keeps the subquery a per-id lookup).
-        inner = ", ".join(quote.quote(table.c[column].name) for column in columns)
-        outer = ", ".join(f"found.{quote.quote(table.c[column].name)}" for column in columns)
+        outer = ", ".join(f"found.{column}" for column in names)
         sql = (
             f"SELECT ids.upstream_id, {outer} FROM unnest(%s::text[]) AS ids(upstream_id) "
-            f"CROSS JOIN LATERAL (SELECT {inner} FROM {name} WHERE connection_id = %s "
+            f"CROSS JOIN LATERAL (SELECT {', '.join(names)} FROM {name} WHERE connection_id = %s "
             "AND upstream_id = ids.upstream_id LIMIT 1) AS found"
         )
         params = (list(upstream_ids), connection_id)

@@ -295,11 +295,11 @@ class SyncEngine:
         def fetch() -> asyncio.Future[tuple[ChangePage, datetime]]:
             return asyncio.ensure_future(listed())
 
+        part = mapping.PARTS.get(feed.object_types[0])  # the feed lists parts of other objects
         pending = fetch()
         try:
             while True:
                 page, position.listed_at = await pending
-                part = mapping.PARTS.get(feed.object_types[0])
                 if part is not None:  # the feed lists parts of other objects (an invoice's reminders)
                     parents = await self._absent_parents(portal, connection_id, company_upstream_id, part,
                                                          page.records)  # fmt: skip

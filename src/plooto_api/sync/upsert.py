@@ -161,12 +161,11 @@ def mark_deleted(session: Session, row: Any, now: datetime) -> bool:
     `<type>.deleted` event; whether it was not deleted already. Its document is rewritten with it."""
     if row.deleted_at is not None:
         return False
-    spec = mapping.object_map_for(row)
     row.deleted_at = now
-    row.document = mapping.to_schema(row).model_dump_json()
-    company_id = row.id if spec.object_type == "company" else row.company_id
-    record_event(session, f"{spec.object_type}.deleted", data={"id": row.id, "object": spec.object_type},
-                 connection_id=row.connection_id, company_id=company_id, object_type=spec.object_type,
+    obj = mapping.to_schema(row)
+    row.document = obj.model_dump_json()
+    record_event(session, f"{obj.object}.deleted", data={"id": row.id, "object": obj.object},
+                 connection_id=row.connection_id, company_id=obj.company_id, object_type=obj.object,
                  object_id=row.id)  # fmt: skip
     return True
 
@@ -261,9 +260,8 @@ class _Inserts:
 
     def add(self, spec: mapping.ObjectMap, stored: mapping.RowValues) -> None:
         self.rows.append(stored.values)
-        parent_key = f"{spec.object_type}_id"
         for relationship, rows in stored.children.items():
-            self.children[relationship] += [{**row, parent_key: stored.values["id"]} for row in rows]
+            self.children[relationship] += [{**row, spec.child_key: stored.values["id"]} for row in rows]
 
     def execute(self, session: Session, spec: mapping.ObjectMap) -> None:
         if not self.rows:
@@ -410,7 +408,7 @@ def _write_parts(
 ) -> None:
     """Store the merged objects' documents and update times, and replace their list's child rows."""
     table, child_table = spec.model.__table__, spec.child_map(part.field).model.__table__
-    parent_column = child_table.c[f"{spec.object_type}_id"]
+    parent_column = child_table.c[spec.child_key]
     session.execute(
         update(table)
         .where(table.c.id == bindparam("row_id"))
