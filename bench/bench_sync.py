@@ -2,7 +2,7 @@
 
 1. Initial sync of a sandbox whose per-session rate limit is R requests/s: objects/s, requests/s
    as a fraction of R (target >= 0.9) and the share of requests answered 429 (target < 1%).
-   The throttle does not know R: it starts at 10 req/s and learns the limit as it goes. The
+   The throttle does not know R: it starts at 10 req/s (or --start-rate) and learns the limit. The
    `_started_at_limit` figures are the same sync with the throttle started at R, as with
    PLOOTO_API_UPSTREAM_INITIAL_RATE set to the portal's known limit.
 2. The gateway's own capacity: the same sync against a portal with no practical limit, the throttle
@@ -18,10 +18,13 @@ temporary SQLite store, or with `--database-url` on a throwaway database created
 that PostgreSQL server for each sync. Prints one figure per line: `name value unit`.
 
     .venv/bin/python bench/bench_sync.py [--rate 25 [10 ...]] [--bills 5000] [--skip-100k]
-        [--database-url postgresql+psycopg://root@127.0.0.1:5432/test]
+        [--start-rate 10] [--database-url postgresql+psycopg://root@127.0.0.1:5432/test]
 
 `--rate` defaults to the sandbox's own default limit (25 req/s); with several rates, part 1 runs once
-per rate and each figure's name ends in `_at_<rate>`.
+per rate and each figure's name ends in `_at_<rate>`. `--start-rate` starts part 1's learning throttle
+elsewhere than the product's 10 req/s: on a machine 2.5x slower than one whose gateway capacity is
+just above 25 req/s, `--rate 10 --start-rate 4` puts the throttle in that machine's position (a limit
+2.5x its first rate, a gateway just above the limit).
 """
 
 from __future__ import annotations
@@ -219,6 +222,8 @@ def main() -> None:
     parser.add_argument("--rate", type=float, nargs="+", default=[25.0],
                         help="the portal's per-session limit, req/s (the sandbox's default is 25)")  # fmt: skip
     parser.add_argument("--bills", type=int, default=5000, help="bills per company (2 companies) for part 1")
+    parser.add_argument("--start-rate", type=float,
+                        help="the throttle's first rate in part 1, req/s (default: the product's, 10)")  # fmt: skip
     parser.add_argument("--skip-100k", action="store_true")
     parser.add_argument(
         "--database-url", help="a PostgreSQL server (URL of any database on it) to run on instead of SQLite"
@@ -228,7 +233,8 @@ def main() -> None:
     DATABASE_URL = args.database_url
     for rate in args.rate:
         suffix = f"_at_{rate:g}" if len(args.rate) > 1 else ""
-        for name, (value, unit) in asyncio.run(initial_sync(rate, args.bills)).items():
+        learned = asyncio.run(initial_sync(rate, args.bills, start_rate=args.start_rate))
+        for name, (value, unit) in learned.items():
             print(f"{name}{suffix} {value} {unit}", flush=True)
         # As an operator who knows the limit runs it (PLOOTO_API_UPSTREAM_INITIAL_RATE=<limit>,
         # which may not exceed the throttle's cap).
