@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from plooto_api import mapping
 from plooto_api.cli import CliError
-from plooto_api.cli.connections import run_sync
+from plooto_api.cli.connections import run_connect, run_sync
 from plooto_api.jobs import JobContext
 from plooto_api.services.sessions import complete_mfa, replace_credentials
 from plooto_api.store import models
@@ -227,6 +227,36 @@ async def test_the_cli_says_when_a_code_came_for_an_expired_sign_in(
     assert len(sent) == len(sms) + 1
     assert await asyncio.to_thread(sync, sent[-1]["code"]) == 0
     assert _connection(ctx, connection_id).state == "healthy"
+
+
+async def test_cli_connect_with_an_sms_login_leaves_the_connection_waiting_for_the_code(
+    ctx: JobContext, control: httpx.Client, settings: Any
+) -> None:
+    """`plooto-api connect` where nobody can type the code: it says how to give it later, and the
+    connection waits for it in requires_action at once (listed so, with its event), not healthy until
+    a sync found out. The next sync waits for that code (no second SMS); `sync --mfa-code` gives it."""
+    console = Console(file=io.StringIO())
+    sms_before = len([m for m in control.get("/outbox").json() if m["kind"] == "Sms"])
+
+    def connect() -> None:
+        run_connect(settings, console, username=CLERK, password=PASSWORD, totp_secret=None, label=None,
+                    browser=False, sync_now=True)  # fmt: skip
+
+    with pytest.raises(CliError, match="the portal sent a sms code; run `plooto-api sync --connection"):
+        await asyncio.to_thread(connect)
+    with ctx.sessions() as session:
+        row = session.scalars(select(models.Connection).where(models.Connection.username == CLERK)).one()
+        waiting_for = (row.state, row.state_reason, row.state_detail)
+    assert waiting_for == ("requires_action", "mfa", {"method": "sms"})
+    assert _event_types(ctx)["connection.requires_action"] == 1
+    waiting = await SyncEngine(ctx).sync_connection(row.id)  # as the scheduler's next run
+    assert waiting.state == "requires_action" and "MFA code" in (waiting.error or "")
+    sent = [m for m in control.get("/outbox").json() if m["kind"] == "Sms"]
+    assert len(sent) == sms_before + 1  # one code, still the one to give
+    code = sent[-1]["code"]
+    assert await asyncio.to_thread(run_sync, settings, console, connection_id=row.id, cadence="fast",
+                                   mfa_code=code) == 0  # fmt: skip
+    assert _connection(ctx, row.id).state == "healthy"
 
 
 async def test_crash_mid_sync_resumes_without_loss_or_doubles(

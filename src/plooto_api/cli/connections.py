@@ -19,7 +19,7 @@ from plooto_api.services.connections import (
     create_connection,
     normalize_totp_secret,
 )
-from plooto_api.services.sessions import answer_mfa
+from plooto_api.services.sessions import answer_mfa, wait_for_code
 from plooto_api.store.database import transaction
 from plooto_api.store.models import Connection
 from plooto_api.sync.engine import SyncEngine, SyncReport
@@ -67,6 +67,7 @@ async def _answer_mfa(ctx: JobContext, console: Console, connection_id: str, cod
             await portal.ensure_logged_in()
             return
         except MfaRequired as exc:
+            wait_for_code(ctx, connection_id, exc.challenge.method)  # until a code comes, here or later
             if not console.is_interactive:
                 raise CliError(
                     f"the portal sent a {exc.challenge.method} code; run `plooto-api sync --connection "

@@ -24,7 +24,7 @@ from plooto_api.services.connections import (
     get_connection,
     update_credentials,
 )
-from plooto_api.services.sessions import complete_mfa
+from plooto_api.services.sessions import complete_mfa, wait_for_code
 from plooto_api.services.tokens import READ_SCOPES, create_token
 from plooto_api.store.base import utcnow
 from plooto_api.store.database import transaction
@@ -85,7 +85,7 @@ class Authenticator:
             if mfa_code:
                 await complete_mfa(self.ctx, connection_id, mfa_code, trust_device=trust_device)
                 return self._issue(connection_id)
-            self._mark(connection_id, "requires_action", "mfa", {"method": exc.challenge.method})
+            wait_for_code(self.ctx, connection_id, exc.challenge.method)
             challenge = Challenge("mfa_" + secrets.token_urlsafe(18), connection_id, [exc.challenge.method],
                                   trust_device)  # fmt: skip
             self._prune()
@@ -162,12 +162,6 @@ class Authenticator:
                 connection_id=connection_id, expires_at=utcnow() + SESSION_TOKEN_LIFETIME,
             )  # fmt: skip
         return Authenticated(connection_id, secret)
-
-    def _mark(
-        self, connection_id: str, state: str, reason: str | None, detail: dict[str, str] | None
-    ) -> None:
-        with transaction(self.ctx.sessions) as session:
-            change_state(session, get_connection(session, connection_id), state, reason=reason, detail=detail)
 
     def _discard(self, connection_id: str) -> None:
         with transaction(self.ctx.sessions) as session:
