@@ -26,7 +26,7 @@ from plooto_api.store import models
 from plooto_api.sync import engine as sync_engine
 from plooto_api.sync.engine import SyncEngine
 
-from .conftest import CLERK, PASSWORD
+from .conftest import CLERK, CONTROLLER, PASSWORD, TOTP_SECRET
 
 BILLS_PER_COMPANY = 30
 
@@ -257,6 +257,31 @@ async def test_cli_connect_with_an_sms_login_leaves_the_connection_waiting_for_t
     assert await asyncio.to_thread(run_sync, settings, console, connection_id=row.id, cadence="fast",
                                    mfa_code=code) == 0  # fmt: skip
     assert _connection(ctx, row.id).state == "healthy"
+
+
+async def test_cli_connect_keeps_nothing_of_a_refused_login_and_one_connection_per_login(
+    ctx: JobContext, settings: Any
+) -> None:
+    console = Console(file=io.StringIO())
+
+    def connect(password: str) -> None:
+        run_connect(settings, console, username=CONTROLLER, password=password, totp_secret=TOTP_SECRET,
+                    label=None, browser=False, sync_now=False)  # fmt: skip
+
+    def rows() -> list[tuple[str, str]]:
+        with ctx.sessions() as session:
+            return [(c.id, c.state) for c in session.scalars(select(models.Connection))]
+
+    with pytest.raises(CliError) as refused:  # one line, as the portal put it; not a traceback
+        await asyncio.to_thread(connect, "not-" + PASSWORD)
+    assert str(refused.value) == f"{CONTROLLER} could not log in: the portal refused the username or password"
+    assert rows() == []
+    with ctx.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(models.VaultEntry)) == 0
+    await asyncio.to_thread(connect, PASSWORD)
+    await asyncio.to_thread(connect, PASSWORD)  # the same login again: the same connection
+    assert [state for _, state in rows()] == ["healthy"]
+    assert "(already there)" in console.file.getvalue()  # type: ignore[attr-defined]
 
 
 async def test_crash_mid_sync_resumes_without_loss_or_doubles(

@@ -13,17 +13,13 @@ from sqlalchemy import select
 from plooto_api.cli import CliError
 from plooto_api.config import Settings
 from plooto_api.jobs.context import JobContext
-from plooto_api.services.connections import (
-    NotUpstreamChanged,
-    clear_drift,
-    create_connection,
-    normalize_totp_secret,
-)
-from plooto_api.services.sessions import answer_mfa, wait_for_code
+from plooto_api.services.authentication import sign_in
+from plooto_api.services.connections import NotUpstreamChanged, clear_drift, normalize_totp_secret
+from plooto_api.services.sessions import answer_mfa
 from plooto_api.store.database import transaction
 from plooto_api.store.models import Connection
 from plooto_api.sync.engine import SyncEngine, SyncReport
-from plooto_api.upstream import InvalidMfaCode, MfaRequired
+from plooto_api.upstream import InvalidMfaCode, MfaChallenge, UpstreamError
 
 
 def _progress(console: Console) -> Progress:
@@ -60,20 +56,17 @@ def print_report(console: Console, report: SyncReport) -> None:
         console.print(f"  error: {report.error}")
 
 
-async def _answer_mfa(ctx: JobContext, console: Console, connection_id: str, code: str | None) -> None:
-    if code is None:
-        portal = await ctx.portals.get(connection_id)
-        try:
-            await portal.ensure_logged_in()
-            return
-        except MfaRequired as exc:
-            wait_for_code(ctx, connection_id, exc.challenge.method)  # until a code comes, here or later
-            if not console.is_interactive:
-                raise CliError(
-                    f"the portal sent a {exc.challenge.method} code; run `plooto-api sync --connection "
-                    f"{connection_id} --mfa-code CODE`"
-                ) from exc
-            code = console.input(f"MFA code sent by {exc.challenge.method}: ").strip()
+def _code_for(console: Console, connection_id: str, challenge: MfaChallenge) -> str:
+    """The code the portal sent for `challenge`, typed at the terminal; with no terminal, how to give it."""
+    if not console.is_interactive:
+        raise CliError(
+            f"the portal sent a {challenge.method} code; run `plooto-api sync --connection "
+            f"{connection_id} --mfa-code CODE`"
+        )
+    return console.input(f"MFA code sent by {challenge.method}: ").strip()
+
+
+async def _answer_mfa(ctx: JobContext, console: Console, connection_id: str, code: str) -> None:
     try:
         signed_in = await answer_mfa(ctx, connection_id, code, trust_device=True)
     except InvalidMfaCode as exc:
@@ -89,7 +82,8 @@ async def _answer_mfa(ctx: JobContext, console: Console, connection_id: str, cod
 
 def run_connect(settings: Settings, console: Console, *, username: str, password: str, totp_secret: str | None,
                 label: str | None, browser: bool, sync_now: bool) -> None:  # fmt: skip
-    """Create the connection, log in (asking for an SMS code if needed) and run the first sync."""
+    """Log in (asking for an SMS code if needed) as the connection for this login, created or
+    given these credentials, and run the first sync. A refused login keeps nothing new."""
 
     async def main() -> None:
         ctx = JobContext.from_settings(settings)
@@ -99,14 +93,21 @@ def run_connect(settings: Settings, console: Console, *, username: str, password
                 normalize_totp_secret(totp_secret) if totp_secret else None
             except ValueError as exc:
                 raise CliError(f"--totp-secret: {exc}") from exc
-            with transaction(ctx.sessions) as session:
-                connection = create_connection(
-                    session, ctx.vault, username=username, password=password, upstream_url=settings.upstream_url,
-                    totp_secret=totp_secret, label=label, login_mode="browser" if browser else "http",
-                )  # fmt: skip
-                connection_id = connection.id
-            console.print(f"connection {connection_id} created for {username}")
-            await _answer_mfa(ctx, console, connection_id, None)
+            try:
+                signed_in = await sign_in(ctx, username=username, password=password, totp_secret=totp_secret,
+                                          upstream_url=settings.upstream_url, label=label,
+                                          login_mode="browser" if browser else None)  # fmt: skip
+            except UpstreamError as exc:
+                raise CliError(f"{username} could not log in: {exc}") from exc
+            connection_id = signed_in.connection_id
+            if signed_in.created:
+                console.print(f"connection {connection_id} created for {username}")
+            else:
+                console.print(f"connection {connection_id} for {username} (already there)")
+            if signed_in.challenge is not None:
+                await _answer_mfa(
+                    ctx, console, connection_id, _code_for(console, connection_id, signed_in.challenge)
+                )
             console.print("logged in")
             if sync_now:
                 print_report(console, await sync_with_progress(ctx, console, connection_id, "all"))

@@ -29,7 +29,7 @@ from plooto_api.services.tokens import READ_SCOPES, create_token
 from plooto_api.store.base import utcnow
 from plooto_api.store.database import transaction
 from plooto_api.store.models import Connection
-from plooto_api.upstream import MfaRequired
+from plooto_api.upstream import MfaChallenge, MfaRequired
 
 CHALLENGE_TTL_SECONDS = 600
 SESSION_TOKEN_LIFETIME = timedelta(hours=12)
@@ -58,6 +58,114 @@ class UnknownChallenge(LookupError):
     """No pending challenge with that id (never issued, completed, or expired)."""
 
 
+@dataclass
+class SignedIn:
+    """A login proven against the portal (or waiting for the code the portal sent: `challenge`)."""
+
+    connection_id: str
+    created: bool  # a new connection, not the one this login already had
+    challenge: MfaChallenge | None = None
+
+
+async def sign_in(
+    ctx: JobContext,
+    *,
+    username: str,
+    password: str,
+    upstream_url: str,
+    totp_secret: str | None = None,
+    mfa_code: str | None = None,
+    trust_device: bool = True,
+    label: str | None = None,
+    login_mode: str | None = None,
+) -> SignedIn:
+    """Log a user's credentials into the portal as the connection for that login (one per username
+    and portal: created, or the existing one given them).
+
+    When the portal sends a code that `mfa_code` does not answer, the connection waits for it
+    (requires_action, mfa) and `challenge` says how it was sent. Raises the upstream errors
+    (AuthenticationError subclasses, UpstreamUnavailable, ...) when the portal refuses or cannot be
+    reached; then a connection created here is removed and an existing one gets back the
+    credentials and portal session it had.
+    """
+    connection_id, created, backup = _connection_for(ctx, username, upstream_url, password, totp_secret,
+                                                     label=label, login_mode=login_mode)  # fmt: skip
+    await ctx.portals.forget(connection_id)  # a fresh session with the credentials just given
+    portal = await ctx.portals.get(connection_id)
+    try:
+        await portal.ensure_logged_in()
+    except MfaRequired as exc:
+        if mfa_code:
+            await complete_mfa(ctx, connection_id, mfa_code, trust_device=trust_device)
+            return SignedIn(connection_id, created)
+        wait_for_code(ctx, connection_id, exc.challenge.method)
+        return SignedIn(connection_id, created, exc.challenge)
+    except Exception:
+        if created:
+            _discard(ctx, connection_id)
+        elif backup is not None:
+            await _restore(ctx, connection_id, backup)
+        raise
+    return SignedIn(connection_id, created)
+
+
+def _connection_for(
+    ctx: JobContext, username: str, upstream_url: str, password: str, totp_secret: str | None, *,
+    label: str | None, login_mode: str | None,
+) -> tuple[str, bool, dict[str, Any] | None]:  # fmt: skip
+    """The connection for this login: (id, created, what to put back if the portal refuses).
+
+    Credentials that differ from the stored ones are unproven: the saved portal session must not
+    vouch for them (that would hand a session token to anyone who knows the username), so it is
+    set aside and the login is done afresh with them; a refusal restores the old ones.
+    """
+    upstream_url = upstream_url.rstrip("/")
+    with transaction(ctx.sessions) as session:
+        existing = session.scalars(
+            select(Connection).where(Connection.username == username, Connection.upstream_url == upstream_url)
+        ).first()
+        if existing is None:
+            row = create_connection(session, ctx.vault, username=username, password=password,
+                                    upstream_url=upstream_url, totp_secret=totp_secret, label=label,
+                                    login_mode=login_mode or "http")  # fmt: skip
+            return row.id, True, None
+        if label is not None:
+            existing.label = label
+        if login_mode is not None:
+            existing.login_mode = login_mode
+        stored = ctx.vault.open(session, existing.id, "credentials") or {}
+        same = hmac.compare_digest(str(stored.get("password", "")).encode(), password.encode()) and (
+            totp_secret is None
+            or hmac.compare_digest(str(stored.get("totp_secret") or "").encode(), totp_secret.encode())
+        )
+        if same:
+            if existing.state in {"requires_action", "locked"}:
+                change_state(session, existing, "healthy", detail={"credentials_replaced": True})
+            return existing.id, False, None
+        backup = {"credentials": stored,
+                  "session_state": ctx.vault.open(session, existing.id, "session_state")}  # fmt: skip
+        update_credentials(session, ctx.vault, existing, password=password, totp_secret=totp_secret)
+        ctx.vault.delete(session, existing.id, "session_state")
+        return existing.id, False, backup
+
+
+async def _restore(ctx: JobContext, connection_id: str, backup: dict[str, Any]) -> None:
+    """Put back the credentials and portal session that unproven ones displaced."""
+    with transaction(ctx.sessions) as session:
+        ctx.vault.seal(session, connection_id, "credentials", backup["credentials"])
+        if backup["session_state"] is not None:
+            ctx.vault.seal(session, connection_id, "session_state", backup["session_state"])
+    await ctx.portals.forget(connection_id)
+
+
+def _discard(ctx: JobContext, connection_id: str) -> None:
+    with transaction(ctx.sessions) as session:
+        connection = session.get(Connection, connection_id)
+        if connection is not None:
+            ctx.vault.delete(session, connection_id)
+            session.delete(connection)
+
+
 class Authenticator:
     """Runs portal logins on behalf of API callers."""
 
@@ -75,29 +183,16 @@ class Authenticator:
         mfa_code: str | None = None,
         trust_device: bool = True,
     ) -> Authenticated | Challenge:
-        """Log in; raises the upstream AuthenticationError subclasses when the portal refuses."""
-        connection_id, created, backup = self._connection_for(username, upstream_url, password, totp_secret)
-        await self.ctx.portals.forget(connection_id)  # a fresh session with the credentials just given
-        portal = await self.ctx.portals.get(connection_id)
-        try:
-            await portal.ensure_logged_in()
-        except MfaRequired as exc:
-            if mfa_code:
-                await complete_mfa(self.ctx, connection_id, mfa_code, trust_device=trust_device)
-                return self._issue(connection_id)
-            wait_for_code(self.ctx, connection_id, exc.challenge.method)
-            challenge = Challenge("mfa_" + secrets.token_urlsafe(18), connection_id, [exc.challenge.method],
-                                  trust_device)  # fmt: skip
-            self._prune()
-            self._challenges[challenge.challenge_id] = challenge
-            return challenge
-        except Exception:
-            if created:
-                self._discard(connection_id)
-            elif backup is not None:
-                await self._restore(connection_id, backup)
-            raise
-        return self._issue(connection_id)
+        """Log in (see `sign_in`); a session token, or a challenge for the code the portal sent."""
+        signed_in = await sign_in(self.ctx, username=username, password=password, upstream_url=upstream_url,
+                                  totp_secret=totp_secret, mfa_code=mfa_code, trust_device=trust_device)  # fmt: skip
+        if signed_in.challenge is None:
+            return self._issue(signed_in.connection_id)
+        challenge = Challenge("mfa_" + secrets.token_urlsafe(18), signed_in.connection_id,
+                              [signed_in.challenge.method], trust_device)  # fmt: skip
+        self._prune()
+        self._challenges[challenge.challenge_id] = challenge
+        return challenge
 
     async def complete_challenge(self, challenge_id: str, code: str) -> Authenticated:
         """Answer a pending challenge; raises UnknownChallenge or upstream InvalidMfaCode."""
@@ -109,49 +204,6 @@ class Authenticator:
         self._challenges.pop(challenge_id, None)
         return self._issue(challenge.connection_id)
 
-    def _connection_for(
-        self, username: str, upstream_url: str, password: str, totp_secret: str | None
-    ) -> tuple[str, bool, dict[str, Any] | None]:
-        """The connection for this login: (id, created, what to put back if the portal refuses).
-
-        Credentials that differ from the stored ones are unproven: the saved portal session must not
-        vouch for them (that would hand a session token to anyone who knows the username), so it is
-        set aside and the login is done afresh with them; a refusal restores the old ones.
-        """
-        upstream_url = upstream_url.rstrip("/")
-        with transaction(self.ctx.sessions) as session:
-            existing = session.scalars(
-                select(Connection).where(
-                    Connection.username == username, Connection.upstream_url == upstream_url
-                )
-            ).first()
-            if existing is None:
-                row = create_connection(session, self.ctx.vault, username=username, password=password,
-                                        upstream_url=upstream_url, totp_secret=totp_secret)  # fmt: skip
-                return row.id, True, None
-            stored = self.ctx.vault.open(session, existing.id, "credentials") or {}
-            same = hmac.compare_digest(str(stored.get("password", "")).encode(), password.encode()) and (
-                totp_secret is None
-                or hmac.compare_digest(str(stored.get("totp_secret") or "").encode(), totp_secret.encode())
-            )
-            if same:
-                if existing.state in {"requires_action", "locked"}:
-                    change_state(session, existing, "healthy", detail={"credentials_replaced": True})
-                return existing.id, False, None
-            backup = {"credentials": stored,
-                      "session_state": self.ctx.vault.open(session, existing.id, "session_state")}  # fmt: skip
-            update_credentials(session, self.ctx.vault, existing, password=password, totp_secret=totp_secret)
-            self.ctx.vault.delete(session, existing.id, "session_state")
-            return existing.id, False, backup
-
-    async def _restore(self, connection_id: str, backup: dict[str, Any]) -> None:
-        """Put back the credentials and portal session that unproven ones displaced."""
-        with transaction(self.ctx.sessions) as session:
-            self.ctx.vault.seal(session, connection_id, "credentials", backup["credentials"])
-            if backup["session_state"] is not None:
-                self.ctx.vault.seal(session, connection_id, "session_state", backup["session_state"])
-        await self.ctx.portals.forget(connection_id)
-
     def _issue(self, connection_id: str) -> Authenticated:
         with transaction(self.ctx.sessions) as session:
             connection = get_connection(session, connection_id)
@@ -162,13 +214,6 @@ class Authenticator:
                 connection_id=connection_id, expires_at=utcnow() + SESSION_TOKEN_LIFETIME,
             )  # fmt: skip
         return Authenticated(connection_id, secret)
-
-    def _discard(self, connection_id: str) -> None:
-        with transaction(self.ctx.sessions) as session:
-            connection = session.get(Connection, connection_id)
-            if connection is not None:
-                self.ctx.vault.delete(session, connection_id)
-                session.delete(connection)
 
     def _prune(self) -> None:
         now = time.monotonic()
