@@ -264,9 +264,9 @@ async def test_cli_connect_keeps_nothing_of_a_refused_login_and_one_connection_p
 ) -> None:
     console = Console(file=io.StringIO())
 
-    def connect(password: str) -> None:
+    def connect(password: str, label: str | None = None) -> None:
         run_connect(settings, console, username=CONTROLLER, password=password, totp_secret=TOTP_SECRET,
-                    label=None, browser=False, sync_now=False)  # fmt: skip
+                    label=label, browser=False, sync_now=False)  # fmt: skip
 
     def rows() -> list[tuple[str, str]]:
         with ctx.sessions() as session:
@@ -282,6 +282,32 @@ async def test_cli_connect_keeps_nothing_of_a_refused_login_and_one_connection_p
     await asyncio.to_thread(connect, PASSWORD)  # the same login again: the same connection
     assert [state for _, state in rows()] == ["healthy"]
     assert "(already there)" in console.file.getvalue()  # type: ignore[attr-defined]
+    # A refused password for a login already there changes nothing of it: not its label, not its
+    # stored password (the next sync still logs in).
+    with pytest.raises(CliError, match="refused the username or password"):
+        await asyncio.to_thread(connect, "not-" + PASSWORD, "renamed")
+    [(connection_id, state)] = rows()
+    assert state == "healthy" and _connection(ctx, connection_id).label is None
+    assert (await SyncEngine(ctx).sync_connection(connection_id, cadence="fast")).ok
+
+
+async def test_a_login_refused_with_its_stored_password_waits_for_a_new_one(
+    ctx: JobContext, make_connection: Callable[..., str], settings: Any
+) -> None:
+    """The portal refusing the very password the connection holds (changed in the portal): the
+    connection waits for a new one at once, and no sync tries the refused one again."""
+    connection_id = make_connection(password="changed-" + PASSWORD)
+
+    def connect() -> None:
+        run_connect(settings, Console(file=io.StringIO()), username=CONTROLLER, password="changed-" + PASSWORD,
+                    totp_secret=TOTP_SECRET, label=None, browser=False, sync_now=False)  # fmt: skip
+
+    with pytest.raises(CliError, match="refused the username or password"):
+        await asyncio.to_thread(connect)
+    row = _connection(ctx, connection_id)
+    assert (row.state, row.state_reason) == ("requires_action", "password")
+    waiting = await SyncEngine(ctx).sync_connection(connection_id, cadence="fast")
+    assert waiting.error == "not syncing: waiting for a new password (the last one was refused)"
 
 
 async def test_crash_mid_sync_resumes_without_loss_or_doubles(

@@ -29,7 +29,7 @@ from plooto_api.services.tokens import READ_SCOPES, create_token
 from plooto_api.store.base import utcnow
 from plooto_api.store.database import transaction
 from plooto_api.store.models import Connection
-from plooto_api.upstream import MfaChallenge, MfaRequired
+from plooto_api.upstream import InvalidCredentials, MfaChallenge, MfaRequired
 
 CHALLENGE_TTL_SECONDS = 600
 SESSION_TOKEN_LIFETIME = timedelta(hours=12)
@@ -100,11 +100,16 @@ async def sign_in(
             return SignedIn(connection_id, created)
         wait_for_code(ctx, connection_id, exc.challenge.method)
         return SignedIn(connection_id, created, exc.challenge)
-    except Exception:
+    except Exception as exc:
         if created:
             _discard(ctx, connection_id)
         elif backup is not None:
-            await _restore(ctx, connection_id, backup)
+            # The stored password itself refused: the connection waits for a new one, and no sync
+            # tries it again (that is how lockouts happen). Otherwise it is as it was.
+            refused = isinstance(exc, InvalidCredentials) and "credentials" not in backup
+            await _restore(
+                ctx, connection_id, backup, state=("requires_action", "password", None) if refused else None
+            )
         raise
     return SignedIn(connection_id, created)
 
@@ -113,7 +118,8 @@ def _connection_for(
     ctx: JobContext, username: str, upstream_url: str, password: str, totp_secret: str | None, *,
     label: str | None, login_mode: str | None,
 ) -> tuple[str, bool, dict[str, Any] | None]:  # fmt: skip
-    """The connection for this login: (id, created, what to put back if the portal refuses).
+    """The connection for this login: (id, created, what to put back if the portal refuses; None for
+    a connection created here, which a refusal removes).
 
     Credentials that differ from the stored ones are unproven: the saved portal session must not
     vouch for them (that would hand a session token to anyone who knows the username), so it is
@@ -129,9 +135,11 @@ def _connection_for(
                                     upstream_url=upstream_url, totp_secret=totp_secret, label=label,
                                     login_mode=login_mode or "http")  # fmt: skip
             return row.id, True, None
+        backup: dict[str, Any] = {"label": existing.label, "login_mode": existing.login_mode,
+                                  "state": (existing.state, existing.state_reason, existing.state_detail)}  # fmt: skip
         if label is not None:
             existing.label = label
-        if login_mode is not None:
+        if login_mode is not None:  # before the login: it decides how the login is done
             existing.login_mode = login_mode
         stored = ctx.vault.open(session, existing.id, "credentials") or {}
         same = hmac.compare_digest(str(stored.get("password", "")).encode(), password.encode()) and (
@@ -141,19 +149,25 @@ def _connection_for(
         if same:
             if existing.state in {"requires_action", "locked"}:
                 change_state(session, existing, "healthy", detail={"credentials_replaced": True})
-            return existing.id, False, None
-        backup = {"credentials": stored,
-                  "session_state": ctx.vault.open(session, existing.id, "session_state")}  # fmt: skip
+            return existing.id, False, backup
+        backup.update(credentials=stored, session_state=ctx.vault.open(session, existing.id, "session_state"))
         update_credentials(session, ctx.vault, existing, password=password, totp_secret=totp_secret)
         ctx.vault.delete(session, existing.id, "session_state")
         return existing.id, False, backup
 
 
-async def _restore(ctx: JobContext, connection_id: str, backup: dict[str, Any]) -> None:
-    """Put back the credentials and portal session that unproven ones displaced."""
+async def _restore(ctx: JobContext, connection_id: str, backup: dict[str, Any],
+                   state: tuple[str, str | None, dict[str, Any] | None] | None = None) -> None:  # fmt: skip
+    """Put back the label, login mode, credentials and portal session that unproven ones displaced,
+    and the state (or `state`)."""
     with transaction(ctx.sessions) as session:
-        ctx.vault.seal(session, connection_id, "credentials", backup["credentials"])
-        if backup["session_state"] is not None:
+        connection = get_connection(session, connection_id)
+        connection.label, connection.login_mode = backup["label"], backup["login_mode"]
+        to_state, reason, detail = state or backup["state"]
+        change_state(session, connection, to_state, reason=reason, detail=detail)
+        if "credentials" in backup:
+            ctx.vault.seal(session, connection_id, "credentials", backup["credentials"])
+        if backup.get("session_state") is not None:
             ctx.vault.seal(session, connection_id, "session_state", backup["session_state"])
     await ctx.portals.forget(connection_id)
 
