@@ -13,9 +13,17 @@ from pathlib import Path
 
 import httpx
 import pytest
+from pydantic import SecretStr
+from sqlalchemy import func, select
 
 from plooto_api.cli import main
+from plooto_api.config import Settings
+from plooto_api.jobs import JobContext
 from plooto_api.runtime import GC_THRESHOLDS
+from plooto_api.services.connections import create_connection
+from plooto_api.store.database import transaction
+from plooto_api.store.models import Connection
+from plooto_api.store.vault import generate_key
 
 CLI = [sys.executable, "-c", "from plooto_api.cli import main; main()"]
 
@@ -94,6 +102,39 @@ def test_bad_input_exits_2_with_one_line(tmp_path: Path, process_database_env: d
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and needle in lines[0], result.stderr
         assert "Traceback" not in result.stderr
+
+
+def test_a_portal_out_of_reach_is_one_line_not_a_traceback(
+    tmp_path: Path, process_database_env: dict[str, str]
+) -> None:
+    dead = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    key, data = generate_key(), tmp_path / "data"
+    env = _env(process_database_env) | {"PLOOTO_API_VAULT_KEY": key, "PLOOTO_PASSWORD": "pw"}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*CLI, *args, "--data-dir", str(data)], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+
+    connect = run("connect", "--upstream", dead, "--username", "a@firm.test", "--no-sync")
+    assert connect.returncode == 2, connect.stderr  # the URL is the user's to fix
+    assert (
+        connect.stderr.strip()
+        == "plooto-api: a@firm.test could not log in: could not reach the portal: ConnectError"
+    )
+    # A connection made while the portal was up, given its SMS code while the portal is down.
+    database = process_database_env.get("PLOOTO_API_DATABASE_URL")
+    ctx = JobContext.from_settings(Settings(data_dir=data, vault_key=SecretStr(key),
+                                            **({"database_url": database} if database else {})))  # fmt: skip
+    try:
+        with transaction(ctx.sessions) as session:
+            assert session.scalar(select(func.count()).select_from(Connection)) == 0  # connect kept nothing
+            connection_id = create_connection(session, ctx.vault, username="a@firm.test", password="pw",
+                                              upstream_url=dead).id  # fmt: skip
+    finally:
+        ctx.engine.dispose()
+    answer = run("sync", "--connection", connection_id, "--mfa-code", "123456")
+    assert answer.returncode == 1, answer.stderr
+    assert answer.stderr.strip() == "plooto-api: could not reach the portal: ConnectError"
 
 
 def test_every_command_collects_garbage_less_often(monkeypatch: pytest.MonkeyPatch) -> None:

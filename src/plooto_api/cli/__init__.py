@@ -398,6 +398,11 @@ def main() -> None:
         print(f"plooto-api: {exc}", file=sys.stderr)
         sys.exit(2)
     except Exception as exc:
+        from plooto_api.upstream import UpstreamError
+
+        if isinstance(exc, UpstreamError):  # the portal refused or could not be reached: said, not traced
+            print(f"plooto-api: {exc}", file=sys.stderr)
+            sys.exit(1)
         # Typer vendors its own click, so its usage errors are matched by shape, not by class.
         if type(exc).__name__ == "Abort":
             sys.exit(130)
