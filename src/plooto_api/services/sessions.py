@@ -40,8 +40,8 @@ def login_blocked_reason(connection: Connection) -> str | None:
 
 def wait_for_code(ctx: JobContext, connection_id: str, method: str) -> None:
     """The portal sent a code (by `method`: sms, email) that a person must supply: the connection
-    waits for it in requires_action (mfa), with its event, and nothing signs in again meanwhile (a
-    new sign-in would send another code and void this one)."""
+    waits for it in requires_action (mfa), with its event, and no sync signs in again meanwhile (a
+    new sign-in would have the portal send another code)."""
     with transaction(ctx.sessions) as session:
         connection = get_connection(session, connection_id)
         change_state(session, connection, "requires_action", reason="mfa", detail={"method": method})
