@@ -1,4 +1,5 @@
-"""`POST /authenticate`: log into the portal with a user's credentials and hand back a session token.
+"""Logging a user's credentials into the portal: `sign_in` (for `plooto-api connect` and the API)
+and `POST /authenticate`'s Authenticator, which hands back a session token.
 
 The credentials are proven against the portal before anything is kept: a refused password leaves
 no connection behind. When the portal wants a code the gateway cannot produce (SMS), the caller

@@ -295,7 +295,7 @@ class SyncEngine:
         def fetch() -> asyncio.Future[tuple[ChangePage, datetime]]:
             return asyncio.ensure_future(listed())
 
-        part = mapping.PARTS.get(feed.object_types[0])  # the feed lists parts of other objects
+        part = mapping.PARTS.get(feed.object_types[0])
         pending = fetch()
         try:
             while True:
