@@ -65,3 +65,37 @@ async def test_periodic_schedule_skips_ticks_while_busy(journal: list[Any]) -> N
     GATES["slow"].set()
     await engine.stop()
     assert engine.schedules == []
+
+
+async def test_runs_of_one_key_are_cancelled_and_others_go_on(journal: list[Any]) -> None:
+    engine = InProcessEngine(context=None)  # type: ignore[arg-type]
+    GATES["held"] = asyncio.Event()
+    running = engine.enqueue("test.record", {"value": 1, "gate": "held"}, key="connection:a")
+    waiting = engine.enqueue("test.record", {"value": 2}, key="connection:a")
+    other = engine.enqueue("test.record", {"value": 3, "gate": "held"}, key="connection:b")
+    await asyncio.sleep(0)  # let them start
+    assert await engine.cancel_runs("connection:a") == 2
+    assert running.cancelled() and waiting.cancelled()
+    assert ("start", 2) not in journal  # the waiting run never started
+    assert await engine.cancel_runs("connection:a") == 0
+    GATES["held"].set()
+    assert await other == 6  # another key's run is untouched
+    await engine.stop()
+
+
+async def test_a_watch_calls_its_check_every_interval_and_survives_its_failures() -> None:
+    engine = InProcessEngine(context=None)  # type: ignore[arg-type]
+    calls: list[int] = []
+    twice = asyncio.Event()
+
+    def check() -> None:
+        calls.append(1)
+        if len(calls) == 2:
+            twice.set()
+        raise RuntimeError("a failing check is logged, not fatal")
+
+    engine.watch("test:watch", check, 0.001)
+    assert engine.schedules == ["test:watch"]
+    await asyncio.wait_for(twice.wait(), timeout=5)
+    await engine.stop()
+    assert engine.schedules == []

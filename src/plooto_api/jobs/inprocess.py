@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 from plooto_api.jobs.context import JobContext
@@ -24,6 +25,7 @@ class InProcessEngine:
         self.context = context
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._keyed: defaultdict[str, set[asyncio.Task[Any]]] = defaultdict(set)  # background tasks by key
         self._periodic: dict[str, asyncio.Task[None]] = {}
         self._stopping = False
 
@@ -41,10 +43,7 @@ class InProcessEngine:
     ) -> asyncio.Task[Any]:
         """Start a job in the background; failures are logged, never lost silently."""
         get_job(name)  # fail fast on an unknown job
-        task = asyncio.get_running_loop().create_task(self._guarded(name, args, key))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+        return self._start(name, args, key)
 
     def every(
         self,
@@ -64,11 +63,29 @@ class InProcessEngine:
             self._tick(schedule_id, name, args, interval_seconds, key, run_now)
         )
 
+    def watch(self, schedule_id: str, check: Callable[[], None], interval_seconds: float) -> None:
+        """Call `check` (the engine's own upkeep, not a job) every `interval_seconds`, starting after
+        the first interval; its failures are logged and it goes on."""
+        self.cancel(schedule_id)
+        self._periodic[schedule_id] = asyncio.get_running_loop().create_task(
+            self._watch(schedule_id, check, interval_seconds)
+        )
+
     def cancel(self, schedule_id: str) -> None:
         """Stop a periodic schedule (a run in progress finishes)."""
         task = self._periodic.pop(schedule_id, None)
         if task is not None:
             task.cancel()
+
+    async def cancel_runs(self, key: str) -> int:
+        """Cancel the background runs of one concurrency key (running or waiting for it) and wait
+        until they have stopped; returns how many. Job functions are written to be interrupted
+        (a sync resumes from its cursor)."""
+        tasks = [task for task in self._keyed.get(key, ()) if not task.done()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return len(tasks)
 
     @property
     def schedules(self) -> list[str]:
@@ -110,7 +127,30 @@ class InProcessEngine:
             if key and self._locks[key].locked():
                 log.debug("job_tick_skipped", schedule=schedule_id, reason="previous run still going")
             else:
-                task = asyncio.get_running_loop().create_task(self._guarded(name, args, key))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                self._start(name, args, key)
             await asyncio.sleep(interval)
+
+    def _start(self, name: str, args: dict[str, Any] | None, key: str | None) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(self._guarded(name, args, key))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        if key:
+            keyed = self._keyed[key]
+            keyed.add(task)
+
+            def forget(done: asyncio.Task[Any]) -> None:
+                keyed.discard(done)
+                if not keyed and self._keyed.get(key) is keyed:
+                    del self._keyed[key]
+
+            task.add_done_callback(forget)
+        return task
+
+    async def _watch(self, schedule_id: str, check: Callable[[], None], interval: float) -> None:
+        while not self._stopping:
+            await asyncio.sleep(interval)
+            try:
+                check()
+            except Exception as exc:
+                log.error("engine_check_failed", schedule=schedule_id, error_type=type(exc).__name__,
+                          error=str(exc))  # fmt: skip
