@@ -40,6 +40,11 @@ class Settings(BaseSettings):
     sync_fast_interval_seconds: float = Field(default=30.0, gt=0, description="Open items sync period.")
     sync_slow_interval_seconds: float = Field(default=300.0, gt=0, description="Reference data sync period.")
     keep_alive_interval_seconds: float = Field(default=300.0, gt=0, description="Portal keep-alive period.")
+    connection_scan_interval_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="How often a gateway looks for connections added or removed elsewhere.",
+    )
     # The per-connection throttle (see plooto_api.upstream._throttle). The portal's limit is learned
     # as it is met; these bound that learning and say where a connection with nothing learned starts.
     # The defaults and the 0.5 floor are ThrottleConfig's, written out so that reading settings does

@@ -152,7 +152,9 @@ def sync(
     raise typer.Exit(code)
 
 
-connections_app = typer.Typer(help="List and repair connections (Plooto logins).", no_args_is_help=True)
+connections_app = typer.Typer(
+    help="List, repair and remove connections (Plooto logins).", no_args_is_help=True
+)
 app.add_typer(connections_app, name="connections")
 
 
@@ -174,6 +176,22 @@ def connections_clear_drift(
     from plooto_api.cli.connections import run_clear_drift
 
     run_clear_drift(load_settings(data_dir=data_dir, database_url=database_url), console, connection)
+
+
+@connections_app.command("remove")
+def connections_remove(
+    connection: Annotated[str, typer.Argument(help="Connection id.")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    data_dir: DataDirOption = None,
+    database_url: DatabaseUrlOption = None,
+) -> None:
+    """Remove a connection: its credentials, portal session and everything synced from it.
+
+    Its events and audit entries stay. The Plooto login itself is untouched.
+    """
+    from plooto_api.cli.connections import run_remove
+
+    run_remove(load_settings(data_dir=data_dir, database_url=database_url), console, connection, yes=yes)
 
 
 @connections_app.command("set-password")

@@ -14,7 +14,13 @@ from plooto_api.cli import CliError
 from plooto_api.config import Settings
 from plooto_api.jobs.context import JobContext
 from plooto_api.services.authentication import sign_in
-from plooto_api.services.connections import NotUpstreamChanged, clear_drift, normalize_totp_secret
+from plooto_api.services.connections import (
+    NotUpstreamChanged,
+    clear_drift,
+    count_synced,
+    normalize_totp_secret,
+    remove_connection,
+)
 from plooto_api.services.sessions import answer_mfa
 from plooto_api.store.database import transaction
 from plooto_api.store.models import Connection
@@ -175,6 +181,43 @@ def run_clear_drift(settings: Settings, console: Console, connection_id: str) ->
     finally:
         ctx.engine.dispose()
     console.print(f"{connection_id} cleared; writes are allowed again")
+
+
+def run_remove(settings: Settings, console: Console, connection_id: str, *, yes: bool) -> None:
+    """Remove a connection and everything synced from it, after confirmation (or `--yes`)."""
+    ctx = JobContext.from_settings(settings)
+    try:
+        with ctx.sessions() as session:
+            row = session.get(Connection, connection_id)
+            if row is None:
+                raise CliError(f"no connection {connection_id} (see `plooto-api connections list`)")
+            who = f"{row.username} at {row.upstream_url}"
+            companies, objects = count_synced(session, connection_id)
+        what = f"{_companies(companies)} and {objects:,} synced objects"
+        if not yes:
+            if not console.is_interactive:
+                raise CliError(
+                    f"removing {connection_id} deletes {what}; add --yes to confirm without a terminal"
+                )
+            answer = console.input(f"remove {connection_id} ({who}) with its credentials and {what}? [y/N] ")
+            if answer.strip().lower() not in {"y", "yes"}:
+                raise CliError("nothing removed")
+        with console.status(f"removing {connection_id} …"), transaction(ctx.sessions) as session:
+            row = session.get(Connection, connection_id, with_for_update=True)
+            if row is None:
+                raise CliError(f"{connection_id} was removed meanwhile")
+            removed = remove_connection(session, ctx.vault, row, actor="cli")
+    finally:
+        ctx.engine.dispose()
+    console.print(
+        f"{connection_id} removed with {_companies(removed.companies)} and {removed.objects:,} objects; its events "
+        "and audit entries stay. A running gateway stops syncing it within "
+        f"{settings.connection_scan_interval_seconds:g} s."
+    )
+
+
+def _companies(count: int) -> str:
+    return f"{count} {'company' if count == 1 else 'companies'}"
 
 
 def run_set_password(

@@ -13,14 +13,15 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, SecretStr
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from plooto_api import mapping
 from plooto_api.services import audit
 from plooto_api.services.events import record_event
-from plooto_api.store.base import new_id, utcnow
+from plooto_api.store.base import MirroredMixin, new_id, utcnow
 from plooto_api.store.database import transaction
-from plooto_api.store.models import Connection, ConnectionStateChange
+from plooto_api.store.models import Base, Company, Connection, ConnectionStateChange
 from plooto_api.store.vault import Vault
 from plooto_api.upstream import Credentials
 
@@ -169,6 +170,67 @@ def clear_drift(
 
 
 @dataclass
+class Removed:
+    """What removing a connection took with it."""
+
+    connection_id: str
+    companies: int
+    objects: int  # mirrored objects of every type, companies included
+
+
+def count_synced(session: Session, connection_id: str) -> tuple[int, int]:
+    """(companies, objects of every type, companies included) synced from a connection."""
+    objects = 0
+    for mapper in Base.registry.mappers:
+        model = mapper.class_
+        if issubclass(model, MirroredMixin):
+            objects += (
+                session.scalar(
+                    select(func.count()).select_from(model).where(model.connection_id == connection_id)
+                )
+                or 0
+            )
+    companies = (
+        session.scalar(
+            select(func.count()).select_from(Company).where(Company.connection_id == connection_id)
+        )
+        or 0
+    )
+    return companies, objects
+
+
+def remove_connection(
+    session: Session, vault: Vault, connection: Connection, *, actor: str, request_id: str | None = None
+) -> Removed:
+    """Remove a connection and everything kept for it, in the caller's transaction: its credentials
+    and portal session (vault), the companies and objects synced from it, its sync cursors,
+    operations and session tokens (the database cascades from the connection row).
+
+    History stays: its events and audit entries keep its id, the event `connection.removed` and the
+    audit entry `connection.removed` say who removed it and what went with it. The portal login
+    itself is untouched; connecting it again starts a new initial sync.
+    """
+    companies, objects = count_synced(session, connection.id)
+    removed = Removed(connection.id, companies, objects)
+    record_event(
+        session,
+        "connection.removed",
+        data=mapping.connection_to_schema(connection).model_dump(mode="json"),
+        connection_id=connection.id,
+        object_type="connection",
+        object_id=connection.id,
+    )
+    audit.append(session, actor=actor, action="connection.removed", object_type="connection",
+                 object_id=connection.id, connection_id=connection.id, request_id=request_id,
+                 detail={"username": connection.username, "upstream_url": connection.upstream_url,
+                         "companies": companies, "objects": objects})  # fmt: skip
+    vault.delete(session, connection.id)
+    session.delete(connection)
+    session.flush()
+    return removed
+
+
+@dataclass
 class VaultSessionStateStore:
     """Keeps a connection's portal session (cookies, device trust) sealed in the vault.
 
@@ -187,6 +249,9 @@ class VaultSessionStateStore:
 
     def save(self, state: dict[str, Any]) -> None:
         with transaction(self.sessions) as session:
+            # Locked, so a removal cannot slip in between: a removed connection keeps no session.
+            if session.get(Connection, self.connection_id, with_for_update=True) is None:
+                return
             self.vault.seal(session, self.connection_id, "session_state", state)
 
 

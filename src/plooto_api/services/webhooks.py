@@ -45,7 +45,7 @@ EVENT_TYPES = (
     "payment.completed", "payment.deleted",
     "invoice.created", "invoice.updated", "invoice.paid", "invoice.overdue", "invoice.reminder_sent",
     "invoice.deleted",
-    "connection.requires_action", "connection.repaired", "connection.upstream_changed",
+    "connection.requires_action", "connection.repaired", "connection.upstream_changed", "connection.removed",
     "webhook_endpoint.disabled", TEST_EVENT_TYPE,
 )  # fmt: skip
 

@@ -29,7 +29,7 @@ from plooto_api.services.sessions import login_blocked_reason
 from plooto_api.store.base import utcnow
 from plooto_api.store.bulk import ids_by_upstream_id
 from plooto_api.store.database import transaction
-from plooto_api.store.models import SyncCursor
+from plooto_api.store.models import Connection, SyncCursor
 from plooto_api.sync.upsert import ApplyCounts, apply_records, company_ids, mark_deleted
 from plooto_api.upstream import (
     FEEDS,
@@ -173,8 +173,30 @@ class SyncEngine:
         cadence: Cadence = "all",
         progress: ProgressCallback | None = None,
     ) -> SyncReport:
-        """Pull every feed of `cadence` for every company the login reaches."""
+        """Pull every feed of `cadence` for every company the login reaches.
+
+        A connection removed before or during the run ends it quietly: state `removed`, nothing
+        written after the removal (its rows are gone with it), no error raised.
+        """
         report = SyncReport(connection_id=connection_id, cadence=cadence)
+        try:
+            return await self._sync_connection(report, cadence, progress)
+        except Exception:
+            if not self._removed(connection_id):
+                raise
+            report.error, report.state = "the connection was removed", "removed"
+            log.info("sync_stopped", connection=connection_id, reason="connection removed")
+            await self.ctx.portals.forget(connection_id)
+            return report
+
+    def _removed(self, connection_id: str) -> bool:
+        with self.ctx.sessions() as session:
+            return session.get(Connection, connection_id) is None
+
+    async def _sync_connection(
+        self, report: SyncReport, cadence: Cadence, progress: ProgressCallback | None
+    ) -> SyncReport:
+        connection_id = report.connection_id
         with self.ctx.sessions() as session:
             connection = get_connection(session, connection_id)
             blocked = login_blocked_reason(connection)

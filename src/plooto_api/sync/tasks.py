@@ -7,6 +7,7 @@ from typing import Any
 from plooto_api.jobs.context import JobContext
 from plooto_api.jobs.registry import job
 from plooto_api.metrics import SYNC_OBJECTS, SYNC_RUNS
+from plooto_api.services.connections import ConnectionNotFound
 from plooto_api.sync.engine import SyncEngine
 
 
@@ -32,5 +33,8 @@ async def sync_connection(ctx: JobContext, connection_id: str, cadence: str = "a
 @job("session.keep_alive")
 async def keep_alive(ctx: JobContext, connection_id: str) -> None:
     """Touch the portal session before its idle timeout, so it never has to log in again."""
-    portal = await ctx.portals.get(connection_id)
+    try:
+        portal = await ctx.portals.get(connection_id)
+    except ConnectionNotFound:
+        return  # removed since it was scheduled; the gateway drops its schedules
     await portal.keep_alive()

@@ -1,10 +1,12 @@
-"""`GET /connections`, `GET /connections/{id}`, `PATCH /connections/{id}`, `POST /connections/{id}/mfa`
-and `POST /connections/{id}/clear_drift`: the Plooto logins, their health, replacing a login's
-password or TOTP secret, answering the MFA code a background sign-in is waiting for, and allowing
-writes again after the portal changed shape."""
+"""`GET /connections`, `GET /connections/{id}`, `PATCH /connections/{id}`, `DELETE /connections/{id}`,
+`POST /connections/{id}/mfa` and `POST /connections/{id}/clear_drift`: the Plooto logins, their
+health, replacing a login's password or TOTP secret, removing a login with what was synced from it,
+answering the MFA code a background sign-in is waiting for, and allowing writes again after the
+portal changed shape."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -18,8 +20,15 @@ from plooto_api.api.errors import ApiError
 from plooto_api.api.limits import limit_login_attempts
 from plooto_api.api.lists import list_body
 from plooto_api.api.routes.authenticate import login_refused
+from plooto_api.jobs.schedules import connection_key, unschedule_connection
 from plooto_api.services import audit
-from plooto_api.services.connections import NotUpstreamChanged, TotpSecretInput, clear_drift
+from plooto_api.services.connections import (
+    NotUpstreamChanged,
+    Removed,
+    TotpSecretInput,
+    clear_drift,
+    remove_connection,
+)
 from plooto_api.services.sessions import answer_mfa, replace_credentials
 from plooto_api.services.tokens import Principal
 from plooto_api.store.database import transaction
@@ -141,6 +150,40 @@ async def update_connection(
     return result
 
 
+class DeletedConnection(BaseModel):
+    id: str
+    object: Literal["connection"] = "connection"
+    deleted: Literal[True] = True
+    companies: int = Field(description="Companies (client books) removed with it.")
+    objects: int = Field(description="Synced objects of every type removed with it, companies included.")
+
+
+@router.delete(
+    "/connections/{connection_id}",
+    response_model=DeletedConnection,
+    summary="Remove a connection and everything synced from it",
+)
+async def delete_connection(request: Request, connection_id: str, principal: Principal = _write) -> Any:
+    """Stops the connection's syncs, then removes its credentials, portal session, companies,
+    synced objects, sync cursors, operations and session tokens in one transaction. Its events and
+    audit entries stay; the event `connection.removed` and an audit entry record the removal. The
+    Plooto login itself is untouched: connecting it again (`POST /authenticate`) starts afresh."""
+    ctx = request.app.state.ctx
+    with ctx.sessions() as session:
+        _visible(session, principal, connection_id)
+    await unschedule_connection(request.app.state.jobs, connection_id)  # its syncs stop first
+
+    def remove() -> Removed:  # many rows may go: off the event loop, so other requests go on
+        with transaction(ctx.sessions) as session:
+            row = _visible(session, principal, connection_id, for_update=True)
+            return remove_connection(session, ctx.vault, row, actor=principal.token_id,
+                                     request_id=getattr(request.state, "request_id", None))  # fmt: skip
+
+    removed = await asyncio.to_thread(remove)
+    await ctx.portals.forget(connection_id)
+    return DeletedConnection(id=connection_id, companies=removed.companies, objects=removed.objects)
+
+
 class ConnectionMfa(BaseModel):
     """The code the portal sent (by SMS) when the gateway signed in in the background."""
 
@@ -226,4 +269,4 @@ def _sync_now(request: Request, connection_id: str) -> None:
     """Queue a sync of the connection, when this process runs jobs."""
     jobs = getattr(request.app.state, "jobs", None)
     if jobs is not None and request.app.state.run_jobs:
-        jobs.enqueue("sync.connection", {"connection_id": connection_id}, key=f"connection:{connection_id}")
+        jobs.enqueue("sync.connection", {"connection_id": connection_id}, key=connection_key(connection_id))
