@@ -4,11 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine, inspect
+from sqlalchemy import Engine, inspect, text
+from sqlalchemy.exc import IntegrityError
 
-from plooto_api.store.database import create_db_engine, current_revision, head_revision, upgrade_to_head
+from plooto_api.store.database import (
+    _alembic_config,
+    create_db_engine,
+    current_revision,
+    head_revision,
+    upgrade_to_head,
+)
 from plooto_api.store.models import Base
 
 
@@ -45,3 +54,39 @@ def test_filter_indexes_exist(engine: Engine) -> None:
         "ix_bills_company_id_due_date",
         "ix_bills_company_id_updated_at",
     } <= indexes
+
+
+def test_logins_stored_twice_are_kept_and_new_ones_are_unique(tmp_path: Path) -> None:
+    """Migration 0006 on a store where an older `connect` made two connections of one login: both
+    stay, the newer marked as the older's duplicate; from then on the store holds one per login."""
+    engine = create_db_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    try:
+        command.upgrade(_alembic_config(engine), "0005")
+        insert = text(
+            "INSERT INTO connections (id, username, upstream_url, login_mode, state, state_changed_at, "
+            "created_at, updated_at) VALUES (:id, :username, :url, 'http', 'healthy', :now, :now, :now)"
+        )
+        now = "2026-11-29 12:00:00.000000"
+        with engine.begin() as conn:
+            for connection_id, username in (
+                ("conn_1", "a@x.test"),
+                ("conn_2", "a@x.test"),
+                ("conn_3", "b@x.test"),
+            ):
+                conn.execute(
+                    insert, {"id": connection_id, "username": username, "url": "https://p.test", "now": now}
+                )
+        upgrade_to_head(engine)
+        with engine.connect() as conn:
+            marked = dict(conn.execute(text("SELECT id, duplicate_of FROM connections ORDER BY id")).all())
+        assert marked == {"conn_1": None, "conn_2": "conn_1", "conn_3": None}
+        with pytest.raises(IntegrityError), engine.begin() as conn:
+            conn.execute(
+                insert, {"id": "conn_4", "username": "b@x.test", "url": "https://p.test", "now": now}
+            )
+        with engine.begin() as conn:  # the same username at another portal is another login
+            conn.execute(
+                insert, {"id": "conn_5", "username": "b@x.test", "url": "https://q.test", "now": now}
+            )
+    finally:
+        engine.dispose()

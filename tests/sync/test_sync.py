@@ -21,8 +21,10 @@ from plooto_api import mapping
 from plooto_api.cli import CliError
 from plooto_api.cli.connections import run_connect, run_sync
 from plooto_api.jobs import JobContext
+from plooto_api.services import authentication
 from plooto_api.services.sessions import complete_mfa, replace_credentials
 from plooto_api.store import models
+from plooto_api.store.database import transaction
 from plooto_api.sync import engine as sync_engine
 from plooto_api.sync.engine import SyncEngine
 
@@ -289,6 +291,30 @@ async def test_cli_connect_keeps_nothing_of_a_refused_login_and_one_connection_p
     [(connection_id, state)] = rows()
     assert state == "healthy" and _connection(ctx, connection_id).label is None
     assert (await SyncEngine(ctx).sync_connection(connection_id, cadence="fast")).ok
+
+
+async def test_two_processes_signing_in_one_new_login_at_once_share_one_connection(
+    ctx: JobContext, sandbox: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if ctx.engine.dialect.name == "sqlite":
+        pytest.skip("SQLite's write transactions begin IMMEDIATE: a look and its insert cannot interleave")
+    winner: list[str] = []
+
+    def create_after_another_process(session: Session, *args: Any, **kwargs: Any) -> models.Connection:
+        # Another process (an API replica) creates the same login's connection between this
+        # process's look and its insert.
+        if not winner:
+            with transaction(ctx.sessions) as other:
+                winner.append(real_create(other, *args, **kwargs).id)
+        return real_create(session, *args, **kwargs)
+
+    real_create = authentication.create_connection
+    monkeypatch.setattr(authentication, "create_connection", create_after_another_process)
+    signed_in = await authentication.sign_in(ctx, username=CONTROLLER, password=PASSWORD, upstream_url=sandbox,
+                                             totp_secret=TOTP_SECRET)  # fmt: skip
+    assert (signed_in.connection_id, signed_in.created) == (winner[0], False)
+    with ctx.sessions() as session:
+        assert list(session.scalars(select(models.Connection.id))) == winner
 
 
 async def test_a_login_refused_with_its_stored_password_waits_for_a_new_one(

@@ -164,6 +164,9 @@ def run_list(settings: Settings, console: Console) -> None:
         state = row.state + (f"({row.state_reason})" if row.state_reason else "")
         synced = row.last_synced_at.isoformat() if row.last_synced_at else "never"
         console.print(f"{row.id}  {row.username}  {row.upstream_url}  {state}  last sync {synced}")
+        if row.duplicate_of:
+            console.print(f"  a second connection of the same login as {row.duplicate_of} (made by an older "
+                          f"`connect`); remove one with `plooto-api connections remove`")  # fmt: skip
 
 
 def run_clear_drift(settings: Settings, console: Console, connection_id: str) -> None:

@@ -17,6 +17,8 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from plooto_api.jobs.context import JobContext
 from plooto_api.services.connections import (
@@ -127,34 +129,55 @@ def _connection_for(
     set aside and the login is done afresh with them; a refusal restores the old ones.
     """
     upstream_url = upstream_url.rstrip("/")
-    with transaction(ctx.sessions) as session:
-        existing = session.scalars(
-            select(Connection).where(Connection.username == username, Connection.upstream_url == upstream_url)
-        ).first()
-        if existing is None:
-            row = create_connection(session, ctx.vault, username=username, password=password,
-                                    upstream_url=upstream_url, totp_secret=totp_secret, label=label,
-                                    login_mode=login_mode or "http")  # fmt: skip
-            return row.id, True, None
-        backup: dict[str, Any] = {"label": existing.label, "login_mode": existing.login_mode,
-                                  "state": (existing.state, existing.state_reason, existing.state_detail)}  # fmt: skip
-        if label is not None:
-            existing.label = label
-        if login_mode is not None:  # before the login: it decides how the login is done
-            existing.login_mode = login_mode
-        stored = ctx.vault.open(session, existing.id, "credentials") or {}
-        same = hmac.compare_digest(str(stored.get("password", "")).encode(), password.encode()) and (
-            totp_secret is None
-            or hmac.compare_digest(str(stored.get("totp_secret") or "").encode(), totp_secret.encode())
+
+    def look_or_create() -> tuple[str, bool, dict[str, Any] | None]:
+        with transaction(ctx.sessions) as session:
+            return _login_connection(session, ctx, username, upstream_url, password, totp_secret,
+                                     label=label, login_mode=login_mode)  # fmt: skip
+
+    try:
+        return look_or_create()
+    except IntegrityError:
+        # Another process created this login's connection between our look and our insert (a
+        # unique index holds one per login): the second look finds it and uses it.
+        return look_or_create()
+
+
+def _login_connection(
+    session: Session, ctx: JobContext, username: str, upstream_url: str, password: str, totp_secret: str | None, *,
+    label: str | None, login_mode: str | None,
+) -> tuple[str, bool, dict[str, Any] | None]:  # fmt: skip
+    existing = session.scalars(
+        select(Connection).where(
+            Connection.username == username,
+            Connection.upstream_url == upstream_url,
+            Connection.duplicate_of.is_(None),
         )
-        if same:
-            if existing.state in {"requires_action", "locked"}:
-                change_state(session, existing, "healthy", detail={"credentials_replaced": True})
-            return existing.id, False, backup
-        backup.update(credentials=stored, session_state=ctx.vault.open(session, existing.id, "session_state"))
-        update_credentials(session, ctx.vault, existing, password=password, totp_secret=totp_secret)
-        ctx.vault.delete(session, existing.id, "session_state")
+    ).first()
+    if existing is None:
+        row = create_connection(session, ctx.vault, username=username, password=password,
+                                upstream_url=upstream_url, totp_secret=totp_secret, label=label,
+                                login_mode=login_mode or "http")  # fmt: skip
+        return row.id, True, None
+    backup: dict[str, Any] = {"label": existing.label, "login_mode": existing.login_mode,
+                              "state": (existing.state, existing.state_reason, existing.state_detail)}  # fmt: skip
+    if label is not None:
+        existing.label = label
+    if login_mode is not None:  # before the login: it decides how the login is done
+        existing.login_mode = login_mode
+    stored = ctx.vault.open(session, existing.id, "credentials") or {}
+    same = hmac.compare_digest(str(stored.get("password", "")).encode(), password.encode()) and (
+        totp_secret is None
+        or hmac.compare_digest(str(stored.get("totp_secret") or "").encode(), totp_secret.encode())
+    )
+    if same:
+        if existing.state in {"requires_action", "locked"}:
+            change_state(session, existing, "healthy", detail={"credentials_replaced": True})
         return existing.id, False, backup
+    backup.update(credentials=stored, session_state=ctx.vault.open(session, existing.id, "session_state"))
+    update_credentials(session, ctx.vault, existing, password=password, totp_secret=totp_secret)
+    ctx.vault.delete(session, existing.id, "session_state")
+    return existing.id, False, backup
 
 
 async def _restore(ctx: JobContext, connection_id: str, backup: dict[str, Any],

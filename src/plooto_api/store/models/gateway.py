@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy import ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from plooto_api.store.base import AutoIncrementKey, Base, TimestampMixin, utcnow
@@ -28,8 +28,15 @@ class Connection(TimestampMixin, Base):
     state_detail: Mapped[dict[str, Any] | None] = mapped_column()
     state_changed_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_synced_at: Mapped[datetime | None]
+    # Set only by migration 0006, on a login an older `connect` had stored twice: the id of the
+    # login's connection. Such rows work as before, outside the one-per-login index.
+    duplicate_of: Mapped[str | None] = mapped_column(String(40))
 
-    __table_args__ = (Index("ix_connections_username", "username"),)
+    __table_args__ = (
+        # One connection per login and portal (sign_in relies on it when two processes race).
+        Index("uq_connections_login", "username", "upstream_url", unique=True,
+              sqlite_where=text("duplicate_of IS NULL"), postgresql_where=text("duplicate_of IS NULL")),
+    )  # fmt: skip
 
 
 class ConnectionStateChange(Base):
