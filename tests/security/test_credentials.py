@@ -76,7 +76,7 @@ async def test_patch_is_scoped_and_validated(
     ctx: JobContext, portal_client: TestClient, make_token: Callable[..., str]
 ) -> None:
     connection_id = add_connection(ctx)
-    other = add_connection(ctx)
+    other = add_connection(ctx, username="cfo@maple-leaf-bakery-ltd.test")
     path = f"/connections/{connection_id}"
     read_only = make_token(["connections:read"])
     assert portal_client.patch(path, headers=bearer(read_only), json={"label": "x"}).status_code == 403
