@@ -190,9 +190,13 @@ async def test_cli_remove_confirms_and_says_what_went(
 
     answers = iter(["n", "y"])
     typing = Console(file=io.StringIO(), force_interactive=True)
-    typing.input = lambda prompt="", **_: next(answers)  # type: ignore[method-assign]
+    prompts: list[str] = []
+    typing.input = lambda prompt="", **_: prompts.append(prompt) or next(answers)  # type: ignore[method-assign]
     with pytest.raises(CliError, match="nothing removed"):
         await asyncio.to_thread(run_remove, settings, typing, connection_id, yes=False)
+    # The question shows as written: `[y/N]` is not taken for console markup.
+    question = typing.render_str(prompts[0]).plain
+    assert ": its credentials, 2 companies and " in question and question.endswith(" synced objects? [y/N] ")
     with ctx.sessions() as session:
         assert _left_of(session, connection_id)["bills"] > 0  # refusing removes nothing
 

@@ -7,6 +7,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from sqlalchemy import select
 
@@ -202,7 +203,12 @@ def run_remove(settings: Settings, console: Console, connection_id: str, *, yes:
                 raise CliError(
                     f"removing {connection_id} deletes {what}; add --yes to confirm without a terminal"
                 )
-            answer = console.input(f"remove {connection_id} ({who}) with its credentials and {what}? [y/N] ")
+            try:
+                answer = console.input(
+                    escape(f"remove {connection_id} ({who}): its credentials, {what}? [y/N] ")
+                )
+            except EOFError:  # input closed: no answer is no
+                answer = ""
             if answer.strip().lower() not in {"y", "yes"}:
                 raise CliError("nothing removed")
         with console.status(f"removing {connection_id} …"), transaction(ctx.sessions) as session:

@@ -16,7 +16,6 @@ from plooto_api.store.models import Connection
 
 log = get_logger(__name__)
 
-
 _CONNECTION_SCHEDULES = ("sync-fast", "sync-slow", "keep-alive")
 
 
@@ -48,9 +47,13 @@ def schedule_gateway(engine: InProcessEngine, ctx: JobContext) -> None:
 async def unschedule_connection(engine: InProcessEngine, connection_id: str) -> None:
     """Stop a connection's periodic jobs and cancel its runs in progress (they stop at their next
     step; a sync resumes from its cursor if the connection is still there)."""
+    _cancel_schedules(engine, connection_id)
+    await engine.cancel_runs(connection_key(connection_id))
+
+
+def _cancel_schedules(engine: InProcessEngine, connection_id: str) -> None:
     for name in _CONNECTION_SCHEDULES:
         engine.cancel(f"{connection_id}:{name}")
-    await engine.cancel_runs(connection_key(connection_id))
 
 
 def scheduled_connections(engine: InProcessEngine) -> set[str]:
@@ -70,8 +73,7 @@ def follow_store(engine: InProcessEngine, ctx: JobContext) -> tuple[set[str], se
     for connection_id in sorted(stored - scheduled):
         schedule_connection(engine, ctx, connection_id)
     for connection_id in sorted(scheduled - stored):
-        for name in _CONNECTION_SCHEDULES:
-            engine.cancel(f"{connection_id}:{name}")
+        _cancel_schedules(engine, connection_id)
     return stored - scheduled, scheduled - stored
 
 
