@@ -77,6 +77,24 @@ def test_sms_login_is_completed_with_the_code(client: TestClient, sandbox: str) 
     assert again.status_code == 404 and again.json()["error"]["code"] == "unknown_challenge"
 
 
+def test_a_code_for_a_connection_removed_meanwhile_is_an_unknown_challenge(
+    client: TestClient, sandbox: str
+) -> None:
+    challenge = client.post("/authenticate", json=CLERK).json()
+    with transaction(client.app.state.sessions) as session:  # type: ignore[attr-defined]
+        _row, admin = create_token(session, scopes=["*"], name="admin")
+        [connection_id] = session.scalars(select(models.Connection.id)).all()
+    headers = {"Authorization": f"Bearer {admin}"}
+    assert client.delete(f"/connections/{connection_id}", headers=headers).status_code == 200
+    late = client.post("/authenticate/mfa", json={"challenge_id": challenge["challenge_id"],
+                                                  "code": _sms_code(sandbox)})  # fmt: skip
+    assert late.status_code == 404 and late.json()["error"]["code"] == "unknown_challenge"
+    # Its other endpoints answer 404 too.
+    gone = client.post(f"/connections/{connection_id}/mfa", headers=headers, json={"code": "123456"})
+    assert gone.status_code == 404 and gone.json()["error"]["code"] == "not_found"
+    assert client.get("/connections", headers=headers).json()["data"] == []
+
+
 def _sync(settings: Settings, connection_id: str | None = None) -> tuple[str, SyncReport]:
     """Sync in a context of its own, as a worker or the CLI would (a new SMS connection without an id)."""
 

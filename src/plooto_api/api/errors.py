@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from plooto_api.log import get_logger
+from plooto_api.services.connections import ConnectionNotFound
 from plooto_api.store.pagination import InvalidCursor
 
 log = get_logger(__name__)
@@ -97,6 +98,12 @@ async def _invalid_cursor(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(error_body(request, "invalid_cursor", str(exc), "cursor"), status_code=400)
 
 
+async def _connection_gone(request: Request, exc: Exception) -> JSONResponse:
+    # A connection removed while a request about it was under way (one of its own, or a sign-in's).
+    message = f"no connection {str(exc)[:64]}; it may have been removed"
+    return JSONResponse(error_body(request, "not_found", message), status_code=404)
+
+
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     log.error("unhandled_error", error_type=type(exc).__name__, path=request.url.path, exc_info=exc)
     return JSONResponse(
@@ -111,4 +118,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(InvalidCursor, _invalid_cursor)
+    app.add_exception_handler(ConnectionNotFound, _connection_gone)
     app.add_exception_handler(Exception, _unexpected_error)

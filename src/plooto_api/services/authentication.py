@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from plooto_api.jobs.context import JobContext
 from plooto_api.services.connections import (
+    ConnectionNotFound,
     change_state,
     create_connection,
     get_connection,
@@ -238,9 +239,13 @@ class Authenticator:
         challenge = self._challenges.get(challenge_id)
         if challenge is None:
             raise UnknownChallenge(challenge_id)
-        await complete_mfa(self.ctx, challenge.connection_id, code, trust_device=challenge.trust_device)
-        self._challenges.pop(challenge_id, None)
-        return self._issue(challenge.connection_id)
+        try:
+            await complete_mfa(self.ctx, challenge.connection_id, code, trust_device=challenge.trust_device)
+            self._challenges.pop(challenge_id, None)
+            return self._issue(challenge.connection_id)
+        except ConnectionNotFound:  # removed while the code was on its way: nothing to complete
+            self._challenges.pop(challenge_id, None)
+            raise UnknownChallenge(challenge_id) from None
 
     def _issue(self, connection_id: str) -> Authenticated:
         with transaction(self.ctx.sessions) as session:

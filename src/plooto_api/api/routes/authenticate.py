@@ -123,7 +123,7 @@ async def authenticate_mfa(request: Request, body: MfaRequest) -> Any:
     try:
         result = await request.app.state.authenticator.complete_challenge(body.challenge_id, body.code)
     except UnknownChallenge as exc:
-        raise ApiError(404, "unknown_challenge", "no pending MFA challenge with this id (it may have expired)",
+        raise ApiError(404, "unknown_challenge", "no pending MFA challenge with this id (expired, completed, or its connection removed)",
                        param="challenge_id") from exc  # fmt: skip
     except (InvalidMfaCode, AccountLocked, RateLimited, UpstreamChanged, UpstreamUnavailable) as exc:
         raise login_refused(exc) from exc
