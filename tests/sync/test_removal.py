@@ -206,3 +206,25 @@ async def test_cli_remove_confirms_and_says_what_went(
         assert _left_of(session, connection_id) == {}
     with pytest.raises(CliError, match=f"no connection {connection_id}"):
         await asyncio.to_thread(run_remove, settings, quiet, connection_id, yes=True)
+
+
+async def test_a_connection_with_writes_being_sent_is_not_removed(
+    ctx: JobContext, make_connection: Callable[..., str], client: TestClient, settings: Settings
+) -> None:
+    connection_id = make_connection()
+    with transaction(ctx.sessions) as session:
+        session.add(models.Operation(id="op_1", connection_id=connection_id, kind="create_payment",
+                                     status="running", reference="ref-1"))  # fmt: skip
+    admin = _token(client, ["*"])
+    refused = client.delete(f"/connections/{connection_id}", headers=admin)
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "writes_in_flight"
+    assert "1 write still being sent" in refused.json()["error"]["message"]
+    with pytest.raises(CliError, match="1 write still being sent"):
+        await asyncio.to_thread(run_remove, settings, Console(file=io.StringIO()), connection_id, yes=True)
+    with ctx.sessions() as session:
+        assert _left_of(session, connection_id)["connections"] == 1
+    with transaction(ctx.sessions) as session:
+        operation = session.get(models.Operation, "op_1")
+        assert operation is not None
+        operation.status = "succeeded"
+    assert client.delete(f"/connections/{connection_id}", headers=admin).status_code == 200

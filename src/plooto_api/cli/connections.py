@@ -17,6 +17,8 @@ from plooto_api.jobs.context import JobContext
 from plooto_api.services.authentication import sign_in
 from plooto_api.services.connections import (
     NotUpstreamChanged,
+    WritesInFlight,
+    check_no_writes_in_flight,
     clear_drift,
     count_synced,
     normalize_totp_secret,
@@ -196,6 +198,10 @@ def run_remove(settings: Settings, console: Console, connection_id: str, *, yes:
             if row is None:
                 raise CliError(f"no connection {connection_id} (see `plooto-api connections list`)")
             who = f"{row.username} at {row.upstream_url}"
+            try:
+                check_no_writes_in_flight(session, connection_id)
+            except WritesInFlight as exc:
+                raise CliError(str(exc)) from None
             companies, objects = count_synced(session, connection_id)
         what = f"{_companies(companies)} and {objects:,} synced objects"
         if not yes:
@@ -215,7 +221,10 @@ def run_remove(settings: Settings, console: Console, connection_id: str, *, yes:
             row = session.get(Connection, connection_id, with_for_update=True)
             if row is None:
                 raise CliError(f"{connection_id} was removed meanwhile")
-            removed = remove_connection(session, ctx.vault, row, actor="cli")
+            try:
+                removed = remove_connection(session, ctx.vault, row, actor="cli")
+            except WritesInFlight as exc:
+                raise CliError(str(exc)) from None
     finally:
         ctx.engine.dispose()
     console.print(

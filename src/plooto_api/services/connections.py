@@ -21,7 +21,8 @@ from plooto_api.services import audit
 from plooto_api.services.events import record_event
 from plooto_api.store.base import MirroredMixin, new_id, utcnow
 from plooto_api.store.database import transaction
-from plooto_api.store.models import Base, Company, Connection, ConnectionStateChange
+from plooto_api.store.models import Base, Company, Connection, ConnectionStateChange, Operation
+from plooto_api.store.models.gateway import UNFINISHED_WRITES
 from plooto_api.store.vault import Vault
 from plooto_api.upstream import Credentials
 
@@ -30,6 +31,17 @@ PROBLEM_STATES = frozenset({"requires_action", "locked", "upstream_unavailable",
 
 class ConnectionNotFound(LookupError):
     """No connection with that id."""
+
+
+class WritesInFlight(Exception):
+    """A connection with writes still being sent cannot be removed: their outcome would be lost."""
+
+    def __init__(self, connection_id: str, count: int) -> None:
+        super().__init__(
+            f"{connection_id} has {count} write{'s' if count != 1 else ''} still being sent to the portal; "
+            "remove it once they have finished"
+        )
+        self.count = count
 
 
 class NotUpstreamChanged(Exception):
@@ -199,6 +211,17 @@ def count_synced(session: Session, connection_id: str) -> tuple[int, int]:
     return companies, objects
 
 
+def check_no_writes_in_flight(session: Session, connection_id: str) -> None:
+    """Raise WritesInFlight if any write of the connection is pending or running."""
+    count = session.scalar(
+        select(func.count())
+        .select_from(Operation)
+        .where(Operation.connection_id == connection_id, Operation.status.in_(UNFINISHED_WRITES))
+    )
+    if count:
+        raise WritesInFlight(connection_id, count)
+
+
 def remove_connection(
     session: Session, vault: Vault, connection: Connection, *, actor: str, request_id: str | None = None
 ) -> Removed:
@@ -206,10 +229,12 @@ def remove_connection(
     and portal session (vault), the companies and objects synced from it, its sync cursors,
     operations and session tokens (the database cascades from the connection row).
 
-    History stays: its events and audit entries keep its id, the event `connection.removed` and the
+    Raises WritesInFlight while any of its writes is pending or running (a removal would lose
+    whether the portal took it). History stays: its events and audit entries keep its id, the event `connection.removed` and the
     audit entry `connection.removed` say who removed it and what went with it. The portal login
     itself is untouched; connecting it again starts a new initial sync.
     """
+    check_no_writes_in_flight(session, connection.id)
     companies, objects = count_synced(session, connection.id)
     removed = Removed(connection.id, companies, objects)
     record_event(

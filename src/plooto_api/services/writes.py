@@ -34,6 +34,7 @@ from plooto_api.services.tokens import Principal
 from plooto_api.store import models
 from plooto_api.store.base import new_id, utcnow
 from plooto_api.store.database import transaction
+from plooto_api.store.models.gateway import UNFINISHED_WRITES
 from plooto_api.sync.upsert import references
 from plooto_api.upstream import (
     AmbiguousWriteOutcome,
@@ -820,7 +821,7 @@ def unfinished(ctx: JobContext) -> list[str]:
         return list(
             session.scalars(
                 select(models.Operation.id)
-                .where(models.Operation.status.in_(("pending", "running")))
+                .where(models.Operation.status.in_(UNFINISHED_WRITES))
                 .order_by(models.Operation.created_at)
             )
         )

@@ -20,12 +20,14 @@ from plooto_api.api.errors import ApiError
 from plooto_api.api.limits import limit_login_attempts
 from plooto_api.api.lists import list_body
 from plooto_api.api.routes.authenticate import login_refused
-from plooto_api.jobs.schedules import connection_key, unschedule_connection
+from plooto_api.jobs.schedules import connection_key, schedule_connection, unschedule_connection
 from plooto_api.services import audit
 from plooto_api.services.connections import (
     NotUpstreamChanged,
     Removed,
     TotpSecretInput,
+    WritesInFlight,
+    check_no_writes_in_flight,
     clear_drift,
     remove_connection,
 )
@@ -162,6 +164,7 @@ class DeletedConnection(BaseModel):
     "/connections/{connection_id}",
     response_model=DeletedConnection,
     summary="Remove a connection and everything synced from it",
+    responses={409: {"description": "`writes_in_flight`: some of its writes are still being sent"}},
 )
 async def delete_connection(request: Request, connection_id: str, principal: Principal = _write) -> Any:
     """Stops the connection's syncs, then removes its credentials, portal session, companies,
@@ -169,8 +172,12 @@ async def delete_connection(request: Request, connection_id: str, principal: Pri
     audit entries stay; the event `connection.removed` and an audit entry record the removal. The
     Plooto login itself is untouched: connecting it again (`POST /authenticate`) starts afresh."""
     ctx = request.app.state.ctx
-    with ctx.sessions() as session:
-        _visible(session, principal, connection_id)
+    try:
+        with ctx.sessions() as session:
+            _visible(session, principal, connection_id)
+            check_no_writes_in_flight(session, connection_id)
+    except WritesInFlight as exc:
+        raise ApiError(409, "writes_in_flight", str(exc)) from None
     await unschedule_connection(request.app.state.jobs, connection_id)  # its syncs stop first
 
     def remove() -> Removed:  # many rows may go: off the event loop, so other requests go on
@@ -179,7 +186,12 @@ async def delete_connection(request: Request, connection_id: str, principal: Pri
             return remove_connection(session, ctx.vault, row, actor=principal.token_id,
                                      request_id=getattr(request.state, "request_id", None))  # fmt: skip
 
-    removed = await asyncio.to_thread(remove)
+    try:
+        removed = await asyncio.to_thread(remove)
+    except WritesInFlight as exc:  # one began meanwhile: the connection stays, and keeps syncing
+        if request.app.state.run_jobs:
+            schedule_connection(request.app.state.jobs, ctx, connection_id)
+        raise ApiError(409, "writes_in_flight", str(exc)) from None
     await ctx.portals.forget(connection_id)
     return DeletedConnection(id=connection_id, companies=removed.companies, objects=removed.objects)
 

@@ -75,6 +75,10 @@ class SyncCursor(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
 
 
+# Operations whose outcome is not known yet: being sent, or to be read back after a crash.
+UNFINISHED_WRITES = ("pending", "running")
+
+
 class Operation(TimestampMixin, Base):
     """A write in flight: pending · running · succeeded · failed · requires_action."""
 
