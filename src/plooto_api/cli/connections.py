@@ -202,8 +202,9 @@ def run_remove(settings: Settings, console: Console, connection_id: str, *, yes:
                 check_no_writes_in_flight(session, connection_id)
             except WritesInFlight as exc:
                 raise CliError(str(exc)) from None
-            companies, objects = count_synced(session, connection_id)
-        what = f"{_companies(companies)} and {objects:,} synced objects"
+            if not yes:  # counted for the question only: the removal counts as it removes
+                companies, objects = count_synced(session, connection_id)
+                what = f"{_companies(companies)} and {objects:,} synced objects"
         if not yes:
             if not console.is_interactive:
                 raise CliError(

@@ -192,22 +192,16 @@ class Removed:
 
 def count_synced(session: Session, connection_id: str) -> tuple[int, int]:
     """(companies, objects of every type, companies included) synced from a connection."""
-    objects = 0
+    companies = objects = 0
     for mapper in Base.registry.mappers:
         model = mapper.class_
         if issubclass(model, MirroredMixin):
-            objects += (
-                session.scalar(
-                    select(func.count()).select_from(model).where(model.connection_id == connection_id)
-                )
-                or 0
+            count = session.scalar(
+                select(func.count()).select_from(model).where(model.connection_id == connection_id)
             )
-    companies = (
-        session.scalar(
-            select(func.count()).select_from(Company).where(Company.connection_id == connection_id)
-        )
-        or 0
-    )
+            objects += count or 0
+            if model is Company:
+                companies = count or 0
     return companies, objects
 
 
@@ -230,9 +224,9 @@ def remove_connection(
     operations and session tokens (the database cascades from the connection row).
 
     Raises WritesInFlight while any of its writes is pending or running (a removal would lose
-    whether the portal took it). History stays: its events and audit entries keep its id, the event `connection.removed` and the
-    audit entry `connection.removed` say who removed it and what went with it. The portal login
-    itself is untouched; connecting it again starts a new initial sync.
+    whether the portal took it). History stays: its events and audit entries keep its id, the event
+    `connection.removed` and the audit entry `connection.removed` say who removed it and what went
+    with it. The portal login itself is untouched; connecting it again starts a new initial sync.
     """
     check_no_writes_in_flight(session, connection.id)
     companies, objects = count_synced(session, connection.id)
