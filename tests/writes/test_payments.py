@@ -127,8 +127,12 @@ def test_drift_blocks_writes_until_an_operator_clears_it(make_gateway: Callable[
     differences = connection["state_detail"]["differences"]
     assert any("totalAmount" in d for d in differences)
     assert len(differences) == len(set(differences))  # once, though every company's bills differ
-    response = gateway.post("/create_payment", {"bill_id": bill.id})
+    # A refusal sends nothing, so it is not kept for its key (Stripe's semantics): the client that
+    # retries with the same key once the block is lifted has its payment made.
+    response = gateway.post("/create_payment", {"bill_id": bill.id}, key="pay-through-drift")
     assert response.status_code == 409 and response.json()["error"]["code"] == "writes_blocked"
+    again = gateway.post("/create_payment", {"bill_id": bill.id}, key="pay-through-drift")
+    assert again.status_code == 409 and "Idempotent-Replayed" not in again.headers
 
     with transaction(gateway.sessions()) as session:
         _row, reader = create_token(session, scopes=["connections:read"])
@@ -157,8 +161,11 @@ def test_drift_blocks_writes_until_an_operator_clears_it(make_gateway: Callable[
     synced = gateway.wait_synced_after(connection["last_synced_at"])
     assert synced["state"] == "healthy"
     assert _bills(gateway) == bills_before + 1
-    assert gateway.post("/create_payment", {"bill_id": bill.id}).status_code == 201
+    paid = gateway.post("/create_payment", {"bill_id": bill.id}, key="pay-through-drift")
+    assert paid.status_code == 201, paid.text
     assert len(gateway.ground_truth(bill.upstream_id)) == 1
+    replay = gateway.post("/create_payment", {"bill_id": bill.id}, key="pay-through-drift")
+    assert replay.headers["Idempotent-Replayed"] == "true" and replay.json() == paid.json()
 
 
 def test_portal_refusal_is_a_4xx_with_its_code_and_scopes_are_checked(gateway: Gateway) -> None:

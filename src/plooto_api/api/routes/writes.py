@@ -138,10 +138,12 @@ async def _perform(
         operation = writes.record_intent(sessions, principal, intent, idempotency_record=record_id,
                                          request_id=getattr(request.state, "request_id", None))  # fmt: skip
     except writes.WriteRefused as exc:
-        body = error_body(request, exc.code, exc.message, exc.param)
+        # Refused before anything was recorded or sent: as Stripe does with a request that failed
+        # validation, the key is not kept, so a retry with it once the cause is gone (drift cleared,
+        # the bill approved or synced) is carried out instead of replaying the refusal for 7 days.
         if record_id is not None:
-            idempotency.complete(sessions, record_id, exc.status, body)
-        return JSONResponse(body, status_code=exc.status)
+            await asyncio.to_thread(idempotency.release, sessions, record_id)
+        return JSONResponse(error_body(request, exc.code, exc.message, exc.param), status_code=exc.status)
     except BaseException:
         if record_id is not None:
             idempotency.release(sessions, record_id)
