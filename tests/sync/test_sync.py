@@ -336,6 +336,27 @@ async def test_a_login_refused_with_its_stored_password_waits_for_a_new_one(
     assert waiting.error == "not syncing: waiting for a new password (the last one was refused)"
 
 
+async def test_progress_counts_each_object_once_against_the_feeds_whole_size(
+    ctx: JobContext, make_connection: Callable[..., str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Pages of 7: each query after the first starts at the last record's instant (which it lists
+    # again) and the portal's count covers only what that query matches.
+    monkeypatch.setattr(sync_engine, "PAGE_SIZE", 7)
+    calls: dict[str, list[tuple[int, int | None]]] = {}
+
+    def record(company: str, feed: str, done: int, total: int | None) -> None:
+        if feed == "bills":
+            calls.setdefault(company, []).append((done, total))
+
+    assert (await SyncEngine(ctx).sync_connection(make_connection(), progress=record)).ok
+    assert len(calls) == COMPANIES
+    for steps in calls.values():
+        assert len(steps) >= BILLS_PER_COMPANY // 7
+        assert [total for _, total in steps] == [BILLS_PER_COMPANY] * len(steps)
+        assert [done for done, _ in steps] == sorted(done for done, _ in steps)
+        assert steps[-1] == (BILLS_PER_COMPANY, BILLS_PER_COMPANY)
+
+
 async def test_crash_mid_sync_resumes_without_loss_or_doubles(
     ctx: JobContext, make_connection: Callable[..., str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

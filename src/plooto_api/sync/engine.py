@@ -306,30 +306,37 @@ class SyncEngine:
         seen: set[tuple[str, str]] = set()
         done = 0
 
-        async def listed() -> tuple[ChangePage, datetime]:
+        async def listed() -> tuple[ChangePage, datetime, int]:
             asked_at = portal.portal_now()  # the portal lists no earlier than this
+            page_number = position.page
             page = await portal.list_changes(
                 company_upstream_id, feed.name, modified_since=position.query_since(),
-                page_number=position.page, page_size=PAGE_SIZE,
+                page_number=page_number, page_size=PAGE_SIZE,
             )  # fmt: skip
-            return page, asked_at
+            return page, asked_at, page_number
 
-        def fetch() -> asyncio.Future[tuple[ChangePage, datetime]]:
+        def fetch() -> asyncio.Future[tuple[ChangePage, datetime, int]]:
             return asyncio.ensure_future(listed())
 
         part = mapping.PARTS.get(feed.object_types[0])
         pending = fetch()
         try:
             while True:
-                page, position.listed_at = await pending
+                page, position.listed_at, page_number = await pending
                 if part is not None:  # the feed lists parts of other objects (an invoice's reminders)
                     parents = await self._absent_parents(portal, connection_id, company_upstream_id, part,
                                                          page.records)  # fmt: skip
                     page.records = [*parents, *page.records]
-                seen.update((r.object_type, r.upstream_id) for r in page.records)
                 # The keyset follows the feed's own objects, in the portal's order; records derived from
                 # them (fees, FX, accounting mappings) ride along and carry no position.
                 own = [r for r in page.records if r.object_type == feed.object_types[0]]
+                listed_again = sum((r.object_type, r.upstream_id) in seen for r in own)  # those at `since`
+                seen.update((r.object_type, r.upstream_id) for r in page.records)
+                # The portal counts what its query matches, from `since` on: what is left of it, from
+                # this page on, plus what came before is the feed's total for this run.
+                left = page.total_count - (page_number - 1) * PAGE_SIZE - listed_again
+                total = max(done + left, done + len(own) - listed_again)
+                done += len(own) - listed_again
                 more = page.has_more and bool(own)
                 if own:
                     position.advance(own[-1], keyset=feed.incremental)
@@ -343,9 +350,8 @@ class SyncEngine:
                 )
                 report.counts.add(counts)
                 report.pages += 1
-                done += len(own)
                 if progress is not None:
-                    progress(company_name, feed.name, done, page.total_count)
+                    progress(company_name, feed.name, done, total if more else done)
                 if not more:
                     break
         finally:
