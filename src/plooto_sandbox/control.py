@@ -23,6 +23,7 @@ from plooto_sandbox.model import (
     FailureReason,
     Invoice,
     LineItem,
+    PayeeMethod,
     Payment,
     PaymentMethod,
     PaymentStatus,
@@ -261,6 +262,26 @@ def _need(state_lookup: Any, name: str) -> Any:
     return state_lookup
 
 
+def _create_vendor(state: Any, body: dict[str, Any]) -> str:
+    """A payee added by a portal user: paid by cheque, in the company's currency unless given."""
+    company_id = str(body.get("companyId") or next(iter(state.companies)))
+    company = state.companies.get(company_id)
+    if company is None:
+        raise PortalError(404, "CompanyNotFound", "Company was not found.")
+    name = str(body.get("name") or f"New Payee {state.seq + 1}")
+    currency = str(body.get("currency") or company.base_currency)
+    if currency not in ("CAD", "USD", "EUR"):
+        raise PortalError(400, "ValidationFailed", "currency must be CAD, USD or EUR.")
+    method = PayeeMethod(state.new_id(), "Cheque", currency, None, None, None, "100 King St W, Toronto ON")
+    vendor = Vendor(
+        created=state.now, modified=state.now, seq=0, vendor_id=state.new_id(), company_id=company_id,
+        display_name=name, email=None, currency=currency, network_connected=False,
+        payment_methods=[method], default_payment_method_id=method.payment_method_id, accounting=None,
+    )  # fmt: skip
+    state.add(vendor, company_id, vendor.vendor_id)
+    return vendor.vendor_id
+
+
 @router.post("/mutate")
 async def mutate(request: Request) -> PortalJSONResponse:
     """POST /__sandbox/mutate (README §9)."""
@@ -276,7 +297,13 @@ async def mutate(request: Request) -> PortalJSONResponse:
         count = int(body.get("count", 1))
         if action == "createBills":
             author = _user(sandbox, body, Role.ACCOUNTANT, company_id)
-            vendor_ids = state.index(company_id, "vendor").ordered_ids()
+            if body.get("vendorId"):
+                vendor_ids = [str(body["vendorId"])]
+                found = state.get(Vendor, vendor_ids[0])
+                if found is None or found.company_id != company_id:
+                    raise not_found("Vendor")
+            else:
+                vendor_ids = state.index(company_id, "vendor").ordered_ids()
             vendors = sorted((state.objects["vendor"][v] for v in vendor_ids), key=lambda v: v.vendor_id)
             today = local_date(state.now)
             for n in range(count):
@@ -295,6 +322,8 @@ async def mutate(request: Request) -> PortalJSONResponse:
                 bill.memo = f"Edited by another user at {timestamp(state.now)}"
                 state.touch_bill(bill)
                 changed.append(bill_id)
+    elif action == "createVendor":
+        changed.append(_create_vendor(state, body))
     elif action in ("approveBill", "rejectBill"):
         bill = _need(state.bill(str(body.get("billId"))), "Bill")
         payables.decide_bill(state, bill, _user(sandbox, body), action == "approveBill", body.get("comment"))

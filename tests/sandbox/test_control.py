@@ -93,6 +93,23 @@ def test_mutations_as_other_users(portal: Portal) -> None:
     )
 
 
+def test_a_new_vendor_and_a_bill_to_it(portal: Portal) -> None:
+    before = portal.api("GET", portal.company("/vendors?pageSize=1")).json()["totalCount"]
+    vendor_id = portal.mutate(action="createVendor", companyId=portal.company_id, name="Fresh Fields Co.",
+                              currency="USD")["changed"][0]  # fmt: skip
+    vendor = portal.api("GET", portal.company(f"/vendors/{vendor_id}")).json()
+    assert vendor["displayName"] == "Fresh Fields Co." and vendor["currency"] == "USD"
+    assert portal.api("GET", portal.company("/vendors?pageSize=1")).json()["totalCount"] == before + 1
+    bill_id = portal.mutate(action="createBills", companyId=portal.company_id, vendorId=vendor_id,
+                            count=1)["changed"][0]  # fmt: skip
+    bill = portal.api("GET", portal.company(f"/bills/{bill_id}")).json()
+    assert bill["vendorId"] == vendor_id and bill["currency"] == "USD"
+    unknown = portal.client.post("/__sandbox/mutate", json={"action": "createBills", "vendorId": "nope"})
+    assert unknown.status_code == 404
+    bad = portal.client.post("/__sandbox/mutate", json={"action": "createVendor", "currency": "GBP"})
+    assert bad.status_code == 400
+
+
 def test_session_revocation_by_user(portal: Portal) -> None:
     assert portal.client.post("/__sandbox/sessions/revoke", json={"email": CONTROLLER}).json()["revoked"] == 1
     assert portal.api("GET", "/api/session").status_code == 401
