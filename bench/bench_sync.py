@@ -142,13 +142,10 @@ async def _context(url: str, start_rate: float | None = None) -> AsyncIterator[t
 
 class _FetchOnlyEngine(SyncEngine):
     """Fetches, checks and normalizes every page as a sync does, and writes nothing (so it does not
-    read on their own the invoices a reminders page refers to: a sync that writes has them)."""
-
-    async def _absent_parents(self, *args: Any, **kwargs: Any) -> list[Any]:
-        return []
+    read on their own the objects a page refers to that the store lacks: a sync that writes has them)."""
 
     def _write_page(self, connection_id: str, company_upstream_id: str, feed: Any, records: list[Any],
-                    state: dict[str, Any]) -> ApplyCounts:  # fmt: skip
+                    state: dict[str, Any], absent: Any = None) -> ApplyCounts:  # fmt: skip
         counts = ApplyCounts()
         counts.created = sum(r.object_type in OBJECT_MAPS for r in records)
         return counts

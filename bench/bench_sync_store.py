@@ -48,9 +48,10 @@ class _Keeping(SyncEngine):
         self.pages: list[_Page] = []
 
     def _write_page(self, connection_id: str, company_upstream_id: str, feed: Any, records: list[Any],
-                    state: dict[str, Any]) -> ApplyCounts:  # fmt: skip
-        self.pages.append((company_upstream_id, feed, records, state))
-        return super()._write_page(connection_id, company_upstream_id, feed, records, state)
+                    state: dict[str, Any], absent: Any = None) -> ApplyCounts:  # fmt: skip
+        counts = super()._write_page(connection_id, company_upstream_id, feed, records, state, absent)
+        self.pages.append((company_upstream_id, feed, records, state))  # as written
+        return counts
 
 
 async def _pages(url: str) -> tuple[list[_Page], int]:

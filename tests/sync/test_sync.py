@@ -78,6 +78,7 @@ async def test_initial_sync_mirrors_every_object_type(
     events = _event_types(ctx)
     assert events["bill.created"] == COMPANIES * BILLS_PER_COMPANY
     _assert_documents_match_columns(ctx)
+    _assert_plans_name_their_invoices(ctx)
     with ctx.sessions() as session:
         # A created object's event holds the same JSON object as its row's document (stored once
         # serialized, not as a JSON string of it).
@@ -128,6 +129,68 @@ async def test_incremental_sync_fetches_only_what_changed(
         exclusive = {(c.object_type, c.company_upstream_id): c.page_state["exclusive"] for c in cursors}
     assert all(exclusive[("reminders", c)] for c in {company for _, company in exclusive})
     assert exclusive[("bills", company.upstream_id)] is False
+
+
+async def test_a_new_vendors_bill_is_synced_with_its_vendor_between_vendor_syncs(
+    ctx: JobContext, make_connection: Callable[..., str], control: httpx.Client
+) -> None:
+    connection_id = make_connection()
+    engine = SyncEngine(ctx)
+    assert (await engine.sync_connection(connection_id)).ok
+    with ctx.sessions() as session:
+        company = session.scalars(select(models.Company).order_by(models.Company.name)).first()
+        assert company is not None
+    # Someone adds a payee and bills it; the next sync is of open items only (vendors come every
+    # few minutes), and the bill refers to a vendor the store has never seen.
+    created = control.post("/mutate", json={"action": "createVendor", "companyId": company.upstream_id,
+                                            "name": "Fresh Fields Co."})  # fmt: skip
+    vendor_upstream_id = created.json()["changed"][0]
+    billed = control.post("/mutate", json={"action": "createBills", "companyId": company.upstream_id,
+                                           "vendorId": vendor_upstream_id, "count": 1})  # fmt: skip
+    bill_upstream_id = billed.json()["changed"][0]
+    portal = await ctx.portals.get(connection_id)
+    before = portal.stats.requests
+    report = await engine.sync_connection(connection_id, cadence="fast")
+    assert report.ok, report.error
+    # The vendor is read on its own (one request more than the feeds) and written with the bill.
+    assert portal.stats.requests - before == 1 + COMPANIES * len(sync_engine.feeds_for("fast")) + 1
+    with ctx.sessions() as session:
+        vendor = session.scalars(
+            select(models.Vendor).where(models.Vendor.upstream_id == vendor_upstream_id)
+        ).one()
+        bill = session.scalars(select(models.Bill).where(models.Bill.upstream_id == bill_upstream_id)).one()
+        assert vendor.name == "Fresh Fields Co." and bill.vendor_id == vendor.id
+        assert json.loads(bill.document)["vendor_id"] == vendor.id
+    assert _event_types(ctx)["vendor.created"] == _count_vendors(ctx)
+    # The vendors feed, when it runs, finds the vendor as it is already stored.
+    slow = await engine.sync_connection(connection_id, cadence="slow")
+    assert slow.ok and slow.counts.created == 0
+
+
+def _count_vendors(ctx: JobContext) -> int:
+    with ctx.sessions() as session:
+        return _count(session, models.Vendor)
+
+
+async def test_a_first_sync_by_the_fast_schedule_pulls_reference_data_first(
+    ctx: JobContext, make_connection: Callable[..., str]
+) -> None:
+    # A gateway that starts with a connection never synced (added by `connect --no-sync`, or
+    # stopped during its first sync) runs its near-real-time schedule first.
+    connection_id = make_connection()
+    report = await SyncEngine(ctx).sync_connection(connection_id, cadence="fast")
+    assert report.ok, report.error
+    with ctx.sessions() as session:
+        assert _count(session, models.Vendor) > 0 and _count(session, models.Customer) > 0
+        assert session.scalar(select(func.count()).where(models.Bill.vendor_id.is_(None))) == 0
+        assert session.scalar(select(func.count()).where(models.Invoice.customer_id.is_(None))) == 0
+        cursors = session.scalars(select(models.SyncCursor)).all()
+        assert {c.object_type for c in cursors} == {feed.name for feed in sync_engine.FEEDS}
+    # Once each feed has been pulled whole, the fast schedule pulls only its own.
+    portal = await ctx.portals.get(connection_id)
+    before = portal.stats.requests
+    assert (await SyncEngine(ctx).sync_connection(connection_id, cadence="fast")).ok
+    assert portal.stats.requests - before == 1 + COMPANIES * len(sync_engine.feeds_for("fast"))
 
 
 async def test_payment_lifecycle_becomes_events(
@@ -355,6 +418,39 @@ async def test_progress_counts_each_object_once_against_the_feeds_whole_size(
         assert [total for _, total in steps] == [BILLS_PER_COMPANY] * len(steps)
         assert [done for done, _ in steps] == sorted(done for done, _ in steps)
         assert steps[-1] == (BILLS_PER_COMPANY, BILLS_PER_COMPANY)
+
+
+def _assert_plans_name_their_invoices(ctx: JobContext) -> None:
+    """Recurring plans are listed before invoices (which refer to them) and name the invoices they
+    made: once the invoices are in, every plan names each of them by its gateway id."""
+    with ctx.sessions() as session:
+        invoice_ids = set(session.scalars(select(models.Invoice.id)))
+        plans = [json.loads(d) for d in session.scalars(select(models.RecurringInvoice.document))]
+        named = [i for plan in plans for i in plan["template"]["invoice_ids"]]
+        assert named and set(named) <= invoice_ids
+        assert not any((c.page_state or {}).get("relist") for c in session.scalars(select(models.SyncCursor)))
+
+
+async def test_a_sync_stopped_before_plans_are_listed_again_lists_them_on_its_next_run(
+    ctx: JobContext, make_connection: Callable[..., str]
+) -> None:
+    connection_id = make_connection()
+
+    def stop_after_invoices(company: str, feed: str, done: int, total: int | None) -> None:
+        if feed == "invoices":
+            raise SimulatedCrash("the worker died here")
+
+    with pytest.raises(SimulatedCrash):
+        await SyncEngine(ctx).sync_connection(connection_id, progress=stop_after_invoices)
+    with ctx.sessions() as session:
+        plans = [json.loads(d) for d in session.scalars(select(models.RecurringInvoice.document))]
+        assert any(None in plan["template"]["invoice_ids"] for plan in plans)  # not resolved yet
+        marked = session.scalars(
+            select(models.SyncCursor).where(models.SyncCursor.object_type == "recurring_invoices")
+        )
+        assert all(c.page_state["relist"] for c in marked)
+    assert (await SyncEngine(ctx).sync_connection(connection_id, cadence="fast")).ok
+    _assert_plans_name_their_invoices(ctx)
 
 
 async def test_crash_mid_sync_resumes_without_loss_or_doubles(

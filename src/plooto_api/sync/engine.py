@@ -27,12 +27,12 @@ from plooto_api.log import get_logger
 from plooto_api.services.connections import change_state, get_connection
 from plooto_api.services.sessions import login_blocked_reason
 from plooto_api.store.base import utcnow
-from plooto_api.store.bulk import ids_by_upstream_id
 from plooto_api.store.database import transaction
 from plooto_api.store.models import Connection, SyncCursor
-from plooto_api.sync.upsert import ApplyCounts, apply_records, company_ids, mark_deleted
+from plooto_api.sync.upsert import ApplyCounts, MissingReferences, apply_records, company_ids, mark_deleted
 from plooto_api.upstream import (
     FEEDS,
+    FETCHABLE_TYPES,
     AccountLocked,
     ChangePage,
     Feed,
@@ -49,6 +49,7 @@ log = get_logger(__name__)
 
 PAGE_SIZE = 200
 COMPANY_CONCURRENCY = 3
+REFERENCE_DEPTH = 3  # rounds of reading objects a page refers to (a payment's bill, then its vendor)
 Cadence = Literal["fast", "slow", "all"]
 ProgressCallback = Callable[[str, str, int, int | None], None]  # company, feed, done, total
 
@@ -217,17 +218,26 @@ class SyncEngine:
 
             async def sync_company(company_upstream_id: str, company_name: str) -> None:
                 async with limit:
-                    for feed in feeds_for(cadence):
-                        try:
-                            await self._sync_feed(portal, connection_id, company_upstream_id, company_name, feed,
-                                                  report, progress)  # fmt: skip
-                        except UpstreamChanged as exc:
-                            # Only this feed stops; the others keep syncing. Companies share one portal,
-                            # so a difference is reported once, not once per company.
-                            for difference in exc.differences or [str(exc)]:
-                                if difference not in report.drift:
-                                    report.drift.append(difference)
-                            log.warning("upstream_changed", connection=connection_id, feed=feed.name)
+                    feeds = await asyncio.to_thread(self._feeds, connection_id, company_upstream_id, cadence)
+                    for index, feed in enumerate(feeds):
+                        later = frozenset(t for f in feeds[index + 1 :] for t in f.object_types)
+                        await pull(company_upstream_id, company_name, feed, later=later)
+                    # Feeds whose records referred to objects of a later feed, now that those are in.
+                    for feed in await asyncio.to_thread(self._to_relist, connection_id, company_upstream_id):
+                        await pull(company_upstream_id, company_name, feed, whole=True)
+
+            async def pull(company_upstream_id: str, company_name: str, feed: Feed, *,
+                           later: frozenset[str] = frozenset(), whole: bool = False) -> None:  # fmt: skip
+                try:
+                    await self._sync_feed(portal, connection_id, company_upstream_id, company_name, feed,
+                                          report, progress, later=later, whole=whole)  # fmt: skip
+                except UpstreamChanged as exc:
+                    # Only this feed stops; the others keep syncing. Companies share one portal,
+                    # so a difference is reported once, not once per company.
+                    for difference in exc.differences or [str(exc)]:
+                        if difference not in report.drift:
+                            report.drift.append(difference)
+                    log.warning("upstream_changed", connection=connection_id, feed=feed.name)
 
             results = await asyncio.gather(
                 *(sync_company(c, n) for c, n in companies), return_exceptions=True
@@ -250,6 +260,39 @@ class SyncEngine:
             self._finish(report)
         portal.save_state()  # with the rate the throttle learned, so a restart resumes near the limit
         return report
+
+    def _feeds(self, connection_id: str, company_upstream_id: str, cadence: Cadence) -> list[Feed]:
+        """The feeds of `cadence`, and any other feed of this company not pulled whole yet (a new
+        connection's or a new company's first sync, whichever schedule runs first), in dependency
+        order: a bill is written with its vendor's id only when the vendors came first."""
+        if cadence == "all":
+            return feeds_for("all")
+        with self.ctx.sessions() as session:
+            pulled = set(
+                session.scalars(
+                    select(SyncCursor.object_type).where(
+                        SyncCursor.connection_id == connection_id,
+                        SyncCursor.company_upstream_id == company_upstream_id,
+                        SyncCursor.full_sync_completed_at.is_not(None),
+                    )
+                )
+            )
+        return [feed for feed in FEEDS if feed.cadence == cadence or feed.name not in pulled]
+
+    def _to_relist(self, connection_id: str, company_upstream_id: str) -> list[Feed]:
+        """The feeds of this company marked to be listed whole again (see _write_with_references)."""
+        with self.ctx.sessions() as session:
+            marked = {
+                cursor.object_type
+                for cursor in session.scalars(
+                    select(SyncCursor).where(
+                        SyncCursor.connection_id == connection_id,
+                        SyncCursor.company_upstream_id == company_upstream_id,
+                    )
+                )
+                if (cursor.page_state or {}).get("relist")
+            }
+        return [feed for feed in FEEDS if feed.name in marked]
 
     def _set_state(self, connection_id: str, state: str, reason: str | None = None,
                    detail: dict[str, Any] | None = None) -> None:  # fmt: skip
@@ -292,13 +335,22 @@ class SyncEngine:
         feed: Feed,
         report: SyncReport,
         progress: ProgressCallback | None,
+        *,
+        later: frozenset[str] = frozenset(),
+        whole: bool = False,
     ) -> None:
+        """Pull one feed of one company from its cursor (`whole`: from the start, keeping the cursor's
+        `relist` mark until the last page). `later`: the object types of the feeds this run pulls after
+        this one."""
         with transaction(self.ctx.sessions) as session:
             cursor = _cursor(session, connection_id, company_upstream_id, feed.name)
             state = dict(cursor.page_state or {})
             cursor.last_run_at = utcnow()
-        if not feed.incremental and not state.get("in_progress"):
+        if whole and not state.get("in_progress"):
+            state = {"relist": True}
+        elif not feed.incremental and not state.get("in_progress"):
             state = {}  # a feed without modified-since is listed whole every time
+        relist = bool(state.get("relist"))
         position = _Position(state)
         if not state.get("in_progress"):
             position.start()  # a finished pull resumes from its keyset, at the first page
@@ -318,15 +370,10 @@ class SyncEngine:
         def fetch() -> asyncio.Future[tuple[ChangePage, datetime, int]]:
             return asyncio.ensure_future(listed())
 
-        part = mapping.PARTS.get(feed.object_types[0])
         pending = fetch()
         try:
             while True:
                 page, position.listed_at, page_number = await pending
-                if part is not None:  # the feed lists parts of other objects (an invoice's reminders)
-                    parents = await self._absent_parents(portal, connection_id, company_upstream_id, part,
-                                                         page.records)  # fmt: skip
-                    page.records = [*parents, *page.records]
                 # The keyset follows the feed's own objects, in the portal's order; records derived from
                 # them (fees, FX, accounting mappings) ride along and carry no position.
                 own = [r for r in page.records if r.object_type == feed.object_types[0]]
@@ -341,13 +388,15 @@ class SyncEngine:
                 if own:
                     position.advance(own[-1], keyset=feed.incremental)
                 state = {**position.as_state(), "in_progress": more}
+                if relist and (more or not whole):  # a whole listing's last page takes the mark off
+                    state["relist"] = True
                 if more:
                     pending = fetch()  # the next query is known: fetch it while this page is written
                 # Records at exactly `since` are applied again rather than skipped: one may have changed
                 # at the same instant as the last sync. Unchanged records cost a comparison, no write.
-                counts = await asyncio.to_thread(
-                    self._write_page, connection_id, company_upstream_id, feed, page.records, state
-                )
+                counts = await self._write_with_references(portal, connection_id, company_upstream_id, feed,
+                                                           page.records, state, later)  # fmt: skip
+                relist = relist or bool(state.get("relist"))
                 report.counts.add(counts)
                 report.pages += 1
                 if progress is not None:
@@ -360,31 +409,48 @@ class SyncEngine:
         if not feed.incremental:
             await self._confirm_absences(portal, connection_id, company_upstream_id, feed, seen, report)
 
-    async def _absent_parents(
+    async def _write_with_references(
         self,
         portal: PortalSession,
         connection_id: str,
         company_upstream_id: str,
-        part: mapping.PartMap,
+        feed: Feed,
         records: list[UpstreamRecord],
-    ) -> list[UpstreamRecord]:
-        """The objects `records` are parts of that the store lacks, read from the portal: one made after
-        its feed was listed has parts (a new invoice's reminders) this feed will not list again."""
-        wanted = {r.fields[part.parent_key].upstream_id for r in records}
-        if not wanted:
-            return []
+        state: dict[str, Any],
+        later: frozenset[str],
+    ) -> ApplyCounts:
+        """Write a page, with the objects it refers to that the store lacks read from the portal first:
+        a bill whose vendor is new (the vendors feed runs less often), reminders of an invoice made
+        after the invoices were listed. A reference is left empty only when the portal says its object
+        does not exist; otherwise it would stay empty until its record changed again.
 
-        def stored() -> set[str]:
-            table = mapping.object_map_for(part.parent_type).model.__table__
-            with self.ctx.sessions() as session:
-                return set(ids_by_upstream_id(session, table, connection_id, sorted(wanted)))
-
-        parents = []
-        for upstream_id in sorted(wanted - await asyncio.to_thread(stored)):
-            record = await portal.fetch_object(company_upstream_id, part.parent_type, upstream_id)
-            if record is not None:  # gone from the portal: its parts are left out
-                parents.append(record)
-        return parents
+        Objects of a type in `later` (a feed this run pulls next: a recurring plan's invoices) are not
+        read one by one; their references stay empty for now and `state` gets the `relist` mark, saved
+        with the page, so the feed is listed whole again once they are in, by this run or the next."""
+        absent: set[tuple[str, str]] = set()
+        for _ in range(REFERENCE_DEPTH):  # what was read may refer to more (a bill to its new vendor)
+            try:
+                return await asyncio.to_thread(self._write_page, connection_id, company_upstream_id, feed,
+                                               records, state, absent)  # fmt: skip
+            except MissingReferences as exc:
+                deferred = {ref for ref in exc.refs if ref[0] in later}
+                if deferred:
+                    absent |= deferred
+                    state["relist"] = True
+                found: list[UpstreamRecord] = []
+                for object_type, upstream_id in sorted(exc.refs - deferred):
+                    record = None
+                    if object_type in FETCHABLE_TYPES:
+                        record = await portal.fetch_object(company_upstream_id, object_type, upstream_id)
+                    if record is None:
+                        absent.add((object_type, upstream_id))
+                    else:
+                        found.append(record)
+                # Ahead of the records that refer to them: a page is written type by type, in order.
+                records = [*found, *records]
+        return await asyncio.to_thread(
+            self._write_page, connection_id, company_upstream_id, feed, records, state
+        )
 
     def _write_page(
         self,
@@ -393,12 +459,16 @@ class SyncEngine:
         feed: Feed,
         records: list[UpstreamRecord],
         state: dict[str, Any],
+        absent: set[tuple[str, str]] | None = None,
     ) -> ApplyCounts:
-        """Apply one page and move the cursor past it, in one transaction (a crash resumes after it)."""
+        """Apply one page and move the cursor past it, in one transaction (a crash resumes after it).
+        With `absent`, a reference to any other object the store lacks writes nothing and raises
+        MissingReferences (see apply_records)."""
         with transaction(self.ctx.sessions) as session:
             cursor = _cursor(session, connection_id, company_upstream_id, feed.name)
             counts = apply_records(session, connection_id, company_ids(session, connection_id), records,
-                                   utcnow(), first_pull=cursor.full_sync_completed_at is None)  # fmt: skip
+                                   utcnow(), first_pull=cursor.full_sync_completed_at is None,
+                                   absent=absent)  # fmt: skip
             cursor.page_state = state
             cursor.watermark = state.get("since")
             if not state["in_progress"]:

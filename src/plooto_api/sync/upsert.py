@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -118,6 +119,14 @@ def _gateway_ids(
     return ids
 
 
+class MissingReferences(Exception):
+    """Records refer to objects the store lacks (see `apply_records`' `absent`); nothing was written."""
+
+    def __init__(self, refs: set[tuple[str, str]]) -> None:
+        super().__init__(f"{len(refs)} referenced object(s) are not in the store")
+        self.refs = refs
+
+
 def _events_for_change(
     object_type: str, old_data: dict[str, Any], new_data: dict[str, Any], *, news: bool = True
 ) -> list[str]:
@@ -178,6 +187,7 @@ def apply_records(
     now: datetime,
     *,
     first_pull: bool = False,
+    absent: AbstractSet[tuple[str, str]] | None = None,
 ) -> ApplyCounts:
     """Upsert `records` (mirrored objects of any type) and stage their events in `session`.
 
@@ -185,6 +195,9 @@ def apply_records(
     `first_pull`: the records come from a feed's first full listing, so the parts among them show
     what happened before the gateway looked (a reminder sent last month): history, which no event
     but `<type>.updated` reports.
+    `absent`: None leaves a reference to an object the store lacks empty. A set (of (type, portal
+    id) known not to exist) makes any other such reference raise MissingReferences before anything
+    is written, so the caller can read those objects and apply them with the records.
     """
     counts = ApplyCounts()
     session.flush()  # the lookups below go to the database directly: let them see what the caller staged
@@ -213,8 +226,19 @@ def apply_records(
             for key, value in record.fields.items()
             if isinstance(value, _NESTED) and _collect_refs(value, refs)
         ]
-    page = _Page(connection_id, company_ids, existing, ref_fields, _gateway_ids(session, connection_id, refs, assigned),
-                 now, counts, EventBatch(session, created_at=now), first_pull)  # fmt: skip
+    ids = _gateway_ids(session, connection_id, refs, assigned)
+    if absent is not None:
+        missing = {
+            (object_type, upstream_id)
+            for object_type, upstream_ids in refs.items()
+            if object_type in mapping.OBJECT_MAPS
+            for upstream_id in upstream_ids
+            if (object_type, upstream_id) not in ids and (object_type, upstream_id) not in absent
+        }
+        if missing:
+            raise MissingReferences(missing)
+    page = _Page(connection_id, company_ids, existing, ref_fields, ids, now, counts,
+                 EventBatch(session, created_at=now), first_pull)  # fmt: skip
 
     # Companies first, then each type in the order it came (feeds are in dependency order). One
     # flush per type: the unit of work orders inserts by relationship(), not by bare foreign keys.

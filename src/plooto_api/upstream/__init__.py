@@ -39,10 +39,14 @@ from plooto_api.upstream._models import (
 )
 from plooto_api.upstream._session import PortalSession
 from plooto_api.upstream._throttle import AdaptiveThrottle, LoopStalls
-from plooto_api.upstream.portal import FEEDS
+from plooto_api.upstream.portal import FEEDS, OBJECT_SOURCES
+
+# The object types PortalSession.fetch_object reads one at a time.
+FETCHABLE_TYPES: frozenset[str] = frozenset({"company", *OBJECT_SOURCES})
 
 __all__ = [
     "FEEDS",
+    "FETCHABLE_TYPES",
     "AccountLocked",
     "AdaptiveThrottle",
     "AmbiguousWriteOutcome",
