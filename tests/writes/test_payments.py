@@ -80,6 +80,8 @@ def test_store_checks_refuse_before_sending(gateway: Gateway) -> None:
     response = gateway.post("/create_payment", {"bill_id": approved.id, "amount": too_much})
     assert response.status_code == 422 and response.json()["error"]["code"] == "amount_exceeds_amount_due"
     assert gateway.post("/create_payment", {"bill_id": "bill_nope"}).status_code == 404
+    empty = gateway.post("/create_payment", {"bill_id": ""}).json()["error"]
+    assert (empty["code"], empty["param"]) == ("invalid_request", "bill_id")
     with gateway.sessions()() as session:
         assert session.scalars(select(models.Operation)).all() == []
     with gateway.sessions()() as session, session.begin():

@@ -36,13 +36,13 @@ class Body(BaseModel):
 
 
 class CreatePayment(Body):
-    bill_id: str = Field(max_length=64, description="An approved bill.")
+    bill_id: str = Field(min_length=1, max_length=64, description="An approved bill.")
     amount: Decimal | None = Field(None, description="Decimal string; default: the amount due.")
     method: Literal["eft", "ach", "cheque", "wire", "card", "instant", "email_transfer"] | None = Field(
         None, description="Default: the vendor's default method for the currencies."
     )
     debit_bank_account_id: str | None = Field(
-        None, max_length=64, description="Default: the company's account."
+        None, min_length=1, max_length=64, description="Default: the company's account."
     )
     scheduled_for: date | None = Field(
         None, description="Debit date; default: the earliest the portal allows."
@@ -59,7 +59,7 @@ class Line(Body):
 
 
 class CreateBill(Body):
-    vendor_id: str = Field(max_length=64)
+    vendor_id: str = Field(min_length=1, max_length=64)
     number: str = Field(min_length=1, max_length=100)
     issue_date: date
     due_date: date
@@ -80,7 +80,7 @@ class Recurring(Body):
 
 
 class CreateInvoice(Body):
-    customer_id: str = Field(max_length=64)
+    customer_id: str = Field(min_length=1, max_length=64)
     number: str | None = Field(None, max_length=100)
     issue_date: date | None = None
     terms: Literal["DueOnReceipt", "Net15", "Net30", "Net45", "Net60"] | None = None
