@@ -29,7 +29,14 @@ from plooto_api.services.sessions import login_blocked_reason
 from plooto_api.store.base import utcnow
 from plooto_api.store.database import transaction
 from plooto_api.store.models import Connection, SyncCursor
-from plooto_api.sync.upsert import ApplyCounts, MissingReferences, apply_records, company_ids, mark_deleted
+from plooto_api.sync.upsert import (
+    ApplyCounts,
+    MissingReferences,
+    apply_records,
+    company_ids,
+    mark_deleted,
+    references,
+)
 from plooto_api.upstream import (
     FEEDS,
     FETCHABLE_TYPES,
@@ -161,6 +168,23 @@ class _Position:
         }
 
 
+@dataclass
+class _Deferred:
+    """Within one company's run: the object types the feeds still to come bring (`later`), and the
+    records, by feed, whose references to such objects wait for them."""
+
+    later: frozenset[str] = frozenset()
+    records: dict[str, list[UpstreamRecord]] = field(default_factory=dict)
+
+    def hold(self, feed: str, records: list[UpstreamRecord], waiting: set[tuple[str, str]]) -> None:
+        held = self.records.setdefault(feed, [])
+        held += [r for r in records if any(ref in waiting for ref in _refs(r))]
+
+
+def _refs(record: UpstreamRecord) -> set[tuple[str, str]]:
+    return {(object_type, u) for object_type, ids in references(record).items() for u in ids}
+
+
 class SyncEngine:
     """Runs syncs for connections, with the shared resources of one worker process."""
 
@@ -219,18 +243,23 @@ class SyncEngine:
             async def sync_company(company_upstream_id: str, company_name: str) -> None:
                 async with limit:
                     feeds = await asyncio.to_thread(self._feeds, connection_id, company_upstream_id, cadence)
+                    deferred = _Deferred()
                     for index, feed in enumerate(feeds):
-                        later = frozenset(t for f in feeds[index + 1 :] for t in f.object_types)
-                        await pull(company_upstream_id, company_name, feed, later=later)
-                    # Feeds whose records referred to objects of a later feed, now that those are in.
+                        deferred.later = frozenset(t for f in feeds[index + 1 :] for t in f.object_types)
+                        await pull(company_upstream_id, company_name, feed, deferred=deferred)
+                    # Records that referred to objects of a later feed, now that those are in: applied
+                    # again as they were read; a feed so marked by a run that stopped is listed again.
+                    if deferred.records:
+                        report.counts.add(await asyncio.to_thread(self._apply_deferred, connection_id,
+                                                                  company_upstream_id, deferred))  # fmt: skip
                     for feed in await asyncio.to_thread(self._to_relist, connection_id, company_upstream_id):
                         await pull(company_upstream_id, company_name, feed, whole=True)
 
             async def pull(company_upstream_id: str, company_name: str, feed: Feed, *,
-                           later: frozenset[str] = frozenset(), whole: bool = False) -> None:  # fmt: skip
+                           deferred: _Deferred | None = None, whole: bool = False) -> None:  # fmt: skip
                 try:
                     await self._sync_feed(portal, connection_id, company_upstream_id, company_name, feed,
-                                          report, progress, later=later, whole=whole)  # fmt: skip
+                                          report, progress, deferred=deferred or _Deferred(), whole=whole)  # fmt: skip
                 except UpstreamChanged as exc:
                     # Only this feed stops; the others keep syncing. Companies share one portal,
                     # so a difference is reported once, not once per company.
@@ -278,6 +307,26 @@ class SyncEngine:
                 )
             )
         return [feed for feed in FEEDS if feed.cadence == cadence or feed.name not in pulled]
+
+    def _apply_deferred(
+        self, connection_id: str, company_upstream_id: str, deferred: _Deferred
+    ) -> ApplyCounts:
+        """Apply again the records whose references waited for a later feed, and take the `relist`
+        mark off their feeds; when some are still missing (that feed failed), leave it for a relist."""
+        latest = {(r.object_type, r.upstream_id): r for held in deferred.records.values() for r in held}
+        with transaction(self.ctx.sessions) as session:
+            try:
+                counts = apply_records(session, connection_id, company_ids(session, connection_id),
+                                       list(latest.values()), utcnow(), absent=set())  # fmt: skip
+            except MissingReferences:  # raised before anything is written
+                return ApplyCounts()
+            for feed_name in deferred.records:
+                cursor = _cursor(session, connection_id, company_upstream_id, feed_name)
+                if cursor.page_state and not cursor.page_state.get("in_progress"):
+                    cursor.page_state = {
+                        key: value for key, value in cursor.page_state.items() if key != "relist"
+                    }
+        return counts
 
     def _to_relist(self, connection_id: str, company_upstream_id: str) -> list[Feed]:
         """The feeds of this company marked to be listed whole again (see _write_with_references)."""
@@ -336,12 +385,12 @@ class SyncEngine:
         report: SyncReport,
         progress: ProgressCallback | None,
         *,
-        later: frozenset[str] = frozenset(),
+        deferred: _Deferred,
         whole: bool = False,
     ) -> None:
         """Pull one feed of one company from its cursor (`whole`: from the start, keeping the cursor's
-        `relist` mark until the last page). `later`: the object types of the feeds this run pulls after
-        this one."""
+        `relist` mark until the last page). `deferred`: what the run's later feeds bring, and where
+        records that refer to it wait (see _write_with_references)."""
         with transaction(self.ctx.sessions) as session:
             cursor = _cursor(session, connection_id, company_upstream_id, feed.name)
             state = dict(cursor.page_state or {})
@@ -395,7 +444,7 @@ class SyncEngine:
                 # Records at exactly `since` are applied again rather than skipped: one may have changed
                 # at the same instant as the last sync. Unchanged records cost a comparison, no write.
                 counts = await self._write_with_references(portal, connection_id, company_upstream_id, feed,
-                                                           page.records, state, later)  # fmt: skip
+                                                           page.records, state, deferred)  # fmt: skip
                 relist = relist or bool(state.get("relist"))
                 report.counts.add(counts)
                 report.pages += 1
@@ -417,28 +466,30 @@ class SyncEngine:
         feed: Feed,
         records: list[UpstreamRecord],
         state: dict[str, Any],
-        later: frozenset[str],
+        deferred: _Deferred,
     ) -> ApplyCounts:
         """Write a page, with the objects it refers to that the store lacks read from the portal first:
         a bill whose vendor is new (the vendors feed runs less often), reminders of an invoice made
         after the invoices were listed. A reference is left empty only when the portal says its object
         does not exist; otherwise it would stay empty until its record changed again.
 
-        Objects of a type in `later` (a feed this run pulls next: a recurring plan's invoices) are not
-        read one by one; their references stay empty for now and `state` gets the `relist` mark, saved
-        with the page, so the feed is listed whole again once they are in, by this run or the next."""
+        Objects of a feed this run pulls later (a recurring plan's invoices) are not read one by one:
+        their references stay empty for now, the records holding them wait in `deferred` to be applied
+        again at the end of the run, and `state` gets the `relist` mark, saved with the page, so that
+        should the run stop first, the next lists the feed whole again."""
         absent: set[tuple[str, str]] = set()
         for _ in range(REFERENCE_DEPTH):  # what was read may refer to more (a bill to its new vendor)
             try:
                 return await asyncio.to_thread(self._write_page, connection_id, company_upstream_id, feed,
                                                records, state, absent)  # fmt: skip
             except MissingReferences as exc:
-                deferred = {ref for ref in exc.refs if ref[0] in later}
-                if deferred:
-                    absent |= deferred
+                waiting = {ref for ref in exc.refs if ref[0] in deferred.later}
+                if waiting:
+                    absent |= waiting
                     state["relist"] = True
+                    deferred.hold(feed.name, records, waiting)
                 found: list[UpstreamRecord] = []
-                for object_type, upstream_id in sorted(exc.refs - deferred):
+                for object_type, upstream_id in sorted(exc.refs - waiting):
                     record = None
                     if object_type in FETCHABLE_TYPES:
                         record = await portal.fetch_object(company_upstream_id, object_type, upstream_id)
