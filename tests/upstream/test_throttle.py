@@ -146,7 +146,8 @@ def test_what_passes_between_two_429s_becomes_the_ceiling() -> None:
     assert throttle.rate == pytest.approx(23.75)  # just below it, not half of where it was
 
     # Starts that did not wait (a gateway sending slower than its rate, so the portal's bucket may
-    # have stood full, its refill lost) measure nothing: halve as before.
+    # have stood full, its refill lost) do not measure the portal: halve as before. The 429 came at
+    # what was sent, 2 a second, not at the rate: that is the ceiling the rate recovers towards.
     for _ in range(100):
         clock.now += 0.5
         assert throttle.reserve() == 0
@@ -155,6 +156,7 @@ def test_what_passes_between_two_429s_becomes_the_ceiling() -> None:
     throttle.on_rate_limited(None)
     assert throttle.rate == pytest.approx(rate / 2)
     assert throttle.measured == pytest.approx(25)  # unchanged
+    assert throttle.ceiling == pytest.approx(2)
 
 
 def test_a_throttle_resumes_from_what_an_earlier_one_learned() -> None:

@@ -229,27 +229,29 @@ class AdaptiveThrottle:
         if retry_after is not None and retry_after > 0:
             self._blocked_until = max(self._blocked_until, now + retry_after)
         rate = self.rate
-        measured = self._measure(now)
-        if measured is not None:
+        measured, pushed = self._measure(now)
+        if measured is not None and pushed:
             ceiling = max(cfg.min_rate, min(rate, measured))
             if self._decrease_to(cfg.measured_share * ceiling):
                 self.measured, self.ceiling = measured, ceiling
         elif self._decrease(cfg.decrease_factor_429):
-            self.ceiling = rate
+            # A gateway that did not keep to its pace (busy writing) sent slower than its rate: the
+            # 429 came at what it sent, which is what passed. (Only a floor under the portal's rate,
+            # its bucket may have stood full: the ceiling, not the rate to drop to.)
+            self.ceiling = rate if measured is None else max(cfg.min_rate, min(rate, measured))
         self._healthy = self._waited = 0
 
-    def _measure(self, now: float) -> float | None:
-        """Responses per second the portal let through since its last 429, if that measures its rate
-        (see on_rate_limited); None otherwise. Starts counting afresh."""
+    def _measure(self, now: float) -> tuple[float | None, bool]:
+        """Responses per second the portal let through since its last 429 (None when too few, or too
+        long ago), and whether the starts kept to their pace all along, so that it measures the
+        portal's rate (see on_rate_limited). Starts counting afresh."""
         cfg = self.config
         last, passed = self._last_limited, self._passed
         pushed = self._starts > 0 and self._paced_starts >= cfg.measure_paced_share * self._starts
         self._last_limited, self._passed, self._starts, self._paced_starts = now, 0, 0, 0
-        if last is None or not pushed or passed < cfg.measure_min_responses:
-            return None
-        if not 0 < now - last <= cfg.measure_window:
-            return None
-        return passed / (now - last)
+        if last is None or passed < cfg.measure_min_responses or not 0 < now - last <= cfg.measure_window:
+            return None, pushed
+        return passed / (now - last), pushed
 
     def on_response(self, latency: float) -> None:
         """A healthy (non-429, non-5xx) response took `latency` seconds."""
