@@ -100,12 +100,10 @@ async def test_incremental_sync_fetches_only_what_changed(
     engine = SyncEngine(ctx)
     first = await engine.sync_connection(connection_id)
     assert first.ok
-    with ctx.sessions() as session:
-        company = session.scalars(select(models.Company).order_by(models.Company.name)).first()
-        assert company is not None
+    company_upstream_id = _first_company(ctx)
     # The clock stays put: changes made at the same instant as the last sync must still be seen.
     changed = control.post(
-        "/mutate", json={"action": "modifyBills", "companyId": company.upstream_id, "count": 3}
+        "/mutate", json={"action": "modifyBills", "companyId": company_upstream_id, "count": 3}
     )
     changed.raise_for_status()
     again = await engine.sync_connection(connection_id, cadence="fast")
@@ -128,7 +126,7 @@ async def test_incremental_sync_fetches_only_what_changed(
         )
         exclusive = {(c.object_type, c.company_upstream_id): c.page_state["exclusive"] for c in cursors}
     assert all(exclusive[("reminders", c)] for c in {company for _, company in exclusive})
-    assert exclusive[("bills", company.upstream_id)] is False
+    assert exclusive[("bills", company_upstream_id)] is False
 
 
 async def test_a_new_vendors_bill_is_synced_with_its_vendor_between_vendor_syncs(
@@ -137,15 +135,13 @@ async def test_a_new_vendors_bill_is_synced_with_its_vendor_between_vendor_syncs
     connection_id = make_connection()
     engine = SyncEngine(ctx)
     assert (await engine.sync_connection(connection_id)).ok
-    with ctx.sessions() as session:
-        company = session.scalars(select(models.Company).order_by(models.Company.name)).first()
-        assert company is not None
+    company_upstream_id = _first_company(ctx)
     # Someone adds a payee and bills it; the next sync is of open items only (vendors come every
     # few minutes), and the bill refers to a vendor the store has never seen.
-    created = control.post("/mutate", json={"action": "createVendor", "companyId": company.upstream_id,
+    created = control.post("/mutate", json={"action": "createVendor", "companyId": company_upstream_id,
                                             "name": "Fresh Fields Co."})  # fmt: skip
     vendor_upstream_id = created.json()["changed"][0]
-    billed = control.post("/mutate", json={"action": "createBills", "companyId": company.upstream_id,
+    billed = control.post("/mutate", json={"action": "createBills", "companyId": company_upstream_id,
                                            "vendorId": vendor_upstream_id, "count": 1})  # fmt: skip
     bill_upstream_id = billed.json()["changed"][0]
     portal = await ctx.portals.get(connection_id)
