@@ -23,7 +23,7 @@ from plooto_api.services.tokens import create_token
 from plooto_api.store import models
 from plooto_api.store.database import transaction
 from plooto_api.store.vault import generate_key
-from plooto_api.sync.engine import SyncEngine
+from plooto_api.sync.engine import SyncEngine, SyncReport
 
 CONTROLLER = "controller@northwind-cpa.test"
 PASSWORD = "sandbox-password"
@@ -89,6 +89,18 @@ class Gateway:
                 if vendor is not None and "Stale" not in vendor.name:
                     return bill
         raise AssertionError(f"no bill with {where}")
+
+    def sync(self) -> SyncReport:
+        """Sync the connection now, as a worker beside the app would."""
+
+        async def run() -> SyncReport:
+            ctx = JobContext.from_settings(self.settings, migrate=False)
+            try:
+                return await SyncEngine(ctx).sync_connection(self.connection_id)
+            finally:
+                await ctx.aclose()
+
+        return asyncio.run(run())
 
     def ground_truth(self, bill_upstream_id: str) -> list[dict[str, Any]]:
         """Every payment the portal holds for the bill that the gateway made (seeded ones aside)."""

@@ -3,7 +3,6 @@ exactly one portal payment under every injected fault and under 50 concurrent sa
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -12,13 +11,11 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from plooto_api.jobs import JobContext
 from plooto_api.money import from_minor
 from plooto_api.services.audit import verify_chain
 from plooto_api.services.tokens import create_token
 from plooto_api.store import models
 from plooto_api.store.database import transaction
-from plooto_api.sync.engine import SyncEngine, SyncReport
 
 from .conftest import Gateway
 
@@ -93,17 +90,6 @@ def test_store_checks_refuse_before_sending(gateway: Gateway) -> None:
     assert gateway.ground_truth(approved.upstream_id) == []
 
 
-def _sync(gw: Gateway) -> SyncReport:
-    async def run() -> SyncReport:
-        ctx = JobContext.from_settings(gw.settings, migrate=False)
-        try:
-            return await SyncEngine(ctx).sync_connection(gw.connection_id)
-        finally:
-            await ctx.aclose()
-
-    return asyncio.run(run())
-
-
 def _bills(gw: Gateway) -> int:
     with gw.sessions()() as session:
         return len(session.scalars(select(models.Bill.id)).all())
@@ -122,7 +108,7 @@ def test_drift_blocks_writes_until_an_operator_clears_it(make_gateway: Callable[
     gateway.control.post("/mutate", json={"action": "createBills", "companyId": company_upstream_id,
                                           "count": 1}).raise_for_status()  # fmt: skip
     bills_before = _bills(gateway)
-    assert _sync(gateway).drift  # the new bill comes back in the changed shape, and is not written
+    assert gateway.sync().drift  # the new bill comes back in the changed shape, and is not written
     assert _bills(gateway) == bills_before
     connection = gateway.get(f"/connections/{gateway.connection_id}").json()
     assert connection["state"] == "upstream_changed"

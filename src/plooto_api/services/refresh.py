@@ -8,7 +8,9 @@ from plooto_api import mapping
 from plooto_api.jobs.context import JobContext
 from plooto_api.store.base import utcnow
 from plooto_api.store.database import transaction
+from plooto_api.sync.references import write_with_references
 from plooto_api.sync.upsert import apply_records, company_ids, mark_deleted
+from plooto_api.upstream import UpstreamRecord
 
 
 async def refresh_object(ctx: JobContext, row: Any) -> None:
@@ -29,10 +31,16 @@ async def refresh_object(ctx: JobContext, row: Any) -> None:
         return
     portal = await ctx.portals.get(connection_id)
     record = await portal.fetch_object(company_upstream_id, object_type, row.upstream_id)
-    with transaction(ctx.sessions) as session:
-        if record is not None:
-            apply_records(session, connection_id, companies, [record], utcnow())
-            return
-        stored = session.get(type(row), row.id)
-        if stored is not None:
-            mark_deleted(session, stored, utcnow())
+    if record is None:
+        with transaction(ctx.sessions) as session:
+            stored = session.get(type(row), row.id)
+            if stored is not None:
+                mark_deleted(session, stored, utcnow())
+        return
+
+    async def write(records: list[UpstreamRecord], absent: set[tuple[str, str]] | None) -> None:
+        with transaction(ctx.sessions) as session:
+            apply_records(session, connection_id, companies, records, utcnow(), absent=absent)
+
+    # With what it refers to that the store lacks (a vendor it was moved to since the last sync).
+    await write_with_references(portal, company_upstream_id, [record], write)

@@ -13,7 +13,7 @@ confirms an object is gone (a 404 for that object).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -29,6 +29,7 @@ from plooto_api.services.sessions import login_blocked_reason
 from plooto_api.store.base import utcnow
 from plooto_api.store.database import transaction
 from plooto_api.store.models import Connection, SyncCursor
+from plooto_api.sync.references import write_with_references
 from plooto_api.sync.upsert import (
     ApplyCounts,
     MissingReferences,
@@ -39,7 +40,6 @@ from plooto_api.sync.upsert import (
 )
 from plooto_api.upstream import (
     FEEDS,
-    FETCHABLE_TYPES,
     AccountLocked,
     ChangePage,
     Feed,
@@ -56,7 +56,6 @@ log = get_logger(__name__)
 
 PAGE_SIZE = 200
 COMPANY_CONCURRENCY = 3
-REFERENCE_DEPTH = 3  # rounds of reading objects a page refers to (a payment's bill, then its vendor)
 Cadence = Literal["fast", "slow", "all"]
 ProgressCallback = Callable[[str, str, int, int | None], None]  # company, feed, done, total
 
@@ -468,40 +467,28 @@ class SyncEngine:
         state: dict[str, Any],
         deferred: _Deferred,
     ) -> ApplyCounts:
-        """Write a page, with the objects it refers to that the store lacks read from the portal first:
-        a bill whose vendor is new (the vendors feed runs less often), reminders of an invoice made
-        after the invoices were listed. A reference is left empty only when the portal says its object
-        does not exist; otherwise it would stay empty until its record changed again.
+        """Write a page with the objects it refers to that the store lacks (sync.references): a bill
+        whose vendor is new (the vendors feed runs less often), reminders of an invoice made after the
+        invoices were listed.
 
         Objects of a feed this run pulls later (a recurring plan's invoices) are not read one by one:
         their references stay empty for now, the records holding them wait in `deferred` to be applied
         again at the end of the run, and `state` gets the `relist` mark, saved with the page, so that
         should the run stop first, the next lists the feed whole again."""
-        absent: set[tuple[str, str]] = set()
-        for _ in range(REFERENCE_DEPTH):  # what was read may refer to more (a bill to its new vendor)
-            try:
-                return await asyncio.to_thread(self._write_page, connection_id, company_upstream_id, feed,
-                                               records, state, absent)  # fmt: skip
-            except MissingReferences as exc:
-                waiting = {ref for ref in exc.refs if ref[0] in deferred.later}
-                if waiting:
-                    absent |= waiting
-                    state["relist"] = True
-                    deferred.hold(feed.name, records, waiting)
-                found: list[UpstreamRecord] = []
-                for object_type, upstream_id in sorted(exc.refs - waiting):
-                    record = None
-                    if object_type in FETCHABLE_TYPES:
-                        record = await portal.fetch_object(company_upstream_id, object_type, upstream_id)
-                    if record is None:
-                        absent.add((object_type, upstream_id))
-                    else:
-                        found.append(record)
-                # Ahead of the records that refer to them: a page is written type by type, in order.
-                records = [*found, *records]
-        return await asyncio.to_thread(
-            self._write_page, connection_id, company_upstream_id, feed, records, state
-        )
+
+        def wait(missing: set[tuple[str, str]], held: list[UpstreamRecord]) -> set[tuple[str, str]]:
+            waiting = {ref for ref in missing if ref[0] in deferred.later}
+            if waiting:
+                state["relist"] = True
+                deferred.hold(feed.name, held, waiting)
+            return waiting
+
+        def write(page: list[UpstreamRecord], absent: set[tuple[str, str]] | None) -> Awaitable[ApplyCounts]:
+            return asyncio.to_thread(
+                self._write_page, connection_id, company_upstream_id, feed, page, state, absent
+            )
+
+        return await write_with_references(portal, company_upstream_id, records, write, wait=wait)
 
     def _write_page(
         self,
