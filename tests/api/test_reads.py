@@ -145,3 +145,21 @@ def test_a_misspelt_status_is_refused_with_the_values_it_may_take(world: dict[st
     parameters = {p["name"]: p for p in schema["paths"]["/bills"]["get"]["parameters"]}
     enum = next(s["enum"] for s in parameters["status"]["schema"]["anyOf"] if "enum" in s)
     assert "pending_approval" in enum and "unpaid" not in enum
+
+
+def test_every_route_refuses_a_query_parameter_it_does_not_take(world: dict[str, Any]) -> None:
+    # A misspelt filter must not be ignored: `/events?created_after=…` answered every event, as if filtered.
+    schema = world["client"].get("/openapi.json").json()
+    routes = [path for path, operations in schema["paths"].items() if "get" in operations]
+    assert "/events" in routes and "/connections" in routes and "/bills/{object_id}" in routes
+    for path in routes:
+        concrete = path.replace("{", "").replace("}", "")  # ids that match nothing: checked before the lookup
+        response = _get(world, concrete, created_after="2026-01-01T00:00:00Z")
+        assert response.status_code == 400, (path, response.text)
+        error = response.json()["error"]
+        assert (error["code"], error["param"]) == ("invalid_request", "created_after"), path
+        assert "unknown query parameter" in error["message"]
+    # What a route does take still works, and the message names it.
+    assert _get(world, "/events", created_from="2026-01-01T00:00:00Z").status_code == 200
+    assert "created_from" in _get(world, "/events", created_after="x").json()["error"]["message"]
+    assert _get(world, "/bills", status="paid", limit=5).status_code == 200

@@ -12,6 +12,7 @@ from plooto_api import __version__
 from plooto_api.api.context import RequestContext
 from plooto_api.api.errors import install_error_handlers
 from plooto_api.api.limits import BodySizeLimit, LoginAttemptLimits, limit_login_attempts
+from plooto_api.api.query import reject_unknown_query
 from plooto_api.api.routes import approvals as approval_routes
 from plooto_api.api.routes import audit as audit_routes
 from plooto_api.api.routes import authenticate, connections, health, metrics, objects, webhook_endpoints
@@ -65,6 +66,7 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool = True) -> Fa
         lifespan=lifespan,
         docs_url="/docs",
         openapi_url="/openapi.json",
+        dependencies=[Depends(reject_unknown_query)],
     )
     app.state.settings = settings
     install_error_handlers(app)
