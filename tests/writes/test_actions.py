@@ -233,3 +233,46 @@ def test_approve_a_payment_as_a_signing_authority(gateway: Gateway, sandbox: str
     assert approved.status_code == 200, approved.text
     assert approved.json()["status"] == "scheduled"
     assert gateway.post(f"/approvals/{payment.id}/approve").json()["error"]["code"] == "not_awaiting_approval"
+
+
+def test_a_cancel_refused_after_an_unknown_outcome_is_not_reported_done(gateway: Gateway) -> None:
+    # The first send fails (500, nothing applied); the portal refuses the second (the payment was
+    # debited meanwhile). That refusal looks like "done already", but the payment shows no cancel.
+    bill = gateway.bill(status="approved", currency="CAD")
+    payment = gateway.post("/create_payment", {"bill_id": bill.id, "amount": "50.00"}).json()
+    if payment["status"] == "pending_approval":
+        approved = gateway.control.post("/mutate", json={"action": "approvePayment", "paymentId": payment["upstream_id"],
+                                                         "userEmail": "clerk@northwind-cpa.test"})  # fmt: skip
+        assert approved.status_code == 200, approved.text
+    gateway.control.post("/clock", json={"advance_hours": 23}).raise_for_status()  # debited at cut-off
+    gateway.fault(kind="error", method="POST", pathPattern=r"/cancel$", count=1, status=500)
+    response = gateway.post(f"/payments/{payment['id']}/cancel")
+    assert response.status_code == 409, response.text
+    assert response.json()["error"]["code"] == "invalid_state"
+    assert [p["status"] for p in gateway.ground_truth(bill.upstream_id)] == ["FundsDebited"]
+
+
+def test_an_approval_refused_after_an_unknown_outcome_is_not_reported_done(
+    gateway: Gateway, sandbox: str
+) -> None:
+    # Someone else rejected the payment in the portal; our approval's first send fails, the second
+    # is refused as decided already: by them, not by us.
+    bill = gateway.bill(status="approved", currency="CAD")
+    cfo = _cfo_email(sandbox)
+    made = gateway.control.post("/mutate", json={"action": "createPayment", "billId": bill.upstream_id,
+                                                 "userEmail": cfo, "amount": "5.00"})  # fmt: skip
+    assert made.status_code == 200, made.text
+    gateway.sync()
+    with gateway.sessions()() as session:
+        payment = session.scalars(
+            select(models.Payment).where(models.Payment.connection_id == gateway.connection_id,
+                                         models.Payment.upstream_id.in_(made.json()["changed"]))
+        ).one()  # fmt: skip
+    assert payment.status == "pending_approval"
+    rejected = gateway.control.post("/mutate", json={"action": "rejectPayment", "paymentId": payment.upstream_id,
+                                                     "userEmail": "clerk@northwind-cpa.test"})  # fmt: skip
+    assert rejected.status_code == 200, rejected.text
+    gateway.fault(kind="error", method="POST", pathPattern=r"/approve$", count=1, status=500)
+    response = gateway.post(f"/approvals/{payment.id}/approve")
+    assert response.status_code == 409, response.text
+    assert response.json()["error"]["code"] in ("already_decided", "invalid_state")

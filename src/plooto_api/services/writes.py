@@ -46,6 +46,8 @@ from plooto_api.upstream import (
     RateLimited,
     UpstreamChanged,
     UpstreamError,
+    UpstreamRecord,
+    UpstreamRef,
     UpstreamUnavailable,
     WriteResult,
 )
@@ -354,6 +356,8 @@ def _audit_request(request: dict[str, Any]) -> dict[str, Any]:
 
 Send = Callable[[PortalSession, models.Operation], Awaitable[WriteResult]]
 Find = Callable[[PortalSession, models.Operation], Awaitable[WriteResult | None]]
+# Whether the object read after "done already" shows this write's effect (given the signed-in user).
+Shows = Callable[[UpstreamRecord, UpstreamRef], bool]
 
 
 @dataclass(frozen=True)
@@ -363,7 +367,22 @@ class WriteKind:
     send: Send
     find: Find | None  # None: the portal refuses to repeat it, so sending again is safe
     refetch: tuple[str, str] | None = None  # (object type, request key) to read after "done already"
+    shows: Shows | None = None  # with refetch: the object as this write leaves it
     success_event: str | None = None
+
+
+def _decided(decision: str) -> Shows:
+    """An approval step of the signed-in user's with `decision`."""
+
+    def shows(record: UpstreamRecord, me: UpstreamRef) -> bool:
+        steps = (record.fields.get("approval") or {}).get("steps") or []
+        return any(step.get("approver_id") == me and step.get("decision") == decision for step in steps)
+
+    return shows
+
+
+def _cancelled(record: UpstreamRecord, me: UpstreamRef) -> bool:
+    return record.fields.get("status") == "cancelled"
 
 
 def _req(op: models.Operation) -> dict[str, Any]:
@@ -501,11 +520,21 @@ KINDS: dict[str, WriteKind] = {
     "create_payment": WriteKind(_send_payment, _find_payment),
     "create_bill": WriteKind(_send_bill, _find_bill),
     "create_invoice": WriteKind(_send_invoice, _find_invoice),
-    "approve_bill": WriteKind(_action("approve_bill"), None, ("bill", "object_upstream_id")),
-    "reject_bill": WriteKind(_action("reject_bill"), None, ("bill", "object_upstream_id")),
-    "approve_payment": WriteKind(_action("approve_payment"), None, ("payment", "object_upstream_id")),
-    "reject_payment": WriteKind(_action("reject_payment"), None, ("payment", "object_upstream_id")),
-    "cancel_payment": WriteKind(_action("cancel_payment"), None, ("payment", "object_upstream_id")),
+    "approve_bill": WriteKind(
+        _action("approve_bill"), None, ("bill", "object_upstream_id"), _decided("approved")
+    ),
+    "reject_bill": WriteKind(
+        _action("reject_bill"), None, ("bill", "object_upstream_id"), _decided("rejected")
+    ),
+    "approve_payment": WriteKind(
+        _action("approve_payment"), None, ("payment", "object_upstream_id"), _decided("approved")
+    ),
+    "reject_payment": WriteKind(
+        _action("reject_payment"), None, ("payment", "object_upstream_id"), _decided("rejected")
+    ),
+    "cancel_payment": WriteKind(
+        _action("cancel_payment"), None, ("payment", "object_upstream_id"), _cancelled
+    ),
     "send_reminder": WriteKind(_send_reminder, _find_reminder),
 }
 
@@ -602,14 +631,15 @@ async def _execute_once(ctx: JobContext, operation_id: str) -> str:
                 raise
             except PortalRuleViolation as exc:
                 if exc.code in _DECIDED_ALREADY and op.attempts > 1 and kind.refetch is not None:
-                    # Our earlier (unanswered) send did it: the object shows the decision.
-                    record = await portal.fetch_object(
-                        op.request["company_upstream_id"], kind.refetch[0], op.request[kind.refetch[1]]
-                    )
-                    result = WriteResult(
-                        [record] if record else [], op.request[kind.refetch[1]], None, exc.trace_id
-                    )
-                    return await _succeed(ctx, portal, op, result, read_back=True)
+                    # Done already: by our earlier (unanswered) send only if the object shows it. A
+                    # payment debited meanwhile, or decided by someone else, is this send's refusal.
+                    company = op.request["company_upstream_id"]
+                    record = await portal.fetch_object(company, kind.refetch[0], op.request[kind.refetch[1]])
+                    if record is not None and (
+                        kind.shows is None or kind.shows(record, await portal.own_user_ref(company))
+                    ):
+                        result = WriteResult([record], op.request[kind.refetch[1]], None, exc.trace_id)
+                        return await _succeed(ctx, portal, op, result, read_back=True)
                 status, code = PORTAL_CODES.get(exc.code, (422, "portal_rule_violation"))
                 return _finish_failed(ctx, op, status, code, exc.message, portal_code=exc.code,
                                       http_status=exc.status_code, trace_id=exc.trace_id, param=exc.field)  # fmt: skip

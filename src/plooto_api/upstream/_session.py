@@ -46,6 +46,7 @@ from plooto_api.upstream._models import (
     SessionStats,
     ThrottleConfig,
     UpstreamRecord,
+    UpstreamRef,
     WriteResult,
 )
 from plooto_api.upstream._shapes import check_shape
@@ -702,6 +703,15 @@ class PortalSession:
             total_pages=body[portal.PAGE_TOTAL_PAGES],
             total_count=body[portal.PAGE_TOTAL_COUNT],
         )
+
+    async def own_user_ref(self, company_upstream_id: str) -> UpstreamRef:
+        """The signed-in user, as a company's objects refer to them (an approval step's approver):
+        whether a decision the portal reports is this login's own."""
+        body = await self._api_get(portal.SESSION_PATH, object_type="session")
+        check_shape(portal.SESSION, body, object_type="session")
+        ref = portal.user_ref(self._context(company_upstream_id), body["userId"])
+        assert ref is not None
+        return ref
 
     async def fetch_object(
         self, company_upstream_id: str, object_type: str, upstream_id: str
