@@ -205,6 +205,9 @@ def test_latency_beyond_the_wait_answers_202_then_succeeds(make_gateway: Any) ->
     assert len(gw.ground_truth(bill.upstream_id)) == 1
     replay = gw.post("/create_payment", {"bill_id": bill.id}, key="slow-1")
     assert replay.headers.get("Idempotent-Replayed") == "true"
+    # How the write ended, not the 202 it first answered ("running", replayed for 7 days).
+    assert replay.status_code == 201, replay.text
+    assert replay.json()["object"] == "payment" and replay.json()["id"] == operation["result"]["object_id"]
 
 
 def test_latency_beyond_the_portal_timeout_is_read_back_not_resent(make_gateway: Any) -> None:

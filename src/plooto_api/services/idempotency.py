@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -127,16 +127,34 @@ def release(sessions: sessionmaker[Session], record_id: int) -> None:
 
 
 def complete_for_operation(session: Session, operation_id: str, status: int, body: dict[str, Any]) -> None:
-    """Finish keys whose request died while its write was in flight (recovery), in the caller's transaction."""
-    for record in session.scalars(
-        select(IdempotencyRecord).where(
-            IdempotencyRecord.operation_id == operation_id, IdempotencyRecord.status == "in_flight"
-        )
-    ):
+    """The write's final answer for its keys, in the caller's transaction: keys whose request died
+    while the write was in flight (recovery), and keys that answered 202 (the write still running
+    then), so that a repeat replays how the write ended, not "running" for 7 days."""
+    for record in _records_of(session, operation_id):
         record.status = "completed"
         record.response_status = status
         record.response_body = body
         record.locked_until = None
+
+
+def release_for_operation(session: Session, operation_id: str) -> None:
+    """Forget the keys of a write refused before anything was sent to the portal (the login needs a
+    person, or writes are blocked), in the caller's transaction: as `release`, a retry with the same
+    key once the cause is gone is carried out."""
+    for record in _records_of(session, operation_id):
+        session.delete(record)
+
+
+def _records_of(session: Session, operation_id: str) -> list[IdempotencyRecord]:
+    """The keys of a write that do not hold its final answer yet."""
+    return list(
+        session.scalars(
+            select(IdempotencyRecord).where(
+                IdempotencyRecord.operation_id == operation_id,
+                or_(IdempotencyRecord.status == "in_flight", IdempotencyRecord.response_status == 202),
+            )
+        )
+    )
 
 
 def purge_expired(session: Session) -> int:

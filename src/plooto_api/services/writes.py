@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
@@ -56,7 +57,9 @@ log = get_logger(__name__)
 
 TERMINAL = {"succeeded", "failed", "requires_action"}
 MAX_SENDS = 5  # sends of one operation, each after a read-back that found nothing
-READ_BACK_POLL_SECONDS = 0.25
+READ_BACK_POLL_SECONDS = 0.25  # the first look again after an unknown outcome; then 1.5x longer each
+READ_BACK_POLL_MAX_SECONDS = 5.0
+RESEND_DELAY_MAX_SECONDS = 4.0
 ATTACHMENT_MAX_BYTES = 10 * 1024 * 1024
 
 # The portal's refusal codes as the API states them: (HTTP status, our code).
@@ -513,7 +516,9 @@ async def _find_reminder(portal: PortalSession, op: models.Operation) -> WriteRe
     if len(manual) <= int(r.get("manual_reminders_before", 0)):
         return None
     record = await portal.fetch_object(r["company_upstream_id"], "invoice", r["object_upstream_id"])
-    return WriteResult([record] if record else [], manual[-1].get("reminderId"), None, None, manual[-1])
+    # As _send_reminder: the invoice, then the reminder, which joins its list.
+    records = [record, *portal.reminder_records(r["company_upstream_id"], manual[-1])] if record else []
+    return WriteResult(records, manual[-1].get("reminderId"), None, None, manual[-1])
 
 
 KINDS: dict[str, WriteKind] = {
@@ -587,9 +592,8 @@ async def _execute_once(ctx: JobContext, operation_id: str) -> str:
     with ctx.sessions() as session:
         connection = session.get(models.Connection, op.connection_id)
         if connection is not None and connection.state == "upstream_changed":
-            return _finish_failed(
-                ctx, op, 409, "writes_blocked", "the portal changed shape; writes are blocked"
-            )
+            return _finish_failed(ctx, op, 409, "writes_blocked", "the portal changed shape; writes are blocked",
+                                  keep_key=op.attempts > 0)  # fmt: skip
     portal = await ctx.portals.get(op.connection_id)
     portal.write_timeout = ctx.settings.write_timeout_seconds
     settle = timedelta(seconds=ctx.settings.write_settle_seconds)
@@ -598,35 +602,48 @@ async def _execute_once(ctx: JobContext, operation_id: str) -> str:
         await portal.ensure_logged_in()
         if op.attempts == 0 and op.kind in ("create_bill", "create_invoice", "send_reminder"):
             op = _save(ctx, op, request=await _before_first_send(portal, op))
+        polls = 0  # read-backs since the last send
         while True:
-            if op.attempts > 0:
-                found = await kind.find(portal, op) if kind.find is not None else None
-                if found is not None:
-                    return await _succeed(ctx, portal, op, found, read_back=True)
-                started = _aware(op.started_at) or utcnow()
-                log.debug("write.read_back_not_found", operation=op.id, settled=settled)
-                if kind.find is not None and not settled and utcnow() < started + settle:
-                    # An earlier send may still be applied: look again, do not send.
-                    await asyncio.sleep(READ_BACK_POLL_SECONDS)
-                    continue
-                if op.attempts >= MAX_SENDS:
-                    return _finish_failed(ctx, op, 502, "write_not_confirmed",
-                                          f"the portal did not confirm the write after {op.attempts} attempts",
-                                          status="requires_action")  # fmt: skip
-            # The send is recorded (attempts, started_at) before it goes out.
-            op = _save(ctx, op, status="running", attempts=op.attempts + 1, started_at=utcnow(),
-                       upstream_id=op.upstream_id)  # fmt: skip
+            sending = False
             try:
+                if op.attempts > 0:
+                    found = await kind.find(portal, op) if kind.find is not None else None
+                    if found is not None:
+                        return await _succeed(ctx, portal, op, found, read_back=True)
+                    started = _aware(op.started_at) or utcnow()
+                    log.debug("write.read_back_not_found", operation=op.id, settled=settled)
+                    if kind.find is not None and not settled and utcnow() < started + settle:
+                        # An earlier send may still be applied: look again (less often as the wait
+                        # goes on, each look costs the portal's rate budget), do not send.
+                        await asyncio.sleep(
+                            min(READ_BACK_POLL_MAX_SECONDS, READ_BACK_POLL_SECONDS * 1.5**polls)
+                        )
+                        polls += 1
+                        continue
+                    if op.attempts >= MAX_SENDS:
+                        return _not_confirmed(ctx, op)
+                    if settled:
+                        # The portal answered that it applied nothing (an error of its own): a
+                        # moment's outage must not use up every send, so wait before the next.
+                        await asyncio.sleep(resend_delay(op.attempts))
+                # The send is recorded (attempts, started_at) before it goes out.
+                op = _save(ctx, op, status="running", attempts=op.attempts + 1, started_at=utcnow(),
+                           upstream_id=op.upstream_id)  # fmt: skip
+                polls, sending = 0, True
                 result = await kind.send(portal, op)
             except AmbiguousWriteOutcome as exc:
                 settled = exc.settled
                 log.warning("write.ambiguous", operation=op.id, kind=op.kind, settled=exc.settled,
                             status=exc.status_code, trace_id=exc.trace_id)  # fmt: skip
+                # A read-back may write too (a bill's attachment uploaded again): that counts as a send.
                 op = _save(ctx, op, error={"last_ambiguous": str(exc), "http_status": exc.status_code,
-                                           "trace_id": exc.trace_id}, upstream_id=op.upstream_id)  # fmt: skip
+                                           "trace_id": exc.trace_id}, upstream_id=op.upstream_id,
+                           **({} if sending else {"attempts": op.attempts + 1, "started_at": utcnow()}))  # fmt: skip
+                if not sending and op.attempts >= MAX_SENDS:
+                    return _not_confirmed(ctx, op)
                 continue
             except UpstreamUnavailable as exc:
-                if exc.status_code is None:  # never left: nothing applied, the count stays honest
+                if sending and exc.status_code is None:  # never left: nothing applied, the count stays honest
                     op = _save(ctx, op, attempts=op.attempts - 1)
                 raise
             except PortalRuleViolation as exc:
@@ -654,13 +671,27 @@ async def _execute_once(ctx: JobContext, operation_id: str) -> str:
         _mark_changed(ctx, op.connection_id, exc)
         return _finish_failed(ctx, op, 502, "upstream_changed", str(exc), status="requires_action")
     except AuthenticationError as exc:
+        # Before the first send (the usual case: signing in failed), nothing reached the portal, so the
+        # key is released: the same request goes through once the login is repaired.
         return _finish_failed(ctx, op, 409, "connection_requires_action", str(exc) or type(exc).__name__,
-                              status="requires_action")  # fmt: skip
+                              status="requires_action", keep_key=op.attempts > 0)  # fmt: skip
     except (UpstreamUnavailable, RateLimited) as exc:
         # Not applied (or not known to be): the operation stays open; recovery takes it up again.
         _save(ctx, op, status="pending" if op.attempts == 0 else "running",
               error={"last_error": str(exc), "retryable": True})  # fmt: skip
         raise
+
+
+def resend_delay(sends: int) -> float:
+    """Seconds to wait before send number `sends + 1` after the portal said the last one applied
+    nothing: 0.5, 1, 2, 4 s, with jitter (5 sends then span about 7 s rather than a fifth of one)."""
+    return min(RESEND_DELAY_MAX_SECONDS, 0.5 * 2 ** (sends - 1)) * random.uniform(0.75, 1.0)
+
+
+def _not_confirmed(ctx: JobContext, op: models.Operation) -> str:
+    return _finish_failed(ctx, op, 502, "write_not_confirmed",
+                          f"the portal did not confirm the write after {op.attempts} attempts",
+                          status="requires_action")  # fmt: skip
 
 
 # What a payment settles: its bills' and invoices' balances and statuses change with it in the portal.
@@ -798,7 +829,10 @@ def _finish_failed(
     http_status: int | None = None,
     trace_id: str | None = None,
     param: str | None = None,
+    keep_key: bool = True,
 ) -> str:
+    """End `op` unsuccessfully. Its idempotency keys replay this answer, unless `keep_key` is false
+    (refused before anything was sent): then they are released."""
     now = utcnow()
     with transaction(ctx.sessions) as session:
         row = session.get(models.Operation, op.id)
@@ -822,7 +856,10 @@ def _finish_failed(
                              "error": row.error},
                      upstream_evidence={"http_status": http_status, "trace_id": trace_id,
                                         "portal_code": portal_code})  # fmt: skip
-        idempotency.complete_for_operation(session, row.id, *error_response(row))
+        if keep_key:
+            idempotency.complete_for_operation(session, row.id, *error_response(row))
+        else:
+            idempotency.release_for_operation(session, row.id)
     return status
 
 

@@ -1093,6 +1093,10 @@ class PortalSession:
             check_shape(portal.REMINDER, item, object_type="reminder")
         return items
 
+    def reminder_records(self, company_upstream_id: str, raw: dict[str, Any]) -> list[UpstreamRecord]:
+        """One reminder of `list_reminders` as `send_reminder` gives it: a part of its invoice."""
+        return portal.normalize_reminder(raw, self._context(company_upstream_id))
+
     def save_state(self) -> None:
         """Persist the session now if it or what the throttle has learned changed since it was last
         saved (a sync calls this when it ends; cookie changes are saved as they happen)."""

@@ -1,0 +1,105 @@
+"""How writes end when the portal fails part-way: re-sends spaced out, read-backs that write,
+keys released when nothing was sent, and keys answered 202 that replay the write's end."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+
+from plooto_api.services import writes
+from plooto_api.upstream import (
+    AccountLocked,
+    Credentials,
+    InvalidCredentials,
+    MemoryStateStore,
+    PortalSession,
+)
+
+from .conftest import CONTROLLER, Gateway
+from .test_actions import BILL, _vendor
+
+
+def test_a_failed_attachment_upload_during_read_back_ends_the_write(gateway: Gateway) -> None:
+    # The bill is made, its attachment's upload fails (503) on the first send and again on the
+    # read-back that uploads it once more: the write goes on and ends with the attachment, instead
+    # of the read-back's failure escaping the job and leaving the operation "running".
+    gateway.fault(kind="error", method="POST", pathPattern=r"/attachments$", count=2, status=503)
+    response = gateway.client.post(
+        "/create_bill", headers={**gateway.headers, "Idempotency-Key": "att-err-1"},
+        data={"bill": json.dumps({**BILL, "number": "MP-ERR", "vendor_id": _vendor(gateway).id})},
+        files={"file": ("mp-err.pdf", b"%PDF-1.4 test", "application/pdf")},
+    )  # fmt: skip
+    assert response.status_code in (201, 202), response.text
+    operation = gateway.wait_operation(response.headers["Operation-Id"])
+    assert operation["status"] == "succeeded", operation
+    assert operation["attempts"] == 2  # the bill's send, and the read-back's upload that failed
+    bill = operation["result"]["object"]
+    assert bill["number"] == "MP-ERR" and [a["file_name"] for a in bill["attachments"]] == ["mp-err.pdf"]
+
+
+def test_a_send_the_portal_says_it_did_not_apply_is_repeated_after_a_pause(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 503 in the portal's own envelope: nothing applied. Sending again at once used up every send
+    # within a fifth of a second, so a moment's outage failed the write for good.
+    delays: list[int] = []
+    spaced = writes.resend_delay
+
+    def resend_delay(sends: int) -> float:
+        delays.append(sends)
+        return 0.0
+
+    monkeypatch.setattr(writes, "resend_delay", resend_delay)
+    bill = gateway.bill(status="approved", currency="CAD")
+    gateway.fault(kind="error", method="POST", pathPattern=r"/payments$", count=2, status=503)
+    response = gateway.post("/create_payment", {"bill_id": bill.id})
+    operation = gateway.wait_operation(response.headers["Operation-Id"])
+    assert operation["status"] == "succeeded", operation
+    assert delays == [1, 2]
+    assert len(gateway.ground_truth(bill.upstream_id)) == 1
+    assert all(0.3 <= spaced(n) <= writes.RESEND_DELAY_MAX_SECONDS for n in range(1, 6))
+
+
+def test_a_write_refused_because_the_login_is_locked_keeps_no_answer(gateway: Gateway) -> None:
+    async def lock() -> None:  # five bad passwords from elsewhere lock the login for 15 minutes
+        other = PortalSession(
+            gateway.sandbox, Credentials(CONTROLLER, "wrong-password", None), MemoryStateStore()
+        )
+        try:
+            for _ in range(5):
+                with pytest.raises((InvalidCredentials, AccountLocked)):
+                    await other.ensure_logged_in()
+        finally:
+            await other.aclose()
+
+    asyncio.run(lock())
+    gateway.control.post("/sessions/revoke", json={"email": CONTROLLER}).raise_for_status()
+    bill = gateway.bill(status="approved", currency="CAD")
+    refused = gateway.post("/create_payment", {"bill_id": bill.id}, key="locked-1")
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["error"]["code"] == "connection_requires_action"
+    gateway.control.post("/clock", json={"advance_minutes": 20}).raise_for_status()  # the lock ends
+    paid = gateway.post("/create_payment", {"bill_id": bill.id}, key="locked-1")
+    assert paid.status_code == 201, paid.text
+    assert paid.headers.get("Idempotent-Replayed") is None
+    replay = gateway.post("/create_payment", {"bill_id": bill.id}, key="locked-1")
+    assert (replay.status_code, replay.json()["id"]) == (201, paid.json()["id"])
+    assert len(gateway.ground_truth(bill.upstream_id)) == 1
+
+
+def test_a_reminder_confirmed_by_read_back_joins_its_invoice(gateway: Gateway) -> None:
+    invoices = gateway.get("/invoices?status=overdue&limit=1").json()["data"]
+    assert invoices, "the seed has overdue invoices"
+    invoice: dict[str, Any] = invoices[0]
+    manual_before = sum(r["kind"] == "manual" for r in invoice["reminders"])
+    gateway.fault(kind="drop_response", method="POST", pathPattern=r"/reminders$", count=1)
+    response = gateway.post(f"/invoices/{invoice['id']}/remind")
+    operation = gateway.wait_operation(response.headers["Operation-Id"])
+    assert operation["status"] == "succeeded", operation
+    reminders = gateway.get(f"/invoices/{invoice['id']}").json()["reminders"]
+    assert sum(r["kind"] == "manual" for r in reminders) == manual_before + 1
+    emails = gateway.control.get("/outbox", params={"kind": "Email"}).json()
+    assert sum("eminder" in (e.get("subject") or "") for e in emails) >= 1
