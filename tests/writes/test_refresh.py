@@ -56,3 +56,24 @@ def test_fresh_reads_what_the_object_refers_to_that_the_store_lacks(gateway: Gat
     assert fresh["vendor_id"] is not None
     vendor = gateway.get(f"/vendors/{fresh['vendor_id']}").json()
     assert (vendor["upstream_id"], vendor["name"]) == (vendor_upstream_id, "Fresh Fields Co.")
+
+
+def test_fresh_when_the_portal_cannot_be_read_is_a_clear_error(gateway: Gateway) -> None:
+    bill = gateway.bill(status="approved", currency="CAD")
+    # The portal down (every read retried, then given up): 503, not a 500 with a reset connection.
+    gateway.fault(kind="error", method="GET", pathPattern="/bills/", status=503)
+    down = gateway.get(f"/bills/{bill.id}?fresh=true")
+    assert down.status_code == 503, down.text
+    assert (down.json()["error"]["code"], down.json()["error"]["param"]) == ("upstream_unavailable", "fresh")
+    gateway.control.delete("/faults").raise_for_status()
+    assert gateway.get(f"/bills/{bill.id}").status_code == 200  # the stored copy is still served
+    # An answer in a changed shape marks the connection as a sync would, and writes stop.
+    gateway.fault(kind="shape_change", objectType="bill", fromField="memo", toField="note")
+    changed = gateway.get(f"/bills/{bill.id}?fresh=true")
+    assert changed.status_code == 502, changed.text
+    assert changed.json()["error"]["code"] == "upstream_changed"
+    assert "memo" in changed.json()["error"]["message"]
+    connection = gateway.get(f"/connections/{gateway.connection_id}").json()
+    assert connection["state"] == "upstream_changed", connection
+    blocked = gateway.post("/create_payment", {"bill_id": bill.id})
+    assert blocked.status_code == 409 and blocked.json()["error"]["code"] == "writes_blocked"

@@ -164,6 +164,15 @@ def change_state(
     return True
 
 
+def mark_upstream_changed(sessions: sessionmaker[Session], connection_id: str, differences: list[str]) -> None:
+    """The portal answered in a shape the adapter does not know (outside a sync: a write's read-back,
+    a `?fresh=true` read): the connection is `upstream_changed` and stops writing until cleared."""
+    with transaction(sessions) as session:
+        connection = session.get(Connection, connection_id)
+        if connection is not None:
+            change_state(session, connection, "upstream_changed", detail={"differences": differences[:10]})
+
+
 def clear_drift(
     session: Session, connection: Connection, *, actor: str, request_id: str | None = None
 ) -> None:

@@ -6,15 +6,59 @@ from typing import Any
 
 from plooto_api import mapping
 from plooto_api.jobs.context import JobContext
+from plooto_api.services.connections import mark_upstream_changed
 from plooto_api.store.base import utcnow
 from plooto_api.store.database import transaction
 from plooto_api.sync.references import write_with_references
 from plooto_api.sync.upsert import apply_records, company_ids, mark_deleted
-from plooto_api.upstream import UpstreamRecord
+from plooto_api.upstream import (
+    AuthenticationError,
+    PermissionDenied,
+    RateLimited,
+    UpstreamChanged,
+    UpstreamError,
+    UpstreamRecord,
+)
+
+
+class RefreshFailed(Exception):
+    """The portal could not be read: the caller asked for the portal's copy, so it gets this error
+    (HTTP status, code) rather than the stored copy passed off as fresh."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
 
 
 async def refresh_object(ctx: JobContext, row: Any) -> None:
-    """Read one object back from the portal and apply it; a confirmed 404 marks it deleted."""
+    """Read one object back from the portal and apply it; a confirmed 404 marks it deleted.
+    RefreshFailed when the portal cannot be read; an answer in a changed shape also marks the
+    connection `upstream_changed`, as a sync would."""
+    try:
+        await _refresh(ctx, row)
+    except UpstreamChanged as exc:
+        mark_upstream_changed(ctx.sessions, row.connection_id, exc.differences)
+        raise RefreshFailed(
+            502, "upstream_changed", f"{exc}; the connection is marked upstream_changed"
+        ) from exc
+    except AuthenticationError as exc:
+        raise RefreshFailed(409, "connection_requires_action",
+                            f"the portal login needs attention ({exc or type(exc).__name__})") from exc  # fmt: skip
+    except PermissionDenied as exc:
+        raise RefreshFailed(502, "portal_permission_denied", f"the portal refused the read: {exc}") from exc
+    except RateLimited as exc:
+        raise RefreshFailed(
+            503, "upstream_rate_limited", "the portal is rate limiting this login; retry later"
+        ) from exc
+    except UpstreamError as exc:  # unreachable, 5xx, timeouts after the read retries
+        raise RefreshFailed(503, "upstream_unavailable",
+                            f"the portal could not be read ({type(exc).__name__}); without ?fresh=true the "
+                            "stored copy is served") from exc  # fmt: skip
+
+
+async def _refresh(ctx: JobContext, row: Any) -> None:
     object_type = mapping.object_map_for(row).object_type
     connection_id = row.connection_id
     with ctx.sessions() as session:

@@ -30,7 +30,7 @@ from plooto_api.log import get_logger
 from plooto_api.money import from_minor, to_minor
 from plooto_api.services import audit, idempotency
 from plooto_api.services import objects as object_service
-from plooto_api.services.connections import change_state
+from plooto_api.services.connections import mark_upstream_changed
 from plooto_api.services.tokens import Principal
 from plooto_api.store import models
 from plooto_api.store.base import new_id, utcnow
@@ -668,7 +668,7 @@ async def _execute_once(ctx: JobContext, operation_id: str) -> str:
     except NotFound as exc:
         return _finish_failed(ctx, op, 404, "not_found_upstream", str(exc), portal_code=exc.code)
     except UpstreamChanged as exc:
-        _mark_changed(ctx, op.connection_id, exc)
+        mark_upstream_changed(ctx.sessions, op.connection_id, exc.differences)
         return _finish_failed(ctx, op, 502, "upstream_changed", str(exc), status="requires_action")
     except AuthenticationError as exc:
         # Before the first send (the usual case: signing in failed), nothing reached the portal, so the
@@ -706,16 +706,6 @@ async def _succeed(ctx: JobContext, portal: PortalSession, op: models.Operation,
     )
 
 
-def _mark_changed(ctx: JobContext, connection_id: str, exc: UpstreamChanged) -> None:
-    """The portal answered in a shape the adapter does not know: the connection stops writing."""
-    with transaction(ctx.sessions) as session:
-        connection = session.get(models.Connection, connection_id)
-        if connection is not None:
-            change_state(
-                session, connection, "upstream_changed", detail={"differences": exc.differences[:10]}
-            )
-
-
 async def _with_settled_objects(
     ctx: JobContext, portal: PortalSession, op: models.Operation, result: WriteResult
 ) -> WriteResult:
@@ -733,7 +723,7 @@ async def _with_settled_objects(
             try:
                 record = await portal.fetch_object(payment.company_upstream_id, object_type, upstream_id)
             except UpstreamChanged as exc:
-                _mark_changed(ctx, op.connection_id, exc)
+                mark_upstream_changed(ctx.sessions, op.connection_id, exc.differences)
                 continue
             except UpstreamError as exc:
                 log.warning("write.refresh_failed", operation=op.id, object_type=object_type,

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 from plooto_api.api.auth import authorize, bearer_token, require_scope
 from plooto_api.api.errors import ApiError
 from plooto_api.services import objects as object_service
-from plooto_api.services.refresh import refresh_object
+from plooto_api.services.refresh import RefreshFailed, refresh_object
 from plooto_api.services.tokens import Principal
 from plooto_api.store.pagination import DEFAULT_LIMIT, MAX_LIMIT, InvalidCursor, PageRequest
 
@@ -96,7 +96,10 @@ def _add_resource(resource: object_service.Resource) -> None:
             with request.app.state.sessions() as session:
                 row = object_service.row_for(session, resource, principal.access, object_id)
             if row is not None:
-                await refresh_object(request.app.state.ctx, row)
+                try:
+                    await refresh_object(request.app.state.ctx, row)
+                except RefreshFailed as exc:
+                    raise ApiError(exc.status, exc.code, exc.message, param="fresh") from exc
         with request.app.state.sessions() as session:
             document = object_service.get_document(session, resource, principal.access, object_id)
         if document is None:
