@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from plooto_api.services.objects import RESOURCES
+from plooto_api.store.pagination import encode_cursor
 
 
 def _get(world: dict[str, Any], path: str, token: str = "admin", **params: Any) -> Any:
@@ -108,6 +109,9 @@ def test_bill_filters(world: dict[str, Any]) -> None:
         ("/bills", {"limit": 101}, "invalid_request"),
         ("/bills", {"limit": "ten"}, "invalid_request"),
         ("/bills", {"cursor": "garbage"}, "invalid_cursor"),
+        # Altered cursors of the lists keyed by a sequence: past a 64-bit column, or a digit that is not ASCII.
+        ("/events", {"cursor": encode_cursor("9" * 30)}, "invalid_cursor"),
+        ("/audit", {"cursor": encode_cursor("\u00b2")}, "invalid_cursor"),
         ("/bills", {"nonsense": "1"}, "invalid_request"),
         ("/bills", {"updated_since": "2026-01-01T00:00:00"}, "invalid_request"),
         ("/bills", {"updated_since": "yesterday"}, "invalid_request"),
