@@ -1,6 +1,7 @@
 """Bearer-token authentication and scope checks.
 
-`require_scope(scope)` is the dependency most routes use. The object lists, the hottest path, take
+`require_scope(scope)` is the dependency most routes use; a route whose scope depends on the object
+it reads authenticates with `current_principal` and calls `require` once it knows the object. The object lists, the hottest path, take
 `bearer_token` (no database work, so no thread hop) and call `authorize` in the same worker thread
 and database session as their query.
 """
@@ -42,9 +43,15 @@ def authorize(request: Request, session: Session, token: str, scope: str | None 
         with transaction(request.app.state.sessions) as writer:
             touch_token(writer, principal.token_id)
     request.state.principal = principal
-    if scope is not None and not principal.allows(scope):
-        raise ApiError(403, "insufficient_scope", f"this token lacks the {scope} scope")
+    if scope is not None:
+        require(principal, scope)
     return principal
+
+
+def require(principal: Principal, scope: str) -> None:
+    """403 unless the caller's token carries `scope`: for routes whose scope depends on what they read."""
+    if not principal.allows(scope):
+        raise ApiError(403, "insufficient_scope", f"this token lacks the {scope} scope")
 
 
 def current_principal(request: Request, token: Annotated[str, Depends(bearer_token)]) -> Principal:
