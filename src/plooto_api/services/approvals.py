@@ -25,21 +25,24 @@ def _ulid(object_id: str) -> str:
 
 
 def _conditions(kind: ApprovalType, status: ApprovalStatus, company: str | None) -> list[ColumnElement[bool]]:
+    """The objects listed under `status`, by their approval state (schemas.Approval): pending = awaiting
+    approval now; approved = every required approval given; rejected = an approver refused. Objects
+    that needed no approval are in none of them, and so is a payment cancelled (or deleted) before
+    its approvals were given: its approval stays `pending`, but nothing awaits it any more."""
     model: Any = models.Bill if kind == "bill" else models.Payment
     where: list[ColumnElement[bool]] = [model.deleted_at.is_(None)]
     if company:
         where.append(model.company_id == company)
     if kind == "bill":
         where.append(models.Bill.approval_status == status)
+        if status == "pending":
+            where.append(models.Bill.status == "pending_approval")
         return where
     where.append(models.Payment.direction == "payable")
     if status == "pending":
         where.append(models.Payment.status == "pending_approval")
-    elif status == "rejected":
-        where.append(models.Payment.upstream_status_raw == "Rejected")
-    else:  # approved: past approval and not refused (includes payments that needed none)
-        where.append(models.Payment.status.not_in(("pending_approval",)))
-        where.append(models.Payment.upstream_status_raw.not_in(("Rejected",)))
+    else:  # a payment's approval state is in its `approval` document (upstream.portal sets it)
+        where.append(models.Payment.approval["status"].as_string() == status)
     return where
 
 

@@ -19,7 +19,14 @@ def list_approvals(
     request: Request,
     principal: Annotated[Principal, Depends(require_scope("approvals:read"))],
     company: Annotated[str | None, Query(max_length=64, description="company (client book) id")] = None,
-    status: Annotated[Literal["pending", "approved", "rejected"], Query()] = "pending",
+    status: Annotated[
+        Literal["pending", "approved", "rejected"],
+        Query(
+            description="pending: awaiting approval now; approved: every required approval was given; "
+            "rejected: an approver refused. Objects that needed no approval, and payments cancelled "
+            "before their approvals were given, are in none of these lists."
+        ),
+    ] = "pending",
     type: Annotated[
         Literal["bill", "payment"] | None, Query(description="bill or payment; both by default")
     ] = None,
