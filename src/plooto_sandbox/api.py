@@ -793,6 +793,13 @@ async def create_invoice(request: Request, company_id: str) -> PortalJSONRespons
     body = await body_of(request, CreateInvoiceIn)
     state = who.state
     customer: Customer = owned(state, Customer, body.customerId, company_id, "Customer")
+    receivables.check_invoice_dates(
+        state,
+        body.issueDate,
+        body.dueDate,
+        body.scheduledSendDate,
+        body.recurring.endDate if body.recurring else None,
+    )
     issue = body.issueDate or local_date(state.now)
     schedule = (
         ReminderSchedule(

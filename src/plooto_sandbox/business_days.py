@@ -11,7 +11,13 @@ from zoneinfo import ZoneInfo
 
 import holidays
 
+from plooto_sandbox.errors import invalid_field
+
 PORTAL_TZ = ZoneInfo("America/Toronto")
+# [choice] How far dates may reach (README §7): a debit or a scheduled send at most a year after
+# today; bill, invoice and recurring-plan dates at most ten years either side of today.
+SCHEDULE_HORIZON = timedelta(days=365)
+DOCUMENT_DATE_RANGE = timedelta(days=3652)
 
 
 class BusinessCalendar:
@@ -63,6 +69,22 @@ UNITED_STATES = BusinessCalendar("US")
 def calendar_for(currency: str) -> BusinessCalendar:
     """USD rails follow the US calendar; everything else settles through Canada."""
     return UNITED_STATES if currency == "USD" else CANADA
+
+
+def check_scheduled_date(day: date, today: date, field: str) -> None:
+    """400 ValidationFailed if `day` (a debit or send date) is more than SCHEDULE_HORIZON after `today`."""
+    latest = today + SCHEDULE_HORIZON
+    if day > latest:
+        raise invalid_field(
+            field, f"{field} can be at most {SCHEDULE_HORIZON.days} days ahead, {latest} at the latest."
+        )
+
+
+def check_document_date(day: date, today: date, field: str) -> None:
+    """400 ValidationFailed if `day` (a bill's or invoice's date) is not within DOCUMENT_DATE_RANGE of `today`."""
+    earliest, latest = today - DOCUMENT_DATE_RANGE, today + DOCUMENT_DATE_RANGE
+    if not earliest <= day <= latest:
+        raise invalid_field(field, f"{field} must be between {earliest} and {latest}.")
 
 
 def local_date(moment: datetime) -> date:

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request
 from plooto_sandbox import auth, clock, payables, receivables
 from plooto_sandbox import representations as shape
 from plooto_sandbox.business_days import CANADA, local_date, local_time
-from plooto_sandbox.errors import PortalError, not_found
+from plooto_sandbox.errors import PortalError, invalid_field, not_found
 from plooto_sandbox.instance import Sandbox, sandbox_of
 from plooto_sandbox.model import (
     BankAccount,
@@ -334,11 +334,16 @@ async def mutate(request: Request) -> PortalJSONResponse:
         account = _pick_account(state.objects["bankAccount"].values(), bill)
         method = PaymentMethod(body["paymentMethod"]) if body.get("paymentMethod") else None
         amount = money(Decimal(str(body["amount"]))) if body.get("amount") is not None else bill.open_balance
-        debit_date = (
-            local_date(state.now)
-            if not body.get("requestedDebitDate")
-            else datetime.fromisoformat(str(body["requestedDebitDate"])).date()
-        )
+        try:
+            debit_date = (
+                local_date(state.now)
+                if not body.get("requestedDebitDate")
+                else datetime.fromisoformat(str(body["requestedDebitDate"])).date()
+            )
+        except ValueError as exc:
+            raise invalid_field(
+                "requestedDebitDate", "requestedDebitDate must be a date (YYYY-MM-DD)."
+            ) from exc
         payment = payables.create_payment(
             state,
             user,

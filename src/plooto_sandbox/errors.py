@@ -20,6 +20,11 @@ class PortalError(Exception):
         self.validation_errors = validation_errors or []
 
 
+def invalid_field(field: str, message: str) -> PortalError:
+    """400 ValidationFailed about one field of the request."""
+    return PortalError(400, "ValidationFailed", message, [{"field": field, "message": message}])
+
+
 def not_found(what: str) -> PortalError:
     """404 NotFound for a missing (or foreign) object."""
     return PortalError(404, "NotFound", f"{what} was not found.")

@@ -10,7 +10,13 @@ from datetime import date
 from decimal import Decimal
 
 from plooto_sandbox.accounting import schedule_sync
-from plooto_sandbox.business_days import at_local, calendar_for, local_date
+from plooto_sandbox.business_days import (
+    at_local,
+    calendar_for,
+    check_document_date,
+    check_scheduled_date,
+    local_date,
+)
 from plooto_sandbox.errors import PortalError, invalid_state, not_found, rule
 from plooto_sandbox.model import (
     DEAD_PAYMENT_STATUSES,
@@ -106,6 +112,9 @@ def create_bill(
             "A bill needs at least one line item.",
             [{"field": "lineItems", "message": "Required."}],
         )
+    today = local_date(state.now)
+    check_document_date(issue_date, today, "issueDate")
+    check_document_date(due_date, today, "dueDate")
     if due_date < issue_date:
         raise rule("BusinessRuleViolation", "Due date cannot be before the issue date.", "dueDate")
     total = money(sum((line.amount for line in line_items), ZERO))
@@ -303,6 +312,7 @@ def create_payment(
             f"Requested debit date {requested_debit_date} is in the past.",
             "requestedDebitDate",
         )
+    check_scheduled_date(requested_debit_date, today, "requestedDebitDate")
     earliest = earliest_debit_date(rail, source, state.now)
     if requested_debit_date == today and earliest > today:
         raise rule(

@@ -6,7 +6,13 @@ from datetime import date, time, timedelta
 from decimal import Decimal
 
 from plooto_sandbox.accounting import schedule_sync
-from plooto_sandbox.business_days import at_local, calendar_for, local_date
+from plooto_sandbox.business_days import (
+    at_local,
+    calendar_for,
+    check_document_date,
+    check_scheduled_date,
+    local_date,
+)
 from plooto_sandbox.errors import PortalError, invalid_state, rule
 from plooto_sandbox.model import (
     AccountingLink,
@@ -64,6 +70,25 @@ def next_invoice_number(state: PortalState, company_id: str) -> str:
     number = state.invoice_counters.get(company_id, 1000) + 1
     state.invoice_counters[company_id] = number
     return f"INV-{number:06d}"
+
+
+def check_invoice_dates(
+    state: PortalState,
+    issue_date: date | None,
+    due_date: date | None,
+    scheduled_send_date: date | None,
+    recurring_end_date: date | None,
+) -> None:
+    """400 ValidationFailed for a date of a new invoice (or its recurring plan) out of the portal's
+    reach; checked before the plan or the invoice is created."""
+    today = local_date(state.now)
+    for day, field in (
+        (issue_date, "issueDate"), (due_date, "dueDate"), (recurring_end_date, "recurring.endDate")
+    ):  # fmt: skip
+        if day is not None:
+            check_document_date(day, today, field)
+    if scheduled_send_date is not None:
+        check_scheduled_date(scheduled_send_date, today, "scheduledSendDate")
 
 
 def create_invoice(
@@ -428,6 +453,7 @@ def create_customer_payment(
             )
         if debit_date < local_date(state.now):
             raise rule("DebitDateInPast", "Debit date is in the past.", "debitDate")
+        check_scheduled_date(debit_date, local_date(state.now), "debitDate")
         fee = PAD_FEE
     elif method == "Card":
         if customer.card_last4 is None:

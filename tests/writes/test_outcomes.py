@@ -103,3 +103,27 @@ def test_a_reminder_confirmed_by_read_back_joins_its_invoice(gateway: Gateway) -
     assert sum(r["kind"] == "manual" for r in reminders) == manual_before + 1
     emails = gateway.control.get("/outbox", params={"kind": "Email"}).json()
     assert sum("eminder" in (e.get("subject") or "") for e in emails) >= 1
+
+
+def test_a_portal_refusal_names_the_field_as_the_request_does(gateway: Gateway) -> None:
+    vendor = _vendor(gateway)
+    bill = {**BILL, "vendor_id": vendor.id, "number": "PREC-1",
+            "lines": [{"description": "ok", "amount": "5.00"}, {"description": "too precise", "amount": "1.005"}]}  # fmt: skip
+    refused = gateway.post("/create_bill", bill)
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["error"]["param"] == "lines.1.amount"  # the portal says lineItems.1.amount
+    customer = gateway.get("/customers?limit=1").json()["data"][0]
+    invoice = {"customer_id": customer["id"], "lines": [{"description": "Service", "amount": "10.00"}],
+               "reminders": {"days_before_due": [-3]}}  # fmt: skip
+    refused = gateway.post("/create_invoice", invoice)
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["error"]["param"] == "reminders.days_before_due.0"
+
+
+def test_request_field_maps_each_part_of_a_portal_path() -> None:
+    from plooto_api.upstream import request_field
+
+    assert request_field("payment", "requestedDebitDate") == "scheduled_for"
+    assert request_field("invoice", "reminderSchedule.daysAfterDue.2") == "reminders.days_after_due.2"
+    assert request_field("bill", "somethingNew") == "somethingNew"  # unknown: as the portal names it
+    assert request_field("bill", None) is None

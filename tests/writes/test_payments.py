@@ -44,8 +44,12 @@ def test_bill_id_alone_pays_the_amount_due(gateway: Gateway) -> None:
     assert operation["status"] == "succeeded" and operation["attempts"] == 1
     with gateway.sessions()() as session:
         assert verify_chain(session) == []
-        actions = list(session.scalars(select(models.AuditEntry.action).order_by(models.AuditEntry.seq)))
-        assert actions[-2:] == ["create_payment.requested", "create_payment.succeeded"]
+        entries = list(session.scalars(select(models.AuditEntry).order_by(models.AuditEntry.seq)))[-2:]
+        # Each entry names its object by type and id: the request the bill it pays, the result the payment.
+        assert [(e.action, e.object_type, e.object_id) for e in entries] == [
+            ("create_payment.requested", "bill", bill.id),
+            ("create_payment.succeeded", "payment", payment["id"]),
+        ]
         entry = session.scalars(select(models.AuditEntry).order_by(models.AuditEntry.seq.desc())).first()
         assert entry is not None and entry.upstream_evidence and entry.upstream_evidence["trace_id"]
         assert entry.upstream_evidence["http_status"] == 201

@@ -6,6 +6,7 @@ nothing about internals (the details go to the log, with the request id).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -72,8 +73,16 @@ async def _api_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+# FastAPI's words for a JSON body json.loads gave up on without a JSONDecodeError (not UTF-8 text,
+# nested too deeply): as much the caller's malformed JSON as a syntax error is.
+_BODY_NOT_PARSED = "There was an error parsing the body"
+
+
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400 and exc.detail == _BODY_NOT_PARSED:
+        message = not_json_message("the body", "it could not be read (not UTF-8 text, or nested too deeply)")
+        return await _api_error(request, ApiError(400, "invalid_request", message))
     code = _STATUS_CODES.get(exc.status_code, "error")
     message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
     if exc.status_code == 404 and message == "Not Found":
@@ -83,15 +92,49 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+_SOURCES = ("body", "query", "path", "header", "cookie")  # where FastAPI found what it validated
+# pydantic's "not an object" errors name our model classes ("… instance of CreateBill").
+_NOT_AN_OBJECT = frozenset({"model_type", "model_attributes_type", "dict_type"})
+
+
+def not_json_message(what: str, reason: str, position: int | None = None) -> str:
+    """Why `what` ("the body", "the bill part") is not JSON, for a caller to fix it."""
+    where = f" (at character {position})" if position is not None else ""
+    return f"{what} is not valid JSON: {reason}{where}"
+
+
+def invalid_request(errors: Sequence[Any], *, what: str = "the body", param: str | None = None) -> ApiError:
+    """The first of pydantic's `errors` about `what` as a 400 invalid_request naming the field at
+    fault (dotted, list items by index: `lines.0.amount`); `param` names `what` itself, if anything."""
+    first: Mapping[str, Any] = errors[0] if errors else {}
+    location = list(first.get("loc", ()))
+    if location and location[0] in _SOURCES:
+        location = location[1:]
+    kind = first.get("type")
+    if kind == "json_invalid":  # FastAPI's location holds the character offset, not a field
+        reason = (first.get("ctx") or {}).get("error", "malformed")
+        offset = location[0] if location and isinstance(location[0], int) else None
+        return ApiError(400, "invalid_request", not_json_message(what, reason, offset), param=param)
+    field = ".".join(str(part) for part in location)
+    if kind in _NOT_AN_OBJECT:
+        if field:
+            message = f"{field}: must be a JSON object"
+        elif isinstance(first.get("input"), bytes):  # FastAPI hands over the raw body when it is not JSON
+            message = f"{what} must be a JSON object sent with `Content-Type: application/json`"
+        else:
+            message = f"{what} must be a JSON object"
+    elif kind == "missing" and not field:
+        message = f"{what} is empty; send a JSON object"
+    else:
+        message = str(first.get("msg", "invalid request"))
+        if field:
+            message = f"{field}: {message}"
+    return ApiError(400, "invalid_request", message, param=field or param)
+
+
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    first = exc.errors()[0] if exc.errors() else {}
-    location = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path", "header")]
-    param = ".".join(location) or None
-    message = first.get("msg", "invalid request")
-    if param:
-        message = f"{param}: {message}"
-    return JSONResponse(error_body(request, "invalid_request", message, param), status_code=400)
+    return await _api_error(request, invalid_request(exc.errors()))
 
 
 async def _invalid_cursor(request: Request, exc: Exception) -> JSONResponse:

@@ -51,6 +51,7 @@ from plooto_api.upstream import (
     UpstreamRef,
     UpstreamUnavailable,
     WriteResult,
+    request_field,
 )
 
 log = get_logger(__name__)
@@ -102,6 +103,7 @@ class Intent:
     request: dict[str, Any]  # portal-level parameters (upstream ids), JSON values only
     object_type: str  # what the write returns
     object_id: str | None = None  # the gateway object it acts on, if any
+    object_id_type: str | None = None  # the type of `object_id` when not `object_type` (a payment's bill)
 
 
 # --- resolving requests against the store (checks the store can make before sending) ----------
@@ -209,7 +211,7 @@ def prepare_create_payment(session: Session, principal: Principal, body: dict[st
         "scheduled_for": scheduled.isoformat() if isinstance(scheduled, date) else scheduled,
         "memo": body.get("memo"),
     }
-    return Intent("create_payment", bill.connection_id, bill.company_id, request, "payment", bill.id)
+    return Intent("create_payment", bill.connection_id, bill.company_id, request, "payment", bill.id, "bill")
 
 
 def prepare_decision(session: Session, principal: Principal, approval_id: str, decision: str,
@@ -328,7 +330,7 @@ def record_intent(
         operation = models.Operation(
             id=operation_id, connection_id=intent.connection_id, company_id=intent.company_id, kind=intent.kind,
             status="pending", request={**intent.request, "object_type": intent.object_type,
-                                       "object_id": intent.object_id},
+                                       "object_id": intent.object_id, "object_id_type": intent.object_id_type},
             reference=f"papi-{operation_id}", attempts=0, created_by=principal.token_id,
             created_at=now, updated_at=now,
         )  # fmt: skip
@@ -336,7 +338,8 @@ def record_intent(
         if idempotency_record is not None:
             idempotency.attach_operation(session, idempotency_record, operation_id)
         audit.append(session, actor=principal.token_id, action=f"{intent.kind}.requested",
-                     object_type=intent.object_type, object_id=intent.object_id, company_id=intent.company_id,
+                     object_type=intent.object_id_type or intent.object_type, object_id=intent.object_id,
+                     company_id=intent.company_id,
                      connection_id=intent.connection_id, request_id=request_id,
                      detail={"operation_id": operation_id, "reference": operation.reference,
                              "request": _audit_request(intent.request)})  # fmt: skip
@@ -658,8 +661,11 @@ async def _execute_once(ctx: JobContext, operation_id: str) -> str:
                         result = WriteResult([record], op.request[kind.refetch[1]], None, exc.trace_id)
                         return await _succeed(ctx, portal, op, result, read_back=True)
                 status, code = PORTAL_CODES.get(exc.code, (422, "portal_rule_violation"))
+                param = request_field(
+                    op.request.get("object_type") or "", exc.field
+                )  # the caller's name for it
                 return _finish_failed(ctx, op, status, code, exc.message, portal_code=exc.code,
-                                      http_status=exc.status_code, trace_id=exc.trace_id, param=exc.field)  # fmt: skip
+                                      http_status=exc.status_code, trace_id=exc.trace_id, param=param)  # fmt: skip
             return await _succeed(ctx, portal, op, result, read_back=False)
     except PermissionDenied as exc:
         return _finish_failed(
@@ -770,6 +776,7 @@ def _finish_succeeded(ctx: JobContext, op: models.Operation, result: WriteResult
             return row.status
         object_json: dict[str, Any] | None = None
         object_id = row.request.get("object_id")
+        audited_type = _audited_type(row)
         record = result.record
         if result.records:
             from plooto_api.sync.upsert import apply_records
@@ -786,7 +793,7 @@ def _finish_succeeded(ctx: JobContext, op: models.Operation, result: WriteResult
             ).first()
             if stored is not None:
                 object_json = mapping.to_schema(stored).model_dump(mode="json")
-                object_id = stored.id
+                object_id, audited_type = stored.id, row.request.get("object_type")
         body = {"object_type": row.request.get("object_type"), "object_id": object_id, "object": object_json}
         if row.kind == "send_reminder" and isinstance(result.raw, dict):
             body["reminder"] = {"id": result.raw.get("reminderId"), "sent_at": result.raw.get("sentAt")}
@@ -797,7 +804,7 @@ def _finish_succeeded(ctx: JobContext, op: models.Operation, result: WriteResult
         row.finished_at = now
         row.updated_at = now
         audit.append(session, actor=row.created_by or "system", action=f"{row.kind}.succeeded",
-                     object_type=row.request.get("object_type"), object_id=object_id, company_id=row.company_id,
+                     object_type=audited_type, object_id=object_id, company_id=row.company_id,
                      connection_id=row.connection_id,
                      detail={"operation_id": row.id, "reference": row.reference, "attempts": row.attempts,
                              "read_back": read_back},
@@ -805,6 +812,11 @@ def _finish_succeeded(ctx: JobContext, op: models.Operation, result: WriteResult
         status_code = 201 if row.kind.startswith("create_") else 200
         idempotency.complete_for_operation(session, row.id, status_code, response_body(row))
     return "succeeded"
+
+
+def _audited_type(row: models.Operation) -> str | None:
+    """The type of the object the operation names in its request (a payment's bill)."""
+    return row.request.get("object_id_type") or row.request.get("object_type")
 
 
 def _finish_failed(
@@ -840,7 +852,7 @@ def _finish_failed(
         row.finished_at = now
         row.updated_at = now
         audit.append(session, actor=row.created_by or "system", action=f"{row.kind}.{status}",
-                     object_type=row.request.get("object_type"), object_id=row.request.get("object_id"),
+                     object_type=_audited_type(row), object_id=row.request.get("object_id"),
                      company_id=row.company_id, connection_id=row.connection_id,
                      detail={"operation_id": row.id, "reference": row.reference, "attempts": row.attempts,
                              "error": row.error},

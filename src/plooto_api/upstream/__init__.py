@@ -39,14 +39,23 @@ from plooto_api.upstream._models import (
 )
 from plooto_api.upstream._session import PortalSession
 from plooto_api.upstream._throttle import AdaptiveThrottle, LoopStalls
-from plooto_api.upstream.portal import FEEDS, OBJECT_SOURCES
+from plooto_api.upstream.portal import (
+    DOCUMENT_DATE_RANGE,
+    FEEDS,
+    OBJECT_SOURCES,
+    SCHEDULE_HORIZON,
+    business_today,
+    request_field,
+)
 
 # The object types PortalSession.fetch_object reads one at a time.
 FETCHABLE_TYPES: frozenset[str] = frozenset({"company", *OBJECT_SOURCES})
 
 __all__ = [
+    "DOCUMENT_DATE_RANGE",
     "FEEDS",
     "FETCHABLE_TYPES",
+    "SCHEDULE_HORIZON",
     "AccountLocked",
     "AdaptiveThrottle",
     "AmbiguousWriteOutcome",
@@ -75,4 +84,6 @@ __all__ = [
     "UpstreamRef",
     "UpstreamUnavailable",
     "WriteResult",
+    "business_today",
+    "request_field",
 ]

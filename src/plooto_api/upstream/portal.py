@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from plooto_api.upstream._convert import (
     Context,
@@ -1193,6 +1194,16 @@ PAYMENT_METHOD_TO_PORTAL = {value: key for key, value in PAYMENT_METHOD.items()}
 INVOICE_SEND = {"now": "Now", "scheduled": "Scheduled", "draft": "Draft"}
 RECURRING_FREQUENCY_TO_PORTAL = {value: key for key, value in RECURRING_FREQUENCY.items()}
 INVOICE_TERMS = ("DueOnReceipt", "Net15", "Net30", "Net45", "Net60")
+# How far the dates of a write may reach from the portal's today: a debit or a scheduled send at
+# most a year ahead; a bill's or invoice's dates and a recurring plan's end within ten years either
+# side. Beyond that the portal answers 400 ValidationFailed.
+SCHEDULE_HORIZON = timedelta(days=365)
+DOCUMENT_DATE_RANGE = timedelta(days=3652)
+
+
+def business_today(now: datetime | None = None) -> date:
+    """The portal's calendar date at `now` (default: this machine's clock)."""
+    return (now or datetime.now(UTC)).astimezone(ZoneInfo(BUSINESS_TIME_ZONE)).date()
 
 
 def company_collection(company: str, collection: str) -> str:
@@ -1210,6 +1221,32 @@ def memo_with_reference(memo: str | None, reference: str) -> str:
 
 def memo_has_reference(memo: Any, reference: str) -> bool:
     return isinstance(memo, str) and memo.endswith(f"{MEMO_REFERENCE_PREFIX}{reference}]")
+
+
+# The gateway's request field for each field of the write bodies below, by the object written: a
+# refusal names the portal's field (`lineItems.0.amount`), the caller sees its own (`lines.0.amount`).
+_LINE_FIELDS = {"lineItems": "lines", "description": "description", "quantity": "quantity",
+                "unitPrice": "unit_price", "amount": "amount", "accountCode": "account_code"}  # fmt: skip
+REQUEST_FIELDS: dict[str, dict[str, str]] = {
+    "payment": {BILL_ID_FIELD: "bill_id", "amount": "amount", "debitBankAccountId": "debit_bank_account_id",
+                "requestedDebitDate": "scheduled_for", "paymentMethod": "method", "memo": "memo"},
+    "bill": {**_LINE_FIELDS, "vendorId": "vendor_id", "billNumber": "number", "issueDate": "issue_date",
+             "dueDate": "due_date", "memo": "memo", "currency": "currency"},
+    "invoice": {**_LINE_FIELDS, "customerId": "customer_id", "invoiceNumber": "number", "issueDate": "issue_date",
+                "terms": "terms", "dueDate": "due_date", "scheduledSendDate": "scheduled_send_date", "memo": "memo",
+                "send": "send", "reminderSchedule": "reminders", "enabled": "enabled",
+                "daysBeforeDue": "days_before_due", "daysAfterDue": "days_after_due", "recurring": "recurring",
+                "frequency": "frequency", "endDate": "end_date"},
+}  # fmt: skip
+
+
+def request_field(object_type: str, portal_field: str | None) -> str | None:
+    """`portal_field` (a dotted path in the body written for `object_type`) as the gateway's request
+    names it; list indexes are kept, and a field the map does not know is left as the portal names it."""
+    if not portal_field:
+        return portal_field
+    names = REQUEST_FIELDS.get(object_type, {})
+    return ".".join(names.get(part, part) for part in portal_field.split("."))
 
 
 def payment_body(

@@ -16,19 +16,44 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import PydanticCustomError
 from sqlalchemy.orm import Session
 
 from plooto_api.api.auth import require_scope
-from plooto_api.api.errors import ApiError, error_body
+from plooto_api.api.errors import ApiError, error_body, invalid_request, not_json_message
 from plooto_api.services import idempotency, uploads, writes
 from plooto_api.services.tokens import Principal
 from plooto_api.store import models
+from plooto_api.upstream import DOCUMENT_DATE_RANGE, SCHEDULE_HORIZON, business_today
 
 router = APIRouter(tags=["writes"])
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
+
+
+def _within_schedule_horizon(day: date) -> date:
+    latest = business_today() + SCHEDULE_HORIZON
+    if day > latest:
+        raise PydanticCustomError("date_too_far_ahead", "must be at most {days} days ahead, {latest} at the latest",
+                                  {"days": SCHEDULE_HORIZON.days, "latest": latest.isoformat()})  # fmt: skip
+    return day
+
+
+def _within_document_range(day: date) -> date:
+    today = business_today()
+    earliest, latest = today - DOCUMENT_DATE_RANGE, today + DOCUMENT_DATE_RANGE
+    if not earliest <= day <= latest:
+        raise PydanticCustomError("date_out_of_range", "must be between {earliest} and {latest}",
+                                  {"earliest": earliest.isoformat(), "latest": latest.isoformat()})  # fmt: skip
+    return day
+
+
+# Dates the portal would refuse (upstream.portal states its reach) are refused here, before
+# anything is recorded. "Today" is the portal's, by this machine's clock.
+ScheduleDate = Annotated[date, AfterValidator(_within_schedule_horizon)]  # a debit or a send: ≤ a year ahead
+DocumentDate = Annotated[date, AfterValidator(_within_document_range)]  # a bill's or invoice's: ± ten years
 
 
 class Body(BaseModel):
@@ -44,8 +69,8 @@ class CreatePayment(Body):
     debit_bank_account_id: str | None = Field(
         None, min_length=1, max_length=64, description="Default: the company's account."
     )
-    scheduled_for: date | None = Field(
-        None, description="Debit date; default: the earliest the portal allows."
+    scheduled_for: ScheduleDate | None = Field(
+        None, description="Debit date, at most 365 days ahead; default: the earliest the portal allows."
     )
     memo: str | None = Field(None, max_length=255)
 
@@ -61,8 +86,8 @@ class Line(Body):
 class CreateBill(Body):
     vendor_id: str = Field(min_length=1, max_length=64)
     number: str = Field(min_length=1, max_length=100)
-    issue_date: date
-    due_date: date
+    issue_date: DocumentDate = Field(description="Within ten years of today, as is due_date.")
+    due_date: DocumentDate
     lines: list[Line] = Field(min_length=1, max_length=500)
     currency: str | None = Field(None, min_length=3, max_length=3)
     memo: str | None = Field(None, max_length=200)
@@ -76,25 +101,44 @@ class Reminders(Body):
 
 class Recurring(Body):
     frequency: Literal["weekly", "biweekly", "monthly"]
-    end_date: date | None = None
+    end_date: DocumentDate | None = None
 
 
 class CreateInvoice(Body):
     customer_id: str = Field(min_length=1, max_length=64)
     number: str | None = Field(None, max_length=100)
-    issue_date: date | None = None
+    issue_date: DocumentDate | None = Field(None, description="Within ten years of today, as is due_date.")
     terms: Literal["DueOnReceipt", "Net15", "Net30", "Net45", "Net60"] | None = None
-    due_date: date | None = None
+    due_date: DocumentDate | None = None
     lines: list[Line] = Field(min_length=1, max_length=500)
     memo: str | None = Field(None, max_length=200)
     send: Literal["now", "scheduled", "draft"] = "now"
-    scheduled_send_date: date | None = None
+    scheduled_send_date: ScheduleDate | None = Field(None, description="At most 365 days ahead.")
     reminders: Reminders | None = None
     recurring: Recurring | None = None
 
 
 class Decision(Body):
     comment: str | None = Field(None, max_length=500)
+
+
+def _json_object(raw: str | bytes, what: str, param: str | None) -> dict[str, Any]:
+    """`raw` parsed as the JSON object a write takes, or a 400 that says what is wrong with it."""
+    if not raw.strip():
+        raise ApiError(400, "invalid_request", f"{what} is empty; send a JSON object", param=param)
+    try:
+        payload = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        message = not_json_message(what, exc.msg, exc.pos)
+    except UnicodeDecodeError:
+        message = not_json_message(what, "it is not UTF-8 text")
+    except RecursionError:
+        message = not_json_message(what, "it is nested too deeply")
+    else:
+        if isinstance(payload, dict):
+            return payload
+        message = f"{what} must be a JSON object"
+    raise ApiError(400, "invalid_request", message, param=param)
 
 
 def _error(request: Request, status: int, code: str, message: str, param: str | None = None) -> JSONResponse:
@@ -208,32 +252,29 @@ async def create_bill(
 ) -> JSONResponse:
     attachment: tuple[str, bytes, str] | None = None
     content_type = request.headers.get("content-type", "")
+    what, param = "the body", None
+    if content_type.startswith("multipart/form-data"):
+        what, param = "the bill part", "bill"
+        form = await request.form()
+        raw = form.get("bill")
+        if not isinstance(raw, str):
+            raise ApiError(400, "invalid_request", "multipart requests carry the bill as a `bill` JSON field",
+                           param="bill")  # fmt: skip
+        payload = _json_object(raw, what, param)
+        upload = form.get("file")
+        if upload is not None and not isinstance(upload, str):
+            content = await upload.read()
+            try:  # the type comes from the bytes, not from what the client declared
+                sniffed = uploads.check_upload(content, max_bytes=request.app.state.settings.max_upload_bytes)
+            except uploads.UploadRefused as refused:
+                raise ApiError(refused.status, refused.code, refused.message, param="file") from None
+            attachment = (upload.filename or "attachment", content, sniffed)
+    else:
+        payload = _json_object(await request.body(), what, param)
     try:
-        if content_type.startswith("multipart/form-data"):
-            form = await request.form()
-            raw = form.get("bill")
-            if not isinstance(raw, str):
-                raise ApiError(400, "invalid_request", "multipart requests carry the bill as a `bill` JSON field",
-                               param="bill")  # fmt: skip
-            payload = json.loads(raw)
-            upload = form.get("file")
-            if upload is not None and not isinstance(upload, str):
-                content = await upload.read()
-                try:  # the type comes from the bytes, not from what the client declared
-                    sniffed = uploads.check_upload(
-                        content, max_bytes=request.app.state.settings.max_upload_bytes
-                    )
-                except uploads.UploadRefused as refused:
-                    raise ApiError(refused.status, refused.code, refused.message, param="file") from None
-                attachment = (upload.filename or "attachment", content, sniffed)
-        else:
-            payload = await request.json()
         body = CreateBill.model_validate(payload)
-    except (ValueError, ValidationError) as exc:
-        errors = exc.errors() if isinstance(exc, ValidationError) else []
-        param = ".".join(str(p) for p in errors[0]["loc"]) if errors else None
-        raise ApiError(400, "invalid_request", errors[0]["msg"] if errors else "the body is not valid JSON",
-                       param=param) from None  # fmt: skip
+    except ValidationError as exc:
+        raise invalid_request(exc.errors(), what=what, param=param) from None
     data = body.model_dump(mode="json")
     fingerprint = {**data, "attachment": [attachment[0], len(attachment[1])] if attachment else None}
     return await _perform(request, principal, fingerprint,
