@@ -1,9 +1,10 @@
-"""Webhook endpoints and deliveries: create, read, delete, rotate secrets, test, redeliver, replay.
+"""Webhook endpoints and deliveries: create, read, change, delete, rotate secrets, test, redeliver,
+replay.
 
 Secrets are sealed in the vault (never stored in plain text) and returned only by `create_endpoint`
 and `rotate_secret`. Token scoping: an unrestricted token manages every endpoint; a token limited
 to companies or a connection sees only the endpoints it created, and those receive only its
-companies' events.
+companies' events (and, for a connection-limited token, its connection's `connection.*` events).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, select, update
 from sqlalchemy.orm import Session
 
 from plooto_api import mapping
@@ -28,26 +29,15 @@ from plooto_api.store.models import (
 )
 from plooto_api.store.vault import Vault
 from plooto_api.webhooks import schemas as wh_schemas
-from plooto_api.webhooks.delivery import SECRET_PURPOSE
-from plooto_api.webhooks.fanout import event_type_matches, forget_targets
+from plooto_api.webhooks.delivery import LEASE, SECRET_PURPOSE
+from plooto_api.webhooks.event_types import TEST_EVENT_TYPE, unknown_event_filter
+from plooto_api.webhooks.fanout import endpoint_target, event_type_matches, forget_targets
 from plooto_api.webhooks.signing import generate_secret
 from plooto_api.webhooks.targets import InvalidWebhookUrl, check_target_url
 
 # A rotated-out secret still signs (beside the new one) this long, so receivers can switch over.
 PREVIOUS_SECRET_GRACE = timedelta(hours=24)
-TEST_EVENT_TYPE = "webhook_endpoint.test"
 _EVENT_PATTERN = re.compile(r"^(\*|[a-z_]+(\.[a-z_]+)*(\.\*)?)$")
-
-# The event types the gateway emits (subscriptions may also name a family, `bill.*`).
-EVENT_TYPES = (
-    "bill.created", "bill.updated", "bill.approval_updated", "bill.deleted",
-    "payment.created", "payment.updated", "payment.status_updated", "payment.sent", "payment.failed",
-    "payment.completed", "payment.deleted",
-    "invoice.created", "invoice.updated", "invoice.paid", "invoice.overdue", "invoice.reminder_sent",
-    "invoice.deleted",
-    "connection.requires_action", "connection.repaired", "connection.upstream_changed", "connection.removed",
-    "webhook_endpoint.disabled", TEST_EVENT_TYPE,
-)  # fmt: skip
 
 
 class WebhookError(Exception):
@@ -97,9 +87,38 @@ def _check_events(events: list[str] | None) -> list[str] | None:
             "invalid_request", "events must name at least one type (omit it for all)", "events"
         )
     for item in events:
-        if not _EVENT_PATTERN.match(item):
-            raise WebhookError("invalid_request", f"events: {item[:80]!r} is not an event type", "events")
+        if not _EVENT_PATTERN.match(item) or unknown_event_filter(item):
+            raise WebhookError(
+                "invalid_request",
+                f"events: {item[:80]!r} matches no event type (see the docs for the list)",
+                "events",
+            )
     return sorted(set(events))
+
+
+def _check_url(url: str, allow_private: bool) -> str:
+    try:
+        return check_target_url(url, allow_private=allow_private)
+    except InvalidWebhookUrl as exc:
+        raise WebhookError("invalid_url", str(exc), "url") from exc
+
+
+def _check_companies(session: Session, principal: Principal, requested: list[str] | None) -> list[str] | None:
+    """The companies an endpoint hears: the requested ones (each known and allowed to the token),
+    or, omitted, every company (a limited token: all of its own)."""
+    allowed = _allowed_companies(session, principal)
+    if requested is None:
+        return None if allowed is None else sorted(allowed)  # a limited token's hears only its own
+    if not requested:
+        raise WebhookError(
+            "invalid_request", "companies must name at least one company (omit it for all)", "companies"
+        )
+    companies = sorted(set(requested))
+    known = set(session.scalars(select(Company.id).where(Company.id.in_(companies))))
+    for company_id in companies:
+        if company_id not in known or (allowed is not None and company_id not in allowed):
+            raise WebhookError("invalid_request", f"companies: no company {company_id[:64]}", "companies")
+    return companies
 
 
 def _seal_secret(vault: Vault, session: Session, endpoint_id: str, secret: str, previous: str | None) -> None:
@@ -117,20 +136,9 @@ def create_endpoint(
     allow_private: bool,
 ) -> wh_schemas.WebhookEndpointWithSecret:
     """Create an endpoint; the returned object carries its secret, shown this once."""
-    try:
-        url = check_target_url(body.url, allow_private=allow_private)
-    except InvalidWebhookUrl as exc:
-        raise WebhookError("invalid_url", str(exc), "url") from exc
+    url = _check_url(body.url, allow_private)
     events = _check_events(body.events)
-    allowed = _allowed_companies(session, principal)
-    companies = None if body.companies is None else sorted(set(body.companies))
-    if companies is not None:
-        known = set(session.scalars(select(Company.id).where(Company.id.in_(companies))))
-        for company_id in companies:
-            if company_id not in known or (allowed is not None and company_id not in allowed):
-                raise WebhookError("invalid_request", f"companies: no company {company_id[:64]}", "companies")
-    elif allowed is not None:
-        companies = sorted(allowed)  # a limited token's endpoint hears only its own companies
+    companies = _check_companies(session, principal, body.companies)
     row = WebhookEndpoint(
         id=new_id("we"),
         url=url,
@@ -148,6 +156,50 @@ def create_endpoint(
     return wh_schemas.WebhookEndpointWithSecret(
         **mapping.webhook_endpoint_to_schema(row).model_dump(), secret=secret
     )
+
+
+def update_endpoint(
+    session: Session,
+    principal: Principal,
+    endpoint_id: str,
+    body: wh_schemas.WebhookEndpointUpdate,
+    *,
+    allow_private: bool,
+    now: datetime | None = None,
+) -> WebhookEndpoint:
+    """Change the fields given (checked as on creation). Enabling an endpoint ends its failure
+    streak and sends its pending deliveries now."""
+    row = get_endpoint(session, principal, endpoint_id)
+    now = now or utcnow()
+    given = body.model_fields_set
+    if "url" in given:
+        if body.url is None:
+            raise WebhookError("invalid_url", "url must not be null", "url")
+        row.url = _check_url(body.url, allow_private)
+    if "events" in given:
+        row.event_types = _check_events(body.events)
+    if "companies" in given:
+        row.company_ids = _check_companies(session, principal, body.companies)
+    if "description" in given:
+        row.description = body.description
+    if "enabled" in given:
+        if body.enabled is None:
+            raise WebhookError("invalid_request", "enabled must be true or false", "enabled")
+        if body.enabled and not row.enabled:
+            row.disabled_reason = None
+            row.failing_since = None
+            session.execute(
+                update(WebhookDelivery)
+                .where(WebhookDelivery.endpoint_id == row.id, WebhookDelivery.status == "pending")
+                .values(next_attempt_at=now, updated_at=now)
+            )
+        elif not body.enabled:
+            row.disabled_reason = None
+        row.enabled = body.enabled
+    row.updated_at = now
+    session.flush()
+    forget_targets(session)
+    return row
 
 
 def delete_endpoint(session: Session, vault: Vault, principal: Principal, endpoint_id: str) -> None:
@@ -191,14 +243,15 @@ def queue_test_event(session: Session, principal: Principal, endpoint_id: str) -
 def requeue(
     session: Session, events: Iterable[Event], endpoints: list[WebhookEndpoint], now: datetime
 ) -> list[WebhookDelivery]:
-    """Queue `events` again to each of `endpoints` that subscribes to them (the schedule restarts)."""
-    from plooto_api.webhooks.fanout import _target
-
-    targets = [(e, _target(e.id, e.event_types, e.company_ids)) for e in endpoints if e.enabled]
+    """Queue `events` again to each of `endpoints` that subscribes to them (the schedule restarts).
+    A test event goes only to the endpoint it was sent to. A delivery that may be in flight keeps
+    its lease: it goes out again once that attempt is over (see `DeliveryWorker`), not beside it."""
+    targets = [(e, endpoint_target(session, e)) for e in endpoints if e.enabled]
     queued = []
     for event in events:
         for endpoint, target in targets:
-            if not target.wants(event.type, event.company_id):
+            test = event.type == TEST_EVENT_TYPE
+            if not test and not target.wants(event.type, event.company_id, event.connection_id):
                 continue
             delivery = session.scalars(
                 select(WebhookDelivery).where(
@@ -206,21 +259,33 @@ def requeue(
                 )
             ).first()
             if delivery is None:
+                if test:
+                    continue  # a test event belongs to its own endpoint
                 delivery = WebhookDelivery(id=new_id("whd"), endpoint_id=endpoint.id, event_id=event.id,
                                            object_id=event.object_id)  # fmt: skip
                 session.add(delivery)
+            leased = (
+                delivery.status == "pending"
+                and delivery.next_attempt_at is not None
+                and now < delivery.next_attempt_at <= now + LEASE
+            )
             delivery.status = "pending"
             delivery.attempt_count = 0
-            delivery.next_attempt_at = now
+            if not leased:
+                delivery.next_attempt_at = now
+            delivery.updated_at = utcnow()  # marks it changed for an attempt in flight
             queued.append(delivery)
     session.flush()
     return queued
 
 
-def redeliver_event(session: Session, principal: Principal, event: Event) -> list[WebhookDelivery]:
-    """Queue one event again to every (readable, enabled, subscribed) endpoint."""
+def redeliver_event(
+    session: Session, principal: Principal, event: Event, now: datetime | None = None
+) -> list[WebhookDelivery]:
+    """Queue one event again to every (readable, enabled, subscribed) endpoint; a test event to its
+    own endpoint only."""
     endpoints = list(session.scalars(readable_endpoints(principal)))
-    return requeue(session, [event], endpoints, utcnow())
+    return requeue(session, [event], endpoints, now or utcnow())
 
 
 def replay(
@@ -295,10 +360,18 @@ def delivery_to_schema(session: Session, row: WebhookDelivery, event_type: str) 
 
 
 def delivery_schema_by_id(session: Session, delivery_id: str) -> wh_schemas.WebhookDelivery:
-    """One delivery with its attempts."""
-    delivery, event_type = session.execute(
+    """One delivery with its attempts; WebhookError 404 if it is gone (its endpoint deleted)."""
+    found = session.execute(
         select(WebhookDelivery, Event.type)
         .join(Event, Event.id == WebhookDelivery.event_id)
         .where(WebhookDelivery.id == delivery_id)
-    ).one()
+    ).first()
+    if found is None:
+        raise WebhookError(
+            "not_found",
+            f"no webhook delivery {delivery_id[:64]}: its endpoint or event was deleted",
+            "id",
+            404,
+        )
+    delivery, event_type = found
     return delivery_to_schema(session, delivery, event_type)

@@ -6,9 +6,16 @@ Semantics:
   a worker that dies mid-send leaves it to be retried, never lost.
 - In order per endpoint and object: a delivery waits while an earlier event of the same object is
   still pending (or retrying) for the same endpoint.
-- Retries after a failure (non-2xx, timeout after 10 s, connection error) on `RETRY_DELAYS`; after
-  the last one the delivery is `failed`. An endpoint whose deliveries have failed without a success
-  for `DISABLE_AFTER` is disabled with a `webhook_endpoint.disabled` event.
+- Retries after a failure (non-2xx, no full answer within 10 s in all, connection error, any other
+  error of that one attempt) on `RETRY_DELAYS`; after the last one the delivery is `failed`. One
+  attempt's failure is that delivery's alone, never its batch's. At most `MAX_RESPONSE_BYTES` of an
+  answer is read.
+- An endpoint whose deliveries have kept failing, without a success, for `DISABLE_AFTER` is
+  disabled with a `webhook_endpoint.disabled` event. A failure streak is continuing while each
+  failed attempt follows the previous one within `STREAK_GAP`; after a longer quiet spell a failure
+  starts a new streak.
+- A delivery changed while in flight (queued again by a redelivery) is not sent a second time at
+  once: the in-flight attempt is recorded, and the redelivery goes out after it.
 - Time comes from the injected `now()` (scheduling, leases); the signature's `webhook-timestamp` is
   the real wall clock, since receivers compare it with theirs.
 - Claiming is safe with several workers: `FOR UPDATE SKIP LOCKED` on PostgreSQL; on SQLite the
@@ -26,7 +33,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-from sqlalchemy import Select, exists, or_, select
+from sqlalchemy import ColumnElement, Select, and_, exists, func, or_, select
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from plooto_api import __version__, mapping
@@ -54,9 +61,13 @@ RETRY_DELAYS: tuple[timedelta, ...] = (
     timedelta(hours=24),
 )
 MAX_ATTEMPTS = len(RETRY_DELAYS) + 1
-REQUEST_TIMEOUT_SECONDS = 10.0
+REQUEST_TIMEOUT_SECONDS = 10.0  # for the whole attempt, answer included
+MAX_RESPONSE_BYTES = 64 * 1024  # of an answer's body; the rest is not read
 LEASE = timedelta(seconds=60)  # longer than one attempt can take
 DISABLE_AFTER = timedelta(days=5)
+# A failure this long after the endpoint's previous failed attempt starts a new streak: longer than
+# the longest retry interval, so a delivery still retrying keeps its endpoint's streak going.
+STREAK_GAP = max(RETRY_DELAYS) + timedelta(hours=1)
 SECRET_PURPOSE = "webhook_secret"
 
 
@@ -87,6 +98,7 @@ class _Claimed:
     event_id: str
     body: str
     secrets: list[str]
+    claimed_at: datetime  # the row's `updated_at` as claimed: a later one means it changed in flight
 
 
 @dataclass
@@ -97,6 +109,17 @@ class _Outcome:
     response_status: int | None
     error: str | None
     duration_ms: int
+    claimed_at: datetime | None = None
+
+
+def _failed(item: _Claimed, now: datetime, exc: BaseException) -> _Outcome:
+    return _Outcome(item.delivery_id, now, False, None, f"{type(exc).__name__}: {exc}"[:500], 0)
+
+
+def possibly_leased(delivery: type[WebhookDelivery], now: datetime) -> ColumnElement[bool]:
+    """Whether a pending delivery may be in flight: its next attempt is pushed out by no more than
+    `LEASE` (a claim's lease, or a retry due within it)."""
+    return and_(delivery.next_attempt_at > now, delivery.next_attempt_at <= now + LEASE)
 
 
 class DeliveryWorker:
@@ -177,8 +200,11 @@ class DeliveryWorker:
         )
         if only_id is None:
             stmt = stmt.where(WebhookDelivery.next_attempt_at <= now)
-        else:
-            stmt = stmt.where(WebhookDelivery.id == only_id)
+        else:  # whatever its schedule, but not while it may be in flight (leased)
+            stmt = stmt.where(
+                WebhookDelivery.id == only_id,
+                or_(WebhookDelivery.next_attempt_at.is_(None), ~possibly_leased(WebhookDelivery, now)),
+            )
         return stmt.order_by(Event.seq).limit(self.batch_size)
 
     def _claim(self, only_id: str | None = None) -> list[_Claimed]:
@@ -193,6 +219,7 @@ class DeliveryWorker:
                 if endpoint.id not in secrets:
                     secrets[endpoint.id] = signing_secrets(self.vault, session, endpoint.id, now)
                 delivery.next_attempt_at = now + LEASE  # leased: another worker leaves it alone
+                delivery.updated_at = utcnow()
                 claimed.append(
                     _Claimed(
                         delivery.id,
@@ -201,6 +228,7 @@ class DeliveryWorker:
                         event.id,
                         event_payload(event),
                         secrets[endpoint.id],
+                        delivery.updated_at,
                     )
                 )
         return claimed
@@ -220,8 +248,13 @@ class DeliveryWorker:
                 async with limit:
                     return await self._attempt(client, item)
 
-            outcomes = await asyncio.gather(*(one(item) for item in claimed))
-        self._record(list(outcomes))
+            outcomes = await asyncio.gather(*(one(item) for item in claimed), return_exceptions=True)
+        self._record(
+            [
+                outcome if isinstance(outcome, _Outcome) else _failed(item, self.now(), outcome)
+                for item, outcome in zip(claimed, outcomes, strict=True)
+            ]
+        )
 
     async def _refused_address(self, url: str) -> str | None:
         if self.allow_private:
@@ -250,16 +283,31 @@ class DeliveryWorker:
                 headers = signed_headers(item.secrets, item.event_id, item.body, datetime.now(UTC))
                 headers["content-type"] = "application/json"
                 headers["user-agent"] = f"plooto-api-webhooks/{__version__}"
-                response = await client.post(item.url, content=item.body.encode(), headers=headers)
-                status = response.status_code
+                # httpx's timeout limits each read; this one limits the whole attempt.
+                async with asyncio.timeout(self.timeout):
+                    status = await self._post(client, item.url, item.body.encode(), headers)
                 if not 200 <= status < 300:
                     error = f"endpoint answered HTTP {status}"
-        except httpx.TimeoutException:
+        except (TimeoutError, httpx.TimeoutException):
             error = f"no response within {self.timeout:g} s"
-        except (httpx.HTTPError, ValueError) as exc:
+        except Exception as exc:  # whatever it is, it is this attempt's failure alone
             error = f"{type(exc).__name__}: {exc}"[:500]
         duration_ms = int((time.perf_counter() - started) * 1000)
-        return _Outcome(item.delivery_id, attempted_at, error is None, status, error, duration_ms)
+        return _Outcome(
+            item.delivery_id, attempted_at, error is None, status, error, duration_ms, item.claimed_at
+        )
+
+    @staticmethod
+    async def _post(client: httpx.AsyncClient, url: str, body: bytes, headers: dict[str, str]) -> int:
+        """Post and read at most `MAX_RESPONSE_BYTES` of the answer; its status."""
+        async with client.stream("POST", url, content=body, headers=headers) as response:
+            read = 0
+            if not response.is_stream_consumed:  # (an answer made in memory was read already)
+                async for chunk in response.aiter_raw():
+                    read += len(chunk)
+                    if read >= MAX_RESPONSE_BYTES:
+                        break
+            return response.status_code
 
     # --- record --------------------------------------------------------------------------------
 
@@ -272,6 +320,7 @@ class DeliveryWorker:
                     continue  # its endpoint was deleted meanwhile
                 endpoint = session.get(WebhookEndpoint, delivery.endpoint_id)
                 assert endpoint is not None
+                previous_failure = None if outcome.ok else self._last_failure(session, endpoint.id)
                 session.add(
                     WebhookDeliveryAttempt(
                         delivery_id=delivery.id,
@@ -281,24 +330,44 @@ class DeliveryWorker:
                         duration_ms=outcome.duration_ms,
                     )
                 )
-                delivery.attempt_count += 1
                 delivery.last_attempt_at = outcome.attempted_at
-                if outcome.ok:
+                if outcome.claimed_at is not None and delivery.updated_at != outcome.claimed_at:
+                    # Queued again while this attempt was in flight: the redelivery goes out now.
+                    delivery.next_attempt_at = now
+                elif outcome.ok:
+                    delivery.attempt_count += 1
                     delivery.status = "succeeded"
                     delivery.next_attempt_at = None
+                else:
+                    delivery.attempt_count += 1
+                    if delivery.attempt_count >= MAX_ATTEMPTS:
+                        delivery.status = "failed"
+                        delivery.next_attempt_at = None
+                    else:
+                        delivery.next_attempt_at = now + RETRY_DELAYS[delivery.attempt_count - 1]
+                if outcome.ok:
                     endpoint.failing_since = None
                     continue
-                if delivery.attempt_count >= MAX_ATTEMPTS:
-                    delivery.status = "failed"
-                    delivery.next_attempt_at = None
-                else:
-                    delivery.next_attempt_at = now + RETRY_DELAYS[delivery.attempt_count - 1]
                 log.info("webhook_attempt_failed", delivery=delivery.id, endpoint=endpoint.id,
                          attempt=delivery.attempt_count, error=outcome.error)  # fmt: skip
-                if endpoint.failing_since is None:
-                    endpoint.failing_since = outcome.attempted_at
+                if (
+                    endpoint.failing_since is None
+                    or previous_failure is None
+                    or outcome.attempted_at - previous_failure > STREAK_GAP
+                ):
+                    endpoint.failing_since = outcome.attempted_at  # a new failure streak
                 elif endpoint.enabled and now - endpoint.failing_since >= DISABLE_AFTER:
                     self._disable(session, endpoint, now)
+
+    @staticmethod
+    def _last_failure(session: Session, endpoint_id: str) -> datetime | None:
+        """When the endpoint's latest failed attempt so far was made."""
+        found: datetime | None = session.scalar(
+            select(func.max(WebhookDeliveryAttempt.attempted_at))
+            .join(WebhookDelivery, WebhookDelivery.id == WebhookDeliveryAttempt.delivery_id)
+            .where(WebhookDelivery.endpoint_id == endpoint_id, WebhookDeliveryAttempt.error.is_not(None))
+        )
+        return found
 
     def _disable(self, session: Session, endpoint: WebhookEndpoint, now: datetime) -> None:
         endpoint.enabled = False

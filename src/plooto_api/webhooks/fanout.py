@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from plooto_api.store.base import new_id, utcnow
-from plooto_api.store.models import WebhookEndpoint
+from plooto_api.store.models import ApiToken, WebhookEndpoint
 
 # session.info key: the enabled endpoints, read once per transaction (a sync writes many events).
 _CACHE_KEY = "plooto_api.webhook_targets"
@@ -18,23 +18,31 @@ _CACHE_KEY = "plooto_api.webhook_targets"
 
 @dataclass(frozen=True)
 class Target:
-    """What an enabled endpoint wants: event types (exact, or `prefix.*`) and companies."""
+    """What an enabled endpoint wants: event types (exact, or `prefix.*`) and companies; and, for an
+    endpoint limited to companies, the connections whose events of no company (`connection.*`) it
+    hears too (those of a connection-limited token's connection)."""
 
     endpoint_id: str
     event_types: frozenset[str] | None
     type_prefixes: tuple[str, ...]
     company_ids: frozenset[str] | None
+    connection_ids: frozenset[str] = frozenset()
 
-    def wants(self, event_type: str, company_id: str | None) -> bool:
-        """Whether this endpoint subscribes to an event of `event_type` in `company_id`."""
+    def wants(self, event_type: str, company_id: str | None, connection_id: str | None = None) -> bool:
+        """Whether this endpoint subscribes to an event of `event_type` in `company_id` (of
+        `connection_id`)."""
         if (
             self.event_types is not None
             and event_type not in self.event_types
             and not any(event_type.startswith(prefix) for prefix in self.type_prefixes)
         ):
             return False
-        # An endpoint limited to companies gets only those companies' events.
-        return self.company_ids is None or (company_id is not None and company_id in self.company_ids)
+        if self.company_ids is None:
+            return True
+        # An endpoint limited to companies gets only those companies' events (and its connection's).
+        if company_id is None:
+            return connection_id is not None and connection_id in self.connection_ids
+        return company_id in self.company_ids
 
 
 def event_type_matches(pattern: str, event_type: str) -> bool:
@@ -46,11 +54,31 @@ def event_type_matches(pattern: str, event_type: str) -> bool:
     return pattern == event_type
 
 
-def _target(endpoint_id: str, event_types: list[str] | None, company_ids: list[str] | None) -> Target:
+def _target(
+    endpoint_id: str,
+    event_types: list[str] | None,
+    company_ids: list[str] | None,
+    connection_ids: frozenset[str] = frozenset(),
+) -> Target:
     exact = None if event_types is None or "*" in event_types else frozenset(event_types)
     prefixes = tuple(t[:-1] for t in event_types or [] if t.endswith(".*"))
     companies = None if company_ids is None else frozenset(company_ids)
-    return Target(endpoint_id, exact, prefixes, companies)
+    return Target(endpoint_id, exact, prefixes, companies, connection_ids)
+
+
+def owner_connections(owner_connection_id: str | None, owner_company_ids: list[str] | None) -> frozenset[str]:
+    """The connection whose company-less events an endpoint hears besides its companies': its owner
+    token's, when that token is limited to a connection (and not to companies)."""
+    if owner_connection_id is None or owner_company_ids is not None:
+        return frozenset()
+    return frozenset({owner_connection_id})
+
+
+def endpoint_target(session: Session, endpoint: WebhookEndpoint) -> Target:
+    """What one endpoint wants (see `Target`)."""
+    owner = session.get(ApiToken, endpoint.owner) if endpoint.owner else None
+    connections = owner_connections(owner.connection_id, owner.company_ids) if owner else frozenset()
+    return _target(endpoint.id, endpoint.event_types, endpoint.company_ids, connections)
 
 
 def targets(session: Session) -> list[Target]:
@@ -61,11 +89,20 @@ def targets(session: Session) -> list[Target]:
         return list(cached[1])
     with session.no_autoflush:  # the caller's pending rows flush when the caller decides
         rows = session.execute(
-            select(WebhookEndpoint.id, WebhookEndpoint.event_types, WebhookEndpoint.company_ids).where(
-                WebhookEndpoint.enabled.is_(True)
+            select(
+                WebhookEndpoint.id,
+                WebhookEndpoint.event_types,
+                WebhookEndpoint.company_ids,
+                ApiToken.connection_id,
+                ApiToken.company_ids.label("owner_company_ids"),
             )
+            .outerjoin(ApiToken, ApiToken.id == WebhookEndpoint.owner)
+            .where(WebhookEndpoint.enabled.is_(True))
         ).all()
-    found = [_target(r.id, r.event_types, r.company_ids) for r in rows]
+    found = [
+        _target(r.id, r.event_types, r.company_ids, owner_connections(r.connection_id, r.owner_company_ids))
+        for r in rows
+    ]
     if transaction is not None:
         session.info[_CACHE_KEY] = (transaction, found)
     return found
@@ -89,5 +126,5 @@ def delivery_rows(session: Session, events: list[dict[str, Any]]) -> list[dict[s
          "next_attempt_at": event["created_at"], "created_at": now, "updated_at": now}
         for event in events
         for target in found
-        if target.wants(event["type"], event["company_id"])
+        if target.wants(event["type"], event["company_id"], event["connection_id"])
     ]  # fmt: skip

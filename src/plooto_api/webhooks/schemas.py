@@ -23,6 +23,19 @@ class WebhookEndpointCreate(Schema):
     description: str | None = Field(default=None, max_length=500)
 
 
+class WebhookEndpointUpdate(Schema):
+    """`PATCH /webhook_endpoints/{id}`: the fields given change (checked as on creation); the secret
+    changes only by rotation. Enabling an endpoint ends its failure streak and sends what is pending."""
+
+    url: str | None = Field(default=None, max_length=2000)
+    events: list[str] | None = Field(
+        default=None, max_length=100, description="Event types (`bill.*` for a family); null: every event."
+    )
+    companies: list[str] | None = Field(default=None, max_length=1000, description="Null: every company.")
+    enabled: bool | None = None
+    description: str | None = Field(default=None, max_length=500)
+
+
 class WebhookEndpointWithSecret(WebhookEndpoint):
     """An endpoint with its signing secret: returned only on creation and rotation."""
 
@@ -59,5 +72,6 @@ __all__ = [
     "WebhookDelivery",
     "WebhookDeliveryAttempt",
     "WebhookEndpointCreate",
+    "WebhookEndpointUpdate",
     "WebhookEndpointWithSecret",
 ]

@@ -9,6 +9,8 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
+
 MAX_URL_LENGTH = 2000
 
 Resolver = Callable[[str, int], list[str]]
@@ -36,10 +38,14 @@ def parse_target(url: str) -> tuple[str, int]:
     """The host and port of a well-formed target URL; InvalidWebhookUrl otherwise."""
     if len(url) > MAX_URL_LENGTH:
         raise InvalidWebhookUrl(f"url is longer than {MAX_URL_LENGTH} characters")
+    # urlsplit drops tabs and newlines silently, and the HTTP client refuses what it let through.
+    if any(ch.isspace() or not ch.isprintable() for ch in url):
+        raise InvalidWebhookUrl("url must not contain spaces or control characters")
     try:
         parts = urlsplit(url)
         port = parts.port
-    except ValueError as exc:
+        httpx.URL(url)
+    except (ValueError, httpx.InvalidURL) as exc:
         raise InvalidWebhookUrl(f"url is not valid: {exc}") from exc
     if parts.scheme not in ("http", "https"):
         raise InvalidWebhookUrl("url must start with https:// or http://")

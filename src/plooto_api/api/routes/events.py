@@ -88,7 +88,7 @@ def get_event(request: Request, event_id: str, principal: Principal = _read) -> 
 @router.post(
     "/events/{event_id}/redeliver",
     response_model=DeliveryList,
-    summary="Queue an event again to every subscribed endpoint",
+    summary="Queue an event again to every subscribed endpoint (a test event to its own only)",
 )
 def redeliver_event(request: Request, event_id: str, principal: Principal = _write) -> Any:
     with transaction(request.app.state.sessions) as session:

@@ -1,4 +1,5 @@
-"""`/webhook_endpoints`: create, list, read, delete, rotate the secret, send a test, list deliveries."""
+"""`/webhook_endpoints`: create, list, read, change, delete, rotate the secret, send a test, list
+deliveries."""
 
 from __future__ import annotations
 
@@ -101,6 +102,22 @@ def get_endpoint(request: Request, endpoint_id: str, principal: Principal = _rea
         return mapping.webhook_endpoint_to_schema(service.get_endpoint(session, principal, endpoint_id))
 
 
+@router.patch(
+    "/webhook_endpoints/{endpoint_id}",
+    response_model=schemas.WebhookEndpoint,
+    summary="Change an endpoint (url, events, companies, description, enabled); enabling it sends what is pending",
+)
+def update_endpoint(
+    request: Request, endpoint_id: str, body: wh_schemas.WebhookEndpointUpdate, principal: Principal = _write
+) -> Any:
+    ctx = request.app.state.ctx
+    with _as_api_errors(), transaction(ctx.sessions) as session:
+        row = service.update_endpoint(
+            session, principal, endpoint_id, body, allow_private=ctx.settings.webhook_allow_private
+        )
+        return mapping.webhook_endpoint_to_schema(row)
+
+
 @router.delete("/webhook_endpoints/{endpoint_id}", status_code=204, summary="Delete an endpoint")
 def delete_endpoint(request: Request, endpoint_id: str, principal: Principal = _write) -> Response:
     ctx = request.app.state.ctx
@@ -131,7 +148,7 @@ async def test_endpoint(request: Request, endpoint_id: str, principal: Principal
         delivery_id = service.queue_test_event(session, principal, endpoint_id).id
     worker = DeliveryWorker(ctx.sessions, ctx.vault, allow_private=ctx.settings.webhook_allow_private)
     await worker.deliver_now(delivery_id)  # a failure stays queued, retried on the usual schedule
-    with ctx.sessions() as session:
+    with _as_api_errors(), ctx.sessions() as session:  # 404 if the endpoint was deleted meanwhile
         return service.delivery_schema_by_id(session, delivery_id)
 
 
