@@ -164,7 +164,9 @@ def change_state(
     return True
 
 
-def mark_upstream_changed(sessions: sessionmaker[Session], connection_id: str, differences: list[str]) -> None:
+def mark_upstream_changed(
+    sessions: sessionmaker[Session], connection_id: str, differences: list[str]
+) -> None:
     """The portal answered in a shape the adapter does not know (outside a sync: a write's read-back,
     a `?fresh=true` read): the connection is `upstream_changed` and stops writing until cleared."""
     with transaction(sessions) as session:
