@@ -81,6 +81,10 @@ def test_default_data_dir_is_dot_plooto_api(tmp_path: Path, process_database_env
 
 
 def test_bad_input_exits_2_with_one_line(tmp_path: Path, process_database_env: dict[str, str]) -> None:
+    # A store to look in: commands other than those that set one up refuse a place with none.
+    upgraded = subprocess.run([*CLI, "db", "upgrade"], cwd=tmp_path, env=_env(process_database_env),
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert upgraded.returncode == 0, upgraded.stderr
     for args, env, needle in (
         (["serve", "--port", "http"], {}, "--port"),
         (["no-such-command"], {}, "no-such-command"),

@@ -32,9 +32,21 @@ app.add_typer(db_app, name="db")
 
 console = Console(highlight=False, soft_wrap=True)
 
+
+def _data_dir(text: str) -> Path:
+    # Path("") is the current directory: an empty value is far likelier a shell variable left unset.
+    if not text.strip():
+        raise typer.BadParameter("must not be empty")
+    return Path(text)
+
+
 DataDirOption = Annotated[
     Path | None,
-    typer.Option("--data-dir", help="Data directory [env PLOOTO_API_DATA_DIR; default ./.plooto-api]."),
+    typer.Option(
+        "--data-dir",
+        parser=_data_dir,
+        help="Data directory [env PLOOTO_API_DATA_DIR; default ./.plooto-api].",
+    ),
 ]
 DatabaseUrlOption = Annotated[
     str | None,
@@ -48,6 +60,8 @@ class CliError(Exception):
 
 def load_settings(**overrides: Any) -> Settings:
     """Settings from the environment, with the command line's flags taking precedence."""
+    if overrides.get("data_dir") is None and os.environ.get("PLOOTO_API_DATA_DIR", "unset").strip() == "":
+        raise CliError("data_dir (PLOOTO_API_DATA_DIR): must not be empty")
     try:
         return Settings(**{key: value for key, value in overrides.items() if value is not None})
     except ValidationError as exc:
@@ -55,6 +69,16 @@ def load_settings(**overrides: Any) -> Settings:
         name = ".".join(str(part) for part in first["loc"])
         given = "on the command line" if overrides.get(name) is not None else f"PLOOTO_API_{name.upper()}"
         raise CliError(f"{name} ({given}): {first['msg']}") from exc
+
+
+def load_store_settings(**overrides: Any) -> Settings:
+    """`load_settings` for the commands that work on an existing store: refuses, before anything
+    is created, a data directory or database with no gateway store in it."""
+    from plooto_api.cli.store import require_store
+
+    settings = load_settings(**overrides)
+    require_store(settings)
+    return settings
 
 
 @app.command()
@@ -125,10 +149,12 @@ def connect(
 ) -> None:
     """Add a Plooto login. The password is read from PLOOTO_PASSWORD or asked for (never a flag)."""
     from plooto_api.cli.connections import run_connect
+    from plooto_api.cli.store import prepare_store
 
     settings = load_settings(data_dir=data_dir, database_url=database_url, upstream_url=upstream)
     if not settings.upstream_url:
         raise CliError("--upstream (or PLOOTO_API_UPSTREAM_URL) is required: the portal's base URL")
+    prepare_store(settings)
     password = os.environ.get("PLOOTO_PASSWORD") or typer.prompt("Plooto password", hide_input=True)
     run_connect(settings, console, username=username, password=password, totp_secret=totp_secret,
                 label=label, browser=browser, sync_now=sync_now)  # fmt: skip
@@ -147,7 +173,7 @@ def sync(
 
     if cadence not in ("all", "fast", "slow"):
         raise CliError(f"--cadence must be all, fast or slow, not {cadence!r}")
-    settings = load_settings(data_dir=data_dir, database_url=database_url)
+    settings = load_store_settings(data_dir=data_dir, database_url=database_url)
     code = run_sync(settings, console, connection_id=connection, cadence=cadence, mfa_code=mfa_code)
     raise typer.Exit(code)
 
@@ -163,7 +189,7 @@ def connections_list(data_dir: DataDirOption = None, database_url: DatabaseUrlOp
     """Show every connection and its state."""
     from plooto_api.cli.connections import run_list
 
-    run_list(load_settings(data_dir=data_dir, database_url=database_url), console)
+    run_list(load_store_settings(data_dir=data_dir, database_url=database_url), console)
 
 
 @connections_app.command("clear-drift")
@@ -175,7 +201,7 @@ def connections_clear_drift(
     """Mark a connection's upstream change as reviewed, allowing writes again."""
     from plooto_api.cli.connections import run_clear_drift
 
-    run_clear_drift(load_settings(data_dir=data_dir, database_url=database_url), console, connection)
+    run_clear_drift(load_store_settings(data_dir=data_dir, database_url=database_url), console, connection)
 
 
 @connections_app.command("remove")
@@ -191,7 +217,9 @@ def connections_remove(
     """
     from plooto_api.cli.connections import run_remove
 
-    run_remove(load_settings(data_dir=data_dir, database_url=database_url), console, connection, yes=yes)
+    run_remove(
+        load_store_settings(data_dir=data_dir, database_url=database_url), console, connection, yes=yes
+    )
 
 
 @connections_app.command("set-password")
@@ -212,7 +240,7 @@ def connections_set_password(
     """
     from plooto_api.cli.connections import run_set_password
 
-    settings = load_settings(data_dir=data_dir, database_url=database_url)
+    settings = load_store_settings(data_dir=data_dir, database_url=database_url)
     password = os.environ.get("PLOOTO_PASSWORD") or typer.prompt("New Plooto password", hide_input=True)
     run_set_password(settings, console, connection, password=password, totp_secret=totp_secret)
 
@@ -240,7 +268,7 @@ def tokens_create(
     """Create a token and print it alone on stdout (it is shown only this once)."""
     from plooto_api.cli.tokens import run_create
 
-    settings = load_settings(data_dir=data_dir, database_url=database_url)
+    settings = load_store_settings(data_dir=data_dir, database_url=database_url)
     print(run_create(settings, scopes=scopes, companies=company, connection=connection, name=name,
                      expires_in=expires_in))  # fmt: skip
 
@@ -250,7 +278,7 @@ def tokens_list(data_dir: DataDirOption = None, database_url: DatabaseUrlOption 
     """List tokens (prefix, scopes, limits, last use); never their secrets."""
     from plooto_api.cli.tokens import run_list
 
-    run_list(load_settings(data_dir=data_dir, database_url=database_url), console)
+    run_list(load_store_settings(data_dir=data_dir, database_url=database_url), console)
 
 
 @tokens_app.command("revoke")
@@ -262,7 +290,7 @@ def tokens_revoke(
     """Revoke a token; requests with it get 401 from now on."""
     from plooto_api.cli.tokens import run_revoke
 
-    run_revoke(load_settings(data_dir=data_dir, database_url=database_url), console, token_id)
+    run_revoke(load_store_settings(data_dir=data_dir, database_url=database_url), console, token_id)
 
 
 events_app = typer.Typer(
@@ -284,7 +312,7 @@ def events_tail(
     """Print one line per new event as it is recorded, until Ctrl-C."""
     from plooto_api.cli.events import run_tail
 
-    settings = load_settings(data_dir=data_dir, database_url=database_url)
+    settings = load_store_settings(data_dir=data_dir, database_url=database_url)
     run_tail(settings, console, event_types=event_type or [], interval=interval, count=count)
 
 
@@ -301,7 +329,7 @@ def events_replay(
     """Queue past events again to their webhook endpoints (delivered by the running gateway)."""
     from plooto_api.cli.events import run_replay
 
-    settings = load_settings(data_dir=data_dir, database_url=database_url)
+    settings = load_store_settings(data_dir=data_dir, database_url=database_url)
     run_replay(settings, console, since=since, event_type=event_type, endpoint=endpoint)
 
 
@@ -314,7 +342,7 @@ def vault_status(data_dir: DataDirOption = None, database_url: DatabaseUrlOption
     """Show the vault keys in force (ids only) and how many entries each one wraps."""
     from plooto_api.cli.vault import run_status
 
-    raise typer.Exit(run_status(load_settings(data_dir=data_dir, database_url=database_url), console))
+    raise typer.Exit(run_status(load_store_settings(data_dir=data_dir, database_url=database_url), console))
 
 
 @vault_app.command("rotate-key")
@@ -332,7 +360,7 @@ def vault_rotate_key(
     """
     from plooto_api.cli.vault import run_rotate_key
 
-    settings = load_settings(data_dir=data_dir, database_url=database_url)
+    settings = load_store_settings(data_dir=data_dir, database_url=database_url)
     raise typer.Exit(run_rotate_key(settings, console, keep_old=keep_old))
 
 
@@ -341,7 +369,7 @@ def vault_rewrap(data_dir: DataDirOption = None, database_url: DatabaseUrlOption
     """Re-wrap every vault entry under the current key, in small batches."""
     from plooto_api.cli.vault import run_rewrap
 
-    raise typer.Exit(run_rewrap(load_settings(data_dir=data_dir, database_url=database_url), console))
+    raise typer.Exit(run_rewrap(load_store_settings(data_dir=data_dir, database_url=database_url), console))
 
 
 audit_app = typer.Typer(help="Check the append-only audit log.", no_args_is_help=True)
@@ -359,52 +387,47 @@ def audit_verify(
     """Verify the hash chain: exit 0 "N entries, chain intact", or exit 1 naming the first bad entry."""
     from plooto_api.cli.audit import run_verify
 
-    settings = load_settings(data_dir=data_dir, database_url=database_url)
+    settings = load_store_settings(data_dir=data_dir, database_url=database_url)
     raise typer.Exit(run_verify(settings, console, expect_head=expect_head))
 
 
 @db_app.command("upgrade")
 def db_upgrade(data_dir: DataDirOption = None, database_url: DatabaseUrlOption = None) -> None:
     """Migrate the database schema to the newest version."""
+    from plooto_api.cli.store import database_errors, describe_database, prepare_store
     from plooto_api.store.database import create_db_engine, current_revision, upgrade_to_head
 
     settings = load_settings(data_dir=data_dir, database_url=database_url)
-    if settings.database_url is None:
-        settings.ensure_data_dir()
-    engine = create_db_engine(settings.resolved_database_url)
-    try:
-        upgrade_to_head(engine)
-        console.print(f"{_describe_database(settings)} is at revision {current_revision(engine)}")
-    finally:
-        engine.dispose()
+    prepare_store(settings)
+    with database_errors(settings):
+        engine = create_db_engine(settings.resolved_database_url)
+        try:
+            upgrade_to_head(engine)
+            console.print(f"{describe_database(settings)} is at revision {current_revision(engine)}")
+        finally:
+            engine.dispose()
 
 
 @db_app.command("status")
 def db_status(data_dir: DataDirOption = None, database_url: DatabaseUrlOption = None) -> None:
     """Show the database's schema revision and the newest one this version ships."""
+    from plooto_api.cli.store import describe_database
     from plooto_api.store.database import create_db_engine, current_revision, head_revision
 
-    settings = load_settings(data_dir=data_dir, database_url=database_url)
+    settings = load_store_settings(data_dir=data_dir, database_url=database_url)
     engine = create_db_engine(settings.resolved_database_url)
     try:
         current, head = current_revision(engine), head_revision()
     finally:
         engine.dispose()
     state = "up to date" if current == head else "needs `plooto-api db upgrade`"
-    console.print(f"{_describe_database(settings)}: revision {current or 'none'}, newest {head} ({state})")
+    console.print(f"{describe_database(settings)}: revision {current or 'none'}, newest {head} ({state})")
 
 
 @app.command()
 def version() -> None:
     """Print the version."""
     console.print(__version__)
-
-
-def _describe_database(settings: Settings) -> str:
-    """The database in force, without any password that may be in its URL."""
-    from sqlalchemy.engine import make_url
-
-    return make_url(settings.resolved_database_url).render_as_string(hide_password=True)
 
 
 def main() -> None:

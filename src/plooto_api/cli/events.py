@@ -26,7 +26,10 @@ def parse_since(text: str) -> datetime:
 
     match = _RELATIVE.match(text.strip())
     if match:
-        return utcnow() - timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+        try:
+            return utcnow() - timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+        except OverflowError as exc:  # before the year 1
+            raise CliError(f"--since {text!r}: too far back; give an ISO 8601 time or a shorter age") from exc
     try:
         moment = datetime.fromisoformat(text)
     except ValueError as exc:

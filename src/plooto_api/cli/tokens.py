@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from rich.console import Console
 from sqlalchemy import Engine, select
@@ -35,7 +35,25 @@ def parse_lifetime(text: str) -> timedelta:
     match = _DURATION.match(text.strip())
     if not match or int(match.group(1)) == 0:
         raise CliError(f"--expires-in {text!r}: give a duration such as 90m, 12h, 30d or 8w")
-    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    try:
+        return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    except OverflowError as exc:
+        raise CliError(
+            f"--expires-in {text!r}: too long; leave it out for a token that does not expire"
+        ) from exc
+
+
+def expiry(text: str) -> datetime:
+    """When a token created now with lifetime `text` expires."""
+    from plooto_api.cli import CliError
+
+    lifetime = parse_lifetime(text)
+    try:
+        return utcnow() + lifetime
+    except OverflowError as exc:  # past the year 9999
+        raise CliError(
+            f"--expires-in {text!r}: too long; leave it out for a token that does not expire"
+        ) from exc
 
 
 def run_create(
@@ -50,7 +68,7 @@ def run_create(
     """Create a token; returns its secret."""
     from plooto_api.cli import CliError
 
-    expires_at = utcnow() + parse_lifetime(expires_in) if expires_in else None
+    expires_at = expiry(expires_in) if expires_in else None
     engine, sessions = _sessions(settings)
     try:
         with transaction(sessions) as session:
@@ -93,8 +111,10 @@ def run_list(settings: Settings, console: Console) -> None:
         limits = f" companies={','.join(row.company_ids)}" if row.company_ids else ""
         limits += f" connection={row.connection_id}" if row.connection_id else ""
         used = row.last_used_at.isoformat() if row.last_used_at else "never"
+        name = f"  name={row.name!r}" if row.name else ""
         console.print(
-            f"{row.id}  {row.prefix}…  {state}  scopes={','.join(row.scopes)}{limits}  last used {used}"
+            f"{row.id}  {row.prefix}…  {state}{name}  scopes={','.join(row.scopes)}{limits}  last used {used}",
+            markup=False,
         )
 
 
