@@ -502,6 +502,49 @@ async def test_drift_marks_the_connection_and_spares_other_types(
     assert _connection(ctx, connection_id).state == "upstream_changed"  # until an operator clears it
 
 
+async def test_drift_outlasts_a_login_problem_found_after_it(
+    ctx: JobContext, make_connection: Callable[..., str], control: httpx.Client, sandbox: str
+) -> None:
+    # Drift is cleared by an operator only. A lockout found by a later sync took the connection's
+    # state, and the next good sync then made it healthy: writes allowed, no one having cleared it.
+    from plooto_api.services.connections import uncleared_drift
+    from plooto_api.upstream import (
+        AccountLocked,
+        Credentials,
+        InvalidCredentials,
+        MemoryStateStore,
+        PortalSession,
+    )
+
+    connection_id = make_connection()
+    engine = SyncEngine(ctx)
+    control.post("/faults", json={"kind": "shape_change", "objectType": "bill", "fromField": "totalAmount",
+                                  "toField": "grandTotal"}).raise_for_status()  # fmt: skip
+    assert (await engine.sync_connection(connection_id)).drift
+    other = PortalSession(sandbox, Credentials(CONTROLLER, "wrong-password", None), MemoryStateStore())
+    for _ in range(5):  # someone else's bad passwords lock the login
+        with pytest.raises((InvalidCredentials, AccountLocked)):
+            await other.ensure_logged_in()
+    await other.aclose()
+    control.post("/sessions/revoke", json={"email": CONTROLLER}).raise_for_status()
+    locked = await engine.sync_connection(connection_id, cadence="fast")
+    assert locked.state == "locked", locked.error
+    row = _connection(ctx, connection_id)
+    assert (
+        row.state == "locked"
+        and uncleared_drift(row)
+        and "totalAmount" in " ".join(uncleared_drift(row) or [])
+    )
+    control.post("/clock", json={"advance_minutes": 20}).raise_for_status()  # the lock ends
+    control.delete("/faults").raise_for_status()
+    back = await engine.sync_connection(connection_id, cadence="fast")
+    assert back.state == "upstream_changed", back.error  # not healthy: no operator cleared it
+    assert (
+        row.state_detail
+        and row.state_detail["drift"] == _connection(ctx, connection_id).state_detail["differences"]
+    )
+
+
 async def test_session_expiry_between_syncs_is_transparent(
     ctx: JobContext, make_connection: Callable[..., str], control: httpx.Client
 ) -> None:

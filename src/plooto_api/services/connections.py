@@ -164,6 +164,18 @@ def change_state(
     return True
 
 
+def uncleared_drift(connection: Connection) -> list[str] | None:
+    """The portal differences an operator has not cleared yet (writes stay blocked), or None.
+
+    Drift is cleared by an operator only; a login problem found later (locked, a code needed) takes
+    the connection's state, and carries the differences in its detail (`drift`) meanwhile."""
+    detail = connection.state_detail or {}
+    if connection.state == "upstream_changed":
+        return list(detail.get("differences") or [])
+    drift = detail.get("drift")
+    return list(drift) if isinstance(drift, list) else None
+
+
 def mark_upstream_changed(
     sessions: sessionmaker[Session], connection_id: str, differences: list[str]
 ) -> None:
@@ -183,10 +195,16 @@ def clear_drift(
     The connection goes back to healthy (event `connection.repaired`) and the audit log keeps who
     cleared which differences. A feed that still differs marks the connection again at its next sync.
     """
-    if connection.state != "upstream_changed":
+    differences = uncleared_drift(connection)
+    if differences is None:
         raise NotUpstreamChanged(f"{connection.id} is {connection.state}, not upstream_changed")
-    differences = (connection.state_detail or {}).get("differences")
-    change_state(session, connection, "healthy", detail={"cleared_by": actor})
+    if connection.state == "upstream_changed":
+        change_state(session, connection, "healthy", detail={"cleared_by": actor})
+    else:  # a login problem came since: it stays, without the drift
+        detail = {k: v for k, v in (connection.state_detail or {}).items() if k != "drift"}
+        change_state(
+            session, connection, connection.state, reason=connection.state_reason, detail=detail or None
+        )
     audit.append(session, actor=actor, action="connection.drift_cleared", object_type="connection",
                  object_id=connection.id, connection_id=connection.id, request_id=request_id,
                  detail={"differences": differences})  # fmt: skip

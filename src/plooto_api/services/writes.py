@@ -30,7 +30,7 @@ from plooto_api.log import get_logger
 from plooto_api.money import from_minor, to_minor
 from plooto_api.services import audit, idempotency
 from plooto_api.services import objects as object_service
-from plooto_api.services.connections import mark_upstream_changed
+from plooto_api.services.connections import mark_upstream_changed, uncleared_drift
 from plooto_api.services.tokens import Principal
 from plooto_api.store import models
 from plooto_api.store.base import new_id, utcnow
@@ -124,7 +124,7 @@ def _writable_connection(session: Session, connection_id: str) -> models.Connect
     connection = session.get(models.Connection, connection_id)
     if connection is None:
         raise WriteRefused(404, "not_found", "the object's connection no longer exists")
-    if connection.state == "upstream_changed":
+    if uncleared_drift(connection) is not None:
         raise WriteRefused(409, "writes_blocked",
                            "the portal changed shape; writes stay blocked until the adapter is updated")  # fmt: skip
     return connection
@@ -594,7 +594,7 @@ async def _execute_once(ctx: JobContext, operation_id: str) -> str:
     kind = KINDS[op.kind]
     with ctx.sessions() as session:
         connection = session.get(models.Connection, op.connection_id)
-        if connection is not None and connection.state == "upstream_changed":
+        if connection is not None and uncleared_drift(connection) is not None:
             return _finish_failed(ctx, op, 409, "writes_blocked", "the portal changed shape; writes are blocked",
                                   keep_key=op.attempts > 0)  # fmt: skip
     portal = await ctx.portals.get(op.connection_id)

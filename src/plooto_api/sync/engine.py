@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from plooto_api import mapping
 from plooto_api.jobs.context import JobContext
 from plooto_api.log import get_logger
-from plooto_api.services.connections import change_state, get_connection
+from plooto_api.services.connections import change_state, get_connection, uncleared_drift
 from plooto_api.services.sessions import login_blocked_reason
 from plooto_api.store.base import utcnow
 from plooto_api.store.database import transaction
@@ -351,7 +351,12 @@ class SyncEngine:
               exc: Exception) -> None:  # fmt: skip
         report.error = f"{type(exc).__name__}: {exc}"
         report.state = state
-        self._set_state(report.connection_id, state, reason, detail)
+        with transaction(self.ctx.sessions) as session:
+            connection = get_connection(session, report.connection_id)
+            drift = uncleared_drift(connection)
+            if drift is not None:  # only an operator clears drift: it waits in the detail meanwhile
+                detail = {**(detail or {}), "drift": drift}
+            change_state(session, connection, state, reason=reason, detail=detail)
 
     def _finish(self, report: SyncReport) -> None:
         with transaction(self.ctx.sessions) as session:
@@ -361,7 +366,11 @@ class SyncEngine:
                     session, connection, "upstream_changed", detail={"differences": report.drift[:50]}
                 )
             elif connection.state != "upstream_changed":  # drift is cleared by an operator, not by a sync
-                change_state(session, connection, "healthy")
+                drift = uncleared_drift(connection)  # (kept through a login problem since)
+                if drift is not None:
+                    change_state(session, connection, "upstream_changed", detail={"differences": drift})
+                else:
+                    change_state(session, connection, "healthy")
             connection.last_synced_at = utcnow()
             report.state = connection.state
 
