@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import socket
 import sys
+import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -43,7 +46,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rate-limit", type=float, default=25.0, help="requests per second per session")
     parser.add_argument("--rate-burst", type=int, default=50)
     parser.add_argument("--log-level", default="warning")
+    parser.add_argument(
+        "--parent-pid", type=int, default=None,
+        help="stop (saving state) when this process is gone, even killed: an embedded sandbox",
+    )  # fmt: skip
     return parser.parse_args(argv)
+
+
+def _stop_with_parent(server: uvicorn.Server, parent_pid: int) -> None:
+    """Shut `server` down gracefully once `parent_pid` is no longer this process's parent (it ended,
+    however: a gateway killed with -9 left its embedded sandbox running, holding its port and
+    writing the state file that the gateway's next sandbox reads)."""
+
+    def watch() -> None:
+        while not server.should_exit:
+            if os.getppid() != parent_pid:
+                server.should_exit = True  # as SIGTERM does: uvicorn's loop checks it
+                return
+            time.sleep(1.0)  # a second's delay is plenty for a process that outlived its parent
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 class AnnouncingServer(uvicorn.Server):
@@ -103,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         ),
         f"plooto-sandbox listening on http://{args.host}:{args.port}",
     )
+    if args.parent_pid is not None:
+        _stop_with_parent(server, args.parent_pid)
     asyncio.run(server.serve())
     return 0
 

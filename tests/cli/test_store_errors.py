@@ -212,3 +212,49 @@ def test_the_lock_is_an_os_lock_held_while_serving(tmp_path: Path) -> None:
                       "--upstream", f"http://127.0.0.1:{free_port()}")  # fmt: skip
     _one_line(result, f"is already running on the data directory {data}")
     assert not re.search(r"sandbox|token", result.stdout)
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")
+def test_the_embedded_sandbox_stops_when_serve_is_killed(tmp_path: Path) -> None:
+    # kill -9 of `serve` left its sandbox running, holding its port and writing the state file the
+    # next `serve`'s sandbox reads.
+    port, data, out = free_port(), tmp_path / "data", tmp_path / "serve.out"
+    with out.open("w") as handle:
+        serve = subprocess.Popen([*CLI, "serve", "--port", str(port), "--data-dir", str(data)], cwd=tmp_path,
+                                 env=_env(), stdout=handle, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        _wait_for_health(port, serve, out)
+        sandboxes = [
+            pid
+            for pid in _children(serve.pid)
+            if b"plooto_sandbox" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        ]
+        assert len(sandboxes) == 1, out.read_text()
+    finally:
+        serve.send_signal(signal.SIGKILL)
+        serve.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while _alive(sandboxes[0]) and time.monotonic() < deadline:
+        time.sleep(0.2)  # waiting for another process to notice and exit
+    assert not _alive(sandboxes[0]), "the embedded sandbox outlived its gateway"
+    assert (data / "sandbox" / "state.pickle").exists()  # it saved its state on the way out

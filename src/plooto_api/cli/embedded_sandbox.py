@@ -65,6 +65,7 @@ class EmbeddedSandbox:
                     sys.executable, "-m", "plooto_sandbox", "--host", "127.0.0.1", "--port", str(port),
                     "--seed", str(DEMO_SEED), "--companies", str(DEMO_COMPANIES),
                     "--bills-per-company", str(DEMO_BILLS_PER_COMPANY), "--state-file", str(self.dir / "state.pickle"),
+                    "--parent-pid", str(os.getpid()),  # it stops if this gateway is killed
                 ],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             )  # fmt: skip
