@@ -69,7 +69,7 @@ async def test_a_url_the_client_refuses_fails_its_own_delivery_only(
     with transaction(sessions) as session:  # as stored before URLs were checked for control characters
         row = session.get(WebhookEndpoint, bad)
         assert row is not None
-        row.url = "http://127.0.0.1:9/a\x00b"
+        row.url = "http://127.0.0.1:9/a\nb"  # (PostgreSQL stores no NUL: a newline, which httpx refuses too)
     with sessions() as session:
         secret_owner = session.get(WebhookEndpoint, good)
         assert secret_owner is not None
