@@ -128,6 +128,17 @@ def test_create_a_bill_with_an_attachment(gateway: Gateway) -> None:
     assert bill["memo"].startswith("March supplies [ref papi-op")
     assert _events(gateway)["bill.created"] >= 1
 
+    def again(content: bytes) -> Any:
+        return gateway.client.post(
+            "/create_bill", headers={**gateway.headers, "Idempotency-Key": "bill-1"},
+            data={"bill": json.dumps(body)}, files={"file": ("inv-7781.pdf", content, "application/pdf")},
+        )  # fmt: skip
+
+    assert again(b"%PDF-1.4 test").headers.get("Idempotent-Replayed") == "true"
+    # Another file of the same name and size is another request, not the first one's replay.
+    other = again(b"%PDF-1.4 TEST")
+    assert other.status_code == 422 and other.json()["error"]["code"] == "idempotency_key_reused"
+
 
 def test_a_bill_is_created_once_when_its_response_is_dropped(gateway: Gateway) -> None:
     vendor = _vendor(gateway)

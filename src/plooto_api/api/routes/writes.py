@@ -8,6 +8,7 @@ operation to poll at `GET /operations/{id}`.
 
 import asyncio
 import contextlib
+import hashlib
 import json
 from collections.abc import Callable
 from datetime import date
@@ -276,7 +277,11 @@ async def create_bill(
     except ValidationError as exc:
         raise invalid_request(exc.errors(), what=what, param=param) from None
     data = body.model_dump(mode="json")
-    fingerprint = {**data, "attachment": [attachment[0], len(attachment[1])] if attachment else None}
+    # The file's bytes count: another file of the same name and size is another request.
+    fingerprint = {
+        **data,
+        "attachment": [attachment[0], hashlib.sha256(attachment[1]).hexdigest()] if attachment else None,
+    }
     return await _perform(request, principal, fingerprint,
                           lambda s: writes.prepare_create_bill(s, principal, data, attachment))  # fmt: skip
 
