@@ -240,6 +240,9 @@ def test_approve_a_payment_as_a_signing_authority(gateway: Gateway, sandbox: str
                                          models.Payment.upstream_id.in_(made.json()["changed"]))
         ).first()  # fmt: skip
     assert payment is not None and payment.status == "pending_approval"
+    # The portal keeps no comment on a payment's approval: refused rather than dropped without a word.
+    commented = gateway.post(f"/approvals/{payment.id}/approve", {"comment": "ok"}, key="pay-appr")
+    assert commented.status_code == 400 and commented.json()["error"]["param"] == "comment"
     approved = gateway.post(f"/approvals/{payment.id}/approve", key="pay-appr")
     assert approved.status_code == 200, approved.text
     assert approved.json()["status"] == "scheduled"

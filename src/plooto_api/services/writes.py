@@ -224,6 +224,9 @@ def prepare_decision(session: Session, principal: Principal, approval_id: str, d
     waiting = status == "pending" if object_type == "bill" else status == "pending_approval"
     if not waiting:
         raise WriteRefused(409, "not_awaiting_approval", f"{object_type} {row.id} is not awaiting approval")
+    if comment and object_type == "payment":  # it would be dropped without a word
+        raise WriteRefused(400, "invalid_request", "the portal keeps no comment on a payment's approval; "
+                           "send the decision without one", param="comment")  # fmt: skip
     request = {
         "company_upstream_id": _company_upstream(session, row.company_id),
         "object_upstream_id": row.upstream_id,
