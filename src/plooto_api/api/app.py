@@ -18,6 +18,7 @@ from plooto_api.api.routes import audit as audit_routes
 from plooto_api.api.routes import authenticate, connections, health, metrics, objects, webhook_endpoints
 from plooto_api.api.routes import events as event_routes
 from plooto_api.api.routes import operations as operation_routes
+from plooto_api.api.routes import tokens as token_routes
 from plooto_api.api.routes import writes as write_routes
 from plooto_api.config import Settings
 from plooto_api.jobs import InProcessEngine, JobContext
@@ -93,4 +94,5 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool = True) -> Fa
     app.include_router(event_routes.router)
     app.include_router(webhook_endpoints.router)
     app.include_router(audit_routes.router)
+    app.include_router(token_routes.router)
     return app

@@ -13,7 +13,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from plooto_api.store.base import new_id, utcnow
@@ -133,6 +133,34 @@ def touch_token(session: Session, token_id: str) -> None:
     row = session.get(ApiToken, token_id)
     if row is not None:
         row.last_used_at = utcnow()
+
+
+def within_limits(access: AccessScope, company_ids: list[str] | None, connection_id: str | None) -> bool:
+    """Whether a token limited to `company_ids` / `connection_id` (None: no limit) sees no more than
+    `access` does: the same connection, if `access` has one; a subset of its companies, if it has some."""
+    if access.connection_ids is not None and connection_id not in access.connection_ids:
+        return False
+    if access.company_ids is not None:
+        return company_ids is not None and bool(company_ids) and set(company_ids) <= access.company_ids
+    return True
+
+
+def readable_tokens(session: Session, principal: Principal) -> Select[ApiToken]:
+    """The tokens a caller may list, read and revoke: every token for an unlimited caller, else those
+    limited within the caller's own limits (itself included)."""
+    stmt = select(ApiToken)
+    access = principal.access
+    if access.connection_ids is not None:
+        stmt = stmt.where(ApiToken.connection_id.in_(access.connection_ids))
+    if access.company_ids is not None:
+        # Company lists are JSON, whose containment operators differ by database; tokens are few,
+        # so the subset test runs here and the page query keeps to plain columns.
+        candidates = session.execute(
+            stmt.with_only_columns(ApiToken.id, ApiToken.company_ids, ApiToken.connection_id)
+        )
+        ids = [row.id for row in candidates if within_limits(access, row.company_ids, row.connection_id)]
+        stmt = stmt.where(ApiToken.id.in_(ids))
+    return stmt
 
 
 def revoke_token(session: Session, token_id: str) -> bool:
