@@ -112,6 +112,9 @@ def test_bill_filters(world: dict[str, Any]) -> None:
         # Altered cursors of the lists keyed by a sequence: past a 64-bit column, or a digit that is not ASCII.
         ("/events", {"cursor": encode_cursor("9" * 30)}, "invalid_cursor"),
         ("/audit", {"cursor": encode_cursor("\u00b2")}, "invalid_cursor"),
+        # PostgreSQL stores no NUL in text: a filter or an id holding one was a 500 there (schemathesis).
+        ("/transactions", {"company": "\x004x"}, "invalid_request"),
+        ("/bills/bill_%00x", {}, "invalid_request"),
         ("/bills", {"nonsense": "1"}, "invalid_request"),
         ("/bills", {"updated_since": "2026-01-01T00:00:00"}, "invalid_request"),
         ("/bills", {"updated_since": "yesterday"}, "invalid_request"),

@@ -35,9 +35,18 @@ def _known(request: Request, route: APIRoute) -> frozenset[str] | None:
     return cached[0]
 
 
-def reject_unknown_query(request: Request) -> None:
-    """400 `invalid_request` naming the first query parameter the matched route does not take. (Async:
+async def reject_unknown_query(request: Request) -> None:
+    """400 `invalid_request` naming the first query parameter the matched route does not take, or
+    the first query or path parameter holding a NUL character. (Async:
     a check this small should not cost each request a trip to the thread pool.)"""
+    for where, values in (
+        ("query", request.query_params.multi_items()),
+        ("path", request.path_params.items()),
+    ):
+        for name, value in values:
+            if "\x00" in str(value):  # PostgreSQL stores no NUL in text: a lookup with one was a 500
+                raise ApiError(400, "invalid_request", f"{name[:64]}: the {where} parameter contains a NUL character",
+                               param=name[:64])  # fmt: skip
     route = request.scope.get("route")
     if not request.query_params or not isinstance(route, APIRoute):
         return
