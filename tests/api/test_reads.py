@@ -170,3 +170,19 @@ def test_every_route_refuses_a_query_parameter_it_does_not_take(world: dict[str,
     assert _get(world, "/events", created_from="2026-01-01T00:00:00Z").status_code == 200
     assert "created_from" in _get(world, "/events", created_after="x").json()["error"]["message"]
     assert _get(world, "/bills", status="paid", limit=5).status_code == 200
+
+
+def test_a_nul_character_in_a_body_is_never_a_500(world: dict[str, Any]) -> None:
+    # PostgreSQL stores no NUL in text (SQLite does): a token named "a\u0000b" was a 500 there.
+    headers = {"Authorization": f"Bearer {world['tokens']['admin']}"}
+    response = world["client"].post(
+        "/tokens", json={"scopes": ["bills:read"], "name": "a\u0000b"}, headers=headers
+    )
+    if world["client"].app.state.engine.dialect.name == "postgresql":
+        assert response.status_code == 400, response.text
+        assert (
+            response.json()["error"]["code"] == "invalid_request"
+            and "NUL" in response.json()["error"]["message"]
+        )
+    else:
+        assert response.status_code == 201, response.text

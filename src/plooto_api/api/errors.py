@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from plooto_api.log import get_logger
@@ -147,6 +148,19 @@ async def _connection_gone(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(error_body(request, "not_found", message), status_code=404)
 
 
+# What PostgreSQL says of a NUL character in text or JSON (SQLite stores one): the caller's input.
+_NUL_REFUSALS = ("cannot contain NUL", "\\u0000 cannot be converted", "unsupported Unicode escape sequence")
+
+
+async def _data_error(request: Request, exc: Exception) -> JSONResponse:
+    """A value the database refuses to store. A NUL character in a body's text (the parameters are
+    checked up front) is the caller's; the transaction was rolled back, so nothing was written."""
+    if any(refusal in str(getattr(exc, "orig", exc)) for refusal in _NUL_REFUSALS):
+        message = "text values must not contain NUL characters (\\u0000)"
+        return JSONResponse(error_body(request, "invalid_request", message), status_code=400)
+    return await _unexpected_error(request, exc)
+
+
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     log.error("unhandled_error", error_type=type(exc).__name__, path=request.url.path, exc_info=exc)
     return JSONResponse(
@@ -162,4 +176,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(InvalidCursor, _invalid_cursor)
     app.add_exception_handler(ConnectionNotFound, _connection_gone)
+    app.add_exception_handler(DataError, _data_error)
     app.add_exception_handler(Exception, _unexpected_error)
