@@ -12,6 +12,7 @@ from typing import get_args
 
 from plooto_api.mapping import OBJECT_MAPS
 from plooto_api.schemas.gateway import ConnectionState
+from plooto_api.webhooks.fanout import event_type_matches
 
 TEST_EVENT_TYPE = "webhook_endpoint.test"
 
@@ -33,8 +34,4 @@ EVENT_TYPES: frozenset[str] = frozenset(
 
 def unknown_event_filter(pattern: str) -> bool:
     """Whether a subscription's `pattern` (a type, a family `bill.*`, or `*`) matches no event type."""
-    if pattern == "*":
-        return False
-    if pattern.endswith(".*"):
-        return not any(t.startswith(pattern[:-1]) for t in EVENT_TYPES)
-    return pattern not in EVENT_TYPES
+    return not any(event_type_matches(pattern, event_type) for event_type in EVENT_TYPES)
