@@ -15,7 +15,7 @@ from plooto_api.config import Settings
 from plooto_api.jobs import JobContext
 from plooto_api.store.models import AuditEntry, Connection
 from plooto_api.sync.engine import SyncEngine
-from security.conftest import PASSWORD, TOTP_SECRET, add_connection, bearer
+from security.conftest import CONTROLLER, PASSWORD, TOTP_SECRET, add_connection, bearer
 
 CLI = [sys.executable, "-c", "from plooto_api.cli import main; main()"]
 
@@ -56,6 +56,22 @@ async def test_patch_replaces_a_refused_password_and_the_connection_recovers(
         entry = session.scalars(select(AuditEntry).where(AuditEntry.object_id == connection_id)).one()
     assert (entry.action, entry.detail) == ("connection.updated", {"changed": ["password", "label"]})
     assert PASSWORD not in str(entry.detail)
+
+
+async def test_signing_in_again_with_the_new_password_repairs_a_connection_waiting_for_it(
+    ctx: JobContext, portal_client: TestClient
+) -> None:
+    # POST /authenticate (or `plooto-api connect`) with the password the portal takes now: the
+    # connection it finds is given it and syncs again, rather than waiting on for a new password.
+    connection_id = await _needs_password(ctx)
+    response = portal_client.post("/authenticate", json={"username": CONTROLLER, "password": PASSWORD,
+                                                         "totp_secret": TOTP_SECRET})  # fmt: skip
+    assert response.status_code == 201, response.text
+    assert response.json()["connection"]["id"] == connection_id
+    assert response.json()["connection"]["state"] == "healthy"
+    assert _state(ctx, connection_id) == ("healthy", None)
+    report = await SyncEngine(ctx).sync_connection(connection_id, cadence="fast")
+    assert report.ok, report.error
 
 
 async def test_patch_replaces_the_totp_secret(ctx: JobContext, portal_client: TestClient,

@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 
 from plooto_api.services import writes
+from plooto_api.services.connections import change_state
+from plooto_api.store import models
 from plooto_api.upstream import (
     AccountLocked,
     Credentials,
@@ -81,6 +83,12 @@ def test_a_write_refused_because_the_login_is_locked_keeps_no_answer(gateway: Ga
     refused = gateway.post("/create_payment", {"bill_id": bill.id}, key="locked-1")
     assert refused.status_code == 409, refused.text
     assert refused.json()["error"]["code"] == "connection_requires_action"
+    # The write's refused sign-in marks the connection at once (not at the next sync), and the
+    # next write does not try the login again while the portal's lock lasts.
+    assert gateway.get(f"/connections/{gateway.connection_id}").json()["state"] == "locked"
+    again = gateway.post("/create_payment", {"bill_id": bill.id}, key="locked-2")
+    assert again.status_code == 409, again.text
+    assert "locked this login until" in again.json()["error"]["message"]
     gateway.control.post("/clock", json={"advance_minutes": 20}).raise_for_status()  # the lock ends
     paid = gateway.post("/create_payment", {"bill_id": bill.id}, key="locked-1")
     assert paid.status_code == 201, paid.text
@@ -127,3 +135,26 @@ def test_request_field_maps_each_part_of_a_portal_path() -> None:
     assert request_field("invoice", "reminderSchedule.daysAfterDue.2") == "reminders.days_after_due.2"
     assert request_field("bill", "somethingNew") == "somethingNew"  # unknown: as the portal names it
     assert request_field("bill", None) is None
+
+
+def test_a_write_on_a_login_waiting_for_a_new_password_is_refused_before_anything_is_sent(
+    gateway: Gateway,
+) -> None:
+    # Signing in with the password the portal refused would count towards its lockout.
+    with gateway.sessions().begin() as session:
+        connection = session.get(models.Connection, gateway.connection_id)
+        assert connection is not None
+        change_state(session, connection, "requires_action", reason="password")
+    bill = gateway.bill(status="approved", currency="CAD")
+    refused = gateway.post("/create_payment", {"bill_id": bill.id}, key="waiting-1")
+    assert refused.status_code == 409, refused.text
+    error = refused.json()["error"]
+    assert error["code"] == "connection_requires_action"
+    assert "waiting for a new password" in error["message"]
+    assert "Operation-Id" not in refused.headers  # nothing recorded, nothing to send
+    with gateway.sessions().begin() as session:
+        connection = session.get(models.Connection, gateway.connection_id)
+        assert connection is not None
+        change_state(session, connection, "healthy", detail={"credentials_replaced": True})
+    paid = gateway.post("/create_payment", {"bill_id": bill.id}, key="waiting-1")  # the key was kept free
+    assert paid.status_code == 201, paid.text

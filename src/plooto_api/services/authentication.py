@@ -97,10 +97,11 @@ async def sign_in(
     await ctx.portals.forget(connection_id)  # a fresh session with the credentials just given
     portal = await ctx.portals.get(connection_id)
     try:
-        await portal.ensure_logged_in()
+        await portal.ensure_logged_in(deliberate=True)
     except MfaRequired as exc:
         if mfa_code:
             await complete_mfa(ctx, connection_id, mfa_code, trust_device=trust_device)
+            _proven(ctx, connection_id)
             return SignedIn(connection_id, created)
         wait_for_code(ctx, connection_id, exc.challenge.method)
         return SignedIn(connection_id, created, exc.challenge)
@@ -115,7 +116,17 @@ async def sign_in(
                 ctx, connection_id, backup, state=("requires_action", "password", None) if refused else None
             )
         raise
+    _proven(ctx, connection_id)
     return SignedIn(connection_id, created)
+
+
+def _proven(ctx: JobContext, connection_id: str) -> None:
+    """The portal took the credentials just given: a connection that waited for a person (a new
+    password, a code, a lock's end) is healthy again."""
+    with transaction(ctx.sessions) as session:
+        connection = get_connection(session, connection_id)
+        if connection.state in {"requires_action", "locked"}:
+            change_state(session, connection, "healthy", detail={"credentials_replaced": True})
 
 
 def _connection_for(
@@ -172,8 +183,6 @@ def _login_connection(
         or hmac.compare_digest(str(stored.get("totp_secret") or "").encode(), totp_secret.encode())
     )
     if same:
-        if existing.state in {"requires_action", "locked"}:
-            change_state(session, existing, "healthy", detail={"credentials_replaced": True})
         return existing.id, False, backup
     backup.update(credentials=stored, session_state=ctx.vault.open(session, existing.id, "session_state"))
     update_credentials(session, ctx.vault, existing, password=password, totp_secret=totp_secret)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, SecretStr
@@ -24,7 +25,14 @@ from plooto_api.store.database import transaction
 from plooto_api.store.models import Base, Company, Connection, ConnectionStateChange, Operation
 from plooto_api.store.models.gateway import UNFINISHED_WRITES
 from plooto_api.store.vault import Vault
-from plooto_api.upstream import Credentials
+from plooto_api.upstream import (
+    AccountLocked,
+    AuthenticationError,
+    Credentials,
+    InvalidCredentials,
+    InvalidMfaCode,
+    MfaRequired,
+)
 
 PROBLEM_STATES = frozenset({"requires_action", "locked", "upstream_unavailable", "upstream_changed"})
 
@@ -162,6 +170,76 @@ def change_state(
         object_id=connection.id,
     )
     return True
+
+
+# How long a locked connection is left alone when the portal does not say until when.
+DEFAULT_LOCK_BACKOFF = timedelta(minutes=15)
+
+
+def login_blocked_reason(connection: Connection, portal_now: datetime | None = None) -> str | None:
+    """Why the gateway must not sign in for this connection by itself now, or None if it may: the
+    portal refused its password or its TOTP code, sent a code a person must give, or locked it.
+    Only a person's action (new credentials, the code) or the lock's end lifts this.
+
+    A lock's end is the portal's time (the sandbox's clock moves when told to): `portal_now` is the
+    portal's time now, as its session knows it. Without it, a lock the portal gave an end to is not
+    judged here (the session's login guard judges it)."""
+    detail = connection.state_detail or {}
+    if connection.state == "requires_action" and connection.state_reason == "password":
+        return "waiting for a new password (the last one was refused)"
+    if connection.state == "requires_action" and connection.state_reason == "mfa":
+        if detail.get("error") == "code_refused":
+            return "waiting for a new TOTP secret (the portal refused the codes of the stored one)"
+        return "waiting for the MFA code the portal sent"
+    if connection.state == "locked":
+        until = detail.get("until")
+        if until is not None:
+            if portal_now is not None and portal_now < datetime.fromisoformat(until):
+                return f"the portal locked this login until {until}"
+        elif utcnow() < connection.state_changed_at + DEFAULT_LOCK_BACKOFF:
+            return "the portal locked this login; waiting before trying again"
+    return None
+
+
+def login_failure_state(exc: AuthenticationError) -> tuple[str, str | None, dict[str, Any] | None] | None:
+    """The state (state, reason, detail) a refused sign-in puts its connection in, whoever tried it
+    (a sync, a write, a read, a keep-alive); None for an error that says nothing of the login."""
+    if isinstance(exc, MfaRequired):
+        return "requires_action", "mfa", {"method": exc.challenge.method}
+    if isinstance(exc, InvalidMfaCode):  # the stored TOTP secret produced a refused code
+        return "requires_action", "mfa", {"method": "totp", "error": "code_refused"}
+    if isinstance(exc, InvalidCredentials):
+        return "requires_action", "password", None
+    if isinstance(exc, AccountLocked):
+        return "locked", None, {"until": exc.until.isoformat()} if exc.until else None
+    return None
+
+
+def record_login_failure(session: Session, connection: Connection, exc: AuthenticationError) -> bool:
+    """Put `connection` in the state `exc` calls for (see login_failure_state), with its event, so
+    nothing signs in again by itself; whether `exc` called for one. Uncleared drift waits in the
+    detail (only an operator clears it)."""
+    found = login_failure_state(exc)
+    if found is None:
+        return False
+    state, reason, detail = found
+    drift = uncleared_drift(connection)
+    if drift is not None:
+        detail = {**(detail or {}), "drift": drift}
+    change_state(session, connection, state, reason=reason, detail=detail)
+    return True
+
+
+def record_login_failure_of(
+    sessions: sessionmaker[Session], connection_id: str, exc: AuthenticationError
+) -> None:
+    """record_login_failure in a transaction of its own (a connection removed meanwhile is left be)."""
+    if login_failure_state(exc) is None:
+        return
+    with transaction(sessions) as session:
+        connection = session.get(Connection, connection_id)
+        if connection is not None:
+            record_login_failure(session, connection, exc)
 
 
 def uncleared_drift(connection: Connection) -> list[str] | None:

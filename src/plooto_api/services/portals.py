@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from plooto_api.services.connections import VaultSessionStateStore, get_connection, load_credentials
-from plooto_api.store.models import VaultEntry
+from plooto_api.services.connections import (
+    VaultSessionStateStore,
+    get_connection,
+    load_credentials,
+    login_blocked_reason,
+)
+from plooto_api.store.models import Connection, VaultEntry
 from plooto_api.store.vault import Vault
 from plooto_api.upstream import PortalSession, ThrottleConfig
 
@@ -54,9 +60,24 @@ class PortalRegistry:
                     throttle=self._throttle,
                     login_mode="browser" if login_mode == "browser" else "http",
                 )
+                portal.login_guard = partial(self.login_blocked, connection_id, portal)
                 self._portals[connection_id] = portal
                 self._sealed[connection_id] = sealed
             return portal
+
+    async def login_blocked(self, connection_id: str, portal: PortalSession) -> str | None:
+        """Why the connection's session must not sign in by itself now, or None: its state (which
+        another process may have set; see login_blocked_reason). The login guard of its session."""
+        with self._sessions() as session:
+            connection = session.get(Connection, connection_id)
+            if connection is None:
+                return "the connection was removed"
+            session.expunge(connection)  # read as it is now; no transaction stays open below
+        reason = login_blocked_reason(connection, portal.portal_now())
+        ends = connection.state == "locked" and (connection.state_detail or {}).get("until")
+        if reason is not None and ends:  # the portal's clock may have moved since we last heard it
+            reason = login_blocked_reason(connection, await portal.read_portal_clock())
+        return reason
 
     async def forget(self, connection_id: str) -> None:
         """Drop a connection's session (after its credentials change), closing its HTTP client. It

@@ -6,7 +6,7 @@ from typing import Any
 
 from plooto_api import mapping
 from plooto_api.jobs.context import JobContext
-from plooto_api.services.connections import mark_upstream_changed
+from plooto_api.services.connections import mark_upstream_changed, record_login_failure_of
 from plooto_api.store.base import utcnow
 from plooto_api.store.database import transaction
 from plooto_api.sync.references import write_with_references
@@ -44,6 +44,7 @@ async def refresh_object(ctx: JobContext, row: Any) -> None:
             502, "upstream_changed", f"{exc}; the connection is marked upstream_changed"
         ) from exc
     except AuthenticationError as exc:
+        record_login_failure_of(ctx.sessions, row.connection_id, exc)  # nothing signs in again by itself
         raise RefreshFailed(409, "connection_requires_action",
                             f"the portal login needs attention ({exc or type(exc).__name__})") from exc  # fmt: skip
     except PermissionDenied as exc:

@@ -6,36 +6,10 @@ a connection waits for a code or a new password, so the portal's lockout is neve
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from plooto_api.jobs.context import JobContext
 from plooto_api.services.connections import change_state, get_connection, update_credentials
-from plooto_api.store.base import utcnow
 from plooto_api.store.database import transaction
-from plooto_api.store.models import Connection
 from plooto_api.upstream import MfaRequired, SessionExpired
-
-# How long a locked connection is left alone when the portal does not say until when.
-DEFAULT_LOCK_BACKOFF = timedelta(minutes=15)
-
-
-def login_blocked_reason(connection: Connection) -> str | None:
-    """Why the gateway must not try to log in for this connection now, or None if it may."""
-    if connection.state == "requires_action" and connection.state_reason == "password":
-        return "waiting for a new password (the last one was refused)"
-    if connection.state == "requires_action" and connection.state_reason == "mfa":
-        return "waiting for the MFA code the portal sent"
-    if connection.state == "locked":
-        detail = connection.state_detail or {}
-        until = detail.get("until")
-        if until is not None:
-            from datetime import datetime
-
-            if utcnow() < datetime.fromisoformat(until):
-                return f"the portal locked this login until {until}"
-        elif utcnow() < connection.state_changed_at + DEFAULT_LOCK_BACKOFF:
-            return "the portal locked this login; waiting before trying again"
-    return None
 
 
 def wait_for_code(ctx: JobContext, connection_id: str, method: str) -> None:
@@ -74,7 +48,7 @@ async def answer_mfa(ctx: JobContext, connection_id: str, code: str, *, trust_de
 async def _sign_in_again(ctx: JobContext, connection_id: str) -> bool:
     portal = await ctx.portals.get(connection_id)
     try:
-        await portal.ensure_logged_in()
+        await portal.ensure_logged_in(deliberate=True)  # the person answering a code asked for it
     except MfaRequired:
         return False
     _signed_in(ctx, connection_id)

@@ -30,7 +30,12 @@ from plooto_api.log import get_logger
 from plooto_api.money import from_minor, to_minor
 from plooto_api.services import audit, idempotency
 from plooto_api.services import objects as object_service
-from plooto_api.services.connections import mark_upstream_changed, uncleared_drift
+from plooto_api.services.connections import (
+    login_blocked_reason,
+    mark_upstream_changed,
+    record_login_failure_of,
+    uncleared_drift,
+)
 from plooto_api.services.tokens import Principal
 from plooto_api.store import models
 from plooto_api.store.base import new_id, utcnow
@@ -127,6 +132,9 @@ def _writable_connection(session: Session, connection_id: str) -> models.Connect
     if uncleared_drift(connection) is not None:
         raise WriteRefused(409, "writes_blocked",
                            "the portal changed shape; writes stay blocked until the adapter is updated")  # fmt: skip
+    blocked = login_blocked_reason(connection)
+    if blocked is not None:  # signing in now would be refused again, or trip the portal's lockout
+        raise WriteRefused(409, "connection_requires_action", f"the portal login needs attention: {blocked}")
     return connection
 
 
@@ -681,7 +689,9 @@ async def _execute_once(ctx: JobContext, operation_id: str) -> str:
         return _finish_failed(ctx, op, 502, "upstream_changed", str(exc), status="requires_action")
     except AuthenticationError as exc:
         # Before the first send (the usual case: signing in failed), nothing reached the portal, so the
-        # key is released: the same request goes through once the login is repaired.
+        # key is released: the same request goes through once the login is repaired. The refusal
+        # puts the connection in the state it calls for, so nothing signs in again by itself.
+        record_login_failure_of(ctx.sessions, op.connection_id, exc)
         return _finish_failed(ctx, op, 409, "connection_requires_action", str(exc) or type(exc).__name__,
                               status="requires_action", keep_key=op.attempts > 0)  # fmt: skip
     except (UpstreamUnavailable, RateLimited) as exc:

@@ -24,8 +24,12 @@ from sqlalchemy.orm import Session
 from plooto_api import mapping
 from plooto_api.jobs.context import JobContext
 from plooto_api.log import get_logger
-from plooto_api.services.connections import change_state, get_connection, uncleared_drift
-from plooto_api.services.sessions import login_blocked_reason
+from plooto_api.services.connections import (
+    change_state,
+    get_connection,
+    login_failure_state,
+    uncleared_drift,
+)
 from plooto_api.store.base import utcnow
 from plooto_api.store.database import transaction
 from plooto_api.store.models import Connection, SyncCursor
@@ -40,12 +44,10 @@ from plooto_api.sync.upsert import (
 )
 from plooto_api.upstream import (
     FEEDS,
-    AccountLocked,
+    AuthenticationError,
     ChangePage,
     Feed,
-    InvalidCredentials,
-    InvalidMfaCode,
-    MfaRequired,
+    LoginBlocked,
     PortalSession,
     UpstreamChanged,
     UpstreamError,
@@ -221,15 +223,15 @@ class SyncEngine:
         self, report: SyncReport, cadence: Cadence, progress: ProgressCallback | None
     ) -> SyncReport:
         connection_id = report.connection_id
+        portal = await self.ctx.portals.get(connection_id)
         with self.ctx.sessions() as session:
             connection = get_connection(session, connection_id)
-            blocked = login_blocked_reason(connection)
             first_sync = connection.last_synced_at is None
+        blocked = await self.ctx.portals.login_blocked(connection_id, portal)
         if blocked is not None:
             # Never log in again by ourselves after the portal refused us: that is how lockouts happen.
             report.error, report.state = f"not syncing: {blocked}", connection.state
             return report
-        portal = await self.ctx.portals.get(connection_id)
         try:
             await portal.ensure_logged_in()
             if first_sync:
@@ -273,15 +275,16 @@ class SyncEngine:
             for result in results:
                 if isinstance(result, BaseException):
                     raise result
-        except MfaRequired as exc:
-            self._fail(report, "requires_action", "mfa", {"method": exc.challenge.method}, exc)
-        except InvalidMfaCode as exc:  # the stored TOTP secret produced a refused code: a person must fix it
-            self._fail(report, "requires_action", "mfa", {"method": "totp", "error": "code_refused"}, exc)
-        except InvalidCredentials as exc:
-            self._fail(report, "requires_action", "password", None, exc)
-        except AccountLocked as exc:
-            until = getattr(exc, "until", None)
-            self._fail(report, "locked", None, {"until": until.isoformat()} if until else None, exc)
+        except LoginBlocked as exc:  # the session was lost and a write or read found the login refused since
+            report.error = f"not syncing: {exc}"
+            with self.ctx.sessions() as session:
+                report.state = get_connection(session, connection_id).state
+        except AuthenticationError as exc:
+            failure = login_failure_state(exc)
+            if failure is None:  # the session lost again right after signing in
+                self._fail(report, "upstream_unavailable", None, {"error": type(exc).__name__}, exc)
+            else:
+                self._fail(report, *failure, exc)
         except UpstreamError as exc:  # unreachable, rate limited past retries, or refusing us
             self._fail(report, "upstream_unavailable", None, {"error": type(exc).__name__}, exc)
         if report.error is None:

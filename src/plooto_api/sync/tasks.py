@@ -7,8 +7,9 @@ from typing import Any
 from plooto_api.jobs.context import JobContext
 from plooto_api.jobs.registry import job
 from plooto_api.metrics import SYNC_OBJECTS, SYNC_RUNS
-from plooto_api.services.connections import ConnectionNotFound
+from plooto_api.services.connections import ConnectionNotFound, record_login_failure_of
 from plooto_api.sync.engine import SyncEngine
+from plooto_api.upstream import AuthenticationError, LoginBlocked
 
 
 @job("sync.connection")
@@ -37,4 +38,10 @@ async def keep_alive(ctx: JobContext, connection_id: str) -> None:
         portal = await ctx.portals.get(connection_id)
     except ConnectionNotFound:
         return  # removed since it was scheduled; the gateway drops its schedules
-    await portal.keep_alive()
+    try:
+        await portal.keep_alive()
+    except LoginBlocked:
+        return  # the session is gone and the login waits for a person: nothing to keep alive
+    except AuthenticationError as exc:  # the session was lost and signing in again was refused
+        record_login_failure_of(ctx.sessions, connection_id, exc)
+        raise

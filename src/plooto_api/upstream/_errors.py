@@ -7,7 +7,9 @@ UpstreamError
 │   ├── AccountLocked               the portal locked the user (`until` when known) → connection locked
 │   ├── MfaRequired                 a code must be supplied (`challenge`) → requires_action(mfa)
 │   ├── InvalidMfaCode              the portal refused the MFA code
-│   └── SessionExpired              internal: triggers one transparent re-login
+│   ├── SessionExpired              internal: triggers one transparent re-login
+│   └── LoginBlocked                a sign-in the login guard stopped (a refused password, a lock, a
+│                                   code awaited): nothing was sent; a person must act first
 ├── PermissionDenied                the user's role lacks what the endpoint needs
 ├── NotFound                        confirmed absence (404) — the only error that means "gone"
 ├── RateLimited                     429 after every retry (`retry_after` seconds)
@@ -65,6 +67,12 @@ class InvalidMfaCode(AuthenticationError):
 
 class SessionExpired(AuthenticationError):
     """The portal session is gone (idle/absolute expiry, revoked) and could not be renewed."""
+
+
+class LoginBlocked(AuthenticationError):
+    """A sign-in that the session's login guard stopped before anything was sent: the portal refused
+    this login before (its password, its codes) or locked it, and only a person can change that.
+    Signing in again by itself is how a gateway trips the portal's lockout."""
 
 
 class PermissionDenied(UpstreamError):

@@ -27,6 +27,7 @@ from plooto_api.upstream._errors import (
     AmbiguousWriteOutcome,
     InvalidCredentials,
     InvalidMfaCode,
+    LoginBlocked,
     MfaRequired,
     NotFound,
     PermissionDenied,
@@ -89,6 +90,9 @@ class PortalSession:
         self.stats = SessionStats()
         # The portal's clock when it is not this machine's (the sandbox's moves only when told to).
         self._portal_clock = portal_clock
+        # Asked before every sign-in that no person asked for (a re-login after the session expired,
+        # a sign-in for a sync, a read or a write): why not to, or None. See LoginBlocked.
+        self.login_guard: Callable[[], Awaitable[str | None]] | None = None
         self._clock_offset: float | None = None  # portal time - local time, seconds
         self._clock_from_date = False
         self.write_timeout = timeout  # seconds a write may take before its outcome is ambiguous
@@ -223,6 +227,13 @@ class PortalSession:
         self._persist()
 
     # -- portal clock (TOTP) -------------------------------------------------------------------
+
+    async def read_portal_clock(self) -> datetime:
+        """The portal's time now, read from the Date header of its login page (a GET that signs no
+        one in): the sandbox's clock moves only when told to, and a lock ends by the portal's clock."""
+        if self._portal_clock is None:
+            await self._request("GET", portal.LOGIN_PATH)
+        return self.portal_now()
 
     def portal_now(self) -> datetime:
         """Best knowledge of the portal's current time."""
@@ -374,6 +385,13 @@ class PortalSession:
         self._generation += 1
         self._persist(force=True)
 
+    async def _check_login_guard(self, *, deliberate: bool) -> None:
+        """LoginBlocked when the login guard says no sign-in may be tried now, unless a person asked
+        for this one (`deliberate`)."""
+        reason = None if deliberate or self.login_guard is None else await self.login_guard()
+        if reason is not None:
+            raise LoginBlocked(f"not signing in to the portal: {reason}")
+
     async def _login(self) -> None:
         """Sign in with username/password (never retried on refusal), then MFA if asked."""
         if self.login_mode == "browser":
@@ -515,8 +533,10 @@ class PortalSession:
 
     # -- public: sign-in -----------------------------------------------------------------------
 
-    async def ensure_logged_in(self) -> None:
-        """Restore saved state; if the portal session is not valid any more, sign in again."""
+    async def ensure_logged_in(self, *, deliberate: bool = False) -> None:
+        """Restore saved state; if the portal session is not valid any more, sign in again.
+        `deliberate`: a person asked for this sign-in (new credentials, a code), so the login guard
+        does not stop it."""
         if self._ready:
             return
         async with self._login_lock:
@@ -531,6 +551,7 @@ class PortalSession:
                     return
                 code = self._error_code(response)
                 if code == portal.ERROR_MFA_REQUIRED:
+                    await self._check_login_guard(deliberate=deliberate)
                     try:
                         await self._complete_mfa()
                         return
@@ -540,6 +561,7 @@ class PortalSession:
                     await self._refresh_xsrf()
                     self._signed_in()
                     return
+            await self._check_login_guard(deliberate=deliberate)
             await self._login()
 
     async def submit_mfa_code(self, code: str, *, trust_device: bool = True) -> None:
@@ -578,6 +600,7 @@ class PortalSession:
         async with self._login_lock:
             if self._generation != generation:
                 return
+            await self._check_login_guard(deliberate=False)
             self.stats.relogins += 1
             self._ready = False
             log.info("portal.session_lost", username=self._credentials.username, mfa_only=mfa_only)

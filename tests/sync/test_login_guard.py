@@ -1,0 +1,134 @@
+"""A refused sign-in, whoever tried it (a sync, a keep-alive, a fresh read, a write), puts its
+connection in the state it calls for, and from then on nothing signs in again by itself: that is
+how a gateway trips the portal's lockout. Only a person (new credentials, a code) or the lock's end,
+by the portal's clock, lifts it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from plooto_api.jobs import JobContext
+from plooto_api.services import refresh
+from plooto_api.services.connections import get_connection, update_credentials
+from plooto_api.services.sessions import replace_credentials
+from plooto_api.store import models
+from plooto_api.store.database import transaction
+from plooto_api.sync import tasks
+from plooto_api.sync.engine import SyncEngine
+from plooto_api.upstream import (
+    AccountLocked,
+    Credentials,
+    InvalidCredentials,
+    LoginBlocked,
+    MemoryStateStore,
+    PortalSession,
+)
+
+from .conftest import CONTROLLER, PASSWORD
+
+
+def _connection(ctx: JobContext, connection_id: str) -> models.Connection:
+    with ctx.sessions() as session:
+        row = session.get(models.Connection, connection_id)
+        assert row is not None
+        return row
+
+
+def _events(ctx: JobContext, connection_id: str) -> list[str]:
+    with ctx.sessions() as session:
+        return list(
+            session.scalars(
+                select(models.Event.type)
+                .where(models.Event.connection_id == connection_id, models.Event.type.like("connection.%"))
+                .order_by(models.Event.seq)
+            )
+        )
+
+
+def _a_bill(ctx: JobContext) -> models.Bill:
+    with ctx.sessions() as session:
+        bill = session.scalars(select(models.Bill).limit(1)).first()
+        assert bill is not None
+        return bill
+
+
+async def _lock_from_elsewhere(sandbox: str, control: httpx.Client) -> None:
+    """Five bad passwords from somewhere else lock the login (15 minutes of the portal's clock), and
+    the portal drops its sessions: the gateway's next request has to sign in again."""
+    other = PortalSession(sandbox, Credentials(CONTROLLER, "wrong-password", None), MemoryStateStore())
+    try:
+        for _ in range(5):
+            with pytest.raises((InvalidCredentials, AccountLocked)):
+                await other.ensure_logged_in()
+    finally:
+        await other.aclose()
+    control.post("/sessions/revoke", json={"email": CONTROLLER}).raise_for_status()
+
+
+async def test_a_lock_found_by_a_keep_alive_stops_every_sign_in_until_the_portal_lifts_it(
+    ctx: JobContext, make_connection: Callable[..., str], control: httpx.Client, sandbox: str
+) -> None:
+    connection_id = make_connection()
+    engine = SyncEngine(ctx)
+    assert (await engine.sync_connection(connection_id)).ok
+    await _lock_from_elsewhere(sandbox, control)
+
+    with pytest.raises(AccountLocked):
+        await tasks.keep_alive(ctx, connection_id)
+    row = _connection(ctx, connection_id)
+    assert row.state == "locked" and row.state_detail and row.state_detail["until"]
+    assert _events(ctx, connection_id)[-1] == "connection.locked"
+
+    portal = await ctx.portals.get(connection_id)
+    logins = portal.stats.logins
+    await tasks.keep_alive(ctx, connection_id)  # nothing to keep alive: no sign-in, no error
+    blocked = await engine.sync_connection(connection_id, cadence="fast")
+    assert blocked.error and "locked this login until" in blocked.error
+    with pytest.raises(refresh.RefreshFailed) as refused:
+        await refresh.refresh_object(ctx, _a_bill(ctx))
+    assert (refused.value.status, refused.value.code) == (409, "connection_requires_action")
+    assert portal.stats.logins == logins  # none of them tried the portal's login
+    assert _connection(ctx, connection_id).state == "locked"
+
+    # The lock ends by the portal's clock (the sandbox's moves when told): the next sync signs in.
+    control.post("/clock", json={"advance_minutes": 20}).raise_for_status()
+    back = await engine.sync_connection(connection_id, cadence="fast")
+    assert back.ok and back.state == "healthy", back.error
+    assert portal.stats.logins == logins + 1
+    assert _events(ctx, connection_id)[-1] == "connection.repaired"
+
+
+async def test_a_password_refused_to_a_fresh_read_is_not_tried_again(
+    ctx: JobContext, make_connection: Callable[..., str], control: httpx.Client
+) -> None:
+    connection_id = make_connection()
+    assert (await SyncEngine(ctx).sync_connection(connection_id)).ok
+    bill = _a_bill(ctx)
+    # The password changed in the portal (here: the gateway holds a wrong one) and the session ended.
+    with transaction(ctx.sessions) as session:
+        update_credentials(
+            session, ctx.vault, get_connection(session, connection_id), password="wrong-" + PASSWORD
+        )
+    control.post("/sessions/revoke", json={"email": CONTROLLER}).raise_for_status()
+
+    with pytest.raises(refresh.RefreshFailed) as first:
+        await refresh.refresh_object(ctx, bill)
+    assert first.value.code == "connection_requires_action"
+    row = _connection(ctx, connection_id)
+    assert (row.state, row.state_reason) == ("requires_action", "password")
+    portal = await ctx.portals.get(connection_id)
+    assert portal.stats.logins == 1
+    for _ in range(3):
+        with pytest.raises(refresh.RefreshFailed, match="waiting for a new password"):
+            await refresh.refresh_object(ctx, bill)
+    with pytest.raises(LoginBlocked):
+        await portal.ensure_logged_in()
+    assert portal.stats.logins == 1  # one refusal; five would have locked the login
+
+    await replace_credentials(ctx, connection_id, password=PASSWORD)  # a person gives the new one
+    await refresh.refresh_object(ctx, bill)
+    assert _connection(ctx, connection_id).state == "healthy"
