@@ -27,6 +27,7 @@ from plooto_api.store import models
 from plooto_api.store.database import transaction
 from plooto_api.sync import engine as sync_engine
 from plooto_api.sync.engine import SyncEngine
+from plooto_api.sync.upsert import ApplyCounts, apply_records, company_ids
 
 from .conftest import CLERK, CONTROLLER, PASSWORD, TOTP_SECRET
 
@@ -228,6 +229,54 @@ async def test_payment_lifecycle_becomes_events(
     assert events[final_event] >= 1
     assert events["bill.updated"] >= 1
     _assert_documents_match_columns(ctx)
+
+
+async def test_a_read_older_than_the_stored_copy_never_overwrites_it(
+    ctx: JobContext, make_connection: Callable[..., str], control: httpx.Client
+) -> None:
+    # A sync page listed before a fresh read (or a write's read-back) and written after it: without
+    # the portal's last-modified times to order them, the store went back to the older state and
+    # reported a change the portal never made, then the same change again at the next sync.
+    connection_id = make_connection()
+    assert (await SyncEngine(ctx).sync_connection(connection_id)).ok
+    with ctx.sessions() as session:
+        bill = session.scalars(
+            select(models.Bill).where(models.Bill.status == "approved").order_by(models.Bill.id)
+        ).first()
+        assert bill is not None
+        company = session.get(models.Company, bill.company_id)
+        assert company is not None
+        bill_upstream_id, company_upstream_id = bill.upstream_id, company.upstream_id
+    created = control.post("/mutate", json={"action": "createPayment", "billId": bill_upstream_id,
+                                            "userEmail": CONTROLLER})  # fmt: skip
+    payment_upstream_id = created.json()["changed"][0]
+    assert (await SyncEngine(ctx).sync_connection(connection_id, cadence="fast")).ok
+    portal = await ctx.portals.get(connection_id)
+    earlier = await portal.fetch_object(company_upstream_id, "payment", payment_upstream_id)
+    control.post("/mutate", json={"action": "rejectPayment", "paymentId": payment_upstream_id,
+                                  "userEmail": CLERK}).raise_for_status()  # fmt: skip
+    later = await portal.fetch_object(company_upstream_id, "payment", payment_upstream_id)
+    assert earlier is not None and later is not None and earlier.status_raw != later.status_raw
+
+    def apply(record: Any) -> ApplyCounts:
+        with transaction(ctx.sessions) as session:
+            return apply_records(session, connection_id, company_ids(session, connection_id), [record],
+                                 datetime.now(UTC))  # fmt: skip
+
+    assert apply(later).updated == 1
+    events = _event_types(ctx)
+    stale = apply(earlier)
+    assert (stale.updated, stale.unchanged, stale.events) == (0, 1, 0)
+    assert _event_types(ctx) == events
+    with ctx.sessions() as session:
+        payment = session.scalars(
+            select(models.Payment).where(models.Payment.upstream_id == payment_upstream_id)
+        ).one()
+        assert payment.upstream_status_raw == later.status_raw
+        assert payment.upstream_modified_at == later.version
+    assert apply(later).unchanged == 1  # the same read again changes nothing
+    assert (await SyncEngine(ctx).sync_connection(connection_id, cadence="fast")).ok
+    assert _event_types(ctx)["payment.status_updated"] == events["payment.status_updated"]
 
 
 def _assert_documents_match_columns(ctx: JobContext) -> None:

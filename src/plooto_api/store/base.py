@@ -75,6 +75,9 @@ class MirroredMixin:
     upstream_id: Mapped[str] = mapped_column(String(128))  # portal ids, or derived ones (userId@companyId)
     upstream_status_raw: Mapped[str | None] = mapped_column(String(64))
     upstream_fetched_at: Mapped[datetime | None]
+    # The portal's own last-modified time of what is stored (when it gives one): a record older than
+    # it is stale (read before the stored copy, written after) and is not written.
+    upstream_modified_at: Mapped[datetime | None]
     upstream_url: Mapped[str | None] = mapped_column(String(500))
     quickbooks_id: Mapped[str | None] = mapped_column(String(64))
     xero_id: Mapped[str | None] = mapped_column(String(64))

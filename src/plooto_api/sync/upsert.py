@@ -28,7 +28,9 @@ from plooto_api.store.models import Company
 from plooto_api.store.types import RawJSON
 from plooto_api.upstream import UpstreamRecord, UpstreamRef
 
-_PAYMENT_SENT = {"in_transit"}
+# A payment is sent once it reaches in_transit, or any status past it: a payment that went from
+# processing to completed between two syncs (a wire never shows in_transit) was sent too.
+_PAYMENT_SENT = {"in_transit", "completed", "returned"}
 _PAYMENT_FAILED = {"failed", "returned"}
 
 
@@ -139,9 +141,9 @@ def _events_for_change(
         types.append("bill.approval_updated")
     if object_type == "payment" and old_data["status"] != new_data["status"]:
         types.append("payment.status_updated")
-        if new_data["status"] in _PAYMENT_SENT:
+        if new_data["status"] in _PAYMENT_SENT and old_data["status"] not in _PAYMENT_SENT:
             types.append("payment.sent")
-        elif new_data["status"] in _PAYMENT_FAILED:
+        if new_data["status"] in _PAYMENT_FAILED:
             types.append("payment.failed")
         elif new_data["status"] == "completed":
             types.append("payment.completed")
@@ -307,6 +309,11 @@ def _apply_one(page: _Page, record: UpstreamRecord, inserts: _Inserts) -> None:
         return  # a record of a company this login no longer reaches
     connection_id, counts, now = page.connection_id, page.counts, page.now
     row = page.existing[record.object_type].get(record.upstream_id)
+    if row is not None and _older(record, row):
+        # Read before what is stored (a sync page listed before a fresh read, written after): what
+        # it says is past, and no event reports it.
+        counts.unchanged += 1
+        return
     old = mapping.to_schema(row) if row is not None else None
     data = dict(record.fields)
     for name in page.ref_fields[key]:
@@ -332,19 +339,32 @@ def _apply_one(page: _Page, record: UpstreamRecord, inserts: _Inserts) -> None:
     if old is None:
         # One dump, straight to JSON text, serves the new row's document and its event.
         document = new.model_dump_json()
-        inserts.add(spec, mapping.row_values(new, connection_id=connection_id, document=document))
+        stored = mapping.row_values(new, connection_id=connection_id, document=document)
+        stored.values["upstream_modified_at"] = record.version
+        inserts.add(spec, stored)
         counts.created += 1
         event_types = [f"{record.object_type}.created"]
         _stage_events(page, record.object_type, event_types, document, company_id, gateway_id)
     else:
-        _update(page, spec, row, old, new)
+        _update(page, spec, row, old, new, record.version)
 
 
-def _update(page: _Page, spec: mapping.ObjectMap, row: Any, old: Any, new: Any) -> None:
-    """Write `new` (the object as just read from the portal) over the stored `row` (whose object is
-    `old`) when what we serve changes, with its events."""
+def _older(record: UpstreamRecord, row: Any) -> bool:
+    """Whether `record` is an older read of the object than the stored `row`, by the portal's own
+    last-modified times (unknown when either lacks one: then it is not)."""
+    stored = row.upstream_modified_at
+    return record.version is not None and stored is not None and record.version < stored
+
+
+def _update(
+    page: _Page, spec: mapping.ObjectMap, row: Any, old: Any, new: Any, version: datetime | None
+) -> None:
+    """Write `new` (the object as just read from the portal, last modified there at `version`) over
+    the stored `row` (whose object is `old`) when what we serve changes, with its events."""
     payload = new.model_dump(mode="json")
     old_payload = old.model_dump(mode="json")
+    if version is not None and (row.upstream_modified_at is None or version > row.upstream_modified_at):
+        row.upstream_modified_at = version  # also when what we serve is unchanged: it orders later reads
     # Unchanged means the JSON we serve is unchanged (free-form fields hold Decimal before the
     # database and strings after). A deleted row that reappears differs in deleted_at.
     if payload == old_payload:

@@ -95,11 +95,13 @@ class Context:
         created: str | None = None,
         accounting_refs: dict[str, str | None] | None = None,
     ) -> UpstreamRecord:
+        version = parse_timestamp(modified)
         return UpstreamRecord(
             object_type=object_type,
             upstream_id=upstream_id,
             company_upstream_id=self.company_id,
-            modified_at=parse_timestamp(modified) or self.fetched_at,
+            modified_at=version or self.fetched_at,
+            version=version,
             created_at=parse_timestamp(created) or self.fetched_at,
             status_raw=status_raw,
             url=self.url(path),

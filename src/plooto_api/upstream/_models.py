@@ -125,6 +125,9 @@ class UpstreamRecord:
     url: str | None
     accounting_refs: dict[str, str | None]
     fields: dict[str, Any]
+    # The portal's own last-modified time (None when it gives none, where modified_at is the fetch
+    # time): orders two reads of one object, so an older one never overwrites a newer one.
+    version: datetime | None = None
 
 
 @dataclass
