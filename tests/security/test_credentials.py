@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from plooto_api.config import Settings
 from plooto_api.jobs import JobContext
-from plooto_api.store.models import AuditEntry, Connection
+from plooto_api.store.models import AuditEntry, Company, Connection
 from plooto_api.sync.engine import SyncEngine
 from security.conftest import CONTROLLER, PASSWORD, TOTP_SECRET, add_connection, bearer
 
@@ -127,3 +127,35 @@ async def test_cli_set_password_reads_the_environment_and_recovers_the_connectio
     missing = subprocess.run([*CLI, "connections", "set-password", "conn_nope"], env=env,
                              capture_output=True, text=True, timeout=60)  # fmt: skip
     assert missing.returncode == 2 and "no connection conn_nope" in missing.stderr
+
+
+async def test_a_token_limited_to_some_of_a_connections_companies_cannot_change_the_connection(
+    ctx: JobContext, portal_client: TestClient, make_token: Callable[..., str]
+) -> None:
+    # The connection is the login of every company it holds: renaming it, replacing its password,
+    # answering its MFA, clearing its drift or removing it (with all its companies' data) acts on
+    # companies such a token cannot even see.
+    connection_id = add_connection(ctx)
+    assert (await SyncEngine(ctx).sync_connection(connection_id)).ok
+    with ctx.sessions() as session:
+        companies = list(session.scalars(select(Company.id).where(Company.connection_id == connection_id)))
+    assert len(companies) >= 2
+    scopes = ["connections:read", "connections:write"]
+    some = bearer(make_token(scopes, company_ids=companies[:1]))
+    assert portal_client.get(f"/connections/{connection_id}", headers=some).status_code == 200
+    attempts = [
+        ("PATCH", f"/connections/{connection_id}", {"label": "mine now"}),
+        ("PATCH", f"/connections/{connection_id}", {"password": "wrong-password"}),
+        ("POST", f"/connections/{connection_id}/mfa", {"code": "123456"}),
+        ("POST", f"/connections/{connection_id}/clear_drift", None),
+        ("DELETE", f"/connections/{connection_id}", None),
+    ]
+    for method, path, body in attempts:
+        response = portal_client.request(method, path, headers=some, json=body)
+        assert response.status_code == 403, (method, path, response.text)
+        assert response.json()["error"]["code"] == "exceeds_token_limits"
+    assert _state(ctx, connection_id) == ("healthy", None)
+    every = bearer(make_token(scopes, company_ids=companies))
+    renamed = portal_client.patch(f"/connections/{connection_id}", headers=every, json={"label": "Northwind"})
+    assert renamed.status_code == 200, renamed.text
+    assert portal_client.delete(f"/connections/{connection_id}", headers=every).status_code == 200

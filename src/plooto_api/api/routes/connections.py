@@ -81,6 +81,23 @@ def _visible(
     return row
 
 
+def _manageable(
+    session: Session, principal: Principal, connection_id: str, *, for_update: bool = False
+) -> Connection:
+    """The connection if the token may change it (its password, name, MFA, drift, removal), which
+    acts on every company the login holds: a token limited to companies must cover them all.
+    404 if the token may not see it; 403 if it sees it through only some of its companies."""
+    row = _visible(session, principal, connection_id, for_update=for_update)
+    limited = principal.access.company_ids
+    if limited is not None:
+        companies = set(session.scalars(select(Company.id).where(Company.connection_id == row.id)))
+        if not companies <= set(limited):
+            raise ApiError(403, "exceeds_token_limits",
+                           f"{connection_id} holds companies this token is not limited to; changing the "
+                           "connection (the login of all of them) takes a token that covers all of them")  # fmt: skip
+    return row
+
+
 @router.get("/connections", response_model=ConnectionList, summary="List connections")
 def list_connections(
     request: Request,
@@ -127,7 +144,7 @@ async def update_connection(
     with the one given here at its next sync."""
     ctx = request.app.state.ctx
     with ctx.sessions() as session:
-        _visible(session, principal, connection_id)
+        _manageable(session, principal, connection_id)
     changed = [name for name in ("password", "totp_secret", "label") if getattr(body, name) is not None]
     if not changed:
         raise ApiError(400, "invalid_request", "give at least one of password, totp_secret, label")
@@ -174,7 +191,7 @@ async def delete_connection(request: Request, connection_id: str, principal: Pri
     ctx = request.app.state.ctx
     try:
         with ctx.sessions() as session:
-            _visible(session, principal, connection_id)
+            _manageable(session, principal, connection_id)
             check_no_writes_in_flight(session, connection_id)
     except WritesInFlight as exc:
         raise ApiError(409, "writes_in_flight", str(exc)) from None
@@ -182,7 +199,7 @@ async def delete_connection(request: Request, connection_id: str, principal: Pri
 
     def remove() -> Removed:  # many rows may go: off the event loop, so other requests go on
         with transaction(ctx.sessions) as session:
-            row = _visible(session, principal, connection_id, for_update=True)
+            row = _manageable(session, principal, connection_id, for_update=True)
             return remove_connection(session, ctx.vault, row, actor=principal.token_id,
                                      request_id=getattr(request.state, "request_id", None))  # fmt: skip
 
@@ -226,7 +243,7 @@ async def answer_connection_mfa(
     started itself.)"""
     ctx = request.app.state.ctx
     with ctx.sessions() as session:
-        row = _visible(session, principal, connection_id)
+        row = _manageable(session, principal, connection_id)
         if (row.state, row.state_reason) != ("requires_action", "mfa"):
             waiting = f"{row.state} ({row.state_reason})" if row.state_reason else row.state
             raise ApiError(
@@ -266,7 +283,7 @@ async def clear_connection_drift(request: Request, connection_id: str, principal
     audit log and syncs it at once: a feed that still differs marks it again."""
     ctx = request.app.state.ctx
     with transaction(ctx.sessions) as session:
-        row = _visible(session, principal, connection_id, for_update=True)
+        row = _manageable(session, principal, connection_id, for_update=True)
         try:
             clear_drift(session, row, actor=principal.token_id,
                         request_id=getattr(request.state, "request_id", None))  # fmt: skip
