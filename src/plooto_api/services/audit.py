@@ -14,13 +14,12 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from plooto_api.services.events import lock_appends
 from plooto_api.store.base import new_id, utcnow
 from plooto_api.store.models import AuditEntry
-
-_ADVISORY_LOCK = 0x706C6F6F746F  # "plooto": one lock for the whole chain
 
 
 def _iso(value: datetime) -> str:
@@ -66,8 +65,7 @@ def append(
     upstream_evidence: dict[str, Any] | None = None,
 ) -> AuditEntry:
     """Append an entry in the caller's (write) transaction; it commits with the change it records."""
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _ADVISORY_LOCK})
+    lock_appends(session)  # one chain: entries append one transaction at a time
     prev_hash = session.scalars(select(AuditEntry.hash).order_by(AuditEntry.seq.desc()).limit(1)).first()
     entry = AuditEntry(
         id=new_id("aud"),

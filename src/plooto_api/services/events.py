@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Select, Table, delete, select
+from sqlalchemy import Select, Table, delete, select, text
 from sqlalchemy.orm import Session
 
 from plooto_api.store.base import new_id, utcnow
@@ -15,6 +15,19 @@ from plooto_api.store.models import Event, WebhookDelivery
 from plooto_api.store.scope import AccessScope
 from plooto_api.store.types import RawJSON
 from plooto_api.webhooks.fanout import delivery_rows
+
+# One PostgreSQL advisory lock for the appends of events and of audit entries (services/audit.py):
+# held from a transaction's first append to its commit, so appends commit in the order of their
+# `seq`. Without it, pages written at once by several transactions committed out of that order, and
+# a reader of `/events?after=` (or `events tail`) past a later `seq` skipped the earlier ones that
+# committed after it. One lock for both, so a transaction taking both cannot deadlock another.
+APPEND_LOCK = 0x706C6F6F746F  # "plooto"
+
+
+def lock_appends(session: Session) -> None:
+    """Take the append lock in the session's transaction (PostgreSQL; SQLite has one writer)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": APPEND_LOCK})
 
 
 def record_event(
@@ -68,6 +81,7 @@ class EventBatch:
         """Insert the staged events and their deliveries; returns how many events."""
         count = len(self.rows)
         if self.rows:
+            lock_appends(self.session)
             insert_rows(self.session, cast(Table, Event.__table__), self.rows)  # no ORM objects
             insert_rows(
                 self.session, cast(Table, WebhookDelivery.__table__), delivery_rows(self.session, self.rows)
