@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select
 
 from plooto_api.jobs import JobContext
-from plooto_api.services import refresh
+from plooto_api.services import portals, refresh
 from plooto_api.services.connections import get_connection, update_credentials
 from plooto_api.services.sessions import replace_credentials
 from plooto_api.store import models
@@ -26,6 +26,7 @@ from plooto_api.upstream import (
     LoginBlocked,
     MemoryStateStore,
     PortalSession,
+    SessionReplaced,
 )
 
 from .conftest import CONTROLLER, PASSWORD
@@ -132,3 +133,37 @@ async def test_a_password_refused_to_a_fresh_read_is_not_tried_again(
     await replace_credentials(ctx, connection_id, password=PASSWORD)  # a person gives the new one
     await refresh.refresh_object(ctx, bill)
     assert _connection(ctx, connection_id).state == "healthy"
+
+
+async def test_a_session_replaced_while_in_use_finishes_its_callers_work_and_never_signs_in_again(
+    ctx: JobContext,
+    make_connection: Callable[..., str],
+    control: httpx.Client,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A write between its send and its read-back holds the connection's session while someone signs
+    # the login in again or replaces its password: its HTTP client used to be closed under it
+    # ("Cannot send a request, as the client has been closed"), leaving the write running.
+    connection_id = make_connection()
+    assert (await SyncEngine(ctx).sync_connection(connection_id)).ok
+    bill = _a_bill(ctx)
+    with ctx.sessions() as session:
+        company = session.get(models.Company, bill.company_id)
+        assert company is not None
+        company_upstream_id = company.upstream_id
+    held = await ctx.portals.get(connection_id)
+    await ctx.portals.forget(connection_id)  # as POST /authenticate or PATCH /connections/{id} do
+    assert await held.fetch_object(company_upstream_id, "bill", bill.upstream_id) is not None
+    control.post("/sessions/revoke", json={"email": CONTROLLER}).raise_for_status()
+    logins = held.stats.logins
+    with pytest.raises(SessionReplaced):  # retryable (an UpstreamUnavailable): the new session signs in
+        await held.fetch_object(company_upstream_id, "bill", bill.upstream_id)
+    assert held.stats.logins == logins
+    fresh = await ctx.portals.get(connection_id)
+    assert fresh is not held
+    assert await fresh.fetch_object(company_upstream_id, "bill", bill.upstream_id) is not None
+
+    monkeypatch.setattr(portals, "RETIRED_IDLE_SECONDS", -1.0)  # unused from now on: closed at the next look
+    await ctx.portals.get(connection_id)
+    with pytest.raises(RuntimeError, match="closed"):
+        await held.fetch_object(company_upstream_id, "bill", bill.upstream_id)

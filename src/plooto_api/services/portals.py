@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from functools import partial
 
 from sqlalchemy import select
@@ -18,6 +19,9 @@ from plooto_api.store.models import Connection, VaultEntry
 from plooto_api.store.vault import Vault
 from plooto_api.upstream import PortalSession, ThrottleConfig
 
+# A replaced session is closed once unused this long (its callers have moved to the new one).
+RETIRED_IDLE_SECONDS = 300.0
+
 
 class PortalRegistry:
     """Creates each connection's PortalSession on first use and keeps it for the process's life, or
@@ -31,6 +35,7 @@ class PortalRegistry:
         self._throttle = throttle
         self._portals: dict[str, PortalSession] = {}
         self._sealed: dict[str, bytes | None] = {}  # each portal's credentials, by their vault nonce
+        self._retired: list[PortalSession] = []  # replaced sessions that callers may still be using
         self._lock = asyncio.Lock()
 
     async def get(self, connection_id: str) -> PortalSession:
@@ -44,9 +49,9 @@ class PortalRegistry:
                         VaultEntry.owner_id == connection_id, VaultEntry.purpose == "credentials"
                     )
                 ).first()
+            await self._close_unused()
             if portal is not None and self._sealed.get(connection_id) != sealed:
-                self._portals.pop(connection_id)
-                await portal.aclose(persist=False)  # its cookies are not the new credentials' to keep
+                self._retire(self._portals.pop(connection_id))  # its cookies are not the new credentials'
                 portal = None
             if portal is None:
                 with self._sessions() as session:
@@ -80,16 +85,34 @@ class PortalRegistry:
         return reason
 
     async def forget(self, connection_id: str) -> None:
-        """Drop a connection's session (after its credentials change), closing its HTTP client. It
-        saves nothing more: the saved state is the new credentials' to build, or to put back."""
+        """Drop a connection's session (after its credentials change): the next `get` builds a new
+        one. It saves nothing more (the saved state is the new credentials' to build, or to put
+        back), and callers still holding it finish with it (see PortalSession.retire)."""
         async with self._lock:
             portal = self._portals.pop(connection_id, None)
-        if portal is not None:
+            if portal is not None:
+                self._retire(portal)
+            await self._close_unused()
+
+    def _retire(self, portal: PortalSession) -> None:
+        portal.retire()
+        self._retired.append(portal)
+
+    async def _close_unused(self) -> None:
+        """Close the HTTP clients of retired sessions no request used for RETIRED_IDLE_SECONDS (a
+        write's read-backs come at most seconds apart)."""
+        idle = time.monotonic() - RETIRED_IDLE_SECONDS
+        unused = [portal for portal in self._retired if portal.last_used < idle]
+        self._retired = [portal for portal in self._retired if portal.last_used >= idle]
+        for portal in unused:
             await portal.aclose(persist=False)
 
     async def aclose(self) -> None:
         """Close every session's HTTP client."""
         async with self._lock:
             portals, self._portals = list(self._portals.values()), {}
+            retired, self._retired = self._retired, []
         for portal in portals:
             await portal.aclose()
+        for portal in retired:
+            await portal.aclose(persist=False)

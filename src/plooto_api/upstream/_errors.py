@@ -14,6 +14,7 @@ UpstreamError
 ├── NotFound                        confirmed absence (404) — the only error that means "gone"
 ├── RateLimited                     429 after every retry (`retry_after` seconds)
 ├── UpstreamUnavailable             5xx, timeouts, connection errors after the read retries
+│   └── SessionReplaced             this session's credentials were replaced: a new session has them
 ├── UpstreamChanged                 drift: the portal's shape is not what `portal.py` expects
 ├── PortalRuleViolation             a 4xx business rule (`code`, `message`, `field`)
 └── AmbiguousWriteOutcome           a write was sent but its outcome is unknown
@@ -103,6 +104,17 @@ class UpstreamUnavailable(UpstreamError):
     def __init__(self, message: str = "the portal is unavailable", *, status_code: int | None = None) -> None:
         super().__init__(message)
         self.status_code = status_code
+
+
+class SessionReplaced(UpstreamUnavailable):
+    """The connection's credentials were replaced while this session was in use (a new password, a
+    new sign-in): it finishes what needs no new sign-in, and a caller that retries gets the session
+    with the new credentials. It never signs in with the old ones."""
+
+    def __init__(
+        self, message: str = "the connection's credentials were replaced; retry with its new session"
+    ) -> None:
+        super().__init__(message)
 
 
 class UpstreamChanged(UpstreamError):

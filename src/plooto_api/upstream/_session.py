@@ -34,6 +34,7 @@ from plooto_api.upstream._errors import (
     PortalRuleViolation,
     RateLimited,
     SessionExpired,
+    SessionReplaced,
     UpstreamChanged,
     UpstreamError,
     UpstreamUnavailable,
@@ -111,6 +112,8 @@ class PortalSession:
         self._saved_snapshot: tuple[Any, ...] | None = None
         self._saved_throttle: dict[str, float | None] | None = None
         self._detached = False  # closed without saving: its state is no longer this connection's
+        self._retired = False  # its credentials were replaced: it signs in no more (see retire)
+        self.last_used = time.monotonic()  # when its last request ended
 
     def __repr__(self) -> str:
         return f"PortalSession(base_url={self.base_url!r}, username={self._credentials.username!r})"
@@ -288,6 +291,7 @@ class PortalSession:
             finally:
                 # What the portal took, not what this process's busy loop added to it.
                 latency = stalls.finish(started)
+        self.last_used = time.monotonic()
         self._note_date_header(response)
         self._persist()
         return response, latency
@@ -387,7 +391,9 @@ class PortalSession:
 
     async def _check_login_guard(self, *, deliberate: bool) -> None:
         """LoginBlocked when the login guard says no sign-in may be tried now, unless a person asked
-        for this one (`deliberate`)."""
+        for this one (`deliberate`). SessionReplaced on a retired session, whatever the caller."""
+        if self._retired:
+            raise SessionReplaced()
         reason = None if deliberate or self.login_guard is None else await self.login_guard()
         if reason is not None:
             raise LoginBlocked(f"not signing in to the portal: {reason}")
@@ -1125,6 +1131,14 @@ class PortalSession:
         saved (a sync calls this when it ends; cookie changes are saved as they happen)."""
         if self._restored:
             self._persist(force=self.throttle.learned() != self._saved_throttle)
+
+    def retire(self) -> None:
+        """The connection's credentials were replaced: requests in flight, and those of callers that
+        still hold this session (a write between its send and its read-back), go on with its portal
+        session, but it saves nothing more and never signs in again (SessionReplaced: a retry gets
+        the new session). The owner closes it once it is no longer used (`last_used`)."""
+        self._retired = True
+        self._detached = True
 
     async def aclose(self, *, persist: bool = True) -> None:
         """Close the HTTP client (the portal session stays alive), saving the state one last time.
