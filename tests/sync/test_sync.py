@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import threading
+import time as time_module
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, time, timedelta
@@ -14,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from rich.console import Console
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from plooto_api import mapping
@@ -34,8 +36,9 @@ from .conftest import CLERK, CONTROLLER, PASSWORD, TOTP_SECRET
 BILLS_PER_COMPANY = 30
 
 
-class SimulatedCrash(Exception):
-    """Stands for the worker dying between two pages."""
+class SimulatedCrash(BaseException):
+    """Stands for the worker dying between two pages (a BaseException, as the engine handles the
+    Exceptions of a feed by going on with the others)."""
 
 
 COMPANIES = 2
@@ -277,6 +280,123 @@ async def test_a_read_older_than_the_stored_copy_never_overwrites_it(
     assert apply(later).unchanged == 1  # the same read again changes nothing
     assert (await SyncEngine(ctx).sync_connection(connection_id, cadence="fast")).ok
     assert _event_types(ctx)["payment.status_updated"] == events["payment.status_updated"]
+
+
+async def test_two_transactions_applying_one_connections_records_apply_them_one_after_the_other(
+    ctx: JobContext, make_connection: Callable[..., str], control: httpx.Client
+) -> None:
+    # Two processes syncing one login (two gateways on one PostgreSQL, or a gateway and `plooto-api
+    # sync`) listed the same new bills: both inserted them (a unique violation), or both updated one
+    # (its events twice, its line items twice).
+    if ctx.engine.dialect.name == "sqlite":
+        pytest.skip("SQLite's writers are one at a time already")
+    connection_id = make_connection()
+    assert (await SyncEngine(ctx).sync_connection(connection_id)).ok
+    company_upstream_id = _first_company(ctx)
+    made = control.post(
+        "/mutate", json={"action": "createBills", "companyId": company_upstream_id, "count": 3}
+    )
+    portal = await ctx.portals.get(connection_id)
+    records = [
+        await portal.fetch_object(company_upstream_id, "bill", bill_id) for bill_id in made.json()["changed"]
+    ]
+    assert all(record is not None for record in records)
+
+    first = ctx.sessions()
+    first.begin()
+    applied = apply_records(
+        first, connection_id, company_ids(first, connection_id), records, datetime.now(UTC)
+    )
+    assert applied.created == 3
+    done: list[ApplyCounts] = []
+
+    def second() -> None:
+        with transaction(ctx.sessions) as session:
+            done.append(apply_records(session, connection_id, company_ids(session, connection_id), records,
+                                      datetime.now(UTC)))  # fmt: skip
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    try:
+        deadline = time_module.monotonic() + 30
+        with ctx.engine.connect() as watcher:
+            while not watcher.execute(
+                text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
+            ).scalar_one():
+                assert time_module.monotonic() < deadline, "the second transaction never waited"
+                time_module.sleep(0.01)  # polling another session's state, not waiting for time to pass
+        first.commit()
+    finally:
+        first.close()
+        thread.join(30)
+    assert done and (done[0].created, done[0].unchanged, done[0].events) == (0, 3, 0)
+    with ctx.sessions() as session:
+        created = session.scalars(
+            select(func.count())
+            .select_from(models.Event)
+            .where(
+                models.Event.type == "bill.created",
+                models.Event.object_id.in_(
+                    select(models.Bill.id).where(
+                        models.Bill.upstream_id.in_([r.upstream_id for r in records if r is not None])
+                    )
+                ),
+            )
+        ).one()
+        assert created == 3
+
+
+async def test_one_endpoint_failing_stops_only_its_feed(
+    ctx: JobContext, make_connection: Callable[..., str], control: httpx.Client
+) -> None:
+    # A lasting 503 on the reminders endpoint ended the whole run, so the feeds after it (customer
+    # payments) were never pulled while it lasted.
+    connection_id = make_connection()
+    engine = SyncEngine(ctx)
+    assert (await engine.sync_connection(connection_id)).ok
+    with ctx.sessions() as session:
+        invoice = session.scalars(
+            select(models.Invoice)
+            .where(models.Invoice.status.in_(["sent", "overdue"]))
+            .order_by(models.Invoice.id)
+        ).first()
+        assert invoice is not None
+        invoice_upstream_id = invoice.upstream_id
+    control.post("/faults", json={"kind": "error", "method": "GET", "pathPattern": r"/reminders$",
+                                  "status": 503}).raise_for_status()  # fmt: skip
+    paid = control.post("/mutate", json={"action": "customerPays", "invoiceId": invoice_upstream_id})
+    assert paid.status_code == 200, paid.text
+    payments_before = _event_types(ctx)["payment.created"]
+
+    partial = await engine.sync_connection(connection_id, cadence="fast")
+    assert partial.state == "upstream_unavailable" and partial.error
+    assert _event_types(ctx)["payment.created"] == payments_before + 1  # the later feed was pulled
+    row = _connection(ctx, connection_id)
+    assert row.state_detail and any(feed.endswith("/reminders") for feed in row.state_detail["feeds"])
+    with ctx.sessions() as session:
+        errors = list(session.scalars(select(models.SyncCursor.last_error).where(
+            models.SyncCursor.object_type == "reminders")))  # fmt: skip
+    assert errors and all(error and "503" in error for error in errors)
+
+    control.delete("/faults").raise_for_status()
+    healed = await engine.sync_connection(connection_id, cadence="fast")
+    assert healed.ok and healed.state == "healthy", healed.error
+
+
+async def test_a_portal_down_for_every_feed_stops_the_run_early(
+    ctx: JobContext, make_connection: Callable[..., str], control: httpx.Client
+) -> None:
+    connection_id = make_connection()
+    engine = SyncEngine(ctx)
+    assert (await engine.sync_connection(connection_id)).ok
+    control.post("/faults", json={"kind": "error", "method": "GET", "pathPattern": r"^/api/companies/",
+                                  "status": 503}).raise_for_status()  # fmt: skip
+    down = await engine.sync_connection(connection_id, cadence="fast")
+    assert down.state == "upstream_unavailable"
+    # Not every feed of every company: the feeds in flight when the third failed end as well.
+    every = len(sync_engine.feeds_for("fast")) * COMPANIES
+    assert sync_engine.FEED_FAILURES_TO_STOP <= len(down.failed_feeds) < every
+    assert len(down.failed_feeds) < sync_engine.FEED_FAILURES_TO_STOP + sync_engine.COMPANY_CONCURRENCY
 
 
 def _assert_documents_match_columns(ctx: JobContext) -> None:

@@ -39,6 +39,7 @@ from plooto_api.sync.upsert import (
     MissingReferences,
     apply_records,
     company_ids,
+    lock_connection,
     mark_deleted,
     references,
 )
@@ -58,6 +59,10 @@ log = get_logger(__name__)
 
 PAGE_SIZE = 200
 COMPANY_CONCURRENCY = 3
+# A feed that fails (one of the portal's endpoints answering 5xx, refusing this user's role, or a
+# page the store refuses) stops alone; the company's other feeds go on. This many failures in a row,
+# with no feed done between them, mean the portal itself is down: the run stops.
+FEED_FAILURES_TO_STOP = 3
 Cadence = Literal["fast", "slow", "all"]
 ProgressCallback = Callable[[str, str, int, int | None], None]  # company, feed, done, total
 
@@ -74,6 +79,7 @@ class SyncReport:
     drift: list[str] = field(default_factory=list)
     error: str | None = None
     state: str | None = None
+    failed_feeds: list[tuple[str, str, Exception]] = field(default_factory=list)  # company, feed, error
 
     @property
     def ok(self) -> bool:
@@ -90,6 +96,7 @@ def _iso(value: datetime) -> str:
 
 
 def _cursor(session: Session, connection_id: str, company_upstream_id: str, feed: str) -> SyncCursor:
+    lock_connection(session, connection_id)  # another process syncing this login creates it too
     cursor = session.scalars(
         select(SyncCursor).where(
             SyncCursor.connection_id == connection_id,
@@ -256,8 +263,11 @@ class SyncEngine:
                     for feed in await asyncio.to_thread(self._to_relist, connection_id, company_upstream_id):
                         await pull(company_upstream_id, company_name, feed, whole=True)
 
+            in_a_row = 0  # feeds failed since the last one done (see FEED_FAILURES_TO_STOP)
+
             async def pull(company_upstream_id: str, company_name: str, feed: Feed, *,
                            deferred: _Deferred | None = None, whole: bool = False) -> None:  # fmt: skip
+                nonlocal in_a_row
                 try:
                     await self._sync_feed(portal, connection_id, company_upstream_id, company_name, feed,
                                           report, progress, deferred=deferred or _Deferred(), whole=whole)  # fmt: skip
@@ -268,6 +278,22 @@ class SyncEngine:
                         if difference not in report.drift:
                             report.drift.append(difference)
                     log.warning("upstream_changed", connection=connection_id, feed=feed.name)
+                except AuthenticationError:
+                    raise  # the login, not this feed: every feed stops
+                except Exception as exc:  # this feed's endpoint failing, or its page refused by the store
+                    in_a_row += 1
+                    report.failed_feeds.append((company_upstream_id, feed.name, exc))
+                    await asyncio.to_thread(
+                        self._note_feed_error, connection_id, company_upstream_id, feed, exc
+                    )
+                    if isinstance(exc, UpstreamError):
+                        log.warning("feed_failed", connection=connection_id, feed=feed.name, error=str(exc))
+                    else:
+                        log.exception("feed_failed", connection=connection_id, feed=feed.name)
+                    if in_a_row >= FEED_FAILURES_TO_STOP:
+                        raise
+                else:
+                    in_a_row = 0
 
             results = await asyncio.gather(
                 *(sync_company(c, n) for c, n in companies), return_exceptions=True
@@ -287,7 +313,9 @@ class SyncEngine:
                 self._fail(report, *failure, exc)
         except UpstreamError as exc:  # unreachable, rate limited past retries, or refusing us
             self._fail(report, "upstream_unavailable", None, {"error": type(exc).__name__}, exc)
-        if report.error is None:
+        if report.error is None and report.failed_feeds:
+            self._feeds_failed(report)
+        elif report.error is None:
             self._finish(report)
         portal.save_state()  # with the rate the throttle learned, so a restart resumes near the limit
         return report
@@ -360,6 +388,31 @@ class SyncEngine:
             if drift is not None:  # only an operator clears drift: it waits in the detail meanwhile
                 detail = {**(detail or {}), "drift": drift}
             change_state(session, connection, state, reason=reason, detail=detail)
+
+    def _note_feed_error(
+        self, connection_id: str, company_upstream_id: str, feed: Feed, exc: Exception
+    ) -> None:
+        """Keep why a feed failed on its cursor (what `GET /connections/{id}` callers and operators see)."""
+        with transaction(self.ctx.sessions) as session:
+            cursor = _cursor(session, connection_id, company_upstream_id, feed.name)
+            cursor.last_error = f"{type(exc).__name__}: {exc}"[:1000]
+
+    def _feeds_failed(self, report: SyncReport) -> None:
+        """End a run in which some feeds failed and the others were pulled: the portal failing them
+        makes the connection upstream_unavailable (naming them) until a run pulls them all."""
+        failed = [f"{company}/{feed}" for company, feed, _ in report.failed_feeds]
+        first = report.failed_feeds[0][2]
+        if report.drift:
+            self._finish(report)  # their differences are kept (only an operator clears them)
+        if any(isinstance(exc, UpstreamError) for _, _, exc in report.failed_feeds):
+            self._fail(report, "upstream_unavailable", None, {"error": type(first).__name__, "feeds": failed[:20]},
+                       first)  # fmt: skip
+        else:  # the store refused a page: nothing the portal or the login can change
+            report.error = (
+                f"{len(failed)} feed(s) failed ({', '.join(failed[:5])}): {type(first).__name__}: {first}"
+            )
+            with self.ctx.sessions() as session:
+                report.state = get_connection(session, report.connection_id).state
 
     def _finish(self, report: SyncReport) -> None:
         with transaction(self.ctx.sessions) as session:

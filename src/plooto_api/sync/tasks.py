@@ -15,7 +15,11 @@ from plooto_api.upstream import AuthenticationError, LoginBlocked
 @job("sync.connection")
 async def sync_connection(ctx: JobContext, connection_id: str, cadence: str = "all") -> dict[str, Any]:
     """Pull changes for one connection; returns a summary of what changed."""
-    report = await SyncEngine(ctx).sync_connection(connection_id, cadence=cadence)  # type: ignore[arg-type]
+    try:
+        report = await SyncEngine(ctx).sync_connection(connection_id, cadence=cadence)  # type: ignore[arg-type]
+    except Exception:
+        SYNC_RUNS.labels(cadence, "error").inc()  # the job engine logs it
+        raise
     SYNC_RUNS.labels(cadence, "ok" if report.ok else "error").inc()
     for object_type, changed in report.counts.by_type.items():
         SYNC_OBJECTS.labels(object_type, "written").inc(changed)

@@ -24,7 +24,7 @@ from plooto_api.services.events import EventBatch, record_event
 from plooto_api.store.base import new_id
 from plooto_api.store.bulk import IN_LIST_LIMIT, ids_by_upstream_id, insert_rows, rows_by_upstream_id
 from plooto_api.store.database import json_dumps
-from plooto_api.store.models import Company
+from plooto_api.store.models import Company, Connection
 from plooto_api.store.types import RawJSON
 from plooto_api.upstream import UpstreamRecord, UpstreamRef
 
@@ -159,6 +159,16 @@ def _events_for_change(
     return types
 
 
+def lock_connection(session: Session, connection_id: str) -> None:
+    """Hold the connection's row until the transaction ends, so transactions applying records of
+    one connection apply them one at a time, each seeing what the one before it wrote (PostgreSQL;
+    SQLite's writers are one at a time already). Two processes syncing one login (two gateways, a
+    gateway and `plooto-api sync`) otherwise both inserted a new object (a unique violation), or both
+    updated one: its events twice, its child rows twice."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(Connection.id).where(Connection.id == connection_id).with_for_update())
+
+
 def company_ids(session: Session, connection_id: str) -> dict[str, str]:
     """Gateway company ids of a connection, by the portal's company id (what apply_records needs)."""
     rows = session.execute(
@@ -203,6 +213,7 @@ def apply_records(
     """
     counts = ApplyCounts()
     session.flush()  # the lookups below go to the database directly: let them see what the caller staged
+    lock_connection(session, connection_id)
     by_type: defaultdict[str, list[UpstreamRecord]] = defaultdict(list)
     for record in records:
         if record.object_type in mapping.OBJECT_MAPS:
