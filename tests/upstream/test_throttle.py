@@ -70,6 +70,34 @@ def test_rate_grows_after_healthy_runs_up_to_max() -> None:
     assert throttle.rate == 6
 
 
+def test_a_storms_ceiling_is_forgotten_after_a_while_without_429() -> None:
+    # The portal's limit was lowered to 1 req/s for a while, then restored: the ceiling the storm
+    # marked, kept with the session across restarts, held the rate near 1 req/s for hours (probing
+    # up 0.5% a run).
+    clock = FakeClock()
+    config = ThrottleConfig(initial_rate=10, increase_after=20)
+    throttle = AdaptiveThrottle(config, clock=clock)
+    for _ in range(6):
+        clock.now += 2
+        throttle.on_rate_limited(None)
+    assert throttle.ceiling is not None and throttle.rate <= 1.0
+    learned = throttle.learned()
+
+    paced_answers(throttle, 200)  # within the ceiling's memory: only the slow probe
+    assert throttle.rate < 1.5 * learned["rate"]
+    clock.now += config.ceiling_memory + 1
+    paced_answers(throttle, 200)
+    assert throttle.ceiling is None and throttle.rate >= 10
+
+    restarted = AdaptiveThrottle(config, clock=clock)  # resumed from what was saved: remembered anew
+    restarted.resume(learned)
+    paced_answers(restarted, 200)
+    assert restarted.ceiling is not None and restarted.rate < 1.5 * learned["rate"]
+    clock.now += config.ceiling_memory + 1
+    paced_answers(restarted, 200)
+    assert restarted.rate >= 10
+
+
 def test_the_rate_does_not_grow_while_the_gateway_sends_slower_than_it() -> None:
     clock = FakeClock()
     config = ThrottleConfig(initial_rate=10, increase_after=20, proportional_increase=0.1)

@@ -76,6 +76,9 @@ class ThrottleConfig:
     recovery_increase: float = 0.1
     recovery_after: int = 10
     probe_increase: float = 0.005
+    # Seconds without a 429 after which the ceiling a 429 marked is forgotten and the rate grows as
+    # before the first one: a storm (the portal's limit lowered for a while) is not kept for hours.
+    ceiling_memory: float = 600.0
     decrease_factor_429: float = 0.5
     # The rate the portal let through between two 429s (see AdaptiveThrottle.on_rate_limited) counts
     # when at least `measure_paced_share` of the starts in between waited for their pace, at least

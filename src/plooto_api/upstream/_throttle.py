@@ -7,7 +7,8 @@ LoopStalls). Until the first 429 the rate ramps up after each run of healthy res
 responses, where +10% a run took 200, the whole of a 10,000-bill initial sync. Only a run in
 which at least half the starts waited for their pace counts: a gateway that sends slower than its
 rate (busy, or with little to fetch) learns nothing about a higher one.
-A 429 marks the rate it came at as the portal's ceiling: the rate then recovers quickly to just
+A 429 marks the rate it came at as the portal's ceiling (forgotten after `ceiling_memory` seconds
+without a 429: a storm's low limit is not kept for hours): the rate then recovers quickly to just
 below that ceiling and probes past it slowly, so a long sync runs near the limit and meets it
 rarely (AIMD alone would saw between half the limit and the limit, with a 429 every cycle). A fast
 ramp overshoots (the portal's burst hides it for a while), so that first ceiling is high; what the
@@ -124,6 +125,7 @@ class AdaptiveThrottle:
         self._waited = 0  # starts of the current healthy run that had to wait for their pace
         self.baseline: float | None = None
         self.ceiling: float | None = None  # the rate the last 429 came at, or what was measured (below)
+        self._ceiling_since = clock()  # when the ceiling was last confirmed (a 429, or resumed)
         self.measured: float | None = None  # the rate the portal let through between its last two 429s
         self._last_limited: float | None = None  # when the last 429 came
         self._passed = 0  # healthy responses since then
@@ -161,6 +163,7 @@ class AdaptiveThrottle:
             rate = min(rate, ceiling)
         self.rate = min(max(rate, cfg.min_rate), cfg.max_rate)
         self.ceiling = ceiling
+        self._ceiling_since = self._clock()
         self.min_rate_seen = self.rate
 
     # -- pacing --------------------------------------------------------------------------------
@@ -229,6 +232,7 @@ class AdaptiveThrottle:
         if retry_after is not None and retry_after > 0:
             self._blocked_until = max(self._blocked_until, now + retry_after)
         rate = self.rate
+        self._ceiling_since = now
         measured, pushed = self._measure(now)
         if measured is not None and pushed:
             ceiling = max(cfg.min_rate, min(rate, measured))
@@ -272,6 +276,8 @@ class AdaptiveThrottle:
 
     def _grow(self) -> None:
         cfg = self.config
+        if self.ceiling is not None and self._clock() - self._ceiling_since > cfg.ceiling_memory:
+            self.ceiling = None  # no 429 for a long while: the limit may be higher now (a storm passed)
         if self.ceiling is not None and self.rate < cfg.recovery_below * self.ceiling:
             if self._healthy >= cfg.recovery_after:  # well below the known limit: recover fast
                 self._healthy = self._waited = 0
