@@ -21,6 +21,8 @@ from plooto_api.config import Settings
 from plooto_api.jobs import JobContext
 from plooto_api.runtime import GC_THRESHOLDS
 from plooto_api.services.connections import create_connection
+from plooto_api.services.demo import ensure_admin_token
+from plooto_api.services.tokens import authenticate, revoke_token
 from plooto_api.store.database import transaction
 from plooto_api.store.models import Connection
 from plooto_api.store.vault import generate_key
@@ -154,3 +156,38 @@ def test_every_command_collects_garbage_less_often(monkeypatch: pytest.MonkeyPat
         assert gc.get_threshold() == GC_THRESHOLDS
     finally:
         gc.set_threshold(*before)
+
+
+def test_serve_with_a_real_portal_shows_no_token(
+    tmp_path: Path, process_database_env: dict[str, str]
+) -> None:
+    # A token printed on every start would sit in a deployment's logs (systemd, docker): only the
+    # embedded demo shows one.
+    port = _free_port()
+    env = _env(process_database_env) | {"PLOOTO_API_UPSTREAM_URL": f"http://127.0.0.1:{_free_port()}"}
+    proc = subprocess.Popen(
+        [*CLI, "serve", "--port", str(port), "--data-dir", str(tmp_path / "data")],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert _wait_for_health(f"http://127.0.0.1:{port}/health", proc).status_code == 200
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    assert "papi_" not in out + err
+    assert "plooto-api tokens create" in out
+
+
+def test_the_demo_admin_token_is_not_made_again_once_revoked(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data", vault_key=SecretStr(generate_key()))
+    ctx = JobContext.from_settings(settings)
+    try:
+        token = ensure_admin_token(ctx)
+        assert token is not None and ensure_admin_token(ctx) == token
+        with transaction(ctx.sessions) as session:
+            found = authenticate(session, token)
+            assert found is not None
+            revoke_token(session, found.token_id)
+        assert ensure_admin_token(ctx) is None
+    finally:
+        ctx.engine.dispose()

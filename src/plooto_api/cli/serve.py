@@ -160,14 +160,19 @@ def run_serve(settings: Settings, console: Console) -> None:
         with database_errors(settings):
             ctx = JobContext.from_settings(settings)
         try:
-            token = ensure_admin_token(ctx)
+            # Only the demo's: a token printed on every start of a real deployment would sit in its logs.
+            token = ensure_admin_token(ctx) if sandbox is not None else None
         finally:
             ctx.engine.dispose()
         base = f"http://{settings.host}:{port}"
         console.print(f"  gateway: {base}")
         console.print(f"  docs:    {base}/docs  (OpenAPI at {base}/openapi.json)")
-        console.print(f"  token:   {token}")
-        console.print(f'  try:     curl -H "Authorization: Bearer {token}" {base}/bills?limit=3')
+        if token is not None:
+            console.print(f"  token:   {token}")
+            console.print(f'  try:     curl -H "Authorization: Bearer {token}" {base}/bills?limit=3')
+        else:
+            console.print("  tokens:  make one with `plooto-api tokens create --scopes '*' --name admin`"
+                          + (" (the demo's was revoked)" if sandbox is not None else ""))  # fmt: skip
         console.file.flush()
         config = uvicorn.Config(
             create_app(settings), host=settings.host, port=port, log_config=None, access_log=False

@@ -1,5 +1,6 @@
-"""What `plooto-api serve` sets up on first run: the demo connection to the embedded sandbox and an
-admin API token, which is kept sealed in the vault so later starts can show it again."""
+"""What `plooto-api serve` sets up on first run with the embedded sandbox: the demo connection and an
+admin API token, kept sealed in the vault so later starts can show it again. With a real portal it
+makes and shows no token: the operator makes theirs with `plooto-api tokens create`."""
 
 from __future__ import annotations
 
@@ -32,12 +33,13 @@ def ensure_demo_connection(ctx: JobContext, sandbox_url: str) -> str:
         return connection.id
 
 
-def ensure_admin_token(ctx: JobContext) -> str:
-    """An admin token for the operator: the one from an earlier start if it still works, else a new one."""
+def ensure_admin_token(ctx: JobContext) -> str | None:
+    """The demo's admin token, for the operator: made on the first start, the same one on later
+    starts, and None once an operator revoked it (serve makes no new one behind their back)."""
     with transaction(ctx.sessions) as session:
         kept = ctx.vault.open(session, _VAULT_OWNER, _VAULT_PURPOSE)
-        if isinstance(kept, str) and authenticate(session, kept) is not None:
-            return kept
+        if isinstance(kept, str):
+            return kept if authenticate(session, kept) is not None else None
         _, secret = create_token(session, scopes=["*"], name="admin (plooto-api serve)")
         ctx.vault.seal(session, _VAULT_OWNER, _VAULT_PURPOSE, secret)
         return secret
