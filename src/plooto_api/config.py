@@ -80,6 +80,20 @@ class Settings(BaseSettings):
         description="After an unknown outcome, how long the portal may still apply a write; a write not "
         "found by then is sent again.",
     )
+    write_retry_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="How often a running gateway takes up again the writes a portal outage left open, "
+        "and the least wait before one is tried again (the wait grows to a quarter of the write's age, "
+        "at most 5 minutes).",
+    )
+    write_expire_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        description="A write the portal could not be sent within this long after it was requested fails "
+        "(503 write_expired) rather than being sent late; one sent but unconfirmed is read back, never "
+        "sent again after it.",
+    )
     auth_attempts_per_client: int = Field(
         default=10,
         ge=1,

@@ -53,7 +53,9 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool = True) -> Fa
         app.state.authenticator = Authenticator(ctx)
         if run_jobs:
             schedule_all(jobs, ctx)
-            jobs.enqueue("writes.recover")  # writes a previous process left unfinished
+            # Writes a previous process left unfinished; the schedule's `writes.retry` then takes up
+            # those a portal outage leaves open while this one runs.
+            jobs.enqueue("writes.recover")
         try:
             yield
         finally:

@@ -38,9 +38,13 @@ def schedule_connection(engine: InProcessEngine, ctx: JobContext, connection_id:
 
 
 def schedule_gateway(engine: InProcessEngine, ctx: JobContext) -> None:
-    """The jobs every gateway runs once, whatever its connections: webhook delivery, event purge."""
+    """The jobs every gateway runs once, whatever its connections: webhook delivery, event purge, and
+    the retry of writes a portal outage left open."""
     engine.every("webhooks:deliver", "webhooks.deliver", None, ctx.settings.webhook_delivery_interval_seconds,
                  key="webhooks:deliver")  # fmt: skip
+    # No key: a run carrying a slow write must not hold back the next; one operation is never taken
+    # twice (a run claims what it takes).
+    engine.every("writes:retry", "writes.retry", None, ctx.settings.write_retry_seconds, run_now=False)
     engine.every("events:purge", "events.purge", None, 3600.0, key="events:purge", run_now=False)
 
 

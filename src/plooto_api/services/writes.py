@@ -8,6 +8,12 @@ portal back and matches the reference before it may send again; while the portal
 applying an earlier send (the settle window), "not found" proves nothing and nothing is re-sent.
 Decisions the portal itself refuses to repeat (approve, reject, cancel) are simply sent again and
 a "decided already" answer is checked against the object.
+
+An operation a portal outage leaves open is not forgotten: it carries the time it is to be tried again
+(`retry_at`, later as the outage goes on) and the periodic retry (`retry_due`) takes it up then, until
+it ends or expires. One never sent is failed once `write_expire_seconds` have passed since it was
+requested (its key released), and from then on it is never sent; one sent before is read back first
+and, past that age, counts as done only if the portal shows it, never sent again.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -58,14 +64,18 @@ from plooto_api.upstream import (
     WriteResult,
     request_field,
 )
+from plooto_api.upstream.portal import PAYMENT_STATUS
 
 log = get_logger(__name__)
+
+_T = TypeVar("_T")
 
 TERMINAL = {"succeeded", "failed", "requires_action"}
 MAX_SENDS = 5  # sends of one operation, each after a read-back that found nothing
 READ_BACK_POLL_SECONDS = 0.25  # the first look again after an unknown outcome; then 1.5x longer each
 READ_BACK_POLL_MAX_SECONDS = 5.0
 RESEND_DELAY_MAX_SECONDS = 4.0
+RETRY_DELAY_MAX_SECONDS = 300.0  # the longest wait between two tries of a write the portal did not take
 ATTACHMENT_MAX_BYTES = 10 * 1024 * 1024
 
 # The portal's refusal codes as the API states them: (HTTP status, our code).
@@ -398,12 +408,28 @@ def _decided(decision: str) -> Shows:
     return shows
 
 
+# The portal's status for a payment a cancel stopped. Rejected, Recalled and Deleted read as
+# `cancelled` too, but are someone else's doing (an approver, the bank): not this write's effect.
+PORTAL_CANCELLED = next(raw for raw, status in PAYMENT_STATUS.items() if raw.lower() == status == "cancelled")
+
+
 def _cancelled(record: UpstreamRecord, me: UpstreamRef) -> bool:
-    return record.fields.get("status") == "cancelled"
+    return record.status_raw == PORTAL_CANCELLED
 
 
 def _req(op: models.Operation) -> dict[str, Any]:
     return op.request
+
+
+async def _after_write(step: Awaitable[_T]) -> _T:
+    """`step`, a read (or an upload) that follows a write the portal has applied. A portal that cannot
+    be reached for it leaves the write's outcome to the read-back: it must not count as "nothing was
+    sent", which would send the write again without looking."""
+    try:
+        return await step
+    except UpstreamUnavailable as exc:
+        raise AmbiguousWriteOutcome(f"the write was applied, what follows it failed: {exc}", settled=True,
+                                    status_code=exc.status_code) from exc  # fmt: skip
 
 
 async def _send_payment(portal: PortalSession, op: models.Operation) -> WriteResult:
@@ -437,7 +463,7 @@ async def _send_bill(portal: PortalSession, op: models.Operation) -> WriteResult
             lines=r["lines"], currency=r.get("currency"), memo=r.get("memo"), reference=op.reference,
         )  # fmt: skip
         op.upstream_id = result.portal_id
-    return await _attach(portal, op)
+    return await _after_write(_attach(portal, op))
 
 
 async def _attach(portal: PortalSession, op: models.Operation) -> WriteResult:
@@ -471,17 +497,23 @@ async def _find_bill(portal: PortalSession, op: models.Operation) -> WriteResult
 
 async def _send_invoice(portal: PortalSession, op: models.Operation) -> WriteResult:
     r = _req(op)
+    company = r["company_upstream_id"]
 
     def day(key: str) -> date | None:
         return date.fromisoformat(r[key]) if r.get(key) else None
 
     result = await portal.create_invoice(
-        r["company_upstream_id"], customer_upstream_id=r["customer_upstream_id"], number=r.get("number"),
+        company, customer_upstream_id=r["customer_upstream_id"], number=r.get("number"),
         issue_date=day("issue_date"), terms=r.get("terms"), due_date=day("due_date"), lines=r["lines"],
         memo=r.get("memo"), reference=op.reference, send=r.get("send") or "now",
         scheduled_send_date=day("scheduled_send_date"), reminders=r.get("reminders"), recurring=r.get("recurring"),
     )  # fmt: skip
-    return await _with_recurring(portal, r["company_upstream_id"], result)
+    return await _after_write(_with_invoice_parts(portal, company, result))
+
+
+async def _with_invoice_parts(portal: PortalSession, company: str, result: WriteResult) -> WriteResult:
+    """A new invoice with what the portal made along with it: its recurring schedule, its reminders."""
+    return await _with_reminders(portal, company, await _with_recurring(portal, company, result))
 
 
 async def _with_recurring(portal: PortalSession, company: str, result: WriteResult) -> WriteResult:
@@ -494,10 +526,38 @@ async def _with_recurring(portal: PortalSession, company: str, result: WriteResu
     return result
 
 
+async def _with_reminders(portal: PortalSession, company: str, result: WriteResult) -> WriteResult:
+    """A new invoice with the reminders the portal scheduled for it (the reminders feed brings them
+    only at the next sync), so that the stored invoice and its `invoice.created` event carry them.
+    The invoice is made whatever this read gives: one that fails leaves them to that sync."""
+    invoice = result.record
+    if invoice is None or invoice.object_type != "invoice":
+        return result
+    try:
+        listed = await portal.list_reminders(company, invoice.upstream_id)
+    except UpstreamChanged:
+        raise
+    except UpstreamError as exc:
+        log.warning("write.reminders_unread", invoice=invoice.upstream_id, error=type(exc).__name__)
+        return result
+    # Each reminder as an item of the invoice's list, as the sync merges it (upsert._apply_parts).
+    part = mapping.PARTS["invoice_reminder"]
+    item = mapping.object_map_for(part.parent_type).children[part.field].schema
+    items = [
+        item.model_validate({k: v for k, v in record.fields.items() if k != part.parent_key}).model_dump(
+            mode="json"
+        )
+        for raw in listed
+        for record in portal.reminder_records(company, raw)
+    ]
+    invoice.fields[part.field] = sorted(items, key=part.order)
+    return result
+
+
 async def _find_invoice(portal: PortalSession, op: models.Operation) -> WriteResult | None:
     company = _req(op)["company_upstream_id"]
     found = await portal.find_by_memo_reference(company, "invoice", op.reference, modified_since=_since(op))
-    return await _with_recurring(portal, company, found) if found is not None else None
+    return await _with_invoice_parts(portal, company, found) if found is not None else None
 
 
 def _action(name: str) -> Send:
@@ -517,7 +577,9 @@ def _action(name: str) -> Send:
 async def _send_reminder(portal: PortalSession, op: models.Operation) -> WriteResult:
     r = _req(op)
     sent = await portal.send_reminder(r["company_upstream_id"], r["object_upstream_id"])
-    record = await portal.fetch_object(r["company_upstream_id"], "invoice", r["object_upstream_id"])
+    record = await _after_write(
+        portal.fetch_object(r["company_upstream_id"], "invoice", r["object_upstream_id"])
+    )
     # The invoice first (the operation's object), then the reminder, which joins its list.
     records = [record, *sent.records] if record else []
     return WriteResult(records, sent.portal_id, sent.http_status, sent.trace_id, sent.raw)
@@ -573,35 +635,196 @@ def _save(ctx: JobContext, op: models.Operation, **changes: Any) -> models.Opera
         return row
 
 
+def _record_send(ctx: JobContext, op: models.Operation) -> models.Operation | None:
+    """Record a send (attempts, started_at) before it goes out; None if the operation ended meanwhile
+    (expired, or finished elsewhere): an operation answered as ended is never sent."""
+    with transaction(ctx.sessions) as session:
+        row = session.get(models.Operation, op.id, with_for_update=True)
+        assert row is not None
+        if row.status in TERMINAL:
+            return None
+        row.status = "running"
+        row.attempts = op.attempts + 1
+        row.started_at = utcnow()
+        row.upstream_id = op.upstream_id
+        row.updated_at = utcnow()
+        return row
+
+
 def _aware(value: datetime | None) -> datetime | None:
     from datetime import UTC
 
     return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
 
+def _stamp(value: datetime) -> str:
+    return value.isoformat().replace("+00:00", "Z")
+
+
 TRANSIENT_RETRIES = 4
+# Operations this process is carrying now: one is never executed twice at once (the request that
+# recorded it, the startup recovery and the periodic retry may all reach for it).
+_IN_HAND: set[str] = set()
 
 
 async def execute(ctx: JobContext, operation_id: str) -> str:
     """Carry an operation to a final state; safe to run again at any point (recovery does).
 
-    A portal that cannot be reached (or keeps rate-limiting) is tried again a few times with
-    backoff; after that the operation stays open for the next recovery run.
+    A portal that cannot be reached (or keeps rate-limiting) is tried again a few times at once;
+    after that the operation stays open with the time it is to be tried again, when the periodic
+    retry (`retry_due`) takes it up. Returns the operation's status.
     """
-    for attempt in range(TRANSIENT_RETRIES):
-        try:
-            return await _execute_once(ctx, operation_id)
-        except (UpstreamUnavailable, RateLimited):
-            if attempt == TRANSIENT_RETRIES - 1:
-                raise
-            await asyncio.sleep(min(8.0, 0.5 * 2**attempt))
-    raise AssertionError("unreachable")  # pragma: no cover
+    if operation_id in _IN_HAND:
+        op = _load(ctx, operation_id)
+        return op.status if op is not None else "missing"
+    _IN_HAND.add(operation_id)
+    try:
+        for attempt in range(TRANSIENT_RETRIES):
+            try:
+                return await _execute_once(ctx, operation_id)
+            except (UpstreamUnavailable, RateLimited) as exc:
+                if attempt == TRANSIENT_RETRIES - 1:
+                    status = _retry_later(ctx, operation_id)
+                    log.warning("write.retry_later", operation=operation_id, error=str(exc))
+                    return status
+                await asyncio.sleep(min(8.0, 0.5 * 2**attempt))
+        raise AssertionError("unreachable")  # pragma: no cover
+    except Exception:
+        _retry_later(ctx, operation_id)  # a failure of our own is retried too, rather than stuck
+        raise
+    finally:
+        _IN_HAND.discard(operation_id)
+
+
+# --- taking up again what a portal outage left open, and giving up on it -----------------------
+
+
+def retry_delay(ctx: JobContext, op: models.Operation, now: datetime) -> timedelta:
+    """How long an operation left open waits before it is tried again: a quarter of its age (tries thin
+    out as an outage lasts), at least `write_retry_seconds`, at most 5 minutes, with some jitter so
+    that the writes one outage left open do not all come back at once."""
+    age = (now - (_aware(op.created_at) or now)).total_seconds()
+    seconds = min(RETRY_DELAY_MAX_SECONDS, age / 4) * random.uniform(0.8, 1.0)
+    return timedelta(seconds=max(ctx.settings.write_retry_seconds, seconds))
+
+
+def _expires_at(ctx: JobContext, op: models.Operation) -> datetime:
+    """After this an operation is not sent any more (it was requested too long ago)."""
+    created = _aware(op.created_at)
+    assert created is not None
+    return created + timedelta(seconds=ctx.settings.write_expire_seconds)
+
+
+def _retry_later(ctx: JobContext, operation_id: str) -> str:
+    """Note on an operation left open when it is to be tried again, and until when it may be sent;
+    returns its status."""
+    now = utcnow()
+    with transaction(ctx.sessions) as session:
+        row = session.get(models.Operation, operation_id, with_for_update=True)
+        if row is None:
+            return "missing"
+        if row.status in TERMINAL:
+            return row.status
+        expires = _expires_at(ctx, row)
+        retry_at = now + retry_delay(ctx, row, now)
+        if now < expires < retry_at:
+            retry_at = expires  # expired at once rather than up to one delay late
+        row.error = {**(row.error or {}), "retryable": True, "retry_at": _stamp(retry_at),
+                     "expires_at": _stamp(expires)}  # fmt: skip
+        row.updated_at = now
+        return row.status
+
+
+def _abandoned_after(ctx: JobContext) -> timedelta:
+    """An open operation with no retry time whose row has not changed for this long has lost whoever
+    carried it (a process killed, a task cancelled): longer than any one execution stays quiet."""
+    settings = ctx.settings
+    return timedelta(seconds=max(900.0, 2 * (settings.write_timeout_seconds + settings.write_settle_seconds)))
+
+
+def _due(row: models.Operation, now: datetime, abandoned: timedelta) -> bool:
+    retry_at = (row.error or {}).get("retry_at")
+    if retry_at is not None:
+        return datetime.fromisoformat(retry_at) <= now
+    updated = _aware(row.updated_at)
+    return updated is not None and updated <= now - abandoned
+
+
+def _claim(ctx: JobContext, operation_id: str, now: datetime, abandoned: timedelta) -> bool:
+    """Take a due operation for this run: its retry time is cleared, so no other run (of this process
+    or another) takes it as well; the execution sets a new one if it leaves the operation open."""
+    with transaction(ctx.sessions) as session:
+        row = session.get(models.Operation, operation_id, with_for_update=True)
+        if row is None or row.status not in UNFINISHED_WRITES or not _due(row, now, abandoned):
+            return False
+        row.error = {k: v for k, v in (row.error or {}).items() if k != "retry_at"}
+        row.updated_at = now
+        return True
+
+
+async def retry_due(ctx: JobContext) -> dict[str, str]:
+    """Take up again the open operations whose retry time has come (a portal outage left them open)
+    and those nobody carries any more; each is read back before anything is sent again, as always.
+    Returns their statuses by id."""
+    now, abandoned = utcnow(), _abandoned_after(ctx)
+    with ctx.sessions() as session:
+        rows = session.scalars(
+            select(models.Operation)
+            .where(models.Operation.status.in_(UNFINISHED_WRITES))
+            .order_by(models.Operation.created_at)
+        ).all()
+        due = [row.id for row in rows if row.id not in _IN_HAND and _due(row, now, abandoned)]
+    ids = [operation_id for operation_id in due if _claim(ctx, operation_id, now, abandoned)]
+    if ids:
+        log.info("writes.retrying", operations=len(ids))
+    results = await asyncio.gather(*(execute(ctx, i) for i in ids), return_exceptions=True)
+    return {
+        i: (r if isinstance(r, str) else f"error: {type(r).__name__}")
+        for i, r in zip(ids, results, strict=True)
+    }
+
+
+def _expire(ctx: JobContext, op: models.Operation) -> str:
+    """End an operation that could not be carried out in time. Once a caller is told so, the write is
+    never sent: `_record_send` refuses an ended operation. Never sent: its keys are released, so the
+    same request is carried out afresh."""
+    span = _span(ctx.settings.write_expire_seconds)
+    if op.attempts == 0:
+        message = (f"the portal could not be reached for {span} after the write was requested; nothing was "
+                   "sent, and it will not be")  # fmt: skip
+    else:
+        message = (f"the portal showed no sign of the write {span} after it was requested; it will not be "
+                   "sent again")  # fmt: skip
+    log.warning("write.expired", operation=op.id, kind=op.kind, attempts=op.attempts)
+    return _finish_failed(ctx, op, 503, "write_expired", message, keep_key=op.attempts > 0)
+
+
+def _span(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    return f"{minutes} minutes" if minutes > 1 else f"{round(seconds)} seconds"
+
+
+async def _effect_shown(
+    portal: PortalSession, op: models.Operation, kind: WriteKind, trace_id: str | None
+) -> WriteResult | None:
+    """For a write the portal refuses to repeat: its object, if it shows this write's effect."""
+    if kind.refetch is None:
+        return None
+    company = op.request["company_upstream_id"]
+    record = await portal.fetch_object(company, kind.refetch[0], op.request[kind.refetch[1]])
+    if record is None or (
+        kind.shows is not None and not kind.shows(record, await portal.own_user_ref(company))
+    ):
+        return None
+    return WriteResult([record], op.request[kind.refetch[1]], None, trace_id)
 
 
 async def _execute_once(ctx: JobContext, operation_id: str) -> str:
     op = _load(ctx, operation_id)
     if op is None or op.status in TERMINAL:
         return op.status if op is not None else "missing"
+    if op.attempts == 0 and utcnow() >= _expires_at(ctx, op):  # never sent: the portal need not be asked
+        return _expire(ctx, op)
     kind = KINDS[op.kind]
     with ctx.sessions() as session:
         connection = session.get(models.Connection, op.connection_id)
@@ -640,10 +863,18 @@ async def _execute_once(ctx: JobContext, operation_id: str) -> str:
                         # The portal answered that it applied nothing (an error of its own): a
                         # moment's outage must not use up every send, so wait before the next.
                         await asyncio.sleep(resend_delay(op.attempts))
+                if utcnow() >= _expires_at(ctx, op):
+                    # Too late to send: sent before, it is done only if the portal shows it.
+                    shown = await _effect_shown(portal, op, kind, None) if op.attempts > 0 else None
+                    if shown is not None:
+                        return await _succeed(ctx, portal, op, shown, read_back=True)
+                    return _expire(ctx, op)
                 # The send is recorded (attempts, started_at) before it goes out.
-                op = _save(ctx, op, status="running", attempts=op.attempts + 1, started_at=utcnow(),
-                           upstream_id=op.upstream_id)  # fmt: skip
-                polls, sending = 0, True
+                recorded = _record_send(ctx, op)
+                if recorded is None:
+                    ended = _load(ctx, op.id)
+                    return ended.status if ended is not None else "missing"
+                op, polls, sending = recorded, 0, True
                 result = await kind.send(portal, op)
             except AmbiguousWriteOutcome as exc:
                 settled = exc.settled
@@ -661,16 +892,12 @@ async def _execute_once(ctx: JobContext, operation_id: str) -> str:
                     op = _save(ctx, op, attempts=op.attempts - 1)
                 raise
             except PortalRuleViolation as exc:
-                if exc.code in _DECIDED_ALREADY and op.attempts > 1 and kind.refetch is not None:
+                if exc.code in _DECIDED_ALREADY and op.attempts > 1:
                     # Done already: by our earlier (unanswered) send only if the object shows it. A
                     # payment debited meanwhile, or decided by someone else, is this send's refusal.
-                    company = op.request["company_upstream_id"]
-                    record = await portal.fetch_object(company, kind.refetch[0], op.request[kind.refetch[1]])
-                    if record is not None and (
-                        kind.shows is None or kind.shows(record, await portal.own_user_ref(company))
-                    ):
-                        result = WriteResult([record], op.request[kind.refetch[1]], None, exc.trace_id)
-                        return await _succeed(ctx, portal, op, result, read_back=True)
+                    shown = await _effect_shown(portal, op, kind, exc.trace_id)
+                    if shown is not None:
+                        return await _succeed(ctx, portal, op, shown, read_back=True)
                 status, code = PORTAL_CODES.get(exc.code, (422, "portal_rule_violation"))
                 param = request_field(
                     op.request.get("object_type") or "", exc.field
@@ -783,7 +1010,7 @@ def _evidence(result: WriteResult | None, **extra: Any) -> dict[str, Any]:
 def _finish_succeeded(ctx: JobContext, op: models.Operation, result: WriteResult, *, read_back: bool) -> str:
     now = utcnow()
     with transaction(ctx.sessions) as session:
-        row = session.get(models.Operation, op.id)
+        row = session.get(models.Operation, op.id, with_for_update=True)
         assert row is not None
         if row.status in TERMINAL:
             return row.status
@@ -850,7 +1077,7 @@ def _finish_failed(
     (refused before anything was sent): then they are released."""
     now = utcnow()
     with transaction(ctx.sessions) as session:
-        row = session.get(models.Operation, op.id)
+        row = session.get(models.Operation, op.id, with_for_update=True)
         assert row is not None
         if row.status in TERMINAL:
             return row.status
