@@ -39,15 +39,27 @@ class SlidingWindowLimiter:
 
     def hit(self, key: str) -> float | None:
         """Count one attempt for `key`; None if allowed, else seconds until one would be."""
+        wait = self.wait(key)
+        if wait is None:
+            self.record(key)
+        return wait
+
+    def wait(self, key: str) -> float | None:
+        """None if an attempt for `key` would be allowed now, else seconds until one would be (counts
+        nothing)."""
         now = self.clock()
-        hits = self._hits.setdefault(key, deque())
+        hits = self._hits.get(key)
         while hits and hits[0] <= now - self.window:
             hits.popleft()
-        if len(hits) >= self.limit:
+        if hits and len(hits) >= self.limit:
             return hits[0] + self.window - now
-        hits.append(now)
-        self._forget_idle(now)
         return None
+
+    def record(self, key: str) -> None:
+        """Count one attempt for `key` (one `wait` allowed)."""
+        now = self.clock()
+        self._hits.setdefault(key, deque()).append(now)
+        self._forget_idle(now)
 
     def _forget_idle(self, now: float) -> None:
         # Keep memory bounded under a spray of distinct keys: drop keys with no recent hits.
@@ -65,15 +77,18 @@ class LoginAttemptLimits:
         self.per_username = SlidingWindowLimiter(settings.auth_attempts_per_username, window, clock)
 
     def check(self, client: str, username: str | None) -> None:
-        """Count an attempt; ApiError 429 (with Retry-After) if a limit is exceeded."""
-        waits = [self.per_client.hit(f"client:{client}")]
+        """Count an attempt; ApiError 429 (with Retry-After) if a limit is exceeded. A refused attempt
+        counts against neither limit, so it does not push back the time the answer names."""
+        keys = [(self.per_client, f"client:{client}")]
         if username:
-            waits.append(self.per_username.hit(f"user:{username.strip().lower()}"))
-        wait = max((w for w in waits if w is not None), default=None)
+            keys.append((self.per_username, f"user:{username.strip().lower()}"))
+        wait = max((w for limiter, key in keys if (w := limiter.wait(key)) is not None), default=None)
         if wait is not None:
             seconds = max(1, math.ceil(wait))
             raise ApiError(429, "rate_limited", f"too many login attempts; try again in {seconds} s",
                            headers={"Retry-After": str(seconds)})  # fmt: skip
+        for limiter, key in keys:
+            limiter.record(key)
 
 
 async def limit_login_attempts(request: Request) -> None:

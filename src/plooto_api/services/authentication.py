@@ -4,7 +4,8 @@ and `POST /authenticate`'s Authenticator, which hands back a session token.
 The credentials are proven against the portal before anything is kept: a refused password leaves
 no connection behind. When the portal wants a code the gateway cannot produce (SMS), the caller
 gets a challenge id to complete with `complete_challenge`. Pending challenges live in this process
-for the life of the portal's code (10 minutes).
+for the life of the portal's code (10 minutes), one per login: a new sign-in has the portal send a
+new code, under a new challenge.
 """
 
 from __future__ import annotations
@@ -26,14 +27,15 @@ from plooto_api.services.connections import (
     change_state,
     create_connection,
     get_connection,
+    record_login_failure_of,
     update_credentials,
 )
-from plooto_api.services.sessions import complete_mfa, wait_for_code
+from plooto_api.services.sessions import answer_mfa, complete_mfa, refuse_while_locked, wait_for_code
 from plooto_api.services.tokens import READ_SCOPES, create_token
 from plooto_api.store.base import utcnow
 from plooto_api.store.database import transaction
 from plooto_api.store.models import Connection
-from plooto_api.upstream import InvalidCredentials, MfaChallenge, MfaRequired
+from plooto_api.upstream import AccountLocked, InvalidCredentials, MfaChallenge, MfaRequired
 
 CHALLENGE_TTL_SECONDS = 600
 SESSION_TOKEN_LIFETIME = timedelta(hours=12)
@@ -59,7 +61,13 @@ class Challenge:
 
 
 class UnknownChallenge(LookupError):
-    """No pending challenge with that id (never issued, completed, or expired)."""
+    """No pending challenge with that id (never issued, completed, expired, or replaced by a new
+    sign-in of its login)."""
+
+
+class ChallengeRestarted(Exception):
+    """The portal's pending sign-in was gone when the code came (it expired, or a lock ended it): it
+    was started again and the portal sent a new code, which answers the same challenge."""
 
 
 @dataclass
@@ -87,24 +95,26 @@ async def sign_in(
     and portal: created, or the existing one given them).
 
     When the portal sends a code that `mfa_code` does not answer, the connection waits for it
-    (requires_action, mfa) and `challenge` says how it was sent. Raises the upstream errors
-    (AuthenticationError subclasses, UpstreamUnavailable, ...) when the portal refuses or cannot be
-    reached; then a connection created here is removed and an existing one gets back the
-    credentials and portal session it had.
+    (requires_action, mfa) and `challenge` says how it was sent; a sign-in of this login that
+    waited for a code already is started afresh without `mfa_code`, so the portal sends a new one.
+    Raises the upstream errors (AuthenticationError subclasses, UpstreamUnavailable, ...) when the
+    portal refuses or cannot be reached; then a connection created here is removed and an existing
+    one gets back the credentials and portal session it had (and is `locked` if the portal says
+    so). While the portal's lock on the login lasts, nothing is sent (AccountLocked).
     """
     connection_id, created, backup = _connection_for(ctx, username, upstream_url, password, totp_secret,
                                                      label=label, login_mode=login_mode)  # fmt: skip
     await ctx.portals.forget(connection_id)  # a fresh session with the credentials just given
     portal = await ctx.portals.get(connection_id)
     try:
-        await portal.ensure_logged_in(deliberate=True)
-    except MfaRequired as exc:
-        if mfa_code:
-            await complete_mfa(ctx, connection_id, mfa_code, trust_device=trust_device)
-            _proven(ctx, connection_id)
-            return SignedIn(connection_id, created)
-        wait_for_code(ctx, connection_id, exc.challenge.method)
-        return SignedIn(connection_id, created, exc.challenge)
+        await refuse_while_locked(ctx, connection_id)
+        try:
+            await portal.ensure_logged_in(deliberate=True, new_code=mfa_code is None)
+        except MfaRequired as exc:
+            if not mfa_code:
+                wait_for_code(ctx, connection_id, exc.challenge.method)
+                return SignedIn(connection_id, created, exc.challenge)
+            await complete_mfa(ctx, connection_id, mfa_code, trust_device=trust_device)  # refused: as below
     except Exception as exc:
         if created:
             _discard(ctx, connection_id)
@@ -115,6 +125,8 @@ async def sign_in(
             await _restore(
                 ctx, connection_id, backup, state=("requires_action", "password", None) if refused else None
             )
+            if isinstance(exc, AccountLocked):  # the portal locks the login, whichever password
+                record_login_failure_of(ctx.sessions, connection_id, exc)
         raise
     _proven(ctx, connection_id)
     return SignedIn(connection_id, created)
@@ -234,27 +246,57 @@ class Authenticator:
         """Log in (see `sign_in`); a session token, or a challenge for the code the portal sent."""
         signed_in = await sign_in(self.ctx, username=username, password=password, upstream_url=upstream_url,
                                   totp_secret=totp_secret, mfa_code=mfa_code, trust_device=trust_device)  # fmt: skip
+        self._prune()
+        # This sign-in replaced any earlier one of the login (and the portal's new code the old one).
+        superseded = [c for c, ch in self._challenges.items() if ch.connection_id == signed_in.connection_id]
+        for earlier in superseded:
+            del self._challenges[earlier]
         if signed_in.challenge is None:
             return self._issue(signed_in.connection_id)
         challenge = Challenge("mfa_" + secrets.token_urlsafe(18), signed_in.connection_id,
                               [signed_in.challenge.method], trust_device)  # fmt: skip
-        self._prune()
         self._challenges[challenge.challenge_id] = challenge
         return challenge
 
     async def complete_challenge(self, challenge_id: str, code: str) -> Authenticated:
-        """Answer a pending challenge; raises UnknownChallenge or upstream InvalidMfaCode."""
+        """Answer a pending challenge (see `answer_mfa`). Raises UnknownChallenge; ChallengeRestarted
+        when the portal's pending sign-in was gone (a new code is on its way, for this challenge);
+        the upstream errors: InvalidMfaCode (the challenge stays), AccountLocked (the connection is
+        locked; the challenge stays, and is answered once the lock ends), InvalidCredentials (the
+        challenge is dropped: the connection waits for a new password)."""
         self._prune()
         challenge = self._challenges.get(challenge_id)
         if challenge is None:
             raise UnknownChallenge(challenge_id)
+        if not self._still_waiting(challenge.connection_id):
+            # Signed in another way meanwhile (its code given to the connection, say): the portal
+            # would check no code now, so the challenge must not vouch for one.
+            self._challenges.pop(challenge_id, None)
+            raise UnknownChallenge(challenge_id)
         try:
-            await complete_mfa(self.ctx, challenge.connection_id, code, trust_device=challenge.trust_device)
+            signed_in = await answer_mfa(
+                self.ctx, challenge.connection_id, code, trust_device=challenge.trust_device
+            )
+        except (ConnectionNotFound, InvalidCredentials) as exc:
             self._challenges.pop(challenge_id, None)
-            return self._issue(challenge.connection_id)
-        except ConnectionNotFound:  # removed while the code was on its way: nothing to complete
-            self._challenges.pop(challenge_id, None)
-            raise UnknownChallenge(challenge_id) from None
+            if isinstance(exc, ConnectionNotFound):  # removed while the code was on its way
+                raise UnknownChallenge(challenge_id) from None
+            raise
+        if not signed_in:
+            challenge.expires = time.monotonic() + CHALLENGE_TTL_SECONDS  # the life of the new code
+            raise ChallengeRestarted(challenge_id)
+        self._challenges.pop(challenge_id, None)
+        return self._issue(challenge.connection_id)
+
+    def _still_waiting(self, connection_id: str) -> bool:
+        """Whether the connection still waits for a person's code: for the one the portal sent, or
+        for a lock to end, after which a new one is sent."""
+        with self.ctx.sessions() as session:
+            connection = session.get(Connection, connection_id)
+            if connection is None:
+                return False
+            waiting = (connection.state, connection.state_reason) == ("requires_action", "mfa")
+            return waiting or connection.state == "locked"
 
     def _issue(self, connection_id: str) -> Authenticated:
         with transaction(self.ctx.sessions) as session:

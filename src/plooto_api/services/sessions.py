@@ -1,15 +1,43 @@
 """Portal sessions of connections: answering an MFA challenge and replacing credentials.
 
 These are the ways out of `requires_action`: the sync engine does not log in again by itself while
-a connection waits for a code or a new password, so the portal's lockout is never tripped.
+a connection waits for a code or a new password, so the portal's lockout is never tripped. A
+person's action lifts those, but not the portal's lock: while it lasts, nothing signs in, even for a
+person (`refuse_while_locked`), since every attempt during a lock is one more the portal holds
+against the login.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from plooto_api.jobs.context import JobContext
-from plooto_api.services.connections import change_state, get_connection, update_credentials
+from plooto_api.services.connections import (
+    change_state,
+    get_connection,
+    login_blocked_reason,
+    record_login_failure_of,
+    update_credentials,
+)
 from plooto_api.store.database import transaction
-from plooto_api.upstream import MfaRequired, SessionExpired
+from plooto_api.upstream import AccountLocked, InvalidCredentials, MfaRequired, SessionExpired
+
+
+async def refuse_while_locked(ctx: JobContext, connection_id: str) -> None:
+    """AccountLocked while the portal's lock on this connection's login lasts, by the portal's clock
+    (read from its login page: nothing else is sent); for a sign-in a person asked for (new
+    credentials, a code), which the login guard lets through otherwise."""
+    with ctx.sessions() as session:
+        connection = get_connection(session, connection_id)
+        if connection.state != "locked":
+            return
+        session.expunge(connection)  # judged below, once the portal's clock is read
+    portal = await ctx.portals.get(connection_id)
+    reason = login_blocked_reason(connection, await portal.read_portal_clock())
+    if reason is not None:
+        until = (connection.state_detail or {}).get("until")
+        ends = datetime.fromisoformat(until) if isinstance(until, str) else None
+        raise AccountLocked(f"not signing in to the portal: {reason}", until=ends)
 
 
 def wait_for_code(ctx: JobContext, connection_id: str, method: str) -> None:
@@ -24,20 +52,30 @@ def wait_for_code(ctx: JobContext, connection_id: str, method: str) -> None:
 async def complete_mfa(ctx: JobContext, connection_id: str, code: str, *, trust_device: bool = True) -> None:
     """Give the portal the code it sent; on success the connection is healthy again.
 
-    Raises `plooto_api.upstream.InvalidMfaCode` when the portal refuses the code.
+    Raises `plooto_api.upstream.InvalidMfaCode` when the portal refuses the code, AccountLocked when
+    it locked the login (the connection is then `locked`, with the lock's end), SessionExpired when
+    its pending sign-in is gone.
     """
     portal = await ctx.portals.get(connection_id)
-    await portal.submit_mfa_code(code, trust_device=trust_device)
+    try:
+        await portal.submit_mfa_code(code, trust_device=trust_device)
+    except AccountLocked as exc:
+        record_login_failure_of(ctx.sessions, connection_id, exc)  # nothing signs in until it ends
+        raise
     _signed_in(ctx, connection_id)
 
 
 async def answer_mfa(ctx: JobContext, connection_id: str, code: str, *, trust_device: bool = True) -> bool:
-    """`complete_mfa`, or, when the portal dropped the pending sign-in first (its MFA step expired),
-    a new sign-in: the code given was for the old one.
+    """A person's code: `complete_mfa`, or, when the portal dropped the pending sign-in first (its
+    MFA step expired), a new sign-in: the code given was for the old one.
 
     True when the connection is signed in (the new sign-in needed no code: the device is trusted);
-    False when the portal sent a new code, which the connection waits for as before.
+    False when the portal sent a new code, which the connection waits for as before. While the
+    portal's lock lasts nothing is sent (AccountLocked); a lock or a refused password the portal
+    answers puts the connection in its state (locked, requires_action) before it is raised. A
+    refused code does not: the connection still waits for the right one.
     """
+    await refuse_while_locked(ctx, connection_id)
     try:
         await complete_mfa(ctx, connection_id, code, trust_device=trust_device)
     except SessionExpired:
@@ -49,8 +87,13 @@ async def _sign_in_again(ctx: JobContext, connection_id: str) -> bool:
     portal = await ctx.portals.get(connection_id)
     try:
         await portal.ensure_logged_in(deliberate=True)  # the person answering a code asked for it
-    except MfaRequired:
-        return False
+    except (MfaRequired, AccountLocked, InvalidCredentials) as exc:
+        # The connection's state follows: waiting for the new code (after a lock, say), locked, or
+        # waiting for a new password.
+        record_login_failure_of(ctx.sessions, connection_id, exc)
+        if isinstance(exc, MfaRequired):
+            return False
+        raise
     _signed_in(ctx, connection_id)
     return True
 
@@ -58,7 +101,11 @@ async def _sign_in_again(ctx: JobContext, connection_id: str) -> bool:
 def _signed_in(ctx: JobContext, connection_id: str) -> None:
     with transaction(ctx.sessions) as session:
         connection = get_connection(session, connection_id)
-        if connection.state == "requires_action" and connection.state_reason == "mfa":
+        # Waiting for the code, or for a lock to end (which it has: the portal let us in).
+        if connection.state == "locked" or (connection.state, connection.state_reason) == (
+            "requires_action",
+            "mfa",
+        ):
             change_state(session, connection, "healthy")
 
 

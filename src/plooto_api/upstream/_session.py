@@ -530,19 +530,24 @@ class PortalSession:
             self.stats.mfa_answers += 1
             self._signed_in()
             return
-        error = parse_page(response.text).marker(portal.ERROR_CODE_ATTR)
+        page = parse_page(response.text)
+        error = page.marker(portal.ERROR_CODE_ATTR)
         if error == portal.LOGIN_ERROR_LOCKED or response.status_code == 423:
-            raise AccountLocked("the portal locked this account after failed verification codes")
+            until = parse_timestamp(page.marker(portal.LOCKED_UNTIL_ATTR))
+            raise AccountLocked("the portal locked this account after failed verification codes", until=until)
         if error == portal.MFA_ERROR_INVALID_CODE or response.status_code == 401:
             raise InvalidMfaCode("the portal refused the verification code")
         raise UpstreamChanged("mfa", [f"mfa: unexpected answer HTTP {response.status_code} ({error})"])
 
     # -- public: sign-in -----------------------------------------------------------------------
 
-    async def ensure_logged_in(self, *, deliberate: bool = False) -> None:
+    async def ensure_logged_in(self, *, deliberate: bool = False, new_code: bool = False) -> None:
         """Restore saved state; if the portal session is not valid any more, sign in again.
         `deliberate`: a person asked for this sign-in (new credentials, a code), so the login guard
-        does not stop it."""
+        does not stop it (its callers check the portal's lock themselves: a person lifts a refused
+        password or an awaited code, never a lock). `new_code`: that person has no code for a saved
+        sign-in waiting for one the gateway cannot produce (SMS): it is started afresh, so the
+        portal sends a new code (re-reading the MFA page sends none)."""
         if self._ready:
             return
         async with self._login_lock:
@@ -556,7 +561,9 @@ class PortalSession:
                     self._signed_in()
                     return
                 code = self._error_code(response)
-                if code == portal.ERROR_MFA_REQUIRED:
+                # Without a TOTP secret, only a person has the code; one who has none needs a new one.
+                restart = new_code and not self._credentials.totp_secret
+                if code == portal.ERROR_MFA_REQUIRED and not restart:
                     await self._check_login_guard(deliberate=deliberate)
                     try:
                         await self._complete_mfa()

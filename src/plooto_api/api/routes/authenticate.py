@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from plooto_api import mapping, schemas
 from plooto_api.api.errors import ApiError
 from plooto_api.jobs.schedules import schedule_connection
-from plooto_api.services.authentication import Authenticated, Challenge, UnknownChallenge
+from plooto_api.services.authentication import Authenticated, Challenge, ChallengeRestarted, UnknownChallenge
 from plooto_api.services.connections import TotpSecretInput, get_connection
 from plooto_api.upstream import (
     AccountLocked,
@@ -117,14 +117,27 @@ async def authenticate(request: Request, body: AuthenticateRequest) -> Any:
     "/authenticate/mfa",
     status_code=201,
     response_model=AuthenticateResponse,
+    responses={401: {"description": "`invalid_mfa_code`: the portal refused the code; the challenge stays."},
+               404: {"description": "`unknown_challenge`"},
+               409: {"description": "`mfa_expired`: the portal's sign-in had ended; it was started again and "
+                                    "the portal sent a new code, which answers the same challenge."},
+               429: {"description": "`account_locked`: the portal locked this login (wrong codes); nothing is "
+                                    "sent to it until the lock ends. `rate_limited`: too many attempts."}},
     summary="Complete a login with the MFA code the portal sent",
-)
+)  # fmt: skip
 async def authenticate_mfa(request: Request, body: MfaRequest) -> Any:
+    """No token needed. A new `POST /authenticate` of the same login has the portal send a new code
+    (under a new challenge id; the earlier one is then unknown)."""
     try:
         result = await request.app.state.authenticator.complete_challenge(body.challenge_id, body.code)
     except UnknownChallenge as exc:
-        raise ApiError(404, "unknown_challenge", "no pending MFA challenge with this id (expired, completed, or its connection removed)",
-                       param="challenge_id") from exc  # fmt: skip
-    except (InvalidMfaCode, AccountLocked, RateLimited, UpstreamChanged, UpstreamUnavailable) as exc:
+        raise ApiError(404, "unknown_challenge", "no pending MFA challenge with this id (expired, completed, replaced "
+                       "by a new sign-in, or its connection removed)", param="challenge_id") from exc  # fmt: skip
+    except ChallengeRestarted as exc:
+        raise ApiError(409, "mfa_expired", "the portal's pending sign-in had ended before this code came; it was "
+                       "started again and the portal sent a new code: answer this challenge with it",
+                       param="code") from exc  # fmt: skip
+    except (InvalidCredentials, InvalidMfaCode, AccountLocked, RateLimited, UpstreamChanged,
+            UpstreamUnavailable) as exc:  # fmt: skip
         raise login_refused(exc) from exc
     return _authenticated(request, result)
