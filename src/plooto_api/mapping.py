@@ -4,6 +4,11 @@ Each object type is described once (`ObjectMap`): which schema fields are money 
 hold their minor units and currency, which are child collections, and which are renamed. Every
 other field is copied by name. Reads (`to_schema`) and writes (`apply_to_row`) share the same
 description, so they cannot drift apart.
+
+Portal text is stored whole in each object's document; its typed columns (there for filters and
+sorting) hold what fits them: clipped to a bounded column's length, and without NUL characters,
+which PostgreSQL's text and JSONB cannot hold (see `_fit`). `to_schema` takes such text back
+from the document.
 """
 
 from __future__ import annotations
@@ -11,11 +16,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
+import orjson
 from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
-from sqlalchemy import JSON
+from sqlalchemy import JSON, String
 
 from plooto_api import schemas
 from plooto_api.money import from_minor, to_minor
@@ -29,6 +36,115 @@ class RowValues:
 
     values: dict[str, Any]
     children: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+
+# Columns never fitted: a row's identity (a clipped portal id would be another object's) and its
+# document (JSON text, where a NUL character is the escape `\u0000`).
+_IDENTITY = frozenset({"id", "connection_id", "company_id", "upstream_id", "document"})
+
+
+@dataclass(frozen=True)
+class _Fitting:
+    """The columns of one table that portal text may not fit as it is, worked out once per table."""
+
+    bounded: tuple[tuple[str, int], ...]  # (column, length) of each String(n) column
+    text: tuple[str, ...]  # every text column, bounded or not
+    json: tuple[str, ...]  # every JSON column
+    # The bounded columns a full text in may have been clipped: not those of 3 characters or fewer,
+    # which hold codes (currency, country) that fill them whenever they are well formed.
+    gauged: tuple[tuple[str, int], ...] = ()
+
+    @classmethod
+    def of(
+        cls, model: type[Any], exclude: frozenset[str], schema: type[BaseModel], renames: dict[str, str]
+    ) -> _Fitting:
+        """The text and JSON columns of `model`, leaving out those in `exclude` and the text columns
+        of the fields of `schema` (renamed to columns by `renames`) whose every value fits (a status)."""
+        table = model.__table__.c
+        closed = {
+            column
+            for name, info in schema.model_fields.items()
+            for column, values in [(renames.get(name, name), _closed_texts(info.annotation))]
+            if values is not None and column in table
+            and max(map(len, values), default=0) <= (getattr(table[column].type, "length", None) or 0)
+        }  # fmt: skip
+        columns = [column for column in table if column.key not in exclude]
+        text = [column for column in columns if isinstance(column.type, String) and column.key not in closed]
+        bounded = tuple((c.key, c.type.length) for c in text if c.type.length is not None)
+        return cls(
+            bounded=bounded,
+            text=tuple(c.key for c in text),
+            json=tuple(c.key for c in columns if isinstance(c.type, JSON)),
+            gauged=tuple((column, length) for column, length in bounded if length > 3),
+        )
+
+
+def _closed_texts(annotation: Any) -> tuple[str, ...] | None:
+    """The texts a field takes when it takes only some (`Literal[...]`, optionally `| None`)."""
+    args = get_args(annotation) if get_origin(annotation) in (Union, UnionType) else (annotation,)
+    values: list[Any] = []
+    for arg in args:
+        if arg is type(None):
+            continue
+        if get_origin(arg) is not Literal:
+            return None
+        values.extend(get_args(arg))
+    return tuple(values) if values and all(isinstance(value, str) for value in values) else None
+
+
+def _fit(values: dict[str, Any], fitting: _Fitting, nul: bool) -> None:
+    """Fit one row's `values` to their columns, in place: NUL characters removed (only when `nul`:
+    the object has some, which is rare), then each text clipped to its bounded column's length."""
+    if nul:
+        for column in fitting.text:
+            value = values.get(column)
+            if isinstance(value, str) and "\x00" in value:
+                values[column] = value.replace("\x00", "")
+        for column in fitting.json:
+            if values.get(column) is not None:
+                values[column] = _without_nul(values[column])
+    for column, length in fitting.bounded:
+        value = values.get(column)
+        if isinstance(value, str) and len(value) > length:
+            values[column] = value[:length]
+
+
+def _without_nul(value: Any) -> Any:
+    """A JSON value with the NUL characters of its texts (keys too) removed."""
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, dict):
+        return {_without_nul(key): _without_nul(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_without_nul(item) for item in value]
+    return value
+
+
+def _restored(value: Any, original: Any) -> Any:
+    """`value` (an object's data as its columns hold it) with each text a column holds fitted taken
+    back from `original` (the same data in the object's document, written with those columns)."""
+    if isinstance(value, str):
+        if isinstance(original, str) and value != original and original.replace("\x00", "").startswith(value):
+            return original
+        return value
+    if isinstance(value, dict) and isinstance(original, dict):
+        if value.keys() - original.keys() and _without_nul(original) == value:
+            return original  # a NUL in a key of a JSON value
+        return {
+            key: _restored(item, original[key]) if key in original else item for key, item in value.items()
+        }
+    if isinstance(value, list) and isinstance(original, list) and len(value) == len(original):
+        return [_restored(item, item_original) for item, item_original in zip(value, original, strict=True)]
+    return value
+
+
+def _fills(row: Any, fitting: _Fitting) -> bool:
+    """Whether a bounded text column of `row` is full (its text may have been clipped)."""
+    for column, length in fitting.gauged:
+        value = getattr(row, column)
+        if isinstance(value, str) and len(value) >= length:
+            return True
+    return False
 
 
 @dataclass(frozen=True)
@@ -50,6 +166,12 @@ class ChildMap:
             for name in self.schema.model_fields
             for column in [self.money.get(name) or self.renames.get(name, name)]
         )
+
+    @cached_property
+    def fitting(self) -> _Fitting:
+        """Its text and JSON columns, for `_fit` (all but the parent's id)."""
+        parent = frozenset(column.key for column in self.model.__table__.c if column.foreign_keys)
+        return _Fitting.of(self.model, parent, self.schema, self.renames)
 
 
 @dataclass(frozen=True)
@@ -81,6 +203,18 @@ class ObjectMap:
             if name not in special
             for column in [self.renames.get(name, name)]
         )
+
+    @cached_property
+    def fitting(self) -> _Fitting:
+        """Its text and JSON columns, for `_fit` (not the row's identity or its document)."""
+        return _Fitting.of(self.model, _IDENTITY, self.schema, self.renames)
+
+    @cached_property
+    def child_fittings(self) -> dict[str, _Fitting]:
+        """The `fitting` of each child table, by relationship name."""
+        return {
+            child.relationship: child.fitting for child in (*self.children.values(), *self.extra_children)
+        }
 
     @property
     def child_key(self) -> str:
@@ -283,7 +417,23 @@ def to_schema(row: Base) -> schemas.PortalObject:
             data[name] = [_child_to_dict(child, c, currency or "") for c in getattr(row, child.relationship)]
         else:
             data[name] = getattr(row, spec.renames.get(name, name))
+    document = row.document  # type: ignore[attr-defined]
+    if document is not None and _may_be_fitted(spec, row, document):
+        data = _restored(data, orjson.loads(document))
     return spec.schema.model_validate(data)
+
+
+def _may_be_fitted(spec: ObjectMap, row: Any, document: str) -> bool:
+    """Whether a column of `row` may hold a text fitted to it (`_fit`): its document has a NUL
+    character, or a bounded text column is full. Only then are the columns compared with the document."""
+    if "\\u0000" in document or _fills(row, spec.fitting):
+        return True
+    return any(
+        _fills(child_row, child.fitting)
+        for child in (*spec.children.values(), *spec.extra_children)
+        if child.fitting.gauged
+        for child_row in getattr(row, child.relationship)
+    )
 
 
 def _is_json(model: type[Any], column: str) -> bool:
@@ -356,6 +506,14 @@ def row_values(obj: schemas.PortalObject, *, connection_id: str, document: str |
         extra = spec.write_extra(obj, currency)
         values.update(extra.values)
         children.update(extra.children)
+    # The document holds each text whole; the columns what fits them. A NUL character is written
+    # `\u0000` in JSON, so only an object whose document has that looks for NULs.
+    nul = "\\u0000" in values["document"]
+    _fit(values, spec.fitting, nul)
+    for relationship, rows in children.items():
+        fitting = spec.child_fittings[relationship]
+        for child_values in rows:
+            _fit(child_values, fitting, nul)
     return RowValues(values, children)
 
 
@@ -365,7 +523,10 @@ def child_rows(obj: schemas.PortalObject, name: str) -> list[dict[str, Any]]:
     child = OBJECT_MAPS[obj.object].children[name]
     if child.money:  # in the currency row_values works out from the object's money fields
         return row_values(obj, connection_id="").children[child.relationship]
-    return _child_rows(child, getattr(obj, name), "")
+    rows = _child_rows(child, getattr(obj, name), "")
+    for values in rows:
+        _fit(values, child.fitting, nul=True)
+    return rows
 
 
 def apply_to_row(stored: RowValues, row: Any) -> Any:

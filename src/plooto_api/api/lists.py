@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import Select
@@ -25,6 +25,20 @@ def list_body(page: Page[Any], convert: Callable[[Any], Any]) -> dict[str, Any]:
     }
 
 
+def as_utc(value: datetime) -> datetime:
+    """A time filter's value in UTC, as the store compares times. ValueError when it has no time
+    zone, or no UTC time: the years 1 to 9999 in its own zone can fall outside them in UTC
+    (`9999-12-31T23:59:59-01:00`), which Python's datetime cannot hold (it was a 500)."""
+    if value.tzinfo is None:
+        raise ValueError("give a time zone (e.g. Z)")
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(
+            f"{value.isoformat()} has no UTC time (it is past the year 9999 or before the year 1 in UTC)"
+        ) from None
+
+
 def within(
     stmt: S,
     column: InstrumentedAttribute[datetime],
@@ -34,10 +48,14 @@ def within(
     params: tuple[str, str],
 ) -> S:
     """`stmt` limited to low <= column <= high (None leaves that side open). `params` names the two
-    query parameters, for the 400 a bound without a time zone gets."""
+    query parameters, for the 400 a bound without a time zone, or without a UTC time, gets."""
+    bounds = []
     for name, value in zip(params, (low, high), strict=True):
-        if value is not None and value.tzinfo is None:
-            raise ApiError(400, "invalid_request", f"{name}: give a time zone (e.g. Z)", param=name)
+        try:
+            bounds.append(None if value is None else as_utc(value))
+        except ValueError as exc:
+            raise ApiError(400, "invalid_request", f"{name}: {exc}", param=name) from exc
+    low, high = bounds
     if low is not None:
         stmt = stmt.where(column >= low)
     if high is not None:

@@ -14,6 +14,7 @@ from plooto_api.services import webhooks as webhook_service
 from plooto_api.store.base import utcnow
 from plooto_api.store.database import create_db_engine, session_factory, transaction, upgrade_to_head
 from plooto_api.store.models import Event
+from plooto_api.webhooks.event_types import unknown_event_filter
 from plooto_api.webhooks.fanout import event_type_matches
 
 _RELATIVE = re.compile(r"^(\d+)([smhd])$")
@@ -35,6 +36,17 @@ def parse_since(text: str) -> datetime:
     except ValueError as exc:
         raise CliError(f"--since {text!r}: give an ISO 8601 time or an age such as 30m, 2h, 3d") from exc
     return moment if moment.tzinfo else moment.replace(tzinfo=utcnow().tzinfo)
+
+
+def check_event_types(patterns: list[str]) -> None:
+    """CliError for a `--type` that matches no event type the gateway emits (a misspelt one would
+    otherwise show or replay nothing, silently)."""
+    from plooto_api.cli import CliError
+
+    for pattern in patterns:
+        if unknown_event_filter(pattern):
+            raise CliError(f"--type {pattern!r}: matches no event type the gateway emits "
+                           "(a type such as bill.created, a family such as bill.*, or *)")  # fmt: skip
 
 
 def _line(event: Event) -> str:
@@ -59,6 +71,7 @@ def run_tail(
     count: int | None,
 ) -> None:
     """Print one line per new event, in order, until Ctrl-C (or `count` events)."""
+    check_event_types(event_types)
     if settings.database_url is None:
         settings.ensure_data_dir()
     engine = create_db_engine(settings.resolved_database_url)
@@ -97,6 +110,7 @@ def run_replay(
     from plooto_api.cli import CliError
 
     moment = parse_since(since)
+    check_event_types([event_type] if event_type is not None else [])
     if settings.database_url is None:
         settings.ensure_data_dir()
     engine = create_db_engine(settings.resolved_database_url)

@@ -14,7 +14,9 @@ BillStatus = Literal[
     "draft", "pending_approval", "approved", "scheduled", "partially_paid", "paid", "rejected", "void"
 ]
 ApprovalStatus = Literal["not_required", "pending", "approved", "rejected"]
-Decision = Literal["pending", "approved", "rejected"]
+# An approval step's decision. `skipped`: its approver never decided and no longer will (another
+# approver on the level decided, or the chain ended before the step's turn).
+Decision = Literal["pending", "approved", "rejected", "skipped"]
 PaymentStatus = Literal[
     "pending_approval", "scheduled", "processing", "in_transit", "completed", "failed", "cancelled",
     "returned",
@@ -137,7 +139,11 @@ class ApprovalStep(Schema):
     approver_id: str | None = None
     approver_name: str | None = None
     approver_email: str | None = None
-    decision: Decision = "pending"
+    decision: Decision = Field(
+        default="pending",
+        description="pending: awaiting this approver; approved or rejected: their decision; skipped: they "
+        "never decided and no longer will (another approver on the level did, or the chain ended first).",
+    )
     decided_at: datetime | None = None
     comment: str | None = None
 

@@ -12,6 +12,7 @@ from plooto_api.store.database import transaction
 from plooto_api.sync.references import write_with_references
 from plooto_api.sync.upsert import apply_records, company_ids, mark_deleted
 from plooto_api.upstream import (
+    FETCHABLE_TYPES,
     AuthenticationError,
     PermissionDenied,
     RateLimited,
@@ -32,10 +33,28 @@ class RefreshFailed(Exception):
         self.message = message
 
 
+def refreshable(object_type: str) -> bool:
+    """Whether objects of `object_type` can be read back from the portal one at a time. Not sync
+    mappings: the portal has no read of one; they come with the object they link (its
+    `accountingIds`) in the sync's listings only."""
+    return object_type in FETCHABLE_TYPES
+
+
+def not_refreshable(object_type: str) -> RefreshFailed:
+    """The 400 `?fresh=true` gets for a type the portal does not read one at a time."""
+    return RefreshFailed(400, "fresh_not_supported",
+                         f"{object_type} objects cannot be read from the portal one at a time (the sync "
+                         "keeps them); without ?fresh=true the stored copy is served")  # fmt: skip
+
+
 async def refresh_object(ctx: JobContext, row: Any) -> None:
     """Read one object back from the portal and apply it; a confirmed 404 marks it deleted.
-    RefreshFailed when the portal cannot be read; an answer in a changed shape also marks the
-    connection `upstream_changed`, as a sync would."""
+    RefreshFailed when the portal cannot be read (or does not read objects of its type one at a
+    time: 400 `fresh_not_supported`); an answer in a changed shape also marks the connection
+    `upstream_changed`, as a sync would."""
+    object_type = mapping.object_map_for(row).object_type
+    if not refreshable(object_type):
+        raise not_refreshable(object_type)
     try:
         await _refresh(ctx, row)
     except UpstreamChanged as exc:

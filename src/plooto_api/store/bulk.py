@@ -16,10 +16,15 @@ an initial sync on SQLite. Here the rows are bound by a plan made once per table
   PostgreSQL spent most of its time waiting for those).
 Rows that need what only Core does (a Python-side column default for a column they lack) and other
 drivers take Core's path. Errors are raised as SQLAlchemy's, as Core's path raises them.
+
+PostgreSQL's jsonb cannot hold a NUL character (the JSON escape `\\u0000`): JSON values copied there
+go without their NULs (a sync's events carry each object's document, which may have some), where
+SQLite keeps them.
 """
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import threading
 import weakref
@@ -29,7 +34,7 @@ from datetime import date, datetime
 from itertools import chain
 from typing import Any
 
-from sqlalchemy import Table, insert, select
+from sqlalchemy import JSON, Table, insert, select
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
@@ -102,12 +107,35 @@ def _psycopg(dialect: Dialect) -> bool:
 def _bound_plan(dialect: Dialect, table: Table, sql: str, order: tuple[str, ...], *, copy: bool) -> _Plan:
     processors, repeating = [], set()
     for position, key in enumerate(order):
-        processor = table.c[key].type.dialect_impl(dialect).bind_processor(dialect)
+        processor: Callable[[Any], Any] | None = (
+            table.c[key].type.dialect_impl(dialect).bind_processor(dialect)
+        )
+        if processor is not None and copy and isinstance(table.c[key].type, JSON):
+            processor = _jsonb_text(processor)
         if processor is not None:
             processors.append((position, processor))
             if _python_type(table.c[key].type) in (datetime, date):
                 repeating.add(position)
     return _Plan(sql, copy, order, tuple(processors), frozenset(repeating))
+
+
+# The escape of a NUL character in JSON text: `\u0000` after an even number of backslashes (an odd
+# number escapes the backslash before `u0000`, which is then plain text).
+_NUL_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
+
+
+def _jsonb_text(process: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """`process` (SQLAlchemy's JSON processor for psycopg, which wraps a value for psycopg to
+    serialize) serializing the value itself, as psycopg would, and without NUL characters."""
+
+    def bind(value: Any) -> Any:
+        bound = process(value)
+        if bound is None:
+            return None
+        text = json_dumps(bound.obj)
+        return _NUL_ESCAPE.sub(r"\1", text) if "\\u0000" in text else text
+
+    return bind
 
 
 def insert_rows(session: Session, table: Table, rows: Sequence[dict[str, Any]]) -> None:

@@ -298,10 +298,11 @@ BILL_STATUS = {
     "PaymentScheduled": "scheduled", "Paid": "paid", "Rejected": "rejected", "Void": "void",
 }  # fmt: skip
 BILL_SOURCE = {"Manual": "manual", "Capture": "capture", "AccountingSync": "accounting"}
-# A skipped step's approver never decided (another approver on the level did).
+# A skipped step's approver never decided and no longer will: another approver on the level did, or
+# the chain ended first (a rejection; a payment's approvals complete or cancelled).
 STEP_DECISION = {
     "AwaitingPreviousLevel": "pending", "ApprovalMandatory": "pending", "Approved": "approved",
-    "Rejected": "rejected", "Skipped": "pending", "Pending": "pending",
+    "Rejected": "rejected", "Skipped": "skipped", "Pending": "pending",
 }  # fmt: skip
 PAYMENT_STATUS = {
     "ApprovalRequired": "pending_approval", "Pending": "scheduled", "OnHold": "scheduled",

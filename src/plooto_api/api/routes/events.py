@@ -20,6 +20,7 @@ from plooto_api.store.database import transaction
 from plooto_api.store.models import Event
 from plooto_api.store.pagination import MAX_LIMIT, PageRequest, fetch_page
 from plooto_api.webhooks import schemas as wh_schemas
+from plooto_api.webhooks.event_types import unknown_event_filter
 
 router = APIRouter(tags=["events"])
 _read = Depends(require_scope("events:read"))
@@ -48,7 +49,11 @@ def list_events(
     cursor: Annotated[str | None, Query(max_length=500)] = None,
     type: Annotated[
         list[str] | None,
-        Query(max_length=100, description="Event type, or a family such as `bill.*` (repeatable)."),
+        Query(
+            max_length=100,
+            description="Event type, a family such as `bill.*`, or `*` (repeatable). "
+            "One that matches no type the gateway emits is a 400 `unknown_event_type`.",
+        ),
     ] = None,
     company: Annotated[str | None, Query(max_length=40)] = None,
     object_id: Annotated[str | None, Query(max_length=40)] = None,
@@ -56,7 +61,12 @@ def list_events(
     created_to: Annotated[datetime | None, Query(description="Created at or before (ISO 8601).")] = None,
 ) -> Any:
     stmt = readable_events(principal.access)
-    if type:
+    for pattern in type or ():  # a misspelt type would otherwise match nothing, silently
+        if unknown_event_filter(pattern):
+            message = (f"type: {pattern[:80]!r} matches no event type the gateway emits (a type such as "
+                       "bill.created, a family such as bill.*, or *)")  # fmt: skip
+            raise ApiError(400, "unknown_event_type", message, param="type")
+    if type and "*" not in type:
         clauses = [
             Event.type.startswith(t[:-1], autoescape=True) if t.endswith(".*") else Event.type == t
             for t in type

@@ -14,8 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
 from plooto_api.api.auth import authorize, bearer_token, require_scope
 from plooto_api.api.errors import ApiError
+from plooto_api.api.lists import as_utc
 from plooto_api.services import objects as object_service
-from plooto_api.services.refresh import RefreshFailed, refresh_object
+from plooto_api.services.refresh import RefreshFailed, not_refreshable, refresh_object, refreshable
 from plooto_api.services.tokens import Principal
 from plooto_api.store.pagination import DEFAULT_LIMIT, MAX_LIMIT, InvalidCursor, PageRequest
 
@@ -33,8 +34,10 @@ class ListParams(BaseModel):
     @field_validator("*", mode="after")
     @classmethod
     def _aware(cls, value: Any) -> Any:
-        if isinstance(value, datetime) and value.tzinfo is None:
-            raise ValueError("timestamps need a time zone, e.g. 2026-11-27T14:00:00Z")
+        if isinstance(value, datetime):
+            if value.tzinfo is None:
+                raise ValueError("timestamps need a time zone, e.g. 2026-11-27T14:00:00Z")
+            return as_utc(value)  # ValueError (a 400 naming the filter) for a time with no UTC time
         return value
 
 
@@ -61,6 +64,13 @@ def _add_resource(resource: object_service.Resource) -> None:
         next_cursor=(str | None, None),
     )
     require = Depends(require_scope(resource.scope))
+    can_refresh = refreshable(resource.object_type)
+    refresh_note = (
+        "`fresh=true` reads the object again from the portal first."
+        if can_refresh
+        else "`fresh=true` is not supported (400 `fresh_not_supported`): the portal does not read "
+        f"{resource.path.replace('_', ' ')} one at a time; the sync keeps them."
+    )
 
     def list_objects(
         request: Request,
@@ -88,10 +98,13 @@ def _add_resource(resource: object_service.Resource) -> None:
         request: Request,
         object_id: str,
         principal: Principal = require,
-        fresh: Annotated[bool, Query(description="Refresh this object from the portal first.")] = False,
+        fresh: Annotated[bool, Query(description=refresh_note)] = False,
     ) -> Any:
         if len(object_id) > 64:
             raise ApiError(404, "not_found", f"no {resource.object_type} {object_id[:64]}…")
+        if fresh and not can_refresh:
+            refused = not_refreshable(resource.object_type)
+            raise ApiError(refused.status, refused.code, refused.message, param="fresh")
         if fresh:
             with request.app.state.sessions() as session:
                 row = object_service.row_for(session, resource, principal.access, object_id)
@@ -114,7 +127,9 @@ def _add_resource(resource: object_service.Resource) -> None:
     router.add_api_route(
         f"/{resource.path}/{{object_id}}", get_object, methods=["GET"], response_model=resource.schema,
         summary=f"Get one {resource.object_type.replace('_', ' ')}", tags=[resource.path],
-        responses={404: {"description": "No such object for this token."}},
+        description=refresh_note,
+        responses={404: {"description": "No such object for this token."},
+                   **({} if can_refresh else {400: {"description": "`fresh_not_supported` for `fresh=true`."}})},
     )  # fmt: skip
 
 

@@ -196,7 +196,8 @@ class BillApprovalStep(Base):
     approver_user_id: Mapped[str | None] = mapped_column(String(40))
     approver_name: Mapped[str | None] = mapped_column(String(200))
     approver_email: Mapped[str | None] = mapped_column(String(320))
-    decision: Mapped[str] = mapped_column(String(32), default="pending")  # pending · approved · rejected
+    # pending · approved · rejected · skipped
+    decision: Mapped[str] = mapped_column(String(32), default="pending")
     decided_at: Mapped[datetime | None]
     comment: Mapped[str | None] = mapped_column(Text)
 
