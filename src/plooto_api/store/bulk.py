@@ -24,7 +24,6 @@ SQLite keeps them.
 
 from __future__ import annotations
 
-import re
 import sqlite3
 import threading
 import weakref
@@ -39,7 +38,7 @@ from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from plooto_api.store.database import json_dumps
+from plooto_api.store.database import json_dumps, jsonb_dumps
 
 
 @dataclass(frozen=True)
@@ -119,21 +118,13 @@ def _bound_plan(dialect: Dialect, table: Table, sql: str, order: tuple[str, ...]
     return _Plan(sql, copy, order, tuple(processors), frozenset(repeating))
 
 
-# The escape of a NUL character in JSON text: `\u0000` after an even number of backslashes (an odd
-# number escapes the backslash before `u0000`, which is then plain text).
-_NUL_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
-
-
 def _jsonb_text(process: Callable[[Any], Any]) -> Callable[[Any], Any]:
     """`process` (SQLAlchemy's JSON processor for psycopg, which wraps a value for psycopg to
     serialize) serializing the value itself, as psycopg would, and without NUL characters."""
 
     def bind(value: Any) -> Any:
         bound = process(value)
-        if bound is None:
-            return None
-        text = json_dumps(bound.obj)
-        return _NUL_ESCAPE.sub(r"\1", text) if "\\u0000" in text else text
+        return None if bound is None else jsonb_dumps(bound.obj)
 
     return bind
 

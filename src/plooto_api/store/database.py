@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import threading
 import weakref
@@ -132,6 +133,18 @@ def json_dumps(value: Any) -> str:
         return json.dumps(value)
 
 
+# The escape of a NUL character in JSON text: `\u0000` after an even number of backslashes (an odd
+# number escapes the backslash before `u0000`, which is then plain text).
+_NUL_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
+
+
+def jsonb_dumps(value: Any) -> str:
+    """json_dumps for PostgreSQL's jsonb, which cannot hold a NUL character: the value without its
+    NULs (portal text may have some; the served documents, in text columns, keep them)."""
+    text = json_dumps(value)
+    return _NUL_ESCAPE.sub(r"\1", text) if "\\u0000" in text else text
+
+
 def create_db_engine(url: str, *, echo: bool = False) -> Engine:
     """Create an engine for `url`, applying the settings each backend needs to be safe under load."""
     parsed = make_url(url)
@@ -155,7 +168,7 @@ def create_db_engine(url: str, *, echo: bool = False) -> Engine:
             weakref.finalize(engine, checkpointer.stop)
         return engine
     return create_engine(
-        url, echo=echo, json_serializer=json_dumps, pool_pre_ping=True, pool_size=10, max_overflow=20
+        url, echo=echo, json_serializer=jsonb_dumps, pool_pre_ping=True, pool_size=10, max_overflow=20
     )
 
 
