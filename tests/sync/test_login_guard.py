@@ -95,6 +95,14 @@ async def test_a_lock_found_by_a_keep_alive_stops_every_sign_in_until_the_portal
     assert portal.stats.logins == logins  # none of them tried the portal's login
     assert _connection(ctx, connection_id).state == "locked"
 
+    # A new password given meanwhile is kept for then: the lock is the portal's, and stays.
+    await replace_credentials(ctx, connection_id, password=PASSWORD)
+    assert _connection(ctx, connection_id).state == "locked"
+    assert (await engine.sync_connection(connection_id, cadence="fast")).error
+    portal = await ctx.portals.get(connection_id)  # the new credentials' session
+    logins = portal.stats.logins
+    assert logins == 0
+
     # The lock ends by the portal's clock (the sandbox's moves when told): the next sync signs in.
     control.post("/clock", json={"advance_minutes": 20}).raise_for_status()
     back = await engine.sync_connection(connection_id, cadence="fast")

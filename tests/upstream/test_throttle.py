@@ -98,6 +98,31 @@ def test_a_storms_ceiling_is_forgotten_after_a_while_without_429() -> None:
     assert restarted.rate >= 10
 
 
+def test_a_restart_does_not_make_an_old_ceiling_remembered_afresh() -> None:
+    # Saved during a storm, resumed by a restart (or a CLI sync) much later: the ceiling's age is
+    # kept with it, so a gateway stopped during a storm does not start days later near 1 req/s.
+    clock = FakeClock()
+    config = ThrottleConfig(initial_rate=10)
+    storm = AdaptiveThrottle(config, clock=clock, wall=clock)
+    for _ in range(6):
+        clock.now += 2
+        storm.on_rate_limited(None)
+    learned = storm.learned()
+    assert learned["ceiling"] is not None and learned["ceiling_at"] == round(clock.now)
+
+    soon = AdaptiveThrottle(config, clock=clock, wall=clock)
+    clock.now += config.ceiling_memory / 2
+    soon.resume(learned)
+    assert soon.ceiling == learned["ceiling"]  # still remembered, for the time left
+    clock.now += config.ceiling_memory / 2 + 1
+    paced_answers(soon, 40)
+    assert soon.ceiling is None
+
+    later = AdaptiveThrottle(config, clock=clock, wall=clock)
+    later.resume(learned)
+    assert later.ceiling is None and later.rate == config.initial_rate
+
+
 def test_the_rate_does_not_grow_while_the_gateway_sends_slower_than_it() -> None:
     clock = FakeClock()
     config = ThrottleConfig(initial_rate=10, increase_after=20, proportional_increase=0.1)
@@ -192,7 +217,7 @@ def test_a_throttle_resumes_from_what_an_earlier_one_learned() -> None:
     earlier = AdaptiveThrottle(ThrottleConfig(initial_rate=30, max_rate=50), clock=FakeClock())
     earlier.on_rate_limited(None)
     learned = earlier.learned()
-    assert learned == {"rate": 15, "ceiling": 30}
+    assert {key: learned[key] for key in ("rate", "ceiling")} == {"rate": 15, "ceiling": 30}
 
     resumed = AdaptiveThrottle(config, clock=FakeClock())
     resumed.resume(learned)
@@ -380,7 +405,8 @@ def test_a_restarted_session_resumes_the_learned_rate(make_session: SessionFacto
         await session.aclose()
 
     run(learn())
-    assert store.state is not None and store.state["throttle"] == {"rate": 7.25, "ceiling": 10.0}
+    assert store.state is not None
+    assert {k: store.state["throttle"][k] for k in ("rate", "ceiling")} == {"rate": 7.25, "ceiling": 10.0}
     restarted = make_session(store=store, throttle=config)
 
     async def resume() -> None:

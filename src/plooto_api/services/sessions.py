@@ -112,10 +112,12 @@ def _signed_in(ctx: JobContext, connection_id: str) -> None:
 async def replace_credentials(
     ctx: JobContext, connection_id: str, *, password: str | None = None, totp_secret: str | None = None
 ) -> None:
-    """Store a new password and/or TOTP secret; a connection waiting for them may log in again."""
+    """Store a new password and/or TOTP secret; a connection waiting for them may log in again. A
+    connection the portal has locked stays `locked`: nothing signs in until the lock ends (by the
+    portal's clock), and then the next sync signs in with these."""
     with transaction(ctx.sessions) as session:
         connection = get_connection(session, connection_id)
         update_credentials(session, ctx.vault, connection, password=password, totp_secret=totp_secret)
-        if connection.state in {"requires_action", "locked"}:
+        if connection.state == "requires_action":
             change_state(session, connection, "healthy", detail={"credentials_replaced": True})
     await ctx.portals.forget(connection_id)

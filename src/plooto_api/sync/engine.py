@@ -264,10 +264,13 @@ class SyncEngine:
                         await pull(company_upstream_id, company_name, feed, whole=True)
 
             in_a_row = 0  # feeds failed since the last one done (see FEED_FAILURES_TO_STOP)
+            stopped: list[BaseException] = []  # the failure that stopped the run: no feed starts after it
 
             async def pull(company_upstream_id: str, company_name: str, feed: Feed, *,
                            deferred: _Deferred | None = None, whole: bool = False) -> None:  # fmt: skip
                 nonlocal in_a_row
+                if stopped:  # every company's next feed, those waiting for their turn included
+                    raise stopped[0]
                 try:
                     await self._sync_feed(portal, connection_id, company_upstream_id, company_name, feed,
                                           report, progress, deferred=deferred or _Deferred(), whole=whole)  # fmt: skip
@@ -291,6 +294,7 @@ class SyncEngine:
                     else:
                         log.exception("feed_failed", connection=connection_id, feed=feed.name)
                     if in_a_row >= FEED_FAILURES_TO_STOP:
+                        stopped.append(exc)
                         raise
                 else:
                     in_a_row = 0
@@ -400,7 +404,8 @@ class SyncEngine:
     def _feeds_failed(self, report: SyncReport) -> None:
         """End a run in which some feeds failed and the others were pulled: the portal failing them
         makes the connection upstream_unavailable (naming them) until a run pulls them all."""
-        failed = [f"{company}/{feed}" for company, feed, _ in report.failed_feeds]
+        # Sorted: companies finish in any order, and the same failures must read as the same state.
+        failed = sorted({f"{company}/{feed}" for company, feed, _ in report.failed_feeds})
         first = report.failed_feeds[0][2]
         if report.drift:
             self._finish(report)  # their differences are kept (only an operator clears them)

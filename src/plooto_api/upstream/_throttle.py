@@ -112,8 +112,10 @@ class AdaptiveThrottle:
         *,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
+        self._wall = wall  # for what is saved across restarts (the monotonic clock starts anew)
         self.rate = min(max(config.initial_rate, config.min_rate), config.max_rate)
         self._clock = clock
         self._sleep = sleep
@@ -138,11 +140,15 @@ class AdaptiveThrottle:
     # -- what it has learned --------------------------------------------------------------------
 
     def learned(self) -> dict[str, float | None]:
-        """The rate and ceiling to resume from after a restart (see `resume`)."""
-        return {
+        """The rate and ceiling to resume from after a restart (see `resume`), with when the ceiling
+        was last confirmed (wall-clock seconds), so a restart does not make it remembered afresh."""
+        learned: dict[str, float | None] = {
             "rate": round(self.rate, 3),
             "ceiling": None if self.ceiling is None else round(self.ceiling, 3),
         }
+        if self.ceiling is not None:
+            learned["ceiling_at"] = round(self._wall() - (self._clock() - self._ceiling_since))
+        return learned
 
     def resume(self, learned: Mapping[str, object] | None) -> None:
         """Start from what an earlier run learned: its rate (within the configured bounds, and not
@@ -159,11 +165,17 @@ class AdaptiveThrottle:
         if rate is None:
             return
         cfg = self.config
+        since = self._clock()
         if ceiling is not None:
+            at = positive(learned.get("ceiling_at"))
+            age = 0.0 if at is None else max(0.0, self._wall() - at)  # saved before its time was kept: now
+            if age > cfg.ceiling_memory:
+                return  # a ceiling no 429 confirmed for that long is forgotten, and the rate it held
+            since -= age
             rate = min(rate, ceiling)
         self.rate = min(max(rate, cfg.min_rate), cfg.max_rate)
         self.ceiling = ceiling
-        self._ceiling_since = self._clock()
+        self._ceiling_since = since
         self.min_rate_seen = self.rate
 
     # -- pacing --------------------------------------------------------------------------------
