@@ -222,3 +222,64 @@ def test_tries_thin_out_as_an_outage_lasts() -> None:
     assert delay(0) == 5.0  # at least write_retry_seconds
     assert 12.0 <= delay(60) <= 15.0  # a quarter of the age, with jitter
     assert 240.0 <= delay(7200) <= writes.RETRY_DELAY_MAX_SECONDS
+
+
+def test_a_send_refused_before_the_portal_could_apply_it_is_not_counted(gateway: Gateway) -> None:
+    # The portal answered the payment's POST with a 401 (its session revoked: nothing applied), and
+    # signing in again failed with a 503. The send was counted, so the write was never sent again
+    # (read back for the settle window, then expired keeping its key) though the portal had nothing.
+    bill = gateway.bill(status="approved", currency="CAD")
+    gateway.control.post("/sessions/revoke", json={}).raise_for_status()
+    gateway.fault(kind="error", method="POST", pathPattern="^/login$", status=503)
+    response = gateway.post("/create_payment", {"bill_id": bill.id}, key="relogin-1")
+    operation = _left_open(gateway, response.headers["Operation-Id"])
+    assert operation["attempts"] == 0, operation
+    gateway.control.delete("/faults").raise_for_status()
+    _age(gateway, operation["id"], seconds=0)
+    assert _run(gateway, "writes.retry") == {operation["id"]: "succeeded"}
+    assert len(_sent(gateway, bill, operation)) == 1
+
+
+def test_sends_the_portal_refuses_with_errors_of_its_own_leave_the_write_for_the_retry(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Five 503s in the portal's envelope (each: "failed, applied nothing") used up every send in
+    # seven seconds: the write ended write_not_confirmed, its key replaying a 502 for 7 days.
+    monkeypatch.setattr(writes, "resend_delay", lambda sends: 0.0)
+    bill = gateway.bill(status="approved", currency="CAD")
+    gateway.fault(kind="error", method="POST", pathPattern=r"/payments$", status=503)
+    response = gateway.post("/create_payment", {"bill_id": bill.id}, key="refused-1")
+    operation = _left_open(gateway, response.headers["Operation-Id"])
+    assert (operation["status"], operation["attempts"]) == ("pending", 0), operation  # nothing applied
+    assert "refused the write 3 times" in operation["error"]["last_error"]
+    gateway.control.delete("/faults").raise_for_status()
+    _age(gateway, operation["id"], seconds=0)
+    assert _run(gateway, "writes.retry") == {operation["id"]: "succeeded"}
+    assert len(_sent(gateway, bill, operation)) == 1
+
+
+def test_a_write_another_process_sent_meanwhile_is_read_back_not_sent_again(gateway: Gateway) -> None:
+    # Two gateways on one database: one started (its recovery loading every open write) while the
+    # other held a write it had recorded but not sent yet; both sent it: two payments.
+    bill = gateway.bill(status="approved", currency="CAD")
+    gateway.fault(kind="error", status=503)
+    operation = _left_open(
+        gateway, gateway.post("/create_payment", {"bill_id": bill.id}).headers["Operation-Id"]
+    )
+    gateway.control.delete("/faults").raise_for_status()
+
+    async def race() -> tuple[Any, bool]:
+        ctx = JobContext.from_settings(gateway.settings, migrate=False)
+        try:
+            loaded = writes._load(ctx, operation["id"])  # as this process saw it: never sent
+            assert loaded is not None and loaded.attempts == 0
+            with transaction(ctx.sessions) as session:  # the other process records its send
+                row = session.get(models.Operation, operation["id"])
+                assert row is not None
+                row.attempts, row.status = 1, "running"
+            return writes._record_send(ctx, loaded)
+        finally:
+            await ctx.aclose()
+
+    row, may_send = asyncio.run(race())
+    assert row is not None and row.attempts == 1 and may_send is False

@@ -72,6 +72,9 @@ _T = TypeVar("_T")
 
 TERMINAL = {"succeeded", "failed", "requires_action"}
 MAX_SENDS = 5  # sends of one operation, each after a read-back that found nothing
+# Sends in a row the portal refuses with an error of its own (a 5xx in its envelope: nothing applied)
+# before the write is left for the periodic retry, those sends taken back.
+REFUSALS_BEFORE_RETRY = 3
 READ_BACK_POLL_SECONDS = 0.25  # the first look again after an unknown outcome; then 1.5x longer each
 READ_BACK_POLL_MAX_SECONDS = 5.0
 RESEND_DELAY_MAX_SECONDS = 4.0
@@ -635,20 +638,24 @@ def _save(ctx: JobContext, op: models.Operation, **changes: Any) -> models.Opera
         return row
 
 
-def _record_send(ctx: JobContext, op: models.Operation) -> models.Operation | None:
-    """Record a send (attempts, started_at) before it goes out; None if the operation ended meanwhile
-    (expired, or finished elsewhere): an operation answered as ended is never sent."""
+def _record_send(ctx: JobContext, op: models.Operation) -> tuple[models.Operation | None, bool]:
+    """Record a send (attempts, started_at) before it goes out: (the operation, whether to send).
+    None if it ended meanwhile (expired, or finished elsewhere): an operation answered as ended is
+    never sent. Not to send when another process sent it since this one loaded it (two gateways on
+    one database, one recovering what the other carries): it is read back first."""
     with transaction(ctx.sessions) as session:
         row = session.get(models.Operation, op.id, with_for_update=True)
         assert row is not None
         if row.status in TERMINAL:
-            return None
+            return None, False
+        if row.attempts != op.attempts:
+            return row, False
         row.status = "running"
         row.attempts = op.attempts + 1
         row.started_at = utcnow()
         row.upstream_id = op.upstream_id
         row.updated_at = utcnow()
-        return row
+        return row, True
 
 
 def _aware(value: datetime | None) -> datetime | None:
@@ -840,6 +847,7 @@ async def _execute_once(ctx: JobContext, operation_id: str) -> str:
         if op.attempts == 0 and op.kind in ("create_bill", "create_invoice", "send_reminder"):
             op = _save(ctx, op, request=await _before_first_send(portal, op))
         polls = 0  # read-backs since the last send
+        refused = 0  # sends the portal refused with an error of its own, applying nothing
         while True:
             sending = False
             try:
@@ -870,13 +878,27 @@ async def _execute_once(ctx: JobContext, operation_id: str) -> str:
                         return await _succeed(ctx, portal, op, shown, read_back=True)
                     return _expire(ctx, op)
                 # The send is recorded (attempts, started_at) before it goes out.
-                recorded = _record_send(ctx, op)
+                recorded, may_send = _record_send(ctx, op)
                 if recorded is None:
                     ended = _load(ctx, op.id)
                     return ended.status if ended is not None else "missing"
+                if not may_send:  # sent elsewhere meanwhile: read back, and wait for it to land
+                    op, polls, settled = recorded, 0, False
+                    continue
                 op, polls, sending = recorded, 0, True
                 result = await kind.send(portal, op)
             except AmbiguousWriteOutcome as exc:
+                if sending and exc.refused:
+                    refused += 1
+                    if refused >= REFUSALS_BEFORE_RETRY:
+                        # The portal answered an error of its own each time (it applied nothing): an
+                        # outage, not a write of unknown outcome. Those sends are taken back, and the
+                        # write waits for the periodic retry rather than spending every send now.
+                        op = _save(ctx, op, attempts=op.attempts - refused)
+                        raise UpstreamUnavailable(
+                            f"the portal refused the write {refused} times with an error of its own ({exc})",
+                            status_code=exc.status_code,
+                        ) from exc
                 settled = exc.settled
                 log.warning("write.ambiguous", operation=op.id, kind=op.kind, settled=exc.settled,
                             status=exc.status_code, trace_id=exc.trace_id)  # fmt: skip
@@ -887,8 +909,10 @@ async def _execute_once(ctx: JobContext, operation_id: str) -> str:
                 if not sending and op.attempts >= MAX_SENDS:
                     return _not_confirmed(ctx, op)
                 continue
-            except UpstreamUnavailable as exc:
-                if sending and exc.status_code is None:  # never left: nothing applied, the count stays honest
+            except (UpstreamUnavailable, RateLimited, AuthenticationError) as exc:
+                # Never left, or refused before the portal could apply it (429s, a sign-in again
+                # after its 401): nothing applied, the count stays honest.
+                if sending and (exc.nothing_applied or getattr(exc, "status_code", 0) is None):
                     op = _save(ctx, op, attempts=op.attempts - 1)
                 raise
             except PortalRuleViolation as exc:

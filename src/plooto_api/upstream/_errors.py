@@ -35,6 +35,10 @@ if TYPE_CHECKING:
 class UpstreamError(Exception):
     """Base of every error of the portal adapter."""
 
+    # Raised by a write before it could have been applied (signing in first or again after the
+    # portal's 401, a fresh anti-forgery token, 429s): the portal has nothing of it.
+    nothing_applied: bool = False
+
 
 class AuthenticationError(UpstreamError):
     """Signing in to the portal failed or needs the user."""
@@ -153,7 +157,8 @@ class AmbiguousWriteOutcome(UpstreamError):
     `settled` says the portal is done with the request (it answered, if with a 5xx, or closed the
     connection after its answer began), so a read-back now is conclusive. Not settled (we gave up
     waiting) means the portal may still be applying it: a read-back that finds nothing proves
-    nothing until the portal has had time to finish.
+    nothing until the portal has had time to finish. `refused`: the portal answered a 5xx in its own
+    error envelope, its way of saying it failed the request and applied nothing.
     """
 
     def __init__(
@@ -163,8 +168,10 @@ class AmbiguousWriteOutcome(UpstreamError):
         settled: bool,
         status_code: int | None = None,
         trace_id: str | None = None,
+        refused: bool = False,
     ) -> None:
         super().__init__(message)
         self.settled = settled
         self.status_code = status_code
         self.trace_id = trace_id
+        self.refused = refused

@@ -8,7 +8,7 @@ import http.cookiejar
 import random
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from email.utils import parsedate_to_datetime
@@ -852,8 +852,10 @@ class PortalSession:
         json_body: Any = None,
         files: dict[str, Any] | None = None,
     ) -> tuple[Any, httpx.Response]:
-        """Send one write; returns the JSON answer and the response (status, trace id)."""
-        await self.ensure_logged_in()
+        """Send one write; returns the JSON answer and the response (status, trace id). An error
+        raised before the portal could have applied it says so (`nothing_applied`)."""
+        async with _nothing_applied():
+            await self.ensure_logged_in()
         relogged = xsrf_refreshed = False
         rate_limited = 0
         while True:
@@ -872,7 +874,9 @@ class PortalSession:
                 self.throttle.on_rate_limited(retry_after)  # the next slot waits for Retry-After
                 rate_limited += 1
                 if rate_limited >= self.throttle_config.max_attempts:
-                    raise RateLimited(retry_after=retry_after)
+                    limited = RateLimited(retry_after=retry_after)
+                    limited.nothing_applied = True  # every answer was a 429
+                    raise limited
                 self.stats.retries += 1
                 continue
             if status >= 500:
@@ -884,18 +888,21 @@ class PortalSession:
                     settled=isinstance(code, str),
                     status_code=status,
                     trace_id=trace_id,
+                    refused=isinstance(code, str),
                 )
             if status == 401:
                 if relogged:
                     raise SessionExpired("the portal session was lost again right after signing in")
                 relogged = True
-                await self._relogin(generation, mfa_only=code == portal.ERROR_MFA_REQUIRED)
+                async with _nothing_applied():  # the 401 applied nothing
+                    await self._relogin(generation, mfa_only=code == portal.ERROR_MFA_REQUIRED)
                 continue
             if status == 403 and code == portal.ERROR_XSRF_INVALID:
                 if xsrf_refreshed:
                     raise SessionExpired("the portal refused a fresh anti-forgery token")
                 xsrf_refreshed = True
-                await self._refresh_xsrf()
+                async with _nothing_applied():
+                    await self._refresh_xsrf()
                 continue
             if status == 403:
                 raise PermissionDenied(message)
@@ -1163,6 +1170,16 @@ class PortalSession:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+@contextlib.asynccontextmanager
+async def _nothing_applied() -> AsyncIterator[None]:
+    """Mark an upstream error raised inside as raised before a write could have been applied."""
+    try:
+        yield
+    except UpstreamError as exc:
+        exc.nothing_applied = True
+        raise
 
 
 class _AlreadySignedIn(Exception):
