@@ -21,13 +21,10 @@ from plooto_api.sync import tasks
 from plooto_api.sync.engine import SyncEngine
 from plooto_api.upstream import (
     AccountLocked,
-    Credentials,
-    InvalidCredentials,
     LoginBlocked,
-    MemoryStateStore,
-    PortalSession,
     SessionReplaced,
 )
+from support.portal import lock_login_from_elsewhere
 
 from .conftest import CONTROLLER, PASSWORD
 
@@ -57,26 +54,13 @@ def _a_bill(ctx: JobContext) -> models.Bill:
         return bill
 
 
-async def _lock_from_elsewhere(sandbox: str, control: httpx.Client) -> None:
-    """Five bad passwords from somewhere else lock the login (15 minutes of the portal's clock), and
-    the portal drops its sessions: the gateway's next request has to sign in again."""
-    other = PortalSession(sandbox, Credentials(CONTROLLER, "wrong-password", None), MemoryStateStore())
-    try:
-        for _ in range(5):
-            with pytest.raises((InvalidCredentials, AccountLocked)):
-                await other.ensure_logged_in()
-    finally:
-        await other.aclose()
-    control.post("/sessions/revoke", json={"email": CONTROLLER}).raise_for_status()
-
-
 async def test_a_lock_found_by_a_keep_alive_stops_every_sign_in_until_the_portal_lifts_it(
     ctx: JobContext, make_connection: Callable[..., str], control: httpx.Client, sandbox: str
 ) -> None:
     connection_id = make_connection()
     engine = SyncEngine(ctx)
     assert (await engine.sync_connection(connection_id)).ok
-    await _lock_from_elsewhere(sandbox, control)
+    await lock_login_from_elsewhere(sandbox, control, CONTROLLER)
 
     with pytest.raises(AccountLocked):
         await tasks.keep_alive(ctx, connection_id)

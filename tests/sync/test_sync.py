@@ -30,6 +30,7 @@ from plooto_api.store.database import transaction
 from plooto_api.sync import engine as sync_engine
 from plooto_api.sync.engine import SyncEngine
 from plooto_api.sync.upsert import ApplyCounts, apply_records, company_ids
+from support.portal import lock_login_from_elsewhere
 
 from .conftest import CLERK, CONTROLLER, PASSWORD, TOTP_SECRET
 
@@ -683,25 +684,13 @@ async def test_drift_outlasts_a_login_problem_found_after_it(
     # Drift is cleared by an operator only. A lockout found by a later sync took the connection's
     # state, and the next good sync then made it healthy: writes allowed, no one having cleared it.
     from plooto_api.services.connections import uncleared_drift
-    from plooto_api.upstream import (
-        AccountLocked,
-        Credentials,
-        InvalidCredentials,
-        MemoryStateStore,
-        PortalSession,
-    )
 
     connection_id = make_connection()
     engine = SyncEngine(ctx)
     control.post("/faults", json={"kind": "shape_change", "objectType": "bill", "fromField": "totalAmount",
                                   "toField": "grandTotal"}).raise_for_status()  # fmt: skip
     assert (await engine.sync_connection(connection_id)).drift
-    other = PortalSession(sandbox, Credentials(CONTROLLER, "wrong-password", None), MemoryStateStore())
-    for _ in range(5):  # someone else's bad passwords lock the login
-        with pytest.raises((InvalidCredentials, AccountLocked)):
-            await other.ensure_logged_in()
-    await other.aclose()
-    control.post("/sessions/revoke", json={"email": CONTROLLER}).raise_for_status()
+    await lock_login_from_elsewhere(sandbox, control, CONTROLLER)  # someone else's bad passwords
     locked = await engine.sync_connection(connection_id, cadence="fast")
     assert locked.state == "locked", locked.error
     row = _connection(ctx, connection_id)

@@ -12,13 +12,7 @@ import pytest
 from plooto_api.services import writes
 from plooto_api.services.connections import change_state
 from plooto_api.store import models
-from plooto_api.upstream import (
-    AccountLocked,
-    Credentials,
-    InvalidCredentials,
-    MemoryStateStore,
-    PortalSession,
-)
+from support.portal import lock_login_from_elsewhere
 
 from .conftest import CONTROLLER, Gateway
 from .test_actions import BILL, _vendor
@@ -66,19 +60,7 @@ def test_a_send_the_portal_says_it_did_not_apply_is_repeated_after_a_pause(
 
 
 def test_a_write_refused_because_the_login_is_locked_keeps_no_answer(gateway: Gateway) -> None:
-    async def lock() -> None:  # five bad passwords from elsewhere lock the login for 15 minutes
-        other = PortalSession(
-            gateway.sandbox, Credentials(CONTROLLER, "wrong-password", None), MemoryStateStore()
-        )
-        try:
-            for _ in range(5):
-                with pytest.raises((InvalidCredentials, AccountLocked)):
-                    await other.ensure_logged_in()
-        finally:
-            await other.aclose()
-
-    asyncio.run(lock())
-    gateway.control.post("/sessions/revoke", json={"email": CONTROLLER}).raise_for_status()
+    asyncio.run(lock_login_from_elsewhere(gateway.sandbox, gateway.control, CONTROLLER))
     bill = gateway.bill(status="approved", currency="CAD")
     refused = gateway.post("/create_payment", {"bill_id": bill.id}, key="locked-1")
     assert refused.status_code == 409, refused.text
