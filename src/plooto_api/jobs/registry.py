@@ -12,12 +12,7 @@ JobFunction = Callable[..., Awaitable[Any]]
 JOBS: dict[str, JobFunction] = {}
 
 # Modules whose import registers jobs; loaded on first lookup so the registry stays import-light.
-TASK_MODULES = (
-    "plooto_api.sync.tasks",
-    "plooto_api.services.write_tasks",
-    "plooto_api.jobs.write_retries",
-    "plooto_api.webhooks.tasks",
-)
+TASK_MODULES = ("plooto_api.sync.tasks", "plooto_api.services.write_tasks", "plooto_api.webhooks.tasks")
 _loaded = False
 
 

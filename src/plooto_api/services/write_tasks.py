@@ -1,5 +1,6 @@
-"""The write jobs: carry one operation to its end (`writes.execute`), and resolve what a previous
-process left unfinished (`writes.recover`, run when the gateway starts)."""
+"""The write jobs: carry one operation to its end (`writes.execute`), resolve what a previous
+process left unfinished (`writes.recover`, run when the gateway starts), and take up again, on a
+schedule any engine runs, what a portal outage left open (`writes.retry`)."""
 
 from __future__ import annotations
 
@@ -30,3 +31,9 @@ async def recover_writes(ctx: JobContext) -> dict[str, str]:
         i: (r if isinstance(r, str) else f"error: {type(r).__name__}")
         for i, r in zip(ids, results, strict=True)
     }
+
+
+@job("writes.retry")
+async def retry_writes(ctx: JobContext) -> dict[str, str]:
+    """Carry on the open operations whose retry time has come, reading the portal back first."""
+    return await writes.retry_due(ctx)

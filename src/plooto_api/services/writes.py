@@ -64,7 +64,7 @@ from plooto_api.upstream import (
     WriteResult,
     request_field,
 )
-from plooto_api.upstream.portal import PAYMENT_STATUS
+from plooto_api.upstream.portal import PAYMENT_CANCELLED
 
 log = get_logger(__name__)
 
@@ -411,13 +411,8 @@ def _decided(decision: str) -> Shows:
     return shows
 
 
-# The portal's status for a payment a cancel stopped. Rejected, Recalled and Deleted read as
-# `cancelled` too, but are someone else's doing (an approver, the bank): not this write's effect.
-PORTAL_CANCELLED = next(raw for raw, status in PAYMENT_STATUS.items() if raw.lower() == status == "cancelled")
-
-
 def _cancelled(record: UpstreamRecord, me: UpstreamRef) -> bool:
-    return record.status_raw == PORTAL_CANCELLED
+    return record.status_raw == PAYMENT_CANCELLED  # this write's effect, not a rejection's
 
 
 def _req(op: models.Operation) -> dict[str, Any]:

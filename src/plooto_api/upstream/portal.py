@@ -310,6 +310,9 @@ PAYMENT_STATUS = {
     "Clearing": "in_transit", "Completed": "completed", "Failed": "failed", "Returned": "returned",
     "Recalled": "cancelled", "Rejected": "cancelled", "Cancelled": "cancelled", "Deleted": "cancelled",
 }  # fmt: skip
+# The portal's status of a payment a cancel stopped. Rejected, Recalled and Deleted read as
+# `cancelled` too, but are someone else's doing (an approver, the bank).
+PAYMENT_CANCELLED = "Cancelled"
 PAYMENT_METHOD = {
     "Eft": "eft", "Ach": "ach", "Cheque": "cheque", "Wire": "wire", "Card": "card",
     "PlootoInstant": "instant", "EmailMoneyTransfer": "email_transfer",
