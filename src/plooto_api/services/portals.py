@@ -78,11 +78,12 @@ class PortalRegistry:
             if connection is None:
                 return "the connection was removed"
             session.expunge(connection)  # read as it is now; no transaction stays open below
-        reason = login_blocked_reason(connection, portal.portal_now())
         ends = connection.state == "locked" and (connection.state_detail or {}).get("until")
-        if reason is not None and ends:  # the portal's clock may have moved since we last heard it
-            reason = login_blocked_reason(connection, await portal.read_portal_clock())
-        return reason
+        # A lock ends by the portal's clock, read now: it may have moved since we last heard it, and
+        # a session not yet restored knows only this machine's.
+        return login_blocked_reason(
+            connection, await portal.read_portal_clock() if ends else portal.portal_now()
+        )
 
     async def forget(self, connection_id: str) -> None:
         """Drop a connection's session (after its credentials change): the next `get` builds a new

@@ -15,7 +15,6 @@ from plooto_api.jobs.context import JobContext
 from plooto_api.services.connections import (
     change_state,
     get_connection,
-    login_blocked_reason,
     record_login_failure_of,
     update_credentials,
 )
@@ -31,11 +30,10 @@ async def refuse_while_locked(ctx: JobContext, connection_id: str) -> None:
         connection = get_connection(session, connection_id)
         if connection.state != "locked":
             return
-        session.expunge(connection)  # judged below, once the portal's clock is read
-    portal = await ctx.portals.get(connection_id)
-    reason = login_blocked_reason(connection, await portal.read_portal_clock())
-    if reason is not None:
         until = (connection.state_detail or {}).get("until")
+    # Judged as the login guard judges it (the portal's clock read again while the lock seems on).
+    reason = await ctx.portals.login_blocked(connection_id, await ctx.portals.get(connection_id))
+    if reason is not None:
         ends = datetime.fromisoformat(until) if isinstance(until, str) else None
         raise AccountLocked(f"not signing in to the portal: {reason}", until=ends)
 
