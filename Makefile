@@ -28,8 +28,10 @@ lint: $(VENV)/.installed-test
 typecheck: $(VENV)/.installed-test
 	$(BIN)/mypy
 
+# Most tests wait on loopback HTTP and subprocesses more than on the CPU: two workers per core.
+PYTEST_WORKERS ?= 4
 pytest: $(VENV)/.installed-test
-	$(BIN)/pytest -q $(PYTEST_ARGS)
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 test: lint typecheck pytest
 

@@ -2,7 +2,12 @@
 
 Set PLOOTO_API_TEST_DATABASE_URL to a PostgreSQL database to run the same tests there (`.ci/run`
 does). On PostgreSQL the schema is migrated once per run and tables are emptied between tests;
-on SQLite each test gets its own copy of a freshly migrated file.
+on SQLite each test gets its own copy of a freshly migrated file. Under pytest-xdist (`-n`) each
+worker has a database of its own beside the one named (created and dropped by the worker).
+
+The suite's sandbox allows 100 req/s, and gateways under test start at their top rate (50 req/s),
+so that syncs are not paced by the throttle's learning from 10 req/s: that learning is tested on
+its own (tests/upstream/test_throttle.py) and measured under bench/.
 """
 
 from __future__ import annotations
@@ -20,6 +25,11 @@ from plooto_api.store.database import create_db_engine, session_factory, upgrade
 from plooto_api.store.models import Base
 
 POSTGRES_URL = os.environ.get("PLOOTO_API_TEST_DATABASE_URL")
+SANDBOX_RATE = {"limit": 100, "burst": 200}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ.setdefault("PLOOTO_API_UPSTREAM_INITIAL_RATE", "50")
 
 
 def pytest_report_header() -> str:
@@ -27,11 +37,38 @@ def pytest_report_header() -> str:
 
 
 @pytest.fixture(scope="session")
-def _postgres_engine() -> Iterator[Engine | None]:
+def postgres_url() -> Iterator[str | None]:
+    """The PostgreSQL database this process tests on, or None on SQLite."""
     if not POSTGRES_URL:
         yield None
         return
-    engine = create_db_engine(POSTGRES_URL)
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not worker:
+        yield POSTGRES_URL
+        return
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+
+    url = make_url(POSTGRES_URL)
+    name = f"{url.database}_{worker}"
+    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def _postgres_engine(postgres_url: str | None) -> Iterator[Engine | None]:
+    if not postgres_url:
+        yield None
+        return
+    engine = create_db_engine(postgres_url)
     upgrade_to_head(engine)
     yield engine
     engine.dispose()
@@ -53,8 +90,7 @@ def database_url(_postgres_engine: Engine | None, _sqlite_template: Path, tmp_pa
         tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
         with _postgres_engine.begin() as conn:
             conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
-        assert POSTGRES_URL
-        return POSTGRES_URL
+        return _postgres_engine.url.render_as_string(hide_password=False)
     path = tmp_path / "plooto-api.db"
     shutil.copyfile(_sqlite_template, path)
     return f"sqlite:///{path}"
@@ -104,6 +140,7 @@ def sandbox_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 sys.executable, "-m", "plooto_sandbox", "--port", str(port),
                 "--seed", str(SANDBOX_SEED["seed"]), "--companies", str(SANDBOX_SEED["companies"]),
                 "--bills-per-company", str(SANDBOX_SEED["billsPerCompany"]),
+                "--rate-limit", str(SANDBOX_RATE["limit"]), "--rate-burst", str(SANDBOX_RATE["burst"]),
             ],
             stdout=log, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
@@ -135,11 +172,11 @@ def sandbox(sandbox_url: str) -> str:
 
 
 @pytest.fixture
-def process_database_env(_postgres_engine: Engine | None) -> Iterator[dict[str, str]]:
+def process_database_env(postgres_url: str | None) -> Iterator[dict[str, str]]:
     """Environment for a gateway subprocess: a database of its own on PostgreSQL (the process keeps
     its own vault key, so it must not meet another test's sealed rows); nothing on SQLite, where the
     process keeps its database in its own data directory."""
-    if _postgres_engine is None:
+    if postgres_url is None:
         yield {}
         return
     import secrets
@@ -147,13 +184,12 @@ def process_database_env(_postgres_engine: Engine | None) -> Iterator[dict[str, 
     from sqlalchemy import create_engine
     from sqlalchemy.engine import make_url
 
-    assert POSTGRES_URL
-    name = f"{make_url(POSTGRES_URL).database}_p{secrets.token_hex(4)}"
-    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    name = f"{make_url(postgres_url).database}_p{secrets.token_hex(4)}"
+    admin = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     try:
-        yield {"PLOOTO_API_DATABASE_URL": make_url(POSTGRES_URL).set(database=name).render_as_string(False)}
+        yield {"PLOOTO_API_DATABASE_URL": make_url(postgres_url).set(database=name).render_as_string(False)}
     finally:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

@@ -34,7 +34,9 @@ def portal_url(request: pytest.FixtureRequest) -> str:
 def control(portal_url: str) -> Iterator[Control]:
     ctl = Control(portal_url)
     yield ctl
-    ctl.rate_limit(25, 50)  # the portal's default, in case a test lowered it
+    from conftest import SANDBOX_RATE
+
+    ctl.rate_limit(SANDBOX_RATE["limit"], SANDBOX_RATE["burst"])  # the suite's, in case a test lowered it
     ctl.http.close()
 
 
