@@ -235,6 +235,51 @@ async def test_payment_lifecycle_becomes_events(
     _assert_documents_match_columns(ctx)
 
 
+async def test_a_payment_held_in_transit_stays_in_transit_and_is_sent_once(
+    ctx: JobContext, make_connection: Callable[..., str], control: httpx.Client
+) -> None:
+    # A hold froze the payment where it was, but it read as `scheduled` (money already gone), and
+    # its release emitted `payment.sent` a second time.
+    connection_id = make_connection()
+    engine = SyncEngine(ctx)
+    assert (await engine.sync_connection(connection_id)).ok
+    with ctx.sessions() as session:
+        payment = session.scalars(
+            select(models.Payment).where(models.Payment.status == "in_transit").order_by(models.Payment.id)
+        ).first()
+        assert payment is not None, "the seed has payments in transit"
+        payment_id, upstream_id = payment.id, payment.upstream_id
+
+    def sent_events() -> int:
+        with ctx.sessions() as session:
+            return len(list(session.scalars(select(models.Event.id).where(
+                models.Event.object_id == payment_id, models.Event.type == "payment.sent"
+            ))))  # fmt: skip
+
+    before = sent_events()
+    held = control.post("/mutate", json={"action": "holdPayment", "paymentId": upstream_id,
+                                         "reason": "Security review"})  # fmt: skip
+    assert held.status_code == 200, held.text
+    assert (await engine.sync_connection(connection_id, cadence="fast")).ok
+    with ctx.sessions() as session:
+        row = session.get(models.Payment, payment_id)
+        assert row is not None
+        assert (row.status, row.upstream_status_raw, row.hold_reason) == (
+            "in_transit",
+            "OnHold",
+            "Security review",
+        )
+        assert [h.status for h in row.status_history][-2:] == ["in_transit", "in_transit"]
+    control.post("/mutate", json={"action": "releasePayment", "paymentId": upstream_id}).raise_for_status()
+    assert (await engine.sync_connection(connection_id, cadence="fast")).ok
+    with ctx.sessions() as session:
+        row = session.get(models.Payment, payment_id)
+        assert row is not None
+        assert (row.status, row.upstream_status_raw, row.hold_reason) == ("in_transit", "Clearing", None)
+    assert sent_events() == before
+    _assert_documents_match_columns(ctx)
+
+
 async def test_a_read_older_than_the_stored_copy_never_overwrites_it(
     ctx: JobContext, make_connection: Callable[..., str], control: httpx.Client
 ) -> None:

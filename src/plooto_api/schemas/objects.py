@@ -215,6 +215,11 @@ class Payment(PortalObject):
     completed_at: datetime | None = None
     status: PaymentStatus
     status_history: list[PaymentStatusChange] = Field(default_factory=list)
+    hold_reason: str | None = Field(
+        default=None,
+        description="Why the portal holds the payment (a security or compliance review), while it does; "
+        "a held payment keeps the status it had, and `upstream.status_raw` is `OnHold`.",
+    )
     failure_code: str | None = None
     failure_reason: str | None = None
     trace_number: str | None = None

@@ -141,7 +141,10 @@ def _events_for_change(
         types.append("bill.approval_updated")
     if object_type == "payment" and old_data["status"] != new_data["status"]:
         types.append("payment.status_updated")
-        if new_data["status"] in _PAYMENT_SENT and old_data["status"] not in _PAYMENT_SENT:
+        was_sent = old_data["status"] in _PAYMENT_SENT or any(
+            change["status"] in _PAYMENT_SENT for change in old_data.get("status_history") or ()
+        )  # a payment held in transit and released was sent once, not twice
+        if new_data["status"] in _PAYMENT_SENT and not was_sent:
             types.append("payment.sent")
         if new_data["status"] in _PAYMENT_FAILED:
             types.append("payment.failed")

@@ -310,6 +310,8 @@ PAYMENT_STATUS = {
     "Clearing": "in_transit", "Completed": "completed", "Failed": "failed", "Returned": "returned",
     "Recalled": "cancelled", "Rejected": "cancelled", "Cancelled": "cancelled", "Deleted": "cancelled",
 }  # fmt: skip
+# A hold (security or compliance review) freezes a payment where it was; a release resumes it there.
+PAYMENT_ON_HOLD = "OnHold"
 # The portal's status of a payment a cancel stopped. Rejected, Recalled and Deleted read as
 # `cancelled` too, but are someone else's doing (an approver, the bank).
 PAYMENT_CANCELLED = "Cancelled"
@@ -787,16 +789,22 @@ def _payment_approval(raw: dict[str, Any], ctx: Context) -> dict[str, Any] | Non
     }
 
 
+def _business_day_start(value: str | None) -> datetime | None:
+    return date_as_timestamp(value, ZoneInfo(BUSINESS_TIME_ZONE))
+
+
 def _payment_history(raw: dict[str, Any]) -> list[dict[str, Any]]:
+    """The payment's status changes, from its audit trail. A hold keeps the status it froze."""
     history: list[dict[str, Any]] = []
     for entry in raw["auditTrail"]:
         description: str = entry["description"]
         if description.startswith(AUDIT_STATUS_PREFIX):
             status_raw = description[len(AUDIT_STATUS_PREFIX) :].strip().rstrip(".")
             if status_raw in PAYMENT_STATUS:
+                held = status_raw == PAYMENT_ON_HOLD and history
                 history.append(
                     {
-                        "status": PAYMENT_STATUS[status_raw],
+                        "status": history[-1]["status"] if held else PAYMENT_STATUS[status_raw],
                         "status_raw": status_raw,
                         "occurred_at": parse_timestamp(entry["timestamp"]),
                         "reason": None,
@@ -812,9 +820,13 @@ def normalize_payment(raw: dict[str, Any], ctx: Context) -> list[UpstreamRecord]
     status_raw = raw["status"]
     cross_currency = source != destination
     fx_id = f"{payment_id}:fx" if cross_currency else None
+    history = _payment_history(raw)
+    status = _mapped(PAYMENT_STATUS, status_raw, "payment", "status")
+    if status_raw == PAYMENT_ON_HOLD and history and history[-1]["status_raw"] == PAYMENT_ON_HOLD:
+        status = history[-1]["status"]  # held where it was: a payment in transit stays in transit
     completed = next(
-        (h["occurred_at"] for h in reversed(_payment_history(raw)) if h["status_raw"] == "Completed"), None
-    ) or (date_as_timestamp(raw.get("completedDate")) if status_raw == "Completed" else None)
+        (h["occurred_at"] for h in reversed(history) if h["status_raw"] == "Completed"), None
+    ) or (_business_day_start(raw.get("completedDate")) if status_raw == "Completed" else None)
     fee = money(raw["feeAmount"], raw["feeCurrency"])
     failure = raw.get("failureReason")
     fields = {
@@ -837,8 +849,9 @@ def normalize_payment(raw: dict[str, Any], ctx: Context) -> list[UpstreamRecord]
         "scheduled_for": parse_date(raw.get("scheduledDebitDate") or raw.get("requestedDebitDate")),
         "expected_arrival": parse_date(raw.get("estimatedArrivalDate")),
         "completed_at": completed,
-        "status": _mapped(PAYMENT_STATUS, status_raw, "payment", "status"),
-        "status_history": _payment_history(raw),
+        "status": status,
+        "status_history": history,
+        "hold_reason": raw.get("holdReason") if status_raw == PAYMENT_ON_HOLD else None,
         "failure_code": snake(failure),
         "failure_reason": FAILURE_REASON_TEXT.get(failure or "", failure),
         "trace_number": None,
@@ -865,7 +878,7 @@ def normalize_payment(raw: dict[str, Any], ctx: Context) -> list[UpstreamRecord]
     if fx_id is not None:
         if debited:
             fx_status = "executed"
-        elif status_raw in {"ApprovalRequired", "Pending", "OnHold"}:
+        elif status_raw in {"ApprovalRequired", "Pending", PAYMENT_ON_HOLD}:
             fx_status = "quoted"
         else:
             fx_status = "expired"
@@ -877,7 +890,7 @@ def normalize_payment(raw: dict[str, Any], ctx: Context) -> list[UpstreamRecord]
             "fee": None,  # the portal's margin is in the rate; the wire fee is the payment's
             "status": fx_status,
             "quoted_at": parse_timestamp(raw[CREATED]),
-            "executed_at": date_as_timestamp(debited),
+            "executed_at": _business_day_start(debited),
         }
         records.append(
             ctx.record("fx_conversion", fx_id, conversion, status_raw=status_raw, path=path, **stamps)
@@ -940,7 +953,7 @@ def normalize_customer_payment(raw: dict[str, Any], ctx: Context) -> list[Upstre
         "credit_account_masked": None,
         "scheduled_for": parse_date(raw.get("debitDate")),
         "expected_arrival": parse_date(raw.get("depositDate")),
-        "completed_at": date_as_timestamp(raw.get("depositDate")) if status_raw == "Completed" else None,
+        "completed_at": _business_day_start(raw.get("depositDate")) if status_raw == "Completed" else None,
         "status": _mapped(CUSTOMER_PAYMENT_STATUS, status_raw, "payment", "status"),
         "status_history": [],
         "failure_code": snake(failure),

@@ -233,6 +233,7 @@ class Payment(CompanyOwnedMixin, Base):
     completed_at: Mapped[datetime | None]
     # pending_approval · scheduled · processing · in_transit · completed · failed · cancelled · returned
     status: Mapped[str] = mapped_column(String(32))
+    hold_reason: Mapped[str | None] = mapped_column(Text)  # while the portal holds the payment
     failure_code: Mapped[str | None] = mapped_column(String(64))
     failure_reason: Mapped[str | None] = mapped_column(Text)
     trace_number: Mapped[str | None] = mapped_column(String(64))
