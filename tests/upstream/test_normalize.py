@@ -201,3 +201,32 @@ def test_loads_keeps_numbers_exact_and_refuses_what_is_not_json() -> None:
     for not_json in (b"NaN", b"[Infinity]", b"<html>", b'{"a": 1'):
         with pytest.raises(ValueError):
             loads(not_json)
+
+
+def test_a_date_where_a_timestamp_is_wanted_falls_on_the_portals_day() -> None:
+    # A completed customer payment has only its deposit date: midnight UTC of that day was the
+    # evening before in Toronto, before the payment completed and on another business day.
+    from zoneinfo import ZoneInfo
+
+    from plooto_api.upstream._convert import date_as_timestamp
+    from plooto_api.upstream.portal import BUSINESS_TIME_ZONE
+
+    zone = ZoneInfo(BUSINESS_TIME_ZONE)
+    winter = date_as_timestamp("2026-02-25", zone)
+    summer = date_as_timestamp("2026-07-02", zone)
+    assert winter == datetime(2026, 2, 25, 5, tzinfo=UTC) and summer == datetime(2026, 7, 2, 4, tzinfo=UTC)
+    assert winter is not None and winter.astimezone(zone).date().isoformat() == "2026-02-25"
+    assert date_as_timestamp(None, zone) is None
+
+
+def test_completed_customer_payments_complete_on_their_deposit_day(make_session: SessionFactory) -> None:
+    from zoneinfo import ZoneInfo
+
+    from plooto_api.upstream.portal import BUSINESS_TIME_ZONE
+
+    records = run(_everything(make_session()))
+    completed = [r for r in records if r.object_type == "payment" and r.fields["direction"] == "receivable"
+                 and r.fields["completed_at"] is not None]  # fmt: skip
+    assert completed, "the seed has completed customer payments"
+    for record in completed:  # the start of the deposit day in Toronto, not the evening before
+        assert record.fields["completed_at"].astimezone(ZoneInfo(BUSINESS_TIME_ZONE)).hour == 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import codecs
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, tzinfo
 from decimal import Decimal
 from typing import Any
 
@@ -50,10 +50,11 @@ def parse_timestamp(value: str | None) -> datetime | None:
     return parsed.astimezone(UTC)
 
 
-def date_as_timestamp(value: str | None) -> datetime | None:
-    """A portal date where a timestamp is wanted: midnight UTC of that day."""
+def date_as_timestamp(value: str | None, zone: tzinfo) -> datetime | None:
+    """A portal date where a timestamp is wanted: the start of that day where the portal keeps its
+    books (`zone`), in UTC, so the timestamp falls on the portal's day, not on the evening before."""
     day = parse_date(value)
-    return datetime(day.year, day.month, day.day, tzinfo=UTC) if day else None
+    return datetime(day.year, day.month, day.day, tzinfo=zone).astimezone(UTC) if day else None
 
 
 def ref(object_type: str, upstream_id: str | None) -> UpstreamRef | None:
