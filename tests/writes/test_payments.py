@@ -55,6 +55,19 @@ def test_bill_id_alone_pays_the_amount_due(gateway: Gateway) -> None:
         assert entry.upstream_evidence["http_status"] == 201
 
 
+def test_without_a_date_a_payment_is_made_for_the_portals_day_after_its_clock_moved(gateway: Gateway) -> None:
+    # The default debit date came from the portal's clock as last seen: after the portal's day moved
+    # on, the portal refused it as in the past (422), though the caller had asked for no date.
+    bill = gateway.bill(status="approved", currency="CAD")
+    assert gateway.get(f"/bills/{bill.id}?fresh=true").status_code == 200  # the portal's clock, as seen now
+    gateway.control.post("/clock", json={"advance_days": 3}).raise_for_status()
+    today = gateway.control.get("/clock").json()["businessDate"]
+    response = gateway.post("/create_payment", {"bill_id": bill.id}, key="moved-clock")
+    assert response.status_code == 201, response.text
+    assert response.json()["scheduled_for"] >= today
+    assert len(gateway.ground_truth(bill.upstream_id)) == 1
+
+
 def test_a_payment_stands_when_its_bill_reads_back_in_a_changed_shape(gateway: Gateway) -> None:
     bill = gateway.bill(status="approved", currency="CAD")
     gateway.fault(kind="shape_change", objectType="bill", fromField="totalAmount", toField="grandTotal")

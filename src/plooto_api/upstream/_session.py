@@ -955,11 +955,16 @@ class PortalSession:
             try:
                 raw, response = await self._api_write("POST", path, json_body=body, object_type="payment")
             except PortalRuleViolation as exc:
-                # A refusal for the cut-off was not applied and names the earliest allowed day.
-                earliest = _first_date(exc.message)
-                cut_off = exc.code == portal.ERROR_CUT_OFF_PASSED
-                if requested_debit_date is None and cut_off and earliest and attempt == 0:
-                    day = earliest
+                # Refusals of the day were not applied: the cut-off's names the earliest allowed
+                # day; "in the past" means the portal's clock moved since we last saw it, and the
+                # refusal's Date header has told us where it is now.
+                later: date | None = None
+                if exc.code == portal.ERROR_CUT_OFF_PASSED:
+                    later = _first_date(exc.message)
+                elif exc.code == portal.ERROR_DEBIT_DATE_IN_PAST:
+                    later = self.portal_today()
+                if requested_debit_date is None and attempt == 0 and later is not None and later > day:
+                    day = later
                     continue
                 raise
             return self._write_result(raw, portal.PAYMENTS, company_upstream_id, response)
