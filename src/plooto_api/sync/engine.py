@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from plooto_api import mapping
@@ -32,7 +32,7 @@ from plooto_api.services.connections import (
 )
 from plooto_api.store.base import utcnow
 from plooto_api.store.database import transaction
-from plooto_api.store.models import Connection, SyncCursor
+from plooto_api.store.models import Company, Connection, SyncCursor
 from plooto_api.sync.references import write_with_references
 from plooto_api.sync.upsert import (
     ApplyCounts,
@@ -40,6 +40,7 @@ from plooto_api.sync.upsert import (
     apply_records,
     company_ids,
     lock_connection,
+    mark_company_gone,
     mark_deleted,
     references,
 )
@@ -442,7 +443,40 @@ class SyncEngine:
         with transaction(self.ctx.sessions) as session:
             counts = apply_records(session, connection_id, {}, records, utcnow())
         report.counts.add(counts)
+        await self._confirm_companies_gone(portal, connection_id, {r.upstream_id for r in records}, report)
         return [(r.upstream_id, str(r.fields.get("name", r.upstream_id))) for r in records]
+
+    async def _confirm_companies_gone(
+        self, portal: PortalSession, connection_id: str, listed: set[str], report: SyncReport
+    ) -> None:
+        """A stored company the portal no longer lists, and answers 404 for, is gone for this login
+        (the client book was closed or the firm lost access): it and all kept of it are marked
+        deleted, and its cursors dropped, so that should the login reach it again it is pulled whole."""
+        with self.ctx.sessions() as session:
+            unlisted = [
+                upstream_id
+                for upstream_id in session.scalars(
+                    select(Company.upstream_id).where(
+                        Company.connection_id == connection_id, Company.deleted_at.is_(None)
+                    )
+                )
+                if upstream_id not in listed
+            ]
+        for upstream_id in unlisted:
+            if await portal.fetch_object(upstream_id, "company", upstream_id) is not None:
+                continue  # still there (listed while it changed); the next sync sees it
+            with transaction(self.ctx.sessions) as session:
+                lock_connection(session, connection_id)
+                company = session.scalars(
+                    select(Company).where(Company.connection_id == connection_id, Company.upstream_id == upstream_id)
+                ).one()
+                report.counts.updated += mark_company_gone(session, company, utcnow())
+                session.execute(
+                    delete(SyncCursor).where(
+                        SyncCursor.connection_id == connection_id, SyncCursor.company_upstream_id == upstream_id
+                    )
+                )
+            log.info("company_gone", connection=connection_id, company=upstream_id)
 
     async def _sync_feed(
         self,

@@ -194,6 +194,21 @@ def mark_deleted(session: Session, row: Any, now: datetime) -> bool:
     return True
 
 
+def mark_company_gone(session: Session, company: Company, now: datetime) -> int:
+    """Mark a company the portal confirms this login cannot reach deleted, with everything kept of
+    it, each with its `<type>.deleted` event; how many were marked."""
+    marked = 0
+    for spec in mapping.OBJECT_MAPS.values():
+        model: Any = spec.model
+        if model is Company:
+            continue
+        rows = session.scalars(
+            select(model).where(model.company_id == company.id, model.deleted_at.is_(None)).order_by(model.id)
+        )
+        marked += sum(mark_deleted(session, row, now) for row in rows)
+    return marked + mark_deleted(session, company, now)
+
+
 def apply_records(
     session: Session,
     connection_id: str,

@@ -752,14 +752,15 @@ class PortalSession:
     async def fetch_object(
         self, company_upstream_id: str, object_type: str, upstream_id: str
     ) -> UpstreamRecord | None:
-        """One object as it is now; None only when the portal confirms it does not exist."""
+        """One object as it is now; None only when the portal confirms it does not exist, or that
+        this login cannot reach its company any more (gone for this login)."""
         if object_type == "company":
             try:
                 body = await self._api_get(
                     portal.COMPANY_PATH.format(company=upstream_id), object_type="company"
                 )
             except NotFound as exc:
-                if exc.code == "CompanyNotFound" or exc.code == "NotFound":
+                if exc.code in portal.ERROR_NOT_FOUND:
                     return None
                 raise
             check_shape(portal.COMPANY, body, object_type="company")
@@ -772,19 +773,20 @@ class PortalSession:
         ctx = self._context(company_upstream_id)
         for collection in source.collections:
             raw: Any = None
-            if collection.has_detail:
-                try:
+            try:
+                if collection.has_detail:
                     raw = await self._api_get(
                         f"{base}/{collection.path}/{portal_id}", object_type=collection.object_type
                     )
-                except NotFound as exc:
-                    if exc.code != "NotFound":
-                        raise
-                    continue
-            else:
-                raw = await self._find_in_listing(f"{base}/{collection.path}", collection, portal_id)
-                if raw is None:
-                    continue
+                else:
+                    raw = await self._find_in_listing(f"{base}/{collection.path}", collection, portal_id)
+            except NotFound as exc:
+                if exc.code == portal.ERROR_COMPANY_NOT_FOUND:
+                    return None  # the login cannot reach the object's company any more
+                if exc.code != portal.ERROR_OBJECT_NOT_FOUND or not collection.has_detail:
+                    raise
+            if raw is None:
+                continue
             check_shape(collection.shape, raw, object_type=collection.object_type)
             for record in collection.normalize(raw, ctx):
                 if record.object_type == object_type and record.upstream_id == upstream_id:

@@ -92,7 +92,9 @@ ERROR_NOT_AUTHENTICATED = "NotAuthenticated"
 ERROR_MFA_REQUIRED = "MfaRequired"
 ERROR_XSRF_INVALID = "AntiforgeryTokenInvalid"
 ERROR_PERMISSION_DENIED = "PermissionDenied"
-ERROR_NOT_FOUND = ("NotFound", "CompanyNotFound")
+ERROR_OBJECT_NOT_FOUND = "NotFound"
+ERROR_COMPANY_NOT_FOUND = "CompanyNotFound"  # the company does not exist, or this login cannot reach it
+ERROR_NOT_FOUND = (ERROR_OBJECT_NOT_FOUND, ERROR_COMPANY_NOT_FOUND)
 RETRY_AFTER_HEADER = "Retry-After"
 
 LAST_MODIFIED = "lastModified"
