@@ -637,6 +637,23 @@ async def test_progress_counts_each_object_once_against_the_feeds_whole_size(
         assert steps[-1] == (BILLS_PER_COMPANY, BILLS_PER_COMPANY)
 
 
+async def test_the_cli_shows_a_feed_with_nothing_to_pull_as_done_not_unknown(
+    ctx: JobContext, make_connection: Callable[..., str], settings: Any
+) -> None:
+    connection_id = make_connection()
+    assert (await SyncEngine(ctx).sync_connection(connection_id)).ok
+    out = io.StringIO()
+    console = Console(file=out, width=200)
+    assert (
+        await asyncio.to_thread(
+            lambda: run_sync(settings, console, connection_id=connection_id, cadence="fast", mfa_code=None)
+        )
+        == 0
+    )
+    shown = out.getvalue()
+    assert "customer_payments" in shown and "/?" not in shown, shown
+
+
 def _assert_plans_name_their_invoices(ctx: JobContext) -> None:
     """Recurring plans are listed before invoices (which refer to them) and name the invoices they
     made: once the invoices are in, every plan names each of them by its gateway id."""

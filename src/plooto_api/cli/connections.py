@@ -47,8 +47,8 @@ async def sync_with_progress(
         def update(company: str, feed: str, done: int, total: int | None) -> None:
             key = (company, feed)
             if key not in tasks:
-                tasks[key] = progress.add_task(f"{company[:28]:<28} {feed}", total=total or None)
-            progress.update(tasks[key], completed=done, total=total or None)
+                tasks[key] = progress.add_task(f"{company[:28]:<28} {feed}", total=total)
+            progress.update(tasks[key], completed=done, total=total)  # 0 is nothing to pull, not unknown
 
         return await SyncEngine(ctx).sync_connection(connection_id, cadence=cadence, progress=update)  # type: ignore[arg-type]
 
