@@ -637,6 +637,31 @@ async def test_progress_counts_each_object_once_against_the_feeds_whole_size(
         assert steps[-1] == (BILLS_PER_COMPANY, BILLS_PER_COMPANY)
 
 
+async def test_a_first_sync_stopped_from_outside_does_not_leave_the_connection_syncing(
+    ctx: JobContext, make_connection: Callable[..., str]
+) -> None:
+    # Ctrl-C in `plooto-api connect`, or a shutdown during serve's first sync: `syncing` stood,
+    # with nothing running, until another sync finished.
+    connection_id = make_connection()
+    before = _connection(ctx, connection_id).state
+    seen: list[str] = []
+
+    def stop_at_the_first_page(company: str, feed: str, done: int, total: int | None) -> None:
+        seen.append(_connection(ctx, connection_id).state)
+        task = asyncio.current_task()
+        assert task is not None
+        task.cancel()
+
+    run = asyncio.ensure_future(
+        SyncEngine(ctx).sync_connection(connection_id, progress=stop_at_the_first_page)
+    )
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    assert seen[:1] == ["syncing"]
+    assert _connection(ctx, connection_id).state == before
+    assert (await SyncEngine(ctx).sync_connection(connection_id)).ok, "the next run resumes"
+
+
 async def test_the_cli_shows_a_feed_with_nothing_to_pull_as_done_not_unknown(
     ctx: JobContext, make_connection: Callable[..., str], settings: Any
 ) -> None:

@@ -240,9 +240,11 @@ class SyncEngine:
             # Never log in again by ourselves after the portal refused us: that is how lockouts happen.
             report.error, report.state = f"not syncing: {blocked}", connection.state
             return report
+        restore: tuple[str, str | None, dict[str, Any] | None] | None = None
         try:
             await portal.ensure_logged_in()
             if first_sync:
+                restore = (connection.state, connection.state_reason, connection.state_detail)
                 self._set_state(connection_id, "syncing")
             companies = await self._sync_companies(portal, connection_id, report)
             # Companies are independent: pull several at once (the portal session's throttle still
@@ -318,6 +320,12 @@ class SyncEngine:
                 self._fail(report, *failure, exc)
         except UpstreamError as exc:  # unreachable, rate limited past retries, or refusing us
             self._fail(report, "upstream_unavailable", None, {"error": type(exc).__name__}, exc)
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            # Stopped from outside (Ctrl-C, a shutdown): a first sync's `syncing` would otherwise
+            # stand until another sync finished. What it wrote stays; the next resumes from there.
+            if restore is not None and not self._removed(connection_id):
+                self._set_state(connection_id, *restore)
+            raise
         if report.error is None and report.failed_feeds:
             self._feeds_failed(report)
         elif report.error is None:
