@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from plooto_api.upstream import (
@@ -206,3 +208,35 @@ def test_a_session_closed_without_saving_never_writes_its_state_again(make_sessi
 
     run(scenario())
     assert store.state is None
+
+
+def test_callers_waiting_for_a_refused_sign_in_share_its_refusal(
+    make_session: SessionFactory, control: Control
+) -> None:
+    # The password was changed (or replaced by a wrong one) while the session still worked; then the
+    # session was lost mid-sync. Each company's request waited for the sign-in and, once it was
+    # refused, tried again with the same password: one run of 7 companies locked the account.
+    import asyncio
+
+    from plooto_api.upstream import MemoryStateStore
+
+    store = MemoryStateStore()
+    good = make_session(store=store)
+    stale = make_session(store=store, password="wrong-password")  # the saved session, a refused password
+
+    async def scenario() -> list[Any]:
+        await good.ensure_logged_in()
+        await good.aclose()
+        await stale.list_companies()  # the saved session works
+        control.revoke()
+        control.fault(kind="latency", latencyMs=0, method="POST", pathPattern="^/login$")
+        outcomes = await asyncio.gather(*(stale.list_companies() for _ in range(6)), return_exceptions=True)
+        assert control.faults()[0]["hits"] == 1 and stale.stats.logins == 1
+        with pytest.raises(InvalidCredentials):  # a later call, not one that waited, tries again
+            await stale.ensure_logged_in()
+        assert control.faults()[0]["hits"] == 2
+        await stale.aclose()
+        return outcomes
+
+    outcomes = run(scenario())
+    assert all(isinstance(o, InvalidCredentials) for o in outcomes), outcomes

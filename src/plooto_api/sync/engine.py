@@ -284,8 +284,9 @@ class SyncEngine:
                         if difference not in report.drift:
                             report.drift.append(difference)
                     log.warning("upstream_changed", connection=connection_id, feed=feed.name)
-                except AuthenticationError:
-                    raise  # the login, not this feed: every feed stops
+                except AuthenticationError as exc:
+                    stopped.append(exc)  # the login, not this feed: every feed stops, and none starts
+                    raise
                 except Exception as exc:  # this feed's endpoint failing, or its page refused by the store
                     in_a_row += 1
                     report.failed_feeds.append((company_upstream_id, feed.name, exc))
@@ -476,12 +477,15 @@ class SyncEngine:
             with transaction(self.ctx.sessions) as session:
                 lock_connection(session, connection_id)
                 company = session.scalars(
-                    select(Company).where(Company.connection_id == connection_id, Company.upstream_id == upstream_id)
+                    select(Company).where(
+                        Company.connection_id == connection_id, Company.upstream_id == upstream_id
+                    )
                 ).one()
                 report.counts.updated += mark_company_gone(session, company, utcnow())
                 session.execute(
                     delete(SyncCursor).where(
-                        SyncCursor.connection_id == connection_id, SyncCursor.company_upstream_id == upstream_id
+                        SyncCursor.connection_id == connection_id,
+                        SyncCursor.company_upstream_id == upstream_id,
                     )
                 )
             log.info("company_gone", connection=connection_id, company=upstream_id)

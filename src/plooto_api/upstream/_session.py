@@ -106,6 +106,10 @@ class PortalSession:
         )
         self._login_lock = asyncio.Lock()
         self._generation = 0  # bumps on every completed sign-in
+        # Sign-in attempts started, and the last one's failure with its number: callers that waited
+        # for an attempt share its failure rather than each trying again (see _failed_since).
+        self._attempts = 0
+        self._failure: tuple[int, UpstreamError] | None = None
         self._ready = False
         self._restored = False
         self._pending_mfa: MfaChallenge | None = None
@@ -550,9 +554,12 @@ class PortalSession:
         portal sends a new code (re-reading the MFA page sends none)."""
         if self._ready:
             return
+        attempts = self._attempts
         async with self._login_lock:
             if self._ready:
                 return
+            if not deliberate:
+                self._failed_since(attempts)
             self._restore()
             if self._cookie(portal.SESSION_COOKIE):
                 response = await self._request("GET", portal.SESSION_PATH, api=True)
@@ -566,7 +573,7 @@ class PortalSession:
                 if code == portal.ERROR_MFA_REQUIRED and not restart:
                     await self._check_login_guard(deliberate=deliberate)
                     try:
-                        await self._complete_mfa()
+                        await self._attempt(self._complete_mfa)
                         return
                     except SessionExpired:
                         pass
@@ -575,7 +582,27 @@ class PortalSession:
                     self._signed_in()
                     return
             await self._check_login_guard(deliberate=deliberate)
-            await self._login()
+            await self._attempt(self._login)
+
+    async def _attempt(self, step: Callable[[], Awaitable[None]]) -> None:
+        """One sign-in attempt (`_login`, or `_complete_mfa` of a sign-in under way); a failure is
+        kept for the callers that waited for it (an MFA step's expiry is not: a login follows)."""
+        self._attempts += 1
+        number = self._attempts
+        try:
+            await step()
+        except SessionExpired:
+            raise
+        except UpstreamError as exc:
+            self._failure = (number, exc)
+            raise
+
+    def _failed_since(self, attempts: int) -> None:
+        """Raise the failure of a sign-in attempted since the caller saw `attempts` (it waited for
+        the lock meanwhile). Each company of a sync waits for the same sign-in: with a refused
+        password, every one tried again after it, and one run locked the account."""
+        if self._failure is not None and self._failure[0] > attempts:
+            raise self._failure[1]
 
     async def submit_mfa_code(self, code: str, *, trust_device: bool = True) -> None:
         """Answer a pending MFA challenge (e.g. the SMS code), also from a new session after a restart."""
@@ -608,22 +635,24 @@ class PortalSession:
             self._set_cookie(portal.XSRF_COOKIE, token, httpx.URL(self.base_url).host, "/", None, False)
         self._persist()
 
-    async def _relogin(self, generation: int, *, mfa_only: bool) -> None:
-        """Sign in again unless another request already did since `generation`."""
+    async def _relogin(self, generation: int, attempts: int, *, mfa_only: bool) -> None:
+        """Sign in again unless another request already did since `generation`, or tried and
+        failed since `attempts` (that failure is raised: the caller's request was sent before it)."""
         async with self._login_lock:
             if self._generation != generation:
                 return
+            self._failed_since(attempts)
             await self._check_login_guard(deliberate=False)
             self.stats.relogins += 1
             self._ready = False
             log.info("portal.session_lost", username=self._credentials.username, mfa_only=mfa_only)
             if mfa_only:
                 try:
-                    await self._complete_mfa()
+                    await self._attempt(self._complete_mfa)
                     return
                 except SessionExpired:
                     pass
-            await self._login()
+            await self._attempt(self._login)
 
     # -- JSON API ------------------------------------------------------------------------------
 
@@ -652,7 +681,7 @@ class PortalSession:
         await self.ensure_logged_in()
         relogged = xsrf_refreshed = False
         while True:
-            generation = self._generation
+            generation, attempts = self._generation, self._attempts
             response = await self._request("GET", path, params=params, api=True)
             if response.status_code == 200:
                 return self._json(response, object_type)
@@ -663,7 +692,7 @@ class PortalSession:
                 if relogged:
                     raise SessionExpired("the portal session was lost again right after signing in")
                 relogged = True
-                await self._relogin(generation, mfa_only=code == portal.ERROR_MFA_REQUIRED)
+                await self._relogin(generation, attempts, mfa_only=code == portal.ERROR_MFA_REQUIRED)
                 continue
             if response.status_code == 403 and code == portal.ERROR_XSRF_INVALID:
                 if xsrf_refreshed:
@@ -861,7 +890,7 @@ class PortalSession:
         relogged = xsrf_refreshed = False
         rate_limited = 0
         while True:
-            generation = self._generation
+            generation, attempts = self._generation, self._attempts
             response = await self._send_write(method, path, json_body=json_body, files=files)
             status = response.status_code
             trace_id = response.headers.get(portal.TRACE_HEADER)
@@ -897,7 +926,7 @@ class PortalSession:
                     raise SessionExpired("the portal session was lost again right after signing in")
                 relogged = True
                 async with _nothing_applied():  # the 401 applied nothing
-                    await self._relogin(generation, mfa_only=code == portal.ERROR_MFA_REQUIRED)
+                    await self._relogin(generation, attempts, mfa_only=code == portal.ERROR_MFA_REQUIRED)
                 continue
             if status == 403 and code == portal.ERROR_XSRF_INVALID:
                 if xsrf_refreshed:
