@@ -432,6 +432,39 @@ async def test_one_endpoint_failing_stops_only_its_feed(
     assert healed.ok and healed.state == "healthy", healed.error
 
 
+async def test_one_endpoint_failing_for_every_company_is_one_feed_failing(
+    ctx: JobContext, make_connection: Callable[..., str], control: httpx.Client
+) -> None:
+    # Companies sync side by side: /bills failing in three of them counted as three failures in a
+    # row, "the portal is down", and the run stopped before invoices and payments were pulled.
+    from conftest import SANDBOX_SEED
+
+    control.post("/reset", json={**SANDBOX_SEED, "companies": 4}).raise_for_status()
+    connection_id = make_connection()
+    engine = SyncEngine(ctx)
+    assert (await engine.sync_connection(connection_id)).ok
+    with ctx.sessions() as session:
+        invoice = session.scalars(
+            select(models.Invoice)
+            .where(models.Invoice.status.in_(["sent", "overdue"]))
+            .order_by(models.Invoice.id)
+        ).first()
+        assert invoice is not None
+        invoice_upstream_id = invoice.upstream_id
+    control.post("/faults", json={"kind": "error", "method": "GET", "pathPattern": r"/bills$",
+                                  "status": 503}).raise_for_status()  # fmt: skip
+    paid = control.post("/mutate", json={"action": "customerPays", "invoiceId": invoice_upstream_id})
+    assert paid.status_code == 200, paid.text
+    payments_before = _event_types(ctx)["payment.created"]
+
+    partial = await engine.sync_connection(connection_id, cadence="fast")
+    assert partial.state == "upstream_unavailable"
+    assert {feed for _, feed, _ in partial.failed_feeds} == {"bills"} and len(partial.failed_feeds) == 4
+    assert _event_types(ctx)["payment.created"] == payments_before + 1  # the later feeds were pulled
+    row = _connection(ctx, connection_id)
+    assert row.state_detail and len(row.state_detail["feeds"]) == 4
+
+
 async def test_a_portal_down_for_every_feed_stops_the_run_early(
     ctx: JobContext,
     make_connection: Callable[..., str],

@@ -61,8 +61,9 @@ log = get_logger(__name__)
 PAGE_SIZE = 200
 COMPANY_CONCURRENCY = 3
 # A feed that fails (one of the portal's endpoints answering 5xx, refusing this user's role, or a
-# page the store refuses) stops alone; the company's other feeds go on. This many failures in a row,
-# with no feed done between them, mean the portal itself is down: the run stops.
+# page the store refuses) stops alone; the company's other feeds go on. This many different feeds
+# failing in a row, with no feed done between them, mean the portal itself is down: the run stops.
+# (One endpoint failing for every company is one feed: companies sync side by side.)
 FEED_FAILURES_TO_STOP = 3
 Cadence = Literal["fast", "slow", "all"]
 ProgressCallback = Callable[[str, str, int, int | None], None]  # company, feed, done, total
@@ -266,12 +267,11 @@ class SyncEngine:
                     for feed in await asyncio.to_thread(self._to_relist, connection_id, company_upstream_id):
                         await pull(company_upstream_id, company_name, feed, whole=True)
 
-            in_a_row = 0  # feeds failed since the last one done (see FEED_FAILURES_TO_STOP)
+            failing: set[str] = set()  # feeds failed since the last one done (see FEED_FAILURES_TO_STOP)
             stopped: list[BaseException] = []  # the failure that stopped the run: no feed starts after it
 
             async def pull(company_upstream_id: str, company_name: str, feed: Feed, *,
                            deferred: _Deferred | None = None, whole: bool = False) -> None:  # fmt: skip
-                nonlocal in_a_row
                 if stopped:  # every company's next feed, those waiting for their turn included
                     raise stopped[0]
                 try:
@@ -288,7 +288,7 @@ class SyncEngine:
                     stopped.append(exc)  # the login, not this feed: every feed stops, and none starts
                     raise
                 except Exception as exc:  # this feed's endpoint failing, or its page refused by the store
-                    in_a_row += 1
+                    failing.add(feed.name)
                     report.failed_feeds.append((company_upstream_id, feed.name, exc))
                     await asyncio.to_thread(
                         self._note_feed_error, connection_id, company_upstream_id, feed, exc
@@ -297,11 +297,11 @@ class SyncEngine:
                         log.warning("feed_failed", connection=connection_id, feed=feed.name, error=str(exc))
                     else:
                         log.exception("feed_failed", connection=connection_id, feed=feed.name)
-                    if in_a_row >= FEED_FAILURES_TO_STOP:
+                    if len(failing) >= FEED_FAILURES_TO_STOP:
                         stopped.append(exc)
                         raise
                 else:
-                    in_a_row = 0
+                    failing.clear()
 
             results = await asyncio.gather(
                 *(sync_company(c, n) for c, n in companies), return_exceptions=True
