@@ -160,6 +160,9 @@ def test_drift_blocks_writes_until_an_operator_clears_it(make_gateway: Callable[
         assert entry.detail and any("totalAmount" in d for d in entry.detail["differences"])
     again = gateway.post(f"/connections/{gateway.connection_id}/clear_drift")
     assert again.status_code == 409 and again.json()["error"]["code"] == "invalid_state"
+    healthy_before = _events(gateway)["connection.healthy"]
+    assert gateway.sync().ok  # healthy stays healthy: no second event for the clearing's note
+    assert _events(gateway)["connection.healthy"] == healthy_before
     assert "not upstream_changed" in again.json()["error"]["message"]
 
     # The sync that clearing started mirrors the bill the portal had answered in the changed shape.

@@ -146,6 +146,10 @@ def change_state(
     """Move a connection to `state`, recording the change and its event. False if nothing changed."""
     if connection.state == state and connection.state_reason == reason and connection.state_detail == detail:
         return False
+    if connection.state == state == "healthy":
+        # Healthy stays healthy: a note (an operator's clearing) giving way to none is no news.
+        connection.state_reason, connection.state_detail = reason, detail
+        return False
     previous = connection.state
     connection.state = state
     connection.state_reason = reason
