@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from plooto_api.upstream import MemoryStateStore, MfaRequired
+from plooto_api.upstream import Credentials, MemoryStateStore, MfaRequired, PortalSession, ThrottleConfig
+from plooto_api.upstream.browser import browser_login
 from upstream.conftest import SessionFactory
-from upstream.upstream_helpers import CLERK, Control, first_company, run
+from upstream.upstream_helpers import CLERK, CONTROLLER, PASSWORD, TOTP_SECRET, Control, first_company, run
 
 CHROMIUM = Path(os.environ.get("PLOOTO_API_CHROMIUM", "/usr/bin/chromium"))
 pytestmark = pytest.mark.skipif(
@@ -55,3 +57,33 @@ def test_browser_login_with_sms_is_finished_over_http(make_session: SessionFacto
         await session.aclose()
 
     run(scenario())
+
+
+def test_browser_login_answers_totp_for_the_portal_clock(control: Control) -> None:
+    """No clock is given and none was learned: the code is for the portal's time (the sandbox's
+    clock is not this machine's), as over HTTP — a code for this machine's time is refused, and
+    every refusal counts toward the portal's lockout."""
+    portal_time = control.now()
+    assert abs((portal_time - datetime.now(UTC)).total_seconds()) > 300  # else this proves nothing
+    session = PortalSession(
+        control.base_url,
+        Credentials(CONTROLLER, PASSWORD, TOTP_SECRET),
+        MemoryStateStore(),
+        throttle=ThrottleConfig(initial_rate=40.0, max_rate=100.0),
+        login_mode="browser",
+    )
+
+    async def scenario() -> None:
+        await session.ensure_logged_in()
+        assert await first_company(session)
+        await session.aclose()
+
+    run(scenario())
+    assert (session.stats.logins, session.stats.retries) == (1, 0)
+
+
+def test_browser_login_with_a_given_portal_clock(control: Control) -> None:
+    """`learn_clock=False`: the caller's clock (as PortalSession's `portal_clock`) is the portal's."""
+    credentials = Credentials(CONTROLLER, PASSWORD, TOTP_SECRET)
+    cookies = run(browser_login(control.base_url, credentials, control.now, [], learn_clock=False))
+    assert ".Plooto.TrustedDevice" in {c["name"] for c in cookies}

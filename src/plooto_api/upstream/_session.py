@@ -411,8 +411,9 @@ class PortalSession:
             self._drop_cookies(portal.SESSION_COOKIE, portal.XSRF_COOKIE)
             try:
                 cookies = await browser_login(
-                    self.base_url, self._credentials, self.portal_now, self._cookie_list()
-                )
+                    self.base_url, self._credentials, self.portal_now, self._cookie_list(),
+                    learn_clock=self._portal_clock is None,  # a clock given is the one to use
+                )  # fmt: skip
             except MfaRequired as exc:
                 # Park the browser's pending login in the HTTP client: submit_mfa_code finishes it.
                 self.import_cookies(getattr(exc, "cookies", []))

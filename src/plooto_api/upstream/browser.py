@@ -6,9 +6,13 @@ Needs the `browser` extra (playwright) and a chromium binary (`/usr/bin/chromium
 
 from __future__ import annotations
 
+import contextlib
+import re
 import tempfile
+import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import pyotp
@@ -19,6 +23,7 @@ from plooto_api.upstream._errors import (
     InvalidCredentials,
     InvalidMfaCode,
     MfaRequired,
+    RateLimited,
     UpstreamChanged,
     UpstreamUnavailable,
 )
@@ -33,6 +38,8 @@ CHROMIUM_ARGS = (
     "--disable-sync",
     "--no-first-run",
 )
+DEFAULT_TIMEOUT_MS = 30_000.0  # the longest any one browser step (a page load, a click) may take
+_NET_ERROR = re.compile(r"net::ERR_[A-Z_]+")
 
 
 async def browser_login(
@@ -42,60 +49,159 @@ async def browser_login(
     cookies: list[dict[str, Any]],
     *,
     executable_path: str = CHROMIUM_PATH,
-    timeout_ms: float = 30_000,
+    timeout_ms: float | None = None,
+    learn_clock: bool = True,
 ) -> list[dict[str, Any]]:
     """Sign in with a headless chromium; returns the browser's cookies for the HTTP client.
 
     `cookies` (e.g. the trusted-device cookie) are given to the browser first. A TOTP challenge is
-    answered from the stored secret; an SMS challenge raises MfaRequired — the pending login's
-    cookies are then in `MfaRequired.cookies` so the HTTP client can finish it with the code.
+    answered from the stored secret for the portal's time; an SMS challenge raises MfaRequired — the
+    pending login's cookies are then in `MfaRequired.cookies` so the HTTP client can finish it with
+    the code.
+
+    The portal's time is what its pages' Date headers say, as for the HTTP client (the sandbox's
+    clock is not this machine's); `portal_now` only when no page had one, or always when
+    `learn_clock` is False (a clock the caller was given, which the HTTP client also prefers).
+
+    Fails as the HTTP login does: UpstreamUnavailable when the portal cannot be reached, times out
+    (every browser step waits at most `timeout_ms`) or answers 5xx, RateLimited on a 429 — never
+    with a Playwright error, whose text is not kept (it may quote what was typed into the page).
     """
     try:
         from playwright.async_api import Error as PlaywrightError
+        from playwright.async_api import TimeoutError as PlaywrightTimeout
         from playwright.async_api import async_playwright
     except ImportError as exc:  # pragma: no cover - depends on the installed extras
         raise UpstreamUnavailable("browser login needs the `browser` extra (playwright)") from exc
 
-    with tempfile.TemporaryDirectory(prefix="plooto-api-chromium-") as profile:
-        async with async_playwright() as playwright:
-            try:
-                context = await playwright.chromium.launch_persistent_context(
-                    profile, executable_path=executable_path, headless=True, args=list(CHROMIUM_ARGS)
-                )
-            except PlaywrightError as exc:
-                raise UpstreamUnavailable(f"could not start chromium: {type(exc).__name__}") from exc
-            try:
-                context.set_default_timeout(timeout_ms)
-                if cookies:
-                    await context.add_cookies([_to_browser(c, base_url) for c in cookies])  # type: ignore[misc]
-                page = context.pages[0] if context.pages else await context.new_page()
-                await page.goto(f"{base_url}{portal.LOGIN_PATH}")
-                if await page.locator(f"#{portal.LOGIN_FORM.form_id}").count() == 0:
-                    raise UpstreamChanged("login", [f"login: form '{portal.LOGIN_FORM.form_id}' not found"])
-                await page.fill(portal.LOGIN_USER_SELECTOR, credentials.username)
-                await page.fill(portal.LOGIN_PASSWORD_SELECTOR, credentials.password)
-                async with page.expect_navigation():
-                    await page.get_by_role("button", name=portal.LOGIN_SUBMIT_TEXT).click()
-                await _raise_page_error(page)
-                path = _path(page.url)
-                if path.startswith(portal.MFA_PATH):
-                    form = page.locator(f"#{portal.MFA_FORM.form_id}")
-                    method = portal.MFA_METHODS.get(await form.get_attribute(portal.MFA_METHOD_ATTR) or "")
-                    if method == "totp" and credentials.totp_secret:
-                        await page.fill(
-                            portal.MFA_CODE_SELECTOR, pyotp.TOTP(credentials.totp_secret).at(portal_now())
+    timeout = DEFAULT_TIMEOUT_MS if timeout_ms is None else timeout_ms
+    clock = _PortalClock(portal_now, learn=learn_clock)
+    step = "starting chromium"
+    try:
+        with tempfile.TemporaryDirectory(prefix="plooto-api-chromium-") as profile:
+            async with async_playwright() as playwright:
+                try:
+                    context = await playwright.chromium.launch_persistent_context(
+                        profile,
+                        executable_path=executable_path,
+                        headless=True,
+                        args=list(CHROMIUM_ARGS),
+                        timeout=timeout,
+                    )
+                except PlaywrightError as exc:
+                    raise UpstreamUnavailable(f"could not start chromium: {type(exc).__name__}") from None
+                step = "preparing chromium"
+                try:
+                    context.set_default_timeout(timeout)
+                    if cookies:
+                        await context.add_cookies([_to_browser(c, base_url) for c in cookies])  # type: ignore[misc]
+                    page = context.pages[0] if context.pages else await context.new_page()
+                    step = f"GET {portal.LOGIN_PATH}"
+                    response = await page.goto(f"{base_url}{portal.LOGIN_PATH}")
+                    _check_status(response, step, clock)
+                    if await page.locator(f"#{portal.LOGIN_FORM.form_id}").count() == 0:
+                        status = f" (HTTP {response.status})" if response is not None else ""
+                        raise UpstreamChanged(
+                            "login", [f"login: form '{portal.LOGIN_FORM.form_id}' not found{status}"]
                         )
-                        await page.check(f"input[name={portal.MFA_TRUST_FIELD}]")
-                        async with page.expect_navigation():
-                            await form.locator("button[type=submit]").click()
-                        await _raise_page_error(page)
-                    else:
-                        error = MfaRequired(MfaChallenge("sms" if method == "sms" else "totp"))
-                        error.cookies = _from_browser(await context.cookies())  # type: ignore[attr-defined]
-                        raise error
-                return _from_browser(await context.cookies())
-            finally:
-                await context.close()
+                    await page.fill(portal.LOGIN_USER_SELECTOR, credentials.username)
+                    await page.fill(portal.LOGIN_PASSWORD_SELECTOR, credentials.password)
+                    step = f"POST {portal.LOGIN_PATH}"
+                    async with page.expect_navigation() as navigation:
+                        await page.get_by_role("button", name=portal.LOGIN_SUBMIT_TEXT).click()
+                    _check_status(await navigation.value, step, clock)
+                    await _raise_page_error(page)
+                    path = _path(page.url)
+                    if path.startswith(portal.MFA_PATH):
+                        step = f"GET {portal.MFA_PATH}"
+                        form = page.locator(f"#{portal.MFA_FORM.form_id}")
+                        method = portal.MFA_METHODS.get(
+                            await form.get_attribute(portal.MFA_METHOD_ATTR) or ""
+                        )
+                        if method == "totp" and credentials.totp_secret:
+                            at = clock.now()
+                            await page.fill(
+                                portal.MFA_CODE_SELECTOR, pyotp.TOTP(credentials.totp_secret).at(at)
+                            )
+                            await page.check(f"input[name={portal.MFA_TRUST_FIELD}]")
+                            step = f"POST {portal.MFA_PATH}"
+                            async with page.expect_navigation() as navigation:
+                                await form.locator("button[type=submit]").click()
+                            _check_status(await navigation.value, step, clock)
+                            try:
+                                await _raise_page_error(page)
+                            except InvalidMfaCode:
+                                # Usually a wrong secret, or a portal clock unlike the one learned.
+                                raise InvalidMfaCode(
+                                    f"the portal refused the TOTP code computed for {at:%Y-%m-%dT%H:%M:%SZ}"
+                                ) from None
+                        else:
+                            error = MfaRequired(MfaChallenge("sms" if method == "sms" else "totp"))
+                            error.cookies = _from_browser(await context.cookies())  # type: ignore[attr-defined]
+                            raise error
+                    return _from_browser(await context.cookies())
+                finally:
+                    with contextlib.suppress(PlaywrightError):
+                        await context.close()
+    except PlaywrightError as exc:
+        # Not the error's text: besides the URL it can hold the browser's call log.
+        reason = _NET_ERROR.search(str(exc))
+        if not step.startswith(("GET ", "POST ")):
+            failure = UpstreamUnavailable(f"the browser failed ({step}): {type(exc).__name__}")
+        elif isinstance(exc, PlaywrightTimeout):
+            failure = UpstreamUnavailable(f"the portal timed out ({step})")
+        else:
+            failure = UpstreamUnavailable(
+                f"could not reach the portal: {reason.group(0) if reason else type(exc).__name__} ({step})"
+            )
+    raise failure  # outside the except block, so the Playwright error is not chained to it
+
+
+class _PortalClock:
+    """The portal's time as its pages' Date headers tell it (what the HTTP client's clock learns
+    from), else the caller's `portal_now`."""
+
+    def __init__(self, portal_now: Callable[[], datetime], *, learn: bool) -> None:
+        self._portal_now = portal_now
+        self._learn = learn
+        self._offset: float | None = None  # portal time - local time, seconds
+
+    def note(self, response: Any) -> None:
+        if not self._learn or response is None:
+            return
+        header = response.headers.get("date")
+        if not header:
+            return
+        with contextlib.suppress(TypeError, ValueError, IndexError):
+            self._offset = parsedate_to_datetime(header).timestamp() - time.time()
+
+    def now(self) -> datetime:
+        if self._offset is None:
+            return self._portal_now()
+        return datetime.fromtimestamp(time.time() + self._offset, UTC)
+
+
+def _check_status(response: Any, step: str, clock: _PortalClock) -> None:
+    """As the HTTP client: a 5xx is the portal unavailable, a 429 its rate limit. Other statuses are
+    left to the page's checks: a form's refusals (401, 423) are pages with an error code, and a
+    login page that is not there (404) is the portal changed, as for the HTTP client."""
+    if response is None:  # no new document (e.g. the same URL with a fragment): nothing to check
+        return
+    clock.note(response)
+    status = int(response.status)
+    if status == 429:
+        raise RateLimited(retry_after=_retry_after(response.headers.get("retry-after")))
+    if status >= 500:
+        raise UpstreamUnavailable(f"the portal answered {status} ({step})", status_code=status)
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
 
 
 async def _raise_page_error(page: Any) -> None:
