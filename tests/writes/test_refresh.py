@@ -77,3 +77,25 @@ def test_fresh_when_the_portal_cannot_be_read_is_a_clear_error(gateway: Gateway)
     assert connection["state"] == "upstream_changed", connection
     blocked = gateway.post("/create_payment", {"bill_id": bill.id})
     assert blocked.status_code == 409 and blocked.json()["error"]["code"] == "writes_blocked"
+
+
+def test_metrics_count_the_calls_to_the_portal(gateway: Gateway) -> None:
+    # Retry storms and the share of 429s could not be seen from the gateway.
+    def counters() -> dict[str, float]:
+        body = gateway.get("/metrics").text
+        return {
+            line.split()[0]: float(line.split()[1])
+            for line in body.splitlines()
+            if line.startswith("plooto_api_portal_")
+        }
+
+    before = counters()
+    assert before.keys() >= {"plooto_api_portal_requests_total", "plooto_api_portal_rate_limited_total",
+                             "plooto_api_portal_retries_total", "plooto_api_portal_logins_total"}  # fmt: skip
+    bill = gateway.bill(status="approved")
+    gateway.control.post("/sessions/revoke", json={}).raise_for_status()  # the next call signs in again
+    assert gateway.get(f"/bills/{bill.id}?fresh=true").status_code == 200
+    after = counters()
+    assert after["plooto_api_portal_requests_total"] > before["plooto_api_portal_requests_total"]
+    assert after["plooto_api_portal_logins_total"] == before["plooto_api_portal_logins_total"] + 1
+    assert after["plooto_api_portal_rate_limited_total"] == before["plooto_api_portal_rate_limited_total"]

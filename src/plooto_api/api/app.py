@@ -24,6 +24,7 @@ from plooto_api.config import Settings
 from plooto_api.jobs import InProcessEngine, JobContext
 from plooto_api.jobs.schedules import schedule_all
 from plooto_api.log import configure_logging
+from plooto_api.metrics import PORTAL_CALLS
 from plooto_api.services.authentication import Authenticator
 
 DESCRIPTION = (
@@ -45,6 +46,7 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool = True) -> Fa
         ctx = JobContext.from_settings(settings)
         jobs = InProcessEngine(ctx)
         app.state.ctx = ctx
+        PORTAL_CALLS.source = ctx.portals.totals  # one serving app per process
         app.state.engine = ctx.engine
         app.state.sessions = ctx.sessions
         app.state.jobs = jobs

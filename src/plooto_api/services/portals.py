@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import fields
 from functools import partial
 
 from sqlalchemy import select
@@ -17,7 +18,7 @@ from plooto_api.services.connections import (
 )
 from plooto_api.store.models import Connection, VaultEntry
 from plooto_api.store.vault import Vault
-from plooto_api.upstream import PortalSession, ThrottleConfig
+from plooto_api.upstream import PortalSession, SessionStats, ThrottleConfig
 
 # A replaced session is closed once unused this long (its callers have moved to the new one).
 RETIRED_IDLE_SECONDS = 300.0
@@ -36,6 +37,7 @@ class PortalRegistry:
         self._portals: dict[str, PortalSession] = {}
         self._sealed: dict[str, bytes | None] = {}  # each portal's credentials, by their vault nonce
         self._retired: list[PortalSession] = []  # replaced sessions that callers may still be using
+        self._closed = SessionStats()  # the calls of sessions closed since (see totals)
         self._lock = asyncio.Lock()
 
     async def get(self, connection_id: str) -> PortalSession:
@@ -106,7 +108,18 @@ class PortalRegistry:
         unused = [portal for portal in self._retired if portal.last_used < idle]
         self._retired = [portal for portal in self._retired if portal.last_used >= idle]
         for portal in unused:
+            self._count_closed(portal)
             await portal.aclose(persist=False)
+
+    def _count_closed(self, portal: PortalSession) -> None:
+        _add(self._closed, portal.stats)
+
+    def totals(self) -> SessionStats:
+        """The portal calls this process made (requests, 429s, retries, sign-ins), every session's."""
+        total = SessionStats()
+        for stats in [self._closed, *(p.stats for p in [*self._portals.values(), *self._retired])]:
+            _add(total, stats)
+        return total
 
     async def aclose(self) -> None:
         """Close every session's HTTP client."""
@@ -114,6 +127,13 @@ class PortalRegistry:
             portals, self._portals = list(self._portals.values()), {}
             retired, self._retired = self._retired, []
         for portal in portals:
+            self._count_closed(portal)
             await portal.aclose()
         for portal in retired:
+            self._count_closed(portal)
             await portal.aclose(persist=False)
+
+
+def _add(total: SessionStats, more: SessionStats) -> None:
+    for field in fields(SessionStats):
+        setattr(total, field.name, getattr(total, field.name) + getattr(more, field.name))
