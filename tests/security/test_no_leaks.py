@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import re
 import signal
 import sqlite3
@@ -30,6 +29,7 @@ import httpx
 import pytest
 
 from conftest import free_port
+from plooto_sandbox.persistence import load_state
 from security.conftest import CONTROLLER, PASSWORD, TOTP_SECRET
 
 CLI = [sys.executable, "-c", "from plooto_api.cli import main; main()"]
@@ -72,8 +72,8 @@ def _wait(predicate: Any, what: str, timeout: float = 60) -> Any:
 
 def _sandbox_secrets(state_file: Path) -> dict[str, str]:
     """Cookie values and full account numbers the (stopped) sandbox saved in its state file."""
-    with state_file.open("rb") as stream:
-        _, state = pickle.load(stream)  # the sandbox's own file, written by the sandbox we ran
+    state = load_state(state_file)  # the sandbox's own file, written by the sandbox we ran
+    assert state is not None
     found: dict[str, str] = {}
     for token, session in state.sessions.items():
         found[f"portal session cookie {token[:4]}…"] = token
