@@ -17,6 +17,9 @@ _SECRET_KEY = re.compile(
     re.IGNORECASE,
 )
 REDACTED = "[redacted]"
+# What PLOOTO_API_LOG_LEVEL and PLOOTO_API_LOG_FORMAT take (as config.Settings declares them).
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("console", "json")
 
 
 def redact_secrets(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> Any:
@@ -65,7 +68,7 @@ def configure_logging(level: str = "info", fmt: str = "console") -> None:
     )
     logging.basicConfig(level=level.upper(), stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")
     # One line per portal request is noise at info level (and URLs are not for every log).
-    for noisy in ("httpx", "httpcore", "alembic.runtime.migration"):
+    for noisy in ("httpx", "httpcore", "alembic"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level.upper())))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import os
 import socket
 import sys
@@ -17,6 +18,7 @@ import uvicorn
 from plooto_sandbox.app import create_app
 from plooto_sandbox.config import SandboxConfig
 from plooto_sandbox.instance import Sandbox
+from plooto_sandbox.persistence import StateFileError
 from plooto_sandbox.seed import demo_users
 
 
@@ -82,12 +84,35 @@ class AnnouncingServer(uvicorn.Server):
             print(self.ready_line, flush=True)
 
 
+def _listen(host: str, port: int) -> socket.socket:
+    """The listening socket, bound as uvicorn binds it (SO_REUSEADDR: a port in TIME_WAIT is free),
+    before the demo data is seeded and its users printed: a port in use is said in one line."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 def main(argv: list[str] | None = None) -> int:
     """Seed, print the demo users, serve until interrupted."""
     args = parse_args(argv)
     if args.companies < 1 or args.bills_per_company < 0:
         print("--companies must be at least 1 and --bills-per-company at least 0", file=sys.stderr)
         return 2
+    try:
+        listener = _listen(args.host, args.port)
+    except OSError as exc:
+        reason = (
+            "already in use (pass another --port)" if exc.errno == errno.EADDRINUSE else exc.strerror or exc
+        )
+        print(f"plooto_sandbox: cannot listen on {args.host}:{args.port}: {reason}", file=sys.stderr)
+        return 2
+    port = listener.getsockname()[1]  # --port 0: the one the system chose
     config = SandboxConfig(
         seed=args.seed,
         companies=args.companies,
@@ -101,7 +126,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.start_time is not None:
         config.start_time = args.start_time
-    app = create_app(config)
+    try:
+        app = create_app(config)
+    except StateFileError as exc:
+        listener.close()
+        print(f"plooto_sandbox: --state-file: {exc}", file=sys.stderr)
+        return 2
     sandbox: Sandbox = app.state.sandbox
     print("Demo users (password: see README; never printed):", flush=True)
     for user in demo_users(sandbox.state):
@@ -123,11 +153,14 @@ def main(argv: list[str] | None = None) -> int:
             date_header=False,
             server_header=False,
         ),
-        f"plooto-sandbox listening on http://{args.host}:{args.port}",
+        f"plooto-sandbox listening on http://{args.host}:{port}",
     )
     if args.parent_pid is not None:
         _stop_with_parent(server, args.parent_pid)
-    asyncio.run(server.serve())
+    try:
+        asyncio.run(server.serve(sockets=[listener]))
+    finally:
+        listener.close()
     return 0
 
 

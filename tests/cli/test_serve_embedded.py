@@ -72,6 +72,10 @@ def test_serve_runs_the_embedded_sandbox_and_survives_a_restart(
         _stop(proc)
     first = out.read_text()
     assert "831 created" in first or " created" in first
+    # Quoted, so that a shell such as zsh does not take the `?` for a pattern.
+    assert re.search(
+        r'try: +curl -H "Authorization: Bearer papi_\S+" "http://127\.0\.0\.1:\d+/bills\?limit=3"', first
+    )
     sandbox_url = re.search(r"sandbox: (http://\S+)", first)
     assert sandbox_url is not None
     with pytest.raises(httpx.TransportError):  # the sandbox stopped with the gateway

@@ -145,3 +145,16 @@ def test_state_file_survives_sigterm_restart(tmp_path: Path) -> None:
     finally:
         second.terminate()
         second.wait(timeout=15)
+
+
+def test_a_state_file_that_is_not_the_sandboxs_is_refused_in_one_line(tmp_path: Path) -> None:
+    # It was "ignored" at start and written over at shutdown (pointed at /etc/passwd, it destroyed it).
+    other = tmp_path / "notes.txt"
+    other.write_text("someone's notes\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "plooto_sandbox", "--port", "0", "--state-file", str(other)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().count("\n") == 0 and "is not a plooto-sandbox state file" in done.stderr
+    assert other.read_text() == "someone's notes\n"

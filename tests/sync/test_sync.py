@@ -560,7 +560,7 @@ async def test_cli_connect_with_an_sms_login_leaves_the_connection_waiting_for_t
         run_connect(settings, console, username=CLERK, password=PASSWORD, totp_secret=None, label=None,
                     browser=False, sync_now=True)  # fmt: skip
 
-    with pytest.raises(CliError, match="the portal sent a sms code; run `plooto-api sync --connection"):
+    with pytest.raises(CliError, match="the portal asks for an SMS code; run `plooto-api sync --connection"):
         await asyncio.to_thread(connect)
     with ctx.sessions() as session:
         row = session.scalars(select(models.Connection).where(models.Connection.username == CLERK)).one()

@@ -16,7 +16,7 @@ from rich.console import Console
 
 from plooto_api import __version__
 from plooto_api.config import Settings
-from plooto_api.log import configure_logging
+from plooto_api.log import LOG_FORMATS, LOG_LEVELS, configure_logging
 from plooto_api.runtime import tune_gc
 
 app = typer.Typer(
@@ -31,6 +31,16 @@ db_app = typer.Typer(help="Inspect and migrate the gateway's database.", no_args
 app.add_typer(db_app, name="db")
 
 console = Console(highlight=False, soft_wrap=True)
+
+
+@app.callback()
+def _log_as_configured() -> None:
+    # Every command logs as `serve` does: to stderr, secrets redacted, tracebacks without frames'
+    # locals (structlog's defaults print those, portal cookies among them, on stdout). The settings
+    # are not loaded here: a bad one is the command's to report, in its one line.
+    level = os.environ.get("PLOOTO_API_LOG_LEVEL", "info")
+    fmt = os.environ.get("PLOOTO_API_LOG_FORMAT", "console")
+    configure_logging(level if level in LOG_LEVELS else "info", fmt if fmt in LOG_FORMATS else "console")
 
 
 def _data_dir(text: str) -> Path:
@@ -56,6 +66,17 @@ DatabaseUrlOption = Annotated[
 
 class CliError(Exception):
     """A problem the user can fix; printed as one line, exit code 2."""
+
+
+def read_password(prompt: str) -> str:
+    """PLOOTO_PASSWORD, or the password typed at the terminal (never a flag: it would sit in the
+    shell's history and the process list). With neither, how to give it, as a CliError."""
+    password = os.environ.get("PLOOTO_PASSWORD")
+    if password:
+        return password
+    if not sys.stdin.isatty():
+        raise CliError("no password: set PLOOTO_PASSWORD, or run in a terminal to be asked for it")
+    return str(typer.prompt(prompt, hide_input=True))
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -116,6 +137,9 @@ def sandbox(
     state_file: Annotated[Path | None, typer.Option(help="Keep the sandbox's state in this file.")] = None,
 ) -> None:
     """Run plooto-sandbox, the Plooto portal emulator, alone (it prints its demo users)."""
+    from plooto_api.cli.serve import check_can_listen
+
+    check_can_listen(host, port)  # before the sandbox seeds and prints its users
     # The sandbox is a separate program that the gateway only ever talks to over HTTP.
     args = [
         sys.executable, "-m", "plooto_sandbox", "--host", host, "--port", str(port), "--seed", str(seed),
@@ -137,9 +161,7 @@ def connect(
     ] = None,
     totp_secret: Annotated[
         str | None,
-        typer.Option(
-            help="TOTP secret, so MFA answers itself [env PLOOTO_TOTP_SECRET].", envvar="PLOOTO_TOTP_SECRET"
-        ),
+        typer.Option(help="TOTP secret, so MFA answers itself.", envvar="PLOOTO_TOTP_SECRET"),
     ] = None,
     label: Annotated[str | None, typer.Option(help="A name for this connection.")] = None,
     browser: Annotated[bool, typer.Option(help="Log in with a real browser (chromium).")] = False,
@@ -148,14 +170,15 @@ def connect(
     database_url: DatabaseUrlOption = None,
 ) -> None:
     """Add a Plooto login. The password is read from PLOOTO_PASSWORD or asked for (never a flag)."""
-    from plooto_api.cli.connections import run_connect
+    from plooto_api.cli.connections import check_totp_secret, run_connect
     from plooto_api.cli.store import prepare_store
 
     settings = load_settings(data_dir=data_dir, database_url=database_url, upstream_url=upstream)
     if not settings.upstream_url:
         raise CliError("--upstream (or PLOOTO_API_UPSTREAM_URL) is required: the portal's base URL")
+    check_totp_secret(totp_secret)
+    password = read_password("Plooto password")  # before the store is made: a refusal leaves nothing
     prepare_store(settings)
-    password = os.environ.get("PLOOTO_PASSWORD") or typer.prompt("Plooto password", hide_input=True)
     run_connect(settings, console, username=username, password=password, totp_secret=totp_secret,
                 label=label, browser=browser, sync_now=sync_now)  # fmt: skip
 
@@ -169,10 +192,12 @@ def sync(
     database_url: DatabaseUrlOption = None,
 ) -> None:
     """Pull changes from the portal now, with progress."""
-    from plooto_api.cli.connections import run_sync
+    from plooto_api.cli.connections import check_mfa_code, run_sync
 
     if cadence not in ("all", "fast", "slow"):
         raise CliError(f"--cadence must be all, fast or slow, not {cadence!r}")
+    if mfa_code is not None:
+        mfa_code = check_mfa_code(mfa_code, "--mfa-code")
     settings = load_store_settings(data_dir=data_dir, database_url=database_url)
     code = run_sync(settings, console, connection_id=connection, cadence=cadence, mfa_code=mfa_code)
     raise typer.Exit(code)
@@ -227,9 +252,7 @@ def connections_set_password(
     connection: Annotated[str, typer.Argument(help="Connection id.")],
     totp_secret: Annotated[
         str | None,
-        typer.Option(
-            help="Also replace the TOTP secret [env PLOOTO_TOTP_SECRET].", envvar="PLOOTO_TOTP_SECRET"
-        ),
+        typer.Option(help="Also replace the TOTP secret.", envvar="PLOOTO_TOTP_SECRET"),
     ] = None,
     data_dir: DataDirOption = None,
     database_url: DatabaseUrlOption = None,
@@ -241,8 +264,8 @@ def connections_set_password(
     from plooto_api.cli.connections import run_set_password
 
     settings = load_store_settings(data_dir=data_dir, database_url=database_url)
-    password = os.environ.get("PLOOTO_PASSWORD") or typer.prompt("New Plooto password", hide_input=True)
-    run_set_password(settings, console, connection, password=password, totp_secret=totp_secret)
+    run_set_password(settings, console, connection, password=lambda: read_password("New Plooto password"),
+                     totp_secret=totp_secret)  # fmt: skip
 
 
 tokens_app = typer.Typer(help="Create, list and revoke API tokens.", no_args_is_help=True)
@@ -430,6 +453,22 @@ def version() -> None:
     console.print(__version__)
 
 
+def describe_upstream_error(exc: BaseException) -> str:
+    """The portal error's message, with the network's own reason when it names only an exception
+    class ("could not reach the portal: ConnectError" says nothing of a refused port or a URL
+    without its scheme)."""
+    message = str(exc)
+    seen: set[int] = set()
+    cause = exc.__cause__ or exc.__context__
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        reason = str(cause).strip()
+        if message.endswith(type(cause).__name__) and reason:
+            return f"{message} ({reason.splitlines()[0]})"
+        cause = cause.__cause__ or cause.__context__
+    return message
+
+
 def main() -> None:
     """Console-script entry point: one line and exit code 2 for anything the user can fix."""
     tune_gc()
@@ -439,14 +478,21 @@ def main() -> None:
         print(f"plooto-api: {exc}", file=sys.stderr)
         sys.exit(2)
     except Exception as exc:
+        from plooto_api.store.vault import VaultError
         from plooto_api.upstream import UpstreamError
 
         if isinstance(exc, UpstreamError):  # the portal refused or could not be reached: said, not traced
-            print(f"plooto-api: {exc}", file=sys.stderr)
+            print(f"plooto-api: {describe_upstream_error(exc)}", file=sys.stderr)
             sys.exit(1)
+        if isinstance(exc, VaultError):  # a key not configured: the message names the setting to fix
+            print(f"plooto-api: {exc}", file=sys.stderr)
+            sys.exit(2)
         # Typer vendors its own click, so its usage errors are matched by shape, not by class.
         if type(exc).__name__ == "Abort":
             sys.exit(130)
+        if type(exc).__name__ == "NoArgsIsHelpError":  # the help itself, not a one-line error
+            print(exc.format_message(), file=sys.stderr)  # type: ignore[attr-defined]
+            sys.exit(2)
         format_message = getattr(exc, "format_message", None)
         if format_message is None or not hasattr(exc, "exit_code"):
             raise

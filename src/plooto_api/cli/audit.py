@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import re
+
 from rich.console import Console
 from sqlalchemy import func, select
 
+from plooto_api.cli import CliError
 from plooto_api.config import Settings
 from plooto_api.services import audit
 from plooto_api.store.database import create_db_engine, session_factory
 from plooto_api.store.models import AuditEntry
+
+_HEAD_HASH = re.compile(r"[0-9a-f]{64}")
 
 
 def run_verify(settings: Settings, console: Console, *, expect_head: str | None = None) -> int:
@@ -18,6 +23,13 @@ def run_verify(settings: Settings, console: Console, *, expect_head: str | None 
     dropping the tail leaves a shorter valid chain. `expect_head` (a head hash printed by an earlier
     run and kept elsewhere) closes that gap: it must still be in the chain.
     """
+    if expect_head is not None:
+        expect_head = expect_head.strip().lower()
+        # A typo is the user's to fix, not a removed entry: a head hash is an entry's SHA-256.
+        if not _HEAD_HASH.fullmatch(expect_head):
+            raise CliError(
+                "--expect-head: not a head hash (64 hexadecimal characters, as `audit verify` prints)"
+            )
     engine = create_db_engine(settings.resolved_database_url)
     try:
         with session_factory(engine)() as session:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from rich.console import Console
@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from sqlalchemy import select
 
-from plooto_api.cli import CliError
+from plooto_api.cli import CliError, describe_upstream_error
 from plooto_api.config import Settings
 from plooto_api.jobs.context import JobContext
 from plooto_api.services.authentication import sign_in
@@ -38,9 +38,41 @@ def _progress(console: Console) -> Progress:
     )  # fmt: skip
 
 
+def check_mfa_code(code: str, given_as: str) -> str:
+    """`code` if it has the shape of a portal's MFA code, by the same rule as the REST API's
+    (`POST /connections/{id}/mfa`); else a CliError, and nothing is sent: every code the portal
+    refuses counts toward its lockout of the account."""
+    from pydantic import ValidationError
+
+    from plooto_api.api.routes.connections import ConnectionMfa
+
+    code = code.strip()
+    try:
+        ConnectionMfa(code=code)
+    except ValidationError:
+        raise CliError(f"{given_as}: an MFA code is 6 to 8 digits; nothing was sent to the portal") from None
+    return code
+
+
+def check_totp_secret(totp_secret: str | None) -> str | None:
+    """The TOTP secret normalized, or a CliError naming --totp-secret."""
+    try:
+        return normalize_totp_secret(totp_secret) if totp_secret else None
+    except ValueError as exc:
+        raise CliError(f"--totp-secret: {exc}") from exc
+
+
 async def sync_with_progress(
     ctx: JobContext, console: Console, connection_id: str, cadence: str
 ) -> SyncReport:
+    engine = SyncEngine(ctx)
+    if not console.is_interactive:  # a log file, a pipe, a service: no bars, a line per feed pulled
+
+        def finished(company: str, feed: str, done: int, total: int | None) -> None:
+            if total is not None and done >= total:
+                console.print(f"{company}  {feed}  {done}")
+
+        return await engine.sync_connection(connection_id, cadence=cadence, progress=finished)  # type: ignore[arg-type]
     tasks: dict[tuple[str, str], TaskID] = {}
     with _progress(console) as progress:
 
@@ -50,7 +82,7 @@ async def sync_with_progress(
                 tasks[key] = progress.add_task(f"{company[:28]:<28} {feed}", total=total)
             progress.update(tasks[key], completed=done, total=total)  # 0 is nothing to pull, not unknown
 
-        return await SyncEngine(ctx).sync_connection(connection_id, cadence=cadence, progress=update)  # type: ignore[arg-type]
+        return await engine.sync_connection(connection_id, cadence=cadence, progress=update)  # type: ignore[arg-type]
 
 
 def print_report(console: Console, report: SyncReport) -> None:
@@ -65,21 +97,31 @@ def print_report(console: Console, report: SyncReport) -> None:
         console.print(f"  error: {report.error}")
 
 
+def _give_code_later(connection_id: str) -> str:
+    return f"`plooto-api sync --connection {connection_id} --mfa-code CODE`"
+
+
 def _code_for(console: Console, connection_id: str, challenge: MfaChallenge) -> str:
-    """The code the portal sent for `challenge`, typed at the terminal; with no terminal, how to give it."""
+    """The code the portal asks for by `challenge`, typed at the terminal; with no terminal, how to give it."""
+    # A TOTP code is not sent: it is read from the user's authenticator app.
+    what = "an SMS code" if challenge.method == "sms" else "a TOTP code from an authenticator app"
     if not console.is_interactive:
-        raise CliError(
-            f"the portal sent a {challenge.method} code; run `plooto-api sync --connection "
-            f"{connection_id} --mfa-code CODE`"
-        )
-    return console.input(f"MFA code sent by {challenge.method}: ").strip()
+        raise CliError(f"the portal asks for {what}; run {_give_code_later(connection_id)}")
+    code = console.input(f"the portal asks for {what}: ")
+    try:
+        return check_mfa_code(code, "that code")
+    except CliError as exc:
+        raise CliError(f"{exc}; give the right one with {_give_code_later(connection_id)}") from None
 
 
 async def _answer_mfa(ctx: JobContext, console: Console, connection_id: str, code: str) -> None:
     try:
         signed_in = await answer_mfa(ctx, connection_id, code, trust_device=True)
     except InvalidMfaCode as exc:
-        raise CliError("the MFA code was not accepted") from exc
+        raise CliError(
+            "the portal did not accept the MFA code (each refused code counts toward its lockout of the "
+            f"account); give the right one with {_give_code_later(connection_id)}"
+        ) from exc
     if not signed_in:
         pending = (await ctx.portals.get(connection_id)).pending_mfa
         method = f"{pending.method} " if pending is not None else ""
@@ -98,16 +140,13 @@ def run_connect(settings: Settings, console: Console, *, username: str, password
         ctx = JobContext.from_settings(settings)
         try:
             assert settings.upstream_url
-            try:
-                normalize_totp_secret(totp_secret) if totp_secret else None
-            except ValueError as exc:
-                raise CliError(f"--totp-secret: {exc}") from exc
+            check_totp_secret(totp_secret)
             try:
                 signed_in = await sign_in(ctx, username=username, password=password, totp_secret=totp_secret,
                                           upstream_url=settings.upstream_url, label=label,
                                           login_mode="browser" if browser else None)  # fmt: skip
             except UpstreamError as exc:
-                raise CliError(f"{username} could not log in: {exc}") from exc
+                raise CliError(f"{username} could not log in: {describe_upstream_error(exc)}") from exc
             connection_id = signed_in.connection_id
             if signed_in.created:
                 console.print(f"connection {connection_id} created for {username}")
@@ -145,6 +184,8 @@ def run_sync(settings: Settings, console: Console, *, connection_id: str | None,
                     await _answer_mfa(ctx, console, cid, mfa_code)
                 report = await sync_with_progress(ctx, console, cid, cadence)
                 print_report(console, report)
+                if report.state == "requires_action" and "MFA code" in (report.error or ""):
+                    console.print(f"  give the code with {_give_code_later(cid)}")
                 failed += 0 if report.ok else 1
         finally:
             await ctx.aclose()
@@ -240,9 +281,17 @@ def _companies(count: int) -> str:
 
 
 def run_set_password(
-    settings: Settings, console: Console, connection_id: str, *, password: str | None, totp_secret: str | None
+    settings: Settings,
+    console: Console,
+    connection_id: str,
+    *,
+    password: str | Callable[[], str] | None,
+    totp_secret: str | None,
 ) -> None:
-    """Replace a connection's password and/or TOTP secret (sealed in the vault), recorded in the audit log."""
+    """Replace a connection's password and/or TOTP secret (sealed in the vault), recorded in the audit log.
+
+    `password` may be a function that asks for it: it is called once the connection and the TOTP
+    secret are known to be good, so nobody types a password for a command that cannot use it."""
     from plooto_api.services import audit
     from plooto_api.services.sessions import replace_credentials
 
@@ -252,12 +301,10 @@ def run_set_password(
             with ctx.sessions() as session:
                 if session.get(Connection, connection_id) is None:
                     raise CliError(f"no connection {connection_id} (see `plooto-api connections list`)")
-            try:
-                secret = normalize_totp_secret(totp_secret) if totp_secret else None
-            except ValueError as exc:
-                raise CliError(f"--totp-secret: {exc}") from exc
-            await replace_credentials(ctx, connection_id, password=password, totp_secret=secret)
-            changed = [name for name, value in (("password", password), ("totp_secret", secret)) if value]
+            secret = check_totp_secret(totp_secret)
+            given = password() if callable(password) else password
+            await replace_credentials(ctx, connection_id, password=given, totp_secret=secret)
+            changed = [name for name, value in (("password", given), ("totp_secret", secret)) if value]
             with transaction(ctx.sessions) as session:
                 audit.append(session, actor="cli", action="connection.updated", object_type="connection",
                              object_id=connection_id, connection_id=connection_id,

@@ -57,12 +57,23 @@ def _bind(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        reason = "already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
-        raise CliError(f"cannot listen on {host}:{port}: {reason} (pass another --port)") from exc
+        if exc.errno == errno.EADDRINUSE:
+            reason = "already in use (pass another --port)"
+        elif exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT) or isinstance(exc, socket.gaierror):
+            reason = f"{exc.strerror or exc} (pass a --host this machine has, such as 127.0.0.1)"
+        else:
+            reason = exc.strerror or str(exc)
+        raise CliError(f"cannot listen on {host}:{port}: {reason}") from exc
     except BaseException:
         sock.close()
         raise
     return sock
+
+
+def check_can_listen(host: str, port: int) -> None:
+    """Refuse, as `serve` does, an address that cannot be listened on, before a program that would
+    only find out after its start-up (`plooto-api sandbox`) begins."""
+    _bind(host, port).close()
 
 
 def _lock_data_dir(data_dir: Path) -> IO[str]:
@@ -169,7 +180,7 @@ def run_serve(settings: Settings, console: Console) -> None:
         console.print(f"  docs:    {base}/docs  (OpenAPI at {base}/openapi.json)")
         if token is not None:
             console.print(f"  token:   {token}")
-            console.print(f'  try:     curl -H "Authorization: Bearer {token}" {base}/bills?limit=3')
+            console.print(f'  try:     curl -H "Authorization: Bearer {token}" "{base}/bills?limit=3"')
         else:
             console.print("  tokens:  make one with `plooto-api tokens create --scopes '*' --name admin`"
                           + (" (the demo's was revoked)" if sandbox is not None else ""))  # fmt: skip
