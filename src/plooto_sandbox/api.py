@@ -165,11 +165,23 @@ def caller(request: Request) -> Caller:
         raise PortalError(401, "NotAuthenticated", "Your session has expired. Please sign in again.")
     if session.mfa_pending:
         raise PortalError(401, "MfaRequired", "Two-step verification is required. Complete it at /mfa.")
+    refuse_until_terms_accepted(state, session)
     header = request.headers.get("x-xsrf-token", "")
     if not header or not hmac.compare_digest(header, session.xsrf_token):
         raise PortalError(403, "AntiforgeryTokenInvalid", "The anti-forgery token is missing or invalid.")
     auth.refresh(state, session)
     return Caller(sandbox, state, session, state.users[session.user_id])
+
+
+def refuse_until_terms_accepted(state: PortalState, session: auth.Session) -> None:
+    """403 TermsNotAccepted while the user has not accepted the terms of service in force (the
+    session stays; accepting them at /terms lets it through again)."""
+    if state.terms_pending(session.user_id):
+        raise PortalError(
+            403,
+            "TermsNotAccepted",
+            "The Plooto Terms of Service have changed. Review and accept them at /terms to continue.",
+        )
 
 
 def member_of(who: Caller, company_id: str) -> Membership:
@@ -337,6 +349,7 @@ async def antiforgery_token(request: Request) -> PortalJSONResponse:
     session = auth.live_session(sandbox.state, sandbox.config, request.cookies.get(SESSION_COOKIE))
     if session is None:
         raise PortalError(401, "NotAuthenticated", "Your session has expired. Please sign in again.")
+    refuse_until_terms_accepted(sandbox.state, session)
     response = PortalJSONResponse({"requestToken": session.xsrf_token})
     response.set_cookie(
         "XSRF-TOKEN", session.xsrf_token, samesite="strict", secure=sandbox.config.secure_cookies

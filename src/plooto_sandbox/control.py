@@ -357,6 +357,17 @@ async def mutate(request: Request) -> PortalJSONResponse:
             body.get("externalReference"),
         )
         changed.append(payment.payment_id)
+    elif action in ("publishTerms", "acceptTerms"):
+        if action == "publishTerms":  # every user must accept them again before using the portal
+            state.publish_terms()
+        else:  # as the person would at /terms in their own browser
+            user = _user(sandbox, body)
+            state.accept_terms(user.user_id)
+            changed.append(user.user_id)
+        sandbox.dirty = True
+        return PortalJSONResponse(
+            {"changed": changed, "termsVersion": state.terms_version, **_clock_view(sandbox)}
+        )
     else:
         changed.extend(_payment_or_invoice_mutation(sandbox, action, body))
     sandbox.dirty = True

@@ -247,6 +247,8 @@ def _seed(seed: int, companies: int, bills_per_company: int, now: datetime) -> P
         state.users_by_email[firm_user.email] = firm_user
     for position in range(companies):
         _CompanySeeder(state, seed, position, bills_per_company, controller, clerk, salt).run()
+    for user_id in state.users:  # every seeded user has accepted the terms in force
+        state.accept_terms(user_id)
     rebuild_indexes(state)
     return state
 

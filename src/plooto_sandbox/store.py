@@ -119,8 +119,16 @@ class ScheduledEvent:
     expected: str | None = field(compare=False, default=None)
 
 
+# The terms of service the portal starts with; every seeded user has accepted them.
+FIRST_TERMS_VERSION = 1
+
+
 class PortalState:
     """All mutable sandbox data; one instance per reset."""
+
+    # Class-level default: a state file written before the portal had terms loads with the first
+    # version in force (and `accepted_terms` counts every user as having accepted it).
+    terms_version: int = FIRST_TERMS_VERSION
 
     def __init__(self, now: datetime, seed: int) -> None:
         self.now = now
@@ -142,6 +150,29 @@ class PortalState:
         # Session and device tables belong to the auth module; stored here so they persist.
         self.sessions: dict[str, Any] = {}
         self.trusted_devices: dict[str, Any] = {}
+        # Terms of service: the version in force, and the version each user accepted (by user id).
+        self.terms_version = FIRST_TERMS_VERSION
+        self.terms_accepted: dict[str, int] = {}
+
+    # -- terms of service --------------------------------------------------------------------
+    def accepted_terms(self, user_id: str) -> int:
+        """The version of the terms the user accepted (a user unknown to a state file written before
+        terms existed had accepted the first)."""
+        accepted: dict[str, int] = self.__dict__.get("terms_accepted", {})
+        return accepted.get(user_id, FIRST_TERMS_VERSION)
+
+    def terms_pending(self, user_id: str) -> bool:
+        """Whether the user must accept the terms in force before using the portal."""
+        return self.accepted_terms(user_id) < self.terms_version
+
+    def accept_terms(self, user_id: str) -> None:
+        """The user accepted the terms in force."""
+        self.__dict__.setdefault("terms_accepted", {})[user_id] = self.terms_version
+
+    def publish_terms(self) -> int:
+        """New terms of service: every user must accept them before using the portal again."""
+        self.terms_version += 1
+        return self.terms_version
 
     # -- ids ---------------------------------------------------------------------------------
     def new_id(self) -> str:

@@ -1,4 +1,5 @@
-"""The portal's HTML pages: sign-in, two-step verification, "Select your company", dashboard, logout."""
+"""The portal's HTML pages: sign-in, two-step verification, new terms of service, "Select your
+company", dashboard, logout."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ ERROR_TEXT = {
     "InvalidCredentials": "The email or password you entered is incorrect.",
     "AntiforgeryTokenInvalid": "Your form expired. Please reload the page and try again.",
     "InvalidCode": "That verification code is not valid.",
+    "TermsAcceptanceRequired": "Please check the box to confirm that you agree to the Terms of Service.",
 }
 
 
@@ -88,6 +90,15 @@ def _session(request: Request, sandbox: Sandbox) -> auth.Session | None:
     return session
 
 
+def _landing(sandbox: Sandbox, session: auth.Session) -> str:
+    """Where a signed-in browser goes next: the verification step, new terms to accept, or the app."""
+    if session.mfa_pending:
+        return "/mfa"
+    if sandbox.state.terms_pending(session.user_id):
+        return "/terms"
+    return "/select-company"
+
+
 def _signed_in_context(request: Request, sandbox: Sandbox) -> dict[str, Any]:
     _, token = _antiforgery(request, sandbox)
     return {"signed_in": True, "logout_token": token}
@@ -100,7 +111,7 @@ async def root(request: Request) -> Response:
     session = _session(request, sandbox)
     if session is None:
         return _redirect("/login")
-    return _redirect("/mfa" if session.mfa_pending else "/select-company")
+    return _redirect(_landing(sandbox, session))
 
 
 @router.api_route("/login", methods=["GET", "HEAD"], include_in_schema=False)
@@ -130,7 +141,7 @@ async def login_submit(request: Request) -> Response:
         status = 423 if outcome.error_code == "AccountLocked" else 401
         return _login_page(request, sandbox, status, outcome.error_code, email)
     sandbox.dirty = True
-    response = _redirect("/mfa" if outcome.session.mfa_pending else "/select-company")
+    response = _redirect(_landing(sandbox, outcome.session))
     secure = sandbox.config.secure_cookies
     response.set_cookie(SESSION_COOKIE, outcome.session.token, httponly=True, samesite="lax", secure=secure)
     response.set_cookie(
@@ -166,7 +177,7 @@ async def mfa_form(request: Request) -> Response:
     if session is None:
         return _redirect("/login")
     if not session.mfa_pending:
-        return _redirect("/select-company")
+        return _redirect(_landing(sandbox, session))
     user = sandbox.state.users[session.user_id]
     if user.mfa_method == "Sms" and session.sms_code is None:
         auth.issue_sms_code(sandbox.state, sandbox.config, session, user)
@@ -181,7 +192,7 @@ async def mfa_submit(request: Request) -> Response:
     if session is None:
         return _redirect("/login")
     if not session.mfa_pending:
-        return _redirect("/select-company")
+        return _redirect(_landing(sandbox, session))
     form = await request.form()
     if not auth.form_token_valid(
         sandbox.secret, request.cookies.get(ANTIFORGERY_COOKIE), str(form.get(FORM_TOKEN_FIELD, ""))
@@ -193,7 +204,7 @@ async def mfa_submit(request: Request) -> Response:
             return _login_page(request, sandbox, 423, "AccountLocked", user.email)
         return _mfa_page(request, sandbox, session, 401, "InvalidCode")
     sandbox.dirty = True
-    response = _redirect("/select-company")
+    response = _redirect(_landing(sandbox, session))
     if str(form.get("trustDevice", "")).lower() in ("true", "on", "1"):
         device = auth.trust_device(sandbox.state, sandbox.config, user)
         response.set_cookie(
@@ -225,6 +236,58 @@ async def mfa_resend(request: Request) -> Response:
     return _redirect("/mfa")
 
 
+def _terms_page(
+    request: Request, sandbox: Sandbox, session: auth.Session, status: int, code: str | None
+) -> Response:
+    cookie, token = _antiforgery(request, sandbox)
+    page = _page(
+        "terms.html",
+        status,
+        title="Terms of Service",
+        form_token=token,
+        version=sandbox.state.terms_version,
+        user_email=sandbox.state.users[session.user_id].email,
+        error_code=code,
+        error_message=ERROR_TEXT.get(code or "", ""),
+        signed_in=True,
+        logout_token=token,
+    )
+    return _with_antiforgery(page, cookie, sandbox)
+
+
+@router.get("/terms", include_in_schema=False)
+async def terms_form(request: Request) -> Response:
+    """GET /terms (README §2)."""
+    sandbox = sandbox_of(request)
+    session = _session(request, sandbox)
+    if session is None:
+        return _redirect("/login")
+    if _landing(sandbox, session) != "/terms":
+        return _redirect(_landing(sandbox, session))
+    return _terms_page(request, sandbox, session, 200, None)
+
+
+@router.post("/terms", include_in_schema=False)
+async def terms_submit(request: Request) -> Response:
+    """POST /terms (README §2): the person agrees to the terms in force."""
+    sandbox = sandbox_of(request)
+    session = _session(request, sandbox)
+    if session is None:
+        return _redirect("/login")
+    if _landing(sandbox, session) != "/terms":
+        return _redirect(_landing(sandbox, session))
+    form = await request.form()
+    if not auth.form_token_valid(
+        sandbox.secret, request.cookies.get(ANTIFORGERY_COOKIE), str(form.get(FORM_TOKEN_FIELD, ""))
+    ):
+        return _terms_page(request, sandbox, session, 400, "AntiforgeryTokenInvalid")
+    if str(form.get("acceptTerms", "")).lower() not in ("true", "on", "1"):
+        return _terms_page(request, sandbox, session, 400, "TermsAcceptanceRequired")
+    sandbox.state.accept_terms(session.user_id)
+    sandbox.dirty = True
+    return _redirect(_landing(sandbox, session))
+
+
 @router.get("/select-company", include_in_schema=False)
 async def select_company(request: Request) -> Response:
     """GET /select-company (README §2)."""
@@ -232,8 +295,8 @@ async def select_company(request: Request) -> Response:
     session = _session(request, sandbox)
     if session is None:
         return _redirect("/login")
-    if session.mfa_pending:
-        return _redirect("/mfa")
+    if session.mfa_pending or sandbox.state.terms_pending(session.user_id):
+        return _redirect(_landing(sandbox, session))
     state = sandbox.state
     user = state.users[session.user_id]
     rows = []
@@ -268,8 +331,8 @@ async def open_company(request: Request, company_id: str) -> Response:
     session = _session(request, sandbox)
     if session is None:
         return _redirect("/login")
-    if session.mfa_pending:
-        return _redirect("/mfa")
+    if session.mfa_pending or sandbox.state.terms_pending(session.user_id):
+        return _redirect(_landing(sandbox, session))
     if sandbox.state.membership(session.user_id, company_id) is None:
         return _redirect("/select-company")
     session.selected_company_id = company_id
@@ -283,8 +346,8 @@ async def dashboard(request: Request) -> Response:
     session = _session(request, sandbox)
     if session is None:
         return _redirect("/login")
-    if session.mfa_pending:
-        return _redirect("/mfa")
+    if session.mfa_pending or sandbox.state.terms_pending(session.user_id):
+        return _redirect(_landing(sandbox, session))
     state = sandbox.state
     company_id = session.selected_company_id
     if company_id is None or company_id not in state.companies:

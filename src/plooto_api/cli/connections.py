@@ -65,6 +65,7 @@ def check_totp_secret(totp_secret: str | None) -> str | None:
 async def sync_with_progress(
     ctx: JobContext, console: Console, connection_id: str, cadence: str
 ) -> SyncReport:
+    """A person's sync (deliberate: a connection waiting for new terms to be accepted tries now)."""
     engine = SyncEngine(ctx)
     if not console.is_interactive:  # a log file, a pipe, a service: no bars, a line per feed pulled
 
@@ -72,7 +73,12 @@ async def sync_with_progress(
             if total is not None and done >= total:
                 console.print(f"{company}  {feed}  {done}")
 
-        return await engine.sync_connection(connection_id, cadence=cadence, progress=finished)  # type: ignore[arg-type]
+        return await engine.sync_connection(
+            connection_id,
+            cadence=cadence,  # type: ignore[arg-type]
+            progress=finished,
+            deliberate=True,
+        )
     tasks: dict[tuple[str, str], TaskID] = {}
     with _progress(console) as progress:
 
@@ -82,7 +88,7 @@ async def sync_with_progress(
                 tasks[key] = progress.add_task(f"{company[:28]:<28} {feed}", total=total)
             progress.update(tasks[key], completed=done, total=total)  # 0 is nothing to pull, not unknown
 
-        return await engine.sync_connection(connection_id, cadence=cadence, progress=update)  # type: ignore[arg-type]
+        return await engine.sync_connection(connection_id, cadence=cadence, progress=update, deliberate=True)  # type: ignore[arg-type]
 
 
 def print_report(console: Console, report: SyncReport) -> None:

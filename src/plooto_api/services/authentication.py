@@ -35,7 +35,7 @@ from plooto_api.services.tokens import READ_SCOPES, create_token
 from plooto_api.store.base import utcnow
 from plooto_api.store.database import transaction
 from plooto_api.store.models import Connection
-from plooto_api.upstream import AccountLocked, InvalidCredentials, MfaChallenge, MfaRequired
+from plooto_api.upstream import AccountLocked, InvalidCredentials, MfaChallenge, MfaRequired, TermsNotAccepted
 
 CHALLENGE_TTL_SECONDS = 600
 SESSION_TOKEN_LIFETIME = timedelta(hours=12)
@@ -100,7 +100,8 @@ async def sign_in(
     Raises the upstream errors (AuthenticationError subclasses, UpstreamUnavailable, ...) when the
     portal refuses or cannot be reached; then a connection created here is removed and an existing
     one gets back the credentials and portal session it had (and is `locked` if the portal says
-    so). While the portal's lock on the login lasts, nothing is sent (AccountLocked).
+    so, or `requires_action` (terms) when the portal's new terms of service await the user:
+    TermsNotAccepted; a person accepts them in the portal, never the gateway). While the portal's lock on the login lasts, nothing is sent (AccountLocked).
     """
     connection_id, created, backup = _connection_for(ctx, username, upstream_url, password, totp_secret,
                                                      label=label, login_mode=login_mode)  # fmt: skip
@@ -125,7 +126,9 @@ async def sign_in(
             await _restore(
                 ctx, connection_id, backup, state=("requires_action", "password", None) if refused else None
             )
-            if isinstance(exc, AccountLocked):  # the portal locks the login, whichever password
+            # The portal locks the login, whichever password; new terms wait for the person, who
+            # accepts them in the portal (the gateway never does) and then asks again.
+            if isinstance(exc, AccountLocked | TermsNotAccepted):
                 record_login_failure_of(ctx.sessions, connection_id, exc)
         raise
     _proven(ctx, connection_id)

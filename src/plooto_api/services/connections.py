@@ -32,6 +32,7 @@ from plooto_api.upstream import (
     InvalidCredentials,
     InvalidMfaCode,
     MfaRequired,
+    TermsNotAccepted,
 )
 
 PROBLEM_STATES = frozenset({"requires_action", "locked", "upstream_unavailable", "upstream_changed"})
@@ -150,6 +151,10 @@ def change_state(
         # Healthy stays healthy: a note (an operator's clearing) giving way to none is no news.
         connection.state_reason, connection.state_detail = reason, detail
         return False
+    if waiting_for_terms(connection) and (state, reason) == ("requires_action", "terms"):
+        # Still waiting for the person to accept the terms: only the next try's time moved. No news.
+        connection.state_detail = detail
+        return False
     previous = connection.state
     connection.state = state
     connection.state_reason = reason
@@ -179,16 +184,48 @@ def change_state(
 # How long a locked connection is left alone when the portal does not say until when.
 DEFAULT_LOCK_BACKOFF = timedelta(minutes=15)
 
+# How often a connection waiting for its user to accept the portal's new terms of service may try
+# to sign in by itself (a sync): the password is good, so no lockout is at stake, but the portal is
+# not to be asked again and again. A person asking (POST /authenticate, the CLI's sync) tries now.
+TERMS_RETRY_MINUTES = 15
+TERMS_RETRY = timedelta(minutes=TERMS_RETRY_MINUTES)
+TERMS_MESSAGE = (
+    "the portal has new terms of service: the user must sign in to the portal and accept them "
+    "(the gateway never accepts them for the user)"
+)
 
-def login_blocked_reason(connection: Connection, portal_now: datetime | None = None) -> str | None:
+
+def waiting_for_terms(connection: Connection) -> bool:
+    """Whether the connection waits for its user to accept the portal's new terms of service."""
+    return connection.state == "requires_action" and connection.state_reason == "terms"
+
+
+def login_blocked_reason(
+    connection: Connection, portal_now: datetime | None = None, *, deliberate: bool = False
+) -> str | None:
     """Why the gateway must not sign in for this connection by itself now, or None if it may: the
     portal refused its password or its TOTP code, sent a code a person must give, or locked it.
-    Only a person's action (new credentials, the code) or the lock's end lifts this.
+    Only a person's action (new credentials, the code) or the lock's end lifts this. A connection
+    waiting for its user to accept new terms of service tries again every TERMS_RETRY_MINUTES by
+    the portal's clock, or when a person asks (`deliberate`); writes wait for the state to clear
+    (without `portal_now`, it is blocked).
 
     A lock's end is the portal's time (the sandbox's clock moves when told to): `portal_now` is the
     portal's time now, as its session knows it. Without it, a lock the portal gave an end to is not
     judged here (the session's login guard judges it)."""
     detail = connection.state_detail or {}
+    if waiting_for_terms(connection):
+        if deliberate:
+            return None
+        retry_at = detail.get("retry_at")
+        waiting = "waiting for the user to accept the portal's new terms of service in the portal" + (
+            f" (the gateway tries again at {retry_at})" if retry_at is not None else ""
+        )
+        if portal_now is None:
+            return waiting
+        if retry_at is not None:
+            return waiting if portal_now < datetime.fromisoformat(retry_at) else None
+        return waiting if utcnow() < connection.state_changed_at + TERMS_RETRY else None
     if connection.state == "requires_action" and connection.state_reason == "password":
         return "waiting for a new password (the last one was refused)"
     if connection.state == "requires_action" and connection.state_reason == "mfa":
@@ -216,6 +253,9 @@ def login_failure_state(exc: AuthenticationError) -> tuple[str, str | None, dict
         return "requires_action", "password", None
     if isinstance(exc, AccountLocked):
         return "locked", None, {"until": exc.until.isoformat()} if exc.until else None
+    if isinstance(exc, TermsNotAccepted):  # a person must accept them; tried again now and then
+        retry_at = {"retry_at": (exc.at + TERMS_RETRY).isoformat()} if exc.at is not None else {}
+        return "requires_action", "terms", {"message": TERMS_MESSAGE, **retry_at}
     return None
 
 

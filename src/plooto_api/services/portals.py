@@ -15,6 +15,7 @@ from plooto_api.services.connections import (
     get_connection,
     load_credentials,
     login_blocked_reason,
+    waiting_for_terms,
 )
 from plooto_api.store.models import Connection, VaultEntry
 from plooto_api.store.vault import Vault
@@ -72,19 +73,25 @@ class PortalRegistry:
                 self._sealed[connection_id] = sealed
             return portal
 
-    async def login_blocked(self, connection_id: str, portal: PortalSession) -> str | None:
+    async def login_blocked(
+        self, connection_id: str, portal: PortalSession, *, deliberate: bool = False
+    ) -> str | None:
         """Why the connection's session must not sign in by itself now, or None: its state (which
-        another process may have set; see login_blocked_reason). The login guard of its session."""
+        another process may have set; see login_blocked_reason). The login guard of its session.
+        `deliberate`: a person asked for this sign-in (see login_blocked_reason)."""
         with self._sessions() as session:
             connection = session.get(Connection, connection_id)
             if connection is None:
                 return "the connection was removed"
             session.expunge(connection)  # read as it is now; no transaction stays open below
         ends = connection.state == "locked" and (connection.state_detail or {}).get("until")
-        # A lock ends by the portal's clock, read now: it may have moved since we last heard it, and
-        # a session not yet restored knows only this machine's.
+        retries = waiting_for_terms(connection) and not deliberate
+        # A lock ends, and new terms are tried again, by the portal's clock, read now: it may have
+        # moved since we last heard it, and a session not yet restored knows only this machine's.
         return login_blocked_reason(
-            connection, await portal.read_portal_clock() if ends else portal.portal_now()
+            connection,
+            await portal.read_portal_clock() if ends or retries else portal.portal_now(),
+            deliberate=deliberate,
         )
 
     async def forget(self, connection_id: str) -> None:

@@ -19,7 +19,13 @@ from plooto_api.services.connections import (
     update_credentials,
 )
 from plooto_api.store.database import transaction
-from plooto_api.upstream import AccountLocked, InvalidCredentials, MfaRequired, SessionExpired
+from plooto_api.upstream import (
+    AccountLocked,
+    InvalidCredentials,
+    MfaRequired,
+    SessionExpired,
+    TermsNotAccepted,
+)
 
 
 async def refuse_while_locked(ctx: JobContext, connection_id: str) -> None:
@@ -57,8 +63,9 @@ async def complete_mfa(ctx: JobContext, connection_id: str, code: str, *, trust_
     portal = await ctx.portals.get(connection_id)
     try:
         await portal.submit_mfa_code(code, trust_device=trust_device)
-    except AccountLocked as exc:
-        record_login_failure_of(ctx.sessions, connection_id, exc)  # nothing signs in until it ends
+    except (AccountLocked, TermsNotAccepted) as exc:
+        # Nothing signs in until the lock ends, or (now and then) until the person accepts the terms.
+        record_login_failure_of(ctx.sessions, connection_id, exc)
         raise
     _signed_in(ctx, connection_id)
 
@@ -85,7 +92,7 @@ async def _sign_in_again(ctx: JobContext, connection_id: str) -> bool:
     portal = await ctx.portals.get(connection_id)
     try:
         await portal.ensure_logged_in(deliberate=True)  # the person answering a code asked for it
-    except (MfaRequired, AccountLocked, InvalidCredentials) as exc:
+    except (MfaRequired, AccountLocked, InvalidCredentials, TermsNotAccepted) as exc:
         # The connection's state follows: waiting for the new code (after a lock, say), locked, or
         # waiting for a new password.
         record_login_failure_of(ctx.sessions, connection_id, exc)

@@ -29,6 +29,7 @@ from plooto_api.services.connections import (
     get_connection,
     login_failure_state,
     uncleared_drift,
+    waiting_for_terms,
 )
 from plooto_api.store.base import utcnow
 from plooto_api.store.database import transaction
@@ -207,15 +208,20 @@ class SyncEngine:
         *,
         cadence: Cadence = "all",
         progress: ProgressCallback | None = None,
+        deliberate: bool = False,
     ) -> SyncReport:
         """Pull every feed of `cadence` for every company the login reaches.
+
+        `deliberate`: a person asked for this run (the CLI's sync), so a connection waiting for its
+        user to accept the portal's new terms signs in now rather than at its next retry time (see
+        login_blocked_reason); nothing else the login guard stops is lifted by it.
 
         A connection removed before or during the run ends it quietly: state `removed`, nothing
         written after the removal (its rows are gone with it), no error raised.
         """
         report = SyncReport(connection_id=connection_id, cadence=cadence)
         try:
-            return await self._sync_connection(report, cadence, progress)
+            return await self._sync_connection(report, cadence, progress, deliberate=deliberate)
         except Exception:
             if not self._removed(connection_id):
                 raise
@@ -229,21 +235,23 @@ class SyncEngine:
             return session.get(Connection, connection_id) is None
 
     async def _sync_connection(
-        self, report: SyncReport, cadence: Cadence, progress: ProgressCallback | None
+        self, report: SyncReport, cadence: Cadence, progress: ProgressCallback | None, *, deliberate: bool
     ) -> SyncReport:
         connection_id = report.connection_id
         portal = await self.ctx.portals.get(connection_id)
         with self.ctx.sessions() as session:
             connection = get_connection(session, connection_id)
             first_sync = connection.last_synced_at is None
-        blocked = await self.ctx.portals.login_blocked(connection_id, portal)
+            # Only new terms give way to a person asking: a refused password or a lock never does.
+            deliberate = deliberate and waiting_for_terms(connection)
+        blocked = await self.ctx.portals.login_blocked(connection_id, portal, deliberate=deliberate)
         if blocked is not None:
             # Never log in again by ourselves after the portal refused us: that is how lockouts happen.
             report.error, report.state = f"not syncing: {blocked}", connection.state
             return report
         restore: tuple[str, str | None, dict[str, Any] | None] | None = None
         try:
-            await portal.ensure_logged_in()
+            await portal.ensure_logged_in(deliberate=deliberate)
             if first_sync:
                 restore = (connection.state, connection.state_reason, connection.state_detail)
                 self._set_state(connection_id, "syncing")

@@ -7,6 +7,8 @@ UpstreamError
 │   ├── AccountLocked               the portal locked the user (`until` when known) → connection locked
 │   ├── MfaRequired                 a code must be supplied (`challenge`) → requires_action(mfa)
 │   ├── InvalidMfaCode              the portal refused the MFA code
+│   ├── TermsNotAccepted            the portal published new terms of service the user must accept
+│   │                               in person (never accepted by the gateway) → requires_action(terms)
 │   ├── SessionExpired              internal: triggers one transparent re-login
 │   └── LoginBlocked                a sign-in the login guard stopped (a refused password, a lock, a
 │                                   code awaited): nothing was sent; a person must act first
@@ -68,6 +70,22 @@ class MfaRequired(AuthenticationError):
 
 class InvalidMfaCode(AuthenticationError):
     """The portal refused the MFA code."""
+
+
+class TermsNotAccepted(AuthenticationError):
+    """The portal asks the user to accept new terms of service before using it (after signing in,
+    or on any API call once they are published). A legal agreement: only the person accepts it, in
+    the portal; the gateway never does. The password was accepted, so trying again later risks no
+    lockout; it succeeds once the person has accepted."""
+
+    def __init__(
+        self,
+        message: str = "the portal asks the user to accept its new terms of service in the portal",
+        *,
+        at: datetime | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.at = at  # the portal's time when it asked (its clock may not be this machine's)
 
 
 class SessionExpired(AuthenticationError):

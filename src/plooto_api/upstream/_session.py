@@ -35,6 +35,7 @@ from plooto_api.upstream._errors import (
     RateLimited,
     SessionExpired,
     SessionReplaced,
+    TermsNotAccepted,
     UpstreamChanged,
     UpstreamError,
     UpstreamUnavailable,
@@ -113,6 +114,9 @@ class PortalSession:
         self._ready = False
         self._restored = False
         self._pending_mfa: MfaChallenge | None = None
+        # The portal asks for new terms of service (see _terms_pending): until a sign-in succeeds,
+        # even checking the saved session waits for the login guard.
+        self._terms_pending = False
         self._saved_snapshot: tuple[Any, ...] | None = None
         self._saved_throttle: dict[str, float | None] | None = None
         self._detached = False  # closed without saving: its state is no longer this connection's
@@ -389,9 +393,25 @@ class PortalSession:
 
     def _signed_in(self) -> None:
         self._ready = True
+        self._terms_pending = False
         self._pending_mfa = None
         self._generation += 1
         self._persist(force=True)
+
+    def _terms_not_accepted(self) -> TermsNotAccepted:
+        """The portal published terms of service the user has not accepted (its login landed on
+        its terms page, or its API answered 403 TermsNotAccepted). They are a legal agreement: only
+        the person accepts them, in the portal; nothing here ever posts the terms form. The session
+        stays (its cookies work again once they are accepted), but is not ready."""
+        self._ready = False
+        self._terms_pending = True
+        self._persist(force=True)
+        log.info("portal.terms_not_accepted", username=self._credentials.username)
+        return TermsNotAccepted(
+            "the portal has new terms of service: the user must sign in to the portal and accept them "
+            "(the gateway never accepts them for the user)",
+            at=self.portal_now().replace(microsecond=0),  # Date headers tell whole seconds only
+        )
 
     async def _check_login_guard(self, *, deliberate: bool) -> None:
         """LoginBlocked when the login guard says no sign-in may be tried now, unless a person asked
@@ -421,6 +441,9 @@ class PortalSession:
                 self._pending_mfa = exc.challenge
                 self._persist(force=True)
                 raise
+            except TermsNotAccepted as exc:
+                self.import_cookies(getattr(exc, "cookies", []))  # signed in, once they are accepted
+                raise self._terms_not_accepted() from None
             self.import_cookies(cookies)
             await self._after_sign_in_check()
             log.info("portal.signed_in", username=self._credentials.username, mode="browser")
@@ -452,6 +475,8 @@ class PortalSession:
             if response.status_code in (302, 303):
                 if self._location(response).startswith(portal.MFA_PATH):
                     await self._complete_mfa()
+                elif self._location(response).startswith(portal.TERMS_PATH):
+                    raise self._terms_not_accepted()
                 else:
                     self._signed_in()
                 log.info("portal.signed_in", username=self._credentials.username, mode="http")
@@ -479,6 +504,8 @@ class PortalSession:
         if self._error_code(response) == portal.ERROR_MFA_REQUIRED:
             await self._complete_mfa()
             return
+        if self._error_code(response) == portal.ERROR_TERMS_NOT_ACCEPTED:
+            raise self._terms_not_accepted()
         raise SessionExpired("the portal did not accept the new session")
 
     async def _mfa_form(self) -> tuple[MfaChallenge, str]:
@@ -489,6 +516,8 @@ class PortalSession:
                 self._pending_mfa = None
                 self._persist(force=True)
                 raise SessionExpired("the pending portal login is gone; sign in again")
+            if self._location(response).startswith(portal.TERMS_PATH):
+                raise self._terms_not_accepted()
             raise _AlreadySignedIn
         form = page.forms.get(portal.MFA_FORM.form_id)
         if form is None or portal.MFA_FORM.token_field not in form.inputs:
@@ -533,6 +562,8 @@ class PortalSession:
             if self._location(response).startswith(portal.LOGIN_PATH):
                 raise SessionExpired("the pending portal login is gone; sign in again")
             self.stats.mfa_answers += 1
+            if self._location(response).startswith(portal.TERMS_PATH):
+                raise self._terms_not_accepted()
             self._signed_in()
             return
         page = parse_page(response.text)
@@ -561,6 +592,8 @@ class PortalSession:
                 return
             if not deliberate:
                 self._failed_since(attempts)
+            if self._terms_pending:  # even asking the portal again waits for the guard's time
+                await self._check_login_guard(deliberate=deliberate)
             self._restore()
             if self._cookie(portal.SESSION_COOKIE):
                 response = await self._request("GET", portal.SESSION_PATH, api=True)
@@ -582,6 +615,8 @@ class PortalSession:
                     await self._refresh_xsrf()
                     self._signed_in()
                     return
+                elif code == portal.ERROR_TERMS_NOT_ACCEPTED:  # signed in, but not to be used yet
+                    raise self._terms_not_accepted()
             await self._check_login_guard(deliberate=deliberate)
             await self._attempt(self._login)
 
@@ -695,6 +730,8 @@ class PortalSession:
                 relogged = True
                 await self._relogin(generation, attempts, mfa_only=code == portal.ERROR_MFA_REQUIRED)
                 continue
+            if response.status_code == 403 and code == portal.ERROR_TERMS_NOT_ACCEPTED:
+                raise self._terms_not_accepted()  # signing in again would land on the same terms
             if response.status_code == 403 and code == portal.ERROR_XSRF_INVALID:
                 if xsrf_refreshed:
                     raise SessionExpired("the portal refused a fresh anti-forgery token")
@@ -929,6 +966,10 @@ class PortalSession:
                 async with _nothing_applied():  # the 401 applied nothing
                     await self._relogin(generation, attempts, mfa_only=code == portal.ERROR_MFA_REQUIRED)
                 continue
+            if status == 403 and code == portal.ERROR_TERMS_NOT_ACCEPTED:
+                refused = self._terms_not_accepted()
+                refused.nothing_applied = True  # the portal refused the call before applying it
+                raise refused
             if status == 403 and code == portal.ERROR_XSRF_INVALID:
                 if xsrf_refreshed:
                     raise SessionExpired("the portal refused a fresh anti-forgery token")

@@ -24,6 +24,7 @@ from plooto_api.upstream._errors import (
     InvalidMfaCode,
     MfaRequired,
     RateLimited,
+    TermsNotAccepted,
     UpstreamChanged,
     UpstreamUnavailable,
 )
@@ -57,7 +58,8 @@ async def browser_login(
     `cookies` (e.g. the trusted-device cookie) are given to the browser first. A TOTP challenge is
     answered from the stored secret for the portal's time; an SMS challenge raises MfaRequired — the
     pending login's cookies are then in `MfaRequired.cookies` so the HTTP client can finish it with
-    the code.
+    the code. A login that lands on the portal's new terms of service raises TermsNotAccepted (its
+    cookies in `TermsNotAccepted.cookies`): nothing on that page is touched, only a person accepts.
 
     The portal's time is what its pages' Date headers say, as for the HTTP client (the sandbox's
     clock is not this machine's); `portal_now` only when no page had one, or always when
@@ -139,6 +141,11 @@ async def browser_login(
                             error = MfaRequired(MfaChallenge("sms" if method == "sms" else "totp"))
                             error.cookies = _from_browser(await context.cookies())  # type: ignore[attr-defined]
                             raise error
+                    if _path(page.url).startswith(portal.TERMS_PATH):
+                        # New terms of service: only the person accepts them; the page is left as is.
+                        refused = TermsNotAccepted(at=clock.now())
+                        refused.cookies = _from_browser(await context.cookies())  # type: ignore[attr-defined]
+                        raise refused
                     return _from_browser(await context.cookies())
                 finally:
                     with contextlib.suppress(PlaywrightError):

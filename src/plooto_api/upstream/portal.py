@@ -55,6 +55,11 @@ MFA_TRUST_VALUE = "true"
 MFA_METHOD_ATTR = "data-mfa-method"
 MFA_METHODS = {"Totp": "totp", "Sms": "sms"}
 
+# Where a login / MFA lands when the portal published terms of service the user has not accepted:
+# only the person accepts them (a legal agreement), never the gateway. Its API answers
+# 403 ERROR_TERMS_NOT_ACCEPTED meanwhile.
+TERMS_PATH = "/terms"
+
 # Where a successful login / MFA lands; anything else on the same host is a signed-in page.
 SIGNED_IN_PATHS = ("/select-company", "/dashboard", "/company")
 ERROR_CODE_ATTR = "data-error-code"
@@ -91,6 +96,7 @@ ERROR_VALIDATION_FIELD = "validationErrors"
 ERROR_NOT_AUTHENTICATED = "NotAuthenticated"
 ERROR_MFA_REQUIRED = "MfaRequired"
 ERROR_XSRF_INVALID = "AntiforgeryTokenInvalid"
+ERROR_TERMS_NOT_ACCEPTED = "TermsNotAccepted"  # 403: new terms of service await the user (TERMS_PATH)
 ERROR_PERMISSION_DENIED = "PermissionDenied"
 ERROR_OBJECT_NOT_FOUND = "NotFound"
 ERROR_COMPANY_NOT_FOUND = "CompanyNotFound"  # the company does not exist, or this login cannot reach it

@@ -18,6 +18,7 @@ from plooto_api.upstream import (
     InvalidCredentials,
     InvalidMfaCode,
     RateLimited,
+    TermsNotAccepted,
     UpstreamChanged,
     UpstreamUnavailable,
 )
@@ -75,6 +76,9 @@ def login_refused(exc: Exception) -> ApiError:
         headers = {"Retry-After": "900"}
         return ApiError(429, "account_locked", "the portal has locked this login after repeated failures",
                         headers=headers)  # fmt: skip
+    if isinstance(exc, TermsNotAccepted):
+        return ApiError(403, "terms_not_accepted", "the portal has new terms of service: sign in to the portal "
+                        "and accept them, then try again (the gateway never accepts them for you)")  # fmt: skip
     if isinstance(exc, RateLimited):
         return ApiError(429, "upstream_rate_limited", "the portal is rate limiting; try again shortly")
     if isinstance(exc, UpstreamChanged):
@@ -87,7 +91,9 @@ def login_refused(exc: Exception) -> ApiError:
     status_code=201,
     response_model=AuthenticateResponse,
     responses={202: {"model": MfaRequiredResponse, "description": "An MFA code is needed."},
-               401: {"description": "Wrong credentials."}, 429: {"description": "Too many attempts."}},
+               401: {"description": "Wrong credentials."}, 429: {"description": "Too many attempts."},
+               403: {"description": "`terms_not_accepted`: the portal published new terms of service; the "
+                                    "user accepts them in the portal, then calls again."}},
     summary="Log into Plooto and get a session token",
 )  # fmt: skip
 async def authenticate(request: Request, body: AuthenticateRequest) -> Any:
@@ -104,7 +110,7 @@ async def authenticate(request: Request, body: AuthenticateRequest) -> Any:
             trust_device=body.trust_device,
             upstream_url=upstream_url,
         )
-    except (InvalidCredentials, InvalidMfaCode, AccountLocked, RateLimited, UpstreamChanged,
+    except (InvalidCredentials, InvalidMfaCode, AccountLocked, TermsNotAccepted, RateLimited, UpstreamChanged,
             UpstreamUnavailable) as exc:  # fmt: skip
         raise login_refused(exc) from exc
     if isinstance(result, Challenge):
@@ -137,7 +143,7 @@ async def authenticate_mfa(request: Request, body: MfaRequest) -> Any:
         raise ApiError(409, "mfa_expired", "the portal's pending sign-in had ended before this code came; it was "
                        "started again and the portal sent a new code: answer this challenge with it",
                        param="code") from exc  # fmt: skip
-    except (InvalidCredentials, InvalidMfaCode, AccountLocked, RateLimited, UpstreamChanged,
+    except (InvalidCredentials, InvalidMfaCode, AccountLocked, TermsNotAccepted, RateLimited, UpstreamChanged,
             UpstreamUnavailable) as exc:  # fmt: skip
         raise login_refused(exc) from exc
     return _authenticated(request, result)

@@ -41,6 +41,7 @@ from plooto_api.upstream import (
     InvalidCredentials,
     InvalidMfaCode,
     RateLimited,
+    TermsNotAccepted,
     UpstreamChanged,
     UpstreamUnavailable,
 )
@@ -253,7 +254,8 @@ async def answer_connection_mfa(
         signed_in = await answer_mfa(ctx, connection_id, body.code, trust_device=body.trust_device)
     except InvalidMfaCode as exc:  # 422, not 401: the caller's token is fine, the portal's code is not
         raise ApiError(422, "invalid_mfa_code", "the portal refused this MFA code", param="code") from exc
-    except (InvalidCredentials, AccountLocked, RateLimited, UpstreamChanged, UpstreamUnavailable) as exc:
+    except (InvalidCredentials, AccountLocked, TermsNotAccepted, RateLimited, UpstreamChanged,
+            UpstreamUnavailable) as exc:  # fmt: skip
         raise login_refused(exc) from exc
     if not signed_in:
         raise ApiError(409, "mfa_expired", "the portal's pending sign-in expired before this code came; "
