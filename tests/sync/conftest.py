@@ -8,10 +8,12 @@ from pathlib import Path
 import httpx
 import pytest
 from pydantic import SecretStr
+from sqlalchemy import select
 
 from plooto_api.config import Settings
 from plooto_api.jobs import JobContext
 from plooto_api.services.connections import create_connection
+from plooto_api.store import models
 from plooto_api.store.database import transaction
 from plooto_api.store.vault import generate_key
 
@@ -54,3 +56,23 @@ def make_connection(ctx: JobContext, sandbox: str) -> Callable[..., str]:
 def control(sandbox: str) -> httpx.Client:
     """The sandbox's control API (clock, faults, mutations, outbox)."""
     return httpx.Client(base_url=f"{sandbox}/__sandbox", timeout=30)
+
+
+def connection_row(ctx: JobContext, connection_id: str) -> models.Connection:
+    """The connection as stored now."""
+    with ctx.sessions() as session:
+        row = session.get(models.Connection, connection_id)
+        assert row is not None
+        return row
+
+
+def connection_events(ctx: JobContext, connection_id: str) -> list[str]:
+    """The connection's own events (`connection.*`), in order."""
+    with ctx.sessions() as session:
+        return list(
+            session.scalars(
+                select(models.Event.type)
+                .where(models.Event.connection_id == connection_id, models.Event.type.like("connection.%"))
+                .order_by(models.Event.seq)
+            )
+        )

@@ -26,25 +26,7 @@ from plooto_api.upstream import (
 )
 from support.portal import lock_login_from_elsewhere
 
-from .conftest import CONTROLLER, PASSWORD
-
-
-def _connection(ctx: JobContext, connection_id: str) -> models.Connection:
-    with ctx.sessions() as session:
-        row = session.get(models.Connection, connection_id)
-        assert row is not None
-        return row
-
-
-def _events(ctx: JobContext, connection_id: str) -> list[str]:
-    with ctx.sessions() as session:
-        return list(
-            session.scalars(
-                select(models.Event.type)
-                .where(models.Event.connection_id == connection_id, models.Event.type.like("connection.%"))
-                .order_by(models.Event.seq)
-            )
-        )
+from .conftest import CONTROLLER, PASSWORD, connection_events, connection_row
 
 
 def _a_bill(ctx: JobContext) -> models.Bill:
@@ -64,9 +46,9 @@ async def test_a_lock_found_by_a_keep_alive_stops_every_sign_in_until_the_portal
 
     with pytest.raises(AccountLocked):
         await tasks.keep_alive(ctx, connection_id)
-    row = _connection(ctx, connection_id)
+    row = connection_row(ctx, connection_id)
     assert row.state == "locked" and row.state_detail and row.state_detail["until"]
-    assert _events(ctx, connection_id)[-1] == "connection.locked"
+    assert connection_events(ctx, connection_id)[-1] == "connection.locked"
 
     portal = await ctx.portals.get(connection_id)
     logins = portal.stats.logins
@@ -77,11 +59,11 @@ async def test_a_lock_found_by_a_keep_alive_stops_every_sign_in_until_the_portal
         await refresh.refresh_object(ctx, _a_bill(ctx))
     assert (refused.value.status, refused.value.code) == (409, "connection_requires_action")
     assert portal.stats.logins == logins  # none of them tried the portal's login
-    assert _connection(ctx, connection_id).state == "locked"
+    assert connection_row(ctx, connection_id).state == "locked"
 
     # A new password given meanwhile is kept for then: the lock is the portal's, and stays.
     await replace_credentials(ctx, connection_id, password=PASSWORD)
-    assert _connection(ctx, connection_id).state == "locked"
+    assert connection_row(ctx, connection_id).state == "locked"
     assert (await engine.sync_connection(connection_id, cadence="fast")).error
     portal = await ctx.portals.get(connection_id)  # the new credentials' session
     logins = portal.stats.logins
@@ -92,7 +74,7 @@ async def test_a_lock_found_by_a_keep_alive_stops_every_sign_in_until_the_portal
     back = await engine.sync_connection(connection_id, cadence="fast")
     assert back.ok and back.state == "healthy", back.error
     assert portal.stats.logins == logins + 1
-    assert _events(ctx, connection_id)[-1] == "connection.repaired"
+    assert connection_events(ctx, connection_id)[-1] == "connection.repaired"
 
 
 async def test_a_password_refused_to_a_fresh_read_is_not_tried_again(
@@ -111,7 +93,7 @@ async def test_a_password_refused_to_a_fresh_read_is_not_tried_again(
     with pytest.raises(refresh.RefreshFailed) as first:
         await refresh.refresh_object(ctx, bill)
     assert first.value.code == "connection_requires_action"
-    row = _connection(ctx, connection_id)
+    row = connection_row(ctx, connection_id)
     assert (row.state, row.state_reason) == ("requires_action", "password")
     portal = await ctx.portals.get(connection_id)
     assert portal.stats.logins == 1
@@ -124,7 +106,7 @@ async def test_a_password_refused_to_a_fresh_read_is_not_tried_again(
 
     await replace_credentials(ctx, connection_id, password=PASSWORD)  # a person gives the new one
     await refresh.refresh_object(ctx, bill)
-    assert _connection(ctx, connection_id).state == "healthy"
+    assert connection_row(ctx, connection_id).state == "healthy"
 
 
 async def test_a_session_replaced_while_in_use_finishes_its_callers_work_and_never_signs_in_again(

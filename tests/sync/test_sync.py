@@ -32,7 +32,7 @@ from plooto_api.sync.engine import SyncEngine
 from plooto_api.sync.upsert import ApplyCounts, apply_records, company_ids
 from support.portal import lock_login_from_elsewhere
 
-from .conftest import CLERK, CONTROLLER, PASSWORD, TOTP_SECRET
+from .conftest import CLERK, CONTROLLER, PASSWORD, TOTP_SECRET, connection_row
 
 BILLS_PER_COMPANY = 30
 
@@ -55,13 +55,6 @@ def _count(session: Session, model: Any, **where: Any) -> int:
 def _event_types(ctx: JobContext) -> Counter[str]:
     with ctx.sessions() as session:
         return Counter(session.scalars(select(models.Event.type)))
-
-
-def _connection(ctx: JobContext, connection_id: str) -> models.Connection:
-    with ctx.sessions() as session:
-        row = session.get(models.Connection, connection_id)
-        assert row is not None
-        return row
 
 
 async def test_initial_sync_mirrors_every_object_type(
@@ -94,8 +87,8 @@ async def test_initial_sync_mirrors_every_object_type(
                 )
             ).one()
             assert isinstance(created.data, dict) and created.data == json.loads(bill.document)
-    assert _connection(ctx, connection_id).state == "healthy"
-    assert _connection(ctx, connection_id).last_synced_at is not None
+    assert connection_row(ctx, connection_id).state == "healthy"
+    assert connection_row(ctx, connection_id).last_synced_at is not None
 
 
 async def test_incremental_sync_fetches_only_what_changed(
@@ -420,7 +413,7 @@ async def test_one_endpoint_failing_stops_only_its_feed(
     assert again.state == "upstream_unavailable"
     assert _event_types(ctx)["connection.upstream_unavailable"] == 1
     assert _event_types(ctx)["payment.created"] == payments_before + 1  # the later feed was pulled
-    row = _connection(ctx, connection_id)
+    row = connection_row(ctx, connection_id)
     assert row.state_detail and any(feed.endswith("/reminders") for feed in row.state_detail["feeds"])
     with ctx.sessions() as session:
         errors = list(session.scalars(select(models.SyncCursor.last_error).where(
@@ -464,7 +457,7 @@ async def test_one_endpoint_failing_for_every_company_is_one_feed_failing(
     assert partial.state == "upstream_unavailable"
     assert [feed for _, feed, _ in partial.failed_feeds] == ["bills"] * 4, partial.failed_feeds
     assert _event_types(ctx)["payment.created"] == payments_before + 1  # the later feeds were pulled
-    row = _connection(ctx, connection_id)
+    row = connection_row(ctx, connection_id)
     assert row.state_detail and len(row.state_detail["feeds"]) == 4
 
 
@@ -506,7 +499,7 @@ async def test_sms_login_waits_for_a_code_then_recovers_and_survives_restart(
     engine = SyncEngine(ctx)
     blocked = await engine.sync_connection(connection_id)
     assert blocked.state == "requires_action"
-    row = _connection(ctx, connection_id)
+    row = connection_row(ctx, connection_id)
     assert (row.state, row.state_reason) == ("requires_action", "mfa")
     assert _event_types(ctx)["connection.requires_action"] == 1
     again = await engine.sync_connection(connection_id)  # waits for the code; sends no new SMS
@@ -544,7 +537,7 @@ async def test_the_cli_says_when_a_code_came_for_an_expired_sign_in(
     sent = [m for m in control.get("/outbox").json() if m["kind"] == "Sms"]
     assert len(sent) == len(sms) + 1
     assert await asyncio.to_thread(sync, sent[-1]["code"]) == 0
-    assert _connection(ctx, connection_id).state == "healthy"
+    assert connection_row(ctx, connection_id).state == "healthy"
 
 
 async def test_cli_connect_with_an_sms_login_leaves_the_connection_waiting_for_the_code(
@@ -574,7 +567,7 @@ async def test_cli_connect_with_an_sms_login_leaves_the_connection_waiting_for_t
     code = sent[-1]["code"]
     assert await asyncio.to_thread(run_sync, settings, console, connection_id=row.id, cadence="fast",
                                    mfa_code=code) == 0  # fmt: skip
-    assert _connection(ctx, row.id).state == "healthy"
+    assert connection_row(ctx, row.id).state == "healthy"
 
 
 async def test_cli_connect_keeps_nothing_of_a_refused_login_and_one_connection_per_login(
@@ -605,7 +598,7 @@ async def test_cli_connect_keeps_nothing_of_a_refused_login_and_one_connection_p
     with pytest.raises(CliError, match="refused the username or password"):
         await asyncio.to_thread(connect, "not-" + PASSWORD, "renamed")
     [(connection_id, state)] = rows()
-    assert state == "healthy" and _connection(ctx, connection_id).label is None
+    assert state == "healthy" and connection_row(ctx, connection_id).label is None
     assert (await SyncEngine(ctx).sync_connection(connection_id, cadence="fast")).ok
 
 
@@ -646,7 +639,7 @@ async def test_a_login_refused_with_its_stored_password_waits_for_a_new_one(
 
     with pytest.raises(CliError, match="refused the username or password"):
         await asyncio.to_thread(connect)
-    row = _connection(ctx, connection_id)
+    row = connection_row(ctx, connection_id)
     assert (row.state, row.state_reason) == ("requires_action", "password")
     waiting = await SyncEngine(ctx).sync_connection(connection_id, cadence="fast")
     assert waiting.error == "not syncing: waiting for a new password (the last one was refused)"
@@ -679,11 +672,11 @@ async def test_a_first_sync_stopped_from_outside_does_not_leave_the_connection_s
     # Ctrl-C in `plooto-api connect`, or a shutdown during serve's first sync: `syncing` stood,
     # with nothing running, until another sync finished.
     connection_id = make_connection()
-    before = _connection(ctx, connection_id).state
+    before = connection_row(ctx, connection_id).state
     seen: list[str] = []
 
     def stop_at_the_first_page(company: str, feed: str, done: int, total: int | None) -> None:
-        seen.append(_connection(ctx, connection_id).state)
+        seen.append(connection_row(ctx, connection_id).state)
         task = asyncio.current_task()
         assert task is not None
         task.cancel()
@@ -694,7 +687,7 @@ async def test_a_first_sync_stopped_from_outside_does_not_leave_the_connection_s
     with pytest.raises(asyncio.CancelledError):
         await run
     assert seen[:1] == ["syncing"]
-    assert _connection(ctx, connection_id).state == before
+    assert connection_row(ctx, connection_id).state == before
     assert (await SyncEngine(ctx).sync_connection(connection_id)).ok, "the next run resumes"
 
 
@@ -786,7 +779,7 @@ async def test_drift_marks_the_connection_and_spares_other_types(
                                   "toField": "grandTotal"}).raise_for_status()  # fmt: skip
     report = await SyncEngine(ctx).sync_connection(connection_id)
     assert report.drift and any("totalAmount" in d for d in report.drift)
-    row = _connection(ctx, connection_id)
+    row = connection_row(ctx, connection_id)
     assert row.state == "upstream_changed"
     assert row.state_detail and row.state_detail["differences"]
     differences = row.state_detail["differences"]
@@ -798,7 +791,7 @@ async def test_drift_marks_the_connection_and_spares_other_types(
     control.delete("/faults").raise_for_status()
     healed = await SyncEngine(ctx).sync_connection(connection_id)
     assert healed.ok
-    assert _connection(ctx, connection_id).state == "upstream_changed"  # until an operator clears it
+    assert connection_row(ctx, connection_id).state == "upstream_changed"  # until an operator clears it
 
 
 async def test_drift_outlasts_a_login_problem_found_after_it(
@@ -816,7 +809,7 @@ async def test_drift_outlasts_a_login_problem_found_after_it(
     await lock_login_from_elsewhere(sandbox, control, CONTROLLER)  # someone else's bad passwords
     locked = await engine.sync_connection(connection_id, cadence="fast")
     assert locked.state == "locked", locked.error
-    row = _connection(ctx, connection_id)
+    row = connection_row(ctx, connection_id)
     assert (
         row.state == "locked"
         and uncleared_drift(row)
@@ -828,7 +821,7 @@ async def test_drift_outlasts_a_login_problem_found_after_it(
     assert back.state == "upstream_changed", back.error  # not healthy: no operator cleared it
     assert (
         row.state_detail
-        and row.state_detail["drift"] == _connection(ctx, connection_id).state_detail["differences"]
+        and row.state_detail["drift"] == connection_row(ctx, connection_id).state_detail["differences"]
     )
 
 
@@ -849,7 +842,7 @@ async def test_session_expiry_between_syncs_is_transparent(
     assert portal.stats.logins == logins_before + 1  # one transparent re-login
     with ctx.sessions() as session:
         assert _count(session, models.Bill) == bills_before + 2
-    assert _connection(ctx, connection_id).state == "healthy"
+    assert connection_row(ctx, connection_id).state == "healthy"
 
 
 async def test_wrong_password_needs_action_and_is_not_retried(
@@ -859,7 +852,7 @@ async def test_wrong_password_needs_action_and_is_not_retried(
     for _ in range(6):  # the portal locks a login after 5 failures; the gateway must try only once
         report = await SyncEngine(ctx).sync_connection(connection_id)
         assert report.state == "requires_action"
-    row = _connection(ctx, connection_id)
+    row = connection_row(ctx, connection_id)
     assert row.state_reason == "password"
     with ctx.sessions() as session:
         changes = session.scalars(select(models.ConnectionStateChange.to_state)).all()
@@ -885,7 +878,7 @@ async def test_a_wrong_totp_secret_needs_action_and_is_not_retried(
     )  # valid, but not this user's
     first = await SyncEngine(ctx).sync_connection(connection_id)
     assert first.state == "requires_action"
-    row = _connection(ctx, connection_id)
+    row = connection_row(ctx, connection_id)
     assert (row.state_reason, (row.state_detail or {}).get("error")) == ("mfa", "code_refused")
     portal = await ctx.portals.get(connection_id)
     logins = portal.stats.logins

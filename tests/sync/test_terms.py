@@ -24,27 +24,9 @@ from plooto_api.store.scope import AccessScope
 from plooto_api.sync.engine import SyncEngine
 from plooto_api.upstream import LoginBlocked, TermsNotAccepted
 
-from .conftest import CONTROLLER, PASSWORD, TOTP_SECRET
+from .conftest import CONTROLLER, PASSWORD, TOTP_SECRET, connection_events, connection_row
 
 EVERYONE = Principal(token_id="test", scopes=frozenset({"*"}), access=AccessScope.unrestricted())
-
-
-def _connection(ctx: JobContext, connection_id: str) -> models.Connection:
-    with ctx.sessions() as session:
-        row = session.get(models.Connection, connection_id)
-        assert row is not None
-        return row
-
-
-def _events(ctx: JobContext, connection_id: str) -> list[str]:
-    with ctx.sessions() as session:
-        return list(
-            session.scalars(
-                select(models.Event.type)
-                .where(models.Event.connection_id == connection_id, models.Event.type.like("connection.%"))
-                .order_by(models.Event.seq)
-            )
-        )
 
 
 def _terms_changes(ctx: JobContext, connection_id: str) -> int:
@@ -74,7 +56,7 @@ def _a_bill(ctx: JobContext) -> models.Bill:
 
 
 def _assert_waiting_for_terms(ctx: JobContext, connection_id: str) -> models.Connection:
-    row = _connection(ctx, connection_id)
+    row = connection_row(ctx, connection_id)
     assert (row.state, row.state_reason) == ("requires_action", "terms")
     assert row.state_detail and "accept them" in row.state_detail["message"]
     return row
@@ -93,7 +75,7 @@ async def test_a_sync_meeting_new_terms_waits_for_the_person_then_recovers(
     row = _assert_waiting_for_terms(ctx, connection_id)
     retry_at = datetime.fromisoformat(row.state_detail["retry_at"])  # type: ignore[index]
     assert (retry_at - _portal_now(control)).total_seconds() == pytest.approx(TERMS_RETRY_MINUTES * 60, abs=5)
-    assert _events(ctx, connection_id)[-1] == "connection.requires_action"
+    assert connection_events(ctx, connection_id)[-1] == "connection.requires_action"
     assert PASSWORD not in str(row.state_detail) and TOTP_SECRET not in str(row.state_detail)
 
     # Writes are refused before anything is recorded or sent; the store is read as before.
@@ -123,8 +105,8 @@ async def test_a_sync_meeting_new_terms_waits_for_the_person_then_recovers(
     control.post("/clock", json={"advance_minutes": 5}).raise_for_status()
     back = await engine.sync_connection(connection_id, cadence="fast")
     assert back.ok and back.state == "healthy", back.error
-    assert _connection(ctx, connection_id).state_reason is None
-    events = _events(ctx, connection_id)
+    assert connection_row(ctx, connection_id).state_reason is None
+    events = connection_events(ctx, connection_id)
     assert events[-1] == "connection.repaired"
     assert events.count("connection.requires_action") == 1
     assert _terms_changes(ctx, connection_id) == 1
@@ -146,7 +128,7 @@ async def test_terms_published_mid_sync_stop_every_feed_and_are_recorded_once(
     assert report.state == "requires_action" and report.error and "TermsNotAccepted" in report.error
     assert report.failed_feeds == []  # the login, not a feed: every feed stopped, none counted failing
     _assert_waiting_for_terms(ctx, connection_id)
-    assert _events(ctx, connection_id).count("connection.requires_action") == 1
+    assert connection_events(ctx, connection_id).count("connection.requires_action") == 1
     assert _terms_changes(ctx, connection_id) == 1
 
 
@@ -163,7 +145,7 @@ async def test_a_person_asking_signs_in_at_once_and_nothing_accepts_the_terms_fo
     asked = await engine.sync_connection(connection_id, cadence="fast", deliberate=True)
     assert asked.state == "requires_action" and asked.error and "TermsNotAccepted" in asked.error
     _assert_waiting_for_terms(ctx, connection_id)
-    assert _events(ctx, connection_id).count("connection.requires_action") == 1  # no news
+    assert connection_events(ctx, connection_id).count("connection.requires_action") == 1  # no news
 
     # POST /authenticate with the same credentials: refused while the terms wait, and they still do.
     with pytest.raises(TermsNotAccepted):
@@ -177,6 +159,6 @@ async def test_a_person_asking_signs_in_at_once_and_nothing_accepts_the_terms_fo
         ctx, username=CONTROLLER, password=PASSWORD, upstream_url=sandbox, totp_secret=TOTP_SECRET
     )
     assert signed.connection_id == connection_id and not signed.created
-    assert _connection(ctx, connection_id).state == "healthy"
-    assert _events(ctx, connection_id)[-1] == "connection.repaired"
+    assert connection_row(ctx, connection_id).state == "healthy"
+    assert connection_events(ctx, connection_id)[-1] == "connection.repaired"
     assert (await engine.sync_connection(connection_id, cadence="fast")).ok

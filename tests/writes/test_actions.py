@@ -22,9 +22,22 @@ def _events(gw: Gateway) -> Counter[str]:
         return Counter(session.scalars(select(models.Event.type)))
 
 
-def _cfo_email(sandbox: str) -> str:
+def _cfo_email(sandbox: str, company: str | None = None) -> str:
+    """A CFO's e-mail; of `company` (its name) when given: each company has a CFO of its own."""
     users = httpx.get(f"{sandbox}/__sandbox/users").json()
-    return next(u["email"] for u in users if u["email"].startswith("cfo@"))
+    return next(
+        u["email"]
+        for u in users
+        if u["email"].startswith("cfo@") and (company is None or company in u["roles"])
+    )
+
+
+def _cfo_of(gateway: Gateway, sandbox: str, bill: models.Bill) -> str:
+    """The CFO of the bill's company (which of the companies a test's bill is in is not fixed)."""
+    with gateway.sessions()() as session:
+        company = session.get(models.Company, bill.company_id)
+        assert company is not None
+        return _cfo_email(sandbox, company.name)
 
 
 def _pending_bill(gw: Gateway, below: int = 2_500_000, skip: str | None = None) -> models.Bill:
@@ -223,7 +236,7 @@ def test_list_approvals_across_bills_and_payments(gateway: Gateway) -> None:
 def test_approve_a_payment_as_a_signing_authority(gateway: Gateway, sandbox: str) -> None:
     bill = gateway.bill(status="approved", currency="CAD")
     made = gateway.control.post("/mutate", json={"action": "createPayment", "billId": bill.upstream_id,
-                                                 "userEmail": _cfo_email(sandbox), "amount": "5.00"})  # fmt: skip
+                                                 "userEmail": _cfo_of(gateway, sandbox, bill), "amount": "5.00"})  # fmt: skip
     assert made.status_code == 200, made.text
 
     async def resync() -> bool:
@@ -272,7 +285,7 @@ def test_an_approval_refused_after_an_unknown_outcome_is_not_reported_done(
     # Someone else rejected the payment in the portal; our approval's first send fails, the second
     # is refused as decided already: by them, not by us.
     bill = gateway.bill(status="approved", currency="CAD")
-    cfo = _cfo_email(sandbox)
+    cfo = _cfo_of(gateway, sandbox, bill)
     made = gateway.control.post("/mutate", json={"action": "createPayment", "billId": bill.upstream_id,
                                                  "userEmail": cfo, "amount": "5.00"})  # fmt: skip
     assert made.status_code == 200, made.text

@@ -12,7 +12,7 @@ from plooto_api.services import writes
 from plooto_api.store import models
 
 from .conftest import Gateway
-from .test_actions import _cfo_email
+from .test_actions import _cfo_of
 
 
 def _payment_awaiting_approval(gateway: Gateway) -> tuple[models.Bill, dict[str, Any]]:
@@ -36,7 +36,7 @@ def test_a_cancel_is_not_reported_done_when_someone_else_rejected_the_payment_me
     # an approver rejects the payment. The second send is refused as "done already", and a rejected
     # payment reads as `cancelled` too: that is not this write's cancel.
     bill, payment = _payment_awaiting_approval(gateway)
-    cfo = _cfo_email(sandbox)
+    cfo = _cfo_of(gateway, sandbox, bill)
 
     def rejected_meanwhile(sends: int) -> float:
         rejected = gateway.control.post("/mutate", json={"action": "rejectPayment", "paymentId": payment["upstream_id"],
