@@ -259,3 +259,37 @@ def test_help_and_usage_read_as_meant(tmp_path: Path) -> None:
         helped = _run(tmp_path, args, _env({}, COLUMNS="200"))
         assert helped.returncode == 0
         assert helped.stdout.count("PLOOTO_TOTP_SECRET") == 1, helped.stdout
+
+
+@pytest.mark.parametrize("bind", ["gateway", "sandbox"])
+def test_listening_sockets_answer_without_delayed_acks(bind: str) -> None:
+    # A socket made with protocol 0 and handed to uvicorn left asyncio's TCP_NODELAY off on every
+    # connection: each small answer waited ~40 ms for a delayed ACK (an incremental sync's six
+    # requests took 350 ms instead of 110).
+    import asyncio
+    import socket
+
+    from plooto_api.cli.serve import _bind
+    from plooto_sandbox.__main__ import _listen
+
+    listener = (_bind if bind == "gateway" else _listen)("127.0.0.1", 0)
+    listener.listen()
+    port = listener.getsockname()[1]
+
+    async def accepted_nodelay() -> int:
+        options: list[int] = []
+
+        def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            options.append(writer.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        server = await asyncio.start_server(serve, sock=listener)
+        _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        while not options:
+            await asyncio.sleep(0.01)  # the server's callback runs on this loop
+        writer.close()
+        server.close()
+        await server.wait_closed()
+        return options[0]
+
+    assert asyncio.run(accepted_nodelay()) != 0
