@@ -39,18 +39,16 @@ def _progress(console: Console) -> Progress:
 
 
 def check_mfa_code(code: str, given_as: str) -> str:
-    """`code` if it has the shape of a portal's MFA code, by the same rule as the REST API's
-    (`POST /connections/{id}/mfa`); else a CliError, and nothing is sent: every code the portal
-    refuses counts toward its lockout of the account."""
-    from pydantic import ValidationError
+    """`code` if it has the shape of a portal's MFA code, by the REST API's rule (MFA_CODE_PATTERN);
+    else a CliError, and nothing is sent: every code the portal refuses counts toward its lockout
+    of the account."""
+    import re
 
-    from plooto_api.api.routes.connections import ConnectionMfa
+    from plooto_api.services.sessions import MFA_CODE_PATTERN
 
     code = code.strip()
-    try:
-        ConnectionMfa(code=code)
-    except ValidationError:
-        raise CliError(f"{given_as}: an MFA code is 6 to 8 digits; nothing was sent to the portal") from None
+    if re.match(MFA_CODE_PATTERN, code) is None:
+        raise CliError(f"{given_as}: an MFA code is 6 to 8 digits; nothing was sent to the portal")
     return code
 
 

@@ -27,6 +27,10 @@ from plooto_api.upstream import (
     TermsNotAccepted,
 )
 
+# What a portal MFA code looks like: the REST API and the CLI refuse anything else before it is
+# sent, as every code the portal refuses counts toward its lockout of the account.
+MFA_CODE_PATTERN = r"^\d{6,8}$"
+
 
 async def refuse_while_locked(ctx: JobContext, connection_id: str) -> None:
     """AccountLocked while the portal's lock on this connection's login lasts, by the portal's clock

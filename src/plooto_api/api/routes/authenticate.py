@@ -13,6 +13,7 @@ from plooto_api.api.errors import ApiError
 from plooto_api.jobs.schedules import schedule_connection
 from plooto_api.services.authentication import Authenticated, Challenge, ChallengeRestarted, UnknownChallenge
 from plooto_api.services.connections import TotpSecretInput, get_connection
+from plooto_api.services.sessions import MFA_CODE_PATTERN
 from plooto_api.upstream import (
     AccountLocked,
     InvalidCredentials,
@@ -34,7 +35,9 @@ class AuthenticateRequest(BaseModel):
     totp_secret: TotpSecretInput | None = Field(
         default=None, max_length=256, description="Lets MFA answer itself."
     )
-    mfa_code: str | None = Field(default=None, pattern=r"^\d{6,8}$", description="A code the portal sent.")
+    mfa_code: str | None = Field(
+        default=None, pattern=MFA_CODE_PATTERN, description="A code the portal sent."
+    )
     trust_device: bool = Field(default=True, description="Remember this gateway so MFA is skipped next time.")
 
 
@@ -42,7 +45,7 @@ class MfaRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     challenge_id: str = Field(min_length=1, max_length=100)
-    code: str = Field(pattern=r"^\d{6,8}$")
+    code: str = Field(pattern=MFA_CODE_PATTERN)
 
 
 class AuthenticateResponse(BaseModel):

@@ -31,7 +31,7 @@ from plooto_api.services.connections import (
     clear_drift,
     remove_connection,
 )
-from plooto_api.services.sessions import answer_mfa, replace_credentials
+from plooto_api.services.sessions import MFA_CODE_PATTERN, answer_mfa, replace_credentials
 from plooto_api.services.tokens import Principal
 from plooto_api.store.database import transaction
 from plooto_api.store.models import Company, Connection
@@ -219,7 +219,7 @@ class ConnectionMfa(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    code: str = Field(pattern=r"^\d{6,8}$", examples=["123456"])
+    code: str = Field(pattern=MFA_CODE_PATTERN, examples=["123456"])
     trust_device: bool = Field(default=True, description="Keep the portal's trusted-device cookie, so later "
                                                          "sign-ins of this connection skip MFA.")  # fmt: skip
 
