@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import codecs
+import time
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, tzinfo
 from decimal import Decimal
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import msgspec
@@ -48,6 +50,29 @@ def parse_timestamp(value: str | None) -> datetime | None:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
     return parsed.astimezone(UTC)
+
+
+def clock_offset(date_header: str | None) -> float | None:
+    """Seconds the server's clock (an HTTP Date header) is ahead of ours; None without a valid one."""
+    if not date_header:
+        return None
+    try:
+        return parsedate_to_datetime(date_header).timestamp() - time.time()
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """An HTTP Retry-After (seconds, or a date) as seconds from now; None without a valid one."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        try:
+            return max(0.0, (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds())
+        except (TypeError, ValueError):
+            return None
 
 
 def date_as_timestamp(value: str | None, zone: tzinfo) -> datetime | None:

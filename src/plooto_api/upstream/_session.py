@@ -11,7 +11,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from email.utils import parsedate_to_datetime
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
@@ -21,7 +20,7 @@ import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from plooto_api.upstream import portal
-from plooto_api.upstream._convert import Context, loads, parse_timestamp
+from plooto_api.upstream._convert import Context, clock_offset, loads, parse_timestamp, retry_after_seconds
 from plooto_api.upstream._errors import (
     AccountLocked,
     AmbiguousWriteOutcome,
@@ -255,11 +254,9 @@ class PortalSession:
     def _note_date_header(self, response: httpx.Response) -> None:
         # Every response's Date header is the server's clock: keep the offset current (TOTP codes
         # are computed for the portal's time, which may drift from ours, or be simulated).
-        header = response.headers.get("date")
-        if not header:
-            return
-        with contextlib.suppress(TypeError, ValueError, IndexError):
-            self._clock_offset = parsedate_to_datetime(header).timestamp() - time.time()
+        offset = clock_offset(response.headers.get("date"))
+        if offset is not None:
+            self._clock_offset = offset
             self._clock_from_date = True
 
     def _note_session(self, body: Any) -> None:
@@ -1265,16 +1262,7 @@ class _AlreadySignedIn(Exception):
 
 
 def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get(portal.RETRY_AFTER_HEADER)
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        try:
-            return max(0.0, (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds())
-        except (TypeError, ValueError):
-            return None
+    return retry_after_seconds(response.headers.get(portal.RETRY_AFTER_HEADER))
 
 
 _DATE = re.compile(r"\b(\d{4}-\d{2}-\d{2})\b")

@@ -12,12 +12,12 @@ import tempfile
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import pyotp
 
 from plooto_api.upstream import portal
+from plooto_api.upstream._convert import clock_offset, retry_after_seconds
 from plooto_api.upstream._errors import (
     AccountLocked,
     InvalidCredentials,
@@ -40,6 +40,7 @@ CHROMIUM_ARGS = (
     "--no-first-run",
 )
 DEFAULT_TIMEOUT_MS = 30_000.0  # the longest any one browser step (a page load, a click) may take
+LAUNCH_TIMEOUT_MS = 30_000.0  # the longest chromium may take to start (a busy machine is slow at it)
 _NET_ERROR = re.compile(r"net::ERR_[A-Z_]+")
 
 
@@ -82,16 +83,15 @@ async def browser_login(
     try:
         with tempfile.TemporaryDirectory(prefix="plooto-api-chromium-") as profile:
             async with async_playwright() as playwright:
-                try:
-                    context = await playwright.chromium.launch_persistent_context(
-                        profile,
-                        executable_path=executable_path,
-                        headless=True,
-                        args=list(CHROMIUM_ARGS),
-                        timeout=timeout,
-                    )
-                except PlaywrightError as exc:
-                    raise UpstreamUnavailable(f"could not start chromium: {type(exc).__name__}") from None
+                # Starting chromium is this machine's work, not a portal step: its own bound. A failure
+                # is reported below like the others ("the browser failed (starting chromium)").
+                context = await playwright.chromium.launch_persistent_context(
+                    profile,
+                    executable_path=executable_path,
+                    headless=True,
+                    args=list(CHROMIUM_ARGS),
+                    timeout=LAUNCH_TIMEOUT_MS,
+                )
                 step = "preparing chromium"
                 try:
                     context.set_default_timeout(timeout)
@@ -176,11 +176,9 @@ class _PortalClock:
     def note(self, response: Any) -> None:
         if not self._learn or response is None:
             return
-        header = response.headers.get("date")
-        if not header:
-            return
-        with contextlib.suppress(TypeError, ValueError, IndexError):
-            self._offset = parsedate_to_datetime(header).timestamp() - time.time()
+        offset = clock_offset(response.headers.get("date"))
+        if offset is not None:
+            self._offset = offset
 
     def now(self) -> datetime:
         if self._offset is None:
@@ -197,18 +195,12 @@ def _check_status(response: Any, step: str, clock: _PortalClock) -> None:
     clock.note(response)
     status = int(response.status)
     if status == 429:
-        raise RateLimited(retry_after=_retry_after(response.headers.get("retry-after")))
+        # Playwright gives header names in lower case.
+        raise RateLimited(
+            retry_after=retry_after_seconds(response.headers.get(portal.RETRY_AFTER_HEADER.lower()))
+        )
     if status >= 500:
         raise UpstreamUnavailable(f"the portal answered {status} ({step})", status_code=status)
-
-
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None
 
 
 async def _raise_page_error(page: Any) -> None:
