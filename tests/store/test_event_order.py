@@ -29,22 +29,32 @@ def test_a_later_transactions_events_wait_for_an_earlier_one_to_commit(database_
     batch.flush()  # inserted (its seq taken), not committed
 
     done = threading.Event()
+    failures: list[BaseException] = []
 
     def second() -> None:
-        with transaction(sessions) as session:
-            batch = EventBatch(session)
-            batch.add("bill.updated", data={"n": 2}, object_id="b")
-            batch.flush()
+        try:
+            with transaction(sessions) as session:
+                batch = EventBatch(session)
+                batch.add("bill.updated", data={"n": 2}, object_id="b")
+                batch.flush()
+        except BaseException as exc:  # reported by the test, not lost in the thread
+            failures.append(exc)
+            raise
         done.set()
 
     thread = threading.Thread(target=second)
     thread.start()
     try:
         deadline = time.monotonic() + 30
-        with engine.connect() as watcher:
-            while not watcher.execute(
-                text("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'advisory'")
-            ).scalar_one():
+        # Autocommit: PostgreSQL keeps one snapshot of pg_stat_activity for a whole transaction, so
+        # polls in one transaction begun before the wait would never see it.
+        waiting = text(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE wait_event = 'advisory' AND datname = current_database()"
+        )
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as watcher:
+            while not watcher.execute(waiting).scalar_one():
+                assert not failures, f"the second transaction failed: {failures[0]!r}"
                 assert time.monotonic() < deadline, "the second transaction never waited for the first"
                 time.sleep(0.01)  # polling another session's state, not waiting for time to pass
         assert not done.is_set()  # it waits for the first to commit, not only for its own insert
