@@ -5,14 +5,14 @@ that; on PostgreSQL an advisory lock, held from a transaction's first event to i
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import select
 
 from plooto_api.services.events import EventBatch
 from plooto_api.store.database import create_db_engine, session_factory, transaction
 from plooto_api.store.models import Event
+from support.postgres import wait_until_one_waits
 
 
 def test_a_later_transactions_events_wait_for_an_earlier_one_to_commit(database_url: str) -> None:
@@ -29,34 +29,18 @@ def test_a_later_transactions_events_wait_for_an_earlier_one_to_commit(database_
     batch.flush()  # inserted (its seq taken), not committed
 
     done = threading.Event()
-    failures: list[BaseException] = []
 
     def second() -> None:
-        try:
-            with transaction(sessions) as session:
-                batch = EventBatch(session)
-                batch.add("bill.updated", data={"n": 2}, object_id="b")
-                batch.flush()
-        except BaseException as exc:  # reported by the test, not lost in the thread
-            failures.append(exc)
-            raise
+        with transaction(sessions) as session:
+            batch = EventBatch(session)
+            batch.add("bill.updated", data={"n": 2}, object_id="b")
+            batch.flush()
         done.set()
 
     thread = threading.Thread(target=second)
     thread.start()
     try:
-        deadline = time.monotonic() + 30
-        # Autocommit: PostgreSQL keeps one snapshot of pg_stat_activity for a whole transaction, so
-        # polls in one transaction begun before the wait would never see it.
-        waiting = text(
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE wait_event = 'advisory' AND datname = current_database()"
-        )
-        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as watcher:
-            while not watcher.execute(waiting).scalar_one():
-                assert not failures, f"the second transaction failed: {failures[0]!r}"
-                assert time.monotonic() < deadline, "the second transaction never waited for the first"
-                time.sleep(0.01)  # polling another session's state, not waiting for time to pass
+        wait_until_one_waits(engine, thread, wait_event="advisory")
         assert not done.is_set()  # it waits for the first to commit, not only for its own insert
         first.commit()
     finally:

@@ -7,7 +7,6 @@ import asyncio
 import io
 import json
 import threading
-import time as time_module
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, time, timedelta
@@ -16,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 from rich.console import Console
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from plooto_api import mapping
@@ -31,6 +30,7 @@ from plooto_api.sync import engine as sync_engine
 from plooto_api.sync.engine import SyncEngine
 from plooto_api.sync.upsert import ApplyCounts, apply_records, company_ids
 from support.portal import lock_login_from_elsewhere
+from support.postgres import wait_until_one_waits
 
 from .conftest import CLERK, CONTROLLER, PASSWORD, TOTP_SECRET, connection_row
 
@@ -357,13 +357,7 @@ async def test_two_transactions_applying_one_connections_records_apply_them_one_
     thread = threading.Thread(target=second)
     thread.start()
     try:
-        deadline = time_module.monotonic() + 30
-        with ctx.engine.connect() as watcher:
-            while not watcher.execute(
-                text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
-            ).scalar_one():
-                assert time_module.monotonic() < deadline, "the second transaction never waited"
-                time_module.sleep(0.01)  # polling another session's state, not waiting for time to pass
+        wait_until_one_waits(ctx.engine, thread, wait_event="%")
         first.commit()
     finally:
         first.close()
