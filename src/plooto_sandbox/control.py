@@ -262,16 +262,27 @@ def _need(state_lookup: Any, name: str) -> Any:
     return state_lookup
 
 
-def _create_vendor(state: Any, body: dict[str, Any]) -> str:
-    """A payee added by a portal user: paid by cheque, in the company's currency unless given."""
+def _company(state: Any, body: dict[str, Any]) -> tuple[str, Any]:
+    """The company a mutation names (`companyId`), or the first one."""
     company_id = str(body.get("companyId") or next(iter(state.companies)))
     company = state.companies.get(company_id)
     if company is None:
         raise PortalError(404, "CompanyNotFound", "Company was not found.")
-    name = str(body.get("name") or f"New Payee {state.seq + 1}")
-    currency = str(body.get("currency") or company.base_currency)
+    return company_id, company
+
+
+def _contact_currency(body: dict[str, Any], default: str) -> str:
+    currency = str(body.get("currency") or default)
     if currency not in ("CAD", "USD", "EUR"):
         raise PortalError(400, "ValidationFailed", "currency must be CAD, USD or EUR.")
+    return currency
+
+
+def _create_vendor(state: Any, body: dict[str, Any]) -> str:
+    """A payee added by a portal user: paid by cheque, in the company's currency unless given."""
+    company_id, company = _company(state, body)
+    name = str(body.get("name") or f"New Payee {state.seq + 1}")
+    currency = _contact_currency(body, company.base_currency)
     method = PayeeMethod(state.new_id(), "Cheque", currency, None, None, None, "100 King St W, Toronto ON")
     vendor = Vendor(
         created=state.now, modified=state.now, seq=0, vendor_id=state.new_id(), company_id=company_id,
@@ -280,6 +291,21 @@ def _create_vendor(state: Any, body: dict[str, Any]) -> str:
     )  # fmt: skip
     state.add(vendor, company_id, vendor.vendor_id)
     return vendor.vendor_id
+
+
+def _create_customer(state: Any, body: dict[str, Any]) -> str:
+    """A payer added by a portal user: no pre-authorized debit agreement, no card, in the company's
+    currency unless given."""
+    company_id, company = _company(state, body)
+    name = str(body.get("name") or f"New Payer {state.seq + 1}")
+    currency = _contact_currency(body, company.base_currency)
+    customer = Customer(
+        created=state.now, modified=state.now, seq=0, customer_id=state.new_id(), company_id=company_id,
+        display_name=name, email=str(body.get("email") or f"billing@payer-{state.seq + 1}.example"),
+        currency=currency, pad_status="None", card_last4=None, accounting=None,
+    )  # fmt: skip
+    state.add(customer, company_id, customer.customer_id)
+    return customer.customer_id
 
 
 @router.post("/mutate")
@@ -324,6 +350,8 @@ async def mutate(request: Request) -> PortalJSONResponse:
                 changed.append(bill_id)
     elif action == "createVendor":
         changed.append(_create_vendor(state, body))
+    elif action == "createCustomer":
+        changed.append(_create_customer(state, body))
     elif action in ("approveBill", "rejectBill"):
         bill = _need(state.bill(str(body.get("billId"))), "Bill")
         payables.decide_bill(state, bill, _user(sandbox, body), action == "approveBill", body.get("comment"))
@@ -357,6 +385,18 @@ async def mutate(request: Request) -> PortalJSONResponse:
             body.get("externalReference"),
         )
         changed.append(payment.payment_id)
+    elif action == "deleteBill":  # as another user would with the Bills page's Delete
+        bill = _need(state.bill(str(body.get("billId"))), "Bill")
+        payables.delete_bill(state, bill)
+        changed.append(bill.bill_id)
+    elif action == "deleteVendor":
+        vendor = _need(state.get(Vendor, str(body.get("vendorId"))), "Vendor")
+        payables.delete_vendor(state, vendor)
+        changed.append(vendor.vendor_id)
+    elif action == "deleteCustomer":
+        customer = _need(state.get(Customer, str(body.get("customerId"))), "Customer")
+        receivables.delete_customer(state, customer)
+        changed.append(customer.customer_id)
     elif action in ("publishTerms", "acceptTerms"):
         if action == "publishTerms":  # every user must accept them again before using the portal
             state.publish_terms()

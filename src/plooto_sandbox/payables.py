@@ -562,6 +562,28 @@ def cancel_payment(state: PortalState, payment: Payment, deleted: bool) -> None:
     set_status(state, payment, PaymentStatus.DELETED if deleted else PaymentStatus.CANCELLED)
 
 
+def delete_bill(state: PortalState, bill: Bill) -> None:
+    """Delete a bill for good (the Bills page's Delete). [choice] Only while no payment of it is in
+    progress or completed: its money trail must stay readable. Dead payments keep its id."""
+    for payment_id in bill.payment_ids:
+        payment = state.payment(payment_id)
+        if payment is not None and payment.status not in DEAD_PAYMENT_STATUSES:
+            raise invalid_state(
+                f"The bill has a payment that is {payment.status.value}; it cannot be deleted."
+            )
+    state.remove(bill, bill.company_id, bill.bill_id)
+
+
+def delete_vendor(state: PortalState, vendor: Vendor) -> None:
+    """Delete a payee contact for good (the Contacts page's Delete). [choice] Only once nothing
+    refers to it: no bill and no payment, whatever their status."""
+    if any(bill.vendor_id == vendor.vendor_id for bill in state.objects["bill"].values()) or any(
+        payment.vendor_id == vendor.vendor_id for payment in state.objects["payment"].values()
+    ):
+        raise invalid_state("The contact has bills or payments; it cannot be deleted.")
+    state.remove(vendor, vendor.company_id, vendor.vendor_id)
+
+
 def recall_payment(state: PortalState, payment: Payment) -> None:
     """Pull back an unclaimed e-mail transfer into Plooto Instant."""
     if (

@@ -275,6 +275,15 @@ def void_invoice(state: PortalState, invoice: Invoice) -> None:
     state.touch_invoice(invoice)
 
 
+def delete_customer(state: PortalState, customer: Customer) -> None:
+    """Delete a payer contact for good (the Contacts page's Delete). [choice] Only once nothing
+    refers to it: no invoice, recurring plan or payment of it, whatever their status."""
+    for kind in ("invoice", "recurringInvoice", "customerPayment"):
+        if any(obj.customer_id == customer.customer_id for obj in state.objects[kind].values()):
+            raise invalid_state("The contact has invoices or payments; it cannot be deleted.")
+    state.remove(customer, customer.company_id, customer.customer_id)
+
+
 def mark_viewed(state: PortalState, invoice: Invoice) -> None:
     """The customer opened the invoice e-mail."""
     if invoice.delivery != "Sent":

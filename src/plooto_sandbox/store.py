@@ -73,6 +73,11 @@ class ChangeIndex:
         if len(self._ids) > 1024 and len(self._ids) > 3 * len(self._latest):
             self._compact()
 
+    def forget(self, object_id: str) -> None:
+        """Drop an object removed for good: its entries become stale, so no listing returns it."""
+        if self._latest.pop(object_id, None) is not None:
+            self._ordered_version = -1
+
     def _compact(self) -> None:
         keys: list[tuple[datetime, int]] = []
         ids: list[str] = []
@@ -193,6 +198,13 @@ class PortalState:
         obj.created = self.now
         self.objects[KIND_OF[type(obj)]][object_id] = obj
         self.touch(obj, company_id, object_id)
+
+    def remove(self, obj: Tracked, company_id: str, object_id: str) -> None:
+        """Delete an object for good, as the portal's Delete buttons do: no listing shows it any more
+        and reading it answers 404 (nothing marks it deleted: it is simply gone)."""
+        kind = KIND_OF[type(obj)]
+        del self.objects[kind][object_id]
+        self.index(company_id, kind).forget(object_id)
 
     def stamp(self) -> datetime:
         """A modification time: the clock's now, made unique and increasing with microsecond ticks.

@@ -124,3 +124,52 @@ def test_control_api_can_be_switched_off() -> None:
 def test_reset_validates_scale(client: TestClient) -> None:
     assert client.post("/__sandbox/reset", json={"companies": 0}).status_code == 400
     assert client.post("/__sandbox/reset", json={"billsPerCompany": "many"}).status_code == 400
+
+
+def _listed_ids(portal: Portal, suffix: str, since: str | None = None) -> set[str]:
+    query = f"?pageSize=500&modifiedSince={since}" if since else "?pageSize=500"
+    body = portal.api("GET", portal.company(f"{suffix}{query}")).json()
+    return {item["billId"] if suffix == "/bills" else item.get("vendorId") or item.get("customerId")
+            for item in body["items"]}  # fmt: skip
+
+
+def test_deleted_bills_and_contacts_are_gone_from_listings_and_reads(portal: Portal) -> None:
+    vendor_id = portal.mutate(action="createVendor", companyId=portal.company_id)["changed"][0]
+    bill_id = portal.mutate(action="createBills", companyId=portal.company_id, vendorId=vendor_id,
+                            count=1)["changed"][0]  # fmt: skip
+    stamp = portal.api("GET", portal.company(f"/bills/{bill_id}")).json()["lastModified"]
+    assert bill_id in _listed_ids(portal, "/bills", since=stamp)
+    # A contact something still refers to stays.
+    refused = portal.client.post("/__sandbox/mutate", json={"action": "deleteVendor", "vendorId": vendor_id})
+    assert refused.status_code == 409 and refused.json()["errorCode"] == "InvalidState"
+
+    assert portal.mutate(action="deleteBill", billId=bill_id)["changed"] == [bill_id]
+    assert portal.mutate(action="deleteVendor", vendorId=vendor_id)["changed"] == [vendor_id]
+    for path, object_id in ((f"/bills/{bill_id}", bill_id), (f"/vendors/{vendor_id}", vendor_id)):
+        gone = portal.api("GET", portal.company(path))
+        assert gone.status_code == 404 and gone.json()["errorCode"] == "NotFound", object_id
+    assert bill_id not in _listed_ids(portal, "/bills") | _listed_ids(portal, "/bills", since=stamp)
+    assert vendor_id not in _listed_ids(portal, "/vendors")
+    again = portal.client.post("/__sandbox/mutate", json={"action": "deleteBill", "billId": bill_id})
+    assert again.status_code == 404
+
+    customer_id = portal.mutate(action="createCustomer", companyId=portal.company_id, name="Walk-in Ltd",
+                                email="ap@walk-in.example")["changed"][0]  # fmt: skip
+    customer = portal.api("GET", portal.company(f"/customers/{customer_id}")).json()
+    assert customer["displayName"] == "Walk-in Ltd" and customer["padAgreementStatus"] == "None"
+    assert portal.mutate(action="deleteCustomer", customerId=customer_id)["changed"] == [customer_id]
+    assert portal.api("GET", portal.company(f"/customers/{customer_id}")).status_code == 404
+    assert customer_id not in _listed_ids(portal, "/customers")
+
+
+def test_a_bill_with_a_payment_under_way_or_a_contact_with_invoices_cannot_be_deleted(portal: Portal) -> None:
+    bill_id = portal.mutate(action="createBills", companyId=portal.company_id, count=1)["changed"][0]
+    portal.mutate(action="createPayment", billId=bill_id, userEmail=CONTROLLER)
+    refused = portal.client.post("/__sandbox/mutate", json={"action": "deleteBill", "billId": bill_id})
+    assert refused.status_code == 409 and "cannot be deleted" in refused.json()["message"]
+    assert portal.api("GET", portal.company(f"/bills/{bill_id}")).status_code == 200
+    customers = portal.api("GET", portal.company("/customers?pageSize=1")).json()["items"]
+    refused = portal.client.post(
+        "/__sandbox/mutate", json={"action": "deleteCustomer", "customerId": customers[0]["customerId"]}
+    )
+    assert refused.status_code == 409
