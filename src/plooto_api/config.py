@@ -39,6 +39,12 @@ class Settings(BaseSettings):
     )
     sync_fast_interval_seconds: float = Field(default=30.0, gt=0, description="Open items sync period.")
     sync_slow_interval_seconds: float = Field(default=300.0, gt=0, description="Reference data sync period.")
+    sync_reconcile_interval_seconds: float = Field(
+        default=86400.0,
+        ge=0,
+        description="How often each feed is listed whole, by the portal's clock, to find the objects "
+        "deleted in the portal since (an incremental pull cannot see them); 0: never.",
+    )
     keep_alive_interval_seconds: float = Field(default=300.0, gt=0, description="Portal keep-alive period.")
     connection_scan_interval_seconds: float = Field(
         default=30.0,

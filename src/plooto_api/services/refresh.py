@@ -10,7 +10,7 @@ from plooto_api.services.connections import mark_upstream_changed, record_login_
 from plooto_api.store.base import utcnow
 from plooto_api.store.database import transaction
 from plooto_api.sync.references import write_with_references
-from plooto_api.sync.upsert import apply_records, company_ids, mark_deleted
+from plooto_api.sync.upsert import apply_records, company_ids, mark_gone
 from plooto_api.upstream import (
     FETCHABLE_TYPES,
     AuthenticationError,
@@ -99,7 +99,7 @@ async def _refresh(ctx: JobContext, row: Any) -> None:
         with transaction(ctx.sessions) as session:
             stored = session.get(type(row), row.id)
             if stored is not None:
-                mark_deleted(session, stored, utcnow())
+                mark_gone(session, stored, utcnow())
         return
 
     async def write(records: list[UpstreamRecord], absent: set[tuple[str, str]] | None) -> None:

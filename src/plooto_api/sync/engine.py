@@ -7,12 +7,16 @@ rows and events, so a crash resumes at the page it was on, with nothing lost or 
 pass of a feed is the full pull; later passes ask only for what changed since the cursor.
 
 A transient read error never deletes anything; rows are marked deleted only when the portal
-confirms an object is gone (a 404 for that object).
+confirms an object is gone (a 404 for that object). An incremental pull cannot see an object deleted
+in the portal (it is simply no longer listed), so each feed is listed whole again now and then
+(`sync_reconcile_interval_seconds`, by the portal's clock): what such a listing, begun from nothing
+in one run, did not list is asked about one by one.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -42,11 +46,12 @@ from plooto_api.sync.upsert import (
     company_ids,
     lock_connection,
     mark_company_gone,
-    mark_deleted,
+    mark_gone,
     references,
 )
 from plooto_api.upstream import (
     FEEDS,
+    FETCHABLE_TYPES,
     AuthenticationError,
     ChangePage,
     Feed,
@@ -66,6 +71,14 @@ COMPANY_CONCURRENCY = 3
 # failing in a row, with no feed done between them, mean the portal itself is down: the run stops.
 # (One endpoint failing for every company is one feed: companies sync side by side.)
 FEED_FAILURES_TO_STOP = 3
+# Where several feeds list one type, the column that tells their rows apart: a whole listing of a
+# feed vouches only for the rows it would list. (A test checks every shared type is named here.)
+SHARED_TYPE_SCOPES: dict[tuple[str, str], dict[str, str]] = {
+    ("payments", "payment"): {"direction": "payable"},
+    ("customer_payments", "payment"): {"direction": "receivable"},
+    ("bank_accounts", "approval_rule"): {"kind": "signing_authority"},
+    ("approval_policies", "approval_rule"): {"kind": "threshold"},
+}
 Cadence = Literal["fast", "slow", "all"]
 ProgressCallback = Callable[[str, str, int, int | None], None]  # company, feed, done, total
 
@@ -96,6 +109,19 @@ def feeds_for(cadence: Cadence) -> list[Feed]:
 
 def _iso(value: datetime) -> str:
     return value.isoformat()
+
+
+def vouched_types(feed: Feed) -> dict[str, dict[str, str]]:
+    """The object types whose stored rows a whole listing of `feed` accounts for, each with the
+    column values that select its rows: the types the portal can be asked about one by one (an
+    accounting link goes with its object, see mark_gone)."""
+    listed_by = Counter(t for f in FEEDS for t in f.object_types)
+    return {
+        object_type: SHARED_TYPE_SCOPES.get((feed.name, object_type), {})
+        for object_type in feed.object_types
+        if object_type in FETCHABLE_TYPES
+        and (listed_by[object_type] == 1 or (feed.name, object_type) in SHARED_TYPE_SCOPES)
+    }
 
 
 def _cursor(session: Session, connection_id: str, company_upstream_id: str, feed: str) -> SyncCursor:
@@ -518,14 +544,24 @@ class SyncEngine:
             cursor = _cursor(session, connection_id, company_upstream_id, feed.name)
             state = dict(cursor.page_state or {})
             cursor.last_run_at = utcnow()
-        if whole and not state.get("in_progress"):
+        began = portal.portal_now()
+        resuming = bool(state.get("in_progress"))
+        # When this feed was last listed whole (portal time); a cursor from before it was kept
+        # counts from now, rather than relisting every feed at once on the first run after upgrade.
+        listed_whole_at = state.get("listed_whole_at") or _iso(began)
+        if not resuming and feed.incremental and self._reconcile_due(listed_whole_at, began):
+            whole = True  # to find what was deleted in the portal since
+        if whole and not resuming:
             state = {"relist": True}
-        elif not feed.incremental and not state.get("in_progress"):
+        elif not feed.incremental and not resuming:
             state = {}  # a feed without modified-since is listed whole every time
         relist = bool(state.get("relist"))
         position = _Position(state)
-        if not state.get("in_progress"):
+        if not resuming:
             position.start()  # a finished pull resumes from its keyset, at the first page
+        # Begun from nothing in this run, the listing shows every object the portal has: what it does
+        # not show may be gone. (One resumed after a stop saw only part of them here.)
+        complete = not resuming and position.query_since() is None
         report.feeds += 1
         seen: set[tuple[str, str]] = set()
         done = 0
@@ -559,7 +595,7 @@ class SyncEngine:
                 more = page.has_more and bool(own)
                 if own:
                     position.advance(own[-1], keyset=feed.incremental)
-                state = {**position.as_state(), "in_progress": more}
+                state = {**position.as_state(), "in_progress": more, "listed_whole_at": listed_whole_at}
                 if relist and (more or not whole):  # a whole listing's last page takes the mark off
                     state["relist"] = True
                 if more:
@@ -578,8 +614,24 @@ class SyncEngine:
         finally:
             if not pending.done():
                 pending.cancel()
-        if not feed.incremental:
+        if complete:
             await self._confirm_absences(portal, connection_id, company_upstream_id, feed, seen, report)
+            if feed.incremental:
+                await asyncio.to_thread(self._listed_whole, connection_id, company_upstream_id, feed, began)
+
+    def _reconcile_due(self, listed_whole_at: str, now: datetime) -> bool:
+        every = self.ctx.settings.sync_reconcile_interval_seconds
+        return bool(every) and now - datetime.fromisoformat(listed_whole_at) >= timedelta(seconds=every)
+
+    def _listed_whole(
+        self, connection_id: str, company_upstream_id: str, feed: Feed, began: datetime
+    ) -> None:
+        """Note on the cursor that a whole listing begun at `began` (portal time) and its absences'
+        lookups are done: the next is due one interval later."""
+        with transaction(self.ctx.sessions) as session:
+            cursor = _cursor(session, connection_id, company_upstream_id, feed.name)
+            if cursor.page_state is not None and not cursor.page_state.get("in_progress"):
+                cursor.page_state = {**cursor.page_state, "listed_whole_at": _iso(began)}
 
     async def _write_with_references(
         self,
@@ -649,18 +701,21 @@ class SyncEngine:
         seen: set[tuple[str, str]],
         report: SyncReport,
     ) -> None:
-        """After a complete listing, ask the portal about each row it did not list; delete on 404 only."""
+        """After a whole listing, ask the portal about each stored object of the feed it did not list;
+        mark it deleted on a 404 only (an object that changed while the listing ran is still there)."""
         with self.ctx.sessions() as session:
             company_id = company_ids(session, connection_id).get(company_upstream_id)
             missing: list[tuple[str, str]] = []
-            for object_type in feed.object_types:
+            for object_type, scope in vouched_types(feed).items():
                 model: Any = mapping.object_map_for(object_type).model
                 stmt = select(model.upstream_id).where(
                     model.connection_id == connection_id,
                     model.company_id == company_id,
                     model.deleted_at.is_(None),
+                    *(getattr(model, column) == value for column, value in scope.items()),
                 )
                 missing += [(object_type, u) for u in session.scalars(stmt) if (object_type, u) not in seen]
+        gone = 0
         for object_type, upstream_id in missing:
             if await portal.fetch_object(company_upstream_id, object_type, upstream_id) is not None:
                 continue  # still there (it changed while we listed); the next sync picks it up
@@ -671,5 +726,10 @@ class SyncEngine:
                         model.connection_id == connection_id, model.upstream_id == upstream_id
                     )
                 ).first()
-                if row is not None and mark_deleted(session, row, utcnow()):
-                    report.counts.updated += 1
+                if row is not None:
+                    marked = mark_gone(session, row, utcnow())
+                    report.counts.updated += marked
+                    gone += bool(marked)
+        if missing:
+            log.info("absences_confirmed", connection=connection_id, company=company_upstream_id,
+                     feed=feed.name, unlisted=len(missing), gone=gone)  # fmt: skip

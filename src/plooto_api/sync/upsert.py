@@ -24,7 +24,7 @@ from plooto_api.services.events import EventBatch, record_event
 from plooto_api.store.base import new_id
 from plooto_api.store.bulk import IN_LIST_LIMIT, ids_by_upstream_id, insert_rows, rows_by_upstream_id
 from plooto_api.store.database import json_dumps
-from plooto_api.store.models import Company, Connection
+from plooto_api.store.models import Company, Connection, SyncMapping
 from plooto_api.store.types import RawJSON
 from plooto_api.upstream import UpstreamRecord, UpstreamRef
 
@@ -192,6 +192,19 @@ def mark_deleted(session: Session, row: Any, now: datetime) -> bool:
                  connection_id=row.connection_id, company_id=obj.company_id, object_type=obj.object,
                  object_id=row.id)  # fmt: skip
     return True
+
+
+def mark_gone(session: Session, row: Any, now: datetime) -> int:
+    """mark_deleted, with the object's accounting links (sync mappings), which the portal lists only
+    with their object and has no lookup of their own; how many were marked."""
+    if not mark_deleted(session, row, now):
+        return 0
+    links = session.scalars(
+        select(SyncMapping)
+        .where(SyncMapping.object_id == row.id, SyncMapping.deleted_at.is_(None))
+        .order_by(SyncMapping.id)
+    )
+    return 1 + sum(mark_deleted(session, link, now) for link in links)
 
 
 def mark_company_gone(session: Session, company: Company, now: datetime) -> int:
