@@ -56,6 +56,11 @@ def _deleted_events(ctx: JobContext) -> Counter[str]:
         return Counter(session.scalars(select(models.Event.type).where(models.Event.type.like("%.deleted"))))
 
 
+def _event_count(ctx: JobContext) -> int:
+    with ctx.sessions() as session:
+        return len(session.scalars(select(models.Event.id)).all())
+
+
 def _links_of(ctx: JobContext, object_type: str, upstream_id: str) -> list[models.SyncMapping]:
     with ctx.sessions() as session:
         row = session.scalars(
@@ -83,10 +88,13 @@ async def test_objects_deleted_in_the_portal_are_marked_deleted_by_the_next_whol
     # A day later by the portal's clock every feed is listed whole again; the three are missing,
     # and the portal answers 404 for each: marked deleted, with the bill's accounting link.
     control.post("/clock", json={"advance_hours": 25}).raise_for_status()
+    before = _event_count(ctx)
     report = await engine.sync_connection(connection_id)
     assert report.ok, report
     expected = {object_type: {upstream_id} for object_type, upstream_id in made.items()}
     expected["sync_mapping"] = {link.upstream_id for link in links}
+    # What the run reports (the CLI prints it) counts their events with the others.
+    assert report.counts.events == _event_count(ctx) - before
     assert _deleted(ctx) == expected
     assert _deleted_events(ctx) == Counter(
         {"bill.deleted": 1, "vendor.deleted": 1, "customer.deleted": 1, "sync_mapping.deleted": len(links)}

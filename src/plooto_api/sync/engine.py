@@ -515,7 +515,9 @@ class SyncEngine:
                         Company.connection_id == connection_id, Company.upstream_id == upstream_id
                     )
                 ).one()
-                report.counts.updated += mark_company_gone(session, company, utcnow())
+                marked = mark_company_gone(session, company, utcnow())
+                report.counts.updated += marked
+                report.counts.events += marked  # each with its `<type>.deleted`
                 session.execute(
                     delete(SyncCursor).where(
                         SyncCursor.connection_id == connection_id,
@@ -729,6 +731,7 @@ class SyncEngine:
                 if row is not None:
                     marked = mark_gone(session, row, utcnow())
                     report.counts.updated += marked
+                    report.counts.events += marked  # each with its `<type>.deleted`
                     gone += bool(marked)
         if missing:
             log.info("absences_confirmed", connection=connection_id, company=company_upstream_id,
