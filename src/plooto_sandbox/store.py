@@ -311,12 +311,17 @@ def rebuild_indexes(state: PortalState) -> None:
         # Ids are unique, so the tuple sort never falls through to comparing objects.
         rows = sorted([(obj.modified, getattr(obj, attribute), obj) for obj in table.values()])
         # Unique stamps (see PortalState.stamp): ties are broken backwards, newest first, so no
-        # seeded object ends up modified after the clock's start.
+        # seeded object ends up modified after the clock's start. One made at the very stamp it shares
+        # is made that microsecond earlier too. (Left tied, it had broken the index's order: its
+        # bisection then missed objects modified exactly at `modifiedSince`, and a first sync at
+        # scale lost seeded invoices for good.)
         following: datetime | None = None
         for index in range(len(rows) - 1, -1, -1):
             modified, object_id, obj = rows[index]
             earlier = None if following is None else following - timedelta(microseconds=1)
-            if earlier is not None and modified > earlier and earlier >= obj.created:
+            if earlier is not None and modified > earlier:
+                if earlier < obj.created:
+                    obj.created = earlier
                 modified = obj.modified = earlier
                 rows[index] = (modified, object_id, obj)
             following = modified

@@ -12,7 +12,7 @@ from plooto_sandbox.config import DEFAULT_START_TIME
 from plooto_sandbox.model import PaymentStatus
 from plooto_sandbox.money import encode_portal_json, parse_portal_json
 from plooto_sandbox.seed import seed_portal
-from plooto_sandbox.store import ChangeIndex
+from plooto_sandbox.store import ID_ATTRIBUTE, ChangeIndex
 
 
 def fingerprint(seed: int) -> list[tuple[str, str, str]]:
@@ -86,3 +86,17 @@ def test_seeded_stamps_never_after_start_and_indexes_complete() -> None:
         assert all(obj.created <= obj.modified <= DEFAULT_START_TIME for obj in table.values()), kind
         indexed = sum(len(index) for (_, k), index in state.indexes.items() if k == kind)
         assert indexed == len(table), kind
+
+
+def test_seeded_stamps_are_unique_and_modified_since_returns_each_object_at_its_own() -> None:
+    # At this scale hundreds of seeded invoices and reminders were made at one instant; left tied,
+    # they broke the index's order, and `modifiedSince=<an object's lastModified>` missed it.
+    state = seed_portal(42, 2, 600, DEFAULT_START_TIME)
+    for (_, kind), index in state.indexes.items():
+        objects = [state.objects[kind][object_id] for object_id in index.ordered_ids()]
+        stamps = [obj.modified for obj in objects]
+        assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps), kind
+        for obj in objects:
+            listed = index.changed_since(obj.modified)
+            assert listed[0] == getattr(obj, ID_ATTRIBUTE[kind]), kind  # itself first, nothing older
+        assert all(obj.created <= obj.modified <= DEFAULT_START_TIME for obj in objects), kind
