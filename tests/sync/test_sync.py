@@ -32,7 +32,7 @@ from plooto_api.sync.upsert import ApplyCounts, apply_records, company_ids
 from support.portal import lock_login_from_elsewhere
 from support.postgres import wait_until_one_waits
 
-from .conftest import CLERK, CONTROLLER, PASSWORD, TOTP_SECRET, connection_row
+from .conftest import CLERK, CONTROLLER, PASSWORD, TOTP_SECRET, connection_events, connection_row
 
 BILLS_PER_COMPANY = 30
 
@@ -785,6 +785,26 @@ async def test_drift_marks_the_connection_and_spares_other_types(
     control.delete("/faults").raise_for_status()
     healed = await SyncEngine(ctx).sync_connection(connection_id)
     assert healed.ok
+    assert connection_row(ctx, connection_id).state == "upstream_changed"  # until an operator clears it
+
+
+async def test_drift_in_the_companies_listing_is_drift_not_an_outage(
+    ctx: JobContext, make_connection: Callable[..., str], control: httpx.Client
+) -> None:
+    # The companies are listed before any feed: a difference there had stopped the run as
+    # `upstream_unavailable`, with no differences kept and writes still allowed.
+    from plooto_api.services.connections import uncleared_drift
+
+    connection_id = make_connection()
+    control.post("/faults", json={"kind": "shape_change", "objectType": "company", "fromField": "baseCurrency",
+                                  "toField": "currencyCode"}).raise_for_status()  # fmt: skip
+    report = await SyncEngine(ctx).sync_connection(connection_id)
+    assert report.state == "upstream_changed" and any("baseCurrency" in d for d in report.drift), report
+    row = connection_row(ctx, connection_id)
+    assert row.state == "upstream_changed" and "baseCurrency" in " ".join(uncleared_drift(row) or [])
+    assert connection_events(ctx, connection_id)[-1] == "connection.upstream_changed"
+    control.delete("/faults").raise_for_status()
+    assert (await SyncEngine(ctx).sync_connection(connection_id)).ok
     assert connection_row(ctx, connection_id).state == "upstream_changed"  # until an operator clears it
 
 

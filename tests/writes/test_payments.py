@@ -102,8 +102,12 @@ def test_store_checks_refuse_before_sending(gateway: Gateway) -> None:
         connection = session.get(models.Connection, gateway.connection_id)
         assert connection is not None
         connection.state = "upstream_changed"
+        connection.state_detail = {"differences": ["bill: missing field 'totalAmount'"]}
     response = gateway.post("/create_payment", {"bill_id": approved.id})
     assert response.status_code == 409 and response.json()["error"]["code"] == "writes_blocked"
+    # What differs, and the way out: an operator's clear-drift (not only a new adapter).
+    message = response.json()["error"]["message"]
+    assert "missing field 'totalAmount'" in message and f"clear-drift {gateway.connection_id}" in message
     assert gateway.ground_truth(approved.upstream_id) == []
 
 

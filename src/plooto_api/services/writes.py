@@ -138,13 +138,23 @@ def _visible(session: Session, principal: Principal, object_type: str, object_id
     return row
 
 
+def drift_blocks_writes(connection_id: str, drift: list[str]) -> str:
+    """Why writes are refused while the portal's shape differs, and what lifts it."""
+    shown = "; ".join(drift[:3]) + (f" (and {len(drift) - 3} more)" if len(drift) > 3 else "")
+    return (
+        f"the portal answered in a shape this gateway does not know ({shown or 'see the connection'}); "
+        f"writes stay blocked until an operator checks it and clears it: "
+        f"`plooto-api connections clear-drift {connection_id}` or POST /connections/{connection_id}/clear_drift"
+    )
+
+
 def _writable_connection(session: Session, connection_id: str) -> models.Connection:
     connection = session.get(models.Connection, connection_id)
     if connection is None:
         raise WriteRefused(404, "not_found", "the object's connection no longer exists")
-    if uncleared_drift(connection) is not None:
-        raise WriteRefused(409, "writes_blocked",
-                           "the portal changed shape; writes stay blocked until the adapter is updated")  # fmt: skip
+    drift = uncleared_drift(connection)
+    if drift is not None:
+        raise WriteRefused(409, "writes_blocked", drift_blocks_writes(connection.id, drift))
     blocked = login_blocked_reason(connection)
     if blocked is not None:  # signing in now would be refused again, or trip the portal's lockout
         raise WriteRefused(409, "connection_requires_action", f"the portal login needs attention: {blocked}")
@@ -830,8 +840,9 @@ async def _execute_once(ctx: JobContext, operation_id: str) -> str:
     kind = KINDS[op.kind]
     with ctx.sessions() as session:
         connection = session.get(models.Connection, op.connection_id)
-        if connection is not None and uncleared_drift(connection) is not None:
-            return _finish_failed(ctx, op, 409, "writes_blocked", "the portal changed shape; writes are blocked",
+        drift = None if connection is None else uncleared_drift(connection)
+        if connection is not None and drift is not None:
+            return _finish_failed(ctx, op, 409, "writes_blocked", drift_blocks_writes(connection.id, drift),
                                   keep_key=op.attempts > 0)  # fmt: skip
     portal = await ctx.portals.get(op.connection_id)
     portal.write_timeout = ctx.settings.write_timeout_seconds

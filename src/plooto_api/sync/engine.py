@@ -32,6 +32,7 @@ from plooto_api.services.connections import (
     change_state,
     get_connection,
     login_failure_state,
+    mark_upstream_changed,
     uncleared_drift,
     waiting_for_terms,
 )
@@ -280,7 +281,8 @@ class SyncEngine:
             await portal.ensure_logged_in(deliberate=deliberate)
             if first_sync:
                 restore = (connection.state, connection.state_reason, connection.state_detail)
-                self._set_state(connection_id, "syncing")
+                drift = uncleared_drift(connection)  # kept while syncing: only an operator clears it
+                self._set_state(connection_id, "syncing", detail=None if drift is None else {"drift": drift})
             companies = await self._sync_companies(portal, connection_id, report)
             # Companies are independent: pull several at once (the portal session's throttle still
             # caps the requests in flight); feeds within a company go in dependency order.
@@ -353,6 +355,15 @@ class SyncEngine:
                 self._fail(report, "upstream_unavailable", None, {"error": type(exc).__name__}, exc)
             else:
                 self._fail(report, *failure, exc)
+        except UpstreamChanged as exc:
+            # Outside any feed: the companies' own listing (or the login's pages) in a shape the
+            # adapter does not know. Nothing can sync past it; writes stop until an operator clears it.
+            for difference in exc.differences or [str(exc)]:
+                if difference not in report.drift:
+                    report.drift.append(difference)
+            report.error, report.state = f"{type(exc).__name__}: {exc}", "upstream_changed"
+            mark_upstream_changed(self.ctx.sessions, connection_id, report.drift)
+            log.warning("upstream_changed", connection=connection_id, feed=None)
         except UpstreamError as exc:  # unreachable, rate limited past retries, or refusing us
             self._fail(report, "upstream_unavailable", None, {"error": type(exc).__name__}, exc)
         except (asyncio.CancelledError, KeyboardInterrupt):
