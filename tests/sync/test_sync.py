@@ -778,6 +778,15 @@ async def test_drift_marks_the_connection_and_spares_other_types(
     assert row.state_detail and row.state_detail["differences"]
     differences = row.state_detail["differences"]
     assert len(differences) == len(set(differences))  # once, though every company's bills differ
+    # The feeds it stopped are named, each company's, and their cursors say why they stand: the
+    # payments too, whose bills could not be read.
+    stopped = row.state_detail["feeds"]
+    assert len(stopped) == 4 and {name.split("/")[1] for name in stopped} == {"bills", "payments"}
+    with ctx.sessions() as session:
+        errors = session.scalars(
+            select(models.SyncCursor.last_error).where(models.SyncCursor.object_type == "bills")
+        ).all()
+    assert len(errors) == 2 and all(error and "totalAmount" in error for error in errors)
     assert _event_types(ctx)["connection.upstream_changed"] == 1
     with ctx.sessions() as session:
         assert _count(session, models.Bill) == 0

@@ -25,7 +25,12 @@ class Connection(Schema):
     login_mode: Literal["http", "browser"] = "http"
     state: ConnectionState
     state_reason: str | None = Field(default=None, description="mfa · password · terms, when requires_action")
-    state_detail: dict[str, Any] | None = None
+    state_detail: dict[str, Any] | None = Field(
+        default=None,
+        description="What the state rests on: for upstream_changed, `differences` (the portal's fields "
+        "that differ) and `feeds` (company/feed pulls they stopped); for upstream_unavailable, `error` "
+        "and the failed `feeds`; `drift` while another state stands over uncleared differences.",
+    )
     state_changed_at: datetime
     last_synced_at: datetime | None = None
     created_at: datetime

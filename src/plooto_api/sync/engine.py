@@ -97,6 +97,7 @@ class SyncReport:
     error: str | None = None
     state: str | None = None
     failed_feeds: list[tuple[str, str, Exception]] = field(default_factory=list)  # company, feed, error
+    drifted_feeds: list[str] = field(default_factory=list)  # "company/feed", stopped by a difference
 
     @property
     def ok(self) -> bool:
@@ -319,6 +320,12 @@ class SyncEngine:
                     for difference in exc.differences or [str(exc)]:
                         if difference not in report.drift:
                             report.drift.append(difference)
+                    # The feed stopped may be another type's (payments whose new bill reads differ):
+                    # the connection names it, and its cursor says why it stands.
+                    report.drifted_feeds.append(f"{company_upstream_id}/{feed.name}")
+                    await asyncio.to_thread(
+                        self._note_feed_error, connection_id, company_upstream_id, feed, exc
+                    )
                     log.warning("upstream_changed", connection=connection_id, feed=feed.name)
                 except AuthenticationError as exc:
                     stopped.append(exc)  # the login, not this feed: every feed stops, and none starts
@@ -478,9 +485,9 @@ class SyncEngine:
         with transaction(self.ctx.sessions) as session:
             connection = get_connection(session, report.connection_id)
             if report.drift:
-                change_state(
-                    session, connection, "upstream_changed", detail={"differences": report.drift[:50]}
-                )
+                stopped = sorted(set(report.drifted_feeds))[:20]
+                change_state(session, connection, "upstream_changed",
+                             detail={"differences": report.drift[:50], "feeds": stopped})  # fmt: skip
             elif connection.state != "upstream_changed":  # drift is cleared by an operator, not by a sync
                 drift = uncleared_drift(connection)  # (kept through a login problem since)
                 if drift is not None:
