@@ -97,14 +97,19 @@ def references(record: UpstreamRecord) -> defaultdict[str, set[str]]:
 
 
 def _resolve(value: Any, ids: dict[tuple[str, str], str]) -> Any:
-    """`value` with each UpstreamRef replaced by its gateway id (None when not in the store)."""
+    """`value` with each UpstreamRef replaced by its gateway id: None for a reference the store
+    cannot resolve yet, and left out of a list of references (a list of ids never holds a null)."""
     if isinstance(value, UpstreamRef):
         return ids.get((value.object_type, value.upstream_id))
     if isinstance(value, dict):
         return {
             key: _resolve(item, ids) if isinstance(item, _NESTED) else item for key, item in value.items()
         }
-    return [_resolve(item, ids) if isinstance(item, _NESTED) else item for item in value]
+    return [
+        _resolve(item, ids) if isinstance(item, _NESTED) else item
+        for item in value
+        if not isinstance(item, UpstreamRef) or (item.object_type, item.upstream_id) in ids
+    ]
 
 
 def _gateway_ids(
