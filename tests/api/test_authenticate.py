@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -203,3 +205,88 @@ def test_malformed_bodies_are_400(client: TestClient, body: dict[str, Any]) -> N
     assert response.json()["error"]["code"] == "invalid_request"
     assert client.post("/authenticate", content=b"{not json", headers={"content-type": "application/json"}
                        ).status_code == 400  # fmt: skip
+
+
+def test_one_login_has_one_connection_however_its_name_is_typed(client: TestClient) -> None:
+    first = client.post("/authenticate", json={**CONTROLLER, "totp_secret": TOTP})
+    assert first.status_code == 201, first.text
+    spelled = {**CONTROLLER, "username": "  Controller@Northwind-CPA.test "}
+    again = client.post("/authenticate", json={**spelled, "totp_secret": TOTP})
+    assert again.status_code == 201, again.text
+    assert again.json()["connection"]["id"] == first.json()["connection"]["id"]
+    assert again.json()["connection"]["username"] == CONTROLLER["username"]
+
+
+def test_a_wrong_guess_for_a_working_connection_leaves_it_alone(client: TestClient, sandbox: str) -> None:
+    # POST /authenticate needs no token. A guess used to be stored over the working password (its
+    # portal session set aside) until the portal answered: syncs and reads meanwhile used it, and
+    # another process could pick it up from the vault and try it again. It is now proven first.
+    first = client.post("/authenticate", json={**CONTROLLER, "totp_secret": TOTP})
+    assert first.status_code == 201, first.text
+    connection_id = first.json()["connection"]["id"]
+    ctx: JobContext = client.app.state.ctx  # type: ignore[attr-defined]
+
+    def stored() -> tuple[Any, Any]:
+        with ctx.sessions() as session:
+            credentials = ctx.vault.open(session, connection_id, "credentials") or {}
+            return credentials.get("password"), ctx.vault.open(session, connection_id, "session_state")
+
+    password, portal_state = stored()
+    fault = {"kind": "latency", "latencyMs": 1500, "method": "POST", "pathPattern": "^/login$", "count": 1}
+    httpx.post(f"{sandbox}/__sandbox/faults", json=fault).raise_for_status()
+    answers: list[httpx.Response] = []
+    guess = threading.Thread(
+        target=lambda: answers.append(
+            client.post("/authenticate", json={**CONTROLLER, "password": "guess-1"})
+        )
+    )
+    guess.start()
+    seen: set[tuple[Any, bool]] = set()
+    while guess.is_alive():  # watching the store while the portal weighs the guess
+        now_password, now_state = stored()
+        seen.add((now_password, now_state == portal_state))
+        time.sleep(0.01)
+    guess.join()
+    assert answers[0].status_code == 401 and answers[0].json()["error"]["code"] == "invalid_credentials"
+    assert seen == {(password, True)}  # the working password and session throughout
+    with ctx.sessions() as session:
+        events = session.scalars(
+            select(models.Event.type).where(models.Event.connection_id == connection_id)
+        ).all()
+    assert [e for e in events if e.startswith("connection.")] == []
+    with ctx.sessions() as session:
+        state = session.scalars(
+            select(models.Connection.state).where(models.Connection.id == connection_id)
+        ).one()
+    assert state == "healthy"
+
+
+def _login_posts(sandbox: str) -> int:
+    faults = httpx.get(f"{sandbox}/__sandbox/faults").json()
+    return sum(f["hits"] for f in (faults if isinstance(faults, list) else faults.get("items", [])))
+
+
+def _refused_connection(client: TestClient, login: dict[str, str]) -> str:
+    ctx: JobContext = client.app.state.ctx  # type: ignore[attr-defined]
+    with transaction(ctx.sessions) as session:
+        return create_connection(session, ctx.vault, username=login["username"], password="an-old-password",
+                                 upstream_url=str(ctx.settings.upstream_url)).id  # fmt: skip
+
+
+def test_new_credentials_proven_on_their_own_session_sign_in_once(client: TestClient, sandbox: str) -> None:
+    # The proof's sign-in is the connection's: no second login, and no second SMS code.
+    count = {"kind": "latency", "latencyMs": 1, "method": "POST", "pathPattern": "^/login$"}
+    httpx.post(f"{sandbox}/__sandbox/faults", json=count).raise_for_status()
+    controller = _refused_connection(client, CONTROLLER)
+    done = client.post("/authenticate", json={**CONTROLLER, "totp_secret": TOTP})
+    assert done.status_code == 201 and done.json()["connection"]["id"] == controller, done.text
+    assert _login_posts(sandbox) == 1
+
+    clerk = _refused_connection(client, CLERK)
+    sms = _sms_count(sandbox)
+    started = client.post("/authenticate", json=CLERK)
+    assert started.status_code == 202, started.text
+    assert _sms_count(sandbox) == sms + 1 and _login_posts(sandbox) == 2
+    answered = client.post("/authenticate/mfa", json={"challenge_id": started.json()["challenge_id"],
+                                                      "code": _sms_code(sandbox)})  # fmt: skip
+    assert answered.status_code == 201 and answered.json()["connection"]["id"] == clerk, answered.text

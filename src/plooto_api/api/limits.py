@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from plooto_api.api.errors import ApiError
 from plooto_api.config import Settings
+from plooto_api.services.connections import normalize_username
 
 Clock = Callable[[], float]
 
@@ -81,7 +82,7 @@ class LoginAttemptLimits:
         counts against neither limit, so it does not push back the time the answer names."""
         keys = [(self.per_client, f"client:{client}")]
         if username:
-            keys.append((self.per_username, f"user:{username.strip().lower()}"))
+            keys.append((self.per_username, f"user:{normalize_username(username)}"))
         wait = max((w for limiter, key in keys if (w := limiter.wait(key)) is not None), default=None)
         if wait is not None:
             seconds = max(1, math.ceil(wait))

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -27,6 +27,7 @@ from plooto_api.services.connections import (
     change_state,
     create_connection,
     get_connection,
+    normalize_username,
     record_login_failure_of,
     update_credentials,
 )
@@ -35,7 +36,14 @@ from plooto_api.services.tokens import READ_SCOPES, create_token
 from plooto_api.store.base import utcnow
 from plooto_api.store.database import transaction
 from plooto_api.store.models import Connection
-from plooto_api.upstream import AccountLocked, InvalidCredentials, MfaChallenge, MfaRequired, TermsNotAccepted
+from plooto_api.upstream import (
+    AccountLocked,
+    Credentials,
+    InvalidCredentials,
+    MfaChallenge,
+    MfaRequired,
+    TermsNotAccepted,
+)
 
 CHALLENGE_TTL_SECONDS = 600
 SESSION_TOKEN_LIFETIME = timedelta(hours=12)
@@ -103,14 +111,17 @@ async def sign_in(
     so, or `requires_action` (terms) when the portal's new terms of service await the user:
     TermsNotAccepted; a person accepts them in the portal, never the gateway). While the portal's lock on the login lasts, nothing is sent (AccountLocked).
     """
+    proven = await _prove_new_credentials(ctx, username, password, totp_secret, upstream_url, login_mode)
     connection_id, created, backup = _connection_for(ctx, username, upstream_url, password, totp_secret,
-                                                     label=label, login_mode=login_mode)  # fmt: skip
+                                                     label=label, login_mode=login_mode, proven=proven)  # fmt: skip
     await ctx.portals.forget(connection_id)  # a fresh session with the credentials just given
     portal = await ctx.portals.get(connection_id)
     try:
         await refuse_while_locked(ctx, connection_id)
         try:
-            await portal.ensure_logged_in(deliberate=True, new_code=mfa_code is None)
+            # A proof that stopped at the portal's MFA step goes on from there: a new sign-in would
+            # have the portal send a second code.
+            await portal.ensure_logged_in(deliberate=True, new_code=mfa_code is None and proven is None)
         except MfaRequired as exc:
             if not mfa_code:
                 wait_for_code(ctx, connection_id, exc.challenge.method)
@@ -135,6 +146,38 @@ async def sign_in(
     return SignedIn(connection_id, created)
 
 
+async def _prove_new_credentials(
+    ctx: JobContext, username: str, password: str, totp_secret: str | None, upstream_url: str,
+    login_mode: str | None,
+) -> dict[str, Any] | None:  # fmt: skip
+    """For a login that has a connection whose stored credentials differ from these: sign in with
+    them on a session of their own first, so that a refused guess (POST /authenticate needs no
+    token) leaves the working connection alone: its session, its stored credentials and its state,
+    which another process could otherwise pick up meanwhile. Their portal state once the portal took
+    the password (signed in, or at its MFA step); None when there is nothing to prove them against.
+    Raises what the portal answered: a lock or new terms are the login's, and are recorded."""
+    upstream_url = upstream_url.rstrip("/")
+    with ctx.sessions() as session:
+        existing = _existing_connection(session, username, upstream_url)
+        if existing is None or _same_credentials(ctx, session, existing, password, totp_secret):
+            return None
+        connection_id, mode = existing.id, login_mode or existing.login_mode
+    await refuse_while_locked(ctx, connection_id)  # nothing is sent while the portal's lock lasts
+    credentials = Credentials(
+        username=normalize_username(username), password=password, totp_secret=totp_secret
+    )
+    async with ctx.portals.probe(upstream_url, credentials, login_mode=mode) as (probe, store):
+        try:
+            await probe.ensure_logged_in(deliberate=True)
+        except MfaRequired:
+            pass  # the portal asks for a code only once it took the password
+        except (AccountLocked, TermsNotAccepted) as exc:
+            # The portal locks the login, whichever password; new terms wait for the person.
+            record_login_failure_of(ctx.sessions, connection_id, exc)
+            raise
+        return dict(store.state or {})
+
+
 def _proven(ctx: JobContext, connection_id: str) -> None:
     """The portal took the credentials just given: a connection that waited for a person (a new
     password, a code, a lock's end) is healthy again."""
@@ -146,21 +189,23 @@ def _proven(ctx: JobContext, connection_id: str) -> None:
 
 def _connection_for(
     ctx: JobContext, username: str, upstream_url: str, password: str, totp_secret: str | None, *,
-    label: str | None, login_mode: str | None,
+    label: str | None, login_mode: str | None, proven: dict[str, Any] | None = None,
 ) -> tuple[str, bool, dict[str, Any] | None]:  # fmt: skip
     """The connection for this login: (id, created, what to put back if the portal refuses; None for
     a connection created here, which a refusal removes).
 
     Credentials that differ from the stored ones are unproven: the saved portal session must not
     vouch for them (that would hand a session token to anyone who knows the username), so it is
-    set aside and the login is done afresh with them; a refusal restores the old ones.
+    set aside and the login is done afresh with them; a refusal restores the old ones. With
+    `proven` (the portal state of a sign-in that proved them, see _prove_new_credentials), that
+    state takes its place.
     """
     upstream_url = upstream_url.rstrip("/")
 
     def look_or_create() -> tuple[str, bool, dict[str, Any] | None]:
         with transaction(ctx.sessions) as session:
             return _login_connection(session, ctx, username, upstream_url, password, totp_secret,
-                                     label=label, login_mode=login_mode)  # fmt: skip
+                                     label=label, login_mode=login_mode, proven=proven)  # fmt: skip
 
     try:
         return look_or_create()
@@ -170,17 +215,32 @@ def _connection_for(
         return look_or_create()
 
 
-def _login_connection(
-    session: Session, ctx: JobContext, username: str, upstream_url: str, password: str, totp_secret: str | None, *,
-    label: str | None, login_mode: str | None,
-) -> tuple[str, bool, dict[str, Any] | None]:  # fmt: skip
-    existing = session.scalars(
+def _existing_connection(session: Session, username: str, upstream_url: str) -> Connection | None:
+    return session.scalars(
         select(Connection).where(
-            Connection.username == username,
+            # Lower-cased on both sides: rows made before names were normalized keep their spelling.
+            func.lower(Connection.username) == normalize_username(username),
             Connection.upstream_url == upstream_url,
             Connection.duplicate_of.is_(None),
         )
     ).first()
+
+
+def _same_credentials(
+    ctx: JobContext, session: Session, connection: Connection, password: str, totp_secret: str | None
+) -> bool:
+    stored = ctx.vault.open(session, connection.id, "credentials") or {}
+    return hmac.compare_digest(str(stored.get("password", "")).encode(), password.encode()) and (
+        totp_secret is None
+        or hmac.compare_digest(str(stored.get("totp_secret") or "").encode(), totp_secret.encode())
+    )
+
+
+def _login_connection(
+    session: Session, ctx: JobContext, username: str, upstream_url: str, password: str, totp_secret: str | None, *,
+    label: str | None, login_mode: str | None, proven: dict[str, Any] | None,
+) -> tuple[str, bool, dict[str, Any] | None]:  # fmt: skip
+    existing = _existing_connection(session, username, upstream_url)
     if existing is None:
         row = create_connection(session, ctx.vault, username=username, password=password,
                                 upstream_url=upstream_url, totp_secret=totp_secret, label=label,
@@ -192,16 +252,15 @@ def _login_connection(
         existing.label = label
     if login_mode is not None:  # before the login: it decides how the login is done
         existing.login_mode = login_mode
-    stored = ctx.vault.open(session, existing.id, "credentials") or {}
-    same = hmac.compare_digest(str(stored.get("password", "")).encode(), password.encode()) and (
-        totp_secret is None
-        or hmac.compare_digest(str(stored.get("totp_secret") or "").encode(), totp_secret.encode())
-    )
-    if same:
+    if _same_credentials(ctx, session, existing, password, totp_secret):
         return existing.id, False, backup
-    backup.update(credentials=stored, session_state=ctx.vault.open(session, existing.id, "session_state"))
+    backup.update(credentials=ctx.vault.open(session, existing.id, "credentials") or {},
+                  session_state=ctx.vault.open(session, existing.id, "session_state"))  # fmt: skip
     update_credentials(session, ctx.vault, existing, password=password, totp_secret=totp_secret)
-    ctx.vault.delete(session, existing.id, "session_state")
+    if proven:
+        ctx.vault.seal(session, existing.id, "session_state", proven)
+    else:
+        ctx.vault.delete(session, existing.id, "session_state")
     return existing.id, False, backup
 
 

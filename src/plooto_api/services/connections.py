@@ -80,6 +80,12 @@ def _checked_totp_secret(value: SecretStr) -> SecretStr:
 TotpSecretInput = Annotated[SecretStr, AfterValidator(_checked_totp_secret)]
 
 
+def normalize_username(username: str) -> str:
+    """The portal's own reading of a login name (an e-mail): without surrounding spaces, in lower
+    case. One login has one connection, however its name was typed."""
+    return username.strip().lower()
+
+
 def create_connection(
     session: Session,
     vault: Vault,
@@ -97,7 +103,7 @@ def create_connection(
     connection = Connection(
         id=new_id("conn"),
         label=label,
-        username=username,
+        username=normalize_username(username),
         upstream_url=upstream_url.rstrip("/"),
         login_mode=login_mode,
         state="healthy",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import fields
 from functools import partial
 
@@ -19,7 +21,7 @@ from plooto_api.services.connections import (
 )
 from plooto_api.store.models import Connection, VaultEntry
 from plooto_api.store.vault import Vault
-from plooto_api.upstream import PortalSession, SessionStats, ThrottleConfig
+from plooto_api.upstream import Credentials, MemoryStateStore, PortalSession, SessionStats, ThrottleConfig
 
 # A replaced session is closed once unused this long (its callers have moved to the new one).
 RETIRED_IDLE_SECONDS = 300.0
@@ -93,6 +95,22 @@ class PortalRegistry:
             await portal.read_portal_clock() if ends or retries else portal.portal_now(),
             deliberate=deliberate,
         )
+
+    @asynccontextmanager
+    async def probe(
+        self, base_url: str, credentials: Credentials, *, login_mode: str
+    ) -> AsyncIterator[tuple[PortalSession, MemoryStateStore]]:
+        """A portal session of its own for credentials not stored yet (a person giving new ones for
+        a working connection): nothing of it is saved, and the connection's session is untouched,
+        until the caller keeps its state (`MemoryStateStore.state`) once the portal took them."""
+        store = MemoryStateStore()
+        portal = PortalSession(base_url, credentials, store, throttle=self._throttle,
+                               login_mode="browser" if login_mode == "browser" else "http")  # fmt: skip
+        try:
+            yield portal, store
+        finally:
+            self._count_closed(portal)
+            await portal.aclose(persist=False)
 
     async def forget(self, connection_id: str) -> None:
         """Drop a connection's session (after its credentials change): the next `get` builds a new
