@@ -16,6 +16,7 @@ from plooto_api.upstream import (
     AuthenticationError,
     PermissionDenied,
     RateLimited,
+    SessionExpired,
     UpstreamChanged,
     UpstreamError,
     UpstreamRecord,
@@ -62,6 +63,12 @@ async def refresh_object(ctx: JobContext, row: Any) -> None:
         raise RefreshFailed(
             502, "upstream_changed", f"{exc}; the connection is marked upstream_changed"
         ) from exc
+    except SessionExpired as exc:
+        # Signed in, and the session lost again at once: transient, as a sync counts it; nothing
+        # for a person to do, so not the 409 of a login that needs attention.
+        raise RefreshFailed(503, "upstream_unavailable",
+                            f"the portal could not be read ({exc or type(exc).__name__}); without "
+                            "?fresh=true the stored copy is served") from exc  # fmt: skip
     except AuthenticationError as exc:
         record_login_failure_of(ctx.sessions, row.connection_id, exc)  # nothing signs in again by itself
         raise RefreshFailed(409, "connection_requires_action",

@@ -56,6 +56,7 @@ from plooto_api.upstream import (
     PortalRuleViolation,
     PortalSession,
     RateLimited,
+    SessionExpired,
     UpstreamChanged,
     UpstreamError,
     UpstreamRecord,
@@ -438,6 +439,11 @@ async def _after_write(step: Awaitable[_T]) -> _T:
     except UpstreamUnavailable as exc:
         raise AmbiguousWriteOutcome(f"the write was applied, what follows it failed: {exc}", settled=True,
                                     status_code=exc.status_code) from exc  # fmt: skip
+    except UpstreamError as exc:
+        # What this step did not apply (an upload refused before it was handled, a session lost
+        # again) says nothing of the write before it, which the portal did apply.
+        exc.nothing_applied = False
+        raise
 
 
 async def _send_payment(portal: PortalSession, op: models.Operation) -> WriteResult:
@@ -944,6 +950,13 @@ async def _execute_once(ctx: JobContext, operation_id: str) -> str:
     except UpstreamChanged as exc:
         mark_upstream_changed(ctx.sessions, op.connection_id, exc.differences)
         return _finish_failed(ctx, op, 502, "upstream_changed", str(exc), status="requires_action")
+    except SessionExpired as exc:
+        # The portal's session lost again right after signing in (revoked, challenged again): the
+        # login works and nothing needs a person, so, as after an outage, the operation stays open
+        # and is tried again (its send taken back if the portal refused it unapplied, see above).
+        _save(ctx, op, status="pending" if op.attempts == 0 else "running",
+              error={"last_error": str(exc), "retryable": True})  # fmt: skip
+        raise UpstreamUnavailable(f"the portal session was lost: {exc}") from exc
     except AuthenticationError as exc:
         # Before the first send (the usual case: signing in failed), nothing reached the portal, so the
         # key is released: the same request goes through once the login is repaired. The refusal

@@ -9,7 +9,8 @@ UpstreamError
 │   ├── InvalidMfaCode              the portal refused the MFA code
 │   ├── TermsNotAccepted            the portal published new terms of service the user must accept
 │   │                               in person (never accepted by the gateway) → requires_action(terms)
-│   ├── SessionExpired              internal: triggers one transparent re-login
+│   ├── SessionExpired              the portal session was lost and signing in again did not keep it
+│   │                               (lost again at once): transient, no person needed → unavailable
 │   └── LoginBlocked                a sign-in the login guard stopped (a refused password, a lock, a
 │                                   code awaited): nothing was sent; a person must act first
 ├── PermissionDenied                the user's role lacks what the endpoint needs
@@ -89,7 +90,11 @@ class TermsNotAccepted(AuthenticationError):
 
 
 class SessionExpired(AuthenticationError):
-    """The portal session is gone (idle/absolute expiry, revoked) and could not be renewed."""
+    """The portal session is gone (idle/absolute expiry, revoked) and could not be renewed: lost
+    again right after signing in, or a pending sign-in dropped. The portal accepted the login, so
+    nothing needs a person and trying again later risks no lockout: callers treat it as the portal
+    being unavailable (a read 503, a write left open), never as `requires_action`. Raised by a write
+    before it was handled, it says so (`nothing_applied`)."""
 
 
 class LoginBlocked(AuthenticationError):

@@ -151,6 +151,10 @@ class PortalSession:
         snapshot = self._snapshot()
         if not force and snapshot == self._saved_snapshot:
             return
+        # Another process of this connection may have saved a newer trusted device since this one
+        # restored the state: keep it rather than save an older one (or none) over it.
+        self._take_newer_device(self._store.load())
+        snapshot = self._snapshot()
         learned = self.throttle.learned()
         state = {
             "version": STATE_VERSION,
@@ -172,11 +176,7 @@ class PortalSession:
             return
         self._restored = True
         state = self._store.load()
-        if (
-            not state
-            or state.get("version") != STATE_VERSION
-            or state.get("username") != self._credentials.username
-        ):
+        if state is None or not self._is_this_login(state):
             return
         for item in state.get("cookies", []):
             self._set_cookie(
@@ -196,6 +196,53 @@ class PortalSession:
         self._saved_throttle = throttle if isinstance(throttle, dict) else None
         self.throttle.resume(self._saved_throttle)
         self._saved_snapshot = self._snapshot()
+
+    def _is_this_login(self, state: dict[str, Any]) -> bool:
+        """Whether a saved state is this session's kind and login (not another username's)."""
+        return state.get("version") == STATE_VERSION and state.get("username") == self._credentials.username
+
+    def _device_cookie(self) -> http.cookiejar.Cookie | None:
+        """The trusted-device cookie in the jar (the longest-lasting, should there be two)."""
+        devices = [c for c in self._client.cookies.jar if c.name == portal.TRUSTED_DEVICE_COOKIE]
+        return max(devices, key=lambda c: c.expires or 0, default=None)
+
+    def _take_newer_device(self, state: dict[str, Any] | None) -> None:
+        """Adopt the saved state's trusted-device cookie when it was issued after this session's own.
+
+        Another process of the connection (`plooto-api sync --mfa-code` beside a running gateway) may
+        have answered an MFA step since this session restored the state (`_restore` reads it once).
+        Saving this session's jar over that cookie, or signing in without it, has the portal ask
+        for a code again. The portal gives every device cookie the same lifetime, so the one issued
+        later is the one that expires later; one already expired is no use to take."""
+        if state is None or not self._is_this_login(state):
+            return
+        saved = [
+            item
+            for item in state.get("cookies") or []
+            if isinstance(item, dict)
+            and item.get("name") == portal.TRUSTED_DEVICE_COOKIE
+            and isinstance(item.get("value"), str)
+            and isinstance(item.get("domain"), str)
+        ]
+        newest = max(saved, key=lambda item: item.get("expires") or 0, default=None)
+        if newest is None:
+            return
+        expires = newest.get("expires")
+        if isinstance(expires, int | float) and expires <= time.time():
+            return
+        mine = self._device_cookie()
+        if mine is not None and (mine.value == newest["value"] or (mine.expires or 0) >= (expires or 0)):
+            return
+        self._drop_cookies(portal.TRUSTED_DEVICE_COOKIE)
+        self._set_cookie(
+            newest["name"],
+            newest["value"],
+            newest["domain"],
+            newest.get("path") or "/",
+            int(expires) if isinstance(expires, int | float) else None,
+            bool(newest.get("secure", False)),
+        )
+        log.info("portal.trusted_device_taken", username=self._credentials.username)
 
     def _set_cookie(
         self, name: str, value: str, domain: str, path: str, expires: int | None, secure: bool
@@ -421,6 +468,8 @@ class PortalSession:
 
     async def _login(self) -> None:
         """Sign in with username/password (never retried on refusal), then MFA if asked."""
+        # With the newest trusted device saved, whichever process of this connection earned it.
+        self._take_newer_device(self._store.load())
         if self.login_mode == "browser":
             from plooto_api.upstream.browser import browser_login
 
@@ -958,7 +1007,11 @@ class PortalSession:
                 )
             if status == 401:
                 if relogged:
-                    raise SessionExpired("the portal session was lost again right after signing in")
+                    # Lost again right after signing in (revoked, challenged again): the 401 applied
+                    # nothing, and nothing here needs a person. The write may be sent again later.
+                    lost = SessionExpired("the portal session was lost again right after signing in")
+                    lost.nothing_applied = True
+                    raise lost
                 relogged = True
                 async with _nothing_applied():  # the 401 applied nothing
                     await self._relogin(generation, attempts, mfa_only=code == portal.ERROR_MFA_REQUIRED)
@@ -969,7 +1022,9 @@ class PortalSession:
                 raise refused
             if status == 403 and code == portal.ERROR_XSRF_INVALID:
                 if xsrf_refreshed:
-                    raise SessionExpired("the portal refused a fresh anti-forgery token")
+                    stale = SessionExpired("the portal refused a fresh anti-forgery token")
+                    stale.nothing_applied = True  # refused before it was handled, as the first was
+                    raise stale
                 xsrf_refreshed = True
                 async with _nothing_applied():
                     await self._refresh_xsrf()
@@ -1013,7 +1068,8 @@ class PortalSession:
         """Create a payment of one bill. Without a date it is the earliest the portal allows."""
         if not 0 < len(external_reference) <= portal.EXTERNAL_REFERENCE_MAX:
             raise ValueError("external_reference must be 1 to 100 characters")
-        await self.ensure_logged_in()
+        async with _nothing_applied():  # signing in sends nothing of the payment
+            await self.ensure_logged_in()
         day = requested_debit_date or self.portal_today()
         path = portal.company_collection(company_upstream_id, portal.PAYMENTS.path)
         for attempt in range(2):
