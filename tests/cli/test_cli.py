@@ -20,7 +20,7 @@ from plooto_api.cli import main
 from plooto_api.config import Settings
 from plooto_api.jobs import JobContext
 from plooto_api.runtime import GC_THRESHOLDS
-from plooto_api.services.connections import create_connection
+from plooto_api.services.connections import change_state, create_connection
 from plooto_api.services.demo import ensure_admin_token
 from plooto_api.services.tokens import authenticate, revoke_token
 from plooto_api.store.database import transaction
@@ -130,15 +130,18 @@ def test_a_portal_out_of_reach_is_one_line_not_a_traceback(
         "plooto-api: a@firm.test could not log in: could not reach the portal: ConnectError "
         "(All connection attempts failed)"
     )
-    # A connection made while the portal was up, given its SMS code while the portal is down.
+    # A connection made while the portal was up (waiting for its SMS code), given it while the portal is down.
     database = process_database_env.get("PLOOTO_API_DATABASE_URL")
     ctx = JobContext.from_settings(Settings(data_dir=data, vault_key=SecretStr(key),
                                             **({"database_url": database} if database else {})))  # fmt: skip
     try:
         with transaction(ctx.sessions) as session:
             assert session.scalar(select(func.count()).select_from(Connection)) == 0  # connect kept nothing
-            connection_id = create_connection(session, ctx.vault, username="a@firm.test", password="pw",
-                                              upstream_url=dead).id  # fmt: skip
+            made = create_connection(
+                session, ctx.vault, username="a@firm.test", password="pw", upstream_url=dead
+            )
+            change_state(session, made, "requires_action", reason="mfa", detail={"method": "sms"})
+            connection_id = made.id
     finally:
         ctx.engine.dispose()
     answer = run("sync", "--connection", connection_id, "--mfa-code", "123456")

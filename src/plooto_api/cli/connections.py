@@ -24,7 +24,7 @@ from plooto_api.services.connections import (
     normalize_totp_secret,
     remove_connection,
 )
-from plooto_api.services.sessions import answer_mfa
+from plooto_api.services.sessions import NotWaitingForCode, answer_mfa, waits_for_code
 from plooto_api.store.database import transaction
 from plooto_api.store.models import Connection
 from plooto_api.sync.engine import SyncEngine, SyncReport
@@ -120,7 +120,9 @@ def _code_for(console: Console, connection_id: str, challenge: MfaChallenge) -> 
 
 async def _answer_mfa(ctx: JobContext, console: Console, connection_id: str, code: str) -> None:
     try:
-        signed_in = await answer_mfa(ctx, connection_id, code, trust_device=True)
+        signed_in = await answer_mfa(ctx, connection_id, code, trust_device=True, after_lock=False)
+    except NotWaitingForCode as exc:
+        raise CliError(f"{exc}; nothing was sent to the portal") from None
     except InvalidMfaCode as exc:
         raise CliError(
             "the portal did not accept the MFA code (each refused code counts toward its lockout of the "
@@ -133,6 +135,19 @@ async def _answer_mfa(ctx: JobContext, console: Console, connection_id: str, cod
             f"the portal's pending sign-in had expired, so it was started again and the portal sent a new {method}"
             f"code; run `plooto-api sync --connection {connection_id} --mfa-code CODE` with it"
         )
+
+
+def _waiting_for_code(connections: list[Connection]) -> str:
+    """The one connection waiting for a person's MFA code, else a CliError saying why none is chosen."""
+    waiting = [c for c in connections if waits_for_code(c)]
+    if not waiting:
+        raise CliError("no connection is waiting for an MFA code (see `plooto-api connections list`); "
+                       "nothing was sent to the portal")  # fmt: skip
+    if len(waiting) > 1:
+        named = ", ".join(f"{c.id} ({c.username})" for c in waiting)
+        raise CliError(f"{len(waiting)} connections are waiting for an MFA code: {named}; pick the one the code "
+                       "is for with --connection ID; nothing was sent to the portal")  # fmt: skip
+    return waiting[0].id
 
 
 def run_connect(settings: Settings, console: Console, *, username: str, password: str, totp_secret: str | None,
@@ -178,14 +193,17 @@ def run_sync(settings: Settings, console: Console, *, connection_id: str | None,
         failed = 0
         try:
             with ctx.sessions() as session:
-                ids = [connection_id] if connection_id else list(session.scalars(select(Connection.id)))
                 if connection_id and session.get(Connection, connection_id) is None:
                     raise CliError(f"no connection {connection_id}")
-            if not ids:
-                raise CliError("no connections yet; add one with `plooto-api connect`")
+                connections = list(session.scalars(select(Connection).order_by(Connection.id)))
+                ids = [connection_id] if connection_id else [c.id for c in connections]
+                if not ids:
+                    raise CliError("no connections yet; add one with `plooto-api connect`")
+                # A code is one login's: sent to another's sign-in, it counts toward that one's lockout.
+                answered = (connection_id or _waiting_for_code(connections)) if mfa_code is not None else None
+            if mfa_code is not None and answered is not None:  # first: the portal's code expires soon
+                await _answer_mfa(ctx, console, answered, mfa_code)
             for cid in ids:
-                if mfa_code is not None:
-                    await _answer_mfa(ctx, console, cid, mfa_code)
                 report = await sync_with_progress(ctx, console, cid, cadence)
                 print_report(console, report)
                 if report.state == "requires_action" and "MFA code" in (report.error or ""):

@@ -31,7 +31,14 @@ from plooto_api.services.connections import (
     record_login_failure_of,
     update_credentials,
 )
-from plooto_api.services.sessions import answer_mfa, complete_mfa, refuse_while_locked, wait_for_code
+from plooto_api.services.sessions import (
+    NotWaitingForCode,
+    answer_mfa,
+    complete_mfa,
+    refuse_while_locked,
+    wait_for_code,
+    waits_for_code,
+)
 from plooto_api.services.tokens import READ_SCOPES, create_token
 from plooto_api.store.base import utcnow
 from plooto_api.store.database import transaction
@@ -337,11 +344,11 @@ class Authenticator:
             raise UnknownChallenge(challenge_id)
         try:
             signed_in = await answer_mfa(
-                self.ctx, challenge.connection_id, code, trust_device=challenge.trust_device
+                self.ctx, challenge.connection_id, code, trust_device=challenge.trust_device, after_lock=True
             )
-        except (ConnectionNotFound, InvalidCredentials) as exc:
+        except (ConnectionNotFound, NotWaitingForCode, InvalidCredentials) as exc:
             self._challenges.pop(challenge_id, None)
-            if isinstance(exc, ConnectionNotFound):  # removed while the code was on its way
+            if isinstance(exc, ConnectionNotFound | NotWaitingForCode):  # removed, or signed in another way
                 raise UnknownChallenge(challenge_id) from None
             raise
         if not signed_in:
@@ -357,8 +364,7 @@ class Authenticator:
             connection = session.get(Connection, connection_id)
             if connection is None:
                 return False
-            waiting = (connection.state, connection.state_reason) == ("requires_action", "mfa")
-            return waiting or connection.state == "locked"
+            return waits_for_code(connection) or connection.state == "locked"
 
     def _issue(self, connection_id: str) -> Authenticated:
         with transaction(self.ctx.sessions) as session:

@@ -15,10 +15,12 @@ from plooto_api.jobs.context import JobContext
 from plooto_api.services.connections import (
     change_state,
     get_connection,
+    login_blocked_reason,
     record_login_failure_of,
     update_credentials,
 )
 from plooto_api.store.database import transaction
+from plooto_api.store.models import Connection
 from plooto_api.upstream import (
     AccountLocked,
     InvalidCredentials,
@@ -74,9 +76,53 @@ async def complete_mfa(ctx: JobContext, connection_id: str, code: str, *, trust_
     _signed_in(ctx, connection_id)
 
 
-async def answer_mfa(ctx: JobContext, connection_id: str, code: str, *, trust_device: bool = True) -> bool:
+class NotWaitingForCode(Exception):
+    """A code was given for a connection that waits for none (healthy, waiting for a new password or
+    TOTP secret, locked, ...): nothing was sent to the portal."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection_id = connection.id
+        waiting = (
+            f"{connection.state} ({connection.state_reason})" if connection.state_reason else connection.state
+        )
+        until = (connection.state_detail or {}).get("until")
+        if connection.state == "locked" and until is not None:
+            why: str | None = f"the portal locked this login until {until}"
+        else:
+            why = login_blocked_reason(connection)
+        super().__init__(
+            f"{connection.id} is {waiting}; it is not waiting for an MFA code" + (f": {why}" if why else "")
+        )
+
+
+def waits_for_code(connection: Connection) -> bool:
+    """Whether the connection waits for a code a person gives: in requires_action (mfa) for the one
+    the portal sent. Not when the portal refused the codes of its stored TOTP secret: that waits for
+    a new secret, and a new sign-in would send the refused one's code again."""
+    return (connection.state, connection.state_reason) == ("requires_action", "mfa") and (
+        connection.state_detail or {}
+    ).get("error") != "code_refused"
+
+
+def _check_waiting(ctx: JobContext, connection_id: str, *, after_lock: bool) -> None:
+    with ctx.sessions() as session:
+        connection = get_connection(session, connection_id)
+        if not (waits_for_code(connection) or (after_lock and connection.state == "locked")):
+            raise NotWaitingForCode(connection)
+
+
+async def answer_mfa(
+    ctx: JobContext, connection_id: str, code: str, *, trust_device: bool = True, after_lock: bool = False
+) -> bool:
     """A person's code: `complete_mfa`, or, when the portal dropped the pending sign-in first (its
     MFA step expired), a new sign-in: the code given was for the old one.
+
+    Only for a connection that waits for a code (`waits_for_code`): any other is refused with
+    NotWaitingForCode before anything is sent, since the new sign-in would send a password or TOTP
+    code the portal may have refused. With `after_lock`, a `locked` connection waits too (for the
+    lock's end, then a new code): that is for a sign-in a person started with a password the
+    portal accepted (a `POST /authenticate` challenge); a code given to the connection itself
+    (REST, CLI) passes False.
 
     True when the connection is signed in (the new sign-in needed no code: the device is trusted);
     False when the portal sent a new code, which the connection waits for as before. While the
@@ -84,15 +130,18 @@ async def answer_mfa(ctx: JobContext, connection_id: str, code: str, *, trust_de
     answers puts the connection in its state (locked, requires_action) before it is raised. A
     refused code does not: the connection still waits for the right one.
     """
+    _check_waiting(ctx, connection_id, after_lock=after_lock)
     await refuse_while_locked(ctx, connection_id)
     try:
         await complete_mfa(ctx, connection_id, code, trust_device=trust_device)
     except SessionExpired:
-        return await _sign_in_again(ctx, connection_id)
+        return await _sign_in_again(ctx, connection_id, after_lock=after_lock)
     return True
 
 
-async def _sign_in_again(ctx: JobContext, connection_id: str) -> bool:
+async def _sign_in_again(ctx: JobContext, connection_id: str, *, after_lock: bool) -> bool:
+    # Checked again: a sync may have found a refused password or a lock while the code was sent.
+    _check_waiting(ctx, connection_id, after_lock=after_lock)
     portal = await ctx.portals.get(connection_id)
     try:
         await portal.ensure_logged_in(deliberate=True)  # the person answering a code asked for it

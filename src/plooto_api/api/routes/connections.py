@@ -21,6 +21,7 @@ from plooto_api.api.limits import limit_login_attempts
 from plooto_api.api.lists import list_body
 from plooto_api.api.routes.authenticate import login_refused
 from plooto_api.jobs.schedules import connection_key, schedule_connection, unschedule_connection
+from plooto_api.schemas.gateway import ConnectionState
 from plooto_api.services import audit
 from plooto_api.services.connections import (
     NotUpstreamChanged,
@@ -31,7 +32,7 @@ from plooto_api.services.connections import (
     clear_drift,
     remove_connection,
 )
-from plooto_api.services.sessions import MFA_CODE_PATTERN, answer_mfa, replace_credentials
+from plooto_api.services.sessions import MFA_CODE_PATTERN, NotWaitingForCode, answer_mfa, replace_credentials
 from plooto_api.services.tokens import Principal
 from plooto_api.store.database import transaction
 from plooto_api.store.models import Company, Connection
@@ -105,10 +106,10 @@ def list_connections(
     principal: Principal = _read,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 25,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
-    state: Annotated[str | None, Query(description="healthy, syncing, requires_action, …")] = None,
+    state: Annotated[ConnectionState | None, Query(description="Only connections in this state.")] = None,
 ) -> Any:
     stmt = _readable(principal)
-    if state:
+    if state is not None:
         stmt = stmt.where(Connection.state == state)
     with request.app.state.sessions() as session:
         page = fetch_page(session, stmt, Connection.id, PageRequest(limit=limit, cursor=cursor))
@@ -241,17 +242,17 @@ async def answer_connection_mfa(
     """A sync that signs in without a TOTP secret leaves the connection `requires_action` (reason
     `mfa`) until someone gives the code the portal sent; the sign-in then completes and the
     connection syncs at once. (`POST /authenticate/mfa` does the same for a login an application
-    started itself.)"""
+    started itself.) Any other connection, one waiting for a new TOTP secret among them
+    (`state_detail.error` `code_refused`), is 409 `invalid_state`, and nothing is sent to the portal."""
     ctx = request.app.state.ctx
     with ctx.sessions() as session:
-        row = _manageable(session, principal, connection_id)
-        if (row.state, row.state_reason) != ("requires_action", "mfa"):
-            waiting = f"{row.state} ({row.state_reason})" if row.state_reason else row.state
-            raise ApiError(
-                409, "invalid_state", f"{connection_id} is {waiting}; it is not waiting for an MFA code"
-            )
+        _manageable(session, principal, connection_id)
     try:
-        signed_in = await answer_mfa(ctx, connection_id, body.code, trust_device=body.trust_device)
+        signed_in = await answer_mfa(
+            ctx, connection_id, body.code, trust_device=body.trust_device, after_lock=False
+        )
+    except NotWaitingForCode as exc:  # nothing was sent to the portal
+        raise ApiError(409, "invalid_state", str(exc)) from None
     except InvalidMfaCode as exc:  # 422, not 401: the caller's token is fine, the portal's code is not
         raise ApiError(422, "invalid_mfa_code", "the portal refused this MFA code", param="code") from exc
     except (InvalidCredentials, AccountLocked, TermsNotAccepted, RateLimited, UpstreamChanged,
