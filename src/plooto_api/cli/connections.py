@@ -28,7 +28,7 @@ from plooto_api.services.sessions import NotWaitingForCode, answer_mfa, waits_fo
 from plooto_api.store.database import transaction
 from plooto_api.store.models import Connection
 from plooto_api.sync.engine import SyncEngine, SyncReport
-from plooto_api.upstream import InvalidMfaCode, MfaChallenge, UpstreamError
+from plooto_api.upstream import InvalidCredentials, InvalidMfaCode, MfaChallenge, UpstreamError
 
 
 def _progress(console: Console) -> Progress:
@@ -325,15 +325,25 @@ def run_set_password(
                     raise CliError(f"no connection {connection_id} (see `plooto-api connections list`)")
             secret = check_totp_secret(totp_secret)
             given = password() if callable(password) else password
-            await replace_credentials(ctx, connection_id, password=given, totp_secret=secret)
+            try:
+                await replace_credentials(ctx, connection_id, password=given, totp_secret=secret)
+            except InvalidCredentials:
+                raise CliError("the portal refused this password; nothing was changed") from None
+            except InvalidMfaCode:
+                raise CliError(
+                    "the portal refused the codes of this TOTP secret; nothing was changed"
+                ) from None
             changed = [name for name, value in (("password", given), ("totp_secret", secret)) if value]
             with transaction(ctx.sessions) as session:
                 audit.append(session, actor="cli", action="connection.updated", object_type="connection",
                              object_id=connection_id, connection_id=connection_id,
                              detail={"changed": changed})  # fmt: skip
                 state = session.get(Connection, connection_id)
-                console.print(f"{connection_id} credentials replaced ({', '.join(changed)}); "
-                              f"state {state.state if state else '?'}; the next sync logs in with them")  # fmt: skip
+                now = state.state if state else "?"
+                then = "; the first sign-in after the portal's lock uses them" if now == "locked" else ""
+                console.print(
+                    f"{connection_id} credentials replaced ({', '.join(changed)}); state {now}{then}"
+                )
         finally:
             await ctx.aclose()
         return 0

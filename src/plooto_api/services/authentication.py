@@ -124,7 +124,8 @@ async def sign_in(
     await ctx.portals.forget(connection_id)  # a fresh session with the credentials just given
     portal = await ctx.portals.get(connection_id)
     try:
-        await refuse_while_locked(ctx, connection_id)
+        if proven is None:  # (a proof checked the lock before it signed in, and the portal let it in)
+            await refuse_while_locked(ctx, connection_id)
         try:
             # A proof that stopped at the portal's MFA step goes on from there: a new sign-in would
             # have the portal send a second code.

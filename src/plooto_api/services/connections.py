@@ -245,7 +245,18 @@ def login_blocked_reason(
                 return f"the portal locked this login until {until}"
         elif utcnow() < connection.state_changed_at + DEFAULT_LOCK_BACKOFF:
             return "the portal locked this login; waiting before trying again"
+        if detail.get("password_refused") and not deliberate:
+            # The lock's end changes nothing about that password: only a person's new one is tried.
+            return "waiting for a new password (the last one was refused, before the portal's lock)"
     return None
+
+
+def password_refused(connection: Connection) -> bool:
+    """Whether the portal refused the stored password and no new one was given since (a lock
+    found after that does not make it right)."""
+    if connection.state == "requires_action" and connection.state_reason == "password":
+        return True
+    return connection.state == "locked" and bool((connection.state_detail or {}).get("password_refused"))
 
 
 def login_failure_state(exc: AuthenticationError) -> tuple[str, str | None, dict[str, Any] | None] | None:
@@ -276,6 +287,10 @@ def record_login_failure(session: Session, connection: Connection, exc: Authenti
     drift = uncleared_drift(connection)
     if drift is not None:
         detail = {**(detail or {}), "drift": drift}
+    if state == "locked" and password_refused(connection):
+        # A person's guesses (POST /authenticate) locked a login whose stored password the portal
+        # had refused: once the lock ends, that password is still not to be tried.
+        detail = {**(detail or {}), "password_refused": True}
     change_state(session, connection, state, reason=reason, detail=detail)
     return True
 

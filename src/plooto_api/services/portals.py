@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import fields
 from functools import partial
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -98,14 +99,23 @@ class PortalRegistry:
 
     @asynccontextmanager
     async def probe(
-        self, base_url: str, credentials: Credentials, *, login_mode: str
+        self,
+        base_url: str,
+        credentials: Credentials,
+        *,
+        login_mode: str,
+        device_from: dict[str, Any] | None = None,
     ) -> AsyncIterator[tuple[PortalSession, MemoryStateStore]]:
         """A portal session of its own for credentials not stored yet (a person giving new ones for
         a working connection): nothing of it is saved, and the connection's session is untouched,
-        until the caller keeps its state (`MemoryStateStore.state`) once the portal took them."""
+        until the caller keeps its state (`MemoryStateStore.state`) once the portal took them.
+        `device_from`: a saved state whose trusted device it signs in as (only for a caller the
+        connection is entrusted to: a device must not vouch for whoever knows a password)."""
         store = MemoryStateStore()
         portal = PortalSession(base_url, credentials, store, throttle=self._throttle,
                                login_mode="browser" if login_mode == "browser" else "http")  # fmt: skip
+        if device_from is not None:
+            portal.adopt_trusted_device(device_from)
         try:
             yield portal, store
         finally:

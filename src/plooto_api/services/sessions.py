@@ -10,12 +10,15 @@ against the login.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from plooto_api.jobs.context import JobContext
 from plooto_api.services.connections import (
     change_state,
     get_connection,
+    load_credentials,
     login_blocked_reason,
+    normalize_totp_secret,
     record_login_failure_of,
     update_credentials,
 )
@@ -23,7 +26,9 @@ from plooto_api.store.database import transaction
 from plooto_api.store.models import Connection
 from plooto_api.upstream import (
     AccountLocked,
+    Credentials,
     InvalidCredentials,
+    MfaChallenge,
     MfaRequired,
     SessionExpired,
     TermsNotAccepted,
@@ -43,11 +48,13 @@ async def refuse_while_locked(ctx: JobContext, connection_id: str) -> None:
         if connection.state != "locked":
             return
         until = (connection.state_detail or {}).get("until")
-    # Judged as the login guard judges it (the portal's clock read again while the lock seems on).
-    reason = await ctx.portals.login_blocked(connection_id, await ctx.portals.get(connection_id))
+    # Judged as the login guard judges it (the portal's clock read again while the lock seems on),
+    # for a person: a password refused before the lock does not stop one giving a new one.
+    portal = await ctx.portals.get(connection_id)
+    reason = await ctx.portals.login_blocked(connection_id, portal, deliberate=True)
     if reason is not None:
         ends = datetime.fromisoformat(until) if isinstance(until, str) else None
-        raise AccountLocked(f"not signing in to the portal: {reason}", until=ends)
+        raise AccountLocked(f"not signing in to the portal: {reason}", until=ends, at=portal.portal_now())
 
 
 def wait_for_code(ctx: JobContext, connection_id: str, method: str) -> None:
@@ -170,12 +177,62 @@ def _signed_in(ctx: JobContext, connection_id: str) -> None:
 async def replace_credentials(
     ctx: JobContext, connection_id: str, *, password: str | None = None, totp_secret: str | None = None
 ) -> None:
-    """Store a new password and/or TOTP secret; a connection waiting for them may log in again. A
-    connection the portal has locked stays `locked`: nothing signs in until the lock ends (by the
-    portal's clock), and then the next sync signs in with these."""
+    """Give a connection a new password and/or TOTP secret, proven first: signed in with them on a
+    session of their own (as the connection's trusted device), and stored with that session once
+    the portal took them. The connection is then healthy again, or waits for the code the portal
+    sent (a login without a TOTP secret on a device not trusted yet).
+
+    Raises what the portal answered, with nothing stored: InvalidCredentials (the password refused),
+    InvalidMfaCode (the codes of the TOTP secret refused), UpstreamUnavailable and the like. A lock
+    or new terms are the login's, and are recorded. While the portal's lock lasts nothing can be
+    tried: they are stored unproven, the connection stays `locked`, and the first sign-in after
+    the lock uses them."""
+    with ctx.sessions() as session:
+        connection = get_connection(session, connection_id)
+        stored = load_credentials(session, ctx.vault, connection)
+        device = ctx.vault.open(session, connection_id, "session_state")
+        base_url, mode = connection.upstream_url, connection.login_mode
+    new = Credentials(
+        username=stored.username,
+        password=stored.password if password is None else password,
+        totp_secret=stored.totp_secret if totp_secret is None else normalize_totp_secret(totp_secret),
+    )
+    try:
+        await refuse_while_locked(ctx, connection_id)
+    except AccountLocked:
+        _store_credentials(ctx, connection_id, password, totp_secret, proven=None)
+        await ctx.portals.forget(connection_id)  # built again from the vault, with them, after the lock
+        return
+    challenge: MfaChallenge | None = None
+    async with ctx.portals.probe(base_url, new, login_mode=mode, device_from=device) as (probe, store):
+        try:
+            await probe.ensure_logged_in(deliberate=True)
+        except MfaRequired as exc:
+            challenge = exc.challenge  # the portal took the password, and sent a code
+        except (AccountLocked, TermsNotAccepted) as exc:
+            record_login_failure_of(ctx.sessions, connection_id, exc)
+            raise
+        proven = dict(store.state or {})
+    _store_credentials(ctx, connection_id, password, totp_secret, proven=proven, challenge=challenge)
+    await ctx.portals.forget(connection_id)  # built again from the vault: the proven session
+
+
+def _store_credentials(
+    ctx: JobContext, connection_id: str, password: str | None, totp_secret: str | None, *,
+    proven: dict[str, Any] | None, challenge: MfaChallenge | None = None,
+) -> None:  # fmt: skip
     with transaction(ctx.sessions) as session:
         connection = get_connection(session, connection_id)
         update_credentials(session, ctx.vault, connection, password=password, totp_secret=totp_secret)
-        if connection.state == "requires_action":
-            change_state(session, connection, "healthy", detail={"credentials_replaced": True})
-    await ctx.portals.forget(connection_id)
+        if proven is None:  # locked: a password refused before the lock is replaced all the same
+            if password is not None and connection.state_detail:
+                connection.state_detail = {
+                    k: v for k, v in connection.state_detail.items() if k != "password_refused"
+                }
+        else:
+            ctx.vault.seal(session, connection_id, "session_state", proven)
+            if challenge is not None:
+                change_state(session, connection, "requires_action", reason="mfa",
+                             detail={"method": challenge.method})  # fmt: skip
+            elif connection.state in ("requires_action", "locked"):
+                change_state(session, connection, "healthy", detail={"credentials_replaced": True})

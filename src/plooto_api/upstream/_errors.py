@@ -28,6 +28,7 @@ Messages never carry secrets: no password, TOTP secret, cookie or code ever goes
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -55,10 +56,21 @@ class AccountLocked(AuthenticationError):
     """The portal has temporarily locked the user."""
 
     def __init__(
-        self, message: str = "the portal account is locked", *, until: datetime | None = None
+        self,
+        message: str = "the portal account is locked",
+        *,
+        until: datetime | None = None,
+        at: datetime | None = None,
     ) -> None:
         super().__init__(message)
-        self.until = until
+        self.until = until  # when the lock ends, by the portal's clock (when it says)
+        self.at = at  # the portal's clock when the lock was seen: `until - at` is the time left
+
+    def seconds_left(self) -> int | None:
+        """How long the lock lasts yet, in whole seconds (at least 1), when the portal said."""
+        if self.until is None or self.at is None:
+            return None
+        return max(1, math.ceil((self.until - self.at).total_seconds()))
 
 
 class MfaRequired(AuthenticationError):

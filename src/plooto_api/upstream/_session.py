@@ -206,6 +206,12 @@ class PortalSession:
         devices = [c for c in self._client.cookies.jar if c.name == portal.TRUSTED_DEVICE_COOKIE]
         return max(devices, key=lambda c: c.expires or 0, default=None)
 
+    def adopt_trusted_device(self, state: dict[str, Any] | None) -> None:
+        """Sign in as the device a saved state of this login trusts (its trusted-device cookie, none
+        of its session): new credentials a person gives a connection they manage, proven on a
+        session of their own, then need no MFA code where the connection needed none."""
+        self._take_newer_device(state)
+
     def _take_newer_device(self, state: dict[str, Any] | None) -> None:
         """Adopt the saved state's trusted-device cookie when it was issued after this session's own.
 
@@ -536,7 +542,9 @@ class PortalSession:
     def _raise_login_error(self, response: httpx.Response, code: str | None) -> None:
         if code == portal.LOGIN_ERROR_LOCKED or response.status_code == 423:
             until = parse_timestamp(parse_page(response.text).marker(portal.LOCKED_UNTIL_ATTR))
-            raise AccountLocked("the portal has temporarily locked this account", until=until)
+            raise AccountLocked(
+                "the portal has temporarily locked this account", until=until, at=self.portal_now()
+            )
         if code == portal.LOGIN_ERROR_INVALID_CREDENTIALS or response.status_code == 401:
             raise InvalidCredentials("the portal refused the username or password")
         raise UpstreamChanged("login", [f"login: unexpected answer HTTP {response.status_code} ({code})"])
@@ -616,7 +624,11 @@ class PortalSession:
         error = page.marker(portal.ERROR_CODE_ATTR)
         if error == portal.LOGIN_ERROR_LOCKED or response.status_code == 423:
             until = parse_timestamp(page.marker(portal.LOCKED_UNTIL_ATTR))
-            raise AccountLocked("the portal locked this account after failed verification codes", until=until)
+            raise AccountLocked(
+                "the portal locked this account after failed verification codes",
+                until=until,
+                at=self.portal_now(),
+            )
         if error == portal.MFA_ERROR_INVALID_CODE or response.status_code == 401:
             raise InvalidMfaCode("the portal refused the verification code")
         raise UpstreamChanged("mfa", [f"mfa: unexpected answer HTTP {response.status_code} ({error})"])

@@ -76,9 +76,10 @@ def login_refused(exc: Exception) -> ApiError:
     if isinstance(exc, InvalidMfaCode):
         return ApiError(401, "invalid_mfa_code", "the portal refused this MFA code", param="code")
     if isinstance(exc, AccountLocked):
-        headers = {"Retry-After": "900"}
-        return ApiError(429, "account_locked", "the portal has locked this login after repeated failures",
-                        headers=headers)  # fmt: skip
+        left = exc.seconds_left()
+        ends = f" until {exc.until.isoformat()} (the portal's clock)" if exc.until is not None else ""
+        return ApiError(429, "account_locked", f"the portal has locked this login after repeated failures{ends}; "
+                        "nothing is sent to it until then", headers={"Retry-After": str(left or 900)})  # fmt: skip
     if isinstance(exc, TermsNotAccepted):
         return ApiError(403, "terms_not_accepted", "the portal has new terms of service: sign in to the portal "
                         "and accept them, then try again (the gateway never accepts them for you)")  # fmt: skip

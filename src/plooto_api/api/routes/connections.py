@@ -138,12 +138,17 @@ class ConnectionUpdate(BaseModel):
     "/connections/{connection_id}",
     response_model=schemas.Connection,
     summary="Replace a connection's password or TOTP secret, or rename it",
-)
+    responses={422: {"description": "`invalid_credentials` / `invalid_mfa_code`: the portal refused the new "
+                                    "password or TOTP secret; nothing was changed"}},
+)  # fmt: skip
 async def update_connection(
     request: Request, connection_id: str, body: ConnectionUpdate, principal: Principal = _write
 ) -> Any:
-    """A connection waiting for a new password (`requires_action`, reason `password`) logs in again
-    with the one given here at its next sync."""
+    """A new password or TOTP secret is tried first, on a session of its own: stored only once the
+    portal takes it (the connection is then healthy again, or `requires_action` (mfa) when the
+    portal sent a code), and refused otherwise with nothing changed: 422 `invalid_credentials` or
+    `invalid_mfa_code`. While the portal's lock lasts it cannot be tried: it is stored, and the
+    first sign-in after the lock uses it."""
     ctx = request.app.state.ctx
     with ctx.sessions() as session:
         _manageable(session, principal, connection_id)
@@ -151,11 +156,20 @@ async def update_connection(
     if not changed:
         raise ApiError(400, "invalid_request", "give at least one of password, totp_secret, label")
     if body.password is not None or body.totp_secret is not None:
-        await replace_credentials(
-            ctx, connection_id,
-            password=body.password.get_secret_value() if body.password else None,
-            totp_secret=body.totp_secret.get_secret_value() if body.totp_secret else None,
-        )  # fmt: skip
+        try:
+            await replace_credentials(
+                ctx, connection_id,
+                password=body.password.get_secret_value() if body.password else None,
+                totp_secret=body.totp_secret.get_secret_value() if body.totp_secret else None,
+            )  # fmt: skip
+        except InvalidCredentials as exc:  # 422, not 401: the caller's token is fine, the password is not
+            raise ApiError(422, "invalid_credentials", "the portal refused this password; nothing was changed",
+                           param="password") from exc  # fmt: skip
+        except InvalidMfaCode as exc:
+            raise ApiError(422, "invalid_mfa_code", "the portal refused the codes of this TOTP secret; nothing "
+                           "was changed", param="totp_secret") from exc  # fmt: skip
+        except (AccountLocked, TermsNotAccepted, RateLimited, UpstreamChanged, UpstreamUnavailable) as exc:
+            raise login_refused(exc) from exc
     with transaction(ctx.sessions) as session:
         row = session.get(Connection, connection_id)
         assert row is not None
