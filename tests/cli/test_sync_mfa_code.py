@@ -184,3 +184,20 @@ def test_the_command_says_so_in_one_line_with_exit_code_2_when_no_connection_wai
         "nothing was sent to the portal"
     ]
     assert logins() == 0 and _state(settings, connection_id)[:2] == ("requires_action", "password")
+
+
+@pytest.mark.parametrize(
+    ("password", "totp_secret", "hint"),
+    [
+        ("not-the-password", None, "plooto-api connections set-password {id}`"),
+        (PASSWORD, WRONG_TOTP_SECRET, "plooto-api connections set-password {id} --totp-secret SECRET`"),
+    ],
+)
+def test_a_sync_stopped_for_a_person_says_the_command_that_moves_it_on(
+    settings: Settings, password: str, totp_secret: str | None, hint: str
+) -> None:
+    connection_id = _connect(settings, CONTROLLER, password=password, totp_secret=totp_secret)
+    out = io.StringIO()
+    assert run_sync(settings, Console(file=out, width=300), connection_id=connection_id, cadence="fast",
+                    mfa_code=None) == 1  # fmt: skip
+    assert hint.format(id=connection_id) in out.getvalue(), out.getvalue()

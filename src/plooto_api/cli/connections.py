@@ -137,6 +137,18 @@ async def _answer_mfa(ctx: JobContext, console: Console, connection_id: str, cod
         )
 
 
+def _what_to_do(connection_id: str, report: SyncReport) -> str | None:
+    """The command that moves a connection on which a sync stopped for a person, if there is one."""
+    error = report.error or ""
+    if report.state == "requires_action" and "MFA code" in error:
+        return f"give the code with {_give_code_later(connection_id)}"
+    if "new password" in error:
+        return f"give it with `plooto-api connections set-password {connection_id}`"
+    if "new TOTP secret" in error or "TOTP code" in error:
+        return f"give it with `plooto-api connections set-password {connection_id} --totp-secret SECRET`"
+    return None
+
+
 def _waiting_for_code(connections: list[Connection]) -> str:
     """The one connection waiting for a person's MFA code, else a CliError saying why none is chosen."""
     waiting = [c for c in connections if waits_for_code(c)]
@@ -206,8 +218,9 @@ def run_sync(settings: Settings, console: Console, *, connection_id: str | None,
             for cid in ids:
                 report = await sync_with_progress(ctx, console, cid, cadence)
                 print_report(console, report)
-                if report.state == "requires_action" and "MFA code" in (report.error or ""):
-                    console.print(f"  give the code with {_give_code_later(cid)}")
+                hint = _what_to_do(cid, report)
+                if hint:
+                    console.print(f"  {hint}")
                 failed += 0 if report.ok else 1
         finally:
             await ctx.aclose()

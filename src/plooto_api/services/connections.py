@@ -18,6 +18,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from plooto_api import mapping
+from plooto_api.log import get_logger
 from plooto_api.services import audit
 from plooto_api.services.events import record_event
 from plooto_api.store.base import MirroredMixin, new_id, utcnow
@@ -35,7 +36,10 @@ from plooto_api.upstream import (
     TermsNotAccepted,
 )
 
+log = get_logger(__name__)
+
 PROBLEM_STATES = frozenset({"requires_action", "locked", "upstream_unavailable", "upstream_changed"})
+NEEDS_A_PERSON = frozenset({"requires_action", "locked", "upstream_changed"})  # not the portal's outage
 
 
 class ConnectionNotFound(LookupError):
@@ -175,6 +179,11 @@ def change_state(
         event_type = "connection.repaired" if previous in PROBLEM_STATES else "connection.healthy"
     else:
         event_type = f"connection.{state}"
+    # Operators tailing the log see a connection that needs a person (or the portal) at once.
+    (log.warning if state in NEEDS_A_PERSON else log.info)(
+        "connection_state", connection=connection.id, username=connection.username, state=state,
+        reason=reason, previous=previous, **({"until": detail["until"]} if detail and "until" in detail else {}),
+    )  # fmt: skip
     session.flush()
     record_event(
         session,
