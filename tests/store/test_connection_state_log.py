@@ -1,5 +1,5 @@
-"""A connection's state change is logged: a warning when it needs a person, so operators tailing
-the log see it without reading events."""
+"""A connection's state change is logged, saying when it needs a person, so operators tailing the
+gateway's log see it without reading events."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from plooto_api.store.database import transaction
 from plooto_api.store.vault import Vault, generate_key
 
 
-def test_a_connection_needing_a_person_is_a_warning_and_a_repair_is_news(
+def test_a_connection_needing_a_person_is_logged_and_so_is_its_repair(
     sessions: sessionmaker[Session],
 ) -> None:
     vault = Vault.from_settings(Settings(vault_key=SecretStr(generate_key())))
@@ -24,8 +24,8 @@ def test_a_connection_needing_a_person_is_a_warning_and_a_repair_is_news(
             change_state(session, connection, "requires_action", reason="password")
             change_state(session, connection, "requires_action", reason="password")  # no change, no line
             change_state(session, connection, "healthy")
-    assert [(e["log_level"], e["state"], e.get("reason")) for e in logs] == [
-        ("warning", "requires_action", "password"),
-        ("info", "healthy", None),
+    assert [(e["needs_a_person"], e["state"], e.get("reason")) for e in logs] == [
+        (True, "requires_action", "password"),
+        (False, "healthy", None),
     ]
     assert logs[0]["connection"] == connection.id and "s3cret-pw" not in repr(logs)

@@ -98,6 +98,9 @@ async def limit_login_attempts(request: Request) -> None:
     if limits is None or request.method != "POST":
         return
     username: str | None = None
+    if request.url.path.endswith("/mfa/resend"):  # no body: each new code is the connection's (an SMS)
+        limits.check(request.client.host if request.client else "unknown", f"path:{request.url.path}")
+        return
     try:
         body: Any = await request.json()
     except ValueError:

@@ -37,10 +37,12 @@ console = Console(highlight=False, soft_wrap=True)
 def _log_as_configured() -> None:
     # Every command logs as `serve` does: to stderr, secrets redacted, tracebacks without frames'
     # locals (structlog's defaults print those, portal cookies among them, on stdout). The settings
-    # are not loaded here: a bad one is the command's to report, in its one line.
-    level = os.environ.get("PLOOTO_API_LOG_LEVEL", "info")
+    # are not loaded here: a bad one is the command's to report, in its one line. A command other
+    # than `serve` (which logs at PLOOTO_API_LOG_LEVEL, info by default) says what happened in its own
+    # words: its log shows warnings and worse unless PLOOTO_API_LOG_LEVEL asks for more.
+    level = os.environ.get("PLOOTO_API_LOG_LEVEL", "warning")
     fmt = os.environ.get("PLOOTO_API_LOG_FORMAT", "console")
-    configure_logging(level if level in LOG_LEVELS else "info", fmt if fmt in LOG_FORMATS else "console")
+    configure_logging(level if level in LOG_LEVELS else "warning", fmt if fmt in LOG_FORMATS else "console")
 
 
 def _data_dir(text: str) -> Path:
@@ -227,6 +229,22 @@ def connections_clear_drift(
     from plooto_api.cli.connections import run_clear_drift
 
     run_clear_drift(load_store_settings(data_dir=data_dir, database_url=database_url), console, connection)
+
+
+@connections_app.command("resend-code")
+def connections_resend_code(
+    connection: Annotated[str, typer.Argument(help="Connection id.")],
+    data_dir: DataDirOption = None,
+    database_url: DatabaseUrlOption = None,
+) -> None:
+    """Have the portal send a new MFA code (SMS) to a connection waiting for one.
+
+    The code it had sent may have expired. Give the new one with `plooto-api sync --connection ID
+    --mfa-code CODE`.
+    """
+    from plooto_api.cli.connections import run_resend_code
+
+    run_resend_code(load_store_settings(data_dir=data_dir, database_url=database_url), console, connection)
 
 
 @connections_app.command("remove")

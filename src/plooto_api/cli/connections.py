@@ -128,6 +128,12 @@ async def _answer_mfa(ctx: JobContext, console: Console, connection_id: str, cod
             "the portal did not accept the MFA code (each refused code counts toward its lockout of the "
             f"account); give the right one with {_give_code_later(connection_id)}"
         ) from exc
+    from plooto_api.services import audit
+
+    with transaction(ctx.sessions) as session:  # as the REST API's answers are (never the code)
+        audit.append(session, actor="cli", action="connection.mfa_answered", object_type="connection",
+                     object_id=connection_id, connection_id=connection_id,
+                     detail={"trust_device": True, "signed_in": signed_in})  # fmt: skip
     if not signed_in:
         pending = (await ctx.portals.get(connection_id)).pending_mfa
         method = f"{pending.method} " if pending is not None else ""
@@ -263,6 +269,35 @@ def run_clear_drift(settings: Settings, console: Console, connection_id: str) ->
     finally:
         ctx.engine.dispose()
     console.print(f"{connection_id} cleared; writes are allowed again")
+
+
+def run_resend_code(settings: Settings, console: Console, connection_id: str) -> None:
+    """Have the portal send a new code to a connection waiting for one; recorded in the audit log."""
+    from plooto_api.services import audit
+    from plooto_api.services.sessions import NoCodeToSend, resend_code
+
+    async def run() -> int:
+        ctx = JobContext.from_settings(settings)
+        try:
+            with ctx.sessions() as session:
+                if session.get(Connection, connection_id) is None:
+                    raise CliError(f"no connection {connection_id} (see `plooto-api connections list`)")
+            try:
+                sent = await resend_code(ctx, connection_id)
+            except (NotWaitingForCode, NoCodeToSend) as exc:
+                raise CliError(f"{exc}; nothing was sent to the portal") from None
+            with transaction(ctx.sessions) as session:
+                audit.append(session, actor="cli", action="connection.mfa_resent", object_type="connection",
+                             object_id=connection_id, connection_id=connection_id, detail={"sent": sent})  # fmt: skip
+        finally:
+            await ctx.aclose()
+        if sent:
+            console.print(f"the portal sent a new code; give it with {_give_code_later(connection_id)}")
+        else:
+            console.print(f"{connection_id} needs no code any more (the portal let it in); state healthy")
+        return 0
+
+    _run(run())
 
 
 def run_remove(settings: Settings, console: Console, connection_id: str, *, yes: bool) -> None:

@@ -179,10 +179,12 @@ def change_state(
         event_type = "connection.repaired" if previous in PROBLEM_STATES else "connection.healthy"
     else:
         event_type = f"connection.{state}"
-    # Operators tailing the log see a connection that needs a person (or the portal) at once.
-    (log.warning if state in NEEDS_A_PERSON else log.info)(
+    # Operators tailing the gateway's log see a connection that needs a person at once. (Info, not a
+    # warning: the CLI, which logs warnings only, says it in its own words.)
+    log.info(
         "connection_state", connection=connection.id, username=connection.username, state=state,
-        reason=reason, previous=previous, **({"until": detail["until"]} if detail and "until" in detail else {}),
+        reason=reason, previous=previous, needs_a_person=state in NEEDS_A_PERSON,
+        **({"until": detail["until"]} if detail and "until" in detail else {}),
     )  # fmt: skip
     session.flush()
     record_event(

@@ -111,6 +111,44 @@ def waits_for_code(connection: Connection) -> bool:
     ).get("error") != "code_refused"
 
 
+class NoCodeToSend(Exception):
+    """The connection's codes come from an authenticator app (TOTP): the portal sends none."""
+
+
+async def resend_code(ctx: JobContext, connection_id: str) -> bool:
+    """Have the portal send a new code (SMS) to a connection waiting for one, as the MFA page's
+    "send a new code" does; the code it had sent may have expired. When the portal's pending sign-in
+    is gone, a new one is started (the password was accepted for it), which sends a code itself.
+
+    True when a code is on its way; False when no code is needed any more (the session turned out
+    signed in: the connection is healthy again). NotWaitingForCode for a connection waiting for
+    none, NoCodeToSend for one whose codes come from an authenticator app; nothing is sent while the
+    portal's lock lasts (AccountLocked)."""
+    _check_waiting(ctx, connection_id, after_lock=False)
+    with ctx.sessions() as session:
+        method = (get_connection(session, connection_id).state_detail or {}).get("method")
+    if method == "totp":
+        raise NoCodeToSend(f"{connection_id} takes a code from an authenticator app; the portal sends none")
+    await refuse_while_locked(ctx, connection_id)
+    portal = await ctx.portals.get(connection_id)
+    try:
+        challenge = await portal.resend_mfa_code()
+    except SessionExpired:
+        try:
+            await portal.ensure_logged_in(deliberate=True, new_code=True)
+        except MfaRequired as exc:
+            wait_for_code(ctx, connection_id, exc.challenge.method)
+            return True
+        except (AccountLocked, InvalidCredentials, TermsNotAccepted) as exc:
+            record_login_failure_of(ctx.sessions, connection_id, exc)
+            raise
+        challenge = None
+    if challenge is None:  # signed in (a trusted device, say): no code needed
+        _signed_in(ctx, connection_id)
+        return False
+    return True
+
+
 def _check_waiting(ctx: JobContext, connection_id: str, *, after_lock: bool) -> None:
     with ctx.sessions() as session:
         connection = get_connection(session, connection_id)

@@ -607,6 +607,27 @@ class PortalSession:
         self._persist(force=True)
         raise MfaRequired(challenge)
 
+    async def resend_mfa_code(self) -> MfaChallenge | None:
+        """Have the portal send a new code for the sign-in waiting for one (SMS), as its MFA page's
+        "send a new code" does: the challenge it answers, or None when this session turns out to be
+        signed in. SessionExpired when no sign-in waits (a new one sends a code by itself)."""
+        async with self._login_lock:
+            self._restore()
+            try:
+                challenge, token = await self._mfa_form()
+            except _AlreadySignedIn:
+                self._signed_in()
+                return None
+            data = {portal.MFA_FORM.token_field: token}
+            response = await self._request("POST", portal.MFA_RESEND_PATH, data=data, rate_limit_only=True)
+            if response.status_code not in (302, 303):
+                raise UpstreamChanged("mfa", [f"mfa: resend answered HTTP {response.status_code}"])
+            if self._location(response).startswith(portal.LOGIN_PATH):
+                raise SessionExpired("the pending portal login is gone; sign in again")
+            self._pending_mfa = challenge
+            self._persist(force=True)
+            return challenge
+
     async def _submit_mfa(self, token: str, code: str, *, trust_device: bool) -> None:
         data = {portal.MFA_CODE_FIELD: code, portal.MFA_FORM.token_field: token}
         if trust_device:

@@ -47,6 +47,7 @@ LOGIN_PASSWORD_SELECTOR = "#passphrase"
 LOGIN_SUBMIT_TEXT = "Sign In"
 
 MFA_PATH = "/mfa"
+MFA_RESEND_PATH = "/mfa/resend"  # the MFA page's "send a new code" (SMS), with the form's token
 MFA_FORM = HtmlForm("mfa-form")
 MFA_CODE_FIELD = "code"
 MFA_CODE_SELECTOR = "#code"

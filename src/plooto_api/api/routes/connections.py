@@ -10,6 +10,7 @@ import asyncio
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
@@ -32,7 +33,14 @@ from plooto_api.services.connections import (
     clear_drift,
     remove_connection,
 )
-from plooto_api.services.sessions import MFA_CODE_PATTERN, NotWaitingForCode, answer_mfa, replace_credentials
+from plooto_api.services.sessions import (
+    MFA_CODE_PATTERN,
+    NoCodeToSend,
+    NotWaitingForCode,
+    answer_mfa,
+    replace_credentials,
+    resend_code,
+)
 from plooto_api.services.tokens import Principal
 from plooto_api.store.database import transaction
 from plooto_api.store.models import Company, Connection
@@ -284,6 +292,48 @@ async def answer_connection_mfa(
                      detail={"trust_device": body.trust_device})  # never the code  # fmt: skip
         result = mapping.connection_to_schema(answered)
     _sync_now(request, connection_id)
+    return result
+
+
+@router.post(
+    "/connections/{connection_id}/mfa/resend",
+    response_model=schemas.Connection,
+    status_code=202,
+    summary="Have the portal send a new MFA code (SMS) to a connection waiting for one",
+    dependencies=[Depends(limit_login_attempts)],
+    responses={
+        200: {"description": "No code is needed any more: the portal let the connection in (it is healthy)."},
+        409: {"description": "`invalid_state`: the connection waits for no code; `no_code_to_send`: its codes "
+                             "come from an authenticator app"},
+    },
+)  # fmt: skip
+async def resend_connection_mfa(request: Request, connection_id: str, principal: Principal = _write) -> Any:
+    """The code the portal sent expires within minutes; this is its MFA page's "send a new code".
+    When the portal's pending sign-in itself is gone, a new one is started, which sends a code. The
+    new code is then given with `POST /connections/{id}/mfa`. Nothing is sent while the portal's
+    lock lasts (429 `account_locked`)."""
+    ctx = request.app.state.ctx
+    with ctx.sessions() as session:
+        _manageable(session, principal, connection_id)
+    try:
+        sent = await resend_code(ctx, connection_id)
+    except NotWaitingForCode as exc:
+        raise ApiError(409, "invalid_state", str(exc)) from None
+    except NoCodeToSend as exc:
+        raise ApiError(409, "no_code_to_send", str(exc)) from None
+    except (InvalidCredentials, AccountLocked, TermsNotAccepted, RateLimited, UpstreamChanged,
+            UpstreamUnavailable) as exc:  # fmt: skip
+        raise login_refused(exc) from exc
+    with transaction(ctx.sessions) as session:
+        row = session.get(Connection, connection_id)
+        assert row is not None
+        audit.append(session, actor=principal.token_id, action="connection.mfa_resent", object_type="connection",
+                     object_id=connection_id, connection_id=connection_id,
+                     request_id=getattr(request.state, "request_id", None), detail={"sent": sent})  # fmt: skip
+        result = mapping.connection_to_schema(row)
+    if not sent:
+        _sync_now(request, connection_id)
+        return JSONResponse(result.model_dump(mode="json"), status_code=200)
     return result
 
 
