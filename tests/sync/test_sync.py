@@ -243,10 +243,10 @@ async def test_a_payment_held_in_transit_stays_in_transit_and_is_sent_once(
         assert payment is not None, "the seed has payments in transit"
         payment_id, upstream_id = payment.id, payment.upstream_id
 
-    def sent_events() -> int:
+    def sent_events(event_type: str = "payment.sent") -> int:
         with ctx.sessions() as session:
             return len(list(session.scalars(select(models.Event.id).where(
-                models.Event.object_id == payment_id, models.Event.type == "payment.sent"
+                models.Event.object_id == payment_id, models.Event.type == event_type
             ))))  # fmt: skip
 
     before = sent_events()
@@ -263,13 +263,14 @@ async def test_a_payment_held_in_transit_stays_in_transit_and_is_sent_once(
             "Security review",
         )
         assert [h.status for h in row.status_history][-2:] == ["in_transit", "in_transit"]
+    assert sent_events("payment.held") == 1 and sent_events("payment.status_updated") == 0  # its own news
     control.post("/mutate", json={"action": "releasePayment", "paymentId": upstream_id}).raise_for_status()
     assert (await engine.sync_connection(connection_id, cadence="fast")).ok
     with ctx.sessions() as session:
         row = session.get(models.Payment, payment_id)
         assert row is not None
         assert (row.status, row.upstream_status_raw, row.hold_reason) == ("in_transit", "Clearing", None)
-    assert sent_events() == before
+    assert sent_events() == before and sent_events("payment.released") == 1
     _assert_documents_match_columns(ctx)
 
 

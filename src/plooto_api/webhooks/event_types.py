@@ -19,7 +19,8 @@ TEST_EVENT_TYPE = "webhook_endpoint.test"
 # Emitted on particular changes of an object, beside its `.updated` (sync/upsert.py).
 _CHANGE_EVENTS = (
     "bill.approval_updated",
-    "payment.status_updated", "payment.sent", "payment.failed", "payment.completed",
+    "payment.status_updated", "payment.sent", "payment.failed", "payment.completed", "payment.held",
+    "payment.released",
     "invoice.paid", "invoice.overdue", "invoice.reminder_sent",
 )  # fmt: skip
 
