@@ -126,7 +126,8 @@ async def _answer_mfa(ctx: JobContext, console: Console, connection_id: str, cod
     except InvalidMfaCode as exc:
         raise CliError(
             "the portal did not accept the MFA code (each refused code counts toward its lockout of the "
-            f"account); give the right one with {_give_code_later(connection_id)}"
+            f"account); give the right one with {_give_code_later(connection_id)}, or, if it expired, have "
+            f"the portal send a new one with `plooto-api connections resend-code {connection_id}`"
         ) from exc
     from plooto_api.services import audit
 

@@ -276,7 +276,9 @@ async def answer_connection_mfa(
     except NotWaitingForCode as exc:  # nothing was sent to the portal
         raise ApiError(409, "invalid_state", str(exc)) from None
     except InvalidMfaCode as exc:  # 422, not 401: the caller's token is fine, the portal's code is not
-        raise ApiError(422, "invalid_mfa_code", "the portal refused this MFA code", param="code") from exc
+        raise ApiError(422, "invalid_mfa_code", "the portal refused this MFA code (each refused code counts "
+                       "toward its lockout of the account; a code expires within minutes: POST "
+                       f"/connections/{connection_id}/mfa/resend has it send a new one)", param="code") from exc  # fmt: skip
     except (InvalidCredentials, AccountLocked, TermsNotAccepted, RateLimited, UpstreamChanged,
             UpstreamUnavailable) as exc:  # fmt: skip
         raise login_refused(exc) from exc
