@@ -290,3 +290,23 @@ def test_new_credentials_proven_on_their_own_session_sign_in_once(client: TestCl
     answered = client.post("/authenticate/mfa", json={"challenge_id": started.json()["challenge_id"],
                                                       "code": _sms_code(sandbox)})  # fmt: skip
     assert answered.status_code == 201 and answered.json()["connection"]["id"] == clerk, answered.text
+
+
+def test_a_challenge_is_answered_by_another_process_of_the_gateway(
+    database_url: str, tmp_path: Path, sandbox: str
+) -> None:
+    # Challenges lived in the memory of the process that issued them: after a restart, or at a
+    # second API process behind one address, the code could not be given (404 unknown_challenge).
+    settings = Settings(data_dir=tmp_path / "d", database_url=database_url, upstream_url=sandbox,
+                        vault_key=SecretStr(generate_key()))  # fmt: skip
+    with TestClient(create_app(settings, run_jobs=False)) as first:
+        started = first.post("/authenticate", json=CLERK)
+        assert started.status_code == 202, started.text
+    challenge_id = started.json()["challenge_id"]
+    with TestClient(create_app(settings, run_jobs=False)) as second:
+        done = second.post(
+            "/authenticate/mfa", json={"challenge_id": challenge_id, "code": _sms_code(sandbox)}
+        )
+        assert done.status_code == 201, done.text
+        again = second.post("/authenticate/mfa", json={"challenge_id": challenge_id, "code": "123456"})
+        assert again.status_code == 404 and again.json()["error"]["code"] == "unknown_challenge"

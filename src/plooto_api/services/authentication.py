@@ -10,11 +10,11 @@ new code, under a new challenge.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import secrets
-import time
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
@@ -42,7 +42,7 @@ from plooto_api.services.sessions import (
 from plooto_api.services.tokens import READ_SCOPES, create_token
 from plooto_api.store.base import utcnow
 from plooto_api.store.database import transaction
-from plooto_api.store.models import Connection
+from plooto_api.store.models import Connection, VaultEntry
 from plooto_api.upstream import (
     AccountLocked,
     Credentials,
@@ -72,7 +72,21 @@ class Challenge:
     connection_id: str
     methods: list[str]
     trust_device: bool
-    expires: float = field(default_factory=lambda: time.monotonic() + CHALLENGE_TTL_SECONDS)
+    expires_at: datetime = field(default_factory=lambda: utcnow() + timedelta(seconds=CHALLENGE_TTL_SECONDS))
+
+    def sealed(self) -> dict[str, Any]:
+        """What the vault keeps of it (under its connection): the id's digest, never the id."""
+        return {"digest": _digest(self.challenge_id), "methods": self.methods, "trust_device": self.trust_device,
+                "expires_at": self.expires_at.isoformat()}  # fmt: skip
+
+
+# A pending challenge is kept in the vault under its connection (one at a time: a new sign-in of
+# the login replaces it), so any process of the gateway answers it, and a restart forgets none.
+CHALLENGE_PURPOSE = "mfa_challenge"
+
+
+def _digest(challenge_id: str) -> str:
+    return hashlib.sha256(challenge_id.encode()).hexdigest()
 
 
 class UnknownChallenge(LookupError):
@@ -301,7 +315,6 @@ class Authenticator:
 
     def __init__(self, ctx: JobContext) -> None:
         self.ctx = ctx
-        self._challenges: dict[str, Challenge] = {}
 
     async def authenticate(
         self,
@@ -316,17 +329,17 @@ class Authenticator:
         """Log in (see `sign_in`); a session token, or a challenge for the code the portal sent."""
         signed_in = await sign_in(self.ctx, username=username, password=password, upstream_url=upstream_url,
                                   totp_secret=totp_secret, mfa_code=mfa_code, trust_device=trust_device)  # fmt: skip
-        self._prune()
-        # This sign-in replaced any earlier one of the login (and the portal's new code the old one).
-        superseded = [c for c, ch in self._challenges.items() if ch.connection_id == signed_in.connection_id]
-        for earlier in superseded:
-            del self._challenges[earlier]
-        if signed_in.challenge is None:
-            return self._issue(signed_in.connection_id)
-        challenge = Challenge("mfa_" + secrets.token_urlsafe(18), signed_in.connection_id,
-                              [signed_in.challenge.method], trust_device)  # fmt: skip
-        self._challenges[challenge.challenge_id] = challenge
-        return challenge
+        challenge = None
+        if signed_in.challenge is not None:
+            challenge = Challenge("mfa_" + secrets.token_urlsafe(18), signed_in.connection_id,
+                                  [signed_in.challenge.method], trust_device)  # fmt: skip
+        with transaction(self.ctx.sessions) as session:
+            self._prune(session)
+            # This sign-in replaced any earlier one of the login (and the portal's new code the old one).
+            self.ctx.vault.delete(session, signed_in.connection_id, CHALLENGE_PURPOSE)
+            if challenge is not None:
+                self.ctx.vault.seal(session, challenge.connection_id, CHALLENGE_PURPOSE, challenge.sealed())
+        return challenge or self._issue(signed_in.connection_id)
 
     async def complete_challenge(self, challenge_id: str, code: str) -> Authenticated:
         """Answer a pending challenge (see `answer_mfa`). Raises UnknownChallenge; ChallengeRestarted
@@ -334,29 +347,64 @@ class Authenticator:
         the upstream errors: InvalidMfaCode (the challenge stays), AccountLocked (the connection is
         locked; the challenge stays, and is answered once the lock ends), InvalidCredentials (the
         challenge is dropped: the connection waits for a new password)."""
-        self._prune()
-        challenge = self._challenges.get(challenge_id)
+        challenge = self._find(challenge_id)
         if challenge is None:
             raise UnknownChallenge(challenge_id)
         if not self._still_waiting(challenge.connection_id):
             # Signed in another way meanwhile (its code given to the connection, say): the portal
             # would check no code now, so the challenge must not vouch for one.
-            self._challenges.pop(challenge_id, None)
+            self._drop(challenge)
             raise UnknownChallenge(challenge_id)
         try:
             signed_in = await answer_mfa(
                 self.ctx, challenge.connection_id, code, trust_device=challenge.trust_device, after_lock=True
             )
         except (ConnectionNotFound, NotWaitingForCode, InvalidCredentials) as exc:
-            self._challenges.pop(challenge_id, None)
+            self._drop(challenge)
             if isinstance(exc, ConnectionNotFound | NotWaitingForCode):  # removed, or signed in another way
                 raise UnknownChallenge(challenge_id) from None
             raise
         if not signed_in:
-            challenge.expires = time.monotonic() + CHALLENGE_TTL_SECONDS  # the life of the new code
+            challenge.expires_at = utcnow() + timedelta(seconds=CHALLENGE_TTL_SECONDS)  # the new code's life
+            with transaction(self.ctx.sessions) as session:
+                if self._current(session, challenge) is not None:
+                    self.ctx.vault.seal(
+                        session, challenge.connection_id, CHALLENGE_PURPOSE, challenge.sealed()
+                    )
             raise ChallengeRestarted(challenge_id)
-        self._challenges.pop(challenge_id, None)
+        self._drop(challenge)
         return self._issue(challenge.connection_id)
+
+    def _find(self, challenge_id: str) -> Challenge | None:
+        """The pending, unexpired challenge with this id (its digest compared in constant time)."""
+        digest = _digest(challenge_id)
+        with self.ctx.sessions() as session:
+            owners = session.scalars(
+                select(VaultEntry.owner_id).where(VaultEntry.purpose == CHALLENGE_PURPOSE)
+            )
+            for connection_id in list(owners):
+                kept = self.ctx.vault.open(session, connection_id, CHALLENGE_PURPOSE) or {}
+                if hmac.compare_digest(str(kept.get("digest", "")), digest):
+                    expires_at = datetime.fromisoformat(kept["expires_at"])
+                    if expires_at < utcnow():
+                        return None
+                    return Challenge(challenge_id, connection_id, list(kept["methods"]), bool(kept["trust_device"]),
+                                     expires_at)  # fmt: skip
+        return None
+
+    def _current(self, session: Session, challenge: Challenge) -> dict[str, Any] | None:
+        """The vault's record of `challenge`, if it is still its connection's pending one."""
+        kept = self.ctx.vault.open(session, challenge.connection_id, CHALLENGE_PURPOSE)
+        if isinstance(kept, dict) and hmac.compare_digest(
+            str(kept.get("digest", "")), _digest(challenge.challenge_id)
+        ):
+            return kept
+        return None
+
+    def _drop(self, challenge: Challenge) -> None:
+        with transaction(self.ctx.sessions) as session:
+            if self._current(session, challenge) is not None:  # not a newer sign-in's
+                self.ctx.vault.delete(session, challenge.connection_id, CHALLENGE_PURPOSE)
 
     def _still_waiting(self, connection_id: str) -> bool:
         """Whether the connection still waits for a person's code: for the one the portal sent, or
@@ -378,7 +426,12 @@ class Authenticator:
             )  # fmt: skip
         return Authenticated(connection_id, secret)
 
-    def _prune(self) -> None:
-        now = time.monotonic()
-        for challenge_id in [c for c, ch in self._challenges.items() if ch.expires < now]:
-            del self._challenges[challenge_id]
+    def _prune(self, session: Session) -> None:
+        """Forget expired challenges (their codes are long dead)."""
+        now = utcnow()
+        for connection_id in list(
+            session.scalars(select(VaultEntry.owner_id).where(VaultEntry.purpose == CHALLENGE_PURPOSE))
+        ):
+            kept = self.ctx.vault.open(session, connection_id, CHALLENGE_PURPOSE) or {}
+            if "expires_at" not in kept or datetime.fromisoformat(kept["expires_at"]) < now:
+                self.ctx.vault.delete(session, connection_id, CHALLENGE_PURPOSE)
