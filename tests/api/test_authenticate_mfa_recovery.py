@@ -24,6 +24,7 @@ from plooto_api.store import models
 from plooto_api.store.database import transaction
 from plooto_api.store.vault import generate_key
 from plooto_api.sync.engine import SyncEngine
+from support.connections import connection_event_types, stored_connection
 
 CLERK = {"username": "clerk@northwind-cpa.test", "password": "sandbox-password"}
 
@@ -60,17 +61,11 @@ def _password_posts(sandbox: str, fault_id: str) -> int:
 
 
 def _connection(client: TestClient, connection_id: str) -> models.Connection:
-    with client.app.state.sessions() as session:  # type: ignore[attr-defined]
-        row = session.get(models.Connection, connection_id)
-        assert row is not None
-        session.expunge(row)
-        return row
+    return stored_connection(client.app.state.sessions, connection_id)  # type: ignore[attr-defined]
 
 
 def _events(client: TestClient, connection_id: str) -> list[str]:
-    with client.app.state.sessions() as session:  # type: ignore[attr-defined]
-        return list(session.scalars(select(models.Event.type).where(models.Event.connection_id == connection_id)
-                                    .order_by(models.Event.seq)))  # fmt: skip
+    return connection_event_types(client.app.state.sessions, connection_id)  # type: ignore[attr-defined]
 
 
 def _start(client: TestClient) -> tuple[str, str]:

@@ -12,7 +12,6 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
-from sqlalchemy import select
 
 from plooto_api.api.app import create_app
 from plooto_api.config import Settings
@@ -23,6 +22,7 @@ from plooto_api.store import models
 from plooto_api.store.database import transaction
 from plooto_api.store.vault import generate_key
 from plooto_api.sync.engine import SyncEngine
+from support.connections import connection_event_types, stored_connection
 
 CONTROLLER = {"username": "controller@northwind-cpa.test", "password": "sandbox-password"}
 TOTP = "PLOOTOSANDBOXTOTPSECRETKEY234567"
@@ -65,17 +65,11 @@ def _hits(sandbox: str, fault_id: str) -> int:
 
 
 def _connection(client: TestClient, connection_id: str) -> models.Connection:
-    with client.app.state.sessions() as session:  # type: ignore[attr-defined]
-        row = session.get(models.Connection, connection_id)
-        assert row is not None
-        session.expunge(row)
-        return row
+    return stored_connection(client.app.state.sessions, connection_id)  # type: ignore[attr-defined]
 
 
 def _events(client: TestClient, connection_id: str) -> list[str]:
-    with client.app.state.sessions() as session:  # type: ignore[attr-defined]
-        return list(session.scalars(select(models.Event.type).where(models.Event.connection_id == connection_id)
-                                    .order_by(models.Event.seq)))  # fmt: skip
+    return connection_event_types(client.app.state.sessions, connection_id)  # type: ignore[attr-defined]
 
 
 def test_a_new_password_is_tried_before_it_is_stored_or_announced(client: TestClient) -> None:

@@ -4,7 +4,6 @@ filters do."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,13 +15,11 @@ from pydantic import SecretStr
 
 from plooto_api.api.app import create_app
 from plooto_api.config import Settings
-from plooto_api.jobs import JobContext
-from plooto_api.services.connections import create_connection
 from plooto_api.services.tokens import create_token
 from plooto_api.store import models
 from plooto_api.store.database import transaction
 from plooto_api.store.vault import generate_key
-from plooto_api.sync.engine import SyncEngine
+from support.connections import connect_and_sync
 
 CONTROLLER = "controller@northwind-cpa.test"
 PASSWORD = "sandbox-password"
@@ -44,22 +41,7 @@ def _admin(client: TestClient) -> dict[str, str]:
 
 def _connect(client: TestClient, *, password: str = PASSWORD, totp_secret: str | None) -> str:
     """The controller's connection, synced once as the scheduler would: its state is the portal's answer."""
-    settings: Settings = client.app.state.settings  # type: ignore[attr-defined]
-
-    async def make() -> str:
-        ctx = JobContext.from_settings(settings, migrate=False)
-        try:
-            with transaction(ctx.sessions) as session:
-                connection_id = create_connection(
-                    session, ctx.vault, username=CONTROLLER, password=password,
-                    upstream_url=str(settings.upstream_url), totp_secret=totp_secret,
-                ).id  # fmt: skip
-            await SyncEngine(ctx).sync_connection(connection_id)
-            return connection_id
-        finally:
-            await ctx.aclose()
-
-    return asyncio.run(make())
+    return connect_and_sync(client.app.state.settings, CONTROLLER, password=password, totp_secret=totp_secret)  # type: ignore[attr-defined]
 
 
 def _counter(sandbox: str, path: str) -> Callable[[], int]:

@@ -4,7 +4,6 @@ is sent for a connection waiting for no code, or whose codes come from an authen
 
 from __future__ import annotations
 
-import asyncio
 import io
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,13 +20,11 @@ from plooto_api.api.app import create_app
 from plooto_api.cli import CliError
 from plooto_api.cli.connections import run_resend_code
 from plooto_api.config import Settings
-from plooto_api.jobs import JobContext
-from plooto_api.services.connections import create_connection
 from plooto_api.services.tokens import create_token
 from plooto_api.store import models
 from plooto_api.store.database import transaction
 from plooto_api.store.vault import generate_key
-from plooto_api.sync.engine import SyncEngine
+from support.connections import connect_and_sync, stored_connection
 
 CONTROLLER, CLERK, PASSWORD = "controller@northwind-cpa.test", "clerk@northwind-cpa.test", "sandbox-password"
 
@@ -47,21 +44,9 @@ def _admin(client: TestClient) -> dict[str, str]:
 
 def _waiting(client: TestClient, username: str) -> str:
     """A connection synced once as the scheduler would, without a TOTP secret: it waits for a code."""
-    settings: Settings = client.app.state.settings  # type: ignore[attr-defined]
-
-    async def make() -> str:
-        ctx = JobContext.from_settings(settings, migrate=False)
-        try:
-            with transaction(ctx.sessions) as session:
-                connection_id = create_connection(session, ctx.vault, username=username, password=PASSWORD,
-                                                  upstream_url=str(settings.upstream_url)).id  # fmt: skip
-            report = await SyncEngine(ctx).sync_connection(connection_id)
-            assert report.state == "requires_action", report
-            return connection_id
-        finally:
-            await ctx.aclose()
-
-    return asyncio.run(make())
+    connection_id = connect_and_sync(client.app.state.settings, username, totp_secret=None)  # type: ignore[attr-defined]
+    assert stored_connection(client.app.state.sessions, connection_id).state == "requires_action"  # type: ignore[attr-defined]
+    return connection_id
 
 
 def _sms(sandbox: str) -> list[dict[str, Any]]:

@@ -4,7 +4,6 @@ password sent again is how a gateway locks an account)."""
 
 from __future__ import annotations
 
-import asyncio
 import io
 import os
 import subprocess
@@ -23,11 +22,9 @@ from plooto_api.cli import CliError
 from plooto_api.cli.connections import run_sync
 from plooto_api.config import Settings
 from plooto_api.jobs import JobContext
-from plooto_api.services.connections import create_connection
 from plooto_api.store import models
-from plooto_api.store.database import transaction
 from plooto_api.store.vault import generate_key
-from plooto_api.sync.engine import SyncEngine
+from support.connections import connect_and_sync
 
 CONTROLLER, CLERK = "controller@northwind-cpa.test", "clerk@northwind-cpa.test"
 PASSWORD = "sandbox-password"
@@ -47,22 +44,7 @@ def control(sandbox: str) -> Iterator[httpx.Client]:
 
 
 def _connect(settings: Settings, username: str, *, password: str = PASSWORD, totp_secret: str | None) -> str:
-    """A connection made and synced once, as the scheduler's first run would: its state is the portal's answer."""
-
-    async def make() -> str:
-        ctx = JobContext.from_settings(settings, migrate=False)
-        try:
-            with transaction(ctx.sessions) as session:
-                connection_id = create_connection(
-                    session, ctx.vault, username=username, password=password,
-                    upstream_url=str(settings.upstream_url), totp_secret=totp_secret,
-                ).id  # fmt: skip
-            await SyncEngine(ctx).sync_connection(connection_id)
-            return connection_id
-        finally:
-            await ctx.aclose()
-
-    return asyncio.run(make())
+    return connect_and_sync(settings, username, password=password, totp_secret=totp_secret)
 
 
 def _state(settings: Settings, connection_id: str) -> tuple[str, str | None, dict[str, Any] | None, int]:

@@ -272,6 +272,13 @@ def run_clear_drift(settings: Settings, console: Console, connection_id: str) ->
     console.print(f"{connection_id} cleared; writes are allowed again")
 
 
+def _require(ctx: JobContext, connection_id: str) -> None:
+    """CliError unless the connection exists."""
+    with ctx.sessions() as session:
+        if session.get(Connection, connection_id) is None:
+            raise CliError(f"no connection {connection_id} (see `plooto-api connections list`)")
+
+
 def run_resend_code(settings: Settings, console: Console, connection_id: str) -> None:
     """Have the portal send a new code to a connection waiting for one; recorded in the audit log."""
     from plooto_api.services import audit
@@ -280,9 +287,7 @@ def run_resend_code(settings: Settings, console: Console, connection_id: str) ->
     async def run() -> int:
         ctx = JobContext.from_settings(settings)
         try:
-            with ctx.sessions() as session:
-                if session.get(Connection, connection_id) is None:
-                    raise CliError(f"no connection {connection_id} (see `plooto-api connections list`)")
+            _require(ctx, connection_id)
             try:
                 sent = await resend_code(ctx, connection_id)
             except (NotWaitingForCode, NoCodeToSend) as exc:
@@ -369,9 +374,7 @@ def run_set_password(
     async def run() -> int:
         ctx = JobContext.from_settings(settings)
         try:
-            with ctx.sessions() as session:
-                if session.get(Connection, connection_id) is None:
-                    raise CliError(f"no connection {connection_id} (see `plooto-api connections list`)")
+            _require(ctx, connection_id)
             secret = check_totp_secret(totp_secret)
             given = password() if callable(password) else password
             try:
