@@ -1,4 +1,5 @@
-"""The API's seeded world: two tenants (connection + company) with every object type, and tokens."""
+"""The API's seeded world: two tenants (connection + company) with every object type, and tokens;
+and a gateway app over the real sandbox (`portal_client`)."""
 
 from __future__ import annotations
 
@@ -86,3 +87,17 @@ def world(database_url: str, tmp_path: Path) -> Iterator[dict[str, Any]]:
     )
     with TestClient(create_app(settings, run_jobs=False)) as client:
         yield {"client": client, "a": a, "b": b, "tokens": tokens}
+
+
+@pytest.fixture
+def portal_settings(database_url: str, tmp_path: Path, sandbox: str) -> Settings:
+    """A gateway's settings on this test's database, against the real sandbox."""
+    return Settings(data_dir=tmp_path / "d", database_url=database_url, upstream_url=sandbox,
+                    vault_key=SecretStr(generate_key()))  # fmt: skip
+
+
+@pytest.fixture
+def portal_client(portal_settings: Settings) -> Iterator[TestClient]:
+    """The gateway's app over the real sandbox, its jobs not run (a test syncs when it means to)."""
+    with TestClient(create_app(portal_settings, run_jobs=False)) as test_client:
+        yield test_client

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +31,8 @@ CLERK = {"username": "clerk@northwind-cpa.test", "password": "sandbox-password"}
 
 
 @pytest.fixture
-def client(database_url: str, tmp_path: Path, sandbox: str) -> Iterator[TestClient]:
-    settings = Settings(data_dir=tmp_path / "d", database_url=database_url, upstream_url=sandbox,
-                        vault_key=SecretStr(generate_key()))  # fmt: skip
-    with TestClient(create_app(settings, run_jobs=False)) as test_client:
-        yield test_client
+def client(portal_client: TestClient) -> TestClient:
+    return portal_client
 
 
 def _sms_code(sandbox: str) -> str:

@@ -5,24 +5,19 @@ again (no password sent) while the portal's lock lasts."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from pydantic import SecretStr
 from sqlalchemy import select
 
-from plooto_api.api.app import create_app
 from plooto_api.config import Settings
 from plooto_api.jobs import JobContext
 from plooto_api.services.tokens import create_token
 from plooto_api.store import models
 from plooto_api.store.database import transaction
-from plooto_api.store.vault import generate_key
 from plooto_api.sync.engine import SyncEngine
 from support.connections import connection_event_types, stored_connection
 
@@ -30,13 +25,16 @@ CLERK = {"username": "clerk@northwind-cpa.test", "password": "sandbox-password"}
 
 
 @pytest.fixture
-def client(database_url: str, tmp_path: Path, sandbox: str) -> Iterator[TestClient]:
+def portal_settings(portal_settings: Settings) -> Settings:
     # The gateway's own attempt limits are not under test here: room for every attempt below.
-    settings = Settings(data_dir=tmp_path / "d", database_url=database_url, upstream_url=sandbox,
-                        vault_key=SecretStr(generate_key()), auth_attempts_per_client=100,
-                        auth_attempts_per_username=100)  # fmt: skip
-    with TestClient(create_app(settings, run_jobs=False)) as test_client:
-        yield test_client
+    return portal_settings.model_copy(
+        update={"auth_attempts_per_client": 100, "auth_attempts_per_username": 100}
+    )
+
+
+@pytest.fixture
+def client(portal_client: TestClient) -> TestClient:
+    return portal_client
 
 
 def _sms(sandbox: str) -> list[dict[str, Any]]:

@@ -5,22 +5,17 @@ once a lock found after it has ended."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from pydantic import SecretStr
 
-from plooto_api.api.app import create_app
 from plooto_api.config import Settings
 from plooto_api.jobs import JobContext
 from plooto_api.services.connections import change_state, create_connection
 from plooto_api.services.tokens import create_token
 from plooto_api.store import models
 from plooto_api.store.database import transaction
-from plooto_api.store.vault import generate_key
 from plooto_api.sync.engine import SyncEngine
 from support.connections import connection_event_types, stored_connection
 
@@ -29,13 +24,16 @@ TOTP = "PLOOTOSANDBOXTOTPSECRETKEY234567"
 
 
 @pytest.fixture
-def client(database_url: str, tmp_path: Path, sandbox: str) -> Iterator[TestClient]:
+def portal_settings(portal_settings: Settings) -> Settings:
     # The gateway's own attempt limits are not under test here: room for every attempt below.
-    settings = Settings(data_dir=tmp_path / "d", database_url=database_url, upstream_url=sandbox,
-                        vault_key=SecretStr(generate_key()), auth_attempts_per_client=100,
-                        auth_attempts_per_username=100)  # fmt: skip
-    with TestClient(create_app(settings, run_jobs=False)) as test_client:
-        yield test_client
+    return portal_settings.model_copy(
+        update={"auth_attempts_per_client": 100, "auth_attempts_per_username": 100}
+    )
+
+
+@pytest.fixture
+def client(portal_client: TestClient) -> TestClient:
+    return portal_client
 
 
 def _headers(client: TestClient) -> dict[str, str]:

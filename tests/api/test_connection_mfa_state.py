@@ -4,21 +4,16 @@ filters do."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from pydantic import SecretStr
 
-from plooto_api.api.app import create_app
-from plooto_api.config import Settings
 from plooto_api.services.tokens import create_token
 from plooto_api.store import models
 from plooto_api.store.database import transaction
-from plooto_api.store.vault import generate_key
 from support.connections import connect_and_sync
 
 CONTROLLER = "controller@northwind-cpa.test"
@@ -27,11 +22,8 @@ WRONG_TOTP_SECRET = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"  # valid base32, not the 
 
 
 @pytest.fixture
-def client(database_url: str, tmp_path: Path, sandbox: str) -> Iterator[TestClient]:
-    settings = Settings(data_dir=tmp_path / "d", database_url=database_url, upstream_url=sandbox,
-                        vault_key=SecretStr(generate_key()))  # fmt: skip
-    with TestClient(create_app(settings, run_jobs=False)) as test_client:
-        yield test_client
+def client(portal_client: TestClient) -> TestClient:
+    return portal_client
 
 
 def _admin(client: TestClient) -> dict[str, str]:

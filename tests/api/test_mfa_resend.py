@@ -5,36 +5,28 @@ is sent for a connection waiting for no code, or whose codes come from an authen
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from pydantic import SecretStr
 from rich.console import Console
 from sqlalchemy import select
 
-from plooto_api.api.app import create_app
 from plooto_api.cli import CliError
 from plooto_api.cli.connections import run_resend_code
 from plooto_api.config import Settings
 from plooto_api.services.tokens import create_token
 from plooto_api.store import models
 from plooto_api.store.database import transaction
-from plooto_api.store.vault import generate_key
 from support.connections import connect_and_sync, stored_connection
 
 CONTROLLER, CLERK, PASSWORD = "controller@northwind-cpa.test", "clerk@northwind-cpa.test", "sandbox-password"
 
 
 @pytest.fixture
-def client(database_url: str, tmp_path: Path, sandbox: str) -> Iterator[TestClient]:
-    settings = Settings(data_dir=tmp_path / "d", database_url=database_url, upstream_url=sandbox,
-                        vault_key=SecretStr(generate_key()))  # fmt: skip
-    with TestClient(create_app(settings, run_jobs=False)) as test_client:
-        yield test_client
+def client(portal_client: TestClient) -> TestClient:
+    return portal_client
 
 
 def _admin(client: TestClient) -> dict[str, str]:
