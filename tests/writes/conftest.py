@@ -162,3 +162,16 @@ def make_gateway(database_url: str, tmp_path: Path, sandbox: str) -> Iterator[Ca
 @pytest.fixture
 def gateway(make_gateway: Callable[..., Gateway]) -> Gateway:
     return make_gateway()
+
+
+def left_open(gw: Gateway, operation_id: str, timeout: float = 30.0) -> dict[str, Any]:
+    """The operation once its execution has left it open with a time to try it again."""
+    from plooto_api.services import writes
+
+    deadline = time.monotonic() + timeout
+    while True:
+        body = dict(gw.get(f"/operations/{operation_id}").json())
+        if (body.get("error") or {}).get("retry_at") and operation_id not in writes._IN_HAND:
+            return body
+        assert time.monotonic() < deadline, body
+        time.sleep(0.1)  # waiting for the background job, not driving it

@@ -4,7 +4,6 @@ end; failed (and never sent) once too old; read back, never sent blind, when sen
 from __future__ import annotations
 
 import asyncio
-import time
 from datetime import timedelta
 from types import SimpleNamespace
 from typing import Any
@@ -20,24 +19,13 @@ from plooto_api.store.base import utcnow
 from plooto_api.store.database import transaction
 from plooto_api.upstream import PortalSession, UpstreamUnavailable
 
-from .conftest import Gateway
+from .conftest import Gateway, left_open
 
 
 @pytest.fixture(autouse=True)
 def one_quick_try(monkeypatch: pytest.MonkeyPatch) -> None:
     # The few tries at once inside a request only make an outage take longer to show.
     monkeypatch.setattr(writes, "TRANSIENT_RETRIES", 1)
-
-
-def _left_open(gw: Gateway, operation_id: str, timeout: float = 30.0) -> dict[str, Any]:
-    """The operation once its execution has left it open with a time to try it again."""
-    deadline = time.monotonic() + timeout
-    while True:
-        body = dict(gw.get(f"/operations/{operation_id}").json())
-        if (body.get("error") or {}).get("retry_at") and operation_id not in writes._IN_HAND:
-            return body
-        assert time.monotonic() < deadline, body
-        time.sleep(0.1)  # waiting for the background job, not driving it
 
 
 def _age(gw: Gateway, operation_id: str, **by: float) -> None:
@@ -76,7 +64,7 @@ def test_a_write_an_outage_left_open_is_sent_by_the_running_gateway_once_the_por
     gw.fault(kind="error", status=503)  # every path: the portal is down
     response = gw.post("/create_payment", {"bill_id": bill.id}, key="outage-1")
     assert response.status_code == 202, response.text
-    operation = _left_open(gw, response.headers["Operation-Id"])
+    operation = left_open(gw, response.headers["Operation-Id"])
     assert operation["status"] in ("pending", "running") and operation["error"]["retryable"] is True
     assert operation["error"]["expires_at"] > operation["created_at"]
     gw.control.delete("/faults").raise_for_status()
@@ -91,7 +79,7 @@ def test_a_retry_waits_for_its_time(gateway: Gateway) -> None:
     gateway.settings.write_retry_seconds = 3600.0  # the first wait: an hour
     bill = gateway.bill(status="approved", currency="CAD")
     gateway.fault(kind="error", status=503)
-    operation = _left_open(
+    operation = left_open(
         gateway, gateway.post("/create_payment", {"bill_id": bill.id}).headers["Operation-Id"]
     )
     gateway.control.delete("/faults").raise_for_status()
@@ -112,7 +100,7 @@ def test_a_write_never_sent_expires_its_key_is_released_and_it_is_never_sent_lat
     gateway.fault(kind="error", status=503)
     response = gateway.post("/create_payment", {"bill_id": bill.id}, key="expire-1")
     assert response.status_code == 202, response.text
-    operation = _left_open(gateway, response.headers["Operation-Id"])
+    operation = left_open(gateway, response.headers["Operation-Id"])
     assert (operation["status"], operation["attempts"]) == ("pending", 0)
     _age(gateway, operation["id"], hours=2)
     gateway.control.delete("/faults").raise_for_status()  # back, but too late for this write
@@ -144,7 +132,7 @@ def test_a_restart_does_not_send_a_write_requested_too_long_ago(gateway: Gateway
     bill = gateway.bill(status="approved", currency="CAD")
     gateway.fault(kind="error", status=503)
     response = gateway.post("/create_payment", {"bill_id": bill.id, "amount": "50.00"})
-    operation = _left_open(gateway, response.headers["Operation-Id"])
+    operation = left_open(gateway, response.headers["Operation-Id"])
     _age(gateway, operation["id"], hours=2)
     gateway.control.delete("/faults").raise_for_status()
     paid = gateway.post("/create_payment", {"bill_id": bill.id, "amount": "50.00"}, key="by-hand")
@@ -166,7 +154,7 @@ def test_a_write_sent_before_is_read_back_past_the_age_limit_and_never_sent_agai
         gateway.fault(kind="error", method="POST", pathPattern=r"/payments$", count=1, status=503)
     gateway.fault(kind="error", method="GET", pathPattern=r"/payments$", status=503)  # no read-back
     response = gateway.post("/create_payment", {"bill_id": bill.id}, key="sent-1")
-    operation = _left_open(gateway, response.headers["Operation-Id"])
+    operation = left_open(gateway, response.headers["Operation-Id"])
     assert (operation["status"], operation["attempts"]) == ("running", 1)
     _age(gateway, operation["id"], hours=2)
     gateway.control.delete("/faults").raise_for_status()
@@ -232,7 +220,7 @@ def test_a_send_refused_before_the_portal_could_apply_it_is_not_counted(gateway:
     gateway.control.post("/sessions/revoke", json={}).raise_for_status()
     gateway.fault(kind="error", method="POST", pathPattern="^/login$", status=503)
     response = gateway.post("/create_payment", {"bill_id": bill.id}, key="relogin-1")
-    operation = _left_open(gateway, response.headers["Operation-Id"])
+    operation = left_open(gateway, response.headers["Operation-Id"])
     assert operation["attempts"] == 0, operation
     gateway.control.delete("/faults").raise_for_status()
     _age(gateway, operation["id"], seconds=0)
@@ -249,7 +237,7 @@ def test_sends_the_portal_refuses_with_errors_of_its_own_leave_the_write_for_the
     bill = gateway.bill(status="approved", currency="CAD")
     gateway.fault(kind="error", method="POST", pathPattern=r"/payments$", status=503)
     response = gateway.post("/create_payment", {"bill_id": bill.id}, key="refused-1")
-    operation = _left_open(gateway, response.headers["Operation-Id"])
+    operation = left_open(gateway, response.headers["Operation-Id"])
     assert (operation["status"], operation["attempts"]) == ("pending", 0), operation  # nothing applied
     assert "refused the write 3 times" in operation["error"]["last_error"]
     gateway.control.delete("/faults").raise_for_status()
@@ -263,7 +251,7 @@ def test_a_write_another_process_sent_meanwhile_is_read_back_not_sent_again(gate
     # other held a write it had recorded but not sent yet; both sent it: two payments.
     bill = gateway.bill(status="approved", currency="CAD")
     gateway.fault(kind="error", status=503)
-    operation = _left_open(
+    operation = left_open(
         gateway, gateway.post("/create_payment", {"bill_id": bill.id}).headers["Operation-Id"]
     )
     gateway.control.delete("/faults").raise_for_status()

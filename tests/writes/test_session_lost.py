@@ -5,7 +5,6 @@ a fresh read is 503 `upstream_unavailable` and a write stays open to be tried ag
 from __future__ import annotations
 
 import asyncio
-import time
 from datetime import timedelta
 from typing import Any
 
@@ -17,7 +16,7 @@ from plooto_api.store import models
 from plooto_api.store.database import transaction
 from support.portal import lock_login_from_elsewhere
 
-from .conftest import CONTROLLER, Gateway
+from .conftest import CONTROLLER, Gateway, left_open
 
 # Every call of a company's API (not the sign-in pages): each request after a sign-in loses it again.
 LOST = "^/api/companies/"
@@ -72,17 +71,6 @@ def test_a_write_whose_session_is_lost_twice_is_tried_again_and_done(gateway: Ga
     assert _state(gateway) == "healthy"
 
 
-def _left_open(gw: Gateway, operation_id: str, timeout: float = 30.0) -> dict[str, Any]:
-    """The operation once its execution has left it open with a time to try it again."""
-    deadline = time.monotonic() + timeout
-    while True:
-        body = dict(gw.get(f"/operations/{operation_id}").json())
-        if (body.get("error") or {}).get("retry_at") and operation_id not in writes._IN_HAND:
-            return body
-        assert time.monotonic() < deadline, body
-        time.sleep(0.1)  # waiting for the background job, not driving it
-
-
 def _retry_now(gw: Gateway, operation_id: str) -> dict[str, str]:
     """Make the operation's retry due and run the periodic retry, as the running gateway would."""
     with transaction(gw.sessions()) as session:
@@ -109,7 +97,7 @@ def test_a_write_whose_session_keeps_being_lost_stays_open_and_keeps_its_key_usa
     gateway.fault(kind="revoke_session", pathPattern=LOST)  # until deleted
     response = gateway.post("/create_payment", {"bill_id": bill.id}, key="lost-always-1")
     assert response.status_code == 202, response.text
-    operation = _left_open(gateway, response.headers["Operation-Id"])
+    operation = left_open(gateway, response.headers["Operation-Id"])
     # Open, as after an outage, with nothing counted as sent: the portal applied nothing.
     assert (operation["status"], operation["attempts"]) == ("pending", 0), operation
     assert operation["error"]["retryable"] is True and "lost again" in operation["error"]["last_error"]
