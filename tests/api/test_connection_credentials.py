@@ -125,3 +125,19 @@ def test_a_password_refused_before_a_lock_is_not_tried_when_the_lock_ends(
     done = client.post("/authenticate", json={**CONTROLLER, "totp_secret": TOTP})
     assert done.status_code == 201, done.text
     assert _connection(client, connection_id).state == "healthy" and _hits(sandbox, logins) == 1
+
+
+def test_a_new_totp_secret_is_proven_though_the_device_is_trusted(client: TestClient) -> None:
+    # The proof signed in as the connection's trusted device, so the portal asked for no code and
+    # a wrong secret was stored, to be refused at the next MFA step (counting toward the lockout).
+    first = client.post("/authenticate", json={**CONTROLLER, "totp_secret": TOTP})
+    assert first.status_code == 201, first.text
+    connection_id = first.json()["connection"]["id"]
+    wrong = client.patch(
+        f"/connections/{connection_id}", json={"totp_secret": "A" * 32}, headers=_headers(client)
+    )
+    assert wrong.status_code == 422 and wrong.json()["error"]["code"] == "invalid_mfa_code", wrong.text
+    ctx: JobContext = client.app.state.ctx  # type: ignore[attr-defined]
+    with ctx.sessions() as session:
+        assert (ctx.vault.open(session, connection_id, "credentials") or {})["totp_secret"] == TOTP
+    assert _connection(client, connection_id).state == "healthy"

@@ -157,3 +157,37 @@ def test_each_feed_vouches_only_for_the_rows_it_lists() -> None:
     assert vouched_types(payments) == {
         "payment": {"direction": "payable"}, "fx_conversion": {}, "transaction": {},
     }  # fmt: skip
+
+
+async def test_a_payment_held_after_its_debit_keeps_its_transactions_through_a_whole_listing(
+    ctx: JobContext, make_connection: Callable[..., str], control: httpx.Client
+) -> None:
+    # A held payment's normalization left out its debit and fee (OnHold was not a debited status):
+    # the whole listing then found them missing, and the portal's payment confirmed it, so they
+    # were marked deleted, and came back as updated on release.
+    connection_id = make_connection()
+    engine = SyncEngine(ctx)
+    assert (await engine.sync_connection(connection_id)).ok
+    with ctx.sessions() as session:
+        payment = session.scalars(
+            select(models.Payment).where(models.Payment.status == "in_transit").order_by(models.Payment.id)
+        ).first()
+        assert payment is not None, "the seed has payments in transit"
+        kept = set(
+            session.scalars(
+                select(models.Transaction.upstream_id).where(models.Transaction.payment_id == payment.id)
+            )
+        )
+        upstream_id = payment.upstream_id
+    assert kept, "a payment in transit has its debit"
+    control.post(
+        "/mutate", json={"action": "holdPayment", "paymentId": upstream_id, "reason": ""}
+    ).raise_for_status()
+    control.post("/clock", json={"advance_hours": 25}).raise_for_status()
+    assert (await engine.sync_connection(connection_id)).ok
+    assert "transaction" not in _deleted(ctx)
+    with ctx.sessions() as session:
+        held = session.scalars(select(models.Payment).where(models.Payment.upstream_id == upstream_id)).one()
+        assert held.hold_reason  # held, though the portal gave no reason
+        types = session.scalars(select(models.Event.type).where(models.Event.object_id == held.id)).all()
+    assert "payment.held" in types

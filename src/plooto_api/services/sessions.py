@@ -242,7 +242,10 @@ async def replace_credentials(
         await ctx.portals.forget(connection_id)  # built again from the vault, with them, after the lock
         return
     challenge: MfaChallenge | None = None
-    async with ctx.portals.probe(base_url, new, login_mode=mode, device_from=device) as (probe, store):
+    # As the connection's trusted device, so a password needs no SMS code; but a new TOTP secret is
+    # proven only where the portal asks for a code: without the device.
+    trusted = device if totp_secret is None else None
+    async with ctx.portals.probe(base_url, new, login_mode=mode, device_from=trusted) as (probe, store):
         try:
             await probe.ensure_logged_in(deliberate=True)
         except MfaRequired as exc:

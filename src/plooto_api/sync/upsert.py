@@ -155,10 +155,11 @@ def _events_for_change(
             types.append("payment.failed")
         elif new_data["status"] == "completed":
             types.append("payment.completed")
-    if object_type == "payment" and bool(old_data.get("hold_reason")) != bool(new_data.get("hold_reason")):
+    held_before, held_now = old_data.get("hold_reason") is not None, new_data.get("hold_reason") is not None
+    if object_type == "payment" and held_before != held_now:
         # A hold keeps the status (the money is where it was): its own event, so those who follow
         # payments' statuses learn of it (a security or compliance review stops the payment).
-        types.append("payment.held" if new_data.get("hold_reason") else "payment.released")
+        types.append("payment.held" if held_now else "payment.released")
     if object_type == "invoice" and old_data["status"] != new_data["status"]:
         if new_data["status"] == "paid":
             types.append("invoice.paid")

@@ -321,6 +321,7 @@ PAYMENT_STATUS = {
 }  # fmt: skip
 # A hold (security or compliance review) freezes a payment where it was; a release resumes it there.
 PAYMENT_ON_HOLD = "OnHold"
+HOLD_REASON_UNKNOWN = "held by the portal (no reason given)"
 # The portal's status of a payment a cancel stopped. Rejected, Recalled and Deleted read as
 # `cancelled` too, but are someone else's doing (an approver, the bank).
 PAYMENT_CANCELLED = "Cancelled"
@@ -860,7 +861,10 @@ def normalize_payment(raw: dict[str, Any], ctx: Context) -> list[UpstreamRecord]
         "completed_at": completed,
         "status": status,
         "status_history": history,
-        "hold_reason": raw.get("holdReason") if status_raw == PAYMENT_ON_HOLD else None,
+        # Set exactly while the portal holds it (the reason may be missing: a hold still is one).
+        "hold_reason": (raw.get("holdReason") or HOLD_REASON_UNKNOWN)
+        if status_raw == PAYMENT_ON_HOLD
+        else None,
         "failure_code": snake(failure),
         "failure_reason": FAILURE_REASON_TEXT.get(failure or "", failure),
         "trace_number": None,
@@ -883,7 +887,8 @@ def normalize_payment(raw: dict[str, Any], ctx: Context) -> list[UpstreamRecord]
             **stamps,
         )
     ]
-    debited = raw.get("debitedDate") if status_raw in PAYMENT_DEBITED_STATUSES else None
+    # A payment held after its debit keeps it: its money left the account all the same.
+    debited = raw.get("debitedDate") if status_raw in PAYMENT_DEBITED_STATUSES | {PAYMENT_ON_HOLD} else None
     if fx_id is not None:
         if debited:
             fx_status = "executed"
