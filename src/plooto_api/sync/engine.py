@@ -80,6 +80,9 @@ SHARED_TYPE_SCOPES: dict[tuple[str, str], dict[str, str]] = {
     ("bank_accounts", "approval_rule"): {"kind": "signing_authority"},
     ("approval_policies", "approval_rule"): {"kind": "threshold"},
 }
+# A whole listing whose lookups of absent objects failed (the portal answering 5xx for them) is
+# done again this long after, not at every run of its feed.
+RECONCILE_RETRY = timedelta(hours=1)
 Cadence = Literal["fast", "slow", "all"]
 ProgressCallback = Callable[[str, str, int, int | None], None]  # company, feed, done, total
 
@@ -635,7 +638,15 @@ class SyncEngine:
             if not pending.done():
                 pending.cancel()
         if complete:
-            await self._confirm_absences(portal, connection_id, company_upstream_id, feed, seen, report)
+            try:
+                await self._confirm_absences(portal, connection_id, company_upstream_id, feed, seen, report)
+            except UpstreamError:
+                if feed.incremental and self.ctx.settings.sync_reconcile_interval_seconds:
+                    # Asked again in RECONCILE_RETRY, not at every run: each would list the feed whole.
+                    again = began - timedelta(seconds=self.ctx.settings.sync_reconcile_interval_seconds)
+                    await asyncio.to_thread(self._listed_whole, connection_id, company_upstream_id, feed,
+                                            again + RECONCILE_RETRY)  # fmt: skip
+                raise
             if feed.incremental:
                 await asyncio.to_thread(self._listed_whole, connection_id, company_upstream_id, feed, began)
 
