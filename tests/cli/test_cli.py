@@ -40,7 +40,9 @@ def _env(db_env: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("PLOOTO_API_")} | db_env
 
 
-def _wait_for_health(url: str, proc: subprocess.Popen[str], timeout: float = 30.0) -> httpx.Response:
+def _wait_for_health(url: str, proc: subprocess.Popen[str], timeout: float = 90.0) -> httpx.Response:
+    # `serve` migrates, starts the embedded sandbox and syncs before it answers: on PostgreSQL, on a
+    # machine busy with other test workers, that took over 30 s once.
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()
