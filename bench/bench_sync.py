@@ -4,7 +4,9 @@
    as a fraction of R (target >= 0.9) and the share of requests answered 429 (target < 1%).
    The throttle does not know R: it starts at 10 req/s (or --start-rate) and learns the limit. The
    `_started_at_limit` figures are the same sync with the throttle started at R, as with
-   PLOOTO_API_UPSTREAM_INITIAL_RATE set to the portal's known limit.
+   PLOOTO_API_UPSTREAM_INITIAL_RATE set to the portal's known limit. `learning_bound_one_429` is
+   the most any learning throttle could use of R on this sync, whatever the CPU: it learns R from a
+   429, whose Retry-After (whole seconds) holds every start for at least a second.
 2. The gateway's own capacity: the same sync against a portal with no practical limit, the throttle
    starting at its cap (50 req/s), so only the gateway's CPU bounds it (`gateway_capacity_*`); and
    the same again with pages fetched, checked and normalized but not written (`fetch_only_*`), which
@@ -233,6 +235,14 @@ def main() -> None:
         learned = asyncio.run(initial_sync(rate, args.bills, start_rate=args.start_rate))
         for name, (value, unit) in learned.items():
             print(f"{name}{suffix} {value} {unit}", flush=True)
+        # What no learning throttle can beat on this sync, whatever the CPU: the limit is learned
+        # from a 429, and its Retry-After (whole seconds, at least one) holds every start meanwhile.
+        # The ramp from the first rate, and any further 429, cost more.
+        answered = learned["initial_sync_requests"][0] - learned["initial_sync_responses_429"][0]
+        print(
+            f"learning_bound_one_429{suffix} {answered / rate / (answered / rate + 1.0):.3f} ratio",
+            flush=True,
+        )
         # As an operator who knows the limit runs it (PLOOTO_API_UPSTREAM_INITIAL_RATE=<limit>,
         # which may not exceed the throttle's cap).
         known = asyncio.run(initial_sync(rate, args.bills, start_rate=min(rate, ThrottleConfig().max_rate)))
