@@ -274,6 +274,100 @@ async def test_a_payment_held_in_transit_stays_in_transit_and_is_sent_once(
     _assert_documents_match_columns(ctx)
 
 
+def _events_of(ctx: JobContext, model: Any, upstream_id: str) -> list[str]:
+    """The types of the events of the stored object with this portal id, in order."""
+    with ctx.sessions() as session:
+        object_id = session.scalars(select(model.id).where(model.upstream_id == upstream_id)).one()
+        return list(session.scalars(
+            select(models.Event.type).where(models.Event.object_id == object_id).order_by(models.Event.seq)
+        ))  # fmt: skip
+
+
+async def _new_payment(ctx: JobContext, control: httpx.Client) -> str:
+    """A payment made in the portal for an approved bill (approved as needed), by its portal id."""
+    with ctx.sessions() as session:
+        bill = session.scalars(
+            select(models.Bill).where(models.Bill.status == "approved").order_by(models.Bill.id)
+        ).first()
+        assert bill is not None, "the seed has open, approved bills"
+    created = control.post("/mutate", json={"action": "createPayment", "billId": bill.upstream_id,
+                                            "userEmail": CONTROLLER})  # fmt: skip
+    assert created.status_code == 200, created.text
+    payment_upstream_id: str = created.json()["changed"][0]
+    control.post(
+        "/mutate", json={"action": "approvePayment", "paymentId": payment_upstream_id, "userEmail": CLERK}
+    )
+    return payment_upstream_id
+
+
+async def test_a_payment_first_seen_past_its_start_has_the_events_of_what_it_passed(
+    ctx: JobContext, make_connection: Callable[..., str], control: httpx.Client
+) -> None:
+    # Made, sent and settled, or made and failed, between two syncs (or while the gateway was down):
+    # it had only `payment.created`, so subscribers to payment.sent / payment.failed never heard of it.
+    connection_id = make_connection()
+    engine = SyncEngine(ctx)
+    assert (await engine.sync_connection(connection_id)).ok
+    completed = await _new_payment(ctx, control)
+    control.post("/mutate", json={"action": "completePayment", "paymentId": completed}).raise_for_status()
+    assert (await engine.sync_connection(connection_id, cadence="fast")).ok
+    assert _events_of(ctx, models.Payment, completed) == [
+        "payment.created",
+        "payment.sent",
+        "payment.completed",
+    ]
+    failed = await _new_payment(ctx, control)
+    control.post(
+        "/mutate", json={"action": "holdPayment", "paymentId": failed, "reason": "KYC"}
+    ).raise_for_status()
+    assert (await engine.sync_connection(connection_id, cadence="fast")).ok
+    assert _events_of(ctx, models.Payment, failed) == ["payment.created", "payment.held"]
+    # A held payment that fails is not released: it never resumes.
+    control.post("/mutate", json={"action": "failPayment", "paymentId": failed}).raise_for_status()
+    assert (await engine.sync_connection(connection_id, cadence="fast")).ok
+    assert _events_of(ctx, models.Payment, failed) == [
+        "payment.created", "payment.held", "payment.updated", "payment.status_updated", "payment.failed",
+    ]  # fmt: skip
+    # A feed's first listing is history: the seed's completed and failed payments had `created` only.
+    assert _event_types(ctx)["payment.completed"] == 1 and _event_types(ctx)["payment.failed"] == 1
+
+
+async def test_an_unchanged_object_read_again_says_when_it_was_read(
+    ctx: JobContext, make_connection: Callable[..., str]
+) -> None:
+    # `upstream.fetched_at` kept the time of the first read, however often the object was read since.
+    connection_id = make_connection()
+    assert (await SyncEngine(ctx).sync_connection(connection_id)).ok
+    with ctx.sessions() as session:
+        bill = session.scalars(select(models.Bill).order_by(models.Bill.id)).first()
+        assert bill is not None
+        company = session.get(models.Company, bill.company_id)
+        assert company is not None
+        first_read, updated_at, events = (
+            bill.upstream_fetched_at,
+            bill.updated_at,
+            _count(session, models.Event),
+        )
+        bill_id, bill_upstream_id, company_upstream_id = bill.id, bill.upstream_id, company.upstream_id
+    portal = await ctx.portals.get(connection_id)
+    record = await portal.fetch_object(company_upstream_id, "bill", bill_upstream_id)
+    assert record is not None
+    with transaction(ctx.sessions) as session:
+        later = datetime.now(UTC)
+        counts = apply_records(session, connection_id, company_ids(session, connection_id), [record], later)
+    assert counts.unchanged == 1 and counts.updated == 0
+    with ctx.sessions() as session:
+        row = session.get(models.Bill, bill_id)
+        assert row is not None and first_read is not None and row.upstream_fetched_at is not None
+        assert row.upstream_fetched_at > first_read and row.updated_at == updated_at
+        assert (
+            json.loads(row.document)["upstream"]["fetched_at"]
+            == mapping.to_schema(row).model_dump(mode="json")["upstream"]["fetched_at"]
+        )
+        assert _count(session, models.Event) == events  # no event: nothing the portal holds changed
+    _assert_documents_match_columns(ctx)
+
+
 async def test_a_read_older_than_the_stored_copy_never_overwrites_it(
     ctx: JobContext, make_connection: Callable[..., str], control: httpx.Client
 ) -> None:
@@ -987,12 +1081,17 @@ async def test_invoice_reminders_are_synced_and_a_sent_reminder_is_an_event(
             if reminder.status == "scheduled" and reminder.scheduled_for is not None
         ]
     when, reminder_id, invoice_upstream_id = min(scheduled)
-    after = datetime.combine(when + timedelta(days=1), time(0), tzinfo=UTC)  # reminders go at 09:00 Toronto
+    # Far enough that some invoice has more than one reminder go out before the next sync: one
+    # event each (several sent between two syncs had one event between them).
+    after = datetime.combine(when + timedelta(days=8), time(0), tzinfo=UTC)  # reminders go at 09:00 Toronto
+    sent_before = _sent_reminders(ctx)
     control.post("/clock", json={"set": after.isoformat()}).raise_for_status()
     assert (await engine.sync_connection(connection_id, cadence="fast")).ok
     sent = {r["upstream_id"]: r for r in _stored_reminders(ctx, invoice_upstream_id)}[reminder_id]
     assert sent["status"] == "sent" and sent["sent_at"] is not None
-    assert _event_types(ctx)["invoice.reminder_sent"] >= 1
+    newly_sent = Counter(invoice for invoice, _ in _sent_reminders(ctx) - sent_before)
+    assert max(newly_sent.values()) > 1, newly_sent
+    assert _event_types(ctx)["invoice.reminder_sent"] == sum(newly_sent.values())
     with ctx.sessions() as session:
         gateway_id = session.scalars(
             select(models.Invoice.id).where(models.Invoice.upstream_id == invoice_upstream_id)
@@ -1000,6 +1099,17 @@ async def test_invoice_reminders_are_synced_and_a_sent_reminder_is_an_event(
         kinds = set(session.scalars(select(models.Event.type).where(models.Event.object_id == gateway_id)))
     assert {"invoice.updated", "invoice.reminder_sent"} <= kinds
     _assert_documents_match_columns(ctx)
+
+
+def _sent_reminders(ctx: JobContext) -> set[tuple[str, str]]:
+    """(invoice id, reminder portal id) of every reminder the store holds as sent."""
+    with ctx.sessions() as session:
+        return {
+            (invoice.id, reminder.upstream_id)
+            for invoice in session.scalars(select(models.Invoice))
+            for reminder in invoice.reminders
+            if reminder.status == "sent"
+        }
 
 
 def _first_invoice_with_reminders(session: Session) -> models.Invoice:

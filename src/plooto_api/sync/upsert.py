@@ -1,8 +1,9 @@
 """Writing one page of portal records into the store, with the events the changes cause.
 
 A page is applied in one transaction together with the sync cursor, so a crash never leaves a
-page half-written or its cursor ahead of its data. Records whose normalized form did not change are
-not written at all, so an incremental sync costs what changed, not what exists.
+page half-written or its cursor ahead of its data. A record whose normalized form did not change
+updates only when it was read (`upstream.fetched_at`), with no event; an incremental sync lists only
+what changed, so it costs what changed, not what exists.
 """
 
 from __future__ import annotations
@@ -32,6 +33,19 @@ from plooto_api.upstream import UpstreamRecord, UpstreamRef
 # processing to completed between two syncs (a wire never shows in_transit) was sent too.
 _PAYMENT_SENT = {"in_transit", "completed", "returned"}
 _PAYMENT_FAILED = {"failed", "returned"}
+# A hold that ends with the payment stopped is not a release: the payment never resumes.
+_PAYMENT_STOPPED = _PAYMENT_FAILED | {"cancelled"}
+
+# Where an object of these types starts in the portal. One first seen further on (it moved on
+# between two syncs, or while the gateway was stopped or waiting for a person) is given, beside its
+# `<type>.created`, the events of the milestones it passed since: a subscriber to `payment.failed`
+# hears of every failed payment, not only of those the gateway saw before they failed.
+_ARRIVAL_BASELINE: dict[str, dict[str, Any]] = {
+    "payment": {"status": "pending_approval", "status_history": [], "hold_reason": None},
+    "invoice": {"status": "draft", "reminders": []},
+}
+# Not milestones: what the object is now, which its `<type>.created` says already.
+_NOT_ON_ARRIVAL = {"payment.updated", "payment.status_updated", "invoice.updated"}
 
 
 @dataclass
@@ -159,17 +173,34 @@ def _events_for_change(
     if object_type == "payment" and held_before != held_now:
         # A hold keeps the status (the money is where it was): its own event, so those who follow
         # payments' statuses learn of it (a security or compliance review stops the payment).
-        types.append("payment.held" if held_now else "payment.released")
+        if held_now:
+            types.append("payment.held")
+        elif new_data["status"] not in _PAYMENT_STOPPED:
+            types.append("payment.released")
     if object_type == "invoice" and old_data["status"] != new_data["status"]:
         if new_data["status"] == "paid":
             types.append("invoice.paid")
         elif new_data["status"] == "overdue":
             types.append("invoice.overdue")
     if object_type == "invoice":
+        # One event per reminder sent: several may have gone out between two syncs.
         sent_before = {r["upstream_id"] for r in old_data["reminders"] if r["status"] == "sent"}
-        if any(r["status"] == "sent" and r["upstream_id"] not in sent_before for r in new_data["reminders"]):
-            types.append("invoice.reminder_sent")
+        types += [
+            "invoice.reminder_sent"
+            for r in new_data["reminders"]
+            if r["status"] == "sent" and r["upstream_id"] not in sent_before
+        ]
     return types
+
+
+def _events_on_arrival(object_type: str, data: dict[str, Any]) -> list[str]:
+    """The events, beside `<type>.created`, of an object first seen past where it starts (see
+    _ARRIVAL_BASELINE), from its served JSON."""
+    baseline = _ARRIVAL_BASELINE.get(object_type)
+    if baseline is None:
+        return []
+    changes = _events_for_change(object_type, {**data, **baseline}, data)
+    return [event_type for event_type in changes if event_type not in _NOT_ON_ARRIVAL]
 
 
 def lock_connection(session: Session, connection_id: str) -> None:
@@ -396,6 +427,9 @@ def _apply_one(page: _Page, record: UpstreamRecord, inserts: _Inserts) -> None:
         inserts.add(spec, stored)
         counts.created += 1
         event_types = [f"{record.object_type}.created"]
+        if not page.first_pull and record.object_type in _ARRIVAL_BASELINE:
+            # A feed's first listing shows history; later ones show what happened since the last.
+            event_types += _events_on_arrival(record.object_type, orjson.loads(document))
         _stage_events(page, record.object_type, event_types, document, company_id, gateway_id)
     else:
         _update(page, spec, row, old, new, record.version)
@@ -419,10 +453,13 @@ def _update(
         row.upstream_modified_at = version  # also when what we serve is unchanged: it orders later reads
     # Unchanged means the JSON we serve is unchanged (free-form fields hold Decimal before the
     # database and strings after). A deleted row that reappears differs in deleted_at.
-    if payload == old_payload:
-        page.counts.unchanged += 1
-        return
     upstream = new.upstream.model_copy(update={"fetched_at": page.now})
+    if payload == old_payload:
+        # Read again, found the same: only when it was last read changes (no event, no update time).
+        page.counts.unchanged += 1
+        row.upstream_fetched_at = page.now
+        row.document = new.model_copy(update={"upstream": upstream}).model_dump_json()
+        return
     new = new.model_copy(update={"updated_at": page.now, "upstream": upstream})
     payload = new.model_dump(mode="json")
     document = json_dumps(payload)
