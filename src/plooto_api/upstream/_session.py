@@ -964,6 +964,13 @@ class PortalSession:
         """The portal's business date (debit dates are days in its time zone)."""
         return self.portal_now().astimezone(ZoneInfo(portal.BUSINESS_TIME_ZONE)).date()
 
+    def known_today(self) -> date:
+        """The portal's business date by what is known of its clock without asking it: this
+        session's last answer, else the saved state's (a session this process has not used yet),
+        else this machine's clock. Reads the saved state once (a short read of the store)."""
+        self._restore()
+        return self.portal_today()
+
     async def _send_write(
         self, method: str, path: str, *, json_body: Any, files: dict[str, Any] | None
     ) -> httpx.Response:

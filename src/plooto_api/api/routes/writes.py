@@ -11,14 +11,15 @@ import contextlib
 import hashlib
 import json
 from collections.abc import Callable
-from datetime import date
+from dataclasses import dataclass
+from datetime import date, timedelta
 from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
-from pydantic_core import PydanticCustomError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.fields import FieldInfo
 from sqlalchemy.orm import Session
 
 from plooto_api.api.auth import require_scope
@@ -26,7 +27,7 @@ from plooto_api.api.errors import ApiError, error_body, invalid_request, not_jso
 from plooto_api.services import idempotency, uploads, writes
 from plooto_api.services.tokens import Principal
 from plooto_api.store import models
-from plooto_api.upstream import DOCUMENT_DATE_RANGE, SCHEDULE_HORIZON, business_today
+from plooto_api.upstream import DOCUMENT_DATE_RANGE, SCHEDULE_HORIZON
 
 router = APIRouter(tags=["writes"])
 
@@ -34,27 +35,67 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
 
 
-def _within_schedule_horizon(day: date) -> date:
-    latest = business_today() + SCHEDULE_HORIZON
-    if day > latest:
-        raise PydanticCustomError("date_too_far_ahead", "must be at most {days} days ahead, {latest} at the latest",
-                                  {"days": SCHEDULE_HORIZON.days, "latest": latest.isoformat()})  # fmt: skip
-    return day
+@dataclass(frozen=True)
+class _Reach:
+    """How far from the portal's today a date of a write may be (upstream.portal states its reach)."""
+
+    ahead: timedelta
+    behind: timedelta | None  # None: any day before today
+
+    def refusal(self, day: date, today: date) -> str | None:
+        """Why the portal would refuse `day` on `today`, or None. A day of slack each way: today is
+        the portal's by what this process last heard of its clock; near the edge the portal decides."""
+        latest = today + self.ahead
+        if self.behind is None:
+            if day <= latest + _SLACK:
+                return None
+            return f"must be at most {self.ahead.days} days ahead, {latest.isoformat()} at the latest"
+        earliest = today - self.behind
+        if earliest - _SLACK <= day <= latest + _SLACK:
+            return None
+        return f"must be between {earliest.isoformat()} and {latest.isoformat()}"
 
 
-def _within_document_range(day: date) -> date:
-    today = business_today()
-    earliest, latest = today - DOCUMENT_DATE_RANGE, today + DOCUMENT_DATE_RANGE
-    if not earliest <= day <= latest:
-        raise PydanticCustomError("date_out_of_range", "must be between {earliest} and {latest}",
-                                  {"earliest": earliest.isoformat(), "latest": latest.isoformat()})  # fmt: skip
-    return day
+_SLACK = timedelta(days=1)
+# Dates the portal would refuse are refused here, before anything is recorded, by the portal's
+# today (its clock may differ from this machine's; the sandbox's is simulated): see _out_of_reach.
+ScheduleDate = Annotated[date, _Reach(SCHEDULE_HORIZON, None)]  # a debit or a send: ≤ a year ahead
+DocumentDate = Annotated[date, _Reach(DOCUMENT_DATE_RANGE, DOCUMENT_DATE_RANGE)]  # ± ten years
 
 
-# Dates the portal would refuse (upstream.portal states its reach) are refused here, before
-# anything is recorded. "Today" is the portal's, by this machine's clock.
-ScheduleDate = Annotated[date, AfterValidator(_within_schedule_horizon)]  # a debit or a send: ≤ a year ahead
-DocumentDate = Annotated[date, AfterValidator(_within_document_range)]  # a bill's or invoice's: ± ten years
+def _reach_of(field: FieldInfo) -> _Reach | None:
+    """The reach a field's type declares (`ScheduleDate`, `DocumentDate`, or either `| None`)."""
+    found = [item for item in field.metadata if isinstance(item, _Reach)]
+    for arg in get_args(field.annotation):
+        if get_origin(arg) is Annotated:
+            found += [item for item in get_args(arg)[1:] if isinstance(item, _Reach)]
+    return found[0] if found else None
+
+
+def _out_of_reach(body: BaseModel, today: date, prefix: str = "") -> tuple[str, str] | None:
+    """The first date of `body` (nested bodies included) the portal would refuse on `today`, as
+    (its dotted name, why), or None."""
+    for name, field in type(body).model_fields.items():
+        value = getattr(body, name)
+        if isinstance(value, BaseModel):
+            found = _out_of_reach(value, today, f"{prefix}{name}.")
+            if found is not None:
+                return found
+            continue
+        reach = _reach_of(field)
+        why = reach.refusal(value, today) if reach is not None and isinstance(value, date) else None
+        if why is not None:
+            return f"{prefix}{name}", why
+    return None
+
+
+async def _check_dates(request: Request, body: BaseModel, connection_id: str) -> None:
+    portal = await request.app.state.ctx.portals.get(connection_id)
+    today = portal.known_today()  # on the loop, as the session restores its saved state everywhere
+    refused = _out_of_reach(body, today)
+    if refused is not None:
+        name, why = refused
+        raise writes.WriteRefused(400, "invalid_request", f"{name}: {why}", param=name)
 
 
 class Body(BaseModel):
@@ -151,8 +192,10 @@ async def _perform(
     principal: Principal,
     fingerprint_body: Any,
     prepare: Callable[[Session], writes.Intent],
+    dated: BaseModel | None = None,
 ) -> JSONResponse:
-    """Idempotency, store checks, intent, job, short wait: the same for every write."""
+    """Idempotency, store checks, intent, job, short wait: the same for every write. `dated`: the
+    body whose dates are checked against the portal's today (see _out_of_reach)."""
     state = request.app.state
     sessions = state.sessions
     key = request.headers.get(IDEMPOTENCY_HEADER)
@@ -180,6 +223,8 @@ async def _perform(
     try:
         with sessions() as session:
             intent = prepare(session)
+        if dated is not None:
+            await _check_dates(request, dated, intent.connection_id)
         operation = writes.record_intent(sessions, principal, intent, idempotency_record=record_id,
                                          request_id=getattr(request.state, "request_id", None))  # fmt: skip
     except writes.WriteRefused as exc:
@@ -229,7 +274,7 @@ async def create_payment(
 ) -> JSONResponse:
     data = body.model_dump()
     return await _perform(request, principal, body.model_dump(mode="json"),
-                          lambda s: writes.prepare_create_payment(s, principal, data))  # fmt: skip
+                          lambda s: writes.prepare_create_payment(s, principal, data), body)  # fmt: skip
 
 
 @router.post("/create_invoice", status_code=201, responses=_RESPONSES, summary="Create (and send) an invoice")
@@ -240,7 +285,7 @@ async def create_invoice(
 ) -> JSONResponse:
     data = body.model_dump(mode="json")
     return await _perform(
-        request, principal, data, lambda s: writes.prepare_create_invoice(s, principal, data)
+        request, principal, data, lambda s: writes.prepare_create_invoice(s, principal, data), body
     )
 
 
@@ -283,7 +328,7 @@ async def create_bill(
         "attachment": [attachment[0], hashlib.sha256(attachment[1]).hexdigest()] if attachment else None,
     }
     return await _perform(request, principal, fingerprint,
-                          lambda s: writes.prepare_create_bill(s, principal, data, attachment))  # fmt: skip
+                          lambda s: writes.prepare_create_bill(s, principal, data, attachment), body)  # fmt: skip
 
 
 @router.post("/approvals/{approval_id}/approve", responses=_RESPONSES, summary="Approve a bill or a payment")
