@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from fastapi.testclient import TestClient
 
 from plooto_api.api.limits import BodySizeLimit, LoginAttemptLimits, SlidingWindowLimiter
 from plooto_api.config import Settings
-from security.conftest import bearer
+from plooto_api.jobs import JobContext
+from plooto_api.services.connections import create_connection
+from plooto_api.store.database import transaction
+from security.conftest import CLERK, PASSWORD, bearer
 
 
 class FakeClock:
@@ -74,6 +77,41 @@ def test_mfa_attempts_are_limited_per_challenge_and_client(client: TestClient, c
              for i in range(6)]  # fmt: skip
     assert other == [404] * 5 + [429]  # the client's ten attempts are spent (the refused one was not one)
     assert client.get("/health").status_code == 200  # other routes are not limited
+
+
+def test_only_a_valid_allowed_request_is_an_attempt(
+    client: TestClient, clock: FakeClock, make_token: Callable[..., str]
+) -> None:
+    # Anyone, with no token, spent a connection's budget of codes: the limit ran before the token's
+    # check and was keyed by the path alone, so the operator's own code got 429. Bodies refused as
+    # invalid counted too, and a token without the scope got 429 instead of 403.
+    path = "/connections/conn_unknown/mfa"
+    assert [client.post(path, json={"code": "123456"}).status_code for _ in range(12)] == [401] * 12
+    narrow = bearer(make_token(["bills:read"]))
+    assert [client.post(path, json={"code": "123456"}, headers=narrow).status_code for _ in range(6)] == [
+        403
+    ] * 6
+    assert [client.post(f"{path}/resend", headers=narrow).status_code for _ in range(6)] == [403] * 6
+    assert [client.post("/authenticate", json={"username": "a@firm.test"}).status_code for _ in range(6)] == [
+        400
+    ] * 6
+    assert _login(client, "a@firm.test") == 503  # the first attempt of this client and this login
+    admin = bearer(make_token(["*"]))
+    assert client.post(path, json={"code": "123456"}, headers=admin).status_code == 404
+
+
+def test_a_connections_codes_are_limited_per_connection(
+    portal_client: TestClient, make_token: Callable[..., str], ctx: JobContext
+) -> None:
+    with transaction(ctx.sessions) as session:
+        connection_id = create_connection(session, ctx.vault, username=CLERK, password=PASSWORD,
+                                          upstream_url=str(ctx.settings.upstream_url)).id  # fmt: skip
+    admin = bearer(make_token(["*"]))
+    path = f"/connections/{connection_id}/mfa"
+    statuses = [
+        portal_client.post(path, json={"code": "123456"}, headers=admin).status_code for _ in range(6)
+    ]
+    assert statuses == [409] * 5 + [429]  # it waits for no code (nothing is sent), five times a minute
 
 
 def test_limits_come_from_settings(settings: Settings) -> None:

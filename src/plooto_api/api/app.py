@@ -11,7 +11,7 @@ from fastapi import Depends, FastAPI
 from plooto_api import __version__
 from plooto_api.api.context import RequestContext
 from plooto_api.api.errors import install_error_handlers
-from plooto_api.api.limits import BodySizeLimit, LoginAttemptLimits, limit_login_attempts
+from plooto_api.api.limits import BodySizeLimit, LoginAttemptLimits
 from plooto_api.api.query import reject_unknown_query
 from plooto_api.api.routes import approvals as approval_routes
 from plooto_api.api.routes import audit as audit_routes
@@ -87,7 +87,6 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool = True) -> Fa
     app.include_router(metrics.router)
     app.include_router(
         authenticate.router,
-        dependencies=[Depends(limit_login_attempts)],
         responses={429: {"description": "Too many login attempts from this client or for this username."}},
     )
     app.include_router(connections.router)

@@ -1,8 +1,11 @@
 """Abuse limits on the gateway's own API: login attempt rate limits and request body size.
 
-- Login attempts (`POST /authenticate`, `POST /authenticate/mfa`) are counted in an in-process
-  sliding window per client address and per username (for MFA codes: per challenge, which belongs
-  to one username and costs a login attempt to obtain). Over the limit: 429 with Retry-After.
+- Login attempts (`POST /authenticate`, `POST /authenticate/mfa`, a connection's
+  `POST /connections/{id}/mfa` and `/mfa/resend`) are counted in an in-process sliding window per
+  client address and per login (a username; for MFA codes the challenge, which belongs to one
+  username and costs a login attempt to obtain, or the connection). Over the limit: 429 with
+  Retry-After. Only a request that passed validation, and where a token is needed its checks, is
+  an attempt: a caller without a token cannot spend the budget of a connection's operator.
   The client address is the socket's peer; a gateway behind a proxy sees the proxy's address.
 - Request bodies are limited (JSON: `max_body_bytes`; multipart uploads: `max_upload_bytes` plus
   the JSON allowance). A declared Content-Length over the limit is refused before anything is
@@ -16,7 +19,6 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
 
 from fastapi import Request
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -77,12 +79,13 @@ class LoginAttemptLimits:
         self.per_client = SlidingWindowLimiter(settings.auth_attempts_per_client, window, clock)
         self.per_username = SlidingWindowLimiter(settings.auth_attempts_per_username, window, clock)
 
-    def check(self, client: str, username: str | None) -> None:
-        """Count an attempt; ApiError 429 (with Retry-After) if a limit is exceeded. A refused attempt
+    def check(self, client: str, login: str | None) -> None:
+        """Count an attempt of `client` on `login` (a key of login_key, challenge_key or
+        connection_login_key); ApiError 429 (with Retry-After) if a limit is exceeded. A refused attempt
         counts against neither limit, so it does not push back the time the answer names."""
         keys = [(self.per_client, f"client:{client}")]
-        if username:
-            keys.append((self.per_username, f"user:{normalize_username(username)}"))
+        if login:
+            keys.append((self.per_username, login))
         wait = max((w for limiter, key in keys if (w := limiter.wait(key)) is not None), default=None)
         if wait is not None:
             seconds = max(1, math.ceil(wait))
@@ -92,27 +95,24 @@ class LoginAttemptLimits:
             limiter.record(key)
 
 
-async def limit_login_attempts(request: Request) -> None:
-    """Dependency of the authentication routes: count this attempt against its client and username."""
+def login_key(username: str) -> str:
+    return f"user:{normalize_username(username)}"
+
+
+def challenge_key(challenge_id: str) -> str:
+    return f"challenge:{challenge_id}"
+
+
+def connection_login_key(connection_id: str) -> str:
+    return f"connection:{connection_id}"
+
+
+def count_login_attempt(request: Request, login: str | None) -> None:
+    """Count this request as an attempt on `login` (see LoginAttemptLimits.check). Called by the
+    route once the request is valid and its caller allowed, before anything goes to the portal."""
     limits: LoginAttemptLimits | None = getattr(request.app.state, "login_limits", None)
-    if limits is None or request.method != "POST":
-        return
-    username: str | None = None
-    if request.url.path.endswith("/mfa/resend"):  # no body: each new code is the connection's (an SMS)
-        limits.check(request.client.host if request.client else "unknown", f"path:{request.url.path}")
-        return
-    try:
-        body: Any = await request.json()
-    except ValueError:
-        body = None
-    if isinstance(body, dict):
-        if request.url.path.endswith("/mfa"):
-            challenge = body.get("challenge_id")
-            # A pending sign-in: a challenge /authenticate issued, or a connection waiting for its code.
-            username = f"challenge:{challenge}" if isinstance(challenge, str) else f"path:{request.url.path}"
-        elif isinstance(body.get("username"), str):
-            username = body["username"]
-    limits.check(request.client.host if request.client else "unknown", username)
+    if limits is not None:
+        limits.check(request.client.host if request.client else "unknown", login)
 
 
 class PayloadTooLarge(StarletteHTTPException):

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from plooto_api import mapping, schemas
 from plooto_api.api.errors import ApiError
+from plooto_api.api.limits import challenge_key, count_login_attempt, login_key
 from plooto_api.jobs.schedules import schedule_connection
 from plooto_api.services.authentication import Authenticated, Challenge, ChallengeRestarted, UnknownChallenge
 from plooto_api.services.connections import TotpSecretInput, get_connection
@@ -102,6 +103,7 @@ def login_refused(exc: Exception) -> ApiError:
 )  # fmt: skip
 async def authenticate(request: Request, body: AuthenticateRequest) -> Any:
     """No token needed. Creates (or refreshes) the connection for this login."""
+    count_login_attempt(request, login_key(body.username))
     upstream_url = request.app.state.upstream_url
     if not upstream_url:
         raise ApiError(503, "no_upstream", "this gateway has no portal configured (PLOOTO_API_UPSTREAM_URL)")
@@ -138,6 +140,7 @@ async def authenticate(request: Request, body: AuthenticateRequest) -> Any:
 async def authenticate_mfa(request: Request, body: MfaRequest) -> Any:
     """No token needed. A new `POST /authenticate` of the same login has the portal send a new code
     (under a new challenge id; the earlier one is then unknown)."""
+    count_login_attempt(request, challenge_key(body.challenge_id))
     try:
         result = await request.app.state.authenticator.complete_challenge(body.challenge_id, body.code)
     except UnknownChallenge as exc:

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from plooto_api import mapping, schemas
 from plooto_api.api.auth import require_scope
 from plooto_api.api.errors import ApiError
-from plooto_api.api.limits import limit_login_attempts
+from plooto_api.api.limits import connection_login_key, count_login_attempt
 from plooto_api.api.lists import list_body
 from plooto_api.api.routes.authenticate import login_refused
 from plooto_api.jobs.schedules import connection_key, schedule_connection, unschedule_connection
@@ -251,9 +251,10 @@ class ConnectionMfa(BaseModel):
     "/connections/{connection_id}/mfa",
     response_model=schemas.Connection,
     summary="Answer the MFA code a connection's sign-in is waiting for",
-    dependencies=[Depends(limit_login_attempts)],
     responses={
         422: {"description": "`invalid_mfa_code`: the portal refused the code"},
+        429: {"description": "`rate_limited`: too many codes tried for this connection or from this client; "
+                             "`account_locked`: the portal locked the login."},
         409: {"description": "`invalid_state`: no code is awaited; `mfa_expired`: the portal's pending "
                              "sign-in expired (it is started again and the portal sends a new code)"},
     },
@@ -269,6 +270,7 @@ async def answer_connection_mfa(
     ctx = request.app.state.ctx
     with ctx.sessions() as session:
         _manageable(session, principal, connection_id)
+    count_login_attempt(request, connection_login_key(connection_id))
     try:
         signed_in = await answer_mfa(
             ctx, connection_id, body.code, trust_device=body.trust_device, after_lock=False
@@ -302,9 +304,9 @@ async def answer_connection_mfa(
     response_model=schemas.Connection,
     status_code=202,
     summary="Have the portal send a new MFA code (SMS) to a connection waiting for one",
-    dependencies=[Depends(limit_login_attempts)],
     responses={
         200: {"description": "No code is needed any more: the portal let the connection in (it is healthy)."},
+        429: {"description": "`rate_limited`: too many requests for this connection or from this client."},
         409: {"description": "`invalid_state`: the connection waits for no code; `no_code_to_send`: its codes "
                              "come from an authenticator app"},
     },
@@ -317,6 +319,7 @@ async def resend_connection_mfa(request: Request, connection_id: str, principal:
     ctx = request.app.state.ctx
     with ctx.sessions() as session:
         _manageable(session, principal, connection_id)
+    count_login_attempt(request, connection_login_key(connection_id))
     try:
         sent = await resend_code(ctx, connection_id)
     except NotWaitingForCode as exc:
