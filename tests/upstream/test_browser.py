@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import os
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from plooto_api.upstream import Credentials, MemoryStateStore, MfaRequired, PortalSession, ThrottleConfig
+from plooto_api.upstream import (
+    AccountLocked,
+    Credentials,
+    InvalidCredentials,
+    MemoryStateStore,
+    MfaRequired,
+    PortalSession,
+    ThrottleConfig,
+)
 from plooto_api.upstream.browser import browser_login
 from upstream.conftest import SessionFactory
 from upstream.upstream_helpers import CLERK, CONTROLLER, PASSWORD, TOTP_SECRET, Control, first_company, run
@@ -87,3 +95,24 @@ def test_browser_login_with_a_given_portal_clock(control: Control) -> None:
     credentials = Credentials(CONTROLLER, PASSWORD, TOTP_SECRET)
     cookies = run(browser_login(control.base_url, credentials, control.now, [], learn_clock=False))
     assert ".Plooto.TrustedDevice" in {c["name"] for c in cookies}
+
+
+def test_a_browser_sign_in_to_a_locked_login_says_when_the_lock_ends(make_session: SessionFactory) -> None:
+    # The HTTP sign-in read the lock's end from the page; the browser's did not, so a connection
+    # signed in with a browser stayed locked after the portal had unlocked it, and said no time.
+    wrong = make_session(password="wrong-password", login_mode="browser")
+
+    async def scenario() -> AccountLocked:
+        try:
+            for _ in range(6):  # the portal locks the login at its fifth refusal
+                with pytest.raises((InvalidCredentials, AccountLocked)) as refused:
+                    await wrong.ensure_logged_in()
+                if isinstance(refused.value, AccountLocked):
+                    return refused.value
+            raise AssertionError("the portal never locked the login")
+        finally:
+            await wrong.aclose()
+
+    locked = run(scenario())
+    assert locked.until is not None and locked.at is not None
+    assert locked.until - locked.at == timedelta(minutes=15)  # the sandbox's lock, by its clock

@@ -17,7 +17,7 @@ from typing import Any
 import pyotp
 
 from plooto_api.upstream import portal
-from plooto_api.upstream._convert import clock_offset, retry_after_seconds
+from plooto_api.upstream._convert import clock_offset, parse_timestamp, retry_after_seconds
 from plooto_api.upstream._errors import (
     AccountLocked,
     InvalidCredentials,
@@ -112,7 +112,7 @@ async def browser_login(
                     async with page.expect_navigation() as navigation:
                         await page.get_by_role("button", name=portal.LOGIN_SUBMIT_TEXT).click()
                     _check_status(await navigation.value, step, clock)
-                    await _raise_page_error(page)
+                    await _raise_page_error(page, clock)
                     path = _path(page.url)
                     if path.startswith(portal.MFA_PATH):
                         step = f"GET {portal.MFA_PATH}"
@@ -131,7 +131,7 @@ async def browser_login(
                                 await form.locator("button[type=submit]").click()
                             _check_status(await navigation.value, step, clock)
                             try:
-                                await _raise_page_error(page)
+                                await _raise_page_error(page, clock)
                             except InvalidMfaCode:
                                 # Usually a wrong secret, or a portal clock unlike the one learned.
                                 raise InvalidMfaCode(
@@ -203,13 +203,18 @@ def _check_status(response: Any, step: str, clock: _PortalClock) -> None:
         raise UpstreamUnavailable(f"the portal answered {status} ({step})", status_code=status)
 
 
-async def _raise_page_error(page: Any) -> None:
+async def _raise_page_error(page: Any, clock: _PortalClock) -> None:
     marker = page.locator(f"[{portal.ERROR_CODE_ATTR}]")
     if await marker.count() == 0:
         return
     code = await marker.first.get_attribute(portal.ERROR_CODE_ATTR)
     if code == portal.LOGIN_ERROR_LOCKED:
-        raise AccountLocked("the portal has temporarily locked this account")
+        # When the lock ends, by the portal's clock, as the HTTP login reads it: without it the
+        # gateway waits a default spell of its own, and says no time.
+        until = page.locator(f"[{portal.LOCKED_UNTIL_ATTR}]")
+        ends = await until.first.get_attribute(portal.LOCKED_UNTIL_ATTR) if await until.count() else None
+        raise AccountLocked("the portal has temporarily locked this account", until=parse_timestamp(ends),
+                            at=clock.now())  # fmt: skip
     if code == portal.LOGIN_ERROR_INVALID_CREDENTIALS:
         raise InvalidCredentials("the portal refused the username or password")
     if code == portal.MFA_ERROR_INVALID_CODE:
