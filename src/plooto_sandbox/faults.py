@@ -258,7 +258,10 @@ class PortalEdge:
                 self.sandbox.state.sessions.pop(session_token, None)
             elif fault.kind == "mfa_rechallenge" and session_token:
                 session = self.sandbox.state.sessions.get(session_token)
-                if session is not None:
+                # Only a user who signs in with MFA is asked for it again: the portal has no MFA
+                # step for the others.
+                user = self.sandbox.state.users.get(session.user_id) if session is not None else None
+                if session is not None and user is not None and user.mfa_method is not None:
                     session.mfa_pending = True
                     session.sms_code = None
             elif fault.kind == "shape_change" and fault.object_type and fault.from_field and fault.to_field:

@@ -130,6 +130,14 @@ def test_mfa_rechallenge_fault(portal: Portal) -> None:
     assert portal.api("GET", portal.company("/bills")).status_code == 200
 
 
+def test_mfa_rechallenge_leaves_a_user_without_mfa_signed_in(client: TestClient) -> None:
+    # It put such a user on an MFA page with method "None", which the gateway took for drift.
+    viewer = login(client, "viewer@maple-leaf-bakery-ltd.test")
+    client.post("/__sandbox/faults", json={"kind": "mfa_rechallenge", "count": 1})
+    assert client.get("/api/companies", headers=viewer).status_code == 200
+    assert client.get("/select-company", follow_redirects=False).headers.get("location") != "/mfa"
+
+
 def test_shape_change_fault_renames_one_field(portal: Portal) -> None:
     portal.client.post(
         "/__sandbox/faults",
