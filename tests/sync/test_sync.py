@@ -23,6 +23,7 @@ from plooto_api.cli import CliError
 from plooto_api.cli.connections import run_connect, run_sync
 from plooto_api.jobs import JobContext
 from plooto_api.services import authentication
+from plooto_api.services.connections import change_state
 from plooto_api.services.sessions import complete_mfa, replace_credentials
 from plooto_api.store import models
 from plooto_api.store.database import transaction
@@ -548,6 +549,59 @@ async def test_one_endpoint_failing_for_every_company_is_one_feed_failing(
     assert _event_types(ctx)["payment.created"] == payments_before + 1  # the later feeds were pulled
     row = connection_row(ctx, connection_id)
     assert row.state_detail and len(row.state_detail["feeds"]) == 4
+    # A run of the other cadence lists no bills: it proves nothing about them. It marked the
+    # connection healthy while the outage lasted (connection.repaired, then upstream_unavailable
+    # again at the next fast run), and a run reaching some companies' bills named only those.
+    control.delete("/faults").raise_for_status()
+    control.post("/faults", json={"kind": "error", "method": "GET", "pathPattern": r"/bills$",
+                                  "status": 503}).raise_for_status()  # fmt: skip
+    slow = await engine.sync_connection(connection_id, cadence="slow")
+    assert slow.state == "upstream_unavailable", slow
+    assert connection_row(ctx, connection_id).state_detail == row.state_detail
+    again = await engine.sync_connection(connection_id, cadence="fast")
+    assert again.state == "upstream_unavailable"
+    events = _event_types(ctx)
+    assert (events["connection.upstream_unavailable"], events["connection.repaired"]) == (1, 0)
+    control.delete("/faults").raise_for_status()
+    assert (await engine.sync_connection(connection_id, cadence="slow")).state == "upstream_unavailable"
+    healed = await engine.sync_connection(connection_id, cadence="fast")
+    assert healed.ok and healed.state == "healthy" and _event_types(ctx)["connection.repaired"] == 1
+
+
+async def test_two_processes_ending_one_sync_record_its_state_change_once(
+    ctx: JobContext, make_connection: Callable[..., str]
+) -> None:
+    # Two processes finishing a first sync together (two `plooto-api sync`, or a gateway and one)
+    # both read `syncing` and both recorded syncing -> healthy, with two connection.healthy events.
+    if ctx.engine.dialect.name == "sqlite":
+        pytest.skip("SQLite's writers are one at a time already")
+    connection_id = make_connection()
+    with transaction(ctx.sessions) as session:
+        change_state(session, session.get_one(models.Connection, connection_id), "syncing")
+        recorded = _count(session, models.ConnectionStateChange, to_state="healthy")
+        healthy = _event_types(ctx)["connection.healthy"]
+    first = ctx.sessions()
+    first.begin()
+    assert change_state(first, first.get_one(models.Connection, connection_id), "healthy")
+    changed: list[bool] = []
+
+    def second() -> None:
+        with transaction(ctx.sessions) as session:
+            connection = session.get_one(models.Connection, connection_id)
+            changed.append(change_state(session, connection, "healthy"))
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    try:
+        wait_until_one_waits(ctx.engine, thread, wait_event="%")
+        first.commit()
+    finally:
+        first.close()
+        thread.join(30)
+    assert changed == [False]
+    assert _event_types(ctx)["connection.healthy"] == healthy + 1
+    with ctx.sessions() as session:
+        assert _count(session, models.ConnectionStateChange, to_state="healthy") == recorded + 1
 
 
 async def test_a_portal_down_for_every_feed_stops_the_run_early(

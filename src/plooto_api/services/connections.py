@@ -154,7 +154,13 @@ def change_state(
     reason: str | None = None,
     detail: dict[str, Any] | None = None,
 ) -> bool:
-    """Move a connection to `state`, recording the change and its event. False if nothing changed."""
+    """Move a connection to `state`, recording the change and its event. False if nothing changed.
+
+    Compared with the state as committed now, the row held until this transaction ends (PostgreSQL;
+    SQLite's writers are one at a time): two processes ending one sync together record its change
+    once, not once each."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.refresh(connection, ["state", "state_reason", "state_detail"], with_for_update=True)
     if connection.state == state and connection.state_reason == reason and connection.state_detail == detail:
         return False
     if connection.state == state == "healthy":

@@ -101,6 +101,8 @@ class SyncReport:
     state: str | None = None
     failed_feeds: list[tuple[str, str, Exception]] = field(default_factory=list)  # company, feed, error
     drifted_feeds: list[str] = field(default_factory=list)  # "company/feed", stopped by a difference
+    pulled_feeds: set[str] = field(default_factory=set)  # "company/feed", pulled to the end
+    companies: set[str] = field(default_factory=set)  # the portal ids of the companies the login reaches
 
     @property
     def ok(self) -> bool:
@@ -288,6 +290,7 @@ class SyncEngine:
                 drift = uncleared_drift(connection)  # kept while syncing: only an operator clears it
                 self._set_state(connection_id, "syncing", detail=None if drift is None else {"drift": drift})
             companies = await self._sync_companies(portal, connection_id, report)
+            report.companies = {company for company, _ in companies}
             # Companies are independent: pull several at once (the portal session's throttle still
             # caps the requests in flight); feeds within a company go in dependency order.
             limit = asyncio.Semaphore(COMPANY_CONCURRENCY)
@@ -348,6 +351,7 @@ class SyncEngine:
                         raise
                 else:
                     failing.clear()
+                    report.pulled_feeds.add(f"{company_upstream_id}/{feed.name}")
 
             results = await asyncio.gather(
                 *(sync_company(c, n) for c, n in companies), return_exceptions=True
@@ -469,20 +473,63 @@ class SyncEngine:
     def _feeds_failed(self, report: SyncReport) -> None:
         """End a run in which some feeds failed and the others were pulled: the portal failing them
         makes the connection upstream_unavailable (naming them) until a run pulls them all."""
-        # Sorted: companies finish in any order, and the same failures must read as the same state.
-        failed = sorted({f"{company}/{feed}" for company, feed, _ in report.failed_feeds})
         first = report.failed_feeds[0][2]
         if report.drift:
             self._finish(report)  # their differences are kept (only an operator clears them)
         if any(isinstance(exc, UpstreamError) for _, _, exc in report.failed_feeds):
-            self._fail(report, "upstream_unavailable", None, {"error": type(first).__name__, "feeds": failed[:20]},
-                       first)  # fmt: skip
+            with transaction(self.ctx.sessions) as session:
+                connection = get_connection(session, report.connection_id)
+                failed = {f"{company}/{feed}" for company, feed, exc in report.failed_feeds
+                          if isinstance(exc, UpstreamError)}  # fmt: skip
+                self._unavailable(session, connection, report, failed, type(first).__name__)
+            report.error = f"{type(first).__name__}: {first}"
         else:  # the store refused a page: nothing the portal or the login can change
-            report.error = (
-                f"{len(failed)} feed(s) failed ({', '.join(failed[:5])}): {type(first).__name__}: {first}"
-            )
+            failed = {f"{company}/{feed}" for company, feed, _ in report.failed_feeds}
+            report.error = f"{len(failed)} feed(s) failed ({', '.join(sorted(failed)[:5])}): {type(first).__name__}: {first}"
             with self.ctx.sessions() as session:
                 report.state = get_connection(session, report.connection_id).state
+
+    def _still_failing(self, connection: Connection, report: SyncReport) -> set[str]:
+        """The feeds an earlier run found failing (the connection's upstream_unavailable names them)
+        that this run did not pull: a run of the other cadence does not list them, so it proves
+        nothing about them. Feeds of companies the login no longer reaches are let go."""
+        if connection.state != "upstream_unavailable":
+            return set()
+        named = (connection.state_detail or {}).get("feeds") or []
+        return {
+            feed
+            for feed in named
+            if isinstance(feed, str) and feed not in report.pulled_feeds
+            and feed.rpartition("/")[0] in report.companies
+        }  # fmt: skip
+
+    def _unavailable(
+        self,
+        session: Session,
+        connection: Connection,
+        report: SyncReport,
+        failed: set[str],
+        error: str | None,
+    ) -> None:
+        """The connection upstream_unavailable, naming the feeds failing now: this run's and those
+        still failing from before. Only feeds newly failing are news (an event); fewer failing, or
+        the same ones, only update the detail (a repeat of one outage is not a new one)."""
+        feeds = sorted(
+            failed | self._still_failing(connection, report)
+        )  # sorted: the same failures read alike
+        before = set((connection.state_detail or {}).get("feeds") or [])
+        if connection.state == "upstream_unavailable" and set(feeds) <= before:
+            connection.state_detail = {**(connection.state_detail or {}), "feeds": feeds}
+        else:
+            detail: dict[str, Any] = {
+                "error": error or (connection.state_detail or {}).get("error"),
+                "feeds": feeds,
+            }
+            drift = uncleared_drift(connection)
+            if drift is not None:  # only an operator clears drift: it waits in the detail meanwhile
+                detail["drift"] = drift
+            change_state(session, connection, "upstream_unavailable", detail=detail)
+        report.state = connection.state
 
     def _finish(self, report: SyncReport) -> None:
         with transaction(self.ctx.sessions) as session:
@@ -495,6 +542,9 @@ class SyncEngine:
                 drift = uncleared_drift(connection)  # (kept through a login problem since)
                 if drift is not None:
                     change_state(session, connection, "upstream_changed", detail={"differences": drift})
+                elif self._still_failing(connection, report):
+                    # Feeds failing before that this run did not pull: still failing, as far as we know.
+                    self._unavailable(session, connection, report, set(), None)
                 else:
                     change_state(session, connection, "healthy")
             connection.last_synced_at = utcnow()
