@@ -141,3 +141,29 @@ def test_a_new_totp_secret_is_proven_though_the_device_is_trusted(client: TestCl
     with ctx.sessions() as session:
         assert (ctx.vault.open(session, connection_id, "credentials") or {})["totp_secret"] == TOTP
     assert _connection(client, connection_id).state == "healthy"
+
+
+def test_a_totp_secret_for_a_login_whose_codes_come_by_sms_is_refused(
+    client: TestClient, sandbox: str
+) -> None:
+    # It was stored though the portal never checked a code of it (it sent an SMS instead), and the
+    # working connection was left waiting for a person.
+    clerk = {"username": "clerk@northwind-cpa.test", "password": "sandbox-password"}
+    started = client.post("/authenticate", json=clerk)
+    assert started.status_code == 202, started.text
+    code = [m for m in httpx.get(f"{sandbox}/__sandbox/outbox").json() if m["kind"] == "Sms"][-1]["code"]
+    done = client.post(
+        "/authenticate/mfa", json={"challenge_id": started.json()["challenge_id"], "code": code}
+    )
+    assert done.status_code == 201, done.text
+    connection_id = done.json()["connection"]["id"]
+    refused = client.patch(
+        f"/connections/{connection_id}", json={"totp_secret": TOTP}, headers=_headers(client)
+    )
+    assert refused.status_code == 422, refused.text
+    error = refused.json()["error"]
+    assert error["code"] == "totp_not_used" and error["param"] == "totp_secret" and TOTP not in refused.text
+    ctx: JobContext = client.app.state.ctx  # type: ignore[attr-defined]
+    with ctx.sessions() as session:
+        assert (ctx.vault.open(session, connection_id, "credentials") or {}).get("totp_secret") is None
+    assert _connection(client, connection_id).state == "healthy"

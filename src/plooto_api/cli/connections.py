@@ -369,7 +369,7 @@ def run_set_password(
     `password` may be a function that asks for it: it is called once the connection and the TOTP
     secret are known to be good, so nobody types a password for a command that cannot use it."""
     from plooto_api.services import audit
-    from plooto_api.services.sessions import replace_credentials
+    from plooto_api.services.sessions import TotpNotUsed, replace_credentials
 
     async def run() -> int:
         ctx = JobContext.from_settings(settings)
@@ -385,6 +385,8 @@ def run_set_password(
                 raise CliError(
                     "the portal refused the codes of this TOTP secret; nothing was changed"
                 ) from None
+            except TotpNotUsed as exc:
+                raise CliError(str(exc)) from None
             changed = [name for name, value in (("password", given), ("totp_secret", secret)) if value]
             with transaction(ctx.sessions) as session:
                 audit.append(session, actor="cli", action="connection.updated", object_type="connection",

@@ -111,6 +111,18 @@ def waits_for_code(connection: Connection) -> bool:
     ).get("error") != "code_refused"
 
 
+class TotpNotUsed(Exception):
+    """A TOTP secret was given for a login whose portal asks for another kind of code (SMS): the
+    portal never checks an authenticator app's code for it, so the secret is neither proven nor
+    stored."""
+
+    def __init__(self, method: str) -> None:
+        super().__init__(
+            f"this login's MFA codes come by {method.upper()}, not from an authenticator app: the portal "
+            "takes no TOTP code for it, so the TOTP secret was not stored; nothing was changed"
+        )
+
+
 class NoCodeToSend(Exception):
     """The connection's codes come from an authenticator app (TOTP): the portal sends none."""
 
@@ -221,7 +233,8 @@ async def replace_credentials(
     sent (a login without a TOTP secret on a device not trusted yet).
 
     Raises what the portal answered, with nothing stored: InvalidCredentials (the password refused),
-    InvalidMfaCode (the codes of the TOTP secret refused), UpstreamUnavailable and the like. A lock
+    InvalidMfaCode (the codes of the TOTP secret refused), TotpNotUsed (a TOTP secret for a login
+    whose codes come by SMS), UpstreamUnavailable and the like. A lock
     or new terms are the login's, and are recorded. While the portal's lock lasts nothing can be
     tried: they are stored unproven, the connection stays `locked`, and the first sign-in after
     the lock uses them."""
@@ -249,6 +262,8 @@ async def replace_credentials(
         try:
             await probe.ensure_logged_in(deliberate=True)
         except MfaRequired as exc:
+            if totp_secret is not None:  # a TOTP secret answers the portal's TOTP step by itself
+                raise TotpNotUsed(exc.challenge.method) from None
             challenge = exc.challenge  # the portal took the password, and sent a code
         except (AccountLocked, TermsNotAccepted) as exc:
             record_login_failure_of(ctx.sessions, connection_id, exc)

@@ -37,6 +37,7 @@ from plooto_api.services.sessions import (
     MFA_CODE_PATTERN,
     NoCodeToSend,
     NotWaitingForCode,
+    TotpNotUsed,
     answer_mfa,
     replace_credentials,
     resend_code,
@@ -147,7 +148,8 @@ class ConnectionUpdate(BaseModel):
     response_model=schemas.Connection,
     summary="Replace a connection's password or TOTP secret, or rename it",
     responses={422: {"description": "`invalid_credentials` / `invalid_mfa_code`: the portal refused the new "
-                                    "password or TOTP secret; nothing was changed"}},
+                                    "password or TOTP secret; `totp_not_used`: the login's codes come by SMS, "
+                                    "so a TOTP secret cannot be used. Nothing was changed."}},
 )  # fmt: skip
 async def update_connection(
     request: Request, connection_id: str, body: ConnectionUpdate, principal: Principal = _write
@@ -176,6 +178,8 @@ async def update_connection(
         except InvalidMfaCode as exc:
             raise ApiError(422, "invalid_mfa_code", "the portal refused the codes of this TOTP secret; nothing "
                            "was changed", param="totp_secret") from exc  # fmt: skip
+        except TotpNotUsed as exc:
+            raise ApiError(422, "totp_not_used", str(exc), param="totp_secret") from exc
         except (AccountLocked, TermsNotAccepted, RateLimited, UpstreamChanged, UpstreamUnavailable) as exc:
             raise login_refused(exc) from exc
     with transaction(ctx.sessions) as session:
