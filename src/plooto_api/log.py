@@ -45,8 +45,18 @@ def _stderr_logger(*_args: Any) -> structlog.PrintLogger:
     return structlog.PrintLogger(sys.stderr)
 
 
+class _StandardLibraryHandler(logging.StreamHandler):
+    """The standard library's records (uvicorn's, other libraries') rendered as ours are, in the
+    same format and redacted, to sys.stderr as it is when the line is written."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
 def configure_logging(level: str = "info", fmt: str = "console") -> None:
-    """Configure structlog and the standard library's logging to one stream (stderr)."""
+    """Configure structlog and the standard library's logging to one stream (stderr), in one format:
+    with `json`, every line is one JSON object, uvicorn's and other libraries' lines included."""
     # Tracebacks are plain: structlog's default (rich, and its dict form for JSON) prints every
     # frame's local variables, and those hold request headers, tokens and decrypted credentials.
     renderers: list[Any] = (
@@ -54,11 +64,12 @@ def configure_logging(level: str = "info", fmt: str = "console") -> None:
         if fmt == "json"
         else [structlog.dev.ConsoleRenderer(colors=False, exception_formatter=structlog.dev.plain_traceback)]
     )
+    stamp = structlog.processors.TimeStamper(fmt="iso", utc=True)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            stamp,
             redact_secrets,
             *renderers,
         ],
@@ -66,7 +77,23 @@ def configure_logging(level: str = "info", fmt: str = "console") -> None:
         logger_factory=_stderr_logger,
         cache_logger_on_first_use=False,
     )
-    logging.basicConfig(level=level.upper(), stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")
+    handler = _StandardLibraryHandler()
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                structlog.stdlib.add_log_level,
+                structlog.stdlib.add_logger_name,
+                stamp,
+                redact_secrets,
+            ],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *renderers],
+        )
+    )
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _StandardLibraryHandler)]:
+        root.removeHandler(old)  # configured again (the CLI, then `serve`): one handler, the newest
+    root.addHandler(handler)
+    root.setLevel(level.upper())
     # One line per portal request is noise at info level (and URLs are not for every log).
     for noisy in ("httpx", "httpcore", "alembic"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level.upper())))

@@ -19,8 +19,14 @@ def _fail(authorization: str) -> None:
 
 @pytest.fixture(autouse=True)
 def _restore_logging() -> Iterator[None]:
+    import logging
+
     configured, config = structlog.is_configured(), structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
     yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
     if configured:
         structlog.configure(**config)
     else:
@@ -40,3 +46,20 @@ def test_tracebacks_are_logged_without_local_variables(fmt: str, capsys: pytest.
     assert SECRET not in err
     if fmt == "json":
         assert "Traceback" in json.loads(err.strip().splitlines()[-1])["exception"]
+
+
+def test_json_logs_are_json_on_every_line_the_standard_librarys_too(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # uvicorn's lines (and other libraries') were plain text among the JSON, and skipped redaction.
+    import logging
+
+    configure_logging("info", "json")
+    configure_logging("info", "json")  # the CLI configures, then `serve` again: still one line each
+    get_logger(__name__).info("ours", password=SECRET)
+    logging.getLogger("uvicorn.error").info("Started server process [%d]", 4242)
+    logging.getLogger("some.library").warning("careful", extra={"token": SECRET})
+    lines = [json.loads(line) for line in capsys.readouterr().err.strip().splitlines()]
+    assert [line["event"] for line in lines] == ["ours", "Started server process [4242]", "careful"]
+    assert lines[1]["logger"] == "uvicorn.error" and lines[1]["level"] == "info" and "timestamp" in lines[1]
+    assert SECRET not in json.dumps(lines)
