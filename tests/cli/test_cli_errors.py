@@ -146,6 +146,19 @@ def test_no_password_without_a_terminal_is_said_before_anything_is_made(
               "no connection conn_nope")  # fmt: skip
 
 
+@pytest.mark.parametrize("username", ["", "  ", "x" * 321])
+def test_a_username_that_cannot_be_a_login_is_said_before_anything_is_sent(
+    tmp_path: Path, process_database_env: dict[str, str], username: str
+) -> None:
+    # An empty one was sent to the portal, which refused it: "plooto-api:  could not log in".
+    env = _env(process_database_env, PLOOTO_API_VAULT_KEY=generate_key(), PLOOTO_PASSWORD=PASSWORD)
+    new = tmp_path / "new"
+    connect = _run(tmp_path, ["connect", "--username", username, "--upstream", f"http://127.0.0.1:{free_port()}",
+                              "--no-sync", "--data-dir", str(new)], env)  # fmt: skip
+    _one_line(connect, "--username must be the Plooto login's e-mail")
+    assert not new.exists()
+
+
 def test_an_address_that_cannot_be_listened_on_is_one_line(
     tmp_path: Path, process_database_env: dict[str, str]
 ) -> None:

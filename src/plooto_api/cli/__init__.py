@@ -178,6 +178,9 @@ def connect(
     settings = load_settings(data_dir=data_dir, database_url=database_url, upstream_url=upstream)
     if not settings.upstream_url:
         raise CliError("--upstream (or PLOOTO_API_UPSTREAM_URL) is required: the portal's base URL")
+    username = username.strip()
+    if not 3 <= len(username) <= 320:  # as POST /authenticate takes it
+        raise CliError("--username must be the Plooto login's e-mail (3 to 320 characters)")
     check_totp_secret(totp_secret)
     password = read_password("Plooto password")  # before the store is made: a refusal leaves nothing
     prepare_store(settings)
