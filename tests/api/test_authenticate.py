@@ -306,3 +306,13 @@ def test_a_challenge_is_answered_by_another_process_of_the_gateway(
         assert done.status_code == 201, done.text
         again = second.post("/authenticate/mfa", json={"challenge_id": challenge_id, "code": "123456"})
         assert again.status_code == 404 and again.json()["error"]["code"] == "unknown_challenge"
+
+
+def test_a_portal_answering_5xx_is_said_as_such(client: TestClient, sandbox: str) -> None:
+    # "the portal could not be reached", though it was reached and answered 503.
+    fault = {"kind": "error", "pathPattern": "^/login", "status": 503}
+    httpx.post(f"{sandbox}/__sandbox/faults", json=fault).raise_for_status()
+    response = client.post("/authenticate", json={**CONTROLLER, "totp_secret": TOTP})
+    assert response.status_code == 503, response.text
+    error = response.json()["error"]
+    assert error["code"] == "upstream_unavailable" and "answered 503" in error["message"], error

@@ -88,7 +88,9 @@ def login_refused(exc: Exception) -> ApiError:
         return ApiError(429, "upstream_rate_limited", "the portal is rate limiting; try again shortly")
     if isinstance(exc, UpstreamChanged):
         return ApiError(502, "upstream_changed", "the portal's login pages changed; an operator must review")
-    return ApiError(503, "upstream_unavailable", "the portal could not be reached")
+    # Our own words for what failed (the portal unreachable, or its answer: "the portal answered 503
+    # (GET /login)"), never the portal's text.
+    return ApiError(503, "upstream_unavailable", str(exc) or "the portal could not be reached")
 
 
 @router.post(
