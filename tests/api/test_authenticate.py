@@ -316,3 +316,13 @@ def test_a_portal_answering_5xx_is_said_as_such(client: TestClient, sandbox: str
     assert response.status_code == 503, response.text
     error = response.json()["error"]
     assert error["code"] == "upstream_unavailable" and "answered 503" in error["message"], error
+
+
+def test_a_totp_secret_for_a_login_whose_codes_come_by_sms_is_refused(client: TestClient) -> None:
+    # The sign-in went on to the SMS step and kept the secret, which no code of the portal checks.
+    response = client.post("/authenticate", json={**CLERK, "totp_secret": TOTP})
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["code"] == "totp_not_used" and error["param"] == "totp_secret" and TOTP not in response.text
+    with client.app.state.sessions() as session:  # type: ignore[attr-defined]
+        assert session.scalars(select(models.Connection)).all() == []  # nothing kept of it

@@ -24,7 +24,7 @@ from plooto_api.services.connections import (
     normalize_totp_secret,
     remove_connection,
 )
-from plooto_api.services.sessions import NotWaitingForCode, answer_mfa, waits_for_code
+from plooto_api.services.sessions import NotWaitingForCode, TotpNotUsed, answer_mfa, waits_for_code
 from plooto_api.store.database import transaction
 from plooto_api.store.models import Connection
 from plooto_api.sync.engine import SyncEngine, SyncReport
@@ -185,6 +185,8 @@ def run_connect(settings: Settings, console: Console, *, username: str, password
                                           login_mode="browser" if browser else None)  # fmt: skip
             except UpstreamError as exc:
                 raise CliError(f"{username} could not log in: {describe_upstream_error(exc)}") from exc
+            except TotpNotUsed as exc:
+                raise CliError(f"{exc}; connect without --totp-secret") from None
             connection_id = signed_in.connection_id
             if signed_in.created:
                 console.print(f"connection {connection_id} created for {username}")
@@ -369,7 +371,7 @@ def run_set_password(
     `password` may be a function that asks for it: it is called once the connection and the TOTP
     secret are known to be good, so nobody types a password for a command that cannot use it."""
     from plooto_api.services import audit
-    from plooto_api.services.sessions import TotpNotUsed, replace_credentials
+    from plooto_api.services.sessions import replace_credentials
 
     async def run() -> int:
         ctx = JobContext.from_settings(settings)

@@ -33,6 +33,7 @@ from plooto_api.services.connections import (
 )
 from plooto_api.services.sessions import (
     NotWaitingForCode,
+    TotpNotUsed,
     answer_mfa,
     complete_mfa,
     refuse_while_locked,
@@ -127,7 +128,8 @@ async def sign_in(
     (requires_action, mfa) and `challenge` says how it was sent; a sign-in of this login that
     waited for a code already is started afresh without `mfa_code`, so the portal sends a new one.
     Raises the upstream errors (AuthenticationError subclasses, UpstreamUnavailable, ...) when the
-    portal refuses or cannot be reached; then a connection created here is removed and an existing
+    portal refuses or cannot be reached, and TotpNotUsed for a TOTP secret the portal asks no code
+    of (it sent one by SMS); then a connection created here is removed and an existing
     one gets back the credentials and portal session it had (and is `locked` if the portal says
     so, or `requires_action` (terms) when the portal's new terms of service await the user:
     TermsNotAccepted; a person accepts them in the portal, never the gateway). While the portal's lock on the login lasts, nothing is sent (AccountLocked).
@@ -145,6 +147,8 @@ async def sign_in(
             # have the portal send a second code.
             await portal.ensure_logged_in(deliberate=True, new_code=mfa_code is None and proven is None)
         except MfaRequired as exc:
+            if totp_secret is not None:  # a TOTP secret answers the portal's TOTP step by itself
+                raise TotpNotUsed(exc.challenge.method) from None
             if not mfa_code:
                 wait_for_code(ctx, connection_id, exc.challenge.method)
                 return SignedIn(connection_id, created, exc.challenge)

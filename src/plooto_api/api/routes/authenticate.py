@@ -14,7 +14,7 @@ from plooto_api.api.limits import challenge_key, count_login_attempt, login_key
 from plooto_api.jobs.schedules import schedule_connection
 from plooto_api.services.authentication import Authenticated, Challenge, ChallengeRestarted, UnknownChallenge
 from plooto_api.services.connections import TotpSecretInput, get_connection
-from plooto_api.services.sessions import MFA_CODE_PATTERN
+from plooto_api.services.sessions import MFA_CODE_PATTERN, TotpNotUsed
 from plooto_api.upstream import (
     AccountLocked,
     InvalidCredentials,
@@ -99,6 +99,7 @@ def login_refused(exc: Exception) -> ApiError:
     response_model=AuthenticateResponse,
     responses={202: {"model": MfaRequiredResponse, "description": "An MFA code is needed."},
                401: {"description": "Wrong credentials."}, 429: {"description": "Too many attempts."},
+               422: {"description": "`totp_not_used`: a TOTP secret for a login whose codes come by SMS."},
                403: {"description": "`terms_not_accepted`: the portal published new terms of service; the "
                                     "user accepts them in the portal, then calls again."}},
     summary="Log into Plooto and get a session token",
@@ -121,6 +122,9 @@ async def authenticate(request: Request, body: AuthenticateRequest) -> Any:
     except (InvalidCredentials, InvalidMfaCode, AccountLocked, TermsNotAccepted, RateLimited, UpstreamChanged,
             UpstreamUnavailable) as exc:  # fmt: skip
         raise login_refused(exc) from exc
+    except TotpNotUsed as exc:
+        raise ApiError(422, "totp_not_used", f"{exc}; sign in without totp_secret",
+                       param="totp_secret") from exc  # fmt: skip
     if isinstance(result, Challenge):
         challenge = MfaRequiredResponse(challenge_id=result.challenge_id, methods=result.methods)
         return JSONResponse(challenge.model_dump(), status_code=202)
