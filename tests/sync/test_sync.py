@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import threading
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, time, timedelta
@@ -31,7 +30,7 @@ from plooto_api.sync import engine as sync_engine
 from plooto_api.sync.engine import SyncEngine
 from plooto_api.sync.upsert import ApplyCounts, apply_records, company_ids
 from support.portal import lock_login_from_elsewhere
-from support.postgres import wait_until_one_waits
+from support.postgres import race_behind
 
 from .conftest import CLERK, CONTROLLER, PASSWORD, TOTP_SECRET, connection_events, connection_row
 
@@ -450,14 +449,7 @@ async def test_two_transactions_applying_one_connections_records_apply_them_one_
             done.append(apply_records(session, connection_id, company_ids(session, connection_id), records,
                                       datetime.now(UTC)))  # fmt: skip
 
-    thread = threading.Thread(target=second)
-    thread.start()
-    try:
-        wait_until_one_waits(ctx.engine, thread, wait_event="%")
-        first.commit()
-    finally:
-        first.close()
-        thread.join(30)
+    race_behind(ctx.engine, first, second)
     assert done and (done[0].created, done[0].unchanged, done[0].events) == (0, 3, 0)
     with ctx.sessions() as session:
         created = session.scalars(
@@ -590,14 +582,7 @@ async def test_two_processes_ending_one_sync_record_its_state_change_once(
             connection = session.get_one(models.Connection, connection_id)
             changed.append(change_state(session, connection, "healthy"))
 
-    thread = threading.Thread(target=second)
-    thread.start()
-    try:
-        wait_until_one_waits(ctx.engine, thread, wait_event="%")
-        first.commit()
-    finally:
-        first.close()
-        thread.join(30)
+    race_behind(ctx.engine, first, second)
     assert changed == [False]
     assert _event_types(ctx)["connection.healthy"] == healthy + 1
     with ctx.sessions() as session:
