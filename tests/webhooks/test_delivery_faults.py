@@ -207,11 +207,84 @@ async def test_a_redelivery_waits_for_the_attempt_in_flight(
     transport = httpx.MockTransport(answer)
     worker = DeliveryWorker(sessions, vault, allow_private=True, now=clock, transport=transport)
     other = DeliveryWorker(sessions, vault, allow_private=True, now=clock, transport=transport)
-    assert await worker.run_once() == 1
-    assert sent == 1
-    [(delivery, attempts)] = _by_endpoint(sessions).values()
-    assert delivery.status == "pending" and delivery.next_attempt_at == clock() and len(attempts) == 1
-    assert await worker.run_once() == 1  # the redelivery, after the attempt that was in flight
+    # The attempt in flight, then the redelivery once it has ended and been recorded (never beside it).
+    assert await worker.run_once() == 2
     [(delivery, attempts)] = _by_endpoint(sessions).values()
     assert (delivery.status, delivery.attempt_count, len(attempts)) == ("succeeded", 1, 2)
     assert sent == 2 and max_in_flight == 1
+
+
+async def test_a_delivery_is_leased_when_its_attempt_starts_so_slow_answers_outlast_no_lease(
+    sessions: sessionmaker[Session], vault: Vault, clock: Clock
+) -> None:
+    # A worker leased a whole batch (100) for LEASE and sent it 16 at a time: with slow answers the
+    # last leases ran out before their turn, and a second gateway's worker sent those again (every
+    # delivery 2 to 5 times, none recorded as succeeded). A delivery is now claimed as its attempt
+    # starts: its lease holds for as long as its attempt runs, however long its batch takes.
+    _endpoint(sessions, vault, "http://hooks.test/slow")
+    events = [_event(sessions, "bill.created", f"bill_{n}") for n in range(12)]
+    sent: list[str] = []
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        event_id = request.headers["webhook-id"]
+        sent.append(event_id)
+        with sessions() as session:
+            delivery = session.scalars(
+                select(WebhookDelivery).where(WebhookDelivery.event_id == event_id)
+            ).one()
+            assert delivery.next_attempt_at is not None and delivery.next_attempt_at > clock(), (
+                "lease ran out"
+            )
+        clock.advance(seconds=25)  # a slow answer, by the worker's clock
+        return httpx.Response(200)
+
+    worker = DeliveryWorker(sessions, vault, allow_private=True, now=clock, transport=httpx.MockTransport(answer),
+                            concurrency=2)  # fmt: skip
+    assert await worker.run_until_idle() == 12
+    assert sorted(sent) == sorted(events)  # each once
+    with sessions() as session:
+        assert {d.status for d in session.scalars(select(WebhookDelivery))} == {"succeeded"}
+
+
+async def test_a_slow_endpoint_holds_only_its_own_slots(
+    sessions: sessionmaker[Session], vault: Vault, clock: Clock
+) -> None:
+    # One endpoint timing out held the whole batch: the others' deliveries waited for its slowest answer.
+    import asyncio
+
+    _endpoint(sessions, vault, "http://hooks.test/slow")
+    for n in range(10):
+        _event(sessions, "bill.created", f"bill_{n}")
+    fast = _endpoint(sessions, vault, "http://hooks.test/fast", events=["invoice.paid"])
+    _event(sessions, "invoice.paid", "inv_1")
+    release = asyncio.Event()
+    slow_in_flight = most_slow_in_flight = 0
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        nonlocal slow_in_flight, most_slow_in_flight
+        if request.url.path == "/fast":
+            with sessions() as session:  # the slow ones are still in flight
+                assert not session.scalars(
+                    select(WebhookDelivery).where(WebhookDelivery.status == "succeeded")
+                ).all()
+            return httpx.Response(200)
+        slow_in_flight += 1
+        most_slow_in_flight = max(most_slow_in_flight, slow_in_flight)
+        await release.wait()
+        slow_in_flight -= 1
+        return httpx.Response(200)
+
+    worker = DeliveryWorker(
+        sessions, vault, allow_private=True, now=clock, transport=httpx.MockTransport(answer)
+    )
+    run = asyncio.create_task(worker.run_until_idle())
+    for _ in range(500):  # until the fast endpoint's delivery is recorded, while the slow ones wait
+        await asyncio.sleep(0.01)  # yielding to the worker's tasks, not waiting for time to pass
+        if _by_endpoint(sessions)[fast][0].status == "succeeded":
+            break
+    assert _by_endpoint(sessions)[fast][0].status == "succeeded"
+    release.set()
+    await run
+    assert most_slow_in_flight == delivery_module.PER_ENDPOINT
+    with sessions() as session:
+        assert {d.status for d in session.scalars(select(WebhookDelivery))} == {"succeeded"}

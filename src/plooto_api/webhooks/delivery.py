@@ -3,7 +3,12 @@ schedules the next try.
 
 Semantics:
 - At least once. A delivery is leased while in flight (its next attempt pushed out by `LEASE`), so
-  a worker that dies mid-send leaves it to be retried, never lost.
+  a worker that dies mid-send leaves it to be retried, never lost. A worker claims only what it
+  starts at once (a free slot each) and records each attempt as it ends, so a lease never runs out
+  while its delivery waits its turn or its batch's slowest answer: another worker (a second
+  gateway on the same database) then sent it again, and again, and recorded none as succeeded.
+- One endpoint's slow or failing answers hold at most `PER_ENDPOINT` of the worker's slots: the
+  other endpoints' deliveries go on beside them.
 - In order per endpoint and object: a delivery waits while an earlier event of the same object is
   still pending (or retrying) for the same endpoint.
 - Retries after a failure (non-2xx, no full answer within 10 s in all, connection error, any other
@@ -27,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -63,7 +69,8 @@ RETRY_DELAYS: tuple[timedelta, ...] = (
 MAX_ATTEMPTS = len(RETRY_DELAYS) + 1
 REQUEST_TIMEOUT_SECONDS = 10.0  # for the whole attempt, answer included
 MAX_RESPONSE_BYTES = 64 * 1024  # of an answer's body; the rest is not read
-LEASE = timedelta(seconds=60)  # longer than one attempt can take
+LEASE = timedelta(seconds=60)  # longer than one attempt can take (it starts when it is claimed)
+PER_ENDPOINT = 4  # attempts in flight to one endpoint at most, per worker
 DISABLE_AFTER = timedelta(days=5)
 # A failure this long after the endpoint's previous failed attempt starts a new streak: longer than
 # the longest retry interval, so a delivery still retrying keeps its endpoint's streak going.
@@ -147,14 +154,32 @@ class DeliveryWorker:
         self.timeout = timeout
 
     async def run_once(self) -> int:
-        """Attempt every delivery due now (up to one batch); returns how many were attempted."""
-        claimed = self._claim()
-        if claimed:
-            await self._send_and_record(claimed)
-        return len(claimed)
+        """Attempt the deliveries due, `concurrency` at a time (at most `PER_ENDPOINT` to one
+        endpoint), claiming more as attempts end, until none is due or `batch_size` were attempted;
+        each attempt is recorded as it ends. Returns how many were attempted."""
+        in_flight: dict[asyncio.Task[None], str] = {}  # attempt -> its endpoint
+        attempted = 0
+        async with self._client() as client:
+            try:
+                while True:
+                    free = min(self.concurrency - len(in_flight), self.batch_size - attempted)
+                    claimed = self._claim(limit=free, busy=Counter(in_flight.values())) if free > 0 else []
+                    for item in claimed:
+                        task = asyncio.create_task(self._attempt_and_record(client, item))
+                        in_flight[task] = item.endpoint_id
+                    attempted += len(claimed)
+                    if not in_flight:
+                        return attempted
+                    done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                    for task in done:
+                        del in_flight[task]
+                        task.result()  # a failure to record is the worker's, not one attempt's: raise it
+            finally:  # the others' attempts end (and are recorded) before the client closes
+                await asyncio.gather(*in_flight, return_exceptions=True)
 
     async def run_until_idle(self, max_rounds: int = 1000) -> int:
-        """Run batches until nothing is due at `now()`; returns how many attempts were made."""
+        """Run until nothing is due at `now()` (at most `max_rounds` times `batch_size` attempts);
+        returns how many attempts were made."""
         total = 0
         for _ in range(max_rounds):
             attempted = await self.run_once()
@@ -168,7 +193,8 @@ class DeliveryWorker:
         False if it is not pending or must wait for an earlier one."""
         claimed = self._claim(only_id=delivery_id)
         if claimed:
-            await self._send_and_record(claimed)
+            async with self._client() as client:
+                await self._attempt_and_record(client, claimed[0])
         return bool(claimed)
 
     # --- claim ---------------------------------------------------------------------------------
@@ -205,17 +231,32 @@ class DeliveryWorker:
                 WebhookDelivery.id == only_id,
                 or_(WebhookDelivery.next_attempt_at.is_(None), ~possibly_leased(WebhookDelivery, now)),
             )
-        return stmt.order_by(Event.seq).limit(self.batch_size)
+        return stmt.order_by(Event.seq)
 
-    def _claim(self, only_id: str | None = None) -> list[_Claimed]:
+    def _claim(
+        self, only_id: str | None = None, *, limit: int = 1, busy: Counter[str] | None = None
+    ) -> list[_Claimed]:
+        """Lease up to `limit` due deliveries, in event order, at most PER_ENDPOINT to an endpoint
+        counting those in flight (`busy`); the rest stay due, for the next free slot."""
         now = self.now()
         claimed: list[_Claimed] = []
+        taken = Counter(busy or ())
         with transaction(self.sessions) as session:
             stmt = self._due(now, only_id)
+            if busy:  # an endpoint whose slots are all taken has nothing to claim now
+                full = [endpoint for endpoint, count in busy.items() if count >= PER_ENDPOINT]
+                stmt = stmt.where(WebhookDelivery.endpoint_id.not_in(full)) if full else stmt
+            # Enough rows to fill the slots past endpoints that fill up on the way.
+            stmt = stmt.limit(limit * PER_ENDPOINT)
             if session.get_bind().dialect.name == "postgresql":
                 stmt = stmt.with_for_update(skip_locked=True, of=WebhookDelivery)
             secrets: dict[str, list[str]] = {}
             for delivery, event, endpoint in session.execute(stmt).all():
+                if len(claimed) >= limit:
+                    break
+                if taken[endpoint.id] >= PER_ENDPOINT:
+                    continue
+                taken[endpoint.id] += 1
                 if endpoint.id not in secrets:
                     secrets[endpoint.id] = signing_secrets(self.vault, session, endpoint.id, now)
                 delivery.next_attempt_at = now + LEASE  # leased: another worker leaves it alone
@@ -235,26 +276,22 @@ class DeliveryWorker:
 
     # --- send ----------------------------------------------------------------------------------
 
-    async def _send_and_record(self, claimed: list[_Claimed]) -> None:
-        limit = asyncio.Semaphore(self.concurrency)
-        async with httpx.AsyncClient(
+    def _client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
             transport=self.transport,
             timeout=httpx.Timeout(self.timeout),
             follow_redirects=False,  # a redirect could point anywhere, past the target check
             trust_env=False,
-        ) as client:
-
-            async def one(item: _Claimed) -> _Outcome:
-                async with limit:
-                    return await self._attempt(client, item)
-
-            outcomes = await asyncio.gather(*(one(item) for item in claimed), return_exceptions=True)
-        self._record(
-            [
-                outcome if isinstance(outcome, _Outcome) else _failed(item, self.now(), outcome)
-                for item, outcome in zip(claimed, outcomes, strict=True)
-            ]
         )
+
+    async def _attempt_and_record(self, client: httpx.AsyncClient, item: _Claimed) -> None:
+        try:
+            outcome = await self._attempt(client, item)
+        except Exception as exc:  # whatever it is, it is this attempt's failure alone
+            outcome = _failed(item, self.now(), exc)
+        # On a thread: a write transaction may wait for another writer (SQLite), and the loop runs
+        # the other attempts meanwhile.
+        await asyncio.to_thread(self._record, [outcome])
 
     async def _refused_address(self, url: str) -> str | None:
         if self.allow_private:
