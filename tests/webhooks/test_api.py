@@ -102,6 +102,22 @@ def test_events_list_pages_in_order_and_filters(world: dict[str, Any]) -> None:
     assert _call(world, "GET", "/events/evt_missing").status_code == 404
 
 
+def test_a_client_polls_events_from_the_last_one_it_saw(world: dict[str, Any]) -> None:
+    # The last page had no cursor, so a client could only poll by created_from, and creation times
+    # need not follow commit order: it missed events.
+    last = _call(world, "GET", "/events", params={"limit": 100}).json()
+    assert not last["has_more"] and [e["id"] for e in last["data"]] == world["events"]
+    cursor = last["next_cursor"]
+    assert cursor
+    nothing = _call(world, "GET", "/events", params={"cursor": cursor}).json()
+    assert nothing["data"] == [] and nothing["next_cursor"] == cursor and not nothing["has_more"]
+    with transaction(world["client"].app.state.sessions) as session:
+        new = record_event(session, "bill.created", data={"n": 30}, company_id=world["companies"][0],
+                           object_id="obj_new", object_type="bill")  # fmt: skip
+    after = _call(world, "GET", "/events", params={"cursor": cursor}).json()
+    assert [e["id"] for e in after["data"]] == [new] and after["next_cursor"] != cursor
+
+
 def test_a_company_token_sees_only_its_events(world: dict[str, Any]) -> None:
     data = _call(world, "GET", "/events", token="company_a", params={"limit": 100}).json()["data"]
     assert len(data) == 15 and {e["company_id"] for e in data} == {world["companies"][0]}

@@ -61,11 +61,14 @@ class Page(Generic[T]):
 
 
 def fetch_page(
-    session: Session, stmt: Select[Any], key: Any, page: PageRequest, *, columns: bool = False
-) -> Page[Any]:
+    session: Session, stmt: Select[Any], key: Any, page: PageRequest, *, columns: bool = False,
+    resumable: bool = False,
+) -> Page[Any]:  # fmt: skip
     """The page of `stmt`'s rows that follows the cursor, in order of `key` (a unique column: a
     time-ordered id or an auto-incrementing sequence). With `columns`, rows are column tuples
-    (attribute access by name) rather than ORM objects."""
+    (attribute access by name) rather than ORM objects. `resumable` (a log that only grows: events)
+    gives a cursor on the last page too, after its last row (or the one given, when no row follows
+    it), so a client polls from where it stopped."""
     if page.cursor:
         after: Any = decode_cursor(page.cursor)
         if issubclass(key.type.python_type, int):
@@ -79,5 +82,7 @@ def fetch_page(
     rows: list[Any] = list(session.execute(ordered) if columns else session.scalars(ordered))
     has_more = len(rows) > page.limit
     rows = rows[: page.limit]
-    next_cursor = encode_cursor(str(getattr(rows[-1], key.key))) if has_more else None
+    next_cursor = encode_cursor(str(getattr(rows[-1], key.key))) if has_more or (resumable and rows) else None
+    if resumable and not rows:
+        next_cursor = page.cursor
     return Page(items=rows, has_more=has_more, next_cursor=next_cursor)

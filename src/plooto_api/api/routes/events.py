@@ -41,7 +41,13 @@ class DeliveryList(BaseModel):
     next_cursor: str | None = None
 
 
-@router.get("/events", response_model=EventList, summary="List events, oldest first")
+@router.get(
+    "/events", response_model=EventList, summary="List events, oldest first",
+    description="Events in the order they were committed. `next_cursor` is given on the last page too: "
+    "polling with it returns the events that came after the last one seen (`has_more` says whether "
+    "more are waiting now). Poll by cursor, not by `created_from`: two transactions' events may "
+    "carry creation times out of their commit order.",
+)  # fmt: skip
 def list_events(
     request: Request,
     principal: Principal = _read,
@@ -78,7 +84,7 @@ def list_events(
         stmt = stmt.where(Event.object_id == object_id)
     stmt = within(stmt, Event.created_at, created_from, created_to, params=("created_from", "created_to"))
     with request.app.state.sessions() as session:
-        page = fetch_page(session, stmt, Event.seq, PageRequest(limit=limit, cursor=cursor))
+        page = fetch_page(session, stmt, Event.seq, PageRequest(limit=limit, cursor=cursor), resumable=True)
     return list_body(page, mapping.event_to_schema)
 
 
