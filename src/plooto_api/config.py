@@ -74,6 +74,12 @@ class Settings(BaseSettings):
     webhook_delivery_interval_seconds: float = Field(
         default=1.0, gt=0, description="How often the delivery worker looks for due webhook deliveries."
     )
+    fresh_read_timeout_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        description="How long a `?fresh=true` read may wait for the portal, its "
+        "retries included, before it answers 503 (the stored copy is served without ?fresh=true).",
+    )
     write_wait_seconds: float = Field(
         default=5.0, ge=0, description="How long a write request waits for the portal before answering 202."
     )

@@ -110,10 +110,12 @@ def portal_gateway(
     sandbox: str,
     username: str = CONTROLLER,
     totp: str | None = TOTP_SECRET,
+    **overrides: Any,
 ) -> Iterator[PortalGateway]:
-    """A gateway on a connection to `sandbox`, synced once (no background jobs)."""
+    """A gateway on a connection to `sandbox`, synced once (no background jobs); `overrides` are
+    settings."""
     settings = Settings(data_dir=data_dir, database_url=database_url, upstream_url=sandbox,
-                        vault_key=SecretStr(generate_key()))  # fmt: skip
+                        vault_key=SecretStr(generate_key()), **overrides)  # fmt: skip
     connection_id = asyncio.run(_connect(settings, username, totp))
     report = asyncio.run(_sync(settings, connection_id))
     assert report.ok, report.error

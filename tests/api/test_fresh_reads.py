@@ -7,9 +7,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from api.portal_gateway import PortalGateway, portal_gateway
 from plooto_api.services.objects import RESOURCES
+from plooto_api.store import models
 from plooto_api.upstream import FETCHABLE_TYPES
 
 
@@ -46,3 +48,25 @@ def test_fresh_reads_of_every_object_type(gateway: PortalGateway) -> None:
             assert gateway.get(f"/{resource.path}/{object_id}").status_code == 200
         checked.add(resource.object_type)
     assert len(checked) == len(RESOURCES)
+
+
+def test_a_fresh_read_of_a_slow_portal_answers_503_within_its_time(
+    database_url: str, tmp_path: Path, sandbox: str
+) -> None:
+    # The read's retries (five tries of up to 30 s) held the caller for 150 s, or past its own timeout.
+    import time
+
+    with portal_gateway(database_url, tmp_path / "slow", sandbox, fresh_read_timeout_seconds=2.0) as gw:
+        with gw.sessions() as session:
+            bill = session.scalars(select(models.Bill).order_by(models.Bill.id)).first()
+            assert bill is not None
+        gw.control.post("/faults", json={"kind": "latency", "latencyMs": 45000,
+                                         "pathPattern": f"/bills/{bill.upstream_id}$"}).raise_for_status()  # fmt: skip
+        started = time.monotonic()
+        response = gw.get(f"/bills/{bill.id}", fresh="true")
+        took = time.monotonic() - started
+        gw.control.delete("/faults").raise_for_status()
+    assert response.status_code == 503, response.text
+    error = response.json()["error"]
+    assert error["code"] == "upstream_unavailable" and "within 2 s" in error["message"]
+    assert took < 20, took  # (it was 150 s)

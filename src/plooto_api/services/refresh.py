@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from plooto_api import mapping
@@ -56,8 +57,16 @@ async def refresh_object(ctx: JobContext, row: Any) -> None:
     object_type = mapping.object_map_for(row).object_type
     if not refreshable(object_type):
         raise not_refreshable(object_type)
+    limit = ctx.settings.fresh_read_timeout_seconds
     try:
-        await _refresh(ctx, row)
+        # A caller waits on this read: the portal's retries (five tries of up to 30 s each, for a
+        # sync that no one waits on) must not hold it for minutes.
+        async with asyncio.timeout(limit):
+            await _refresh(ctx, row)
+    except TimeoutError as exc:
+        raise RefreshFailed(503, "upstream_unavailable",
+                            f"the portal did not answer within {limit:g} s; without ?fresh=true the stored "
+                            "copy is served") from exc  # fmt: skip
     except UpstreamChanged as exc:
         mark_upstream_changed(ctx.sessions, row.connection_id, exc.differences)
         raise RefreshFailed(
