@@ -75,6 +75,9 @@ async def test_initial_sync_mirrors_every_object_type(
         assert cursors and all(c.full_sync_completed_at is not None for c in cursors)
     events = _event_types(ctx)
     assert events["bill.created"] == COMPANIES * BILLS_PER_COMPANY
+    # The reminders an invoice had before the gateway looked are history: they made an
+    # `invoice.updated` of every such invoice, the portal having changed nothing.
+    assert events["invoice.updated"] == 0
     _assert_documents_match_columns(ctx)
     _assert_plans_name_their_invoices(ctx)
     with ctx.sessions() as session:

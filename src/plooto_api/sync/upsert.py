@@ -524,9 +524,13 @@ def _apply_parts(session: Session, page: _Page, part: mapping.PartMap, records: 
         document = new.model_dump_json()
         merged.append((gateway_id, new, document))
         page.counts.updated += 1
-        # Parts listed by their feed's first pull (reminders sent before the gateway looked) are history.
-        event_types = _events_for_change(spec.object_type, old, {**old, part.field: new_items},
-                                         news=not page.first_pull)  # fmt: skip
+        if page.first_pull:
+            # Parts listed by their feed's first pull (the reminders an invoice had before the gateway
+            # looked) are history, not a change: no event. (A first sync emitted an `invoice.updated`
+            # for every invoice with reminders, the portal having changed nothing.)
+            page.counts.by_type[spec.object_type] += 1
+            continue
+        event_types = _events_for_change(spec.object_type, old, {**old, part.field: new_items})
         _stage_events(page, spec.object_type, event_types, document, new.company_id, gateway_id)
     if merged:
         _write_parts(session, spec, part, merged, page.now)
