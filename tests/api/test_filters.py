@@ -66,3 +66,17 @@ def test_every_filter_matches_the_rows_it_should(world: dict[str, Any], database
     finally:
         engine.dispose()
     assert checked >= 50  # every resource's filters, not a handful
+
+
+def test_an_amount_the_store_cannot_compare_is_a_400_naming_its_filter(world: dict[str, Any]) -> None:
+    # It named no parameter, and spoke of CAD though no currency was given.
+    headers = {"Authorization": f"Bearer {world['tokens']['admin']}"}
+    for value, needle in (("1000.005", "cents unless currency="), ("1e400", "out of range")):
+        response = world["client"].get("/bills", params={"amount_min": value}, headers=headers)
+        assert response.status_code == 400, response.text
+        error = response.json()["error"]
+        assert (
+            error["param"] == "amount_min"
+            and error["message"].startswith("amount_min: ")
+            and needle in error["message"]
+        )

@@ -146,8 +146,18 @@ def filter_type(resource: Resource, spec: Filter) -> Any:
     return closed if closed is not None else str
 
 
+class FilterValueError(ValueError):
+    """A filter's value the store cannot compare (an amount finer than its currency's cents, or past
+    any amount): a 400 naming the filter."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(f"{param}: {message}")
+        self.param = param
+
+
 def conditions(resource: Resource, params: dict[str, Any]) -> list[ColumnElement[bool]]:
-    """Column conditions for the given filter values (None values are ignored)."""
+    """Column conditions for the given filter values (None values are ignored). FilterValueError
+    for an amount the store cannot compare."""
     model = resource.model
     result: list[ColumnElement[bool]] = []
     currency = params.get("currency") or "CAD"
@@ -156,9 +166,17 @@ def conditions(resource: Resource, params: dict[str, Any]) -> list[ColumnElement
         if value is None:
             continue
         if spec.money:
-            value = to_minor(value, currency)
+            try:
+                value = to_minor(value, currency)
+            except ValueError as exc:
+                hint = (
+                    ""
+                    if params.get("currency")
+                    else " (amounts are compared in cents unless currency= says otherwise)"
+                )
+                raise FilterValueError(spec.param, f"{exc}{hint}") from None
             if abs(value) > MAX_MINOR:
-                raise ValueError(f"{spec.param} is out of range")
+                raise FilterValueError(spec.param, "is out of range")
         column = getattr(model, spec.column)
         if spec.op == "eq":
             result.append(column == value)

@@ -87,7 +87,9 @@ def _add_resource(resource: object_service.Resource) -> None:
                 result = object_service.list_documents(session, resource, principal.access, values, page)
         except InvalidCursor as exc:
             raise ApiError(400, "invalid_cursor", str(exc), param="cursor") from exc
-        except ValueError as exc:  # an amount with more decimals than its currency allows
+        except object_service.FilterValueError as exc:  # an amount finer than its currency's cents
+            raise ApiError(400, "invalid_request", str(exc), param=exc.param) from exc
+        except ValueError as exc:
             raise ApiError(400, "invalid_request", str(exc)) from exc
         # The stored documents are the objects' JSON already: the list is assembled, not re-encoded.
         tail = json.dumps({"has_more": result.has_more, "next_cursor": result.next_cursor})[1:]
