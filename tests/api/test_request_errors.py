@@ -85,3 +85,18 @@ def test_a_wrong_field_inside_a_list_is_named_by_its_path(
             assert error["message"].startswith(f"{param}: "), error
     not_an_object = _json(world, path, json.dumps({**body, "lines": [1]}))
     assert not_an_object["message"] == "lines.0: must be a JSON object"
+
+
+def test_a_parameter_that_takes_one_value_given_twice_is_a_400(world: dict[str, Any]) -> None:
+    # Only the last counted: `status=approved&status=paid` listed the paid bills alone, as if filtered.
+    headers = {"Authorization": f"Bearer {world['tokens']['admin']}"}
+    for path, query in (("/bills", "status=approved&status=paid"), ("/bills", "limit=5&limit=100"),
+                        ("/events", "limit=5&limit=7")):  # fmt: skip
+        response = world["client"].get(f"{path}?{query}", headers=headers)
+        assert response.status_code == 400, (path, response.text)
+        error = response.json()["error"]
+        assert error["code"] == "invalid_request" and "given more than once" in error["message"], error
+    # A parameter that takes a list still takes several values.
+    assert (
+        world["client"].get("/events?type=bill.created&type=payment.sent", headers=headers).status_code == 200
+    )
