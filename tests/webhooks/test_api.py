@@ -125,6 +125,22 @@ def test_a_company_token_sees_only_its_events(world: dict[str, Any]) -> None:
     assert _call(world, "GET", f"/events/{other}", token="company_a").status_code == 404
 
 
+def test_events_show_only_the_objects_a_token_may_read(world: dict[str, Any]) -> None:
+    # An `events:read` token read whole customers (names, e-mails, addresses) in `customer.*` events
+    # though `GET /customers` refused it.
+    with transaction(world["client"].app.state.sessions) as session:
+        token = create_token(session, scopes=["bills:read", "events:read"])[1]
+    world["tokens"]["bills_events"] = token
+    data = _call(world, "GET", "/events", token="bills_events", params={"limit": 100}).json()["data"]
+    assert data and {e["type"].split(".")[0] for e in data} == {"bill"}
+    payment = next(
+        e for e in world["events"] if _call(world, "GET", f"/events/{e}").json()["type"] == "payment.sent"
+    )
+    assert _call(world, "GET", f"/events/{payment}", token="bills_events").status_code == 404
+    everything = _call(world, "GET", "/events", params={"limit": 100}).json()["data"]
+    assert len(everything) == len(world["events"])  # a `*` token reads them all
+
+
 def test_endpoint_lifecycle_secret_shown_once(world: dict[str, Any], receiver: Receiver) -> None:
     created = _call(world, "POST", "/webhook_endpoints", json={"url": receiver.url, "events": ["bill.*"]})
     assert created.status_code == 201

@@ -15,6 +15,7 @@ from plooto_api.api.errors import ApiError
 from plooto_api.api.lists import list_body, within
 from plooto_api.services import webhooks as webhook_service
 from plooto_api.services.events import readable_events
+from plooto_api.services.objects import RESOURCES
 from plooto_api.services.tokens import Principal
 from plooto_api.store.database import transaction
 from plooto_api.store.models import Event
@@ -66,7 +67,7 @@ def list_events(
     created_from: Annotated[datetime | None, Query(description="Created at or after (ISO 8601).")] = None,
     created_to: Annotated[datetime | None, Query(description="Created at or before (ISO 8601).")] = None,
 ) -> Any:
-    stmt = readable_events(principal.access)
+    stmt = _visible_events(principal)
     for pattern in type or ():  # a misspelt type would otherwise match nothing, silently
         if unknown_event_filter(pattern):
             message = (f"type: {pattern[:80]!r} matches no event type the gateway emits (a type such as "
@@ -88,8 +89,27 @@ def list_events(
     return list_body(page, mapping.event_to_schema)
 
 
-def _event(session: Any, principal: Principal, event_id: str) -> Event:
-    row: Event | None = session.scalars(readable_events(principal.access).where(Event.id == event_id)).first()
+def _visible_events(principal: Principal) -> Any:
+    """The events `principal` may read: within its connections and companies (readable_events), and
+    of the object types its scopes read. An event carries its object whole: a token that may not
+    read customers does not read them in `customer.*` events either."""
+    stmt = readable_events(principal.access)
+    if "*" in principal.scopes:
+        return stmt
+    types = [resource.object_type for resource in RESOURCES if principal.allows(resource.scope)]
+    types += [kind for kind, scope in _OTHER_EVENT_SCOPES.items() if principal.allows(scope)]
+    return stmt.where(Event.object_type.in_(types))
+
+
+# The events of no synced object type, and the scope that reads them.
+_OTHER_EVENT_SCOPES = {"connection": "connections:read", "webhook_endpoint": "webhooks:read"}
+
+
+def _event(session: Any, principal: Principal, event_id: str, *, to_read: bool = True) -> Event:
+    """The event, if `principal` may see it; `to_read`: its object too (not for a redelivery, which
+    sends it to the endpoints subscribed to it, and shows the caller none of it)."""
+    visible = _visible_events(principal) if to_read else readable_events(principal.access)
+    row: Event | None = session.scalars(visible.where(Event.id == event_id)).first()
     if row is None:
         raise ApiError(404, "not_found", f"no event {event_id[:64]}", param="id")
     return row
@@ -108,7 +128,7 @@ def get_event(request: Request, event_id: str, principal: Principal = _read) -> 
 )
 def redeliver_event(request: Request, event_id: str, principal: Principal = _write) -> Any:
     with transaction(request.app.state.sessions) as session:
-        event = _event(session, principal, event_id)
+        event = _event(session, principal, event_id, to_read=False)
         deliveries = webhook_service.redeliver_event(session, principal, event)
         data = [webhook_service.delivery_to_schema(session, d, event.type) for d in deliveries]
     return {"object": "list", "data": data, "has_more": False, "next_cursor": None}
