@@ -230,3 +230,20 @@ def test_completed_customer_payments_complete_on_their_deposit_day(make_session:
     assert completed, "the seed has completed customer payments"
     for record in completed:  # the start of the deposit day in Toronto, not the evening before
         assert record.fields["completed_at"].astimezone(ZoneInfo(BUSINESS_TIME_ZONE)).hour == 0
+
+
+def test_a_payment_stopped_before_its_approvals_were_in_awaits_none(make_session: SessionFactory) -> None:
+    # Cancelled or deleted payments read `approval.status: pending`, every step skipped: 1,364
+    # "pending" payments where the portal had 456 awaiting approval.
+    records = run(_everything(make_session()))
+    payments = [r for r in records if r.object_type == "payment" and r.fields["direction"] == "payable"]
+    stopped = [
+        p
+        for p in payments
+        if p.fields["status"] == "cancelled" and p.fields["approval"]["status"] != "rejected"
+    ]
+    assert stopped, "the seed has cancelled and deleted payments"
+    assert {p.fields["approval"]["status"] for p in stopped} <= {"cancelled", "approved", "not_required"}
+    assert any(p.fields["approval"]["status"] == "cancelled" for p in stopped)
+    waiting = [p for p in payments if p.fields["approval"]["status"] == "pending"]
+    assert waiting and {p.fields["status"] for p in waiting} == {"pending_approval"}

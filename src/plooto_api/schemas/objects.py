@@ -13,7 +13,8 @@ from plooto_api.schemas.common import Money, PortalObject, Schema
 BillStatus = Literal[
     "draft", "pending_approval", "approved", "scheduled", "partially_paid", "paid", "rejected", "void"
 ]
-ApprovalStatus = Literal["not_required", "pending", "approved", "rejected"]
+# `cancelled`: the object was cancelled (or deleted) in the portal before its approval completed.
+ApprovalStatus = Literal["not_required", "pending", "approved", "rejected", "cancelled"]
 # An approval step's decision. `skipped`: its approver never decided and no longer will (another
 # approver on the level decided, or the chain ended before the step's turn).
 Decision = Literal["pending", "approved", "rejected", "skipped"]

@@ -780,6 +780,8 @@ def _payment_approval(raw: dict[str, Any], ctx: Context) -> dict[str, Any] | Non
         status = "rejected"
     elif decisions.count("Approved") >= required and raw["status"] != "ApprovalRequired":
         status = "approved"
+    elif PAYMENT_STATUS.get(raw["status"]) == "cancelled":
+        status = "cancelled"  # stopped before its approvals were in: it awaits none (it read `pending`)
     else:
         status = "pending"
     return {

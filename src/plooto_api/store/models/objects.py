@@ -152,7 +152,7 @@ class Bill(CompanyOwnedMixin, Base):
     amount_due_minor: Mapped[int] = mapped_column(BigInteger)
     # draft · pending_approval · approved · scheduled · partially_paid · paid · rejected · void
     status: Mapped[str] = mapped_column(String(32))
-    approval_status: Mapped[str] = mapped_column(String(32))  # not_required · pending · approved · rejected
+    approval_status: Mapped[str] = mapped_column(String(32))  # not_required · pending · approved · rejected · cancelled
     memo: Mapped[str | None] = mapped_column(Text)
     source: Mapped[str] = mapped_column(String(32), default="manual")  # manual · capture · accounting
     capture: Mapped[dict[str, Any] | None] = mapped_column()
