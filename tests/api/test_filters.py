@@ -80,3 +80,13 @@ def test_an_amount_the_store_cannot_compare_is_a_400_naming_its_filter(world: di
             and error["message"].startswith("amount_min: ")
             and needle in error["message"]
         )
+
+
+def test_a_currency_in_lower_case_and_a_contact_status_out_of_its_set(world: dict[str, Any]) -> None:
+    # `currency=cad` matched nothing (200, empty), as did `/vendors?status=bogus`.
+    upper = _all_ids(world, "bills", {"currency": "CAD"})
+    assert upper and _all_ids(world, "bills", {"currency": "cad"}) == upper
+    headers = {"Authorization": f"Bearer {world['tokens']['admin']}"}
+    for path in ("vendors", "customers"):
+        refused = world["client"].get(f"/{path}", params={"status": "bogus"}, headers=headers)
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == "status", refused.text

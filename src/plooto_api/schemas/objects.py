@@ -102,7 +102,9 @@ class Vendor(PortalObject):
     name: str
     email: str | None = None
     currency: str
-    status: str = "active"
+    status: Literal["active"] = (
+        "active"  # the portal lists active contacts only; a deleted one has deleted_at
+    )
     network_connected: bool = Field(default=False, description="Connected through the Plooto Network.")
     network_id: str | None = None
     address: dict[str, Any] | None = None
@@ -117,7 +119,9 @@ class Customer(PortalObject):
     name: str
     email: str | None = None
     currency: str
-    status: str = "active"
+    status: Literal["active"] = (
+        "active"  # the portal lists active contacts only; a deleted one has deleted_at
+    )
     address: dict[str, Any] | None = None
     payment_methods: list[PaymentMethodOnFile] = Field(default_factory=list)
     pad_agreement_status: str | None = None

@@ -165,6 +165,8 @@ def conditions(resource: Resource, params: dict[str, Any]) -> list[ColumnElement
         value = params.get(spec.param)
         if value is None:
             continue
+        if spec is CURRENCY:
+            value = value.upper()  # ISO 4217 codes are stored upper-case: `cad` matched nothing
         if spec.money:
             try:
                 value = to_minor(value, currency)
