@@ -247,3 +247,12 @@ def test_a_payment_stopped_before_its_approvals_were_in_awaits_none(make_session
     assert any(p.fields["approval"]["status"] == "cancelled" for p in stopped)
     waiting = [p for p in payments if p.fields["approval"]["status"] == "pending"]
     assert waiting and {p.fields["status"] for p in waiting} == {"pending_approval"}
+
+
+def test_a_payment_waiting_for_its_approvers_has_that_in_its_history(make_session: SessionFactory) -> None:
+    # The portal's "(Additional approvals required)" line was not read: such a payment had no history.
+    records = run(_everything(make_session()))
+    waiting = [r for r in records if r.object_type == "payment" and r.fields["status"] == "pending_approval"]
+    assert waiting, "the seed has payments waiting for approval"
+    for payment in waiting:
+        assert [change["status"] for change in payment.fields["status_history"]] == ["pending_approval"]

@@ -336,6 +336,8 @@ FAILURE_REASON_TEXT = {
 }  # fmt: skip
 PAYMENT_DEBITED_STATUSES = {"FundsDebited", "Clearing", "Exchanging", "Processing", "Completed", "Returned"}
 AUDIT_STATUS_PREFIX = "Status changed to "
+# The line the portal writes when a new payment waits for its approvers (its first status).
+AUDIT_APPROVALS_REQUIRED = "(Additional approvals required)"
 CUSTOMER_PAYMENT_STATUS = {
     "Pending": "scheduled", "FundsDebited": "processing", "Clearing": "in_transit",
     "Completed": "completed", "Failed": "failed",
@@ -810,18 +812,21 @@ def _payment_history(raw: dict[str, Any]) -> list[dict[str, Any]]:
     history: list[dict[str, Any]] = []
     for entry in raw["auditTrail"]:
         description: str = entry["description"]
-        if description.startswith(AUDIT_STATUS_PREFIX):
+        status_raw = None
+        if description.strip() == AUDIT_APPROVALS_REQUIRED:
+            status_raw = "ApprovalRequired"
+        elif description.startswith(AUDIT_STATUS_PREFIX):
             status_raw = description[len(AUDIT_STATUS_PREFIX) :].strip().rstrip(".")
-            if status_raw in PAYMENT_STATUS:
-                held = status_raw == PAYMENT_ON_HOLD and history
-                history.append(
-                    {
-                        "status": history[-1]["status"] if held else PAYMENT_STATUS[status_raw],
-                        "status_raw": status_raw,
-                        "occurred_at": parse_timestamp(entry["timestamp"]),
-                        "reason": None,
-                    }
-                )
+        if status_raw is not None and status_raw in PAYMENT_STATUS:
+            held = status_raw == PAYMENT_ON_HOLD and history
+            history.append(
+                {
+                    "status": history[-1]["status"] if held else PAYMENT_STATUS[status_raw],
+                    "status_raw": status_raw,
+                    "occurred_at": parse_timestamp(entry["timestamp"]),
+                    "reason": None,
+                }
+            )
     return history
 
 
