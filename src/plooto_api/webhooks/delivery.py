@@ -355,7 +355,10 @@ class DeliveryWorker:
                 delivery = session.get(WebhookDelivery, outcome.delivery_id)
                 if delivery is None:
                     continue  # its endpoint was deleted meanwhile
-                endpoint = session.get(WebhookEndpoint, delivery.endpoint_id)
+                # Attempts to one endpoint end at once and are recorded side by side: its failure
+                # streak and its disabling are read and written one transaction at a time (the row
+                # held on PostgreSQL; SQLite's writers are one at a time), or two disabled it twice.
+                endpoint = session.get(WebhookEndpoint, delivery.endpoint_id, with_for_update=True)
                 assert endpoint is not None
                 previous_failure = None if outcome.ok else self._last_failure(session, endpoint.id)
                 session.add(

@@ -152,7 +152,8 @@ class Bill(CompanyOwnedMixin, Base):
     amount_due_minor: Mapped[int] = mapped_column(BigInteger)
     # draft · pending_approval · approved · scheduled · partially_paid · paid · rejected · void
     status: Mapped[str] = mapped_column(String(32))
-    approval_status: Mapped[str] = mapped_column(String(32))  # not_required · pending · approved · rejected · cancelled
+    # not_required · pending · approved · rejected · cancelled
+    approval_status: Mapped[str] = mapped_column(String(32))
     memo: Mapped[str | None] = mapped_column(Text)
     source: Mapped[str] = mapped_column(String(32), default="manual")  # manual · capture · accounting
     capture: Mapped[dict[str, Any] | None] = mapped_column()
