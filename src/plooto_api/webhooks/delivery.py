@@ -4,7 +4,7 @@ schedules the next try.
 Semantics:
 - At least once. A delivery is leased while in flight (its next attempt pushed out by `LEASE`), so
   a worker that dies mid-send leaves it to be retried, never lost. A worker claims only what it
-  starts at once (a free slot each) and records each attempt as it ends, so a lease never runs out
+  starts at once (a free slot each) and records attempts as they end, so a lease never runs out
   while its delivery waits its turn or its batch's slowest answer: another worker (a second
   gateway on the same database) then sent it again, and again, and recorded none as succeeded.
 - One endpoint's slow or failing answers hold at most `PER_ENDPOINT` of the worker's slots: the
@@ -71,6 +71,9 @@ REQUEST_TIMEOUT_SECONDS = 10.0  # for the whole attempt, answer included
 MAX_RESPONSE_BYTES = 64 * 1024  # of an answer's body; the rest is not read
 LEASE = timedelta(seconds=60)  # longer than one attempt can take (it starts when it is claimed)
 PER_ENDPOINT = 4  # attempts in flight to one endpoint at most, per worker
+# After an attempt ends, how long the worker waits for others to end before it records them and
+# claims more, so that fast answers cost one transaction each way per group, not per delivery.
+GATHER_SECONDS = 0.05
 DISABLE_AFTER = timedelta(days=5)
 # A failure this long after the endpoint's previous failed attempt starts a new streak: longer than
 # the longest retry interval, so a delivery still retrying keeps its endpoint's streak going.
@@ -156,8 +159,8 @@ class DeliveryWorker:
     async def run_once(self) -> int:
         """Attempt the deliveries due, `concurrency` at a time (at most `PER_ENDPOINT` to one
         endpoint), claiming more as attempts end, until none is due or `batch_size` were attempted;
-        each attempt is recorded as it ends. Returns how many were attempted."""
-        in_flight: dict[asyncio.Task[None], str] = {}  # attempt -> its endpoint
+        attempts are recorded as they end. Returns how many were attempted."""
+        in_flight: dict[asyncio.Task[_Outcome], str] = {}  # attempt -> its endpoint
         attempted = 0
         async with self._client() as client:
             try:
@@ -165,17 +168,23 @@ class DeliveryWorker:
                     free = min(self.concurrency - len(in_flight), self.batch_size - attempted)
                     claimed = self._claim(limit=free, busy=Counter(in_flight.values())) if free > 0 else []
                     for item in claimed:
-                        task = asyncio.create_task(self._attempt_and_record(client, item))
-                        in_flight[task] = item.endpoint_id
+                        in_flight[asyncio.create_task(self._attempt_safely(client, item))] = item.endpoint_id
                     attempted += len(claimed)
                     if not in_flight:
                         return attempted
-                    done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                    done, pending = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                    if pending:  # those ending just after it too: one record and one claim for them all
+                        more, _ = await asyncio.wait(pending, timeout=GATHER_SECONDS)
+                        done |= more
                     for task in done:
                         del in_flight[task]
-                        task.result()  # a failure to record is the worker's, not one attempt's: raise it
-            finally:  # the others' attempts end (and are recorded) before the client closes
-                await asyncio.gather(*in_flight, return_exceptions=True)
+                    # Those that ended together, in one transaction (on a thread: a write may wait for
+                    # another writer, and the loop runs the other attempts meanwhile).
+                    await asyncio.to_thread(self._record, [task.result() for task in done])
+            finally:  # the others' attempts end, and are recorded, before the client closes
+                if in_flight:
+                    ended = await asyncio.gather(*in_flight)
+                    await asyncio.to_thread(self._record, list(ended))
 
     async def run_until_idle(self, max_rounds: int = 1000) -> int:
         """Run until nothing is due at `now()` (at most `max_rounds` times `batch_size` attempts);
@@ -194,7 +203,8 @@ class DeliveryWorker:
         claimed = self._claim(only_id=delivery_id)
         if claimed:
             async with self._client() as client:
-                await self._attempt_and_record(client, claimed[0])
+                outcome = await self._attempt_safely(client, claimed[0])
+            await asyncio.to_thread(self._record, [outcome])
         return bool(claimed)
 
     # --- claim ---------------------------------------------------------------------------------
@@ -284,14 +294,11 @@ class DeliveryWorker:
             trust_env=False,
         )
 
-    async def _attempt_and_record(self, client: httpx.AsyncClient, item: _Claimed) -> None:
+    async def _attempt_safely(self, client: httpx.AsyncClient, item: _Claimed) -> _Outcome:
         try:
-            outcome = await self._attempt(client, item)
+            return await self._attempt(client, item)
         except Exception as exc:  # whatever it is, it is this attempt's failure alone
-            outcome = _failed(item, self.now(), exc)
-        # On a thread: a write transaction may wait for another writer (SQLite), and the loop runs
-        # the other attempts meanwhile.
-        await asyncio.to_thread(self._record, [outcome])
+            return _failed(item, self.now(), exc)
 
     async def _refused_address(self, url: str) -> str | None:
         if self.allow_private:
