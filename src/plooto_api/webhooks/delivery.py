@@ -122,10 +122,6 @@ class _Outcome:
     claimed_at: datetime | None = None
 
 
-def _failed(item: _Claimed, now: datetime, exc: BaseException) -> _Outcome:
-    return _Outcome(item.delivery_id, now, False, None, f"{type(exc).__name__}: {exc}"[:500], 0)
-
-
 def possibly_leased(delivery: type[WebhookDelivery], now: datetime) -> ColumnElement[bool]:
     """Whether a pending delivery may be in flight: its next attempt is pushed out by no more than
     `LEASE` (a claim's lease, or a retry due within it)."""
@@ -168,7 +164,7 @@ class DeliveryWorker:
                     free = min(self.concurrency - len(in_flight), self.batch_size - attempted)
                     claimed = self._claim(limit=free, busy=Counter(in_flight.values())) if free > 0 else []
                     for item in claimed:
-                        in_flight[asyncio.create_task(self._attempt_safely(client, item))] = item.endpoint_id
+                        in_flight[asyncio.create_task(self._attempt(client, item))] = item.endpoint_id
                     attempted += len(claimed)
                     if not in_flight:
                         return attempted
@@ -203,7 +199,7 @@ class DeliveryWorker:
         claimed = self._claim(only_id=delivery_id)
         if claimed:
             async with self._client() as client:
-                outcome = await self._attempt_safely(client, claimed[0])
+                outcome = await self._attempt(client, claimed[0])
             await asyncio.to_thread(self._record, [outcome])
         return bool(claimed)
 
@@ -293,12 +289,6 @@ class DeliveryWorker:
             follow_redirects=False,  # a redirect could point anywhere, past the target check
             trust_env=False,
         )
-
-    async def _attempt_safely(self, client: httpx.AsyncClient, item: _Claimed) -> _Outcome:
-        try:
-            return await self._attempt(client, item)
-        except Exception as exc:  # whatever it is, it is this attempt's failure alone
-            return _failed(item, self.now(), exc)
 
     async def _refused_address(self, url: str) -> str | None:
         if self.allow_private:
