@@ -265,7 +265,12 @@ def _money_fields(*names: str) -> dict[str, tuple[str, str]]:
 OBJECT_MAPS: dict[str, ObjectMap] = {
     m.object_type: m
     for m in (
-        ObjectMap("company", "cmp", schemas.Company, models.Company),
+        # A company's bank accounts are its accounts' own rows: put together when it is read
+        # (services.objects), not stored with it.
+        ObjectMap(
+            "company", "cmp", schemas.Company, models.Company,
+            composite=frozenset({"bank_accounts"}), read_extra=lambda _row: {"bank_accounts": None},
+        ),
         ObjectMap(
             "bank_account", "ba", schemas.BankAccount, models.BankAccount,
             money={"balance": ("balance_minor", "currency")},

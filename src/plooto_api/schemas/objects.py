@@ -26,6 +26,32 @@ PaymentMethod = Literal["eft", "ach", "cheque", "wire", "card", "instant", "pad"
 InvoiceStatus = Literal["draft", "sent", "viewed", "partially_paid", "paid", "overdue", "void"]
 
 
+class CompanyBankAccount(Schema):
+    """One of a company's bank accounts, as its company lists it (the whole account, with masked
+    numbers and balance, is `GET /bank_accounts/{id}`)."""
+
+    id: str
+    name: str
+    kind: Literal["bank", "instant_wallet"] = "bank"
+    currency: str
+    status: str
+    is_default: bool = False
+
+
+class CompanyApprovalRule(Schema):
+    """One of a company's active approval rules, as its company's approval policy lists it (the
+    whole rule, with its steps and approvers, is `GET /approval_rules/{id}`)."""
+
+    id: str
+    name: str
+    kind: Literal["signing_authority", "threshold"]
+    applies_to: Literal["bill", "payment"]
+    min_amount: Money | None = None
+    max_amount: Money | None = None
+    bank_account_id: str | None = None
+    approvals_required: int = 1
+
+
 class Company(PortalObject):
     """A client book the login can reach."""
 
@@ -36,7 +62,16 @@ class Company(PortalObject):
     status: str
     is_accounting_firm: bool = False
     approval_policy: dict[str, Any] = Field(
-        default_factory=dict, description="Summary of the company's approval rules."
+        default_factory=dict,
+        description="How the company approves: `rules`, a summary of its active approval rules "
+        "(CompanyApprovalRule; signing authorities on bank accounts and amount thresholds); and what "
+        "the login may do in it: `role`, `permissions`, `accounting_provider`, `outstanding_items`.",
+    )
+    bank_accounts: list[CompanyBankAccount] | None = Field(
+        default=None,
+        description="The company's bank accounts and wallets, default first. Like "
+        "`approval_policy.rules`, put together from the mirrored accounts and rules when the company "
+        "is read: null (and `rules` absent) in the company's events.",
     )
 
 

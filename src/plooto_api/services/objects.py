@@ -14,6 +14,7 @@ from decimal import Decimal
 from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin
 
+import orjson
 from sqlalchemy import ColumnElement
 from sqlalchemy.orm import Session
 
@@ -73,6 +74,9 @@ class Resource:
     scope: str
     filters: list[Filter] = field(default_factory=list)
     description: str = ""
+    # Puts together what an object shows of other objects, when it is read: (session, the caller's
+    # scope, documents) -> the documents served.
+    compose: Callable[[Session, AccessScope, list[str]], list[str]] | None = None
 
     @property
     def model(self) -> Any:
@@ -83,8 +87,49 @@ class Resource:
         return mapping.object_map_for(self.object_type).schema
 
 
+def _summaries(
+    session: Session,
+    access: AccessScope,
+    model: Any,
+    summary: type[schemas.Schema],
+    company_ids: set[str],
+    *conditions: ColumnElement[bool],
+) -> dict[str, list[dict[str, Any]]]:
+    """The `summary` fields of the `model` objects of these companies the caller may read, by company."""
+    repository = ObjectRepository(session, model)
+    rows = session.scalars(
+        repository.readable_statement(access).where(model.company_id.in_(company_ids), *conditions)
+        .order_by(model.id)
+    )  # fmt: skip
+    found: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        document = orjson.loads(row.document or mapping.to_schema(row).model_dump_json())
+        found.setdefault(row.company_id, []).append({name: document[name] for name in summary.model_fields})
+    return found
+
+
+def _compose_companies(session: Session, access: AccessScope, documents: list[str]) -> list[str]:
+    """Companies with their bank accounts (default first) and a summary of their active approval rules."""
+    companies = [orjson.loads(document) for document in documents]
+    ids = {company["id"] for company in companies}
+    accounts = _summaries(session, access, models.BankAccount, schemas.CompanyBankAccount, ids)
+    rules = _summaries(
+        session,
+        access,
+        models.ApprovalRule,
+        schemas.CompanyApprovalRule,
+        ids,
+        models.ApprovalRule.active.is_(True),
+    )
+    for company in companies:
+        company["bank_accounts"] = sorted(accounts.get(company["id"], []), key=lambda a: not a["is_default"])
+        company["approval_policy"] = {**company["approval_policy"], "rules": rules.get(company["id"], [])}
+    return [orjson.dumps(company).decode() for company in companies]
+
+
 RESOURCES: list[Resource] = [
-    Resource("companies", "company", "companies:read", [UPDATED], "Client books the logins reach."),
+    Resource("companies", "company", "companies:read", [UPDATED], "Client books the logins reach.",
+             compose=_compose_companies),
     Resource("bank_accounts", "bank_account", "bank_accounts:read", [COMPANY, CURRENCY, UPDATED],
              "Funding accounts and wallets (numbers masked)."),
     Resource("users", "user", "users:read", [COMPANY, _eq("role"), UPDATED], "Portal users per company."),
@@ -196,6 +241,8 @@ def list_documents(
     repository = ObjectRepository(session, resource.model)
     rows = repository.list_documents(access, page, conditions(resource, params))
     documents = [row.document or _rebuilt(repository, access, row.id) for row in rows.items]
+    if resource.compose is not None and documents:
+        documents = resource.compose(session, access, documents)
     return Page(items=documents, has_more=rows.has_more, next_cursor=rows.next_cursor)
 
 
@@ -204,7 +251,8 @@ def get_document(session: Session, resource: Resource, access: AccessScope, obje
     row = ObjectRepository(session, resource.model).get(object_id, access)
     if row is None:
         return None
-    return row.document or mapping.to_schema(row).model_dump_json()
+    document = row.document or mapping.to_schema(row).model_dump_json()
+    return document if resource.compose is None else resource.compose(session, access, [document])[0]
 
 
 def _rebuilt(repository: ObjectRepository[Any], access: AccessScope, object_id: str) -> str:
