@@ -200,6 +200,62 @@ def test_new_events_fan_out_to_matching_endpoints(world: dict[str, Any], receive
         assert len(deliveries) == 1
 
 
+def test_an_endpoint_hears_only_the_objects_its_maker_may_read(
+    world: dict[str, Any], receiver: Receiver
+) -> None:
+    # An endpoint for every event, made by a token that reads bills only, received whole customers
+    # and connections in their events: a way round the token's scopes.
+    with transaction(world["client"].app.state.sessions) as session:
+        world["tokens"]["bills_hooks"] = create_token(session, scopes=["bills:read", "webhooks:write"])[1]
+    endpoint = _call(world, "POST", "/webhook_endpoints", token="bills_hooks", json={"url": receiver.url})
+    assert endpoint.status_code == 201 and endpoint.json()["events"] is None
+    everything = _call(world, "POST", "/webhook_endpoints", json={"url": receiver.url}).json()
+    sessions = world["client"].app.state.sessions  # type: ignore[attr-defined]
+    with transaction(sessions) as session:
+        company = world["companies"][0]
+        for event_type in ("bill.created", "customer.created", "payment.sent"):
+            record_event(session, event_type, data={}, company_id=company, object_id="x",
+                         object_type=event_type.split(".")[0])  # fmt: skip
+        record_event(session, "connection.healthy", data={}, object_type="connection", object_id="conn_x")
+
+    def heard(endpoint_id: str) -> list[str]:
+        with sessions() as session:
+            return sorted(session.scalars(
+                select(models.Event.type).join(models.WebhookDelivery)
+                .where(models.WebhookDelivery.endpoint_id == endpoint_id)
+            ))  # fmt: skip
+
+    assert heard(endpoint.json()["id"]) == ["bill.created"]
+    assert heard(everything["id"]) == [
+        "bill.created",
+        "connection.healthy",
+        "customer.created",
+        "payment.sent",
+    ]
+
+
+def test_a_company_token_reads_the_events_of_its_own_endpoints(
+    world: dict[str, Any], receiver: Receiver
+) -> None:
+    # `webhook_endpoint.disabled` is of no company, so a company-limited token never saw its own
+    # endpoint's, though it reads (and may re-enable) the endpoint.
+    mine = _call(world, "POST", "/webhook_endpoints", token="company_a", json={"url": receiver.url}).json()
+    theirs = _call(world, "POST", "/webhook_endpoints", json={"url": receiver.url}).json()
+    sessions = world["client"].app.state.sessions  # type: ignore[attr-defined]
+    with transaction(sessions) as session:
+        disabled = {
+            endpoint["id"]: record_event(session, "webhook_endpoint.disabled", data={"id": endpoint["id"]},
+                                         object_type="webhook_endpoint", object_id=endpoint["id"])
+            for endpoint in (mine, theirs)
+        }  # fmt: skip
+    seen = _call(world, "GET", "/events", token="company_a", params={"limit": 100}).json()["data"]
+    assert disabled[mine["id"]] in [e["id"] for e in seen]
+    assert disabled[theirs["id"]] not in [e["id"] for e in seen]
+    assert {e["company_id"] for e in seen} == {world["companies"][0], None}
+    assert _call(world, "GET", f"/events/{disabled[theirs['id']]}", token="company_a").status_code == 404
+    assert _call(world, "GET", f"/events/{disabled[mine['id']]}", token="company_a").status_code == 200
+
+
 def test_endpoint_input_is_checked(world: dict[str, Any]) -> None:
     def error(body: dict[str, Any], token: str = "admin") -> tuple[int, str, str | None]:
         response = _call(world, "POST", "/webhook_endpoints", token=token, json=body)

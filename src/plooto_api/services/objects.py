@@ -7,7 +7,7 @@ repository, never here.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
@@ -169,6 +169,19 @@ RESOURCES: list[Resource] = [
 
 RESOURCES_BY_PATH = {r.path: r for r in RESOURCES}
 
+# The events of no synced object type, and the scope that reads them.
+OTHER_EVENT_SCOPES = {"connection": "connections:read", "webhook_endpoint": "webhooks:read"}
+
+
+def event_object_types(scopes: Collection[str]) -> frozenset[str] | None:
+    """The object types whose events a token with `scopes` may read, or None for every type. An
+    event carries its object whole: a token that may not read customers reads none in `customer.*`
+    events, at `GET /events` or at the webhook endpoints it made."""
+    if "*" in scopes:
+        return None
+    types = {resource.object_type for resource in RESOURCES if resource.scope in scopes}
+    return frozenset(types | {kind for kind, scope in OTHER_EVENT_SCOPES.items() if scope in scopes})
+
 
 def _closed_set(annotation: Any) -> Any | None:
     """The Literal of a field whose values are a closed set (`Literal[...]`, optionally `| None`)."""
@@ -269,11 +282,13 @@ def row_for(session: Session, resource: Resource, access: AccessScope, object_id
 
 Refresher = Callable[[str, str, str, str], Any]
 __all__ = [
+    "OTHER_EVENT_SCOPES",
     "RESOURCES",
     "RESOURCES_BY_PATH",
     "Filter",
     "Resource",
     "conditions",
+    "event_object_types",
     "get_document",
     "list_documents",
     "models",

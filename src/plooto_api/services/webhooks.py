@@ -251,7 +251,9 @@ def requeue(
     for event in events:
         for endpoint, target in targets:
             test = event.type == TEST_EVENT_TYPE
-            if not test and not target.wants(event.type, event.company_id, event.connection_id):
+            if not test and not target.wants(
+                event.type, event.company_id, event.connection_id, event.object_type
+            ):
                 continue
             delivery = session.scalars(
                 select(WebhookDelivery).where(

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from plooto_api.services.objects import event_object_types
 from plooto_api.store.base import new_id, utcnow
 from plooto_api.store.models import ApiToken, WebhookEndpoint
 
@@ -20,17 +21,28 @@ _CACHE_KEY = "plooto_api.webhook_targets"
 class Target:
     """What an enabled endpoint wants: event types (exact, or `prefix.*`) and companies; and, for an
     endpoint limited to companies, the connections whose events of no company (`connection.*`) it
-    hears too (those of a connection-limited token's connection)."""
+    hears too (those of a connection-limited token's connection). It hears only events of the object
+    types its maker's token may read (`object_types`; None: every type): an event carries its object
+    whole, so an endpoint is no way round a token's scopes."""
 
     endpoint_id: str
     event_types: frozenset[str] | None
     type_prefixes: tuple[str, ...]
     company_ids: frozenset[str] | None
     connection_ids: frozenset[str] = frozenset()
+    object_types: frozenset[str] | None = None
 
-    def wants(self, event_type: str, company_id: str | None, connection_id: str | None = None) -> bool:
-        """Whether this endpoint subscribes to an event of `event_type` in `company_id` (of
-        `connection_id`)."""
+    def wants(
+        self,
+        event_type: str,
+        company_id: str | None,
+        connection_id: str | None = None,
+        object_type: str | None = None,
+    ) -> bool:
+        """Whether this endpoint subscribes to an event of `event_type` about an object of
+        `object_type`, in `company_id` (of `connection_id`)."""
+        if self.object_types is not None and object_type not in self.object_types:
+            return False
         if (
             self.event_types is not None
             and event_type not in self.event_types
@@ -59,11 +71,14 @@ def _target(
     event_types: list[str] | None,
     company_ids: list[str] | None,
     connection_ids: frozenset[str] = frozenset(),
+    owner_scopes: list[str] | None = None,
 ) -> Target:
     exact = None if event_types is None or "*" in event_types else frozenset(event_types)
     prefixes = tuple(t[:-1] for t in event_types or [] if t.endswith(".*"))
     companies = None if company_ids is None else frozenset(company_ids)
-    return Target(endpoint_id, exact, prefixes, companies, connection_ids)
+    # An endpoint of no token (made by the CLI, an operator's) hears every type.
+    object_types = None if owner_scopes is None else event_object_types(owner_scopes)
+    return Target(endpoint_id, exact, prefixes, companies, connection_ids, object_types)
 
 
 def owner_connections(owner_connection_id: str | None, owner_company_ids: list[str] | None) -> frozenset[str]:
@@ -78,7 +93,8 @@ def endpoint_target(session: Session, endpoint: WebhookEndpoint) -> Target:
     """What one endpoint wants (see `Target`)."""
     owner = session.get(ApiToken, endpoint.owner) if endpoint.owner else None
     connections = owner_connections(owner.connection_id, owner.company_ids) if owner else frozenset()
-    return _target(endpoint.id, endpoint.event_types, endpoint.company_ids, connections)
+    scopes = owner.scopes if owner else None
+    return _target(endpoint.id, endpoint.event_types, endpoint.company_ids, connections, scopes)
 
 
 def targets(session: Session) -> list[Target]:
@@ -95,12 +111,19 @@ def targets(session: Session) -> list[Target]:
                 WebhookEndpoint.company_ids,
                 ApiToken.connection_id,
                 ApiToken.company_ids.label("owner_company_ids"),
+                ApiToken.scopes.label("owner_scopes"),
             )
             .outerjoin(ApiToken, ApiToken.id == WebhookEndpoint.owner)
             .where(WebhookEndpoint.enabled.is_(True))
         ).all()
     found = [
-        _target(r.id, r.event_types, r.company_ids, owner_connections(r.connection_id, r.owner_company_ids))
+        _target(
+            r.id,
+            r.event_types,
+            r.company_ids,
+            owner_connections(r.connection_id, r.owner_company_ids),
+            r.owner_scopes,
+        )
         for r in rows
     ]
     if transaction is not None:
@@ -126,5 +149,5 @@ def delivery_rows(session: Session, events: list[dict[str, Any]]) -> list[dict[s
          "next_attempt_at": event["created_at"], "created_at": now, "updated_at": now}
         for event in events
         for target in found
-        if target.wants(event["type"], event["company_id"], event["connection_id"])
+        if target.wants(event["type"], event["company_id"], event["connection_id"], event["object_type"])
     ]  # fmt: skip

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel
-from sqlalchemy import or_
+from sqlalchemy import and_, or_, select
 
 from plooto_api import mapping, schemas
 from plooto_api.api.auth import require_scope
@@ -15,10 +15,10 @@ from plooto_api.api.errors import ApiError
 from plooto_api.api.lists import list_body, within
 from plooto_api.services import webhooks as webhook_service
 from plooto_api.services.events import readable_events
-from plooto_api.services.objects import RESOURCES
+from plooto_api.services.objects import event_object_types
 from plooto_api.services.tokens import Principal
 from plooto_api.store.database import transaction
-from plooto_api.store.models import Event
+from plooto_api.store.models import Event, WebhookEndpoint
 from plooto_api.store.pagination import MAX_LIMIT, PageRequest, fetch_page
 from plooto_api.webhooks import schemas as wh_schemas
 from plooto_api.webhooks.event_types import unknown_event_filter
@@ -91,18 +91,16 @@ def list_events(
 
 def _visible_events(principal: Principal) -> Any:
     """The events `principal` may read: within its connections and companies (readable_events), and
-    of the object types its scopes read. An event carries its object whole: a token that may not
-    read customers does not read them in `customer.*` events either."""
+    of the object types its scopes read (event_object_types). A limited token's own endpoints are of
+    no company: it reads their events (`webhook_endpoint.disabled`) as it reads the endpoints."""
     stmt = readable_events(principal.access)
-    if "*" in principal.scopes:
-        return stmt
-    types = [resource.object_type for resource in RESOURCES if principal.allows(resource.scope)]
-    types += [kind for kind, scope in _OTHER_EVENT_SCOPES.items() if principal.allows(scope)]
-    return stmt.where(Event.object_type.in_(types))
-
-
-# The events of no synced object type, and the scope that reads them.
-_OTHER_EVENT_SCOPES = {"connection": "connections:read", "webhook_endpoint": "webhooks:read"}
+    limits = stmt.whereclause  # None for a token with no connection or company limit
+    if limits is not None:
+        owned = select(WebhookEndpoint.id).where(WebhookEndpoint.owner == principal.token_id)
+        endpoint_events = and_(Event.object_type == "webhook_endpoint", Event.object_id.in_(owned))
+        stmt = select(Event).where(or_(limits, endpoint_events))
+    types = event_object_types(principal.scopes)
+    return stmt if types is None else stmt.where(Event.object_type.in_(types))
 
 
 def _event(session: Any, principal: Principal, event_id: str, *, to_read: bool = True) -> Event:

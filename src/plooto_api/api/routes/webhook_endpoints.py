@@ -70,6 +70,9 @@ def _after(cursor: str | None) -> str | None:
     response_model=wh_schemas.WebhookEndpointWithSecret,
     status_code=201,
     summary="Create a webhook endpoint (its secret is returned this once)",
+    description="The endpoint hears the events it subscribes to, within the companies of the token "
+    "that makes it, and only of the objects that token may read: an event carries its object whole "
+    "(a token without `customers:read` gets no `customer.*` events).",
 )
 def create_endpoint(
     request: Request, body: wh_schemas.WebhookEndpointCreate, principal: Principal = _write
