@@ -152,6 +152,10 @@ def test_a_misspelt_status_is_refused_with_the_values_it_may_take(world: dict[st
     parameters = {p["name"]: p for p in schema["paths"]["/bills"]["get"]["parameters"]}
     enum = next(s["enum"] for s in parameters["status"]["schema"]["anyOf"] if "enum" in s)
     assert "pending_approval" in enum and "unpaid" not in enum
+    # The object type of a sync mapping is a closed set too.
+    mappings = _get(world, "/sync_mappings", object_type="bills")
+    assert mappings.status_code == 400 and mappings.json()["error"]["param"] == "object_type"
+    assert _get(world, "/sync_mappings", object_type="bill").status_code == 200
 
 
 def test_every_route_refuses_a_query_parameter_it_does_not_take(world: dict[str, Any]) -> None:

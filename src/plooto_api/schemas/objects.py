@@ -371,7 +371,7 @@ class SyncMapping(PortalObject):
     """A portal object's counterpart in the accounting software."""
 
     object: Literal["sync_mapping"] = "sync_mapping"
-    object_type: str
+    object_type: Literal["bill", "customer", "invoice", "payment", "vendor"]
     object_id: str | None = None
     provider: Literal["quickbooks", "xero", "netsuite"]
     external_id: str
