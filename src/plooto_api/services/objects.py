@@ -260,8 +260,10 @@ def list_documents(
 
 
 def get_document(session: Session, resource: Resource, access: AccessScope, object_id: str) -> str | None:
-    """One object's JSON document, or None when it does not exist for this caller."""
-    row = ObjectRepository(session, resource.model).get(object_id, access)
+    """One object's JSON document, or None when it does not exist for this caller. An object the
+    portal no longer has is served as it was last seen, with its `deleted_at`: the objects that
+    refer to it (a payment of a deleted bill) do not point at nothing."""
+    row = ObjectRepository(session, resource.model).get(object_id, access, deleted=True)
     if row is None:
         return None
     document = row.document or mapping.to_schema(row).model_dump_json()

@@ -30,18 +30,23 @@ class ObjectRepository(Generic[M]):
         self._company_column = self._model.id if model is Company else self._model.company_id
         self._eager = [selectinload(rel.class_attribute) for rel in model.__mapper__.relationships]
 
-    def readable_statement(self, scope: AccessScope) -> Select[M]:
-        """SELECT of the rows `scope` may see: not deleted, inside its connections and companies."""
-        stmt = select(self.model).where(self._model.deleted_at.is_(None))
+    def readable_statement(self, scope: AccessScope, *, deleted: bool = False) -> Select[M]:
+        """SELECT of the rows `scope` may see: inside its connections and companies, and not deleted
+        (unless `deleted`: with the rows of objects the portal no longer has)."""
+        stmt = select(self.model)
+        if not deleted:
+            stmt = stmt.where(self._model.deleted_at.is_(None))
         if scope.connection_ids is not None:
             stmt = stmt.where(self._model.connection_id.in_(scope.connection_ids))
         if scope.company_ids is not None:
             stmt = stmt.where(self._company_column.in_(scope.company_ids))
         return stmt
 
-    def get(self, object_id: str, scope: AccessScope) -> M | None:
-        """One object by gateway id, or None if it does not exist or is outside the scope."""
-        stmt = self.readable_statement(scope).where(self._model.id == object_id).options(*self._eager)
+    def get(self, object_id: str, scope: AccessScope, *, deleted: bool = False) -> M | None:
+        """One object by gateway id, or None if it does not exist or is outside the scope (or is
+        deleted, unless `deleted`)."""
+        stmt = self.readable_statement(scope, deleted=deleted).where(self._model.id == object_id)
+        stmt = stmt.options(*self._eager)
         return self.session.scalars(stmt).first()
 
     def get_by_upstream_id(self, connection_id: str, upstream_id: str) -> M | None:

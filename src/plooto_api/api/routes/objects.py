@@ -130,7 +130,8 @@ def _add_resource(resource: object_service.Resource) -> None:
         f"/{resource.path}/{{object_id}}", get_object, methods=["GET"], response_model=resource.schema,
         summary=f"Get one {resource.object_type.replace('_', ' ')}", tags=[resource.path],
         description=refresh_note,
-        responses={404: {"description": "No such object for this token."},
+        responses={404: {"description": "No such object for this token. (An object the portal no longer "
+                                        "has is served as last seen, with `deleted_at` set; lists leave it out.)"},
                    **({} if can_refresh else {400: {"description": "`fresh_not_supported` for `fresh=true`."}})},
     )  # fmt: skip
 
