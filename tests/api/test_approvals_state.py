@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from plooto_api import mapping, schemas
+from plooto_api.services.tokens import create_token
 from plooto_api.store.database import transaction
 from support import factories
 
@@ -80,3 +81,39 @@ def test_bills_are_listed_by_their_approval_state(world: dict[str, Any]) -> None
         if status == "pending":
             assert items and all(a["bill"]["status"] == "pending_approval" for a in items)
     assert _listed(world, type="bill", status="approved")
+
+
+def test_an_approval_shows_its_object_only_to_a_token_that_reads_it(world: dict[str, Any]) -> None:
+    # An `approvals:read` token read whole bills and payments in `GET /approvals`, though
+    # `GET /bills/{id}` and `GET /payments/{id}` refused it.
+    _add_payments(world)
+    with transaction(world["client"].app.state.sessions) as session:
+        tokens = {
+            name: create_token(session, scopes=scopes)[1]
+            for name, scopes in {
+                "approvals": ["approvals:read"],
+                "with_bills": ["approvals:read", "bills:read"],
+            }.items()
+        }
+
+    def listed(token: str) -> list[dict[str, Any]]:
+        response = world["client"].get(
+            "/approvals", params={"limit": 100}, headers={"Authorization": f"Bearer {tokens[token]}"}
+        )
+        assert response.status_code == 200, response.text
+        return list(response.json()["data"])
+
+    alone = listed("approvals")
+    assert {item["type"] for item in alone} == {"bill", "payment"}
+    for item in alone:
+        assert item[item["type"]] is None and item["steps"] is not None and item["amount"]["amount"]
+    with_bills = listed("with_bills")
+    assert [item["id"] for item in with_bills] == [item["id"] for item in alone]
+    for item in with_bills:
+        shown = item[item["type"]]
+        assert (shown is not None) == (item["type"] == "bill")
+        assert shown is None or shown["id"] == item["id"]
+    admin = world["client"].get(
+        "/approvals", params={"limit": 100}, headers={"Authorization": f"Bearer {world['tokens']['admin']}"}
+    )
+    assert all(item[item["type"]]["id"] == item["id"] for item in admin.json()["data"])

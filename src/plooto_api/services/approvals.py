@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Set as AbstractSet
 from typing import Any, Literal
 
 from sqlalchemy import ColumnElement
@@ -63,8 +64,9 @@ def _encode(positions: dict[str, str | None]) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def approval_json(row: Any) -> dict[str, Any]:
-    """One approval: the bill or payment, its approval state and the object itself."""
+def approval_json(row: Any, *, with_object: bool) -> dict[str, Any]:
+    """One approval: the bill or payment, its approval state and, `with_object`, the object itself
+    (the caller may read bills or payments; an `approvals:read` token alone sees the approval only)."""
     obj = mapping.to_schema(row).model_dump(mode="json")
     kind = obj["object"]
     approval = obj.get("approval") or {}
@@ -72,7 +74,7 @@ def approval_json(row: Any) -> dict[str, Any]:
         "id": obj["id"], "object": "approval", "type": kind, "company_id": obj["company_id"],
         "status": approval.get("status") or ("pending" if obj.get("status") == "pending_approval" else None),
         "amount": obj.get("total") if kind == "bill" else obj.get("amount"),
-        "steps": approval.get("steps", []), kind: obj,
+        "steps": approval.get("steps", []), kind: obj if with_object else None,
     }  # fmt: skip
 
 
@@ -84,8 +86,10 @@ def list_approvals(
     kind: ApprovalType | None,
     status: ApprovalStatus,
     company: str | None,
+    readable: AbstractSet[str] = frozenset({"bill", "payment"}),
 ) -> Page[dict[str, Any]]:
-    """A page of approvals, oldest first, across bills and payments."""
+    """A page of approvals, oldest first, across bills and payments; each with its object if the
+    caller may read objects of its type (`readable`)."""
     positions = _decode(page.cursor)
     candidates: list[tuple[str, str, Any]] = []
     more: dict[str, bool] = {}
@@ -106,7 +110,7 @@ def list_approvals(
         positions[this] = row.id
     left = len(candidates) > len(taken) or any(more.values())
     return Page(
-        items=[approval_json(row) for _key, _this, row in taken],
+        items=[approval_json(row, with_object=this in readable) for _key, this, row in taken],
         has_more=left,
         next_cursor=_encode(positions) if left else None,
     )

@@ -18,18 +18,18 @@ from plooto_api.services.tokens import Principal
 
 router = APIRouter(tags=["operations"])
 
-# The scope that reads what each kind of write acts on. Approvals are read with the scope of
-# `GET /approvals`, which shows the bill or payment decided on.
+# The scope that reads what each kind of write acts on: an operation's result is that object whole,
+# so a decision on a bill or payment is read with the scope that reads bills or payments.
 READ_SCOPES: dict[str, str] = {
     "create_payment": "payments:read",
     "cancel_payment": "payments:read",
     "create_bill": "bills:read",
     "create_invoice": "invoices:read",
     "send_reminder": "invoices:read",
-    "approve_bill": "approvals:read",
-    "reject_bill": "approvals:read",
-    "approve_payment": "approvals:read",
-    "reject_payment": "approvals:read",
+    "approve_bill": "bills:read",
+    "reject_bill": "bills:read",
+    "approve_payment": "payments:read",
+    "reject_payment": "payments:read",
 }
 UNLISTED_KIND_SCOPE = "*"  # a kind missing above stays hidden from all but full-access tokens
 
@@ -41,9 +41,10 @@ def read_scope(kind: str) -> str:
 
 @router.get(
     "/operations/{operation_id}", response_model=Operation, summary="Get one operation (a write)",
-    description="Needs the read scope of what the write acts on: `payments:read` (create_payment, "
-    "cancel_payment), `bills:read` (create_bill), `invoices:read` (create_invoice, send_reminder), "
-    "`approvals:read` (approve_* and reject_*).",
+    description="Needs the read scope of what the write acts on (its result is that object): "
+    "`payments:read` (create_payment, cancel_payment, approve_payment, reject_payment), `bills:read` "
+    "(create_bill, approve_bill, reject_bill), `invoices:read` (create_invoice, send_reminder). The token "
+    "that made the write may always read it.",
     responses={403: {"description": "insufficient_scope"}, 404: {"description": "not_found"}},
 )  # fmt: skip
 def get_operation(
