@@ -109,9 +109,12 @@ def test_bill_filters(world: dict[str, Any]) -> None:
         ("/bills", {"limit": 101}, "invalid_request"),
         ("/bills", {"limit": "ten"}, "invalid_request"),
         ("/bills", {"cursor": "garbage"}, "invalid_cursor"),
+        # Another list's cursor: a payments cursor answered an empty last page of bills.
+        ("/bills", {"cursor": encode_cursor("pay_01m98reynznnar3q1rzncqranf", "payments")}, "invalid_cursor"),
+        ("/events", {"cursor": encode_cursor("bill_01m98reynznnar3q1rzncqranf", "bills")}, "invalid_cursor"),
         # Altered cursors of the lists keyed by a sequence: past a 64-bit column, or a digit that is not ASCII.
-        ("/events", {"cursor": encode_cursor("9" * 30)}, "invalid_cursor"),
-        ("/audit", {"cursor": encode_cursor("\u00b2")}, "invalid_cursor"),
+        ("/events", {"cursor": encode_cursor("9" * 30, "events")}, "invalid_cursor"),
+        ("/audit", {"cursor": encode_cursor("\u00b2", "audit_entries")}, "invalid_cursor"),
         # PostgreSQL stores no NUL in text: a filter or an id holding one was a 500 there (schemathesis).
         ("/transactions", {"company": "\x004x"}, "invalid_request"),
         ("/bills/bill_%00x", {}, "invalid_request"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from datetime import timedelta
 
 import pytest
@@ -103,10 +104,16 @@ def test_filters_and_deleted_rows(sessions: sessionmaker[Session], two_tenants: 
 
 
 def test_cursors_are_opaque_and_checked() -> None:
-    assert decode_cursor(encode_cursor("ven_abc")) == "ven_abc"
-    for bad in ("", "not-a-cursor", "eyJ2IjoyfQ", encode_cursor("x")[:-3] + "!!!"):
+    assert decode_cursor(encode_cursor("ven_abc", "vendors"), "vendors") == "ven_abc"
+    for bad in ("", "not-a-cursor", "eyJ2IjoyfQ", encode_cursor("x", "vendors")[:-3] + "!!!"):
         with pytest.raises(InvalidCursor):
-            decode_cursor(bad)
+            decode_cursor(bad, "vendors")
+    # Another list's cursor would end this one early or start it again.
+    with pytest.raises(InvalidCursor, match="another list"):
+        decode_cursor(encode_cursor("pay_abc", "payments"), "bills")
+    # A cursor given before cursors named their list (an events poller keeps one) still resumes.
+    legacy = base64.urlsafe_b64encode(b'{"v":1,"after":"42"}').decode().rstrip("=")
+    assert decode_cursor(legacy, "events") == "42"
     with pytest.raises(ValueError):
         PageRequest(limit=0)
     with pytest.raises(ValueError):

@@ -99,7 +99,7 @@ def list_approvals(
         model: Any = models.Bill if this == "bill" else models.Payment
         after = positions[this]
         sub = ObjectRepository(session, model).list(
-            access, PageRequest(page.limit, encode_cursor(after) if after else None),
+            access, PageRequest(page.limit, encode_cursor(after, model.__tablename__) if after else None),
             _conditions(this, status, company),
         )  # fmt: skip
         more[this] = sub.has_more

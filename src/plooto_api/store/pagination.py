@@ -21,14 +21,16 @@ class InvalidCursor(ValueError):
     """The cursor was not produced by this gateway (or was altered)."""
 
 
-def encode_cursor(after_id: str) -> str:
-    """An opaque cursor that resumes a listing after `after_id`."""
-    raw = json.dumps({"v": 1, "after": after_id}, separators=(",", ":")).encode()
+def encode_cursor(after_id: str, of: str) -> str:
+    """An opaque cursor that resumes the listing `of` (a table's name) after `after_id`."""
+    raw = json.dumps({"v": 1, "of": of, "after": after_id}, separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str) -> str:
-    """The id a cursor resumes after; InvalidCursor if it is not one of ours."""
+def decode_cursor(cursor: str, of: str) -> str:
+    """The id a cursor of the listing `of` resumes after; InvalidCursor if it is not one of ours, or
+    is another listing's (it would end this one early, or start it again). A cursor given before
+    cursors named their listing (an events poller's) is taken as it was."""
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         data = json.loads(base64.urlsafe_b64decode(padded.encode()))
@@ -36,6 +38,8 @@ def decode_cursor(cursor: str) -> str:
         raise InvalidCursor("cursor is not valid") from exc
     if not isinstance(data, dict) or data.get("v") != 1 or not isinstance(data.get("after"), str):
         raise InvalidCursor("cursor is not valid")
+    if data.get("of", of) != of:
+        raise InvalidCursor(f"cursor is not valid here: it continues another list ({str(data['of'])[:40]})")
     return str(data["after"])
 
 
@@ -69,8 +73,9 @@ def fetch_page(
     (attribute access by name) rather than ORM objects. `resumable` (a log that only grows: events)
     gives a cursor on the last page too, after its last row (or the one given, when no row follows
     it), so a client polls from where it stopped."""
+    listing = key.table.name
     if page.cursor:
-        after: Any = decode_cursor(page.cursor)
+        after: Any = decode_cursor(page.cursor, listing)
         if issubclass(key.type.python_type, int):
             # ASCII digits only ("²".isdigit() holds) and within a 64-bit column: an altered
             # cursor is a 400, not an overflow in the driver.
@@ -82,7 +87,9 @@ def fetch_page(
     rows: list[Any] = list(session.execute(ordered) if columns else session.scalars(ordered))
     has_more = len(rows) > page.limit
     rows = rows[: page.limit]
-    next_cursor = encode_cursor(str(getattr(rows[-1], key.key))) if has_more or (resumable and rows) else None
+    next_cursor = (
+        encode_cursor(str(getattr(rows[-1], key.key)), listing) if has_more or (resumable and rows) else None
+    )
     if resumable and not rows:
         next_cursor = page.cursor
     return Page(items=rows, has_more=has_more, next_cursor=next_cursor)

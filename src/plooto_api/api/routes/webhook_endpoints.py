@@ -56,11 +56,14 @@ def _as_api_errors() -> Iterator[None]:
         raise ApiError(exc.status, exc.code, exc.message, param=exc.param) from exc
 
 
+DELIVERIES = "webhook_deliveries"  # what a cursor of an endpoint's deliveries continues
+
+
 def _after(cursor: str | None) -> str | None:
     if not cursor:
         return None
     try:
-        return decode_cursor(cursor)
+        return decode_cursor(cursor, DELIVERIES)
     except InvalidCursor as exc:
         raise ApiError(400, "invalid_cursor", str(exc), param="cursor") from exc
 
@@ -177,5 +180,5 @@ def list_deliveries(
         "object": "list",
         "data": data,
         "has_more": has_more,
-        "next_cursor": encode_cursor(data[-1].id) if has_more else None,
+        "next_cursor": encode_cursor(data[-1].id, DELIVERIES) if has_more else None,
     }
