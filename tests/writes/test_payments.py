@@ -178,6 +178,7 @@ def test_drift_blocks_writes_until_an_operator_clears_it(make_gateway: Callable[
     assert len(gateway.ground_truth(bill.upstream_id)) == 1
     replay = gateway.post("/create_payment", {"bill_id": bill.id}, key="pay-through-drift")
     assert replay.headers["Idempotent-Replayed"] == "true" and replay.json() == paid.json()
+    assert replay.headers["Operation-Id"] == paid.headers["Operation-Id"]  # the first answer's, whole
 
 
 def test_portal_refusal_is_a_4xx_with_its_code_and_scopes_are_checked(gateway: Gateway) -> None:

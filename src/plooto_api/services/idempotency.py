@@ -39,6 +39,7 @@ class Claim:
     record_id: int | None = None
     response_status: int | None = None
     response_body: dict[str, Any] | None = None
+    operation_id: str | None = None  # a replay's: the write the first request started
 
 
 def request_hash(method: str, path: str, body: Any) -> str:
@@ -90,7 +91,8 @@ def claim(
             if existing.request_hash != fingerprint:
                 return Claim("reused", existing.id)
             if existing.status == "completed":
-                return Claim("replay", existing.id, existing.response_status, existing.response_body)
+                return Claim("replay", existing.id, existing.response_status, existing.response_body,
+                             existing.operation_id)  # fmt: skip
             locked_until = _aware(existing.locked_until)
             if existing.operation_id is None and locked_until is not None and locked_until < now:
                 # Its request died before recording a write: nothing was sent, take the key over.

@@ -216,9 +216,14 @@ async def _perform(
             raise ApiError(409, "idempotency_key_in_flight",
                            "a request with this Idempotency-Key is still in progress; retry later",
                            param=IDEMPOTENCY_HEADER)  # fmt: skip
-        if claim.outcome == "replay":
-            return JSONResponse(claim.response_body, status_code=claim.response_status or 200,
-                                headers={REPLAYED_HEADER: "true"})  # fmt: skip
+        if claim.outcome == "replay":  # the first answer, headers and all
+            headers = {
+                REPLAYED_HEADER: "true",
+                **({"Operation-Id": claim.operation_id} if claim.operation_id else {}),
+            }
+            return JSONResponse(
+                claim.response_body, status_code=claim.response_status or 200, headers=headers
+            )
         record_id = claim.record_id
     try:
         with sessions() as session:
