@@ -269,7 +269,8 @@ OBJECT_MAPS: dict[str, ObjectMap] = {
         # (services.objects), not stored with it.
         ObjectMap(
             "company", "cmp", schemas.Company, models.Company,
-            composite=frozenset({"bank_accounts"}), read_extra=lambda _row: {"bank_accounts": None},
+            composite=frozenset({"bank_accounts", "connection_id"}),
+            read_extra=lambda _row: {"bank_accounts": None, "connection_id": None},
         ),
         ObjectMap(
             "bank_account", "ba", schemas.BankAccount, models.BankAccount,

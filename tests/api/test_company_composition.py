@@ -48,9 +48,12 @@ def test_a_company_lists_its_bank_accounts_and_active_rules(gateway: PortalGatew
                                  "bank_account_id", "approvals_required"}  # fmt: skip
         seen_rules += len(active)
         assert company["approval_policy"]["role"]  # what the login may do there is kept
+        assert company["connection_id"] == gateway.connection_id  # which login's copy this is
         # The object read by id is the same as in the list.
         assert gateway.get(f"/companies/{company['id']}").json() == company
     assert seen_rules  # the seed has rules to summarize
+    assert _all(gateway, "/companies", connection=gateway.connection_id) == companies
+    assert _all(gateway, "/companies", connection="conn_other") == []
 
 
 def test_an_inactive_or_deleted_account_leaves_the_company(gateway: PortalGateway) -> None:
@@ -79,5 +82,5 @@ def test_a_company_event_carries_the_company_as_stored(gateway: PortalGateway) -
     company = _all(gateway, "/companies")[0]
     events = gateway.get("/events", type="company.created", limit=100).json()["data"]
     created = next(e["data"] for e in events if e["object_id"] == company["id"])
-    assert created["bank_accounts"] is None
+    assert created["bank_accounts"] is None and created["connection_id"] is None
     assert "rules" not in created["approval_policy"]

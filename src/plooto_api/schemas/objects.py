@@ -67,6 +67,12 @@ class Company(PortalObject):
         "(CompanyApprovalRule; signing authorities on bank accounts and amount thresholds); and what "
         "the login may do in it: `role`, `permissions`, `accounting_provider`, `outstanding_items`.",
     )
+    connection_id: str | None = Field(
+        default=None,
+        description="The connection (portal login) it is mirrored through. Each login mirrors what it "
+        "reaches: two logins that reach one client book mirror it twice, as two companies with one "
+        "`upstream_id`. Put together when the company is read, as `bank_accounts` is.",
+    )
     bank_accounts: list[CompanyBankAccount] | None = Field(
         default=None,
         description="The company's bank accounts and wallets, default first. Like "

@@ -15,7 +15,7 @@ from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin
 
 import orjson
-from sqlalchemy import ColumnElement
+from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session
 
 from plooto_api import mapping, schemas
@@ -112,6 +112,10 @@ def _compose_companies(session: Session, access: AccessScope, documents: list[st
     """Companies with their bank accounts (default first) and a summary of their active approval rules."""
     companies = [orjson.loads(document) for document in documents]
     ids = {company["id"] for company in companies}
+    rows = session.execute(
+        select(models.Company.id, models.Company.connection_id).where(models.Company.id.in_(ids))
+    )
+    connections = {company_id: connection_id for company_id, connection_id in rows}
     accounts = _summaries(session, access, models.BankAccount, schemas.CompanyBankAccount, ids)
     rules = _summaries(
         session,
@@ -122,13 +126,16 @@ def _compose_companies(session: Session, access: AccessScope, documents: list[st
         models.ApprovalRule.active.is_(True),
     )
     for company in companies:
+        company["connection_id"] = connections.get(company["id"])
         company["bank_accounts"] = sorted(accounts.get(company["id"], []), key=lambda a: not a["is_default"])
         company["approval_policy"] = {**company["approval_policy"], "rules": rules.get(company["id"], [])}
     return [orjson.dumps(company).decode() for company in companies]
 
 
 RESOURCES: list[Resource] = [
-    Resource("companies", "company", "companies:read", [UPDATED], "Client books the logins reach.",
+    Resource("companies", "company", "companies:read",
+             [_eq("connection", "connection_id", description="connection (portal login) id"), UPDATED],
+             "Client books the logins reach.",
              compose=_compose_companies),
     Resource("bank_accounts", "bank_account", "bank_accounts:read", [COMPANY, CURRENCY, UPDATED],
              "Funding accounts and wallets (numbers masked)."),
