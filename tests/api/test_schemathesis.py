@@ -55,7 +55,7 @@ def test_no_server_errors_and_no_schema_violations(
         result = subprocess.run(
             [
                 schemathesis, "run", f"{base}/openapi.json",
-                "--checks", "not_a_server_error,response_schema_conformance,content_type_conformance",
+                "--checks", "not_a_server_error,response_schema_conformance,content_type_conformance,status_code_conformance",
                 "--header", f"Authorization: Bearer {token}",
                 "--max-examples", os.environ.get("PLOOTO_API_SCHEMATHESIS_EXAMPLES", "12"),
                 "--generation-deterministic", "--request-timeout", "30", "--no-color",

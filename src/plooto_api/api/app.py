@@ -12,6 +12,7 @@ from plooto_api import __version__
 from plooto_api.api.context import RequestContext
 from plooto_api.api.errors import install_error_handlers
 from plooto_api.api.limits import BodySizeLimit, LoginAttemptLimits
+from plooto_api.api.openapi import install_openapi
 from plooto_api.api.query import reject_unknown_query
 from plooto_api.api.routes import approvals as approval_routes
 from plooto_api.api.routes import audit as audit_routes
@@ -98,4 +99,5 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool = True) -> Fa
     app.include_router(webhook_endpoints.router)
     app.include_router(audit_routes.router)
     app.include_router(token_routes.router)
+    install_openapi(app, write_routes.CreateBill)
     return app

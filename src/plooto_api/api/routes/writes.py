@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.fields import FieldInfo
 from sqlalchemy.orm import Session
 
+from plooto_api import schemas
 from plooto_api.api.auth import require_scope
 from plooto_api.api.errors import ApiError, error_body, invalid_request, not_json_message
 from plooto_api.services import idempotency, uploads, writes
@@ -264,14 +265,16 @@ async def _perform(
 
 
 _RESPONSES: dict[int | str, dict[str, Any]] = {
-    202: {"description": "The portal has not answered yet: the operation to poll."},
+    202: {"model": schemas.Operation, "description": "The portal has not answered yet: the operation to poll "
+          "(`GET /operations/{id}`; its id is also the `Operation-Id` header)."},
     409: {"description": "writes_blocked, idempotency_key_in_flight, or the object's state forbids it."},
     422: {"description": "A rule refused it (bill_not_approved, amount_exceeds_amount_due, the portal's refusal, "
           "idempotency_key_reused)."},
 }  # fmt: skip
 
 
-@router.post("/create_payment", status_code=201, responses=_RESPONSES, summary="Pay an approved bill")
+@router.post("/create_payment", status_code=201, response_model=schemas.Payment, responses=_RESPONSES,
+             summary="Pay an approved bill")  # fmt: skip
 async def create_payment(
     request: Request,
     body: CreatePayment,
@@ -282,7 +285,8 @@ async def create_payment(
                           lambda s: writes.prepare_create_payment(s, principal, data), body)  # fmt: skip
 
 
-@router.post("/create_invoice", status_code=201, responses=_RESPONSES, summary="Create (and send) an invoice")
+@router.post("/create_invoice", status_code=201, response_model=schemas.Invoice, responses=_RESPONSES,
+             summary="Create (and send) an invoice")  # fmt: skip
 async def create_invoice(
     request: Request,
     body: CreateInvoice,
@@ -295,8 +299,16 @@ async def create_invoice(
 
 
 @router.post(
-    "/create_bill", status_code=201, responses=_RESPONSES, summary="Create a bill (JSON, or multipart with a file)",
+    "/create_bill", status_code=201, response_model=schemas.Bill, responses=_RESPONSES,
+    summary="Create a bill (JSON, or multipart with a file)",
     description="JSON body, or multipart/form-data with a `bill` field (the same JSON) and a `file` attachment.",
+    openapi_extra={"requestBody": {"required": True, "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/CreateBill"}},
+        "multipart/form-data": {"schema": {"type": "object", "required": ["bill"], "properties": {
+            "bill": {"type": "string", "description": "The bill as JSON (CreateBill)."},
+            "file": {"type": "string", "format": "binary", "description": "PDF, PNG or JPEG attachment."},
+        }}},
+    }}},
 )  # fmt: skip
 async def create_bill(
     request: Request, principal: Annotated[Principal, Depends(require_scope("bills:write"))]
@@ -336,7 +348,8 @@ async def create_bill(
                           lambda s: writes.prepare_create_bill(s, principal, data, attachment), body)  # fmt: skip
 
 
-@router.post("/approvals/{approval_id}/approve", responses=_RESPONSES, summary="Approve a bill or a payment")
+@router.post("/approvals/{approval_id}/approve", response_model=schemas.Bill | schemas.Payment, responses=_RESPONSES,
+             summary="Approve a bill or a payment")  # fmt: skip
 async def approve(
     request: Request, approval_id: str, principal: Annotated[Principal, Depends(require_scope("approvals:write"))],
     body: Decision | None = None,
@@ -346,7 +359,8 @@ async def approve(
                           lambda s: writes.prepare_decision(s, principal, approval_id, "approve", comment))  # fmt: skip
 
 
-@router.post("/approvals/{approval_id}/reject", responses=_RESPONSES, summary="Reject a bill or a payment")
+@router.post("/approvals/{approval_id}/reject", response_model=schemas.Bill | schemas.Payment, responses=_RESPONSES,
+             summary="Reject a bill or a payment")  # fmt: skip
 async def reject(
     request: Request, approval_id: str, principal: Annotated[Principal, Depends(require_scope("approvals:write"))],
     body: Decision | None = None,
@@ -357,7 +371,10 @@ async def reject(
 
 
 @router.post(
-    "/payments/{payment_id}/cancel", responses=_RESPONSES, summary="Cancel a payment not yet debited"
+    "/payments/{payment_id}/cancel",
+    response_model=schemas.Payment,
+    responses=_RESPONSES,
+    summary="Cancel a payment not yet debited",
 )
 async def cancel_payment(
     request: Request,
@@ -369,7 +386,10 @@ async def cancel_payment(
 
 
 @router.post(
-    "/invoices/{invoice_id}/remind", responses=_RESPONSES, summary="Send a reminder for an invoice now"
+    "/invoices/{invoice_id}/remind",
+    response_model=schemas.Invoice,
+    responses=_RESPONSES,
+    summary="Send a reminder for an invoice now",
 )
 async def remind(
     request: Request,
