@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 import pytest
+from sqlalchemy import func, select
 
 from plooto_api.services import writes
 from plooto_api.services.connections import change_state
@@ -98,16 +99,47 @@ def test_a_reminder_confirmed_by_read_back_joins_its_invoice(gateway: Gateway) -
 def test_a_portal_refusal_names_the_field_as_the_request_does(gateway: Gateway) -> None:
     vendor = _vendor(gateway)
     bill = {**BILL, "vendor_id": vendor.id, "number": "PREC-1",
-            "lines": [{"description": "ok", "amount": "5.00"}, {"description": "too precise", "amount": "1.005"}]}  # fmt: skip
+            "lines": [{"description": "ok", "amount": "5.00"}, {"description": "credit", "amount": "-10.00"}]}  # fmt: skip
     refused = gateway.post("/create_bill", bill)
     assert refused.status_code == 422, refused.text
-    assert refused.json()["error"]["param"] == "lines.1.amount"  # the portal says lineItems.1.amount
+    assert refused.json()["error"]["param"] == "lines"  # the portal says lineItems: the total is not positive
     customer = gateway.get("/customers?limit=1").json()["data"][0]
     invoice = {"customer_id": customer["id"], "lines": [{"description": "Service", "amount": "10.00"}],
-               "reminders": {"days_before_due": [-3]}}  # fmt: skip
+               "issue_date": "2026-03-10", "due_date": "2026-03-01"}  # fmt: skip
     refused = gateway.post("/create_invoice", invoice)
     assert refused.status_code == 422, refused.text
-    assert refused.json()["error"]["param"] == "reminders.days_before_due.0"
+    assert refused.json()["error"]["param"] == "due_date"  # the portal says dueDate
+
+
+def test_what_the_portal_would_refuse_is_a_400_before_anything_is_recorded(gateway: Gateway) -> None:
+    # A line finer than cents, or a reminder out of the portal's range, was recorded and sent, and
+    # came back as the portal's 422 with an operation left behind.
+    vendor = _vendor(gateway)
+    customer = gateway.get("/customers?limit=1").json()["data"][0]
+    with gateway.sessions()() as session:
+        operations_before = session.scalar(select(func.count()).select_from(models.Operation))
+    line = {"description": "Service", "amount": "10.00"}
+    cases = [
+        ("/create_bill", {**BILL, "vendor_id": vendor.id, "number": "PREC-2",
+                          "lines": [line, {"description": "too precise", "amount": "1.005"}]}, "lines.1.amount"),
+        ("/create_bill", {**BILL, "vendor_id": vendor.id, "number": "N" * 65}, "number"),
+        ("/create_invoice", {"customer_id": customer["id"], "lines": [{"description": "x", "unit_price": "10.005"}]},
+         "lines.0.unit_price"),
+        ("/create_invoice", {"customer_id": customer["id"], "lines": [{**line, "quantity": "0"}]}, "lines.0.quantity"),
+        ("/create_invoice", {"customer_id": customer["id"], "lines": [{"description": "no price"}]}, "lines.0"),
+        ("/create_invoice", {"customer_id": customer["id"], "lines": [line], "reminders": {"days_before_due": [-3]}},
+         "reminders.days_before_due.0"),
+        ("/create_invoice", {"customer_id": customer["id"], "lines": [line], "reminders": {"days_after_due": [121]}},
+         "reminders.days_after_due.0"),
+    ]  # fmt: skip
+    for path, body, param in cases:
+        refused = gateway.post(path, body, key=f"limits-{param}")
+        assert refused.status_code == 400, (param, refused.text)
+        assert (
+            refused.json()["error"]["code"] == "invalid_request" and refused.json()["error"]["param"] == param
+        )
+    with gateway.sessions()() as session:
+        assert session.scalar(select(func.count()).select_from(models.Operation)) == operations_before
 
 
 def test_request_field_maps_each_part_of_a_portal_path() -> None:

@@ -47,6 +47,7 @@ from plooto_api.upstream.portal import (
     FEEDS,
     OBJECT_SOURCES,
     SCHEDULE_HORIZON,
+    WRITE_LIMITS,
     business_today,
     request_field,
 )
@@ -59,6 +60,7 @@ __all__ = [
     "FEEDS",
     "FETCHABLE_TYPES",
     "SCHEDULE_HORIZON",
+    "WRITE_LIMITS",
     "AccountLocked",
     "AdaptiveThrottle",
     "AmbiguousWriteOutcome",

@@ -1240,6 +1240,24 @@ SCHEDULE_HORIZON = timedelta(days=365)
 DOCUMENT_DATE_RANGE = timedelta(days=3652)
 
 
+@dataclass(frozen=True)
+class WriteLimits:
+    """What the portal accepts in a new bill's or invoice's fields; beyond it, 400 ValidationFailed."""
+
+    amount_places: int = 2  # a line's amount and unit price: cents
+    amount_digits: int = 15
+    quantity_places: int = 4  # a line's quantity: more than zero, to 4 places
+    quantity_digits: int = 12
+    account_code_length: int = 32
+    number_length: int = 64  # a bill's or invoice's number
+    memo_length: int = 255
+    reminder_days_before: int = 60  # an invoice reminder at most this many days before its due date
+    reminder_days_after: int = 120  # or after it
+
+
+WRITE_LIMITS = WriteLimits()
+
+
 def business_today(now: datetime | None = None) -> date:
     """The portal's calendar date at `now` (default: this machine's clock)."""
     return (now or datetime.now(UTC)).astimezone(ZoneInfo(BUSINESS_TIME_ZONE)).date()

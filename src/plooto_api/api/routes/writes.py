@@ -14,11 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, timedelta
 from decimal import Decimal
-from typing import Annotated, Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, Self, get_args, get_origin
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.fields import FieldInfo
 from sqlalchemy.orm import Session
 
@@ -28,7 +28,7 @@ from plooto_api.api.errors import ApiError, error_body, invalid_request, not_jso
 from plooto_api.services import idempotency, uploads, writes
 from plooto_api.services.tokens import Principal
 from plooto_api.store import models
-from plooto_api.upstream import DOCUMENT_DATE_RANGE, SCHEDULE_HORIZON
+from plooto_api.upstream import DOCUMENT_DATE_RANGE, SCHEDULE_HORIZON, WRITE_LIMITS
 
 router = APIRouter(tags=["writes"])
 
@@ -118,17 +118,37 @@ class CreatePayment(Body):
     memo: str | None = Field(None, max_length=255)
 
 
+# What the portal accepts (upstream.WRITE_LIMITS) is checked here, so that a value it would refuse is
+# a 400 naming the field before anything is recorded or sent, not a portal refusal after.
+_LIMITS = WRITE_LIMITS
+LineAmount = Annotated[
+    Decimal,
+    Field(max_digits=_LIMITS.amount_digits, decimal_places=_LIMITS.amount_places, examples=["125.00"]),
+]
+Quantity = Annotated[
+    Decimal, Field(gt=0, max_digits=_LIMITS.quantity_digits, decimal_places=_LIMITS.quantity_places)
+]
+
+
 class Line(Body):
     description: str = Field(min_length=1, max_length=500)
-    quantity: Decimal | None = None
-    unit_price: Decimal | None = None
-    amount: Decimal | None = None
-    account_code: str | None = Field(None, max_length=64)
+    quantity: Quantity | None = Field(None, description="More than zero; default 1.")
+    unit_price: LineAmount | None = None
+    amount: LineAmount | None = Field(
+        None, description="Needed without unit_price; default quantity times unit_price."
+    )
+    account_code: str | None = Field(None, max_length=_LIMITS.account_code_length)
+
+    @model_validator(mode="after")
+    def _priced(self) -> Self:
+        if self.amount is None and self.unit_price is None:
+            raise ValueError("a line needs an amount or a unit_price")
+        return self
 
 
 class CreateBill(Body):
     vendor_id: str = Field(min_length=1, max_length=64)
-    number: str = Field(min_length=1, max_length=100)
+    number: str = Field(min_length=1, max_length=_LIMITS.number_length)
     issue_date: DocumentDate = Field(description="Within ten years of today, as is due_date.")
     due_date: DocumentDate
     lines: list[Line] = Field(min_length=1, max_length=500)
@@ -138,8 +158,12 @@ class CreateBill(Body):
 
 class Reminders(Body):
     enabled: bool = True
-    days_before_due: list[int] = Field(default_factory=list, max_length=10)
-    days_after_due: list[int] = Field(default_factory=list, max_length=10)
+    days_before_due: list[Annotated[int, Field(ge=0, le=_LIMITS.reminder_days_before)]] = Field(
+        default_factory=list, max_length=10
+    )
+    days_after_due: list[Annotated[int, Field(ge=0, le=_LIMITS.reminder_days_after)]] = Field(
+        default_factory=list, max_length=10
+    )
 
 
 class Recurring(Body):
@@ -149,7 +173,7 @@ class Recurring(Body):
 
 class CreateInvoice(Body):
     customer_id: str = Field(min_length=1, max_length=64)
-    number: str | None = Field(None, max_length=100)
+    number: str | None = Field(None, max_length=_LIMITS.number_length)
     issue_date: DocumentDate | None = Field(None, description="Within ten years of today, as is due_date.")
     terms: Literal["DueOnReceipt", "Net15", "Net30", "Net45", "Net60"] | None = None
     due_date: DocumentDate | None = None
