@@ -175,3 +175,13 @@ def test_a_connection_limited_endpoint_hears_its_own_connections_events(world: d
         assert endpoint is not None
         queued = service.requeue(session, events, [endpoint], utcnow())
         assert [d.event_id for d in queued] == [e.id for e in events if e.connection_id == mine]
+
+
+def test_a_patch_that_changes_nothing_leaves_updated_at(world: dict[str, Any], receiver: Receiver) -> None:
+    endpoint = _create(world, url=receiver.url, description="ledger").json()
+    path = f"/webhook_endpoints/{endpoint['id']}"
+    for body in ({}, {"description": "ledger", "url": receiver.url, "enabled": True}):
+        same = _call(world, "PATCH", path, json=body)
+        assert same.status_code == 200 and same.json()["updated_at"] == endpoint["updated_at"], body
+    changed = _call(world, "PATCH", path, json={"description": "payables"}).json()
+    assert changed["description"] == "payables" and changed["updated_at"] > endpoint["updated_at"]

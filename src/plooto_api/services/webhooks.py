@@ -196,7 +196,8 @@ def update_endpoint(
         elif not body.enabled:
             row.disabled_reason = None
         row.enabled = body.enabled
-    row.updated_at = now
+    if session.is_modified(row):  # a PATCH that changes nothing leaves updated_at as it was
+        row.updated_at = now
     session.flush()
     forget_targets(session)
     return row

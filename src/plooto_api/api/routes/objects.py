@@ -103,7 +103,7 @@ def _add_resource(resource: object_service.Resource) -> None:
         fresh: Annotated[bool, Query(description=refresh_note)] = False,
     ) -> Any:
         if len(object_id) > 64:
-            raise ApiError(404, "not_found", f"no {resource.object_type} {object_id[:64]}…")
+            raise ApiError(404, "not_found", f"no {resource.object_type} {object_id[:64]}…", param="id")
         if fresh and not can_refresh:
             refused = not_refreshable(resource.object_type)
             raise ApiError(refused.status, refused.code, refused.message, param="fresh")
