@@ -287,7 +287,7 @@ OBJECT_MAPS: dict[str, ObjectMap] = {
         ObjectMap("customer", "cus", schemas.Customer, models.Customer),
         ObjectMap(
             "bill", "bill", schemas.Bill, models.Bill,
-            money=_money_fields("subtotal", "tax", "total", "amount_paid", "amount_due"),
+            money=_money_fields("subtotal", "tax", "total", "amount_paid", "amount_scheduled", "amount_due"),
             children={
                 "line_items": ChildMap(
                     "line_items", models.BillLineItem, schemas.LineItem, _LINE_ITEMS, positioned=True

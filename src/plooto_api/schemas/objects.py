@@ -214,7 +214,12 @@ class Bill(PortalObject):
     tax: Money
     total: Money
     amount_paid: Money
-    amount_due: Money
+    amount_scheduled: Money | None = Field(
+        default=None,
+        description="Taken by payments scheduled (or awaiting approval) and not yet paid: "
+        "total = amount_paid + amount_scheduled + amount_due.",
+    )
+    amount_due: Money = Field(description="Still open: neither paid nor taken by a scheduled payment.")
     status: BillStatus
     approval: Approval
     memo: str | None = None

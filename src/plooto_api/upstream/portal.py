@@ -700,6 +700,7 @@ def normalize_bill(raw: dict[str, Any], ctx: Context) -> list[UpstreamRecord]:
         "tax": money(Decimal("0.00"), currency),
         "total": total,
         "amount_paid": money(raw["paidAmount"], currency),
+        "amount_scheduled": money(raw["scheduledAmount"], currency),
         "amount_due": money(raw["openBalance"], currency),
         "status": _mapped(BILL_STATUS, raw["status"], "bill", "status"),
         "approval": _bill_approval(raw, ctx),

@@ -149,6 +149,7 @@ class Bill(CompanyOwnedMixin, Base):
     tax_minor: Mapped[int] = mapped_column(BigInteger, default=0)
     total_minor: Mapped[int] = mapped_column(BigInteger)
     amount_paid_minor: Mapped[int] = mapped_column(BigInteger, default=0)
+    amount_scheduled_minor: Mapped[int | None] = mapped_column(BigInteger)
     amount_due_minor: Mapped[int] = mapped_column(BigInteger)
     # draft · pending_approval · approved · scheduled · partially_paid · paid · rejected · void
     status: Mapped[str] = mapped_column(String(32))
