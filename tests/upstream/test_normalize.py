@@ -256,3 +256,17 @@ def test_a_payment_waiting_for_its_approvers_has_that_in_its_history(make_sessio
     assert waiting, "the seed has payments waiting for approval"
     for payment in waiting:
         assert [change["status"] for change in payment.fields["status_history"]] == ["pending_approval"]
+
+
+def test_a_reminder_is_scheduled_for_the_portals_day() -> None:
+    # 02:30 UTC on 7 March is still 6 March in Toronto, the portal's business day: it was served as the 7th.
+    from plooto_api.upstream._convert import Context
+    from plooto_api.upstream.portal import normalize_reminder
+
+    raw = {"reminderId": "r-1", "invoiceId": "i-1", "kind": "Manual", "scheduledFor": "2026-03-07T02:30:00Z",
+           "sentAt": None, "channel": "Email", "status": "Scheduled", "lastModified": "2026-03-07T02:30:00Z",
+           "createdDate": "2026-03-07T02:30:00Z"}  # fmt: skip
+    [record] = normalize_reminder(
+        raw, Context("c-1", "http://portal.test", datetime(2026, 3, 7, 2, 31, tzinfo=UTC))
+    )
+    assert record.fields["scheduled_for"].isoformat() == "2026-03-06"

@@ -1011,7 +1011,7 @@ def normalize_reminder(raw: dict[str, Any], ctx: Context) -> list[UpstreamRecord
         "invoice_id": ref("invoice", raw["invoiceId"]),
         "upstream_id": reminder_id,
         "kind": _mapped(REMINDER_KIND, raw["kind"], "invoice_reminder", "kind"),
-        "scheduled_for": scheduled.date() if scheduled else None,
+        "scheduled_for": business_today(scheduled) if scheduled else None,  # the portal's day, not UTC's
         "sent_at": parse_timestamp(raw.get("sentAt")),
         "channel": (raw.get("channel") or "email").lower(),
         "status": _mapped(REMINDER_STATUS, raw["status"], "invoice_reminder", "status"),
