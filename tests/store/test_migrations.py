@@ -90,3 +90,27 @@ def test_logins_stored_twice_are_kept_and_new_ones_are_unique(tmp_path: Path) ->
             )
     finally:
         engine.dispose()
+
+
+def test_bills_stored_before_0009_get_their_scheduled_amount_and_reference() -> None:
+    import importlib.util
+
+    from plooto_api.store.database import MIGRATIONS_DIR
+
+    path = next((MIGRATIONS_DIR / "versions").glob("0009_*.py"))
+    spec = importlib.util.spec_from_file_location("migration_0009", path)
+    assert spec is not None and spec.loader is not None
+    migration = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(migration)
+    money = {"amount_paid": "0.00", "amount_due": "48.82", "total": "2048.82"}
+    bill = {"id": "bill_1", **{k: {"amount": v, "currency": "CAD"} for k, v in money.items()}, "memo": None}
+    filled = migration._filled({**bill, "memo": "Flour order [ref papi-op_01m98]"})
+    assert filled["amount_scheduled"] == {"amount": "2000.00", "currency": "CAD"}
+    assert list(filled).index("amount_scheduled") == list(filled).index("amount_due") - 1
+    assert (filled["memo"], filled["reference"]) == ("Flour order", "papi-op_01m98")
+    assert (migration._filled({**bill, "memo": "[ref papi-op_2]"})["memo"], "papi-op_2") == (
+        None,
+        "papi-op_2",
+    )
+    untouched = migration._filled({**bill, "memo": "see [ref 42]"})
+    assert (untouched["memo"], untouched["reference"]) == ("see [ref 42]", None)

@@ -46,11 +46,12 @@ async def test_bill_amounts_reconcile_and_stored_bills_are_filled_in(
     db = ctx.sessions.kw["bind"]
     try:
         with db.begin() as conn:  # (a downgrade would rebuild the table on SQLite: its line items would go)
-            conn.execute(text("ALTER TABLE bills DROP COLUMN amount_scheduled_minor"))
+            for column in ("amount_scheduled_minor", "reference"):
+                conn.execute(text(f"ALTER TABLE bills DROP COLUMN {column}"))
         command.stamp(_alembic_config(db), "0008")
         with db.begin() as conn:
             for bill_id, bill in synced.items():
-                old = {k: v for k, v in bill.items() if k != "amount_scheduled"}
+                old = {k: v for k, v in bill.items() if k not in ("amount_scheduled", "reference")}
                 conn.execute(
                     text("UPDATE bills SET document = :d WHERE id = :id"),
                     {"d": json.dumps(old), "id": bill_id},

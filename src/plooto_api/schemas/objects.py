@@ -223,6 +223,9 @@ class Bill(PortalObject):
     status: BillStatus
     approval: Approval
     memo: str | None = None
+    reference: str | None = Field(
+        default=None, description="The gateway's reference, for a bill created through it (`papi-op_…`)."
+    )
     source: Literal["manual", "capture", "accounting"] = "manual"
     capture: dict[str, Any] | None = Field(
         default=None, description="OCR fields and confidence, for bills from a captured document."

@@ -7,6 +7,7 @@ When the portal changes, this is the module to change.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -704,7 +705,7 @@ def normalize_bill(raw: dict[str, Any], ctx: Context) -> list[UpstreamRecord]:
         "amount_due": money(raw["openBalance"], currency),
         "status": _mapped(BILL_STATUS, raw["status"], "bill", "status"),
         "approval": _bill_approval(raw, ctx),
-        "memo": raw.get("memo"),
+        **memo_and_reference(raw.get("memo")),
         "source": _mapped(BILL_SOURCE, raw["source"], "bill", "source"),
         "capture": None,
         "captured_document_id": ref("captured_document", document_id),
@@ -1050,8 +1051,7 @@ def normalize_invoice(raw: dict[str, Any], ctx: Context) -> list[UpstreamRecord]
         "viewed_at": parse_timestamp(raw.get("viewedDate")),
         "recurring_invoice_id": ref("recurring_invoice", raw.get("recurringInvoiceId")),
         "reminder_schedule": reminder_offsets(raw["reminderSchedule"]),
-        "memo": raw.get("memo"),
-        "reference": None,
+        **memo_and_reference(raw.get("memo")),
     }
     return [
         ctx.record(
@@ -1279,6 +1279,20 @@ def memo_with_reference(memo: str | None, reference: str) -> str:
 
 def memo_has_reference(memo: Any, reference: str) -> bool:
     return isinstance(memo, str) and memo.endswith(f"{MEMO_REFERENCE_PREFIX}{reference}]")
+
+
+_MEMO_TAG = re.compile(
+    rf"^(?P<memo>.*?) ?{re.escape(MEMO_REFERENCE_PREFIX)}(?P<reference>papi-[^\]\s]+)\]$", re.DOTALL
+)
+
+
+def memo_and_reference(memo: Any) -> dict[str, str | None]:
+    """A bill's or invoice's memo and the gateway's reference the memo carries (memo_with_reference),
+    served apart: the caller's memo as it was written, the reference as a payment's is."""
+    found = _MEMO_TAG.match(memo) if isinstance(memo, str) else None
+    if found is None:
+        return {"memo": memo, "reference": None}
+    return {"memo": found["memo"] or None, "reference": found["reference"]}
 
 
 # The gateway's request field for each field of the write bodies below, by the object written: a

@@ -156,6 +156,7 @@ class Bill(CompanyOwnedMixin, Base):
     # not_required · pending · approved · rejected · cancelled
     approval_status: Mapped[str] = mapped_column(String(32))
     memo: Mapped[str | None] = mapped_column(Text)
+    reference: Mapped[str | None] = mapped_column(String(100))  # the gateway's, for a bill it created
     source: Mapped[str] = mapped_column(String(32), default="manual")  # manual · capture · accounting
     capture: Mapped[dict[str, Any] | None] = mapped_column()
     attachments: Mapped[list[Any]] = mapped_column(default=list)
