@@ -10,7 +10,7 @@ from sqlalchemy import Table, event, insert, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from plooto_api.store.bulk import insert_rows
+from plooto_api.store.bulk import _plan, insert_rows
 from plooto_api.store.database import transaction
 from plooto_api.store.models import Event
 from plooto_api.store.types import RawJSON
@@ -60,6 +60,14 @@ def test_rows_read_back_as_core_inserts_them(sessions: sessionmaker[Session]) ->
             raw = session.execute(text("SELECT id, created_at, data FROM events ORDER BY id")).all()
             by_id = {row[0]: row[1:] for row in raw}
             assert all(by_id[f"bulk_{n}"] == by_id[f"core_{n}"] for n in (1, 2, 3, 4))
+
+
+def test_each_distinct_time_is_converted_once_per_call(sessions: sessionmaker[Session]) -> None:
+    # A page's rows share their fetch and update times, and its events one creation time.
+    with sessions() as session:
+        plan = _plan(session.connection().dialect, EVENTS, tuple(_rows("plan")[0]))
+    if plan is not None:
+        assert plan.keys.index("created_at") in plan.repeating
 
 
 def test_a_missing_column_with_a_python_default_gets_it(sessions: sessionmaker[Session]) -> None:

@@ -37,6 +37,7 @@ from sqlalchemy import JSON, Table, insert, select
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
+from sqlalchemy.types import TypeDecorator
 
 from plooto_api.store.database import json_dumps, jsonb_dumps
 
@@ -180,6 +181,10 @@ def _copy(connection: Connection, sql: str, rows: list[list[Any]]) -> None:
 
 
 def _python_type(column_type: Any) -> type | None:
+    # A TypeDecorator's own python_type is `object` from SQLAlchemy 2.1 (it raised before): its
+    # underlying type says what it holds (UTCDateTime: datetime).
+    if isinstance(column_type, TypeDecorator):
+        column_type = column_type.impl_instance
     try:
         return column_type.python_type
     except NotImplementedError:
