@@ -277,6 +277,30 @@ async def test_a_payment_held_in_transit_stays_in_transit_and_is_sent_once(
     _assert_documents_match_columns(ctx)
 
 
+async def test_a_hold_begun_and_ended_between_two_syncs_has_its_events(
+    ctx: JobContext, make_connection: Callable[..., str], control: httpx.Client
+) -> None:
+    # Held and released between two reads, the payment looked as before but for its history: only
+    # `payment.updated`, and those who follow holds never heard of the review.
+    connection_id = make_connection()
+    engine = SyncEngine(ctx)
+    assert (await engine.sync_connection(connection_id)).ok
+    payment = await _new_payment(ctx, control)
+    assert (await engine.sync_connection(connection_id, cadence="fast")).ok
+    for action in ("holdPayment", "releasePayment", "holdPayment", "failPayment"):
+        reason = {"reason": "Security review"} if action == "holdPayment" else {}
+        control.post("/mutate", json={"action": action, "paymentId": payment, **reason}).raise_for_status()
+        if action == "releasePayment":
+            assert (await engine.sync_connection(connection_id, cadence="fast")).ok
+    assert (await engine.sync_connection(connection_id, cadence="fast")).ok
+    events = _events_of(ctx, models.Payment, payment)
+    assert events[:1] == ["payment.created"]
+    # Held and released before the second read; held again and failed (not released) before the third.
+    assert [e for e in events if e in ("payment.held", "payment.released", "payment.failed")] == [
+        "payment.held", "payment.released", "payment.held", "payment.failed",
+    ]  # fmt: skip
+
+
 def _events_of(ctx: JobContext, model: Any, upstream_id: str) -> list[str]:
     """The types of the events of the stored object with this portal id, in order."""
     with ctx.sessions() as session:

@@ -27,7 +27,7 @@ from plooto_api.store.bulk import IN_LIST_LIMIT, ids_by_upstream_id, insert_rows
 from plooto_api.store.database import json_dumps
 from plooto_api.store.models import Company, Connection, SyncMapping
 from plooto_api.store.types import RawJSON
-from plooto_api.upstream import UpstreamRecord, UpstreamRef
+from plooto_api.upstream import PAYMENT_ON_HOLD, UpstreamRecord, UpstreamRef
 
 # A payment is sent once it reaches in_transit, or any status past it: a payment that went from
 # processing to completed between two syncs (a wire never shows in_transit) was sent too.
@@ -158,6 +158,8 @@ def _events_for_change(
         return types
     if object_type == "bill" and old_data["approval"] != new_data["approval"]:
         types.append("bill.approval_updated")
+    if object_type == "payment":  # holds first: a payment held, then failed, reads in that order
+        types += _hold_events(old_data, new_data)
     if object_type == "payment" and old_data["status"] != new_data["status"]:
         types.append("payment.status_updated")
         was_sent = old_data["status"] in _PAYMENT_SENT or any(
@@ -169,14 +171,6 @@ def _events_for_change(
             types.append("payment.failed")
         elif new_data["status"] == "completed":
             types.append("payment.completed")
-    held_before, held_now = old_data.get("hold_reason") is not None, new_data.get("hold_reason") is not None
-    if object_type == "payment" and held_before != held_now:
-        # A hold keeps the status (the money is where it was): its own event, so those who follow
-        # payments' statuses learn of it (a security or compliance review stops the payment).
-        if held_now:
-            types.append("payment.held")
-        elif new_data["status"] not in _PAYMENT_STOPPED:
-            types.append("payment.released")
     if object_type == "invoice" and old_data["status"] != new_data["status"]:
         if new_data["status"] == "paid":
             types.append("invoice.paid")
@@ -191,6 +185,32 @@ def _events_for_change(
             if r["status"] == "sent" and r["upstream_id"] not in sent_before
         ]
     return types
+
+
+def _hold_events(old_data: dict[str, Any], new_data: dict[str, Any]) -> list[str]:
+    """`payment.held` for each hold that began since `old_data`, `payment.released` for each that
+    ended with the payment going on. A hold keeps the status (the money is where it was), so its own
+    events tell those who follow payments' statuses (a security or compliance review stops the
+    payment). Read from the status history the portal keeps, which also shows a hold begun and ended
+    between two reads; from whether it is held now where the history shows nothing."""
+    old_history, new_history = old_data.get("status_history") or [], new_data.get("status_history") or []
+    held = old_data.get("hold_reason") is not None
+    events = []
+    for change in new_history[len(old_history) :]:  # the portal's trail only grows
+        if change.get("status_raw") == PAYMENT_ON_HOLD:
+            if not held:
+                events.append("payment.held")
+            held = True
+        elif held:
+            if change["status"] not in _PAYMENT_STOPPED:
+                events.append("payment.released")
+            held = False
+    if (new_data.get("hold_reason") is not None) != held:  # what the history did not show
+        if not held:
+            events.append("payment.held")
+        elif new_data["status"] not in _PAYMENT_STOPPED:
+            events.append("payment.released")
+    return events
 
 
 def _events_on_arrival(object_type: str, data: dict[str, Any]) -> list[str]:
