@@ -270,3 +270,22 @@ def test_a_reminder_is_scheduled_for_the_portals_day() -> None:
         raw, Context("c-1", "http://portal.test", datetime(2026, 3, 7, 2, 31, tzinfo=UTC))
     )
     assert record.fields["scheduled_for"].isoformat() == "2026-03-06"
+
+
+def test_a_payment_completes_on_the_day_the_portal_says() -> None:
+    # A backdated payment's trail said 14 February while the portal's completedDate was 5 February.
+    from plooto_api.upstream.portal import completed_at
+
+    def trail(when: str) -> list[dict[str, Any]]:
+        return [
+            {"status_raw": "Completed", "status": "completed", "occurred_at": datetime.fromisoformat(when)}
+        ]
+
+    same_day = trail("2026-02-05T19:30:00+00:00")
+    assert completed_at(same_day, "2026-02-05") == same_day[0]["occurred_at"]  # the trail's time on that day
+    assert completed_at(trail("2026-02-14T08:22:24+00:00"), "2026-02-05") == datetime(
+        2026, 2, 5, 5, tzinfo=UTC
+    )
+    assert completed_at([], "2026-02-05") == datetime(2026, 2, 5, 5, tzinfo=UTC)  # midnight in Toronto
+    assert completed_at(same_day, None) == same_day[0]["occurred_at"]
+    assert completed_at([], None) is None

@@ -832,6 +832,17 @@ def _payment_history(raw: dict[str, Any]) -> list[dict[str, Any]]:
     return history
 
 
+def completed_at(history: list[dict[str, Any]], completed_date: str | None) -> datetime | None:
+    """When a payment completed: its audit trail's time, on the day the portal gives as its
+    completedDate. A trail entry on another day (a backdated payment's) gives way to the start of
+    that day, and so does a trail without one."""
+    completed = next((h["occurred_at"] for h in reversed(history) if h["status_raw"] == "Completed"), None)
+    completed_on = parse_date(completed_date)
+    if completed_on is not None and (completed is None or business_today(completed) != completed_on):
+        return _business_day_start(completed_date)
+    return completed
+
+
 def normalize_payment(raw: dict[str, Any], ctx: Context) -> list[UpstreamRecord]:
     payment_id = raw["paymentId"]
     destination = raw["destinationCurrency"]
@@ -843,9 +854,7 @@ def normalize_payment(raw: dict[str, Any], ctx: Context) -> list[UpstreamRecord]
     status = _mapped(PAYMENT_STATUS, status_raw, "payment", "status")
     if status_raw == PAYMENT_ON_HOLD and history and history[-1]["status_raw"] == PAYMENT_ON_HOLD:
         status = history[-1]["status"]  # held where it was: a payment in transit stays in transit
-    completed = next(
-        (h["occurred_at"] for h in reversed(history) if h["status_raw"] == "Completed"), None
-    ) or (_business_day_start(raw.get("completedDate")) if status_raw == "Completed" else None)
+    completed = completed_at(history, raw.get("completedDate"))
     fee = money(raw["feeAmount"], raw["feeCurrency"])
     failure = raw.get("failureReason")
     fields = {
