@@ -905,6 +905,8 @@ def normalize_payment(raw: dict[str, Any], ctx: Context) -> list[UpstreamRecord]
             **stamps,
         )
     ]
+    # Its transactions and FX conversion have no portal status of their own (status_raw None): the
+    # payment's would rewrite them, with an event each, at every step of the payment.
     # A payment held after its debit keeps it: its money left the account all the same.
     debited = raw.get("debitedDate") if status_raw in PAYMENT_DEBITED_STATUSES | {PAYMENT_ON_HOLD} else None
     if fx_id is not None:
@@ -924,9 +926,7 @@ def normalize_payment(raw: dict[str, Any], ctx: Context) -> list[UpstreamRecord]
             "quoted_at": parse_timestamp(raw[CREATED]),
             "executed_at": _business_day_start(debited),
         }
-        records.append(
-            ctx.record("fx_conversion", fx_id, conversion, status_raw=status_raw, path=path, **stamps)
-        )
+        records.append(ctx.record("fx_conversion", fx_id, conversion, path=path, **stamps))
     if debited:
         account = ref("bank_account", raw.get("debitBankAccountId"))
         debit = {
@@ -939,11 +939,7 @@ def normalize_payment(raw: dict[str, Any], ctx: Context) -> list[UpstreamRecord]
             "description": f"Payment to {raw.get('payeeName') or 'payee'}",
             "counterparty": raw.get("payeeName"),
         }
-        records.append(
-            ctx.record(
-                "transaction", f"{payment_id}:debit", debit, status_raw=status_raw, path=path, **stamps
-            )
-        )
+        records.append(ctx.record("transaction", f"{payment_id}:debit", debit, path=path, **stamps))
         if Decimal(raw["feeAmount"]) > 0:
             fee_fields = {
                 **debit,
@@ -952,11 +948,7 @@ def normalize_payment(raw: dict[str, Any], ctx: Context) -> list[UpstreamRecord]
                 "description": f"{raw['paymentMethod']} payment fee",
                 "counterparty": None,
             }
-            records.append(
-                ctx.record(
-                    "transaction", f"{payment_id}:fee", fee_fields, status_raw=status_raw, path=path, **stamps
-                )
-            )
+            records.append(ctx.record("transaction", f"{payment_id}:fee", fee_fields, path=path, **stamps))
     records.extend(_sync_mappings(raw, ctx, "payment", payment_id))
     return records
 

@@ -1,0 +1,54 @@
+"""What a payment moves, as the sync mirrors it: its transactions, its FX conversion, the Instant wallet."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+from sqlalchemy import select
+
+from plooto_api.jobs import JobContext
+from plooto_api.store import models
+from plooto_api.sync.engine import SyncEngine
+
+
+def _documents(ctx: JobContext, model: Any) -> dict[str, dict[str, Any]]:
+    """The served JSON of every stored object of `model`, by portal id."""
+    with ctx.sessions() as session:
+        return {row.upstream_id: json.loads(row.document) for row in session.scalars(select(model))}
+
+
+def _events(ctx: JobContext, event_type: str) -> list[models.Event]:
+    with ctx.sessions() as session:
+        return list(session.scalars(select(models.Event).where(models.Event.type == event_type)))
+
+
+def _served(document: dict[str, Any]) -> dict[str, Any]:
+    """What an object says of itself, less when and how it was last read and changed."""
+    return {key: value for key, value in document.items() if key not in {"updated_at", "upstream"}}
+
+
+async def test_a_payments_status_change_leaves_its_transactions_and_conversion_as_they_are(
+    ctx: JobContext, make_connection: Callable[..., str], control: httpx.Client
+) -> None:
+    # Transactions and FX conversions took their payment's portal status as their own: each status
+    # change of a payment rewrote them, with a `transaction.updated` / `fx_conversion.updated` each.
+    connection_id = make_connection()
+    engine = SyncEngine(ctx)
+    assert (await engine.sync_connection(connection_id)).ok
+    transactions = _documents(ctx, models.Transaction)
+    conversions = _documents(ctx, models.FxConversion)
+    assert transactions and conversions
+    control.post("/clock", json={"advance_days": 1}).raise_for_status()
+    assert (await engine.sync_connection(connection_id, cadence="fast")).ok
+    assert _events(ctx, "payment.status_updated"), "a day moves some payments along"
+    after = _documents(ctx, models.Transaction)
+    for event in _events(ctx, "transaction.updated"):
+        upstream_id = event.data["upstream_id"]
+        assert _served(after[upstream_id]) != _served(transactions[upstream_id]), upstream_id
+    after = _documents(ctx, models.FxConversion)
+    for event in _events(ctx, "fx_conversion.updated"):
+        upstream_id = event.data["upstream_id"]
+        assert _served(after[upstream_id]) != _served(conversions[upstream_id]), upstream_id
