@@ -52,3 +52,31 @@ async def test_a_payments_status_change_leaves_its_transactions_and_conversion_a
     for event in _events(ctx, "fx_conversion.updated"):
         upstream_id = event.data["upstream_id"]
         assert _served(after[upstream_id]) != _served(conversions[upstream_id]), upstream_id
+
+
+async def test_an_executed_conversion_stays_executed_and_never_precedes_its_quote(
+    ctx: JobContext, make_connection: Callable[..., str], control: httpx.Client
+) -> None:
+    # A payment that failed after its exchange turned its conversion back to `expired` with no
+    # execution time, and the execution time was the start of the debit day: before the quote.
+    connection_id = make_connection()
+    engine = SyncEngine(ctx)
+    assert (await engine.sync_connection(connection_id)).ok
+    with ctx.sessions() as session:
+        exchanged = session.scalars(
+            select(models.Payment.upstream_id)
+            .where(models.Payment.fx_conversion_id.is_not(None), models.Payment.status == "processing")
+            .order_by(models.Payment.id)
+        ).first()
+        assert exchanged is not None, "the seed has wires past their exchange"
+    conversions = _documents(ctx, models.FxConversion)
+    executed = [c for c in conversions.values() if c["status"] == "executed"]
+    assert executed
+    assert all(c["executed_at"] >= c["quoted_at"] for c in executed)  # both UTC, same format
+    before = conversions[f"{exchanged}:fx"]
+    assert before["status"] == "executed"
+    failed = control.post("/mutate", json={"action": "failPayment", "paymentId": exchanged})
+    assert failed.status_code == 200, failed.text
+    assert (await engine.sync_connection(connection_id, cadence="fast")).ok
+    after = _documents(ctx, models.FxConversion)[f"{exchanged}:fx"]
+    assert (after["status"], after["executed_at"]) == ("executed", before["executed_at"])

@@ -336,6 +336,9 @@ FAILURE_REASON_TEXT = {
     "PaymentStopped": "Payment stopped",
 }  # fmt: skip
 PAYMENT_DEBITED_STATUSES = {"FundsDebited", "Clearing", "Exchanging", "Processing", "Completed", "Returned"}
+# A cross-currency payment's money is exchanged when it enters Exchanging (after its debit); these
+# statuses come at or after it (a wire is returned on the day it would have completed).
+PAYMENT_EXCHANGED_STATUSES = {"Exchanging", "Processing", "Completed", "Returned"}
 AUDIT_STATUS_PREFIX = "Status changed to "
 # The line the portal writes when a new payment waits for its approvers (its first status).
 AUDIT_APPROVALS_REQUIRED = "(Additional approvals required)"
@@ -843,6 +846,22 @@ def completed_at(history: list[dict[str, Any]], completed_date: str | None) -> d
     return completed
 
 
+def _exchanged_at(
+    raw: dict[str, Any], history: list[dict[str, Any]], quoted_at: datetime | None
+) -> datetime | None:
+    """When a cross-currency payment's money was exchanged: the audit trail's "Status changed to
+    Exchanging"; for a payment past it whose trail does not say (only its last status), the start of
+    its debit day, or its quote if later (the exchange never precedes the quote). None until then."""
+    exchanged = next((h["occurred_at"] for h in history if h["status_raw"] == "Exchanging"), None)
+    if exchanged is not None:
+        return exchanged
+    passed = {h["status_raw"] for h in history} | {raw["status"]}
+    debited = _business_day_start(raw.get("debitedDate"))
+    if debited is None or not passed & PAYMENT_EXCHANGED_STATUSES:
+        return None
+    return max(debited, quoted_at) if quoted_at is not None else debited
+
+
 def normalize_payment(raw: dict[str, Any], ctx: Context) -> list[UpstreamRecord]:
     payment_id = raw["paymentId"]
     destination = raw["destinationCurrency"]
@@ -910,9 +929,11 @@ def normalize_payment(raw: dict[str, Any], ctx: Context) -> list[UpstreamRecord]
     # A payment held after its debit keeps it: its money left the account all the same.
     debited = raw.get("debitedDate") if status_raw in PAYMENT_DEBITED_STATUSES | {PAYMENT_ON_HOLD} else None
     if fx_id is not None:
-        if debited:
-            fx_status = "executed"
-        elif status_raw in {"ApprovalRequired", "Pending", PAYMENT_ON_HOLD}:
+        quoted_at = parse_timestamp(raw[CREATED])
+        exchanged_at = _exchanged_at(raw, history, quoted_at)
+        if exchanged_at is not None:
+            fx_status = "executed"  # and stays so: a payment failed after its exchange was exchanged
+        elif status_raw in {"ApprovalRequired", "Pending", PAYMENT_ON_HOLD} or debited:
             fx_status = "quoted"
         else:
             fx_status = "expired"
@@ -923,8 +944,8 @@ def normalize_payment(raw: dict[str, Any], ctx: Context) -> list[UpstreamRecord]
             "rate": Decimal(raw["exchangeRate"]),
             "fee": None,  # the portal's margin is in the rate; the wire fee is the payment's
             "status": fx_status,
-            "quoted_at": parse_timestamp(raw[CREATED]),
-            "executed_at": _business_day_start(debited),
+            "quoted_at": quoted_at,
+            "executed_at": exchanged_at,
         }
         records.append(ctx.record("fx_conversion", fx_id, conversion, path=path, **stamps))
     if debited:
