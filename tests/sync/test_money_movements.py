@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -12,6 +13,8 @@ from sqlalchemy import select
 from plooto_api.jobs import JobContext
 from plooto_api.store import models
 from plooto_api.sync.engine import SyncEngine
+
+from .conftest import CLERK, CONTROLLER
 
 
 def _documents(ctx: JobContext, model: Any) -> dict[str, dict[str, Any]]:
@@ -80,3 +83,44 @@ async def test_an_executed_conversion_stays_executed_and_never_precedes_its_quot
     assert (await engine.sync_connection(connection_id, cadence="fast")).ok
     after = _documents(ctx, models.FxConversion)[f"{exchanged}:fx"]
     assert (after["status"], after["executed_at"]) == ("executed", before["executed_at"])
+
+
+async def test_the_instant_wallets_are_mirrored_and_instant_payments_are_booked_against_them(
+    ctx: JobContext, make_connection: Callable[..., str], control: httpx.Client
+) -> None:
+    # The company's Plooto Instant balances were dropped, and an Instant payment's debit was booked
+    # to the bank account that only names its approvers, whose money never moved.
+    connection_id = make_connection()
+    engine = SyncEngine(ctx)
+    assert (await engine.sync_connection(connection_id)).ok
+    wallets = {
+        (w["company_id"], w["currency"]): w
+        for w in _documents(ctx, models.BankAccount).values()
+        if w["kind"] == "instant_wallet"
+    }
+    assert {currency for _, currency in wallets} == {"CAD", "USD"}
+    with ctx.sessions() as session:
+        bills = session.scalars(
+            select(models.Bill).where(models.Bill.status == "approved").order_by(models.Bill.id)
+        ).all()
+    for bill in bills:  # one whose payee has a bank account, in the currency of one of its accounts
+        created = control.post("/mutate", json={"action": "createPayment", "billId": bill.upstream_id,
+                                                "userEmail": CONTROLLER, "paymentMethod": "PlootoInstant",
+                                                "amount": "10.00"})  # fmt: skip
+        if created.status_code == 200:
+            break
+    else:
+        raise AssertionError("no approved bill can be paid from the Instant wallet")
+    paid = created.json()["changed"][0]
+    control.post("/mutate", json={"action": "approvePayment", "paymentId": paid, "userEmail": CLERK})
+    control.post("/clock", json={"advance_days": 1}).raise_for_status()
+    assert (await engine.sync_connection(connection_id, cadence="fast")).ok
+    debit = _documents(ctx, models.Transaction)[f"{paid}:debit"]
+    accounts = {a["id"]: a for a in _documents(ctx, models.BankAccount).values()}
+    wallet = accounts[debit["bank_account_id"]]
+    assert wallet["kind"] == "instant_wallet" and wallet["currency"] == debit["amount"]["currency"]
+    before = wallets[(wallet["company_id"], wallet["currency"])]
+    assert Decimal(before["balance"]["amount"]) - Decimal(wallet["balance"]["amount"]) == Decimal(
+        debit["amount"]["amount"]
+    )
+    assert wallet["id"] == before["id"]  # one wallet, the same from sync to sync

@@ -77,6 +77,8 @@ FEED_FAILURES_TO_STOP = 3
 SHARED_TYPE_SCOPES: dict[tuple[str, str], dict[str, str]] = {
     ("payments", "payment"): {"direction": "payable"},
     ("customer_payments", "payment"): {"direction": "receivable"},
+    ("bank_accounts", "bank_account"): {"kind": "bank"},
+    ("instant_wallets", "bank_account"): {"kind": "instant_wallet"},
     ("bank_accounts", "approval_rule"): {"kind": "signing_authority"},
     ("approval_policies", "approval_rule"): {"kind": "threshold"},
 }

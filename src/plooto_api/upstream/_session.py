@@ -872,9 +872,16 @@ class PortalSession:
         }
         if declared.incremental and modified_since is not None:
             params[portal.MODIFIED_SINCE_PARAM] = portal.timestamp_param(modified_since)
+        ctx = self._context(company_upstream_id)
+        if not collection.paged:  # the company's own object, read whole: one page
+            raw = await self._api_get(
+                portal.COMPANY_PATH.format(company=company_upstream_id), object_type=collection.object_type
+            )
+            check_shape(collection.shape, raw, object_type=collection.object_type)
+            whole = collection.normalize(raw, ctx)
+            return ChangePage(records=whole, page_number=1, total_pages=1, total_count=len(whole))
         path = f"{portal.COMPANY_PATH.format(company=company_upstream_id)}/{collection.path}"
         body = await self._page(path, params, object_type=collection.object_type)
-        ctx = self._context(company_upstream_id)
         records: list[UpstreamRecord] = []
         for item in body[portal.PAGE_ITEMS]:
             check_shape(collection.shape, item, object_type=collection.object_type)
@@ -920,7 +927,9 @@ class PortalSession:
         for collection in source.collections:
             raw: Any = None
             try:
-                if collection.has_detail:
+                if not collection.paged:
+                    raw = await self._api_get(base, object_type=collection.object_type)
+                elif collection.has_detail:
                     raw = await self._api_get(
                         f"{base}/{collection.path}/{portal_id}", object_type=collection.object_type
                     )

@@ -330,6 +330,7 @@ PAYMENT_METHOD = {
     "Eft": "eft", "Ach": "ach", "Cheque": "cheque", "Wire": "wire", "Card": "card",
     "PlootoInstant": "instant", "EmailMoneyTransfer": "email_transfer",
 }  # fmt: skip
+PAYMENT_INSTANT = "PlootoInstant"  # paid from the company's Plooto Instant wallet
 FAILURE_REASON_TEXT = {
     "InsufficientFunds": "Insufficient funds (NSF)", "InvalidAccount": "Invalid account",
     "IncorrectAccountHolderName": "Incorrect account holder name", "AccountClosed": "Account closed",
@@ -472,6 +473,42 @@ def normalize_company(raw: dict[str, Any], ctx: Context) -> list[UpstreamRecord]
             path=COMPANY_PATH.format(company=raw["companyId"]),
         )
     ]
+
+
+def instant_wallet_id(company_id: str, currency: str) -> str:
+    """The portal id of a company's Plooto Instant wallet in `currency`: the portal gives the wallet
+    no id of its own, only a balance per currency on the company (one wallet per currency)."""
+    return f"{company_id}:instant:{currency}"
+
+
+def normalize_instant_wallets(raw: dict[str, Any], ctx: Context) -> list[UpstreamRecord]:
+    """A company's Plooto Instant wallets, from its `plootoInstantBalances` (the company's own page:
+    its listing leaves them out): each mirrored as an account of kind `instant_wallet`."""
+    company_id = raw["companyId"]
+    company = Context(company_id, ctx.base_url, ctx.fetched_at)
+    records = []
+    for wallet in raw.get("plootoInstantBalances") or []:
+        currency = wallet["currency"]
+        fields = {
+            "name": f"Plooto Instant ({currency})",
+            "institution_name": "Plooto",
+            "kind": "instant_wallet",
+            "currency": currency,
+            "account_number_masked": None,
+            "routing_masked": None,
+            "status": "active",
+            "is_default": False,
+            "signing_authorities": [],
+            "approvals_required": 0,  # a funding transfer's approvals are the debit account's
+            "balance": money(wallet["balance"], currency),
+        }
+        records.append(
+            company.record(
+                "bank_account", instant_wallet_id(company_id, currency), fields,
+                path=COMPANY_PATH.format(company=company_id),
+            )
+        )  # fmt: skip
+    return records
 
 
 def membership_id(company_id: str, user_id: str) -> str:
@@ -949,7 +986,12 @@ def normalize_payment(raw: dict[str, Any], ctx: Context) -> list[UpstreamRecord]
         }
         records.append(ctx.record("fx_conversion", fx_id, conversion, path=path, **stamps))
     if debited:
-        account = ref("bank_account", raw.get("debitBankAccountId"))
+        # An Instant payment is paid from the wallet in its source currency; its debitBankAccountId
+        # only names whose signing authorities approve it, and that account's money does not move.
+        if raw["paymentMethod"] == PAYMENT_INSTANT:
+            account = ref("bank_account", instant_wallet_id(ctx.company_id, source))
+        else:
+            account = ref("bank_account", raw.get("debitBankAccountId"))
         debit = {
             "bank_account_id": account,
             "payment_id": ref("payment", payment_id),
@@ -1131,11 +1173,15 @@ class Collection:
     id_field: str
     normalize: Normalizer
     has_detail: bool = True  # GET {path}/{id} exists
+    paged: bool = True  # a page of `items`; else the company's own object (`path` empty) read whole
 
 
 USERS = Collection("users", USER, "user", "userId", normalize_user, has_detail=False)
 BANK_ACCOUNTS = Collection(
     "bank-accounts", BANK_ACCOUNT, "bank_account", "bankAccountId", normalize_bank_account, has_detail=False
+)
+INSTANT_WALLETS = Collection(
+    "", COMPANY, "bank_account", "companyId", normalize_instant_wallets, has_detail=False, paged=False
 )
 APPROVAL_POLICIES = Collection(
     "approval-policies",
@@ -1169,6 +1215,8 @@ FEEDS: tuple[Feed, ...] = (
     Feed("users", ("user",), incremental=False, cadence="slow"),
     Feed("bank_accounts", ("bank_account", "approval_rule"), incremental=True, cadence="slow"),
     Feed("approval_policies", ("approval_rule",), incremental=True, cadence="slow"),
+    # Instant payments move the wallets' balances: read with the payments (one request a company).
+    Feed("instant_wallets", ("bank_account",), incremental=False, cadence="fast"),
     Feed("vendors", ("vendor", "sync_mapping"), incremental=True, cadence="slow"),
     Feed("customers", ("customer", "sync_mapping"), incremental=True, cadence="slow"),
     Feed("bills", ("bill", "captured_document", "sync_mapping"), incremental=True, cadence="fast"),
@@ -1187,6 +1235,7 @@ FEED_COLLECTIONS: dict[str, Collection] = {
     "users": USERS,
     "bank_accounts": BANK_ACCOUNTS,
     "approval_policies": APPROVAL_POLICIES,
+    "instant_wallets": INSTANT_WALLETS,
     "vendors": VENDORS,
     "customers": CUSTOMERS,
     "bills": BILLS,
@@ -1212,7 +1261,7 @@ def _parent(upstream_id: str) -> str:
 
 OBJECT_SOURCES: dict[str, ObjectSource] = {
     "user": ObjectSource((USERS,), lambda membership: membership.split("@", 1)[0]),
-    "bank_account": ObjectSource((BANK_ACCOUNTS,)),
+    "bank_account": ObjectSource((BANK_ACCOUNTS, INSTANT_WALLETS)),
     "approval_rule": ObjectSource((APPROVAL_POLICIES, BANK_ACCOUNTS), _parent),
     "vendor": ObjectSource((VENDORS,)),
     "customer": ObjectSource((CUSTOMERS,)),
