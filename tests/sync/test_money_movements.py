@@ -124,3 +124,39 @@ async def test_the_instant_wallets_are_mirrored_and_instant_payments_are_booked_
         debit["amount"]["amount"]
     )
     assert wallet["id"] == before["id"]  # one wallet, the same from sync to sync
+
+
+async def test_a_payment_first_seen_failed_or_recalled_keeps_its_debit_and_a_recall_its_credit(
+    ctx: JobContext, make_connection: Callable[..., str]
+) -> None:
+    # Only payments in a "debited" status had transactions: one first seen Failed or Recalled had
+    # none, though the portal gives its debitedDate (its money left the account that day).
+    connection_id = make_connection()
+    engine = SyncEngine(ctx)
+    assert (await engine.sync_connection(connection_id)).ok
+    with ctx.sessions() as session:
+        ended = dict(
+            session.execute(
+                select(models.Payment.upstream_id, models.Payment.upstream_status_raw).where(
+                    models.Payment.upstream_status_raw.in_(["Failed", "Recalled"])
+                )
+            ).all()
+        )
+    assert set(ended.values()) == {"Failed", "Recalled"}, "the seed has failed and recalled payments"
+    transactions = _documents(ctx, models.Transaction)
+    accounts = {a["id"]: a for a in _documents(ctx, models.BankAccount).values()}
+    # (A payment the bank refused at its debit moment, for want of funds, was never debited.)
+    assert any(f"{u}:debit" in transactions for u, status_raw in ended.items() if status_raw == "Failed")
+    for upstream_id, status_raw in ended.items():
+        debit = transactions.get(f"{upstream_id}:debit")
+        if debit is None and status_raw == "Failed":
+            continue
+        assert debit is not None, upstream_id
+        assert accounts[debit["bank_account_id"]]["kind"] == "bank"
+        credit = transactions.get(f"{upstream_id}:recall")
+        if status_raw == "Failed":
+            assert credit is None  # the portal shows no money back for a failed payment
+            continue
+        assert credit is not None and credit["kind"] == "credit" and credit["amount"] == debit["amount"]
+        assert accounts[credit["bank_account_id"]]["kind"] == "instant_wallet"
+        assert credit["occurred_on"] >= debit["occurred_on"]

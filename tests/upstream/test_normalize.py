@@ -153,7 +153,7 @@ def test_every_feed_normalizes_into_the_schemas(make_session: SessionFactory) ->
     assert {r.kind for r in rules} == {"signing_authority", "threshold"}  # type: ignore[attr-defined]
     assert {s.provider for s in validated["sync_mapping"]} >= {"quickbooks", "xero"}  # type: ignore[attr-defined]
     kinds = {t.kind for t in validated["transaction"]}  # type: ignore[attr-defined]
-    assert kinds == {"debit", "fee"}
+    assert kinds == {"debit", "fee", "credit"}  # a recalled payment's money back in the wallet
 
 
 def test_payable_payment_references_and_derived_records(make_session: SessionFactory) -> None:

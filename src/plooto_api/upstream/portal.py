@@ -336,7 +336,10 @@ FAILURE_REASON_TEXT = {
     "IncorrectAccountHolderName": "Incorrect account holder name", "AccountClosed": "Account closed",
     "PaymentStopped": "Payment stopped",
 }  # fmt: skip
-PAYMENT_DEBITED_STATUSES = {"FundsDebited", "Clearing", "Exchanging", "Processing", "Completed", "Returned"}
+# A recalled payment (an unclaimed e-mail transfer) lands back in the Plooto Instant wallet of its
+# source currency (domain §3.1, 2.9). A failed or returned one leaves its debit as it is: the portal
+# shows no money coming back for it.
+PAYMENT_RECALLED = "Recalled"
 # A cross-currency payment's money is exchanged when it enters Exchanging (after its debit); these
 # statuses come at or after it (a wire is returned on the day it would have completed).
 PAYMENT_EXCHANGED_STATUSES = {"Exchanging", "Processing", "Completed", "Returned"}
@@ -963,14 +966,15 @@ def normalize_payment(raw: dict[str, Any], ctx: Context) -> list[UpstreamRecord]
     ]
     # Its transactions and FX conversion have no portal status of their own (status_raw None): the
     # payment's would rewrite them, with an event each, at every step of the payment.
-    # A payment held after its debit keeps it: its money left the account all the same.
-    debited = raw.get("debitedDate") if status_raw in PAYMENT_DEBITED_STATUSES | {PAYMENT_ON_HOLD} else None
+    # The money left the account on debitedDate, whatever the payment did next (held, failed,
+    # returned, recalled) and whenever the gateway first looked: the debit stays.
+    debited = raw.get("debitedDate")
     if fx_id is not None:
         quoted_at = parse_timestamp(raw[CREATED])
         exchanged_at = _exchanged_at(raw, history, quoted_at)
         if exchanged_at is not None:
             fx_status = "executed"  # and stays so: a payment failed after its exchange was exchanged
-        elif status_raw in {"ApprovalRequired", "Pending", PAYMENT_ON_HOLD} or debited:
+        elif status_raw in {"ApprovalRequired", "Pending", PAYMENT_ON_HOLD, "FundsDebited"}:
             fx_status = "quoted"
         else:
             fx_status = "expired"
@@ -1012,6 +1016,17 @@ def normalize_payment(raw: dict[str, Any], ctx: Context) -> list[UpstreamRecord]
                 "counterparty": None,
             }
             records.append(ctx.record("transaction", f"{payment_id}:fee", fee_fields, path=path, **stamps))
+        if status_raw == PAYMENT_RECALLED:
+            recalled = next((h["occurred_at"] for h in history if h["status_raw"] == PAYMENT_RECALLED), None)
+            recalled = recalled or parse_timestamp(raw[LAST_MODIFIED])
+            credit = {
+                **debit,
+                "bank_account_id": ref("bank_account", instant_wallet_id(ctx.company_id, source)),
+                "kind": "credit",
+                "occurred_on": recalled.astimezone(ZoneInfo(BUSINESS_TIME_ZONE)).date() if recalled else None,
+                "description": f"Recalled payment to {raw.get('payeeName') or 'payee'}",
+            }
+            records.append(ctx.record("transaction", f"{payment_id}:recall", credit, path=path, **stamps))
     records.extend(_sync_mappings(raw, ctx, "payment", payment_id))
     return records
 
