@@ -114,7 +114,7 @@ async def test_the_instant_wallets_are_mirrored_and_instant_payments_are_booked_
     paid = created.json()["changed"][0]
     control.post("/mutate", json={"action": "approvePayment", "paymentId": paid, "userEmail": CLERK})
     control.post("/clock", json={"advance_days": 1}).raise_for_status()
-    assert (await engine.sync_connection(connection_id, cadence="fast")).ok
+    assert (await engine.sync_connection(connection_id)).ok  # the balances are read with the accounts
     debit = _documents(ctx, models.Transaction)[f"{paid}:debit"]
     accounts = {a["id"]: a for a in _documents(ctx, models.BankAccount).values()}
     wallet = accounts[debit["bank_account_id"]]
