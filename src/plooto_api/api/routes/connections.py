@@ -31,6 +31,7 @@ from plooto_api.services.connections import (
     WritesInFlight,
     check_no_writes_in_flight,
     clear_drift,
+    login_blocked_reason,
     remove_connection,
 )
 from plooto_api.services.sessions import (
@@ -370,8 +371,48 @@ async def clear_connection_drift(request: Request, connection_id: str, principal
     return result
 
 
-def _sync_now(request: Request, connection_id: str) -> None:
-    """Queue a sync of the connection, when this process runs jobs."""
+class SyncRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    cadence: Literal["all", "fast", "slow"] = Field(
+        "all", description="all feeds; fast: bills, payments, approvals, invoices; slow: the reference data."
+    )
+
+
+@router.post(
+    "/connections/{connection_id}/sync",
+    response_model=schemas.Connection,
+    status_code=202,
+    summary="Sync the connection now, besides its schedule",
+    responses={409: {"description": "`connection_requires_action`: the login waits for a person (MFA, a new "
+                                    "password, the portal's terms) or is locked: a sync could not sign in."},
+               503: {"description": "`no_worker`: this gateway process runs no jobs."}},
+)  # fmt: skip
+async def sync_connection_now(
+    request: Request, connection_id: str, principal: Principal = _write, body: SyncRequest | None = None
+) -> Any:
+    """Queues a sync of the connection's feeds at once (as after a change made in the portal),
+    beside its schedule; one already running for it finishes first. Answers 202 with the connection:
+    its `last_synced_at` moves, and its events come, when the sync is done."""
+    ctx = request.app.state.ctx
+    with ctx.sessions() as session:
+        row = _visible(session, principal, connection_id)
+        blocked = login_blocked_reason(row)
+        result = mapping.connection_to_schema(row)
+    if blocked is not None:
+        raise ApiError(409, "connection_requires_action", f"the portal login needs attention: {blocked}")
+    if not _sync_now(request, connection_id, (body or SyncRequest()).cadence):
+        raise ApiError(
+            503, "no_worker", "this gateway process runs no jobs; its workers sync on their schedule"
+        )
+    return JSONResponse(result.model_dump(mode="json"), status_code=202)
+
+
+def _sync_now(request: Request, connection_id: str, cadence: str = "all") -> bool:
+    """Queue a sync of the connection, when this process runs jobs; whether it does."""
     jobs = getattr(request.app.state, "jobs", None)
-    if jobs is not None and request.app.state.run_jobs:
-        jobs.enqueue("sync.connection", {"connection_id": connection_id}, key=connection_key(connection_id))
+    if jobs is None or not request.app.state.run_jobs:
+        return False
+    args = {"connection_id": connection_id, **({"cadence": cadence} if cadence != "all" else {})}
+    jobs.enqueue("sync.connection", args, key=connection_key(connection_id))
+    return True

@@ -1,0 +1,43 @@
+"""`POST /connections/{id}/sync`: a sync on demand, besides the schedule (DESIGN §6)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from plooto_api.services.connections import change_state
+from plooto_api.store import models
+
+from .conftest import Gateway
+
+
+def test_a_sync_on_demand_brings_in_what_changed_in_the_portal(make_gateway: Callable[..., Gateway]) -> None:
+    # Only the CLI could sync on demand, in a process of its own; an integrator had to wait for the schedule.
+    gateway = make_gateway(
+        run_jobs=True, sync_fast_interval_seconds=3600.0, sync_slow_interval_seconds=3600.0
+    )
+    first = gateway.wait_synced_after(None)  # the run at start
+    [made] = gateway.control.post("/mutate", json={"action": "createBills", "count": 1}).json()["changed"]
+    path = f"/connections/{gateway.connection_id}/sync"
+    queued = gateway.post(path, {"cadence": "fast"})
+    assert queued.status_code == 202, queued.text
+    assert queued.json()["id"] == gateway.connection_id
+    gateway.wait_synced_after(first["last_synced_at"])
+    with gateway.sessions()() as session:
+        assert session.query(models.Bill).filter(models.Bill.upstream_id == made).count() == 1
+    refused = gateway.post(path, {"cadence": "sometimes"})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "cadence"
+    assert gateway.post("/connections/conn_nope/sync").status_code == 404
+
+
+def test_a_login_waiting_for_a_person_is_not_synced(gateway: Gateway) -> None:
+    with gateway.sessions().begin() as session:
+        connection = session.get(models.Connection, gateway.connection_id)
+        assert connection is not None
+        change_state(session, connection, "requires_action", reason="mfa")
+    refused = gateway.post(f"/connections/{gateway.connection_id}/sync")
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "connection_requires_action"
+
+
+def test_a_process_that_runs_no_jobs_says_so(gateway: Gateway) -> None:
+    refused = gateway.post(f"/connections/{gateway.connection_id}/sync")
+    assert refused.status_code == 503 and refused.json()["error"]["code"] == "no_worker"
