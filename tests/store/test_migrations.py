@@ -104,13 +104,28 @@ def test_bills_stored_before_0009_get_their_scheduled_amount_and_reference() -> 
     spec.loader.exec_module(migration)
     money = {"amount_paid": "0.00", "amount_due": "48.82", "total": "2048.82"}
     bill = {"id": "bill_1", **{k: {"amount": v, "currency": "CAD"} for k, v in money.items()}, "memo": None}
-    filled = migration._filled({**bill, "memo": "Flour order [ref papi-op_01m98]"})
+    filled = migration._filled_bill({**bill, "memo": "Flour order [ref papi-op_01m98]"})
     assert filled["amount_scheduled"] == {"amount": "2000.00", "currency": "CAD"}
     assert list(filled).index("amount_scheduled") == list(filled).index("amount_due") - 1
     assert (filled["memo"], filled["reference"]) == ("Flour order", "papi-op_01m98")
-    assert (migration._filled({**bill, "memo": "[ref papi-op_2]"})["memo"], "papi-op_2") == (
+    assert (migration._filled_bill({**bill, "memo": "[ref papi-op_2]"})["memo"], "papi-op_2") == (
         None,
         "papi-op_2",
     )
-    untouched = migration._filled({**bill, "memo": "see [ref 42]"})
+    untouched = migration._filled_bill({**bill, "memo": "see [ref 42]"})
     assert (untouched["memo"], untouched["reference"]) == ("see [ref 42]", None)
+    invoice = migration._filled_invoice({"id": "inv_1", "sent_at": None, "memo": "Retainer [ref papi-op_3]",
+                                         "reference": None, "recurring_invoice_id": None})  # fmt: skip
+    assert list(invoice) == [
+        "id",
+        "sent_at",
+        "scheduled_send_date",
+        "memo",
+        "reference",
+        "recurring_invoice_id",
+    ]
+    assert (invoice["memo"], invoice["reference"], invoice["scheduled_send_date"]) == (
+        "Retainer",
+        "papi-op_3",
+        None,
+    )

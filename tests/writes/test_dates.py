@@ -123,3 +123,17 @@ def test_invoice_dates_out_of_the_portals_reach(gateway: Gateway, extra: dict[st
         **dated(extra),
     }
     _refused(gateway, "/create_invoice", param, json=body)
+
+
+def test_a_draft_scheduled_to_be_sent_says_when(gateway: Gateway) -> None:
+    # The day was sent to the portal and not read back: the invoice looked like any draft.
+    day = _portal_today(gateway) + timedelta(days=3)
+    with gateway.sessions()() as session:
+        customer = session.scalars(select(models.Customer.id).order_by(models.Customer.id)).first()
+    body = {"customer_id": customer, "lines": [{"description": "Retainer", "amount": "10.00"}],
+            "send": "scheduled", "scheduled_send_date": day.isoformat()}  # fmt: skip
+    response = gateway.post("/create_invoice", body, key="scheduled-send")
+    assert response.status_code == 201, response.text
+    invoice = response.json()
+    assert invoice["status"] == "draft" and invoice["scheduled_send_date"] == day.isoformat()
+    assert gateway.get(f"/invoices/{invoice['id']}").json()["scheduled_send_date"] == day.isoformat()

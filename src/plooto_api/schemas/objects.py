@@ -312,6 +312,9 @@ class Invoice(PortalObject):
     amount_due: Money
     status: InvoiceStatus
     sent_at: datetime | None = None
+    scheduled_send_date: date | None = Field(
+        default=None, description="For a draft the portal will send by itself: the business day it will."
+    )
     viewed_at: datetime | None = None
     recurring_invoice_id: str | None = None
     reminder_schedule: list[int] = Field(

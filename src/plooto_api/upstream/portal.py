@@ -1127,6 +1127,7 @@ def normalize_invoice(raw: dict[str, Any], ctx: Context) -> list[UpstreamRecord]
         "amount_due": money(raw["balanceDue"], currency),
         "status": _mapped(INVOICE_STATUS, raw["status"], "invoice", "status"),
         "sent_at": parse_timestamp(raw.get("sentDate")),
+        "scheduled_send_date": parse_date(raw.get("scheduledSendDate")),
         "viewed_at": parse_timestamp(raw.get("viewedDate")),
         "recurring_invoice_id": ref("recurring_invoice", raw.get("recurringInvoiceId")),
         "reminder_schedule": reminder_offsets(raw["reminderSchedule"]),

@@ -316,6 +316,7 @@ class Invoice(CompanyOwnedMixin, Base):
     # draft · sent · viewed · partially_paid · paid · overdue · void
     status: Mapped[str] = mapped_column(String(32))
     sent_at: Mapped[datetime | None]
+    scheduled_send_date: Mapped[date | None]
     viewed_at: Mapped[datetime | None]
     recurring_invoice_id: Mapped[str | None] = mapped_column(String(40))
     reminder_schedule: Mapped[list[Any]] = mapped_column(default=list)  # days relative to due date
