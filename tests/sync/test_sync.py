@@ -78,6 +78,9 @@ async def test_initial_sync_mirrors_every_object_type(
     # The reminders an invoice had before the gateway looked are history: they made an
     # `invoice.updated` of every such invoice, the portal having changed nothing.
     assert events["invoice.updated"] == 0
+    # Nor is a recurring plan's naming the invoices it made, which come in a later feed: a plan was
+    # announced as created, then updated with the invoices it had all along.
+    assert events["recurring_invoice.created"] > 0 and events["recurring_invoice.updated"] == 0
     _assert_documents_match_columns(ctx)
     _assert_plans_name_their_invoices(ctx)
     with ctx.sessions() as session:

@@ -221,10 +221,15 @@ class _Deferred:
 
     later: frozenset[str] = frozenset()
     records: dict[str, list[UpstreamRecord]] = field(default_factory=dict)
+    first_pulls: set[str] = field(default_factory=set)  # feeds whose held records are their first pull's
 
-    def hold(self, feed: str, records: list[UpstreamRecord], waiting: set[tuple[str, str]]) -> None:
+    def hold(
+        self, feed: str, records: list[UpstreamRecord], waiting: set[tuple[str, str]], *, first_pull: bool
+    ) -> None:
         held = self.records.setdefault(feed, [])
         held += [r for r in records if any(ref in waiting for ref in _refs(r))]
+        if first_pull:
+            self.first_pulls.add(feed)
 
 
 def _refs(record: UpstreamRecord) -> set[tuple[str, str]]:
@@ -418,19 +423,27 @@ class SyncEngine:
     ) -> ApplyCounts:
         """Apply again the records whose references waited for a later feed, and take the `relist`
         mark off their feeds; when some are still missing (that feed failed), leave it for a relist."""
-        latest = {(r.object_type, r.upstream_id): r for held in deferred.records.values() for r in held}
-        with transaction(self.ctx.sessions) as session:
-            try:
-                counts = apply_records(session, connection_id, company_ids(session, connection_id),
-                                       list(latest.values()), utcnow(), absent=set())  # fmt: skip
-            except MissingReferences:  # raised before anything is written
-                return ApplyCounts()
-            for feed_name in deferred.records:
-                cursor = _cursor(session, connection_id, company_upstream_id, feed_name)
-                if cursor.page_state and not cursor.page_state.get("in_progress"):
-                    cursor.page_state = {
-                        key: value for key, value in cursor.page_state.items() if key != "relist"
-                    }
+        # A first pull's records are completed quietly (history); later pulls' are news.
+        batches: dict[bool, dict[tuple[str, str], UpstreamRecord]] = {True: {}, False: {}}
+        for feed_name, held in deferred.records.items():
+            batch = batches[feed_name in deferred.first_pulls]
+            batch.update({(r.object_type, r.upstream_id): r for r in held})
+        counts = ApplyCounts()
+        try:
+            with transaction(self.ctx.sessions) as session:  # all or nothing
+                for completing, batch in batches.items():
+                    if batch:
+                        counts.add(apply_records(session, connection_id, company_ids(session, connection_id),
+                                                 list(batch.values()), utcnow(), absent=set(),
+                                                 completing=completing))  # fmt: skip
+                for feed_name in deferred.records:
+                    cursor = _cursor(session, connection_id, company_upstream_id, feed_name)
+                    if cursor.page_state and not cursor.page_state.get("in_progress"):
+                        cursor.page_state = {
+                            key: value for key, value in cursor.page_state.items() if key != "relist"
+                        }
+        except MissingReferences:  # rolled back: the feeds keep their mark and are listed whole again
+            return ApplyCounts()
         return counts
 
     def _to_relist(self, connection_id: str, company_upstream_id: str) -> list[Feed]:
@@ -739,7 +752,10 @@ class SyncEngine:
             waiting = {ref for ref in missing if ref[0] in deferred.later}
             if waiting:
                 state["relist"] = True
-                deferred.hold(feed.name, held, waiting)
+                with self.ctx.sessions() as session:  # held before the page is written: is it the first pull?
+                    cursor = _cursor(session, connection_id, company_upstream_id, feed.name)
+                    first_pull = cursor.full_sync_completed_at is None
+                deferred.hold(feed.name, held, waiting, first_pull=first_pull)
             return waiting
 
         def write(page: list[UpstreamRecord], absent: set[tuple[str, str]] | None) -> Awaitable[ApplyCounts]:

@@ -292,6 +292,7 @@ def apply_records(
     *,
     first_pull: bool = False,
     absent: AbstractSet[tuple[str, str]] | None = None,
+    completing: bool = False,
 ) -> ApplyCounts:
     """Upsert `records` (mirrored objects of any type) and stage their events in `session`.
 
@@ -302,6 +303,9 @@ def apply_records(
     `absent`: None leaves a reference to an object the store lacks empty. A set (of (type, portal
     id) known not to exist) makes any other such reference raise MissingReferences before anything
     is written, so the caller can read those objects and apply them with the records.
+    `completing`: the records complete objects a feed's first pull wrote in this run with references
+    to objects of a later feed left empty: filling them in is history too, with no event (a first
+    sync announced each recurring plan as created, then updated with the invoices it had all along).
     """
     counts = ApplyCounts()
     session.flush()  # the lookups below go to the database directly: let them see what the caller staged
@@ -343,7 +347,7 @@ def apply_records(
         if missing:
             raise MissingReferences(missing)
     page = _Page(connection_id, company_ids, existing, ref_fields, ids, now, counts,
-                 EventBatch(session, created_at=now), first_pull)  # fmt: skip
+                 EventBatch(session, created_at=now), first_pull, completing)  # fmt: skip
 
     # Companies first, then each type in the order it came (feeds are in dependency order). One
     # flush per type: the unit of work orders inserts by relationship(), not by bare foreign keys.
@@ -378,6 +382,7 @@ class _Page:
     counts: ApplyCounts
     events: EventBatch
     first_pull: bool
+    completing: bool = False
 
 
 @dataclass
@@ -485,6 +490,8 @@ def _update(
     document = json_dumps(payload)
     mapping.apply_to_row(mapping.row_values(new, connection_id=page.connection_id, document=document), row)
     page.counts.updated += 1
+    if page.completing:
+        return
     event_types = _events_for_change(spec.object_type, old_payload, payload)
     _stage_events(page, spec.object_type, event_types, document, new.company_id, new.id)
 
