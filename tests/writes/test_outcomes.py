@@ -172,3 +172,34 @@ def test_a_write_on_a_login_waiting_for_a_new_password_is_refused_before_anythin
         change_state(session, connection, "healthy", detail={"credentials_replaced": True})
     paid = gateway.post("/create_payment", {"bill_id": bill.id}, key="waiting-1")  # the key was kept free
     assert paid.status_code == 201, paid.text
+
+
+def test_an_invoice_s_options_that_contradict_each_other_are_refused(gateway: Gateway) -> None:
+    # Each was carried out: a plan ending before its first invoice, a send date dropped from an
+    # invoice sent at once, the due-day reminder sent twice; and a remind's body ignored.
+    customer = gateway.get("/customers?limit=1").json()["data"][0]
+    base = {"customer_id": customer["id"], "lines": [{"description": "Service", "amount": "10.00"}],
+            "issue_date": "2026-03-18"}  # fmt: skip
+    cases = [
+        ({"recurring": {"frequency": "weekly", "end_date": "2026-01-01"}}, "recurring.end_date"),
+        ({"send": "now", "scheduled_send_date": "2026-03-25"}, "scheduled_send_date"),
+        ({"reminders": {"days_before_due": [0], "days_after_due": [0]}}, "reminders.days_after_due"),
+        ({"reminders": {"days_after_due": [3, 3]}}, "reminders.days_after_due"),
+    ]
+    with gateway.sessions()() as session:
+        operations_before = session.scalar(select(func.count()).select_from(models.Operation))
+    for extra, param in cases:
+        refused = gateway.post("/create_invoice", {**base, **extra}, key=f"contradicts-{param}")
+        assert refused.status_code == 400, (param, refused.text)
+        assert refused.json()["error"]["param"] == param, refused.text
+    invoice = next(i for i in gateway.get("/invoices?status=sent&limit=1").json()["data"])
+    for body in ({"foo": 1}, "not json"):
+        sent = gateway.client.post(f"/invoices/{invoice['id']}/remind", headers=gateway.headers,
+                                   content=body if isinstance(body, str) else json.dumps(body))  # fmt: skip
+        assert sent.status_code == 400 and sent.json()["error"]["code"] == "invalid_request", sent.text
+    with gateway.sessions()() as session:
+        assert session.scalar(select(func.count()).select_from(models.Operation)) == operations_before
+    fine = gateway.post(
+        "/create_invoice", {**base, "reminders": {"days_before_due": [0], "days_after_due": [1]}}
+    )
+    assert fine.status_code == 201, fine.text

@@ -18,7 +18,15 @@ from typing import Annotated, Any, Literal, Self, get_args, get_origin
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from sqlalchemy.orm import Session
 
@@ -97,6 +105,13 @@ async def _check_dates(request: Request, body: BaseModel, connection_id: str) ->
     if refused is not None:
         name, why = refused
         raise writes.WriteRefused(400, "invalid_request", f"{name}: {why}", param=name)
+    recurring = getattr(body, "recurring", None)
+    issued = getattr(body, "issue_date", None) or today
+    if recurring is not None and recurring.end_date is not None and recurring.end_date < issued:
+        raise writes.WriteRefused(
+            400, "invalid_request", f"recurring.end_date: before the invoice's issue date, {issued.isoformat()}",
+            param="recurring.end_date",
+        )  # fmt: skip
 
 
 class Body(BaseModel):
@@ -165,6 +180,18 @@ class Reminders(Body):
         default_factory=list, max_length=10
     )
 
+    @field_validator("days_before_due", "days_after_due")
+    @classmethod
+    def _each_day_once(cls, days: list[int], info: ValidationInfo) -> list[int]:
+        # The portal makes a reminder of each entry: a day given twice (0 is the due day in both
+        # lists) sends the customer the same reminder twice.
+        earlier = info.data.get("days_before_due", []) if info.field_name == "days_after_due" else []
+        if len(set(days)) != len(days) or (0 in days and 0 in earlier):
+            raise ValueError(
+                "each day once: a day given twice (0, the due day, in both lists) sends two reminders"
+            )
+        return days
+
 
 class Recurring(Body):
     frequency: Literal["weekly", "biweekly", "monthly"]
@@ -180,9 +207,18 @@ class CreateInvoice(Body):
     lines: list[Line] = Field(min_length=1, max_length=500)
     memo: str | None = Field(None, max_length=200)
     send: Literal["now", "scheduled", "draft"] = "now"
-    scheduled_send_date: ScheduleDate | None = Field(None, description="At most 365 days ahead.")
+    scheduled_send_date: ScheduleDate | None = Field(
+        None, description="With send=scheduled only; at most 365 days ahead."
+    )
     reminders: Reminders | None = None
     recurring: Recurring | None = None
+
+    @field_validator("scheduled_send_date")
+    @classmethod
+    def _only_when_scheduled(cls, day: date | None, info: ValidationInfo) -> date | None:
+        if day is not None and info.data.get("send") != "scheduled":
+            raise ValueError("only a scheduled send (send=scheduled) takes scheduled_send_date")
+        return day
 
 
 class Decision(Body):
@@ -394,6 +430,20 @@ async def reject(
                           lambda s: writes.prepare_decision(s, principal, approval_id, "reject", comment))  # fmt: skip
 
 
+async def _no_body(request: Request) -> None:
+    """A route that takes no body refuses one, as the others refuse fields they do not take: a
+    caller's options there would otherwise be dropped without a word (and the write carried out)."""
+    raw = (await request.body()).strip()
+    if not raw:
+        return
+    try:
+        empty = json.loads(raw) == {}
+    except ValueError:
+        empty = False
+    if not empty:
+        raise ApiError(400, "invalid_request", "this route takes no body: send none, or {}")
+
+
 @router.post(
     "/payments/{payment_id}/cancel",
     response_model=schemas.Payment,
@@ -405,6 +455,7 @@ async def cancel_payment(
     payment_id: str,
     principal: Annotated[Principal, Depends(require_scope("payments:write"))],
 ) -> JSONResponse:
+    await _no_body(request)
     return await _perform(request, principal, {"id": payment_id},
                           lambda s: writes.prepare_cancel_payment(s, principal, payment_id))  # fmt: skip
 
@@ -420,5 +471,6 @@ async def remind(
     invoice_id: str,
     principal: Annotated[Principal, Depends(require_scope("invoices:write"))],
 ) -> JSONResponse:
+    await _no_body(request)
     return await _perform(request, principal, {"id": invoice_id},
                           lambda s: writes.prepare_remind(s, principal, invoice_id))  # fmt: skip
