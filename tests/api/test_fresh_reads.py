@@ -70,3 +70,19 @@ def test_a_fresh_read_of_a_slow_portal_answers_503_within_its_time(
     error = response.json()["error"]
     assert error["code"] == "upstream_unavailable" and "within 2 s" in error["message"]
     assert took < 20, took  # (it was 150 s)
+
+
+def test_a_fresh_invoice_has_its_reminders_as_the_portal_has_them(gateway: PortalGateway) -> None:
+    # Paid, its reminder came due and was cancelled in the portal; ?fresh=true served the invoice
+    # paid and the reminder still scheduled (reminders are a feed of their own, read by the next sync).
+    invoices = gateway.get("/invoices", status="sent", limit=100).json()["data"]
+    invoice = next(i for i in invoices if any(r["status"] == "scheduled" for r in i["reminders"]))
+    due = min(
+        (r for r in invoice["reminders"] if r["status"] == "scheduled"), key=lambda r: r["scheduled_for"]
+    )
+    gateway.mutate(action="customerPays", invoiceId=invoice["upstream_id"])
+    gateway.control.post("/clock", json={"set": f"{due['scheduled_for']}T23:00:00Z"}).raise_for_status()
+    fresh = gateway.get(f"/invoices/{invoice['id']}", fresh="true").json()
+    assert fresh["status"] == "paid", fresh["status"]
+    [reminder] = [r for r in fresh["reminders"] if r["upstream_id"] == due["upstream_id"]]
+    assert reminder["status"] == "cancelled", reminder

@@ -122,5 +122,9 @@ async def _refresh(ctx: JobContext, row: Any) -> None:
         with transaction(ctx.sessions) as session:
             apply_records(session, connection_id, companies, records, utcnow(), absent=absent)
 
+    records = [record]
+    if object_type == "invoice":  # its reminders are a feed of their own: read them with it
+        listed = await portal.list_reminders(company_upstream_id, row.upstream_id)
+        records += [part for raw in listed for part in portal.reminder_records(company_upstream_id, raw)]
     # With what it refers to that the store lacks (a vendor it was moved to since the last sync).
-    await write_with_references(portal, company_upstream_id, [record], write)
+    await write_with_references(portal, company_upstream_id, records, write)
