@@ -1339,7 +1339,6 @@ class WriteLimits:
     quantity_digits: int = 12
     account_code_length: int = 32
     number_length: int = 64  # a bill's or invoice's number
-    memo_length: int = 255
     reminder_days_before: int = 60  # an invoice reminder at most this many days before its due date
     reminder_days_after: int = 120  # or after it
 
