@@ -13,8 +13,9 @@ from pydantic import BaseModel, Field
 
 # Routes that take no token.
 PUBLIC = {"/health", "/metrics", "/authenticate", "/authenticate/mfa"}
-# Routes that send a write to the portal: they take an Idempotency-Key.
-IDEMPOTENT = ("/create_", "/approve", "/reject", "/cancel", "/remind")
+# The tag of the routes that send a write to the portal (routes/writes.py): they take an
+# Idempotency-Key, and may find the portal unreachable.
+WRITES_TAG = "writes"
 
 _ERROR_REF = {"$ref": "#/components/schemas/Error"}
 
@@ -45,21 +46,22 @@ IDEMPOTENCY_HEADER = {
 }
 
 
-def _common_errors(path: str, method: str, operation: dict[str, Any]) -> dict[str, str]:
-    """The error answers a route gives besides its own: status -> description."""
+def _common_errors(path: str, method: str, operation: dict[str, Any], write: bool) -> dict[str, str]:
+    """The error answers a route gives besides its own (`write`: one of the writes): status ->
+    description."""
     found = {"400": "`invalid_request` (a parameter, a body or a cursor that is not valid)."}
     if path not in PUBLIC:
         found["401"] = "`missing_token` or `invalid_token`."
         found["403"] = "`insufficient_scope`: the token lacks the scope this route needs."
     if "{" in path:
         found["404"] = "`not_found`: no such object for this token (another tenant's does not exist)."
-    elif any(marker in path for marker in IDEMPOTENT):
+    elif write:
         found["404"] = (
             "`not_found`: an object the body names (a bill, vendor, customer) does not exist for this token."
         )
     if method in ("post", "patch", "put") and operation.get("requestBody"):
         found["413"] = "`payload_too_large`: the body is over the gateway's limit."
-    if any(marker in path for marker in IDEMPOTENT):
+    if write:
         found["503"] = (
             "The portal could not be reached, or answered with a failure; the write may be retried."
         )
@@ -84,12 +86,13 @@ def _complete(schema: dict[str, Any], models: tuple[type[BaseModel], ...]) -> di
             default_422 = responses.get("422", {}).get("description") == "Validation Error"
             if default_422:  # FastAPI's own: the gateway answers a body it cannot read with 400
                 del responses["422"]
-            for status, description in _common_errors(path, method, operation).items():
+            write = WRITES_TAG in operation.get("tags", ())
+            for status, description in _common_errors(path, method, operation, write).items():
                 responses.setdefault(status, {"description": description})
             for status, response in responses.items():
                 if status[0] in "45":
                     response["content"] = {"application/json": {"schema": _ERROR_REF}}
-            if method == "post" and any(marker in path for marker in IDEMPOTENT):
+            if write:
                 parameters = operation.setdefault("parameters", [])
                 if not any(p.get("name") == "Idempotency-Key" for p in parameters):
                     parameters.append(IDEMPOTENCY_HEADER)
