@@ -180,10 +180,10 @@ RESOURCES_BY_PATH = {r.path: r for r in RESOURCES}
 OTHER_EVENT_SCOPES = {"connection": "connections:read", "webhook_endpoint": "webhooks:read"}
 
 
-def event_object_types(scopes: Collection[str]) -> frozenset[str] | None:
-    """The object types whose events a token with `scopes` may read, or None for every type. An
-    event carries its object whole: a token that may not read customers reads none in `customer.*`
-    events, at `GET /events` or at the webhook endpoints it made."""
+def readable_object_types(scopes: Collection[str]) -> frozenset[str] | None:
+    """The object types a token with `scopes` may read, or None for every type. Wherever an object is
+    shown whole (its events at `GET /events` and at the webhook endpoints the token made, an
+    approval's bill or payment), it is shown only to a token that may read its type."""
     if "*" in scopes:
         return None
     types = {resource.object_type for resource in RESOURCES if resource.scope in scopes}
@@ -297,8 +297,8 @@ __all__ = [
     "Filter",
     "Resource",
     "conditions",
-    "event_object_types",
     "get_document",
     "list_documents",
     "models",
+    "readable_object_types",
 ]

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from plooto_api.services.objects import event_object_types
+from plooto_api.services.objects import readable_object_types
 from plooto_api.store.base import new_id, utcnow
 from plooto_api.store.models import ApiToken, WebhookEndpoint
 
@@ -77,7 +77,7 @@ def _target(
     prefixes = tuple(t[:-1] for t in event_types or [] if t.endswith(".*"))
     companies = None if company_ids is None else frozenset(company_ids)
     # An endpoint of no token (made by the CLI, an operator's) hears every type.
-    object_types = None if owner_scopes is None else event_object_types(owner_scopes)
+    object_types = None if owner_scopes is None else readable_object_types(owner_scopes)
     return Target(endpoint_id, exact, prefixes, companies, connection_ids, object_types)
 
 

@@ -11,12 +11,11 @@ from plooto_api.api.errors import ApiError
 from plooto_api.schemas import ApprovalStep, Bill, Money, Payment
 from plooto_api.schemas.objects import ApprovalStatus
 from plooto_api.services import approvals
+from plooto_api.services.objects import readable_object_types
 from plooto_api.services.tokens import Principal
 from plooto_api.store.pagination import DEFAULT_LIMIT, MAX_LIMIT, InvalidCursor, PageRequest
 
 router = APIRouter(tags=["approvals"])
-# An approval shows the bill or payment it is about to a token that may read it.
-_OBJECT_SCOPES = {"bill": "bills:read", "payment": "payments:read"}
 
 
 class ApprovalItem(BaseModel):
@@ -67,7 +66,9 @@ def list_approvals(
 ) -> Any:
     try:
         with request.app.state.sessions() as session:
-            readable = {kind for kind, scope in _OBJECT_SCOPES.items() if principal.allows(scope)}
+            # An approval shows the bill or payment it is about to a token that may read it.
+            types = readable_object_types(principal.scopes)
+            readable = {"bill", "payment"} if types is None else types & {"bill", "payment"}
             page = approvals.list_approvals(session, principal.access, PageRequest(limit, cursor),
                                             kind=type, status=status, company=company, readable=readable)  # fmt: skip
     except InvalidCursor as exc:

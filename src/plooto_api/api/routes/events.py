@@ -15,7 +15,7 @@ from plooto_api.api.errors import ApiError
 from plooto_api.api.lists import list_body, within
 from plooto_api.services import webhooks as webhook_service
 from plooto_api.services.events import readable_events
-from plooto_api.services.objects import event_object_types
+from plooto_api.services.objects import readable_object_types
 from plooto_api.services.tokens import Principal
 from plooto_api.store.database import transaction
 from plooto_api.store.models import Event, WebhookEndpoint
@@ -91,7 +91,7 @@ def list_events(
 
 def _visible_events(principal: Principal) -> Any:
     """The events `principal` may read: within its connections and companies (readable_events), and
-    of the object types its scopes read (event_object_types). A limited token's own endpoints are of
+    of the object types its scopes read (readable_object_types). A limited token's own endpoints are of
     no company: it reads their events (`webhook_endpoint.disabled`) as it reads the endpoints."""
     stmt = readable_events(principal.access)
     limits = stmt.whereclause  # None for a token with no connection or company limit
@@ -99,7 +99,7 @@ def _visible_events(principal: Principal) -> Any:
         owned = select(WebhookEndpoint.id).where(WebhookEndpoint.owner == principal.token_id)
         endpoint_events = and_(Event.object_type == "webhook_endpoint", Event.object_id.in_(owned))
         stmt = select(Event).where(or_(limits, endpoint_events))
-    types = event_object_types(principal.scopes)
+    types = readable_object_types(principal.scopes)
     return stmt if types is None else stmt.where(Event.object_type.in_(types))
 
 
