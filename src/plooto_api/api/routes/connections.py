@@ -47,6 +47,7 @@ from plooto_api.services.tokens import Principal
 from plooto_api.store.database import transaction
 from plooto_api.store.models import Company, Connection
 from plooto_api.store.pagination import MAX_LIMIT, PageRequest, fetch_page
+from plooto_api.sync.engine import Cadence
 from plooto_api.upstream import (
     AccountLocked,
     InvalidCredentials,
@@ -374,7 +375,7 @@ async def clear_connection_drift(request: Request, connection_id: str, principal
 class SyncRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    cadence: Literal["all", "fast", "slow"] = Field(
+    cadence: Cadence = Field(
         "all", description="all feeds; fast: bills, payments, approvals, invoices; slow: the reference data."
     )
 
@@ -408,7 +409,7 @@ async def sync_connection_now(
     return JSONResponse(result.model_dump(mode="json"), status_code=202)
 
 
-def _sync_now(request: Request, connection_id: str, cadence: str = "all") -> bool:
+def _sync_now(request: Request, connection_id: str, cadence: Cadence = "all") -> bool:
     """Queue a sync of the connection, when this process runs jobs; whether it does."""
     jobs = getattr(request.app.state, "jobs", None)
     if jobs is None or not request.app.state.run_jobs:
