@@ -319,9 +319,10 @@ def prepare_create_invoice(session: Session, principal: Principal, body: dict[st
     """An invoice for a customer: send now, schedule or keep as draft; reminders; recurring."""
     customer = _visible(session, principal, "customer", body["customer_id"], "customer_id")
     _writable_connection(session, customer.connection_id)
-    if body.get("send") == "scheduled" and not body.get("scheduled_send_date"):
-        raise WriteRefused(400, "invalid_request", "a scheduled send needs scheduled_send_date",
-                           param="scheduled_send_date")  # fmt: skip
+    scheduled = body.get("send") == "scheduled"
+    if scheduled != bool(body.get("scheduled_send_date")):  # a date dropped from an invoice sent now, or none
+        why = "a scheduled send needs" if scheduled else "only a scheduled send (send=scheduled) takes"
+        raise WriteRefused(400, "invalid_request", f"{why} scheduled_send_date", param="scheduled_send_date")
     request = {
         "company_upstream_id": _company_upstream(session, customer.company_id),
         "customer_upstream_id": customer.upstream_id,

@@ -213,13 +213,6 @@ class CreateInvoice(Body):
     reminders: Reminders | None = None
     recurring: Recurring | None = None
 
-    @field_validator("scheduled_send_date")
-    @classmethod
-    def _only_when_scheduled(cls, day: date | None, info: ValidationInfo) -> date | None:
-        if day is not None and info.data.get("send") != "scheduled":
-            raise ValueError("only a scheduled send (send=scheduled) takes scheduled_send_date")
-        return day
-
 
 class Decision(Body):
     comment: str | None = Field(None, max_length=500)
