@@ -423,18 +423,9 @@ async def reject(
                           lambda s: writes.prepare_decision(s, principal, approval_id, "reject", comment))  # fmt: skip
 
 
-async def _no_body(request: Request) -> None:
-    """A route that takes no body refuses one, as the others refuse fields they do not take: a
-    caller's options there would otherwise be dropped without a word (and the write carried out)."""
-    raw = (await request.body()).strip()
-    if not raw:
-        return
-    try:
-        empty = json.loads(raw) == {}
-    except ValueError:
-        empty = False
-    if not empty:
-        raise ApiError(400, "invalid_request", "this route takes no body: send none, or {}")
+class NoBody(Body):
+    """What a route that takes no body accepts: none, or `{}`. Anything else is refused, as the
+    other writes refuse fields they do not take, rather than dropped while the write is carried out."""
 
 
 @router.post(
@@ -447,8 +438,8 @@ async def cancel_payment(
     request: Request,
     payment_id: str,
     principal: Annotated[Principal, Depends(require_scope("payments:write"))],
+    body: NoBody | None = None,
 ) -> JSONResponse:
-    await _no_body(request)
     return await _perform(request, principal, {"id": payment_id},
                           lambda s: writes.prepare_cancel_payment(s, principal, payment_id))  # fmt: skip
 
@@ -463,7 +454,7 @@ async def remind(
     request: Request,
     invoice_id: str,
     principal: Annotated[Principal, Depends(require_scope("invoices:write"))],
+    body: NoBody | None = None,
 ) -> JSONResponse:
-    await _no_body(request)
     return await _perform(request, principal, {"id": invoice_id},
                           lambda s: writes.prepare_remind(s, principal, invoice_id))  # fmt: skip
