@@ -148,9 +148,14 @@ class MissingReferences(Exception):
         self.refs = refs
 
 
-def _events_for_change(object_type: str, old_data: dict[str, Any], new_data: dict[str, Any]) -> list[str]:
-    """The events an update causes, from the object's JSON before and after."""
+def _events_for_change(
+    object_type: str, old_data: dict[str, Any], new_data: dict[str, Any], *, news: bool = True
+) -> list[str]:
+    """The events an update causes, from the object's JSON before and after. Without `news` (a
+    feed's first pull) only `<type>.updated`: the rest describe what happened before."""
     types = [f"{object_type}.updated"]
+    if not news:
+        return types
     if object_type == "bill" and old_data["approval"] != new_data["approval"]:
         types.append("bill.approval_updated")
     if object_type == "payment":  # holds first: a payment held, then failed, reads in that order
