@@ -8,7 +8,7 @@ import io
 import json
 from collections import Counter
 from collections.abc import Callable
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 import httpx
@@ -897,6 +897,50 @@ async def test_a_sync_stopped_before_plans_are_listed_again_lists_them_on_its_ne
         )
         assert all(c.page_state["relist"] for c in marked)
     assert (await SyncEngine(ctx).sync_connection(connection_id, cadence="fast")).ok
+    _assert_plans_name_their_invoices(ctx)
+
+
+async def test_a_plan_issuing_an_invoice_between_syncs_is_updated_once_with_it(
+    ctx: JobContext, make_connection: Callable[..., str], control: httpx.Client
+) -> None:
+    connection_id = make_connection()
+    engine = SyncEngine(ctx)
+    assert (await engine.sync_connection(connection_id)).ok
+    with ctx.sessions() as session:
+        plans = {
+            plan.id: json.loads(plan.document) for plan in session.scalars(select(models.RecurringInvoice))
+        }
+    due = [p for p in plans.values() if p["status"] == "active" and p["next_issue_date"]]
+    assert due
+    issue = min(date.fromisoformat(p["next_issue_date"]) for p in due)
+    now = datetime.fromisoformat(control.get("/clock").json()["now"])
+    control.post("/clock", json={"advance_days": (issue - now.date()).days + 1}).raise_for_status()
+    # A run of every feed lists the plans before the invoices they issued: the plan's change waits
+    # for them, and is one update naming the new invoice, not one without it and one with it. Should
+    # the run stop before the invoices, the change is not lost: the next run lists the plans again.
+
+    def stop_at_invoices(company: str, feed: str, done: int, total: int | None) -> None:
+        if feed == "invoices":
+            raise SimulatedCrash("the worker died here")
+
+    with pytest.raises(SimulatedCrash):
+        await engine.sync_connection(connection_id, progress=stop_at_invoices)
+    assert _event_types(ctx)["recurring_invoice.updated"] == 0
+    assert (await engine.sync_connection(connection_id)).ok
+    with ctx.sessions() as session:
+        updates = session.execute(
+            select(models.Event.object_id, models.Event.data).where(
+                models.Event.type == "recurring_invoice.updated"
+            )
+        ).all()
+        invoice_ids = set(session.scalars(select(models.Invoice.id)))
+    by_plan = Counter(object_id for object_id, _ in updates)
+    issued = [object_id for object_id, data in updates
+              if len(data["template"]["invoice_ids"]) > len(plans[object_id]["template"]["invoice_ids"])]  # fmt: skip
+    assert issued, updates
+    assert all(by_plan[plan_id] == 1 for plan_id in issued), by_plan
+    for _, data in updates:
+        assert set(data["template"]["invoice_ids"]) <= invoice_ids
     _assert_plans_name_their_invoices(ctx)
 
 

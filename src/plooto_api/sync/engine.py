@@ -225,11 +225,13 @@ class _Deferred:
 
     def hold(
         self, feed: str, records: list[UpstreamRecord], waiting: set[tuple[str, str]], *, first_pull: bool
-    ) -> None:
-        held = self.records.setdefault(feed, [])
-        held += [r for r in records if any(ref in waiting for ref in _refs(r))]
+    ) -> list[UpstreamRecord]:
+        """Keep the records that refer to `waiting` objects until the end of the run: those records."""
+        kept = [r for r in records if any(ref in waiting for ref in _refs(r))]
+        self.records.setdefault(feed, []).extend(kept)
         if first_pull:
             self.first_pulls.add(feed)
+        return kept
 
 
 def _refs(record: UpstreamRecord) -> set[tuple[str, str]]:
@@ -744,9 +746,12 @@ class SyncEngine:
         invoices were listed.
 
         Objects of a feed this run pulls later (a recurring plan's invoices) are not read one by one:
-        their references stay empty for now, the records holding them wait in `deferred` to be applied
-        again at the end of the run, and `state` gets the `relist` mark, saved with the page, so that
-        should the run stop first, the next lists the feed whole again."""
+        the records holding them wait in `deferred` to be applied at the end of the run, and `state`
+        gets the `relist` mark, saved with the page, so that should the run stop first, the next lists
+        the feed whole again. A feed's first pull writes them now with those references empty, as
+        later feeds may refer to them, and completes them quietly at the end; a later pull writes them
+        only at the end, so their change is one update with its references, not two."""
+        later: set[tuple[str, str]] = set()  # (type, portal id) of the records left to the end of the run
 
         def wait(missing: set[tuple[str, str]], held: list[UpstreamRecord]) -> set[tuple[str, str]]:
             waiting = {ref for ref in missing if ref[0] in deferred.later}
@@ -755,10 +760,17 @@ class SyncEngine:
                 with self.ctx.sessions() as session:  # held before the page is written: is it the first pull?
                     cursor = _cursor(session, connection_id, company_upstream_id, feed.name)
                     first_pull = cursor.full_sync_completed_at is None
-                deferred.hold(feed.name, held, waiting, first_pull=first_pull)
+                kept = deferred.hold(feed.name, held, waiting, first_pull=first_pull)
+                if not first_pull:
+                    later.update((r.object_type, r.upstream_id) for r in kept)
             return waiting
 
         def write(page: list[UpstreamRecord], absent: set[tuple[str, str]] | None) -> Awaitable[ApplyCounts]:
+            if later:
+                rest = [r for r in page if (r.object_type, r.upstream_id) not in later]
+                # One the page's other records refer to is written now, as a first pull's would be.
+                if not any(ref in later for r in rest for ref in _refs(r)):
+                    page = rest
             return asyncio.to_thread(
                 self._write_page, connection_id, company_upstream_id, feed, page, state, absent
             )
