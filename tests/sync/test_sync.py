@@ -1057,6 +1057,50 @@ async def test_drift_outlasts_a_login_problem_found_after_it(
     )
 
 
+async def test_drift_outlasts_a_code_answered_after_it_and_adds_up_with_later_differences(
+    ctx: JobContext, make_connection: Callable[..., str], control: httpx.Client
+) -> None:
+    # Answering the portal's code made the connection healthy: the drift gone with no operator, and
+    # writes allowed again. And drift found again replaced what was recorded, emitting each time.
+    from plooto_api.services.connections import mark_upstream_changed, uncleared_drift
+
+    connection_id = make_connection(username=CLERK, totp_secret=None)
+    engine = SyncEngine(ctx)
+
+    async def answer_the_code() -> None:
+        code = [m for m in control.get("/outbox").json() if m["kind"] == "Sms"][-1]["code"]
+        await complete_mfa(ctx, connection_id, code, trust_device=True)
+
+    assert (await engine.sync_connection(connection_id)).state == "requires_action"
+    await answer_the_code()
+    control.post("/faults", json={"kind": "shape_change", "objectType": "bill", "fromField": "totalAmount",
+                                  "toField": "grandTotal"}).raise_for_status()  # fmt: skip
+    assert (await engine.sync_connection(connection_id)).drift
+    stopped = connection_row(ctx, connection_id).state_detail["feeds"]
+    # Another type's difference, found by a fresh read: added, the bills' kept with their feeds.
+    mark_upstream_changed(ctx.sessions, connection_id, ["vendor: missing field 'displayName'"])
+    row = connection_row(ctx, connection_id)
+    assert row.state_detail["feeds"] == stopped
+    assert any("totalAmount" in d for d in row.state_detail["differences"])
+    assert "vendor: missing field 'displayName'" in row.state_detail["differences"]
+    # The same differences found again are no news.
+    assert (await engine.sync_connection(connection_id, cadence="fast")).drift
+    assert connection_row(ctx, connection_id).state_detail == row.state_detail
+    assert _event_types(ctx)["connection.upstream_changed"] == 2
+    control.delete("/faults").raise_for_status()
+    control.post(
+        "/faults", json={"kind": "mfa_rechallenge", "pathPattern": "/api/", "count": 8}
+    ).raise_for_status()
+    waiting = await engine.sync_connection(connection_id, cadence="fast")
+    assert waiting.state == "requires_action", waiting.error
+    control.delete("/faults").raise_for_status()
+    await answer_the_code()
+    row = connection_row(ctx, connection_id)
+    assert row.state == "upstream_changed"  # not healthy: no operator cleared it
+    assert uncleared_drift(row) and "vendor: missing field 'displayName'" in row.state_detail["differences"]
+    assert (await engine.sync_connection(connection_id, cadence="fast")).state == "upstream_changed"
+
+
 async def test_session_expiry_between_syncs_is_transparent(
     ctx: JobContext, make_connection: Callable[..., str], control: httpx.Client
 ) -> None:

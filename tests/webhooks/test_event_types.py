@@ -45,7 +45,8 @@ async def test_every_event_a_sync_and_a_connection_lifecycle_emit_is_listed(
         connection = session.get(models.Connection, connection_id)
         assert connection is not None
         for state in [*get_args(ConnectionState), "healthy", "requires_action", "healthy"]:
-            change_state(session, connection, state)
+            # Healthy after upstream_changed only as an operator clearing the drift makes it.
+            change_state(session, connection, state, clearing=state == "healthy")
         remove_connection(session, ctx.vault, connection, actor="test")
     with ctx.sessions() as session:
         emitted = set(session.scalars(select(models.Event.type).distinct()))

@@ -40,6 +40,9 @@ log = get_logger(__name__)
 
 PROBLEM_STATES = frozenset({"requires_action", "locked", "upstream_unavailable", "upstream_changed"})
 NEEDS_A_PERSON = frozenset({"requires_action", "locked", "upstream_changed"})  # not the portal's outage
+# What an upstream_changed connection's detail keeps: differences found, and the feeds they stopped.
+MAX_DIFFERENCES = 50
+MAX_DRIFTED_FEEDS = 20
 
 
 class ConnectionNotFound(LookupError):
@@ -146,6 +149,31 @@ def update_credentials(
     vault.seal(session, connection.id, "credentials", secret)
 
 
+def _keeping_drift(
+    connection: Connection, state: str, reason: str | None, detail: dict[str, Any] | None
+) -> tuple[str, str | None, dict[str, Any] | None]:
+    """`state` as change_state records it when the connection holds uncleared differences."""
+    drift = uncleared_drift(connection)
+    if drift is None:
+        return state, reason, detail
+    if state == "healthy":
+        state, reason, detail = "upstream_changed", None, None
+    if state != "upstream_changed":
+        return state, reason, {**(detail or {}), "drift": drift}
+    before = (connection.state_detail or {}) if connection.state == "upstream_changed" else {}
+    detail = dict(detail or {})
+    detail["differences"] = _union(drift, detail.get("differences") or [])[:MAX_DIFFERENCES]
+    feeds = _union(before.get("feeds") or [], detail.get("feeds") or [])
+    if feeds:
+        detail["feeds"] = sorted(feeds)[:MAX_DRIFTED_FEEDS]
+    return state, reason, detail
+
+
+def _union(first: list[str], then: list[str]) -> list[str]:
+    """The items of both lists, each once, in order of appearance."""
+    return list(dict.fromkeys([*first, *then]))
+
+
 def change_state(
     session: Session,
     connection: Connection,
@@ -153,14 +181,22 @@ def change_state(
     *,
     reason: str | None = None,
     detail: dict[str, Any] | None = None,
+    clearing: bool = False,
 ) -> bool:
     """Move a connection to `state`, recording the change and its event. False if nothing changed.
 
     Compared with the state as committed now, the row held until this transaction ends (PostgreSQL;
     SQLite's writers are one at a time): two processes ending one sync together record its change
-    once, not once each."""
+    once, not once each.
+
+    Portal differences an operator has not cleared outlast any other change (see uncleared_drift):
+    a login problem found since carries them in its detail (`drift`); the connection found healthy
+    again is `upstream_changed` still; differences found again are added to those recorded, and the
+    same ones found again are no news. Only clear_drift passes `clearing`."""
     if session.get_bind().dialect.name == "postgresql":
         session.refresh(connection, ["state", "state_reason", "state_detail"], with_for_update=True)
+    if not clearing:
+        state, reason, detail = _keeping_drift(connection, state, reason, detail)
     if connection.state == state and connection.state_reason == reason and connection.state_detail == detail:
         return False
     if connection.state == state == "healthy":
@@ -301,9 +337,6 @@ def record_login_failure(session: Session, connection: Connection, exc: Authenti
     if found is None:
         return False
     state, reason, detail = found
-    drift = uncleared_drift(connection)
-    if drift is not None:
-        detail = {**(detail or {}), "drift": drift}
     if state == "locked" and password_refused(connection):
         # A person's guesses (POST /authenticate) locked a login whose stored password the portal
         # had refused: once the lock ends, that password is still not to be tried.
@@ -344,7 +377,9 @@ def mark_upstream_changed(
     with transaction(sessions) as session:
         connection = session.get(Connection, connection_id)
         if connection is not None:
-            change_state(session, connection, "upstream_changed", detail={"differences": differences[:10]})
+            change_state(
+                session, connection, "upstream_changed", detail={"differences": differences[:MAX_DIFFERENCES]}
+            )
 
 
 def clear_drift(
@@ -359,15 +394,20 @@ def clear_drift(
     if differences is None:
         raise NotUpstreamChanged(f"{connection.id} is {connection.state}, not upstream_changed")
     if connection.state == "upstream_changed":
-        change_state(session, connection, "healthy", detail={"cleared_by": actor})
+        change_state(session, connection, "healthy", detail={"cleared_by": actor}, clearing=True)
     else:  # a login problem came since: it stays, without the drift
         detail = {k: v for k, v in (connection.state_detail or {}).items() if k != "drift"}
         change_state(
-            session, connection, connection.state, reason=connection.state_reason, detail=detail or None
+            session,
+            connection,
+            connection.state,
+            reason=connection.state_reason,
+            detail=detail or None,
+            clearing=True,
         )
     audit.append(session, actor=actor, action="connection.drift_cleared", object_type="connection",
                  object_id=connection.id, connection_id=connection.id, request_id=request_id,
-                 detail={"differences": differences})  # fmt: skip
+                 detail={"differences": differences[:MAX_DIFFERENCES]})  # fmt: skip
 
 
 @dataclass

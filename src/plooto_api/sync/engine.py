@@ -29,11 +29,12 @@ from plooto_api import mapping
 from plooto_api.jobs.context import JobContext
 from plooto_api.log import get_logger
 from plooto_api.services.connections import (
+    MAX_DIFFERENCES,
+    MAX_DRIFTED_FEEDS,
     change_state,
     get_connection,
     login_failure_state,
     mark_upstream_changed,
-    uncleared_drift,
     waiting_for_terms,
 )
 from plooto_api.store.base import utcnow
@@ -296,8 +297,7 @@ class SyncEngine:
             await portal.ensure_logged_in(deliberate=deliberate)
             if first_sync:
                 restore = (connection.state, connection.state_reason, connection.state_detail)
-                drift = uncleared_drift(connection)  # kept while syncing: only an operator clears it
-                self._set_state(connection_id, "syncing", detail=None if drift is None else {"drift": drift})
+                self._set_state(connection_id, "syncing")  # with any drift: only an operator clears it
             companies = await self._sync_companies(portal, connection_id, report)
             report.companies = {company for company, _ in companies}
             # Companies are independent: pull several at once (the portal session's throttle still
@@ -473,11 +473,9 @@ class SyncEngine:
         report.error = f"{type(exc).__name__}: {exc}"
         report.state = state
         with transaction(self.ctx.sessions) as session:
-            connection = get_connection(session, report.connection_id)
-            drift = uncleared_drift(connection)
-            if drift is not None:  # only an operator clears drift: it waits in the detail meanwhile
-                detail = {**(detail or {}), "drift": drift}
-            change_state(session, connection, state, reason=reason, detail=detail)
+            # (Uncleared drift waits in the detail: only an operator clears it.)
+            change_state(session, get_connection(session, report.connection_id), state, reason=reason,
+                         detail=detail)  # fmt: skip
 
     def _note_feed_error(
         self, connection_id: str, company_upstream_id: str, feed: Feed, exc: Exception
@@ -542,28 +540,22 @@ class SyncEngine:
                 "error": error or (connection.state_detail or {}).get("error"),
                 "feeds": feeds,
             }
-            drift = uncleared_drift(connection)
-            if drift is not None:  # only an operator clears drift: it waits in the detail meanwhile
-                detail["drift"] = drift
-            change_state(session, connection, "upstream_unavailable", detail=detail)
+            change_state(session, connection, "upstream_unavailable", detail=detail)  # with any drift
         report.state = connection.state
 
     def _finish(self, report: SyncReport) -> None:
         with transaction(self.ctx.sessions) as session:
             connection = get_connection(session, report.connection_id)
-            if report.drift:
-                stopped = sorted(set(report.drifted_feeds))[:20]
-                change_state(session, connection, "upstream_changed",
-                             detail={"differences": report.drift[:50], "feeds": stopped})  # fmt: skip
-            elif connection.state != "upstream_changed":  # drift is cleared by an operator, not by a sync
-                drift = uncleared_drift(connection)  # (kept through a login problem since)
-                if drift is not None:
-                    change_state(session, connection, "upstream_changed", detail={"differences": drift})
-                elif self._still_failing(connection, report):
-                    # Feeds failing before that this run did not pull: still failing, as far as we know.
-                    self._unavailable(session, connection, report, set(), None)
-                else:
-                    change_state(session, connection, "healthy")
+            if report.drift:  # added to those found before (only an operator clears them)
+                change_state(session, connection, "upstream_changed", detail={
+                    "differences": report.drift[:MAX_DIFFERENCES],
+                    "feeds": sorted(set(report.drifted_feeds))[:MAX_DRIFTED_FEEDS],
+                })  # fmt: skip
+            elif self._still_failing(connection, report):
+                # Feeds failing before that this run did not pull: still failing, as far as we know.
+                self._unavailable(session, connection, report, set(), None)
+            else:  # upstream_changed still, when differences wait for an operator
+                change_state(session, connection, "healthy")
             connection.last_synced_at = utcnow()
             report.state = connection.state
 
