@@ -1026,6 +1026,28 @@ async def test_drift_in_the_companies_listing_is_drift_not_an_outage(
     assert connection_row(ctx, connection_id).state == "upstream_changed"  # until an operator clears it
 
 
+async def test_a_company_page_without_its_wallets_is_drift_not_their_deletion(
+    ctx: JobContext, make_connection: Callable[..., str], control: httpx.Client
+) -> None:
+    # The wallets' field, optional in the companies' listing, was optional on the company's own page
+    # too: renamed there, every wallet was confirmed gone (bank_account.deleted, webhooks) and the
+    # connection stayed healthy.
+    connection_id = make_connection()
+    engine = SyncEngine(ctx)
+    assert (await engine.sync_connection(connection_id)).ok
+    with ctx.sessions() as session:
+        wallets = _count(session, models.BankAccount, kind="instant_wallet")
+    assert wallets > 0
+    control.post("/faults", json={"kind": "shape_change", "objectType": "company",
+                                  "fromField": "plootoInstantBalances", "toField": "instantBalances"},
+                 ).raise_for_status()  # fmt: skip
+    report = await engine.sync_connection(connection_id)
+    assert report.state == "upstream_changed" and any("plootoInstantBalances" in d for d in report.drift)
+    with ctx.sessions() as session:
+        assert _count(session, models.BankAccount, kind="instant_wallet", deleted_at=None) == wallets
+    assert _event_types(ctx)["bank_account.deleted"] == 0
+
+
 async def test_drift_outlasts_a_login_problem_found_after_it(
     ctx: JobContext, make_connection: Callable[..., str], control: httpx.Client, sandbox: str
 ) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from plooto_api.upstream import UpstreamChanged, portal
-from plooto_api.upstream._shapes import _compile_shape, _conforms, check_shape, differences
+from plooto_api.upstream._shapes import ListOf, Shape, _compile_shape, _conforms, check_shape, differences
 
 STAMPS = {"lastModified": "2026-03-02T10:00:00Z", "createdDate": "2026-03-01T09:30:00.123+00:00"}
 BILL: dict[str, Any] = {
@@ -96,16 +96,29 @@ def test_extra_fields_are_reported_but_not_fatal() -> None:
 
 
 def test_optional_field_may_be_absent_but_not_null_unless_nullable() -> None:
-    node = _compile_shape(portal.COMPANY)
-    assert _conforms(node, COMPANY)  # plootoInstantBalances? absent
-    balances = {**COMPANY, "plootoInstantBalances": [{"currency": "CAD", "balance": Decimal("1.00")}]}
-    assert _conforms(node, balances)
-    assert differences(portal.COMPANY, {**COMPANY, "plootoInstantBalances": None}) == (
-        ["company.plootoInstantBalances: expected list, got null"],
+    shape = Shape(
+        "thing",
+        {"id": "str", "balances?": ListOf(Shape("balance", {"currency": "str", "balance": "number"}))},
+    )
+    node = _compile_shape(shape)
+    assert _conforms(node, {"id": "T-1"})  # balances? absent
+    assert _conforms(node, {"id": "T-1", "balances": [{"currency": "CAD", "balance": Decimal("1.00")}]})
+    assert differences(shape, {"id": "T-1", "balances": None}) == (
+        ["thing.balances: expected list, got null"],
         [],
     )
-    assert not _conforms(node, {**COMPANY, "plootoInstantBalances": None})
-    assert not _conforms(node, {**COMPANY, "plootoInstantBalances": [{"currency": "CAD"}]})
+    assert not _conforms(node, {"id": "T-1", "balances": None})
+    assert not _conforms(node, {"id": "T-1", "balances": [{"currency": "CAD"}]})
+
+
+def test_a_company_page_must_hold_its_wallets_which_the_listing_leaves_out() -> None:
+    assert _conforms(_compile_shape(portal.COMPANY), COMPANY)
+    assert differences(portal.COMPANY_PAGE, COMPANY) == (
+        ["company: missing field 'plootoInstantBalances'"],
+        [],
+    )
+    page = {**COMPANY, "plootoInstantBalances": [{"currency": "CAD", "balance": Decimal("1.00")}]}
+    assert _conforms(_compile_shape(portal.COMPANY_PAGE), page)
 
 
 def test_not_an_object() -> None:

@@ -916,7 +916,7 @@ class PortalSession:
                 if exc.code in portal.ERROR_NOT_FOUND:
                     return None
                 raise
-            check_shape(portal.COMPANY, body, object_type="company")
+            check_shape(portal.COMPANY_PAGE, body, object_type="company")
             return portal.normalize_company(body, self._context(upstream_id))[0]
         source = portal.OBJECT_SOURCES.get(object_type)
         if source is None:

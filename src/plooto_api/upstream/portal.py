@@ -26,7 +26,7 @@ from plooto_api.upstream._convert import (
 )
 from plooto_api.upstream._errors import UpstreamChanged
 from plooto_api.upstream._models import Feed, UpstreamRecord, UpstreamRef
-from plooto_api.upstream._shapes import ListOf, Shape, check_shape
+from plooto_api.upstream._shapes import ListOf, Shape, Spec, check_shape
 
 # --- HTML login ---------------------------------------------------------------------------------
 
@@ -140,15 +140,21 @@ SESSION = Shape(
         "selectedCompanyId": "str?", "idleExpiresAt": "ts", "absoluteExpiresAt": "ts",
     },
 )  # fmt: skip
-COMPANY = Shape(
+_COMPANY_FIELDS: dict[str, Spec] = {
+    "companyId": "str", "name": "str", "country": "str", "baseCurrency": "str", "status": "str",
+    "role": "str", "permissions": ListOf("str"), "outstandingItems": "int",
+    "accountingProvider": "str?", "isAccountingFirm": "bool",
+}  # fmt: skip
+COMPANY = Shape("company", _COMPANY_FIELDS)  # as the companies' listing has it
+# The company's own page adds its Plooto Instant wallets: a page without them is drift, not a
+# company whose wallets are all gone.
+COMPANY_PAGE = Shape(
     "company",
     {
-        "companyId": "str", "name": "str", "country": "str", "baseCurrency": "str", "status": "str",
-        "role": "str", "permissions": ListOf("str"), "outstandingItems": "int",
-        "accountingProvider": "str?", "isAccountingFirm": "bool",
-        "plootoInstantBalances?": ListOf(Shape("instantBalance", {"currency": "str", "balance": "number"})),
+        **_COMPANY_FIELDS,
+        "plootoInstantBalances": ListOf(Shape("instantBalance", {"currency": "str", "balance": "number"})),
     },
-)  # fmt: skip
+)
 USER = Shape(
     "user",
     {
@@ -490,7 +496,7 @@ def normalize_instant_wallets(raw: dict[str, Any], ctx: Context) -> list[Upstrea
     company_id = raw["companyId"]
     company = Context(company_id, ctx.base_url, ctx.fetched_at)
     records = []
-    for wallet in raw.get("plootoInstantBalances") or []:
+    for wallet in raw["plootoInstantBalances"]:
         currency = wallet["currency"]
         fields = {
             "name": f"Plooto Instant ({currency})",
@@ -1197,7 +1203,7 @@ BANK_ACCOUNTS = Collection(
     "bank-accounts", BANK_ACCOUNT, "bank_account", "bankAccountId", normalize_bank_account, has_detail=False
 )
 INSTANT_WALLETS = Collection(
-    "", COMPANY, "bank_account", "companyId", normalize_instant_wallets, has_detail=False, paged=False
+    "", COMPANY_PAGE, "bank_account", "companyId", normalize_instant_wallets, has_detail=False, paged=False
 )
 APPROVAL_POLICIES = Collection(
     "approval-policies",
