@@ -77,6 +77,29 @@ async def test_a_lock_found_by_a_keep_alive_stops_every_sign_in_until_the_portal
     assert connection_events(ctx, connection_id)[-1] == "connection.repaired"
 
 
+async def test_a_new_password_meeting_a_lock_not_seen_yet_is_kept_for_after_it(
+    ctx: JobContext, make_connection: Callable[..., str], control: httpx.Client, sandbox: str
+) -> None:
+    # The lock found by the new password's own sign-in was recorded, but the password was thrown
+    # away (429): sent again, the same request was kept, as with a lock the connection knew.
+    connection_id = make_connection()
+    engine = SyncEngine(ctx)
+    assert (await engine.sync_connection(connection_id)).ok
+    with transaction(ctx.sessions) as session:  # the stored one goes stale: the new one must be kept
+        update_credentials(
+            session, ctx.vault, get_connection(session, connection_id), password="wrong-" + PASSWORD
+        )
+    await lock_login_from_elsewhere(sandbox, control, CONTROLLER)
+    assert connection_row(ctx, connection_id).state == "healthy"  # not seen yet
+
+    await replace_credentials(ctx, connection_id, password=PASSWORD)
+    row = connection_row(ctx, connection_id)
+    assert row.state == "locked" and row.state_detail and row.state_detail["until"]
+    control.post("/clock", json={"advance_minutes": 20}).raise_for_status()
+    back = await engine.sync_connection(connection_id, cadence="fast")
+    assert back.ok and back.state == "healthy", back.error  # signed in with the password kept
+
+
 async def test_a_password_refused_to_a_fresh_read_is_not_tried_again(
     ctx: JobContext, make_connection: Callable[..., str], control: httpx.Client
 ) -> None:

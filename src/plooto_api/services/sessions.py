@@ -255,6 +255,7 @@ async def replace_credentials(
         await ctx.portals.forget(connection_id)  # built again from the vault, with them, after the lock
         return
     challenge: MfaChallenge | None = None
+    locked = False  # the portal's lock, found now
     # As the connection's trusted device, so a password needs no SMS code; but a new TOTP secret is
     # proven only where the portal asks for a code: without the device.
     trusted = device if totp_secret is None else None
@@ -265,12 +266,17 @@ async def replace_credentials(
             if totp_secret is not None:  # a TOTP secret answers the portal's TOTP step by itself
                 raise TotpNotUsed(exc.challenge.method) from None
             challenge = exc.challenge  # the portal took the password, and sent a code
-        except (AccountLocked, TermsNotAccepted) as exc:
+        except AccountLocked as exc:
+            # A lock the connection had not met yet: recorded, then as with a lock known before.
+            record_login_failure_of(ctx.sessions, connection_id, exc)
+            locked = True
+        except TermsNotAccepted as exc:
             record_login_failure_of(ctx.sessions, connection_id, exc)
             raise
-        proven = dict(store.state or {})
+        proven = None if locked else dict(store.state or {})
     _store_credentials(ctx, connection_id, password, totp_secret, proven=proven, challenge=challenge)
-    await ctx.portals.forget(connection_id)  # built again from the vault: the proven session
+    # Built again from the vault: with the proven session, or with them after the lock.
+    await ctx.portals.forget(connection_id)
 
 
 def _store_credentials(
