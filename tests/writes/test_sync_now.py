@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from datetime import datetime, timedelta
 
 from plooto_api.metrics import REGISTRY
 from plooto_api.services.connections import change_state
@@ -47,6 +48,22 @@ def test_a_login_waiting_for_a_person_is_not_synced(gateway: Gateway) -> None:
         change_state(session, connection, "requires_action", reason="mfa")
     refused = gateway.post(f"/connections/{gateway.connection_id}/sync")
     assert refused.status_code == 409 and refused.json()["error"]["code"] == "connection_requires_action"
+
+
+def test_a_login_locked_until_a_time_is_not_synced_before_it(gateway: Gateway) -> None:
+    # A lock with an end was judged by nothing here: 202, and the sync then did nothing.
+    now = datetime.fromisoformat(gateway.control.get("/clock").json()["now"])
+    with gateway.sessions().begin() as session:
+        connection = session.get(models.Connection, gateway.connection_id)
+        assert connection is not None
+        change_state(
+            session, connection, "locked", detail={"until": (now + timedelta(minutes=15)).isoformat()}
+        )
+    refused = gateway.post(f"/connections/{gateway.connection_id}/sync")
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "connection_requires_action"
+    assert "locked this login until" in refused.json()["error"]["message"]
+    gateway.control.post("/clock", json={"advance_minutes": 16}).raise_for_status()  # by the portal's clock
+    assert gateway.post(f"/connections/{gateway.connection_id}/sync").json()["error"]["code"] == "no_worker"
 
 
 def test_a_process_that_runs_no_jobs_says_so(gateway: Gateway) -> None:

@@ -31,7 +31,6 @@ from plooto_api.services.connections import (
     WritesInFlight,
     check_no_writes_in_flight,
     clear_drift,
-    login_blocked_reason,
     remove_connection,
 )
 from plooto_api.services.sessions import (
@@ -397,9 +396,9 @@ async def sync_connection_now(
     its `last_synced_at` moves, and its events come, when the sync is done."""
     ctx = request.app.state.ctx
     with ctx.sessions() as session:
-        row = _visible(session, principal, connection_id)
-        blocked = login_blocked_reason(row)
-        result = mapping.connection_to_schema(row)
+        result = mapping.connection_to_schema(_visible(session, principal, connection_id))
+    # Judged as the sync will judge it: a lock ends by the portal's clock, not this machine's.
+    blocked = await ctx.portals.login_blocked(connection_id, await ctx.portals.get(connection_id))
     if blocked is not None:
         raise ApiError(409, "connection_requires_action", f"the portal login needs attention: {blocked}")
     if not _sync_now(request, connection_id, (body or SyncRequest()).cadence):
