@@ -157,10 +157,13 @@ def test_a_totp_secret_for_a_login_whose_codes_come_by_sms_is_refused(
     )
     assert done.status_code == 201, done.text
     connection_id = done.json()["connection"]["id"]
+    texts = len(httpx.get(f"{sandbox}/__sandbox/outbox").json())
     refused = client.patch(
         f"/connections/{connection_id}", json={"totp_secret": TOTP}, headers=_headers(client)
     )
     assert refused.status_code == 422, refused.text
+    # Known from the portal's session: no sign-in to find out, which had it text the user a code.
+    assert len(httpx.get(f"{sandbox}/__sandbox/outbox").json()) == texts
     error = refused.json()["error"]
     assert error["code"] == "totp_not_used" and error["param"] == "totp_secret" and TOTP not in refused.text
     ctx: JobContext = client.app.state.ctx  # type: ignore[attr-defined]

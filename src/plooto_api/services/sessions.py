@@ -254,6 +254,10 @@ async def replace_credentials(
         _store_credentials(ctx, connection_id, password, totp_secret, proven=None)
         await ctx.portals.forget(connection_id)  # built again from the vault, with them, after the lock
         return
+    known_method = (device or {}).get("mfa_method")  # as the portal's session said, when signed in before
+    if totp_secret is not None and known_method not in (None, "totp"):
+        # Found out without signing in: that would have the portal text the user a code for nothing.
+        raise TotpNotUsed(known_method)
     challenge: MfaChallenge | None = None
     locked = False  # the portal's lock, found now
     # As the connection's trusted device, so a password needs no SMS code; but a new TOTP secret is

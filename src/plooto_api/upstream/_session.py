@@ -95,6 +95,7 @@ class PortalSession:
         # a sign-in for a sync, a read or a write): why not to, or None. See LoginBlocked.
         self.login_guard: Callable[[], Awaitable[str | None]] | None = None
         self._clock_offset: float | None = None  # portal time - local time, seconds
+        self.mfa_method: str | None = None  # how the portal asks this login for codes (totp, sms), once known
         self._clock_from_date = False
         self.write_timeout = timeout  # seconds a write may take before its outcome is ambiguous
         self._client = httpx.AsyncClient(
@@ -143,7 +144,7 @@ class PortalSession:
     def _snapshot(self) -> tuple[Any, ...]:
         cookies = tuple(sorted((c["name"], c["value"], c["domain"], c["path"]) for c in self._cookie_list()))
         pending = self._pending_mfa.method if self._pending_mfa else None
-        return (cookies, pending)
+        return (cookies, pending, self.mfa_method)
 
     def _persist(self, *, force: bool = False) -> None:
         if self._detached:
@@ -164,6 +165,7 @@ class PortalSession:
             if self._pending_mfa
             else None,
             "clock_offset": self._clock_offset,
+            "mfa_method": self.mfa_method,
             "throttle": learned,
             "saved_at": datetime.now(UTC).isoformat(),
         }
@@ -192,6 +194,8 @@ class PortalSession:
             self._pending_mfa = MfaChallenge(pending["method"], pending.get("detail"))
         if isinstance(state.get("clock_offset"), int | float):
             self._clock_offset = float(state["clock_offset"])
+        if isinstance(state.get("mfa_method"), str):
+            self.mfa_method = state["mfa_method"]
         throttle = state.get("throttle")
         self._saved_throttle = throttle if isinstance(throttle, dict) else None
         self.throttle.resume(self._saved_throttle)
@@ -313,7 +317,11 @@ class PortalSession:
             self._clock_from_date = True
 
     def _note_session(self, body: Any) -> None:
-        """Without Date headers, `idleExpiresAt` (portal now + idle timeout) tells the portal's clock."""
+        """The portal's account of the session: the login's MFA method, and, without Date headers,
+        the portal's clock (`idleExpiresAt` is portal now + the idle timeout)."""
+        raw = body.get(portal.SESSION_MFA_METHOD) if isinstance(body, dict) else None
+        if isinstance(raw, str) and raw in portal.MFA_METHODS:
+            self.mfa_method = portal.MFA_METHODS[raw]
         if self._clock_from_date:
             return
         expires = parse_timestamp(body.get(portal.SESSION_IDLE_EXPIRES)) if isinstance(body, dict) else None
@@ -582,6 +590,7 @@ class PortalSession:
         method = portal.MFA_METHODS.get(method_raw)
         if method not in ("totp", "sms"):
             raise UpstreamChanged("mfa", [f"mfa: unknown method {method_raw!r}"])
+        self.mfa_method = method
         return MfaChallenge(method), form.inputs[portal.MFA_FORM.token_field]  # type: ignore[arg-type]
 
     async def _complete_mfa(self) -> None:

@@ -1302,6 +1302,7 @@ OBJECT_SOURCES: dict[str, ObjectSource] = {
 # `GET /api/session` answers idleExpiresAt = now + this, which tells the portal's clock.
 SESSION_IDLE_TIMEOUT_SECONDS = 15 * 60
 SESSION_IDLE_EXPIRES = "idleExpiresAt"
+SESSION_MFA_METHOD = "mfaMethod"  # Totp or Sms (MFA_METHODS)
 TOTP_DIGITS = 6
 TOTP_INTERVAL = 30
 
