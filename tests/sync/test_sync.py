@@ -619,6 +619,35 @@ async def test_two_processes_ending_one_sync_record_its_state_change_once(
         assert _count(session, models.ConnectionStateChange, to_state="healthy") == recorded + 1
 
 
+async def test_a_session_lost_again_after_signing_in_stops_only_its_feed(
+    ctx: JobContext, make_connection: Callable[..., str], control: httpx.Client
+) -> None:
+    # The portal dropping the session twice in a row (once more right after the gateway signed in
+    # again) stopped the whole run after the bills: no payments, invoices or later feeds pulled.
+    connection_id = make_connection()
+    engine = SyncEngine(ctx)
+    assert (await engine.sync_connection(connection_id)).ok
+    with ctx.sessions() as session:
+        bill = session.scalars(
+            select(models.Bill).where(models.Bill.status == "approved").order_by(models.Bill.id)
+        ).first()
+        assert bill is not None, "the seed has open, approved bills"
+        company = session.get_one(models.Company, bill.company_id).upstream_id
+    control.post("/mutate", json={"action": "createPayment", "billId": bill.upstream_id,
+                                  "userEmail": CONTROLLER}).raise_for_status()  # fmt: skip
+    control.post("/faults", json={"kind": "revoke_session", "pathPattern": f"/companies/{company}/bills",
+                                  "count": 2}).raise_for_status()  # fmt: skip
+    payments_before = _event_types(ctx)["payment.created"]
+    report = await engine.sync_connection(connection_id, cadence="fast")
+    assert [(c, f) for c, f, _ in report.failed_feeds] == [(company, "bills")], report.failed_feeds
+    assert f"{company}/payments" in report.pulled_feeds and f"{company}/invoices" in report.pulled_feeds
+    assert _event_types(ctx)["payment.created"] == payments_before + 1
+    row = connection_row(ctx, connection_id)
+    assert row.state == "upstream_unavailable" and row.state_detail["feeds"] == [f"{company}/bills"]
+    assert (await engine.sync_connection(connection_id, cadence="fast")).ok  # and the next run mends it
+    assert connection_row(ctx, connection_id).state == "healthy"
+
+
 async def test_a_portal_down_for_every_feed_stops_the_run_early(
     ctx: JobContext,
     make_connection: Callable[..., str],

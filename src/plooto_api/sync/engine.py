@@ -59,6 +59,7 @@ from plooto_api.upstream import (
     Feed,
     LoginBlocked,
     PortalSession,
+    SessionExpired,
     UpstreamChanged,
     UpstreamError,
     UpstreamRecord,
@@ -342,10 +343,11 @@ class SyncEngine:
                         self._note_feed_error, connection_id, company_upstream_id, feed, exc
                     )
                     log.warning("upstream_changed", connection=connection_id, feed=feed.name)
-                except AuthenticationError as exc:
-                    stopped.append(exc)  # the login, not this feed: every feed stops, and none starts
-                    raise
                 except Exception as exc:  # this feed's endpoint failing, or its page refused by the store
+                    if isinstance(exc, AuthenticationError) and not isinstance(exc, SessionExpired):
+                        stopped.append(exc)  # the login, not this feed: every feed stops, and none starts
+                        raise
+                    # (A session lost again right after signing in is this feed's: the next signs in.)
                     failing.add(feed.name)
                     report.failed_feeds.append((company_upstream_id, feed.name, exc))
                     await asyncio.to_thread(
