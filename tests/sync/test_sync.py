@@ -193,18 +193,23 @@ async def test_a_first_sync_by_the_fast_schedule_pulls_reference_data_first(
     assert portal.stats.requests - before == 1 + COMPANIES * len(sync_engine.feeds_for("fast"))
 
 
+def _an_approved_bill(ctx: JobContext) -> tuple[str, str]:
+    """An open, approved bill of the seed, to pay: its portal id and its company's."""
+    with ctx.sessions() as session:
+        bill = session.scalars(
+            select(models.Bill).where(models.Bill.status == "approved").order_by(models.Bill.id)
+        ).first()
+        assert bill is not None, "the seed has open, approved bills"
+        return bill.upstream_id, session.get_one(models.Company, bill.company_id).upstream_id
+
+
 async def test_payment_lifecycle_becomes_events(
     ctx: JobContext, make_connection: Callable[..., str], control: httpx.Client
 ) -> None:
     connection_id = make_connection()
     engine = SyncEngine(ctx)
     assert (await engine.sync_connection(connection_id)).ok
-    with ctx.sessions() as session:
-        bill = session.scalars(
-            select(models.Bill).where(models.Bill.status == "approved").order_by(models.Bill.id)
-        ).first()
-        assert bill is not None, "the seed has open, approved bills"
-        bill_upstream_id = bill.upstream_id
+    bill_upstream_id, _ = _an_approved_bill(ctx)
     created = control.post("/mutate", json={"action": "createPayment", "billId": bill_upstream_id,
                                             "userEmail": "controller@northwind-cpa.test"})  # fmt: skip
     assert created.status_code == 200, created.text
@@ -315,12 +320,8 @@ def _events_of(ctx: JobContext, model: Any, upstream_id: str) -> list[str]:
 
 async def _new_payment(ctx: JobContext, control: httpx.Client) -> str:
     """A payment made in the portal for an approved bill (approved as needed), by its portal id."""
-    with ctx.sessions() as session:
-        bill = session.scalars(
-            select(models.Bill).where(models.Bill.status == "approved").order_by(models.Bill.id)
-        ).first()
-        assert bill is not None, "the seed has open, approved bills"
-    created = control.post("/mutate", json={"action": "createPayment", "billId": bill.upstream_id,
+    bill_upstream_id, _ = _an_approved_bill(ctx)
+    created = control.post("/mutate", json={"action": "createPayment", "billId": bill_upstream_id,
                                             "userEmail": CONTROLLER})  # fmt: skip
     assert created.status_code == 200, created.text
     payment_upstream_id: str = created.json()["changed"][0]
@@ -406,14 +407,7 @@ async def test_a_read_older_than_the_stored_copy_never_overwrites_it(
     # reported a change the portal never made, then the same change again at the next sync.
     connection_id = make_connection()
     assert (await SyncEngine(ctx).sync_connection(connection_id)).ok
-    with ctx.sessions() as session:
-        bill = session.scalars(
-            select(models.Bill).where(models.Bill.status == "approved").order_by(models.Bill.id)
-        ).first()
-        assert bill is not None
-        company = session.get(models.Company, bill.company_id)
-        assert company is not None
-        bill_upstream_id, company_upstream_id = bill.upstream_id, company.upstream_id
+    bill_upstream_id, company_upstream_id = _an_approved_bill(ctx)
     created = control.post("/mutate", json={"action": "createPayment", "billId": bill_upstream_id,
                                             "userEmail": CONTROLLER})  # fmt: skip
     payment_upstream_id = created.json()["changed"][0]
@@ -632,13 +626,8 @@ async def test_a_session_lost_again_after_signing_in_stops_only_its_feed(
     connection_id = make_connection()
     engine = SyncEngine(ctx)
     assert (await engine.sync_connection(connection_id)).ok
-    with ctx.sessions() as session:
-        bill = session.scalars(
-            select(models.Bill).where(models.Bill.status == "approved").order_by(models.Bill.id)
-        ).first()
-        assert bill is not None, "the seed has open, approved bills"
-        company = session.get_one(models.Company, bill.company_id).upstream_id
-    control.post("/mutate", json={"action": "createPayment", "billId": bill.upstream_id,
+    bill_upstream_id, company = _an_approved_bill(ctx)
+    control.post("/mutate", json={"action": "createPayment", "billId": bill_upstream_id,
                                   "userEmail": CONTROLLER}).raise_for_status()  # fmt: skip
     control.post("/faults", json={"kind": "revoke_session", "pathPattern": f"/companies/{company}/bills",
                                   "count": 2}).raise_for_status()  # fmt: skip
