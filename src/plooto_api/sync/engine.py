@@ -628,6 +628,7 @@ class SyncEngine:
             cursor = _cursor(session, connection_id, company_upstream_id, feed.name)
             state = dict(cursor.page_state or {})
             cursor.last_run_at = utcnow()
+            first_pull = cursor.full_sync_completed_at is None  # set by this pull's last page at the earliest
         began = portal.portal_now()
         resuming = bool(state.get("in_progress"))
         # When this feed was last listed whole (portal time); a cursor from before it was kept
@@ -687,7 +688,7 @@ class SyncEngine:
                 # Records at exactly `since` are applied again rather than skipped: one may have changed
                 # at the same instant as the last sync. Unchanged records cost a comparison, no write.
                 counts = await self._write_with_references(portal, connection_id, company_upstream_id, feed,
-                                                           page.records, state, deferred)  # fmt: skip
+                                                           page.records, state, deferred, first_pull)  # fmt: skip
                 relist = relist or bool(state.get("relist"))
                 report.counts.add(counts)
                 report.pages += 1
@@ -734,6 +735,7 @@ class SyncEngine:
         records: list[UpstreamRecord],
         state: dict[str, Any],
         deferred: _Deferred,
+        first_pull: bool,
     ) -> ApplyCounts:
         """Write a page with the objects it refers to that the store lacks (sync.references): a bill
         whose vendor is new (the vendors feed runs less often), reminders of an invoice made after the
@@ -751,9 +753,6 @@ class SyncEngine:
             waiting = {ref for ref in missing if ref[0] in deferred.later}
             if waiting:
                 state["relist"] = True
-                with self.ctx.sessions() as session:  # held before the page is written: is it the first pull?
-                    cursor = _cursor(session, connection_id, company_upstream_id, feed.name)
-                    first_pull = cursor.full_sync_completed_at is None
                 kept = deferred.hold(feed.name, held, waiting, first_pull=first_pull)
                 if not first_pull:
                     later.update((r.object_type, r.upstream_id) for r in kept)
