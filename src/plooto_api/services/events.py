@@ -77,6 +77,10 @@ class EventBatch:
         })  # fmt: skip
         return event_id
 
+    def drop(self, object_ids: set[str]) -> None:
+        """Unstage the events of these objects (to stage their change's events again, as one)."""
+        self.rows = [row for row in self.rows if row["object_id"] not in object_ids]
+
     def flush(self) -> int:
         """Insert the staged events and their deliveries; returns how many events."""
         count = len(self.rows)

@@ -383,6 +383,9 @@ class _Page:
     events: EventBatch
     first_pull: bool
     completing: bool = False
+    # Objects with parts (invoices) written by this page, by gateway id: the served JSON before (None
+    # for one created). Parts merged into one of them after it make one set of events, not two.
+    before: dict[str, dict[str, Any] | None] = field(default_factory=dict)
 
 
 @dataclass
@@ -455,6 +458,8 @@ def _apply_one(page: _Page, record: UpstreamRecord, inserts: _Inserts) -> None:
         if not page.first_pull and record.object_type in _ARRIVAL_BASELINE:
             # A feed's first listing shows history; later ones show what happened since the last.
             event_types += _events_on_arrival(record.object_type, orjson.loads(document))
+        if spec.parts:
+            page.before[gateway_id] = None
         _stage_events(page, record.object_type, event_types, document, company_id, gateway_id)
     else:
         _update(page, spec, row, old, new, record.version)
@@ -492,13 +497,16 @@ def _update(
     page.counts.updated += 1
     if page.completing:
         return
+    if spec.parts:
+        page.before[new.id] = old_payload
     event_types = _events_for_change(spec.object_type, old_payload, payload)
     _stage_events(page, spec.object_type, event_types, document, new.company_id, new.id)
 
 
 def _stage_events(page: _Page, object_type: str, event_types: list[str], document: str, company_id: str,
-                  object_id: str) -> None:  # fmt: skip
-    page.counts.by_type[object_type] += 1
+                  object_id: str, *, again: bool = False) -> None:  # fmt: skip
+    if not again:  # (`again`: the object's events restaged, counted once)
+        page.counts.by_type[object_type] += 1
     event_data = RawJSON(document)  # the events store the document's text, not a second serialization
     for event_type in event_types:
         page.events.add(
@@ -528,6 +536,7 @@ def _apply_parts(session: Session, page: _Page, part: mapping.PartMap, records: 
         session, table, page.connection_id, list(by_parent), ("id", "document", "deleted_at")
     )
     merged: list[tuple[str, Any, str]] = []  # (gateway id, the object with its merged list, its JSON)
+    again: list[tuple[str, Any, str]] = []  # those of them this page wrote before (see _restage)
     for parent_upstream_id, parts in by_parent.items():
         if parent_upstream_id not in stored:
             continue  # gone from the portal, or of a company this login no longer reaches
@@ -550,6 +559,9 @@ def _apply_parts(session: Session, page: _Page, part: mapping.PartMap, records: 
         new = spec.schema.model_validate({**old, part.field: new_items, "updated_at": page.now})
         document = new.model_dump_json()
         merged.append((gateway_id, new, document))
+        if gateway_id in page.before:
+            again.append((gateway_id, new, document))
+            continue
         page.counts.updated += 1
         if page.first_pull:
             # Parts listed by their feed's first pull (the reminders an invoice had before the gateway
@@ -559,8 +571,32 @@ def _apply_parts(session: Session, page: _Page, part: mapping.PartMap, records: 
             continue
         event_types = _events_for_change(spec.object_type, old, {**old, part.field: new_items})
         _stage_events(page, spec.object_type, event_types, document, new.company_id, gateway_id)
+    if again:
+        _restage(page, spec, part, again)
     if merged:
         _write_parts(session, spec, part, merged, page.now)
+
+
+def _restage(
+    page: _Page, spec: mapping.ObjectMap, part: mapping.PartMap, merged: list[tuple[str, Any, str]]
+) -> None:
+    """The events of objects this page wrote and then merged parts into (an invoice that changed and
+    gained reminders since the last sync), staged again as those of one change: from what was served
+    before the page to what is served after it, with the final JSON. (Two, the first without the
+    parts, would show a state the portal never had.)"""
+    page.events.drop({gateway_id for gateway_id, _, _ in merged})
+    for gateway_id, new, document in merged:
+        before = page.before[gateway_id]
+        if before is None:
+            event_types = [f"{spec.object_type}.created"]
+            if not page.first_pull and spec.object_type in _ARRIVAL_BASELINE:
+                event_types += _events_on_arrival(spec.object_type, orjson.loads(document))
+        else:
+            after = new.model_dump(mode="json")
+            if page.first_pull:  # parts a feed's first pull lists are history (see _apply_parts)
+                after[part.field] = before[part.field]
+            event_types = _events_for_change(spec.object_type, before, after)
+        _stage_events(page, spec.object_type, event_types, document, new.company_id, gateway_id, again=True)
 
 
 def _write_parts(
