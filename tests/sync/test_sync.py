@@ -1303,6 +1303,128 @@ async def test_invoice_reminders_are_synced_and_a_sent_reminder_is_an_event(
     _assert_documents_match_columns(ctx)
 
 
+def _events_since(ctx: JobContext, seq: int, object_type: str) -> dict[str, list[models.Event]]:
+    """The events after `seq` of objects of `object_type`, by object, in order."""
+    with ctx.sessions() as session:
+        by_object: dict[str, list[models.Event]] = {}
+        for event in session.scalars(
+            select(models.Event)
+            .where(models.Event.seq > seq, models.Event.object_type == object_type)
+            .order_by(models.Event.seq)
+        ):
+            by_object.setdefault(event.object_id or "", []).append(event)
+        return by_object
+
+
+def _invoice_statuses(ctx: JobContext) -> dict[str, str]:
+    with ctx.sessions() as session:
+        return {i: status for i, status in session.execute(select(models.Invoice.id, models.Invoice.status))}
+
+
+def _last_seq(ctx: JobContext) -> int:
+    with ctx.sessions() as session:
+        return session.scalar(select(func.max(models.Event.seq))) or 0
+
+
+async def test_an_invoice_that_changed_and_gained_reminders_is_one_update(
+    ctx: JobContext, make_connection: Callable[..., str], control: httpx.Client
+) -> None:
+    # The invoices feed wrote the invoice's change (overdue), then the reminders feed its reminders:
+    # two `invoice.updated`, the first showing the invoice without the reminders sent meanwhile, a
+    # state the portal never had.
+    connection_id = make_connection()
+    engine = SyncEngine(ctx)
+    assert (await engine.sync_connection(connection_id)).ok
+    with ctx.sessions() as session:
+        before = {
+            invoice.id: (invoice.status, {r.upstream_id for r in invoice.reminders if r.status == "sent"})
+            for invoice in session.scalars(select(models.Invoice))
+        }
+    seq = _last_seq(ctx)
+    control.post("/clock", json={"advance_days": 30}).raise_for_status()
+    assert (await engine.sync_connection(connection_id, cadence="fast")).ok
+
+    both = 0
+    for invoice_id, events in _events_since(ctx, seq, "invoice").items():
+        types = [event.type for event in events]
+        assert types.count("invoice.updated") + types.count("invoice.created") == 1, types
+        status, sent = before.get(invoice_id, ("draft", set()))  # one a recurring plan made since
+        served = events[-1].data
+        newly_sent = {r["upstream_id"] for r in served["reminders"] if r["status"] == "sent"} - sent
+        assert types.count("invoice.reminder_sent") == len(newly_sent)
+        for event in events:  # each shows the invoice as it is now, its reminders with it
+            assert event.data == served
+        both += bool(newly_sent) and served["status"] != status
+    assert both > 0  # some invoice both went overdue (or was paid) and had a reminder go out
+    with ctx.sessions() as session:  # nothing held is left waiting for a relist
+        states = session.scalars(select(models.SyncCursor.page_state))
+        assert not any((state or {}).get("relist") for state in states)
+    _assert_documents_match_columns(ctx)
+
+
+async def test_invoices_held_for_their_reminders_are_not_lost_when_the_run_stops(
+    ctx: JobContext, make_connection: Callable[..., str], control: httpx.Client
+) -> None:
+    connection_id = make_connection()
+    engine = SyncEngine(ctx)
+    assert (await engine.sync_connection(connection_id)).ok
+    before = _invoice_statuses(ctx)
+    seq = _last_seq(ctx)
+    control.post("/clock", json={"advance_days": 30}).raise_for_status()
+
+    def stop_at_reminders(company: str, feed: str, done: int, total: int | None) -> None:
+        if feed == "reminders":
+            raise SimulatedCrash("the worker died here")
+
+    with pytest.raises(SimulatedCrash):
+        await engine.sync_connection(connection_id, cadence="fast", progress=stop_at_reminders)
+    with ctx.sessions() as session:
+        marked = session.scalars(select(models.SyncCursor).where(models.SyncCursor.object_type == "invoices"))
+        assert any((c.page_state or {}).get("relist") for c in marked)
+    assert (await engine.sync_connection(connection_id, cadence="fast")).ok
+
+    now = _invoice_statuses(ctx)
+    with ctx.sessions() as session:
+        assert not any((c.page_state or {}).get("relist") for c in session.scalars(select(models.SyncCursor)))
+    changed = {invoice_id for invoice_id, status in now.items() if before.get(invoice_id) != status}
+    assert changed
+    events = _events_since(ctx, seq, "invoice")
+    for invoice_id in changed:  # each change reported, the last event showing the invoice as it is
+        assert events[invoice_id][-1].data["status"] == now[invoice_id]
+    _assert_documents_match_columns(ctx)
+
+
+async def test_invoices_held_for_their_reminders_are_written_when_the_reminders_fail(
+    ctx: JobContext, make_connection: Callable[..., str], control: httpx.Client
+) -> None:
+    connection_id = make_connection()
+    engine = SyncEngine(ctx)
+    assert (await engine.sync_connection(connection_id)).ok
+    before = _invoice_statuses(ctx)
+    seq = _last_seq(ctx)
+    control.post("/clock", json={"advance_days": 30}).raise_for_status()
+    control.post("/faults", json={"kind": "error", "method": "GET", "pathPattern": r"/reminders$",
+                                  "status": 503}).raise_for_status()  # fmt: skip
+    report = await engine.sync_connection(connection_id, cadence="fast")
+    assert report.state == "upstream_unavailable"
+    # Each feed pulled once: the held invoices were written, not listed whole again to be found.
+    assert report.feeds == COMPANIES * sum(feed.cadence == "fast" for feed in sync_engine.FEEDS)
+
+    now = _invoice_statuses(ctx)
+    with ctx.sessions() as session:
+        cursors = session.scalars(
+            select(models.SyncCursor).where(models.SyncCursor.object_type == "invoices")
+        )
+        assert not any((c.page_state or {}).get("relist") for c in cursors)
+    changed = {invoice_id for invoice_id, status in now.items() if before.get(invoice_id) != status}
+    assert changed and "overdue" in {now[i] for i in changed}
+    events = _events_since(ctx, seq, "invoice")
+    for invoice_id in changed:  # written at the end of the run, one change each
+        types = [event.type for event in events[invoice_id]]
+        assert types.count("invoice.updated") + types.count("invoice.created") == 1, types
+        assert events[invoice_id][-1].data["status"] == now[invoice_id]
+
+
 def _sent_reminders(ctx: JobContext) -> set[tuple[str, str]]:
     """(invoice id, reminder portal id) of every reminder the store holds as sent."""
     with ctx.sessions() as session:

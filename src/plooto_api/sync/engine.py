@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -219,11 +219,24 @@ class _Position:
 @dataclass
 class _Deferred:
     """Within one company's run: the object types the feeds still to come bring (`later`), and the
-    records, by feed, whose references to such objects wait for them."""
+    records, by feed, whose references to such objects wait for them.
+
+    Also the records of objects whose parts a later feed brings (`parents`: invoices, whose reminders
+    come next), changed since their feed's last pull: `held` until a page holds their parts or refers
+    to them, or to the end of the run, so that an invoice that changed and gained reminders is one
+    update, not two (the first without them, a state the portal never had)."""
 
     later: frozenset[str] = frozenset()
     records: dict[str, list[UpstreamRecord]] = field(default_factory=dict)
     first_pulls: set[str] = field(default_factory=set)  # feeds whose held records are their first pull's
+    parents: frozenset[str] = frozenset()
+    held: dict[tuple[str, str], UpstreamRecord] = field(default_factory=dict)
+    held_feeds: set[str] = field(default_factory=set)  # feeds that held any: marked `relist` meanwhile
+
+    def next_feed(self, feeds: list[Feed]) -> None:
+        """Before pulling a feed: `feeds` are those after it in this run."""
+        self.later = frozenset(t for f in feeds for t in f.object_types)
+        self.parents = frozenset(part.parent_type for t, part in mapping.PARTS.items() if t in self.later)
 
     def hold(
         self, feed: str, records: list[UpstreamRecord], waiting: set[tuple[str, str]], *, first_pull: bool
@@ -235,9 +248,62 @@ class _Deferred:
             self.first_pulls.add(feed)
         return kept
 
+    def hold_parents(
+        self, feed: str, records: list[UpstreamRecord], changed_after: datetime | None
+    ) -> list[UpstreamRecord]:
+        """Hold a page's records of `parents` changed after `changed_after` (those listed again at
+        the feed's last `since` were written then), and those referring to held ones (an invoice's
+        accounting link): the rest, to write now."""
+        keys = {
+            (r.object_type, r.upstream_id)
+            for r in records
+            if r.object_type in self.parents
+            and (changed_after is None or r.version is None or r.version > changed_after)
+        }
+        keys |= self.held.keys()
+        if not keys:
+            return records
+        rest = []
+        for record in records:
+            key = (record.object_type, record.upstream_id)
+            if key in keys or not _refs(record).isdisjoint(keys):
+                self.held.pop(key, None)  # a record listed again goes after what it follows
+                self.held[key] = record
+            else:
+                rest.append(record)
+        if len(rest) < len(records):
+            self.held_feeds.add(feed)
+        return rest
+
+    def take(self, records: list[UpstreamRecord]) -> list[UpstreamRecord]:
+        """The held records that `records` hold parts of or refer to (a reminder its invoice, a
+        customer payment the invoices it pays), with the held ones referring to those: no longer
+        held, to be written with `records`."""
+        if not self.held:
+            return []
+        wanted = {ref for record in records for ref in _refs(record) if ref in self.held}
+        if not wanted:
+            return []
+        wanted |= {key for key, record in self.held.items() if not _refs(record).isdisjoint(wanted)}
+        return [self.held.pop(key) for key in list(self.held) if key in wanted]
+
+    def give_back(self, records: list[UpstreamRecord]) -> None:
+        """Hold again records taken for a page that was not written."""
+        self.held.update({(r.object_type, r.upstream_id): r for r in records})
+
 
 def _refs(record: UpstreamRecord) -> set[tuple[str, str]]:
     return {(object_type, u) for object_type, ids in references(record).items() for u in ids}
+
+
+def _unmark_relist(
+    session: Session, connection_id: str, company_upstream_id: str, feeds: Iterable[str]
+) -> None:
+    """Take the `relist` mark off these feeds' cursors: what their pulls held back is written."""
+    for feed_name in feeds:
+        cursor = _cursor(session, connection_id, company_upstream_id, feed_name)
+        if cursor.page_state and not cursor.page_state.get("in_progress"):
+            cursor.page_state = {key: value for key, value in cursor.page_state.items() if key != "relist"}
 
 
 class SyncEngine:
@@ -310,10 +376,14 @@ class SyncEngine:
                     feeds = await asyncio.to_thread(self._feeds, connection_id, company_upstream_id, cadence)
                     deferred = _Deferred()
                     for index, feed in enumerate(feeds):
-                        deferred.later = frozenset(t for f in feeds[index + 1 :] for t in f.object_types)
+                        deferred.next_feed(feeds[index + 1 :])
                         await pull(company_upstream_id, company_name, feed, deferred=deferred)
-                    # Records that referred to objects of a later feed, now that those are in: applied
-                    # again as they were read; a feed so marked by a run that stopped is listed again.
+                    # Records held for their parts that no page took, and records that referred to
+                    # objects of a later feed, now that those are in (in that order: the second may
+                    # refer to the first); a feed so marked by a run that stopped is listed again.
+                    if deferred.held_feeds:
+                        report.counts.add(await self._write_held(portal, connection_id, company_upstream_id,
+                                                                 deferred))  # fmt: skip
                     if deferred.records:
                         report.counts.add(await asyncio.to_thread(self._apply_deferred, connection_id,
                                                                   company_upstream_id, deferred))  # fmt: skip
@@ -440,14 +510,45 @@ class SyncEngine:
                         counts.add(apply_records(session, connection_id, company_ids(session, connection_id),
                                                  list(batch.values()), utcnow(), absent=set(),
                                                  completing=completing))  # fmt: skip
-                for feed_name in deferred.records:
-                    cursor = _cursor(session, connection_id, company_upstream_id, feed_name)
-                    if cursor.page_state and not cursor.page_state.get("in_progress"):
-                        cursor.page_state = {
-                            key: value for key, value in cursor.page_state.items() if key != "relist"
-                        }
+                _unmark_relist(session, connection_id, company_upstream_id, deferred.records)
         except MissingReferences:  # rolled back: the feeds keep their mark and are listed whole again
             return ApplyCounts()
+        return counts
+
+    async def _write_held(
+        self, portal: PortalSession, connection_id: str, company_upstream_id: str, deferred: _Deferred
+    ) -> ApplyCounts:
+        """Write the records held for parts that no page took (invoices that changed and gained no
+        reminders), reading what they refer to that the store lacks (a new customer), and take the
+        `relist` mark off the feeds that held them. Should a read fail, the mark stays: listed whole
+        again, they are written then."""
+        records = list(deferred.held.values())
+
+        def write(page: list[UpstreamRecord], absent: set[tuple[str, str]] | None) -> Awaitable[ApplyCounts]:
+            return asyncio.to_thread(self._apply_held, connection_id, company_upstream_id, page, absent,
+                                     deferred.held_feeds)  # fmt: skip
+
+        try:
+            counts = await write_with_references(portal, company_upstream_id, records, write)
+        except UpstreamError as exc:
+            log.warning("held_records_not_written", connection=connection_id, company=company_upstream_id,
+                        records=len(records), error=str(exc))  # fmt: skip
+            return ApplyCounts()
+        deferred.held.clear()
+        return counts
+
+    def _apply_held(
+        self,
+        connection_id: str,
+        company_upstream_id: str,
+        records: list[UpstreamRecord],
+        absent: set[tuple[str, str]] | None,
+        feeds: set[str],
+    ) -> ApplyCounts:
+        with transaction(self.ctx.sessions) as session:
+            counts = apply_records(session, connection_id, company_ids(session, connection_id), records,
+                                   utcnow(), absent=absent)  # fmt: skip
+            _unmark_relist(session, connection_id, company_upstream_id, feeds)
         return counts
 
     def _to_relist(self, connection_id: str, company_upstream_id: str) -> list[Feed]:
@@ -631,6 +732,8 @@ class SyncEngine:
             first_pull = cursor.full_sync_completed_at is None  # set by this pull's last page at the earliest
         began = portal.portal_now()
         resuming = bool(state.get("in_progress"))
+        # Records modified after this were not listed by the last pull (see _Deferred.hold_parents).
+        changed_after = datetime.fromisoformat(state["since"]) if state.get("since") else None
         # When this feed was last listed whole (portal time); a cursor from before it was kept
         # counts from now, rather than relisting every feed at once on the first run after upgrade.
         listed_whole_at = state.get("listed_whole_at") or _iso(began)
@@ -688,7 +791,8 @@ class SyncEngine:
                 # Records at exactly `since` are applied again rather than skipped: one may have changed
                 # at the same instant as the last sync. Unchanged records cost a comparison, no write.
                 counts = await self._write_with_references(portal, connection_id, company_upstream_id, feed,
-                                                           page.records, state, deferred, first_pull)  # fmt: skip
+                                                           page.records, state, deferred, first_pull,
+                                                           changed_after)  # fmt: skip
                 relist = relist or bool(state.get("relist"))
                 report.counts.add(counts)
                 report.pages += 1
@@ -736,10 +840,15 @@ class SyncEngine:
         state: dict[str, Any],
         deferred: _Deferred,
         first_pull: bool,
+        changed_after: datetime | None,
     ) -> ApplyCounts:
         """Write a page with the objects it refers to that the store lacks (sync.references): a bill
         whose vendor is new (the vendors feed runs less often), reminders of an invoice made after the
         invoices were listed.
+
+        A later pull's records whose parts a later feed brings wait in `deferred` (hold_parents) for
+        the page that holds their parts or refers to them, or for the end of the run; `state` gets
+        the `relist` mark meanwhile, as below.
 
         Objects of a feed this run pulls later (a recurring plan's invoices) are not read one by one:
         the records holding them wait in `deferred` to be applied at the end of the run, and `state`
@@ -768,7 +877,20 @@ class SyncEngine:
                 self._write_page, connection_id, company_upstream_id, feed, page, state, absent
             )
 
-        return await write_with_references(portal, company_upstream_id, records, write, wait=wait)
+        taken: list[UpstreamRecord] = []
+        if not first_pull and deferred.parents.intersection(feed.object_types):
+            kept = deferred.hold_parents(feed.name, records, changed_after)
+            if len(kept) < len(records):
+                state["relist"] = True
+            records = kept
+        else:
+            taken = deferred.take(records)
+            records = [*taken, *records]
+        try:
+            return await write_with_references(portal, company_upstream_id, records, write, wait=wait)
+        except BaseException:
+            deferred.give_back(taken)  # written at the end of the run, should it get there
+            raise
 
     def _write_page(
         self,
