@@ -1356,6 +1356,18 @@ async def test_an_invoice_that_changed_and_gained_reminders_is_one_update(
             assert event.data == served
         both += bool(newly_sent) and served["status"] != status
     assert both > 0  # some invoice both went overdue (or was paid) and had a reminder go out
+    # The customer payment that paid an invoice is announced before the invoice paid by it.
+    paid_by = {
+        allocation["invoice_id"]: events[0].seq
+        for events in _events_since(ctx, seq, "payment").values()
+        for allocation in events[-1].data["allocations"]
+    }
+    paid = {
+        invoice_id: next(event.seq for event in events if event.type == "invoice.paid")
+        for invoice_id, events in _events_since(ctx, seq, "invoice").items()
+        if "invoice.paid" in {event.type for event in events} and invoice_id in paid_by
+    }
+    assert paid and all(paid_by[invoice_id] < paid_seq for invoice_id, paid_seq in paid.items())
     with ctx.sessions() as session:  # nothing held is left waiting for a relist
         states = session.scalars(select(models.SyncCursor.page_state))
         assert not any((state or {}).get("relist") for state in states)

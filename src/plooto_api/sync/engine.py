@@ -275,10 +275,28 @@ class _Deferred:
             self.held_feeds.add(feed)
         return rest
 
+    def hold_parts(self, feed: str, records: list[UpstreamRecord]) -> list[UpstreamRecord]:
+        """Hold the parts of held records (an invoice's reminders), to be written with them: the rest."""
+        if not self.held:
+            return records
+        rest = []
+        for record in records:
+            part = mapping.PARTS.get(record.object_type)
+            if (
+                part is not None
+                and (part.parent_type, record.fields[part.parent_key].upstream_id) in self.held
+            ):
+                self.held[(record.object_type, record.upstream_id)] = record
+            else:
+                rest.append(record)
+        if len(rest) < len(records):
+            self.held_feeds.add(feed)
+        return rest
+
     def take(self, records: list[UpstreamRecord]) -> list[UpstreamRecord]:
-        """The held records that `records` hold parts of or refer to (a reminder its invoice, a
-        customer payment the invoices it pays), with the held ones referring to those: no longer
-        held, to be written with `records`."""
+        """The held records that `records` refer to (a customer payment the invoices it pays), with
+        the held ones referring to those (their reminders): no longer held, to be written with
+        `records`."""
         if not self.held:
             return []
         wanted = {ref for record in records for ref in _refs(record) if ref in self.held}
@@ -846,9 +864,10 @@ class SyncEngine:
         whose vendor is new (the vendors feed runs less often), reminders of an invoice made after the
         invoices were listed.
 
-        A later pull's records whose parts a later feed brings wait in `deferred` (hold_parents) for
-        the page that holds their parts or refers to them, or for the end of the run; `state` gets
-        the `relist` mark meanwhile, as below.
+        A later pull's records whose parts a later feed brings wait in `deferred` (hold_parents)
+        with their parts for a page that refers to them, which writes them after its own records
+        (a customer payment's events come before those of the invoice it paid), or for the end of
+        the run; `state` gets the `relist` mark meanwhile, as below.
 
         Objects of a feed this run pulls later (a recurring plan's invoices) are not read one by one:
         the records holding them wait in `deferred` to be applied at the end of the run, and `state`
@@ -877,15 +896,16 @@ class SyncEngine:
                 self._write_page, connection_id, company_upstream_id, feed, page, state, absent
             )
 
-        taken: list[UpstreamRecord] = []
-        if not first_pull and deferred.parents.intersection(feed.object_types):
-            kept = deferred.hold_parents(feed.name, records, changed_after)
+        if not first_pull:
+            if deferred.parents.intersection(feed.object_types):
+                kept = deferred.hold_parents(feed.name, records, changed_after)
+            else:
+                kept = deferred.hold_parts(feed.name, records)
             if len(kept) < len(records):
                 state["relist"] = True
             records = kept
-        else:
-            taken = deferred.take(records)
-            records = [*taken, *records]
+        taken = deferred.take(records)
+        records = [*records, *taken]
         try:
             return await write_with_references(portal, company_upstream_id, records, write, wait=wait)
         except BaseException:
