@@ -1437,6 +1437,35 @@ async def test_invoices_held_for_their_reminders_are_written_when_the_reminders_
         assert events[invoice_id][-1].data["status"] == now[invoice_id]
 
 
+async def test_a_held_invoice_of_a_new_customer_is_written_with_its_customer(
+    ctx: JobContext, make_connection: Callable[..., str], control: httpx.Client
+) -> None:
+    # A held invoice is written at the end of the run: what it refers to that the store lacks (a
+    # customer made since the customers feed last ran) is read then, as a page's would be.
+    connection_id = make_connection()
+    engine = SyncEngine(ctx)
+    assert (await engine.sync_connection(connection_id)).ok
+    with ctx.sessions() as session:
+        company = session.scalars(select(models.Company.upstream_id).order_by(models.Company.id)).first()
+    mutation = {"action": "createCustomer", "companyId": company}
+    customer = control.post("/mutate", json=mutation).json()["changed"][0]
+    portal = await ctx.portals.get(connection_id)
+    made = await portal.create_invoice(
+        company, customer_upstream_id=customer, number=None, issue_date=None, terms=None, due_date=None,
+        lines=[{"description": "Retainer", "amount": "10.00"}], memo=None, reference="held-invoice",
+        send="now", scheduled_send_date=None, reminders=None, recurring=None,
+    )  # fmt: skip
+    assert (await engine.sync_connection(connection_id, cadence="fast")).ok
+    with ctx.sessions() as session:
+        invoice = session.scalars(
+            select(models.Invoice).where(models.Invoice.upstream_id == made.portal_id)
+        ).one()
+        stored = session.scalars(select(models.Customer).where(models.Customer.upstream_id == customer)).one()
+        assert invoice.customer_id == stored.id
+        assert not any((c.page_state or {}).get("relist") for c in session.scalars(select(models.SyncCursor)))
+    assert [e.type for e in _events_since(ctx, 0, "invoice")[invoice.id]] == ["invoice.created"]
+
+
 def _sent_reminders(ctx: JobContext) -> set[tuple[str, str]]:
     """(invoice id, reminder portal id) of every reminder the store holds as sent."""
     with ctx.sessions() as session:
