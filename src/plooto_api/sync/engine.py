@@ -898,12 +898,13 @@ class SyncEngine:
 
         if not first_pull:
             if deferred.parents.intersection(feed.object_types):
-                kept = deferred.hold_parents(feed.name, records, changed_after)
+                records = deferred.hold_parents(feed.name, records, changed_after)
             else:
-                kept = deferred.hold_parts(feed.name, records)
-            if len(kept) < len(records):
-                state["relist"] = True
-            records = kept
+                records = deferred.hold_parts(feed.name, records)
+        if feed.name in deferred.held_feeds or feed.name in deferred.records:
+            # Marked while anything it held waits, whichever page held it (a whole listing's last
+            # page would otherwise take the mark off).
+            state["relist"] = True
         taken = deferred.take(records)
         records = [*records, *taken]
         try:
