@@ -23,6 +23,7 @@ from plooto_sandbox.model import (
     Membership,
     PayeeMethod,
     Payment,
+    PaymentMethod,
     RecurringInvoice,
     Reminder,
     User,
@@ -279,6 +280,16 @@ def bill(state: PortalState, item: Bill) -> JSON:
     )
 
 
+def _pay_from(state: PortalState, item: Payment) -> JSON:
+    """The payment's "Pay From" (View Payment, Additional Details: `Main Account / *********863`):
+    the account the money leaves, number masked; an Instant payment's is the wallet, with none."""
+    if item.method == PaymentMethod.PLOOTO_INSTANT:
+        return {"name": "Plooto Instant", "accountNumberMasked": None}
+    account = state.get(BankAccount, item.debit_bank_account_id)
+    assert account is not None  # checked when the payment was created; accounts are never removed
+    return {"name": account.name, "accountNumberMasked": mask(account.account_number)}
+
+
 def payment(state: PortalState, item: Payment) -> JSON:
     """A payable payment with FX, dates, approvals and audit trail."""
     payee = state.get(Vendor, item.vendor_id)
@@ -303,6 +314,7 @@ def payment(state: PortalState, item: Payment) -> JSON:
             "feeAmount": money(item.fee),
             "feeCurrency": item.source_currency,
             "debitBankAccountId": item.debit_bank_account_id,
+            "payFrom": _pay_from(state, item),
             "requestedDebitDate": item.requested_debit_date.isoformat(),
             "scheduledDebitDate": item.scheduled_debit_date.isoformat()
             if item.scheduled_debit_date

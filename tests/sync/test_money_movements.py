@@ -160,3 +160,40 @@ async def test_a_payment_first_seen_failed_or_recalled_keeps_its_debit_and_a_rec
         assert credit is not None and credit["kind"] == "credit" and credit["amount"] == debit["amount"]
         assert accounts[credit["bank_account_id"]]["kind"] == "instant_wallet"
         assert credit["occurred_on"] >= debit["occurred_on"]
+
+
+async def test_a_payable_payment_says_which_account_it_is_paid_from(
+    ctx: JobContext, make_connection: Callable[..., str], control: httpx.Client
+) -> None:
+    # debit_account_masked was always null, though the portal's payment shows its "Pay From"
+    # (`Main Account / *********863`). An Instant payment is paid from the wallet, which has no number.
+    connection_id = make_connection()
+    engine = SyncEngine(ctx)
+    assert (await engine.sync_connection(connection_id)).ok
+    with ctx.sessions() as session:
+        bills = session.scalars(
+            select(models.Bill).where(models.Bill.status == "approved").order_by(models.Bill.id)
+        ).all()
+    for bill in bills:
+        created = control.post("/mutate", json={"action": "createPayment", "billId": bill.upstream_id,
+                                                "userEmail": CONTROLLER, "paymentMethod": "PlootoInstant",
+                                                "amount": "10.00"})  # fmt: skip
+        if created.status_code == 200:
+            break
+    else:
+        raise AssertionError("no approved bill can be paid from the Instant wallet")
+    instant = created.json()["changed"][0]
+    assert (await engine.sync_connection(connection_id, cadence="fast")).ok
+    accounts = {a["id"]: a for a in _documents(ctx, models.BankAccount).values()}
+    payments = [p for p in _documents(ctx, models.Payment).values() if p["direction"] == "payable"]
+    assert len(payments) > 1
+    for payment in payments:
+        if payment["upstream_id"] == instant:
+            assert payment["method"] == "instant" and payment["debit_account_masked"] is None
+            continue
+        masked = accounts[payment["debit_bank_account_id"]]["account_number_masked"]
+        assert masked and payment["debit_account_masked"] == masked, payment["upstream_id"]
+        assert payment["credit_account_masked"] is None  # the portal shows the payee's bank, no number
+    with ctx.sessions() as session:  # the column the filters and reports read says the same
+        stored = session.scalars(select(models.Payment.debit_account_masked)).all()
+        assert sum(1 for value in stored if value) == len(payments) - 1
