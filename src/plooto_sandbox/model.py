@@ -586,6 +586,7 @@ class CustomerPayment(Tracked):
     deposit_date: date | None
     allocations: list[Allocation]
     accounting: AccountingLink | None
+    audit: list[AuditEntry] = field(default_factory=list)
 
     @property
     def match_status(self) -> str:

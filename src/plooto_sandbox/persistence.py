@@ -15,7 +15,7 @@ from typing import BinaryIO
 
 from plooto_sandbox.store import PortalState
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: customer payments keep an audit trail
 # Each state file starts with this line: a file without it is someone else's, never read as a
 # state (unpickled) nor overwritten. Files written before it were bare pickles (see _legacy).
 MAGIC = b"plooto-sandbox state\n"

@@ -17,6 +17,7 @@ from plooto_sandbox.errors import PortalError, invalid_state, rule
 from plooto_sandbox.model import (
     AccountingLink,
     Allocation,
+    AuditEntry,
     Customer,
     CustomerPayment,
     CustomerPaymentStatus,
@@ -490,6 +491,7 @@ def create_customer_payment(
         deposit_date=calendar_for(customer.currency).add_business_days(debit_date, 2),
         allocations=match_invoices(state, customer, amount, invoice_ids),
         accounting=None,
+        audit=[AuditEntry(state.now, f"Status changed to {CustomerPaymentStatus.PENDING.value}")],
     )
     state.add(payment, payment.company_id, payment.customer_payment_id)
     if method == "Card":
@@ -516,6 +518,7 @@ def advance_customer_payment(state: PortalState, payment: CustomerPayment) -> No
     """Move one step along Pending → FundsDebited → Clearing → Completed and schedule the next."""
     position = CUSTOMER_PAYMENT_PATH.index(payment.status)
     payment.status = CUSTOMER_PAYMENT_PATH[position + 1]
+    payment.audit.append(AuditEntry(state.now, f"Status changed to {payment.status.value}"))
     state.touch(payment, payment.company_id, payment.customer_payment_id)
     if payment.status is CustomerPaymentStatus.COMPLETED:
         apply_allocations(state, payment)

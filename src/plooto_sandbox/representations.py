@@ -439,6 +439,9 @@ def customer_payment(item: CustomerPayment) -> JSON:
             "depositDate": item.deposit_date.isoformat() if item.deposit_date else None,
             "allocations": [{"invoiceId": a.invoice_id, "amount": money(a.amount)} for a in item.allocations],
             "matchStatus": item.match_status,
+            "auditTrail": [
+                {"timestamp": timestamp(e.timestamp), "description": e.description} for e in item.audit
+            ],
             "accountingIds": accounting(item.accounting),
             **_stamps(item.created, item.modified),
         },

@@ -1024,6 +1024,11 @@ class _CompanySeeder:
             if status is CustomerPaymentStatus.COMPLETED
             else None,
         )
+        # As a seeded payable's trail: its first status and the one it is in now.
+        payment.audit.append(AuditEntry(created, f"Status changed to {CustomerPaymentStatus.PENDING.value}"))
+        if status is CustomerPaymentStatus.FAILED:
+            payment.audit.append(AuditEntry(payment.modified, f"Payment failed: {payment.failure_reason}"))
+        payment.audit.append(AuditEntry(payment.modified, f"Status changed to {status.value}"))
         self.put("customerPayment", payment.customer_payment_id, payment)
         invoice.modified = max(invoice.modified, payment.modified)
         if status is CustomerPaymentStatus.CLEARING:

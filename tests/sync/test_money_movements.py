@@ -197,3 +197,44 @@ async def test_a_payable_payment_says_which_account_it_is_paid_from(
     with ctx.sessions() as session:  # the column the filters and reports read says the same
         stored = session.scalars(select(models.Payment.debit_account_masked)).all()
         assert sum(1 for value in stored if value) == len(payments) - 1
+
+
+async def test_a_receivable_payment_has_its_status_history(
+    ctx: JobContext, make_connection: Callable[..., str], control: httpx.Client
+) -> None:
+    # A customer payment's status_history was always empty, while a payable's came from its trail.
+    connection_id = make_connection()
+    engine = SyncEngine(ctx)
+    assert (await engine.sync_connection(connection_id)).ok
+    with ctx.sessions() as session:
+        invoices = session.scalars(
+            select(models.Invoice.upstream_id)
+            .where(models.Invoice.status == "sent")
+            .order_by(models.Invoice.id)
+        ).all()
+    for invoice in invoices:
+        created = control.post("/mutate", json={"action": "customerPays", "invoiceId": invoice})
+        if created.status_code == 200:
+            break
+    else:
+        raise AssertionError("no sent invoice can be paid by its customer")
+    collected = created.json()["changed"][0]
+    for _ in range(3):  # debited (or charged), clearing, deposited
+        control.post("/clock", json={"advance_days": 1}).raise_for_status()
+    assert (await engine.sync_connection(connection_id, cadence="fast")).ok
+    receivables = [p for p in _documents(ctx, models.Payment).values() if p["direction"] == "receivable"]
+    assert {p["status"] for p in receivables} >= {"completed", "failed"}
+    for payment in receivables:  # the seed's: the first status and the one it is in now
+        history = payment["status_history"]
+        assert history and history[0]["status"] == "scheduled", payment["upstream_id"]
+        assert history[-1]["status"] == payment["status"]
+        times = [change["occurred_at"] for change in history]
+        assert times == sorted(times) and all(t.endswith("Z") or t.endswith("+00:00") for t in times)
+    mine = next(p for p in receivables if p["upstream_id"] == collected)
+    assert [(c["status"], c["status_raw"]) for c in mine["status_history"]] == [
+        ("scheduled", "Pending"),
+        ("processing", "FundsDebited"),
+        ("in_transit", "Clearing"),
+        ("completed", "Completed"),
+    ]
+    assert mine["status"] == "completed"

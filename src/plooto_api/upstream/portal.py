@@ -248,6 +248,7 @@ BILL = Shape(
         "accountingIds": "dict?", **_STAMPS,
     },
 )  # fmt: skip
+AUDIT_ENTRY = Shape("auditEntry", {"timestamp": "ts", "description": "str"})
 PAYMENT = Shape(
     "payment",
     {
@@ -265,8 +266,7 @@ PAYMENT = Shape(
             "approverUserId": "str?", "approverDisplayName": "str?", "status": "str", "decisionDate": "ts?",
         })),
         "requiredApprovals": "int",
-        "auditTrail": ListOf(Shape("auditEntry", {"timestamp": "ts", "description": "str"})),
-        "accountingIds": "dict?", **_STAMPS,
+        "auditTrail": ListOf(AUDIT_ENTRY), "accountingIds": "dict?", **_STAMPS,
     },
 )  # fmt: skip
 INVOICE = Shape(
@@ -304,7 +304,7 @@ CUSTOMER_PAYMENT = Shape(
         "currency": "str", "feeAmount": "number", "netAmount": "number", "status": "str",
         "failureReason": "str?", "debitDate": "date?", "depositDate": "date?",
         "allocations": ListOf(Shape("allocation", {"invoiceId": "str", "amount": "number"})),
-        "matchStatus": "str", "accountingIds": "dict?", **_STAMPS,
+        "matchStatus": "str", "auditTrail": ListOf(AUDIT_ENTRY), "accountingIds": "dict?", **_STAMPS,
     },
 )  # fmt: skip
 
@@ -859,8 +859,9 @@ def _business_day_start(value: str | None) -> datetime | None:
     return date_as_timestamp(value, ZoneInfo(BUSINESS_TIME_ZONE))
 
 
-def _payment_history(raw: dict[str, Any]) -> list[dict[str, Any]]:
-    """The payment's status changes, from its audit trail. A hold keeps the status it froze."""
+def _payment_history(raw: dict[str, Any], statuses: dict[str, str] = PAYMENT_STATUS) -> list[dict[str, Any]]:
+    """The payment's status changes, from its audit trail (a payable's or a receivable's, by the
+    `statuses` map). A hold keeps the status it froze."""
     history: list[dict[str, Any]] = []
     for entry in raw["auditTrail"]:
         description: str = entry["description"]
@@ -869,11 +870,11 @@ def _payment_history(raw: dict[str, Any]) -> list[dict[str, Any]]:
             status_raw = "ApprovalRequired"
         elif description.startswith(AUDIT_STATUS_PREFIX):
             status_raw = description[len(AUDIT_STATUS_PREFIX) :].strip().rstrip(".")
-        if status_raw is not None and status_raw in PAYMENT_STATUS:
+        if status_raw is not None and status_raw in statuses:
             held = status_raw == PAYMENT_ON_HOLD and history
             history.append(
                 {
-                    "status": history[-1]["status"] if held else PAYMENT_STATUS[status_raw],
+                    "status": history[-1]["status"] if held else statuses[status_raw],
                     "status_raw": status_raw,
                     "occurred_at": parse_timestamp(entry["timestamp"]),
                     "reason": None,
@@ -1065,7 +1066,7 @@ def normalize_customer_payment(raw: dict[str, Any], ctx: Context) -> list[Upstre
         "expected_arrival": parse_date(raw.get("depositDate")),
         "completed_at": _business_day_start(raw.get("depositDate")) if status_raw == "Completed" else None,
         "status": _mapped(CUSTOMER_PAYMENT_STATUS, status_raw, "payment", "status"),
-        "status_history": [],
+        "status_history": _payment_history(raw, CUSTOMER_PAYMENT_STATUS),
         "failure_code": snake(failure),
         "failure_reason": FAILURE_REASON_TEXT.get(failure or "", failure),
         "trace_number": None,
