@@ -100,3 +100,16 @@ def test_seeded_stamps_are_unique_and_modified_since_returns_each_object_at_its_
             listed = index.changed_since(obj.modified)
             assert listed[0] == getattr(obj, ID_ATTRIBUTE[kind]), kind  # itself first, nothing older
         assert all(obj.created <= obj.modified <= DEFAULT_START_TIME for obj in objects), kind
+
+
+def test_customer_payments_keep_an_audit_trail_of_their_statuses() -> None:
+    state = seed_portal(1, 2, 22, DEFAULT_START_TIME)
+    payments = list(state.objects["customerPayment"].values())
+    assert payments
+    for payment in payments:
+        lines = [e.description for e in payment.audit if e.description.startswith("Status changed to ")]
+        assert (
+            lines[0] == "Status changed to Pending"
+            and lines[-1] == f"Status changed to {payment.status.value}"
+        )
+        assert [e.timestamp for e in payment.audit] == sorted(e.timestamp for e in payment.audit)
