@@ -10,6 +10,7 @@ import gc
 import hashlib
 import random
 import re
+import uuid
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
@@ -592,6 +593,7 @@ class _CompanySeeder:
             )
             if source == "Capture":
                 bill.captured = self.captured(bill, vendor)
+                bill.attachments.append(self.scan(bill.captured, created))
             if index % 5 == 1:
                 bill.attachments.append(
                     Attachment(
@@ -622,6 +624,16 @@ class _CompanySeeder:
         }
         overall = min(f.confidence for f in fields.values())
         return CapturedDocument(self.ids(), f"scan-{bill.bill_number}.pdf", fields, overall)
+
+    @staticmethod
+    def scan(document: CapturedDocument, uploaded: datetime) -> Attachment:
+        """The scanned file a captured document was read from: it stays on the bill Capture made
+        of it, as an upload's does (api.py). Its id and size come from the document's id, not from
+        the seed's random stream, so every other seeded object is as it was without it."""
+        digest = hashlib.sha256(document.document_id.encode()).digest()
+        size = 20_000 + int.from_bytes(digest[16:20], "big") % 380_000
+        file_id = str(uuid.UUID(bytes=digest[:16], version=4))
+        return Attachment(file_id, document.file_name, "application/pdf", size, uploaded)
 
     def route_for_approval(self, bill: Bill, rejected: bool) -> None:
         policy = payables.policy_for(self.state, self.company.company_id, bill.currency, bill.total)

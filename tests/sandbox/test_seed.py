@@ -113,3 +113,14 @@ def test_customer_payments_keep_an_audit_trail_of_their_statuses() -> None:
             and lines[-1] == f"Status changed to {payment.status.value}"
         )
         assert [e.timestamp for e in payment.audit] == sorted(e.timestamp for e in payment.audit)
+
+
+def test_a_bill_from_capture_carries_its_scanned_file() -> None:
+    # As one uploaded to Capture does: seeded ones had only the OCR fields, no file.
+    state = seed_portal(1, 2, 22, DEFAULT_START_TIME)
+    captured = [b for b in state.objects["bill"].values() if b.captured is not None]
+    assert captured
+    for bill in captured:
+        assert bill.captured is not None
+        [scan] = [a for a in bill.attachments if a.file_name == bill.captured.file_name]
+        assert scan.size_bytes > 0 and scan.content_type == "application/pdf"

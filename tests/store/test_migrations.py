@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -129,3 +130,39 @@ def test_bills_stored_before_0009_get_their_scheduled_amount_and_reference() -> 
         "papi-op_3",
         None,
     )
+
+
+def test_captured_documents_stored_with_no_size_before_0010_have_none(tmp_path: Path) -> None:
+    # A document whose bill lacked its file was stored as 0 bytes; the adapter now says null.
+    engine = create_db_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    now = "2026-12-07 12:00:00.000000"
+    try:
+        command.upgrade(_alembic_config(engine), "0009")
+        with engine.begin() as conn:
+            conn.execute(text(
+                "INSERT INTO connections (id, username, upstream_url, login_mode, state, state_changed_at, "
+                "created_at, updated_at) VALUES ('conn_1', 'a@x.test', 'https://p.test', 'http', 'healthy', "
+                ":now, :now, :now)"
+            ), {"now": now})  # fmt: skip
+            conn.execute(text(
+                "INSERT INTO companies (id, connection_id, upstream_id, name, country, base_currency, status, "
+                "is_accounting_firm, approval_policy, created_at, updated_at) VALUES ('cmp_1', 'conn_1', 'c-1', "
+                "'Acme', 'CA', 'CAD', 'active', 0, '{}', :now, :now)"
+            ), {"now": now})  # fmt: skip
+            for doc_id, size in (("doc_1", 0), ("doc_2", 1234)):
+                document = json.dumps({"id": doc_id, "size_bytes": size, "status": "converted"})
+                conn.execute(text(
+                    "INSERT INTO captured_documents (id, connection_id, company_id, upstream_id, filename, "
+                    "content_type, size_bytes, status, fields, received_at, created_at, updated_at, document) "
+                    "VALUES (:id, 'conn_1', 'cmp_1', :id, 'scan.pdf', 'application/pdf', :size, 'converted', "
+                    "'{}', :now, :now, :now, :document)"
+                ), {"id": doc_id, "size": size, "now": now, "document": document})  # fmt: skip
+        upgrade_to_head(engine)
+        with engine.connect() as conn:
+            rows = conn.execute(
+                text("SELECT id, size_bytes, document FROM captured_documents ORDER BY id")
+            ).all()
+        stored = {row_id: (size, json.loads(document)["size_bytes"]) for row_id, size, document in rows}
+        assert stored == {"doc_1": (None, None), "doc_2": (1234, 1234)}
+    finally:
+        engine.dispose()

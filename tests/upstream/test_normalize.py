@@ -289,3 +289,36 @@ def test_a_payment_completes_on_the_day_the_portal_says() -> None:
     assert completed_at([], "2026-02-05") == datetime(2026, 2, 5, 5, tzinfo=UTC)  # midnight in Toronto
     assert completed_at(same_day, None) == same_day[0]["occurred_at"]
     assert completed_at([], None) is None
+
+
+def test_a_captured_document_has_the_size_of_its_file(make_session: SessionFactory) -> None:
+    # Seeded Capture bills lacked their scanned file, and a document without it read 0 bytes.
+    records = run(_everything(make_session()))
+    documents = [r for r in records if r.object_type == "captured_document"]
+    assert documents, "the seed has bills from Capture"
+    bills = {r.upstream_id: r for r in records if r.object_type == "bill"}
+    for document in documents:
+        bill = bills[document.fields["bill_id"].upstream_id]
+        [file] = [a for a in bill.fields["attachments"] if a["file_name"] == document.fields["filename"]]
+        assert document.fields["size_bytes"] == file["size_bytes"] > 0
+
+
+def test_a_captured_document_whose_file_the_bill_lacks_has_no_size() -> None:
+    from plooto_api.upstream._convert import Context
+    from plooto_api.upstream.portal import normalize_bill
+
+    stamp = "2026-03-02T14:00:00Z"
+    raw = {"billId": "b-1", "vendorId": None, "billNumber": "OCR-1", "currency": "CAD", "issueDate": None,
+           "dueDate": None, "lineItems": [], "totalAmount": Decimal("10.00"), "paidAmount": Decimal("0.00"),
+           "scheduledAmount": Decimal("0.00"), "openBalance": Decimal("10.00"), "status": "Open",
+           "source": "Capture", "memo": None, "createdByUserId": None, "approvalPolicyId": None,
+           "approvalSteps": [], "paymentIds": [], "accountingIds": None, "lastModified": stamp, "createdDate": stamp,
+           "attachments": [{"attachmentId": "a-1", "fileName": "other.pdf", "contentType": "application/pdf",
+                            "sizeBytes": 1234, "uploadedDate": stamp}],
+           "capturedDocument": {"documentId": "d-1", "fileName": "scan.png", "extractedFields": {},
+                                "overallConfidence": Decimal("0.9"), "ocrStatus": "Completed"}}  # fmt: skip
+    records = normalize_bill(raw, Context("c-1", "http://portal.test", datetime(2026, 3, 2, 14, tzinfo=UTC)))
+    [document] = [r for r in records if r.object_type == "captured_document"]
+    assert document.fields["size_bytes"] is None  # unknown, not 0
+    assert document.fields["content_type"] == "image/png"  # told by its name
+    validate(document, [])

@@ -377,7 +377,11 @@ class CapturedDocument(PortalObject):
     object: Literal["captured_document"] = "captured_document"
     filename: str
     content_type: str
-    size_bytes: int
+    size_bytes: int | None = Field(
+        default=None,
+        description="The file's size, from the bill's attachment of the same name; null when the bill "
+        "no longer carries the file (the portal gives the document no size of its own).",
+    )
     status: Literal["uploaded", "processing", "needs_review", "converted", "published"]
     fields: dict[str, Any] = Field(default_factory=dict, description="name -> {value, confidence}")
     bill_id: str | None = None

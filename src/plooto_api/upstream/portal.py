@@ -803,7 +803,8 @@ def normalize_bill(raw: dict[str, Any], ctx: Context) -> list[UpstreamRecord]:
             "content_type": attachment["contentType"]
             if attachment
             else CONTENT_TYPES.get(extension, "application/octet-stream"),
-            "size_bytes": attachment["sizeBytes"] if attachment else 0,
+            # Unknown without the file: the bill no longer carries it (the portal gives no size of its own).
+            "size_bytes": attachment["sizeBytes"] if attachment else None,
             "status": "converted",  # a captured document the portal shows is already a bill
             "fields": ocr,
             "bill_id": ref("bill", bill_id),

@@ -438,7 +438,7 @@ class CapturedDocument(CompanyOwnedMixin, Base):
 
     filename: Mapped[str] = mapped_column(String(300))
     content_type: Mapped[str] = mapped_column(String(100))
-    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger)  # null: the bill lacks the file
     # uploaded · processing · needs_review · converted · published
     status: Mapped[str] = mapped_column(String(32))
     fields: Mapped[dict[str, Any]] = mapped_column(default=dict)  # name -> {value, confidence}
