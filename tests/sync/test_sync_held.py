@@ -1,0 +1,67 @@
+"""Review of the held-invoices change: against the real sandbox over loopback."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from plooto_api.jobs import JobContext
+from plooto_api.store import models
+from plooto_api.sync.engine import SyncEngine
+
+from .test_sync import SimulatedCrash, _events_since, _last_seq
+
+
+def _sent_invoices(ctx: JobContext, count: int) -> list[tuple[str, str]]:
+    """(gateway id, portal id) of `count` sent invoices of one company."""
+    with ctx.sessions() as session:
+        rows = session.execute(
+            select(models.Invoice.company_id, models.Invoice.id, models.Invoice.upstream_id)
+            .where(models.Invoice.status == "sent")
+            .order_by(models.Invoice.company_id, models.Invoice.id)
+        ).all()
+    by_company: dict[str, list[tuple[str, str]]] = {}
+    for company_id, invoice_id, upstream_id in rows:
+        by_company.setdefault(company_id, []).append((invoice_id, upstream_id))
+    return next(v[:count] for v in by_company.values() if len(v) >= count)
+
+
+def _status(ctx: JobContext, invoice_id: str) -> str:
+    with ctx.sessions() as session:
+        return session.get(models.Invoice, invoice_id).status  # type: ignore[union-attr]
+
+
+def _relist_marks(ctx: JobContext) -> set[str]:
+    with ctx.sessions() as session:
+        return {
+            f"{c.company_upstream_id}/{c.object_type}"
+            for c in session.scalars(select(models.SyncCursor))
+            if (c.page_state or {}).get("relist")
+        }
+
+
+async def test_a_change_held_by_a_stopped_run_is_not_lost_when_the_next_run_holds_another(
+    ctx: JobContext, make_connection: Callable[..., str], control: httpx.Client
+) -> None:
+    connection_id = make_connection()
+    engine = SyncEngine(ctx)
+    assert (await engine.sync_connection(connection_id)).ok
+    (first, first_upstream), (second, second_upstream) = _sent_invoices(ctx, 2)
+    control.post("/mutate", json={"action": "viewInvoice", "invoiceId": first_upstream}).raise_for_status()
+    control.post("/clock", json={"advance_minutes": 5}).raise_for_status()  # the next pull starts past it
+
+    def stop_at_reminders(company: str, feed: str, done: int, total: int | None) -> None:
+        if feed == "reminders":
+            raise SimulatedCrash("the worker died here")
+
+    with pytest.raises(SimulatedCrash):
+        await engine.sync_connection(connection_id, cadence="fast", progress=stop_at_reminders)
+    assert any(mark.endswith("/invoices") for mark in _relist_marks(ctx))  # what it held is to be listed again
+
+    control.post("/mutate", json={"action": "viewInvoice", "invoiceId": second_upstream}).raise_for_status()
+    assert (await engine.sync_connection(connection_id, cadence="fast")).ok
+    assert _status(ctx, second) == "viewed"
+    assert _status(ctx, first) == "viewed"  # held by the stopped run, its change lost
