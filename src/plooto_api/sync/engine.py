@@ -232,6 +232,9 @@ class _Deferred:
     parents: frozenset[str] = frozenset()
     held: dict[tuple[str, str], UpstreamRecord] = field(default_factory=dict)
     held_feeds: set[str] = field(default_factory=set)  # feeds that held any: marked `relist` meanwhile
+    # Feeds whose cursor bore the `relist` mark when this run began pulling them (set by a run that
+    # stopped, its held records lost): this run's writes do not take it off; they are listed whole.
+    marked_before: set[str] = field(default_factory=set)
 
     def next_feed(self, feeds: list[Feed]) -> None:
         """Before pulling a feed: `feeds` are those after it in this run."""
@@ -315,10 +318,14 @@ def _refs(record: UpstreamRecord) -> set[tuple[str, str]]:
 
 
 def _unmark_relist(
-    session: Session, connection_id: str, company_upstream_id: str, feeds: Iterable[str]
+    session: Session, connection_id: str, company_upstream_id: str, feeds: Iterable[str],
+    deferred: _Deferred,
 ) -> None:
-    """Take the `relist` mark off these feeds' cursors: what their pulls held back is written."""
+    """Take the `relist` mark off these feeds' cursors: what their pulls held back is written. (Not
+    off those marked before this run: what an earlier run held back is not, see _Deferred.)"""
     for feed_name in feeds:
+        if feed_name in deferred.marked_before:
+            continue
         cursor = _cursor(session, connection_id, company_upstream_id, feed_name)
         if cursor.page_state and not cursor.page_state.get("in_progress"):
             cursor.page_state = {key: value for key, value in cursor.page_state.items() if key != "relist"}
@@ -528,7 +535,7 @@ class SyncEngine:
                         counts.add(apply_records(session, connection_id, company_ids(session, connection_id),
                                                  list(batch.values()), utcnow(), absent=set(),
                                                  completing=completing))  # fmt: skip
-                _unmark_relist(session, connection_id, company_upstream_id, deferred.records)
+                _unmark_relist(session, connection_id, company_upstream_id, deferred.records, deferred)
         except MissingReferences:  # rolled back: the feeds keep their mark and are listed whole again
             return ApplyCounts()
         return counts
@@ -544,7 +551,7 @@ class SyncEngine:
 
         def write(page: list[UpstreamRecord], absent: set[tuple[str, str]] | None) -> Awaitable[ApplyCounts]:
             return asyncio.to_thread(self._apply_held, connection_id, company_upstream_id, page, absent,
-                                     deferred.held_feeds)  # fmt: skip
+                                     deferred)  # fmt: skip
 
         try:
             counts = await write_with_references(portal, company_upstream_id, records, write)
@@ -561,12 +568,12 @@ class SyncEngine:
         company_upstream_id: str,
         records: list[UpstreamRecord],
         absent: set[tuple[str, str]] | None,
-        feeds: set[str],
+        deferred: _Deferred,
     ) -> ApplyCounts:
         with transaction(self.ctx.sessions) as session:
             counts = apply_records(session, connection_id, company_ids(session, connection_id), records,
                                    utcnow(), absent=absent)  # fmt: skip
-            _unmark_relist(session, connection_id, company_upstream_id, feeds)
+            _unmark_relist(session, connection_id, company_upstream_id, deferred.held_feeds, deferred)
         return counts
 
     def _to_relist(self, connection_id: str, company_upstream_id: str) -> list[Feed]:
@@ -757,6 +764,8 @@ class SyncEngine:
         listed_whole_at = state.get("listed_whole_at") or _iso(began)
         if not resuming and feed.incremental and self._reconcile_due(listed_whole_at, began):
             whole = True  # to find what was deleted in the portal since
+        if state.get("relist") and not (whole and not resuming):
+            deferred.marked_before.add(feed.name)  # what the run that marked it held may be lost
         if whole and not resuming:
             state = {"relist": True}
         elif not feed.incremental and not resuming:
