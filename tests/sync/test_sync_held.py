@@ -78,3 +78,36 @@ async def _portal_status(ctx: JobContext, connection_id: str, invoice_id: str) -
     record = await portal.fetch_object(company_upstream, "invoice", upstream)
     assert record is not None
     return str(record.fields["status"])
+
+
+async def test_reminders_sent_to_invoices_held_for_a_first_pull_of_customer_payments_are_events(
+    ctx: JobContext, make_connection: Callable[..., str], control: httpx.Client
+) -> None:
+    # The customer payments feed failed in the first sync: its next pull is its first. The invoices
+    # it takes (held since they changed and gained reminders) are written by that first-pull page.
+    connection_id = make_connection()
+    engine = SyncEngine(ctx)
+    control.post("/faults", json={"kind": "error", "method": "GET", "pathPattern": r"/customer-payments$",
+                                  "status": 503}).raise_for_status()  # fmt: skip
+    try:
+        assert (await engine.sync_connection(connection_id)).state == "upstream_unavailable"
+    finally:
+        control.delete("/faults").raise_for_status()
+    with ctx.sessions() as session:
+        before = {
+            invoice.id: {r.upstream_id for r in invoice.reminders if r.status == "sent"}
+            for invoice in session.scalars(select(models.Invoice))
+        }
+    seq = _last_seq(ctx)
+    control.post("/clock", json={"advance_days": 30}).raise_for_status()
+    assert (await engine.sync_connection(connection_id, cadence="fast")).ok
+
+    missing = {}
+    for invoice_id, events in _events_since(ctx, seq, "invoice").items():
+        served = events[-1].data
+        newly_sent = {r["upstream_id"] for r in served["reminders"] if r["status"] == "sent"}
+        newly_sent -= before.get(invoice_id, set())
+        types = [event.type for event in events]
+        if types.count("invoice.reminder_sent") != len(newly_sent):
+            missing[invoice_id] = (types, len(newly_sent))
+    assert not missing
