@@ -885,6 +885,7 @@ class SyncEngine:
         later feeds may refer to them, and completes them quietly at the end; a later pull writes them
         only at the end, so their change is one update with its references, not two."""
         later: set[tuple[str, str]] = set()  # (type, portal id) of the records left to the end of the run
+        news: set[tuple[str, str]] = set()  # those of the held records taken (a later pull's: news)
 
         def wait(missing: set[tuple[str, str]], held: list[UpstreamRecord]) -> set[tuple[str, str]]:
             waiting = {ref for ref in missing if ref[0] in deferred.later}
@@ -902,7 +903,7 @@ class SyncEngine:
                 if not any(ref in later for r in rest for ref in _refs(r)):
                     page = rest
             return asyncio.to_thread(
-                self._write_page, connection_id, company_upstream_id, feed, page, state, absent
+                self._write_page, connection_id, company_upstream_id, feed, page, state, absent, news
             )
 
         if not first_pull:
@@ -915,6 +916,7 @@ class SyncEngine:
             # page would otherwise take the mark off).
             state["relist"] = True
         taken = deferred.take(records)
+        news.update((r.object_type, r.upstream_id) for r in taken)
         records = [*records, *taken]
         try:
             return await write_with_references(portal, company_upstream_id, records, write, wait=wait)
@@ -930,15 +932,17 @@ class SyncEngine:
         records: list[UpstreamRecord],
         state: dict[str, Any],
         absent: set[tuple[str, str]] | None = None,
+        news: set[tuple[str, str]] | None = None,
     ) -> ApplyCounts:
         """Apply one page and move the cursor past it, in one transaction (a crash resumes after it).
         With `absent`, a reference to any other object the store lacks writes nothing and raises
-        MissingReferences (see apply_records)."""
+        MissingReferences (see apply_records). `news`: records held by a later pull that the page
+        took, news even in this feed's first pull."""
         with transaction(self.ctx.sessions) as session:
             cursor = _cursor(session, connection_id, company_upstream_id, feed.name)
             counts = apply_records(session, connection_id, company_ids(session, connection_id), records,
                                    utcnow(), first_pull=cursor.full_sync_completed_at is None,
-                                   absent=absent)  # fmt: skip
+                                   absent=absent, news=news or frozenset())  # fmt: skip
             cursor.page_state = state
             cursor.watermark = state.get("since")
             if not state["in_progress"]:

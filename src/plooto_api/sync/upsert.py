@@ -293,6 +293,7 @@ def apply_records(
     first_pull: bool = False,
     absent: AbstractSet[tuple[str, str]] | None = None,
     completing: bool = False,
+    news: AbstractSet[tuple[str, str]] = frozenset(),
 ) -> ApplyCounts:
     """Upsert `records` (mirrored objects of any type) and stage their events in `session`.
 
@@ -303,6 +304,8 @@ def apply_records(
     `absent`: None leaves a reference to an object the store lacks empty. A set (of (type, portal
     id) known not to exist) makes any other such reference raise MissingReferences before anything
     is written, so the caller can read those objects and apply them with the records.
+    `news`: (type, portal id) of records that are a later pull's though `first_pull` is set (held
+    by an earlier feed's later pull and written with this page, see sync.engine._Deferred): news.
     `completing`: the records complete objects a feed's first pull wrote in this run with references
     to objects of a later feed left empty: filling them in is history too, with no event (a first
     sync announced each recurring plan as created, then updated with the invoices it had all along).
@@ -347,7 +350,7 @@ def apply_records(
         if missing:
             raise MissingReferences(missing)
     page = _Page(connection_id, company_ids, existing, ref_fields, ids, now, counts,
-                 EventBatch(session, created_at=now), first_pull, completing)  # fmt: skip
+                 EventBatch(session, created_at=now), first_pull, completing, news=news)  # fmt: skip
 
     # Companies first, then each type in the order it came (feeds are in dependency order). One
     # flush per type: the unit of work orders inserts by relationship(), not by bare foreign keys.
@@ -386,6 +389,11 @@ class _Page:
     # Objects with parts (invoices) written by this page, by gateway id: the served JSON before (None
     # for one created). Parts merged into one of them after it make one set of events, not two.
     before: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    news: AbstractSet[tuple[str, str]] = frozenset()  # records a later pull's (see apply_records)
+
+    def history(self, keys: Iterable[tuple[str, str]]) -> bool:
+        """Whether records with these keys are a first pull's (history, see apply_records)."""
+        return self.first_pull and not any(key in self.news for key in keys)
 
 
 @dataclass
@@ -455,7 +463,7 @@ def _apply_one(page: _Page, record: UpstreamRecord, inserts: _Inserts) -> None:
         inserts.add(spec, stored)
         counts.created += 1
         event_types = [f"{record.object_type}.created"]
-        if not page.first_pull and record.object_type in _ARRIVAL_BASELINE:
+        if not page.history([key]) and record.object_type in _ARRIVAL_BASELINE:
             # A feed's first listing shows history; later ones show what happened since the last.
             event_types += _events_on_arrival(record.object_type, orjson.loads(document))
         if spec.parts:
@@ -536,7 +544,7 @@ def _apply_parts(session: Session, page: _Page, part: mapping.PartMap, records: 
         session, table, page.connection_id, list(by_parent), ("id", "document", "deleted_at")
     )
     merged: list[tuple[str, Any, str]] = []  # (gateway id, the object with its merged list, its JSON)
-    again: list[tuple[str, Any, str]] = []  # those of them this page wrote before (see _restage)
+    again: list[tuple[str, Any, str, bool]] = []  # those of them this page wrote before (see _restage)
     for parent_upstream_id, parts in by_parent.items():
         if parent_upstream_id not in stored:
             continue  # gone from the portal, or of a company this login no longer reaches
@@ -559,11 +567,12 @@ def _apply_parts(session: Session, page: _Page, part: mapping.PartMap, records: 
         new = spec.schema.model_validate({**old, part.field: new_items, "updated_at": page.now})
         document = new.model_dump_json()
         merged.append((gateway_id, new, document))
+        history = page.history((part.record_type, upstream_id) for upstream_id in parts)
         if gateway_id in page.before:
-            again.append((gateway_id, new, document))
+            again.append((gateway_id, new, document, history))
             continue
         page.counts.updated += 1
-        if page.first_pull:
+        if history:
             # Parts listed by their feed's first pull (the reminders an invoice had before the gateway
             # looked) are history, not a change: no event. (A first sync emitted an `invoice.updated`
             # for every invoice with reminders, the portal having changed nothing.)
@@ -578,22 +587,22 @@ def _apply_parts(session: Session, page: _Page, part: mapping.PartMap, records: 
 
 
 def _restage(
-    page: _Page, spec: mapping.ObjectMap, part: mapping.PartMap, merged: list[tuple[str, Any, str]]
+    page: _Page, spec: mapping.ObjectMap, part: mapping.PartMap, merged: list[tuple[str, Any, str, bool]]
 ) -> None:
     """The events of objects this page wrote and then merged parts into (an invoice that changed and
     gained reminders since the last sync), staged again as those of one change: from what was served
     before the page to what is served after it, with the final JSON. (Two, the first without the
     parts, would show a state the portal never had.)"""
-    page.events.drop({gateway_id for gateway_id, _, _ in merged})
-    for gateway_id, new, document in merged:
+    page.events.drop({gateway_id for gateway_id, _, _, _ in merged})
+    for gateway_id, new, document, history in merged:
         before = page.before[gateway_id]
         if before is None:
             event_types = [f"{spec.object_type}.created"]
-            if not page.first_pull and spec.object_type in _ARRIVAL_BASELINE:
+            if not page.history([(spec.object_type, new.upstream_id)]) and spec.object_type in _ARRIVAL_BASELINE:
                 event_types += _events_on_arrival(spec.object_type, orjson.loads(document))
         else:
             after = new.model_dump(mode="json")
-            if page.first_pull:  # parts a feed's first pull lists are history (see _apply_parts)
+            if history:  # parts a feed's first pull lists are history (see _apply_parts)
                 after[part.field] = before[part.field]
             event_types = _events_for_change(spec.object_type, before, after)
         _stage_events(page, spec.object_type, event_types, document, new.company_id, gateway_id, again=True)
