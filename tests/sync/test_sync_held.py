@@ -111,3 +111,61 @@ async def test_reminders_sent_to_invoices_held_for_a_first_pull_of_customer_paym
         if types.count("invoice.reminder_sent") != len(newly_sent):
             missing[invoice_id] = (types, len(newly_sent))
     assert not missing
+
+
+async def _portal_invoices(ctx: JobContext, connection_id: str) -> dict[str, tuple[str, frozenset[str]]]:
+    """Every invoice the portal has: (status, its sent reminders' portal ids), by portal id."""
+    portal = await ctx.portals.get(connection_id)
+    with ctx.sessions() as session:
+        companies = list(session.scalars(select(models.Company.upstream_id)))
+    invoices: dict[str, str] = {}
+    sent: dict[str, set[str]] = {}
+    for company in companies:
+        for feed in ("invoices", "reminders"):
+            page_number = 1
+            while True:
+                page = await portal.list_changes(company, feed, modified_since=None, page_number=page_number,
+                                                 page_size=200)  # fmt: skip
+                for record in page.records:
+                    if record.object_type == "invoice":
+                        invoices[record.upstream_id] = str(record.fields["status"])
+                    elif record.object_type == "invoice_reminder" and record.fields["status"] == "sent":
+                        sent.setdefault(record.fields["invoice_id"].upstream_id, set()).add(record.upstream_id)
+                if not page.has_more:
+                    break
+                page_number += 1
+    return {i: (status, frozenset(sent.get(i, ()))) for i, status in invoices.items()}
+
+
+def _stored_invoices(ctx: JobContext) -> dict[str, tuple[str, frozenset[str]]]:
+    with ctx.sessions() as session:
+        return {
+            invoice.upstream_id: (invoice.status, frozenset(r.upstream_id for r in invoice.reminders
+                                                            if r.status == "sent"))  # fmt: skip
+            for invoice in session.scalars(select(models.Invoice).where(models.Invoice.deleted_at.is_(None)))
+        }
+
+
+@pytest.mark.parametrize("feed", ["invoices", "reminders", "customer_payments"])
+async def test_a_run_stopped_at_each_feed_loses_nothing(
+    ctx: JobContext, make_connection: Callable[..., str], control: httpx.Client, feed: str
+) -> None:
+    connection_id = make_connection()
+    engine = SyncEngine(ctx)
+    assert (await engine.sync_connection(connection_id)).ok
+    control.post("/clock", json={"advance_days": 30}).raise_for_status()
+
+    def stop(company: str, name: str, done: int, total: int | None) -> None:
+        if name == feed:
+            raise SimulatedCrash("the worker died here")
+
+    with pytest.raises(SimulatedCrash):
+        await engine.sync_connection(connection_id, cadence="fast", progress=stop)
+    control.post("/clock", json={"advance_days": 3}).raise_for_status()  # more changes, held again
+    assert (await engine.sync_connection(connection_id, cadence="fast")).ok
+    portal = await _portal_invoices(ctx, connection_id)
+    stored = _stored_invoices(ctx)
+    assert {k: v for k, v in portal.items() if stored.get(k) != v} == {}
+    assert _relist_marks(ctx) == set()
+    assert (await engine.sync_connection(connection_id, cadence="fast")).ok
+    assert _relist_marks(ctx) == set()
