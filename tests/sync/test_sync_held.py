@@ -169,3 +169,39 @@ async def test_a_run_stopped_at_each_feed_loses_nothing(
     assert _relist_marks(ctx) == set()
     assert (await engine.sync_connection(connection_id, cadence="fast")).ok
     assert _relist_marks(ctx) == set()
+
+
+async def test_reminders_failing_on_a_later_page_lose_nothing_and_marks_clear(
+    ctx: JobContext, make_connection: Callable[..., str], control: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from plooto_api.sync import engine as sync_engine
+
+    connection_id = make_connection()
+    engine = SyncEngine(ctx)
+    assert (await engine.sync_connection(connection_id)).ok
+    control.post("/clock", json={"advance_days": 30}).raise_for_status()
+    seq = _last_seq(ctx)
+    monkeypatch.setattr(sync_engine, "PAGE_SIZE", 3)
+    faulted: list[int] = []
+
+    def fail_later_pages(company: str, feed: str, done: int, total: int | None) -> None:
+        if feed == "reminders" and not faulted:
+            faulted.append(1)
+            control.post("/faults", json={"kind": "error", "method": "GET", "pathPattern": r"/reminders$",
+                                          "status": 503}).raise_for_status()  # fmt: skip
+
+    try:
+        report = await engine.sync_connection(connection_id, cadence="fast", progress=fail_later_pages)
+    finally:
+        control.delete("/faults").raise_for_status()
+    assert report.failed_feeds and all(feed == "reminders" for _, feed, _ in report.failed_feeds)
+    assert (await engine.sync_connection(connection_id, cadence="fast")).ok
+    portal = await _portal_invoices(ctx, connection_id)
+    stored = _stored_invoices(ctx)
+    assert {k: v for k, v in portal.items() if stored.get(k) != v} == {}
+    for invoice_id, events in _events_since(ctx, seq, "invoice").items():
+        types = [e.type for e in events]
+        sent = [r for r in events[-1].data["reminders"] if r["status"] == "sent"]
+        assert types.count("invoice.reminder_sent") <= len(sent), (invoice_id, types)
+    assert (await engine.sync_connection(connection_id, cadence="fast")).ok
+    assert _relist_marks(ctx) == set()
