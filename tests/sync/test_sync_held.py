@@ -140,8 +140,9 @@ async def _portal_invoices(ctx: JobContext, connection_id: str) -> dict[str, tup
 def _stored_invoices(ctx: JobContext) -> dict[str, tuple[str, frozenset[str]]]:
     with ctx.sessions() as session:
         return {
-            invoice.upstream_id: (invoice.status, frozenset(r.upstream_id for r in invoice.reminders
-                                                            if r.status == "sent"))  # fmt: skip
+            invoice.upstream_id: (
+                invoice.status, frozenset(r.upstream_id for r in invoice.reminders if r.status == "sent")
+            )
             for invoice in session.scalars(select(models.Invoice).where(models.Invoice.deleted_at.is_(None)))
         }
 
