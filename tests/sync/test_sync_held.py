@@ -59,14 +59,17 @@ async def test_a_change_held_by_a_stopped_run_is_not_lost_when_the_next_run_hold
 
     with pytest.raises(SimulatedCrash):
         await engine.sync_connection(connection_id, cadence="fast", progress=stop_at_reminders)
-    assert any(mark.endswith("/invoices") for mark in _relist_marks(ctx))  # what it held is to be listed again
+    assert any(
+        mark.endswith("/invoices") for mark in _relist_marks(ctx)
+    )  # what it held is to be listed again
 
     control.post("/mutate", json={"action": "viewInvoice", "invoiceId": second_upstream}).raise_for_status()
     assert (await engine.sync_connection(connection_id, cadence="fast")).ok
     # Each as the portal has it now (viewed, or paid by a customer payment meanwhile).
     assert _status(ctx, second) == await _portal_status(ctx, connection_id, second)
-    assert _status(ctx, first) == await _portal_status(ctx, connection_id, first)  # held by the stopped run: lost
-
+    assert _status(ctx, first) == await _portal_status(
+        ctx, connection_id, first
+    )  # held by the stopped run: lost
 
 
 async def _portal_status(ctx: JobContext, connection_id: str, invoice_id: str) -> str:
@@ -130,7 +133,9 @@ async def _portal_invoices(ctx: JobContext, connection_id: str) -> dict[str, tup
                     if record.object_type == "invoice":
                         invoices[record.upstream_id] = str(record.fields["status"])
                     elif record.object_type == "invoice_reminder" and record.fields["status"] == "sent":
-                        sent.setdefault(record.fields["invoice_id"].upstream_id, set()).add(record.upstream_id)
+                        sent.setdefault(record.fields["invoice_id"].upstream_id, set()).add(
+                            record.upstream_id
+                        )
                 if not page.has_more:
                     break
                 page_number += 1
@@ -141,7 +146,8 @@ def _stored_invoices(ctx: JobContext) -> dict[str, tuple[str, frozenset[str]]]:
     with ctx.sessions() as session:
         return {
             invoice.upstream_id: (
-                invoice.status, frozenset(r.upstream_id for r in invoice.reminders if r.status == "sent")
+                invoice.status,
+                frozenset(r.upstream_id for r in invoice.reminders if r.status == "sent"),
             )
             for invoice in session.scalars(select(models.Invoice).where(models.Invoice.deleted_at.is_(None)))
         }
@@ -173,7 +179,10 @@ async def test_a_run_stopped_at_each_feed_loses_nothing(
 
 
 async def test_reminders_failing_on_a_later_page_lose_nothing_and_marks_clear(
-    ctx: JobContext, make_connection: Callable[..., str], control: httpx.Client, monkeypatch: pytest.MonkeyPatch
+    ctx: JobContext,
+    make_connection: Callable[..., str],
+    control: httpx.Client,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from plooto_api.sync import engine as sync_engine
 

@@ -318,7 +318,10 @@ def _refs(record: UpstreamRecord) -> set[tuple[str, str]]:
 
 
 def _unmark_relist(
-    session: Session, connection_id: str, company_upstream_id: str, feeds: Iterable[str],
+    session: Session,
+    connection_id: str,
+    company_upstream_id: str,
+    feeds: Iterable[str],
     deferred: _Deferred,
 ) -> None:
     """Take the `relist` mark off these feeds' cursors: what their pulls held back is written. (Not

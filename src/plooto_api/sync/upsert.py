@@ -598,7 +598,10 @@ def _restage(
         before = page.before[gateway_id]
         if before is None:
             event_types = [f"{spec.object_type}.created"]
-            if not page.history([(spec.object_type, new.upstream_id)]) and spec.object_type in _ARRIVAL_BASELINE:
+            if (
+                not page.history([(spec.object_type, new.upstream_id)])
+                and spec.object_type in _ARRIVAL_BASELINE
+            ):
                 event_types += _events_on_arrival(spec.object_type, orjson.loads(document))
         else:
             after = new.model_dump(mode="json")
