@@ -147,7 +147,7 @@ class _FetchOnlyEngine(SyncEngine):
     read on their own the objects a page refers to that the store lacks: a sync that writes has them)."""
 
     def _write_page(self, connection_id: str, company_upstream_id: str, feed: Any, records: list[Any],
-                    state: dict[str, Any], absent: Any = None) -> ApplyCounts:  # fmt: skip
+                    state: dict[str, Any], absent: Any = None, news: Any = None) -> ApplyCounts:  # fmt: skip
         counts = ApplyCounts()
         counts.created = sum(r.object_type in OBJECT_MAPS for r in records)
         return counts

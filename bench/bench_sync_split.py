@@ -60,8 +60,8 @@ class _SplitEngine(SyncEngine):
         self.writer = writer
 
     def _write_page(self, connection_id: str, company_upstream_id: str, feed: Any, records: list[Any],
-                    state: dict[str, Any], absent: Any = None) -> ApplyCounts:  # fmt: skip
-        args = (connection_id, company_upstream_id, feed, records, state, absent)
+                    state: dict[str, Any], absent: Any = None, news: Any = None) -> ApplyCounts:  # fmt: skip
+        args = (connection_id, company_upstream_id, feed, records, state, absent, news)
         return self.writer.submit(_write_in_writer, args).result()
 
 

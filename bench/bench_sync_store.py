@@ -48,8 +48,8 @@ class _Keeping(SyncEngine):
         self.pages: list[_Page] = []
 
     def _write_page(self, connection_id: str, company_upstream_id: str, feed: Any, records: list[Any],
-                    state: dict[str, Any], absent: Any = None) -> ApplyCounts:  # fmt: skip
-        counts = super()._write_page(connection_id, company_upstream_id, feed, records, state, absent)
+                    state: dict[str, Any], absent: Any = None, news: Any = None) -> ApplyCounts:  # fmt: skip
+        counts = super()._write_page(connection_id, company_upstream_id, feed, records, state, absent, news)
         self.pages.append((company_upstream_id, feed, records, state))  # as written
         return counts
 
