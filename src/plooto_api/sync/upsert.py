@@ -393,7 +393,7 @@ class _Page:
 
     def history(self, keys: Iterable[tuple[str, str]]) -> bool:
         """Whether records with these keys are a first pull's (history, see apply_records)."""
-        return self.first_pull and not any(key in self.news for key in keys)
+        return self.first_pull and not (self.news and any(key in self.news for key in keys))
 
 
 @dataclass
@@ -463,7 +463,7 @@ def _apply_one(page: _Page, record: UpstreamRecord, inserts: _Inserts) -> None:
         inserts.add(spec, stored)
         counts.created += 1
         event_types = [f"{record.object_type}.created"]
-        if not page.history([key]) and record.object_type in _ARRIVAL_BASELINE:
+        if record.object_type in _ARRIVAL_BASELINE and not page.history([key]):
             # A feed's first listing shows history; later ones show what happened since the last.
             event_types += _events_on_arrival(record.object_type, orjson.loads(document))
         if spec.parts:
@@ -598,9 +598,8 @@ def _restage(
         before = page.before[gateway_id]
         if before is None:
             event_types = [f"{spec.object_type}.created"]
-            if (
-                not page.history([(spec.object_type, new.upstream_id)])
-                and spec.object_type in _ARRIVAL_BASELINE
+            if spec.object_type in _ARRIVAL_BASELINE and not page.history(
+                [(spec.object_type, new.upstream_id)]
             ):
                 event_types += _events_on_arrival(spec.object_type, orjson.loads(document))
         else:
