@@ -1,4 +1,6 @@
-"""Review of the held-invoices change: against the real sandbox over loopback."""
+"""Invoices a later pull holds for their reminders (sync.engine._Deferred): nothing lost or reported
+wrongly when a run stops, a feed fails part way or a page taking them is a first pull's. Against the
+real sandbox over loopback."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from sqlalchemy import select
 
 from plooto_api.jobs import JobContext
 from plooto_api.store import models
+from plooto_api.sync import engine as sync_engine
 from plooto_api.sync.engine import SyncEngine
 
 from .test_sync import SimulatedCrash, _events_since, _last_seq
@@ -59,17 +62,16 @@ async def test_a_change_held_by_a_stopped_run_is_not_lost_when_the_next_run_hold
 
     with pytest.raises(SimulatedCrash):
         await engine.sync_connection(connection_id, cadence="fast", progress=stop_at_reminders)
-    assert any(
-        mark.endswith("/invoices") for mark in _relist_marks(ctx)
-    )  # what it held is to be listed again
+    # What it held is to be listed again.
+    assert any(mark.endswith("/invoices") for mark in _relist_marks(ctx))
 
     control.post("/mutate", json={"action": "viewInvoice", "invoiceId": second_upstream}).raise_for_status()
     assert (await engine.sync_connection(connection_id, cadence="fast")).ok
     # Each as the portal has it now (viewed, or paid by a customer payment meanwhile).
     assert _status(ctx, second) == await _portal_status(ctx, connection_id, second)
-    assert _status(ctx, first) == await _portal_status(
-        ctx, connection_id, first
-    )  # held by the stopped run: lost
+    # Held by the stopped run: its feed's mark, found by the next, is not taken off by what that
+    # run held; the feed is listed whole again.
+    assert _status(ctx, first) == await _portal_status(ctx, connection_id, first)
 
 
 async def _portal_status(ctx: JobContext, connection_id: str, invoice_id: str) -> str:
@@ -184,8 +186,6 @@ async def test_reminders_failing_on_a_later_page_lose_nothing_and_marks_clear(
     control: httpx.Client,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from plooto_api.sync import engine as sync_engine
-
     connection_id = make_connection()
     engine = SyncEngine(ctx)
     assert (await engine.sync_connection(connection_id)).ok
