@@ -228,8 +228,15 @@ def test_completed_customer_payments_complete_on_their_deposit_day(make_session:
     completed = [r for r in records if r.object_type == "payment" and r.fields["direction"] == "receivable"
                  and r.fields["completed_at"] is not None]  # fmt: skip
     assert completed, "the seed has completed customer payments"
-    for record in completed:  # the start of the deposit day in Toronto, not the evening before
-        assert record.fields["completed_at"].astimezone(ZoneInfo(BUSINESS_TIME_ZONE)).hour == 0
+    from_trail = 0
+    for record in completed:  # on the deposit day in Toronto (not the evening before, in UTC)
+        at = record.fields["completed_at"].astimezone(ZoneInfo(BUSINESS_TIME_ZONE))
+        assert at.date() == record.fields["expected_arrival"]
+        # The trail's time when it is on that day, as a payable's; else the start of the day.
+        trail = [h["occurred_at"] for h in record.fields["status_history"] if h["status_raw"] == "Completed"]
+        assert at in trail or (at.hour, at.minute) == (0, 0)
+        from_trail += at in trail
+    assert from_trail
 
 
 def test_a_payment_stopped_before_its_approvals_were_in_awaits_none(make_session: SessionFactory) -> None:

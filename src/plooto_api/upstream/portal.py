@@ -1046,6 +1046,7 @@ def normalize_customer_payment(raw: dict[str, Any], ctx: Context) -> list[Upstre
     currency = raw["currency"]
     status_raw = raw["status"]
     failure = raw.get("failureReason")
+    history = _payment_history(raw, CUSTOMER_PAYMENT_STATUS)
     fields = {
         "direction": "receivable",
         "vendor_id": None,
@@ -1065,9 +1066,10 @@ def normalize_customer_payment(raw: dict[str, Any], ctx: Context) -> list[Upstre
         "credit_account_masked": None,
         "scheduled_for": parse_date(raw.get("debitDate")),
         "expected_arrival": parse_date(raw.get("depositDate")),
-        "completed_at": _business_day_start(raw.get("depositDate")) if status_raw == "Completed" else None,
+        # As a payable's: the trail's time on the day the money was deposited.
+        "completed_at": completed_at(history, raw.get("depositDate")) if status_raw == "Completed" else None,
         "status": _mapped(CUSTOMER_PAYMENT_STATUS, status_raw, "payment", "status"),
-        "status_history": _payment_history(raw, CUSTOMER_PAYMENT_STATUS),
+        "status_history": history,
         "failure_code": snake(failure),
         "failure_reason": FAILURE_REASON_TEXT.get(failure or "", failure),
         "trace_number": None,
