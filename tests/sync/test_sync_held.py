@@ -1,6 +1,7 @@
-"""Invoices a later pull holds for their reminders (sync.engine._Deferred): nothing lost or reported
-wrongly when a run stops, a feed fails part way or a page taking them is a first pull's. Against the
-real sandbox over loopback."""
+"""Invoices a later pull holds for their reminders (sync.engine._Deferred): a change and the reminders
+sent meanwhile are one update, after the events of the customer payment that paid the invoice; and
+nothing is lost or reported wrongly when a run stops, a feed fails part way or a page taking them is
+a first pull's. Against the real sandbox over loopback."""
 
 from __future__ import annotations
 
@@ -8,14 +9,14 @@ from collections.abc import Callable
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from plooto_api.jobs import JobContext
 from plooto_api.store import models
 from plooto_api.sync import engine as sync_engine
 from plooto_api.sync.engine import SyncEngine
 
-from .test_sync import SimulatedCrash, _events_since, _last_seq
+from .test_sync import COMPANIES, SimulatedCrash, _assert_documents_match_columns
 
 
 def _sent_invoices(ctx: JobContext, count: int) -> list[tuple[str, str]]:
@@ -215,3 +216,157 @@ async def test_reminders_failing_on_a_later_page_lose_nothing_and_marks_clear(
         assert types.count("invoice.reminder_sent") <= len(sent), (invoice_id, types)
     assert (await engine.sync_connection(connection_id, cadence="fast")).ok
     assert _relist_marks(ctx) == set()
+
+
+def _events_since(ctx: JobContext, seq: int, object_type: str) -> dict[str, list[models.Event]]:
+    """The events after `seq` of objects of `object_type`, by object, in order."""
+    with ctx.sessions() as session:
+        by_object: dict[str, list[models.Event]] = {}
+        for event in session.scalars(
+            select(models.Event)
+            .where(models.Event.seq > seq, models.Event.object_type == object_type)
+            .order_by(models.Event.seq)
+        ):
+            by_object.setdefault(event.object_id or "", []).append(event)
+        return by_object
+
+
+def _invoice_statuses(ctx: JobContext) -> dict[str, str]:
+    with ctx.sessions() as session:
+        return {i: status for i, status in session.execute(select(models.Invoice.id, models.Invoice.status))}
+
+
+def _last_seq(ctx: JobContext) -> int:
+    with ctx.sessions() as session:
+        return session.scalar(select(func.max(models.Event.seq))) or 0
+
+
+async def test_an_invoice_that_changed_and_gained_reminders_is_one_update(
+    ctx: JobContext, make_connection: Callable[..., str], control: httpx.Client
+) -> None:
+    # The invoices feed wrote the invoice's change (overdue), then the reminders feed its reminders:
+    # two `invoice.updated`, the first showing the invoice without the reminders sent meanwhile, a
+    # state the portal never had.
+    connection_id = make_connection()
+    engine = SyncEngine(ctx)
+    assert (await engine.sync_connection(connection_id)).ok
+    with ctx.sessions() as session:
+        before = {
+            invoice.id: (invoice.status, {r.upstream_id for r in invoice.reminders if r.status == "sent"})
+            for invoice in session.scalars(select(models.Invoice))
+        }
+    seq = _last_seq(ctx)
+    control.post("/clock", json={"advance_days": 30}).raise_for_status()
+    assert (await engine.sync_connection(connection_id, cadence="fast")).ok
+
+    both = 0
+    for invoice_id, events in _events_since(ctx, seq, "invoice").items():
+        types = [event.type for event in events]
+        assert types.count("invoice.updated") + types.count("invoice.created") == 1, types
+        status, sent = before.get(invoice_id, ("draft", set()))  # one a recurring plan made since
+        served = events[-1].data
+        newly_sent = {r["upstream_id"] for r in served["reminders"] if r["status"] == "sent"} - sent
+        assert types.count("invoice.reminder_sent") == len(newly_sent)
+        for event in events:  # each shows the invoice as it is now, its reminders with it
+            assert event.data == served
+        both += bool(newly_sent) and served["status"] != status
+    assert both > 0  # some invoice both went overdue (or was paid) and had a reminder go out
+    # The customer payment that paid an invoice is announced before the invoice paid by it.
+    paid_by = {
+        allocation["invoice_id"]: events[0].seq
+        for events in _events_since(ctx, seq, "payment").values()
+        for allocation in events[-1].data["allocations"]
+    }
+    paid = {
+        invoice_id: next(event.seq for event in events if event.type == "invoice.paid")
+        for invoice_id, events in _events_since(ctx, seq, "invoice").items()
+        if "invoice.paid" in {event.type for event in events} and invoice_id in paid_by
+    }
+    assert paid and all(paid_by[invoice_id] < paid_seq for invoice_id, paid_seq in paid.items())
+    assert _relist_marks(ctx) == set()  # nothing held is left waiting for a relist
+    _assert_documents_match_columns(ctx)
+
+
+async def test_invoices_held_for_their_reminders_are_not_lost_when_the_run_stops(
+    ctx: JobContext, make_connection: Callable[..., str], control: httpx.Client
+) -> None:
+    connection_id = make_connection()
+    engine = SyncEngine(ctx)
+    assert (await engine.sync_connection(connection_id)).ok
+    before = _invoice_statuses(ctx)
+    seq = _last_seq(ctx)
+    control.post("/clock", json={"advance_days": 30}).raise_for_status()
+
+    def stop_at_reminders(company: str, feed: str, done: int, total: int | None) -> None:
+        if feed == "reminders":
+            raise SimulatedCrash("the worker died here")
+
+    with pytest.raises(SimulatedCrash):
+        await engine.sync_connection(connection_id, cadence="fast", progress=stop_at_reminders)
+    assert any(mark.endswith("/invoices") for mark in _relist_marks(ctx))
+    assert (await engine.sync_connection(connection_id, cadence="fast")).ok
+
+    now = _invoice_statuses(ctx)
+    assert _relist_marks(ctx) == set()
+    changed = {invoice_id for invoice_id, status in now.items() if before.get(invoice_id) != status}
+    assert changed
+    events = _events_since(ctx, seq, "invoice")
+    for invoice_id in changed:  # each change reported, the last event showing the invoice as it is
+        assert events[invoice_id][-1].data["status"] == now[invoice_id]
+    _assert_documents_match_columns(ctx)
+
+
+async def test_invoices_held_for_their_reminders_are_written_when_the_reminders_fail(
+    ctx: JobContext, make_connection: Callable[..., str], control: httpx.Client
+) -> None:
+    connection_id = make_connection()
+    engine = SyncEngine(ctx)
+    assert (await engine.sync_connection(connection_id)).ok
+    before = _invoice_statuses(ctx)
+    seq = _last_seq(ctx)
+    control.post("/clock", json={"advance_days": 30}).raise_for_status()
+    control.post("/faults", json={"kind": "error", "method": "GET", "pathPattern": r"/reminders$",
+                                  "status": 503}).raise_for_status()  # fmt: skip
+    report = await engine.sync_connection(connection_id, cadence="fast")
+    assert report.state == "upstream_unavailable"
+    # Each feed pulled once: the held invoices were written, not listed whole again to be found.
+    assert report.feeds == COMPANIES * sum(feed.cadence == "fast" for feed in sync_engine.FEEDS)
+
+    now = _invoice_statuses(ctx)
+    assert _relist_marks(ctx) == set()
+    changed = {invoice_id for invoice_id, status in now.items() if before.get(invoice_id) != status}
+    assert changed and "overdue" in {now[i] for i in changed}
+    events = _events_since(ctx, seq, "invoice")
+    for invoice_id in changed:  # written at the end of the run, one change each
+        types = [event.type for event in events[invoice_id]]
+        assert types.count("invoice.updated") + types.count("invoice.created") == 1, types
+        assert events[invoice_id][-1].data["status"] == now[invoice_id]
+
+
+async def test_a_held_invoice_of_a_new_customer_is_written_with_its_customer(
+    ctx: JobContext, make_connection: Callable[..., str], control: httpx.Client
+) -> None:
+    # A held invoice is written at the end of the run: what it refers to that the store lacks (a
+    # customer made since the customers feed last ran) is read then, as a page's would be.
+    connection_id = make_connection()
+    engine = SyncEngine(ctx)
+    assert (await engine.sync_connection(connection_id)).ok
+    with ctx.sessions() as session:
+        company = session.scalars(select(models.Company.upstream_id).order_by(models.Company.id)).first()
+    mutation = {"action": "createCustomer", "companyId": company}
+    customer = control.post("/mutate", json=mutation).json()["changed"][0]
+    portal = await ctx.portals.get(connection_id)
+    made = await portal.create_invoice(
+        company, customer_upstream_id=customer, number=None, issue_date=None, terms=None, due_date=None,
+        lines=[{"description": "Retainer", "amount": "10.00"}], memo=None, reference="held-invoice",
+        send="now", scheduled_send_date=None, reminders=None, recurring=None,
+    )  # fmt: skip
+    assert (await engine.sync_connection(connection_id, cadence="fast")).ok
+    with ctx.sessions() as session:
+        invoice = session.scalars(
+            select(models.Invoice).where(models.Invoice.upstream_id == made.portal_id)
+        ).one()
+        stored = session.scalars(select(models.Customer).where(models.Customer.upstream_id == customer)).one()
+        assert invoice.customer_id == stored.id
+    assert _relist_marks(ctx) == set()
+    assert [e.type for e in _events_since(ctx, 0, "invoice")[invoice.id]] == ["invoice.created"]
