@@ -11,6 +11,10 @@ confirms an object is gone (a 404 for that object). An incremental pull cannot s
 in the portal (it is simply no longer listed), so each feed is listed whole again now and then
 (`sync_reconcile_interval_seconds`, by the portal's clock): what such a listing, begun from nothing
 in one run, did not list is asked about one by one.
+
+A record that refers to an object a later feed of the same run brings, or whose parts a later feed
+brings, waits for it within the run (`_Deferred`), so that each change is one event with all it
+refers to; a feed whose records so wait is marked to be listed whole again should the run stop.
 """
 
 from __future__ import annotations
@@ -221,10 +225,12 @@ class _Deferred:
     """Within one company's run: the object types the feeds still to come bring (`later`), and the
     records, by feed, whose references to such objects wait for them.
 
-    Also the records of objects whose parts a later feed brings (`parents`: invoices, whose reminders
-    come next), changed since their feed's last pull: `held` until a page holds their parts or refers
-    to them, or to the end of the run, so that an invoice that changed and gained reminders is one
-    update, not two (the first without them, a state the portal never had)."""
+    Also, in a later pull, the records of objects whose parts a later feed brings (`parents`:
+    invoices, whose reminders come next) changed since their feed's last pull, and then their parts:
+    `held` until a page refers to them (a customer payment), which writes them after its own records,
+    or to the end of the run. An invoice that changed and gained reminders is then one update, not
+    two (the first without them, a state the portal never had), and it follows the payment that paid
+    it. The feeds that held any bear the `relist` mark meanwhile: a run that stops loses nothing."""
 
     later: frozenset[str] = frozenset()
     records: dict[str, list[UpstreamRecord]] = field(default_factory=dict)
@@ -546,10 +552,10 @@ class SyncEngine:
     async def _write_held(
         self, portal: PortalSession, connection_id: str, company_upstream_id: str, deferred: _Deferred
     ) -> ApplyCounts:
-        """Write the records held for parts that no page took (invoices that changed and gained no
-        reminders), reading what they refer to that the store lacks (a new customer), and take the
-        `relist` mark off the feeds that held them. Should a read fail, the mark stays: listed whole
-        again, they are written then."""
+        """Write the records held for their parts that no page took (invoices no customer payment of
+        the run referred to, with their reminders), reading what they refer to that the store lacks
+        (a new customer), and take the `relist` mark off the feeds that held them. Should a read
+        fail, the mark stays: listed whole again, they are written then."""
         records = list(deferred.held.values())
 
         def write(page: list[UpstreamRecord], absent: set[tuple[str, str]] | None) -> Awaitable[ApplyCounts]:
