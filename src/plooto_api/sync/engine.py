@@ -238,6 +238,8 @@ class _Deferred:
     parents: frozenset[str] = frozenset()
     held: dict[tuple[str, str], UpstreamRecord] = field(default_factory=dict)
     held_feeds: set[str] = field(default_factory=set)  # feeds that held any: marked `relist` meanwhile
+    # The held records referring to each held one (its accounting link, its reminders), by its key.
+    referrers: dict[tuple[str, str], list[tuple[str, str]]] = field(default_factory=dict)
     # Feeds whose cursor bore the `relist` mark when this run began pulling them (set by a run that
     # stopped, its held records lost): this run's writes do not take it off; they are listed whole.
     marked_before: set[str] = field(default_factory=set)
@@ -275,9 +277,12 @@ class _Deferred:
         rest = []
         for record in records:
             key = (record.object_type, record.upstream_id)
-            if key in keys or not _refs(record).isdisjoint(keys):
+            referred = _refs(record) & keys
+            if key in keys or referred:
                 self.held.pop(key, None)  # a record listed again goes after what it follows
                 self.held[key] = record
+                for ref in referred:
+                    self.referrers.setdefault(ref, []).append(key)
             else:
                 rest.append(record)
         if len(rest) < len(records):
@@ -291,11 +296,11 @@ class _Deferred:
         rest = []
         for record in records:
             part = mapping.PARTS.get(record.object_type)
-            if (
-                part is not None
-                and (part.parent_type, record.fields[part.parent_key].upstream_id) in self.held
-            ):
-                self.held[(record.object_type, record.upstream_id)] = record
+            parent = (part.parent_type, record.fields[part.parent_key].upstream_id) if part else None
+            if parent is not None and parent in self.held:
+                key = (record.object_type, record.upstream_id)
+                self.held[key] = record
+                self.referrers.setdefault(parent, []).append(key)
             else:
                 rest.append(record)
         if len(rest) < len(records):
@@ -311,7 +316,7 @@ class _Deferred:
         wanted = {ref for record in records for ref in _refs(record) if ref in self.held}
         if not wanted:
             return []
-        wanted |= {key for key, record in self.held.items() if not _refs(record).isdisjoint(wanted)}
+        wanted |= {key for ref in wanted for key in self.referrers.get(ref, ())}
         return [self.held.pop(key) for key in list(self.held) if key in wanted]
 
     def give_back(self, records: list[UpstreamRecord]) -> None:
