@@ -5,12 +5,16 @@ a first pull's. Against the real sandbox over loopback."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import Callable
+from datetime import date, timedelta
 
 import httpx
 import pytest
 from sqlalchemy import func, select
 
+from plooto_api.config import Settings
 from plooto_api.jobs import JobContext
 from plooto_api.store import models
 from plooto_api.sync import engine as sync_engine
@@ -370,3 +374,78 @@ async def test_a_held_invoice_of_a_new_customer_is_written_with_its_customer(
         assert invoice.customer_id == stored.id
     assert _relist_marks(ctx) == set()
     assert [e.type for e in _events_since(ctx, 0, "invoice")[invoice.id]] == ["invoice.created"]
+
+
+async def test_reminders_held_by_one_run_do_not_take_back_what_another_run_wrote_since(
+    ctx: JobContext, settings: Settings, make_connection: Callable[..., str], control: httpx.Client
+) -> None:
+    # Two gateways on one database sync one login. One holds a new invoice with its scheduled
+    # reminders until the end of its run; meanwhile the other writes the first reminder sent. The
+    # held (older) reminders then took it back to scheduled, with an `invoice.updated` saying so;
+    # the stale copy stayed until a whole listing found the reminder sent again: a second
+    # `invoice.reminder_sent` for one reminder.
+    connection_id = make_connection()
+    engine = SyncEngine(ctx)
+    assert (await engine.sync_connection(connection_id)).ok
+    with ctx.sessions() as session:
+        company = session.scalars(select(models.Company).order_by(models.Company.id)).first()
+        assert company is not None
+        customer = session.scalars(
+            select(models.Customer.upstream_id)
+            .where(models.Customer.company_id == company.id)
+            .order_by(models.Customer.id)
+        ).first()
+        assert customer is not None
+        company_upstream, company_name = company.upstream_id, company.name
+    today = date.fromisoformat(control.get("/clock").json()["now"][:10])
+    portal = await ctx.portals.get(connection_id)
+    made = await portal.create_invoice(
+        company_upstream, customer_upstream_id=customer, number=None, issue_date=None, terms=None,
+        due_date=today + timedelta(days=10), lines=[{"description": "Retainer", "amount": "10.00"}],
+        memo=None, reference="two-gateways", send="now", scheduled_send_date=None, reminders=None,
+        recurring=None,
+    )  # fmt: skip
+    control.post("/clock", json={"advance_minutes": 5}).raise_for_status()
+    other: list[sync_engine.SyncReport] = []
+
+    def other_gateway() -> None:
+        async def run() -> None:
+            second = JobContext.from_settings(settings, migrate=False)
+            try:
+                other.append(await SyncEngine(second).sync_connection(connection_id, cadence="fast"))
+            finally:
+                await second.aclose()
+
+        asyncio.run(run())
+
+    def meanwhile(company: str, feed: str, done: int, total: int | None) -> None:
+        if feed == "customer_payments" and company == company_name and not other:
+            control.post("/clock", json={"advance_days": 8}).raise_for_status()  # the first reminder goes
+            thread = threading.Thread(target=other_gateway)
+            thread.start()
+            thread.join()
+
+    assert (await engine.sync_connection(connection_id, cadence="fast", progress=meanwhile)).ok
+    assert other and other[0].ok
+
+    def reminders() -> tuple[str, dict[str, str], list[tuple[str, list[str]]]]:
+        with ctx.sessions() as session:
+            invoice = session.scalars(
+                select(models.Invoice).where(models.Invoice.upstream_id == made.portal_id)
+            ).one()
+            events = [
+                (event.type, sorted(r["status"] for r in event.data["reminders"]))
+                for event in session.scalars(
+                    select(models.Event).where(models.Event.object_id == invoice.id).order_by(models.Event.seq)
+                )
+            ]
+            return invoice.id, {r.upstream_id: r.status for r in invoice.reminders}, events
+
+    _, stored, events = reminders()
+    assert sorted(stored.values()) == ["scheduled", "scheduled", "sent"], events
+    assert events[-1][1] == ["scheduled", "scheduled", "sent"], events
+    control.post("/clock", json={"advance_days": 2}).raise_for_status()  # a whole listing is due
+    assert (await engine.sync_connection(connection_id, cadence="fast")).ok
+    invoice_id, stored, events = reminders()
+    sent = [upstream_id for upstream_id, status in stored.items() if status == "sent"]
+    assert [t for t, _ in events].count("invoice.reminder_sent") == len(sent), events
