@@ -352,6 +352,9 @@ class PartMap:
     parent_type: str
     field: str
     order: Callable[[dict[str, Any]], Any]
+    # Statuses an item never leaves in the portal: a record of it in another status is an older read
+    # (held by a run while another wrote the newer one), which must not take the item back.
+    final: frozenset[str] = frozenset()
 
     @property
     def parent_key(self) -> str:
@@ -363,6 +366,7 @@ PARTS: dict[str, PartMap] = {
     "invoice_reminder": PartMap(
         "invoice_reminder", "invoice", "reminders",
         order=lambda item: (item["scheduled_for"] is None, item["scheduled_for"] or "", item["upstream_id"] or ""),
+        final=frozenset({"sent", "cancelled"}),
     ),
 }  # fmt: skip
 
