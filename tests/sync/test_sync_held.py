@@ -436,7 +436,9 @@ async def test_reminders_held_by_one_run_do_not_take_back_what_another_run_wrote
             events = [
                 (event.type, sorted(r["status"] for r in event.data["reminders"]))
                 for event in session.scalars(
-                    select(models.Event).where(models.Event.object_id == invoice.id).order_by(models.Event.seq)
+                    select(models.Event)
+                    .where(models.Event.object_id == invoice.id)
+                    .order_by(models.Event.seq)
                 )
             ]
             return invoice.id, {r.upstream_id: r.status for r in invoice.reminders}, events
@@ -446,6 +448,6 @@ async def test_reminders_held_by_one_run_do_not_take_back_what_another_run_wrote
     assert events[-1][1] == ["scheduled", "scheduled", "sent"], events
     control.post("/clock", json={"advance_days": 2}).raise_for_status()  # a whole listing is due
     assert (await engine.sync_connection(connection_id, cadence="fast")).ok
-    invoice_id, stored, events = reminders()
+    _, stored, events = reminders()
     sent = [upstream_id for upstream_id, status in stored.items() if status == "sent"]
     assert [t for t, _ in events].count("invoice.reminder_sent") == len(sent), events

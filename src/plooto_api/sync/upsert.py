@@ -559,7 +559,11 @@ def _apply_parts(session: Session, page: _Page, part: mapping.PartMap, records: 
         for upstream_id, record in parts.items():
             fields = {name: value for name, value in record.fields.items() if name != part.parent_key}
             stored_item = items.get(upstream_id)
-            if stored_item is not None and stored_item["status"] in part.final and fields["status"] not in part.final:
+            if (
+                stored_item is not None
+                and stored_item["status"] in part.final
+                and fields["status"] not in part.final
+            ):
                 continue  # an older read than the stored item (see PartMap.final)
             # As the served JSON has it (dates as text), checked by the item's schema.
             items[upstream_id] = item_schema.model_validate(fields).model_dump(mode="json")
