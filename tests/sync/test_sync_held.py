@@ -451,3 +451,74 @@ async def test_reminders_held_by_one_run_do_not_take_back_what_another_run_wrote
     _, stored, events = reminders()
     sent = [upstream_id for upstream_id, status in stored.items() if status == "sent"]
     assert [t for t, _ in events].count("invoice.reminder_sent") == len(sent), events
+
+
+async def test_a_run_ending_does_not_take_off_the_mark_another_run_set_for_what_it_held(
+    ctx: JobContext, settings: Settings, make_connection: Callable[..., str], control: httpx.Client
+) -> None:
+    # Two gateways on one database sync one login. While one run (A) holds a changed invoice, the
+    # other (B) lists an invoice made since, holds it, marks the invoices feed and stops. A, ending,
+    # took the mark off as its own: B's invoice was never written (the cursor is past it).
+    connection_id = make_connection()
+    engine = SyncEngine(ctx)
+    assert (await engine.sync_connection(connection_id)).ok
+    with ctx.sessions() as session:
+        company = session.scalars(select(models.Company).order_by(models.Company.id)).first()
+        assert company is not None
+        customer = session.scalars(
+            select(models.Customer.upstream_id)
+            .where(models.Customer.company_id == company.id)
+            .order_by(models.Customer.id)
+        ).first()
+        viewed = session.scalars(
+            select(models.Invoice.upstream_id)
+            .where(models.Invoice.company_id == company.id, models.Invoice.status == "sent")
+            .order_by(models.Invoice.upstream_id)
+        ).first()
+        assert customer is not None and viewed is not None
+        company_upstream, company_name = company.upstream_id, company.name
+    control.post(
+        "/mutate", json={"action": "viewInvoice", "invoiceId": viewed}
+    ).raise_for_status()  # A holds it
+    control.post("/clock", json={"advance_minutes": 5}).raise_for_status()
+    made: list[str] = []
+
+    def stop_at_reminders(company: str, feed: str, done: int, total: int | None) -> None:
+        if feed == "reminders":
+            raise SimulatedCrash("the worker died here")
+
+    def other_gateway() -> None:
+        async def run() -> None:
+            second = JobContext.from_settings(settings, migrate=False)
+            try:
+                portal = await second.portals.get(connection_id)
+                invoice = await portal.create_invoice(
+                    company_upstream, customer_upstream_id=customer, number=None, issue_date=None,
+                    terms=None, due_date=None, lines=[{"description": "Retainer", "amount": "10.00"}],
+                    memo=None, reference="held-by-b", send="now", scheduled_send_date=None,
+                    reminders={"enabled": False}, recurring=None,
+                )  # fmt: skip
+                made.append(str(invoice.portal_id))
+                control.post("/clock", json={"advance_minutes": 5}).raise_for_status()
+                with pytest.raises(SimulatedCrash):
+                    await SyncEngine(second).sync_connection(
+                        connection_id, cadence="fast", progress=stop_at_reminders
+                    )
+            finally:
+                await second.aclose()
+
+        asyncio.run(run())
+
+    def meanwhile(company: str, feed: str, done: int, total: int | None) -> None:
+        if feed == "customer_payments" and company == company_name and not made:
+            thread = threading.Thread(target=other_gateway)
+            thread.start()
+            thread.join()
+
+    assert (await engine.sync_connection(connection_id, cadence="fast", progress=meanwhile)).ok
+    assert made
+    assert (await engine.sync_connection(connection_id, cadence="fast")).ok
+    with ctx.sessions() as session:
+        stored = session.scalars(select(models.Invoice).where(models.Invoice.upstream_id == made[0])).first()
+    assert stored is not None
+    assert _relist_marks(ctx) == set()
