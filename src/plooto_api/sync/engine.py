@@ -20,6 +20,7 @@ refers to; a feed whose records so wait is marked to be listed whole again shoul
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -243,6 +244,9 @@ class _Deferred:
     # Feeds whose cursor bore the `relist` mark when this run began pulling them (set by a run that
     # stopped, its held records lost): this run's writes do not take it off; they are listed whole.
     marked_before: set[str] = field(default_factory=set)
+    # Names this run on the marks it sets (`marked_by`): another run syncing the login at once may
+    # mark a feed for what it holds after this run did; this run's end does not take that mark off.
+    token: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def next_feed(self, feeds: list[Feed]) -> None:
         """Before pulling a feed: `feeds` are those after it in this run."""
@@ -341,8 +345,11 @@ def _unmark_relist(
         if feed_name in deferred.marked_before:
             continue
         cursor = _cursor(session, connection_id, company_upstream_id, feed_name)
-        if cursor.page_state and not cursor.page_state.get("in_progress"):
-            cursor.page_state = {key: value for key, value in cursor.page_state.items() if key != "relist"}
+        state = cursor.page_state
+        if state and not state.get("in_progress") and state.get("marked_by") in (None, deferred.token):
+            cursor.page_state = {
+                key: value for key, value in state.items() if key not in ("relist", "marked_by")
+            }
 
 
 class SyncEngine:
@@ -911,6 +918,8 @@ class SyncEngine:
             return waiting
 
         def write(page: list[UpstreamRecord], absent: set[tuple[str, str]] | None) -> Awaitable[ApplyCounts]:
+            if state.get("relist"):
+                state["marked_by"] = deferred.token  # (see _Deferred.token)
             if later:
                 rest = [r for r in page if (r.object_type, r.upstream_id) not in later]
                 # One the page's other records refer to is written now, as a first pull's would be.
