@@ -522,3 +522,30 @@ async def test_a_run_ending_does_not_take_off_the_mark_another_run_set_for_what_
         stored = session.scalars(select(models.Invoice).where(models.Invoice.upstream_id == made[0])).first()
     assert stored is not None
     assert _relist_marks(ctx) == set()
+
+
+async def test_invoices_a_stopped_run_held_are_one_update_each_when_listed_again(
+    ctx: JobContext, make_connection: Callable[..., str], control: httpx.Client
+) -> None:
+    # A run stopped before writing what it held: the next lists the marked feeds whole at its end,
+    # with nothing held, so each such invoice is written without the reminders sent meanwhile (an
+    # overdue invoice with none sent, a state the portal never had), then updated again with them.
+    connection_id = make_connection()
+    engine = SyncEngine(ctx)
+    assert (await engine.sync_connection(connection_id)).ok
+    control.post("/clock", json={"advance_days": 30}).raise_for_status()
+
+    def stop_at_customer_payments(company: str, feed: str, done: int, total: int | None) -> None:
+        if feed == "customer_payments":
+            raise SimulatedCrash("the worker died here")
+
+    with pytest.raises(SimulatedCrash):
+        await engine.sync_connection(connection_id, cadence="fast", progress=stop_at_customer_payments)
+    seq = _last_seq(ctx)
+    assert (await engine.sync_connection(connection_id, cadence="fast")).ok
+    twice = {
+        invoice_id: [event.type for event in events]
+        for invoice_id, events in _events_since(ctx, seq, "invoice").items()
+        if sum(event.type in ("invoice.created", "invoice.updated") for event in events) > 1
+    }
+    assert twice == {}
