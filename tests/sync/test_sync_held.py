@@ -527,9 +527,10 @@ async def test_a_run_ending_does_not_take_off_the_mark_another_run_set_for_what_
 async def test_invoices_a_stopped_run_held_are_one_update_each_when_listed_again(
     ctx: JobContext, make_connection: Callable[..., str], control: httpx.Client
 ) -> None:
-    # A run stopped before writing what it held: the next lists the marked feeds whole at its end,
-    # with nothing held, so each such invoice is written without the reminders sent meanwhile (an
-    # overdue invoice with none sent, a state the portal never had), then updated again with them.
+    # A run stopped before writing what it held: the next lists the marked feeds whole, and holds
+    # again what the stopped run held (not only what changed since its cursor), so each such invoice
+    # is one update with the reminders sent meanwhile, not one without them (an overdue invoice with
+    # none sent, a state the portal never had) and another with them.
     connection_id = make_connection()
     engine = SyncEngine(ctx)
     assert (await engine.sync_connection(connection_id)).ok

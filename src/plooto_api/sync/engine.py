@@ -348,7 +348,9 @@ def _unmark_relist(
         state = cursor.page_state
         if state and not state.get("in_progress") and state.get("marked_by") in (None, deferred.token):
             cursor.page_state = {
-                key: value for key, value in state.items() if key not in ("relist", "marked_by")
+                key: value
+                for key, value in state.items()
+                if key not in ("relist", "marked_by", "relist_after")
             }
 
 
@@ -417,24 +419,37 @@ class SyncEngine:
             # caps the requests in flight); feeds within a company go in dependency order.
             limit = asyncio.Semaphore(COMPANY_CONCURRENCY)
 
+            async def pull_in_turn(company_upstream_id: str, company_name: str, feeds: list[Feed], *,
+                                   whole: bool = False) -> None:  # fmt: skip
+                deferred = _Deferred()
+                for index, feed in enumerate(feeds):
+                    deferred.next_feed(feeds[index + 1 :])
+                    await pull(company_upstream_id, company_name, feed, deferred=deferred, whole=whole)
+                # Records held for their parts that no page took, and records that referred to
+                # objects of a later feed, now that those are in (in that order: the second may
+                # refer to the first).
+                if deferred.held_feeds:
+                    report.counts.add(await self._write_held(portal, connection_id, company_upstream_id,
+                                                             deferred))  # fmt: skip
+                if deferred.records:
+                    report.counts.add(await asyncio.to_thread(self._apply_deferred, connection_id,
+                                                              company_upstream_id, deferred))  # fmt: skip
+
             async def sync_company(company_upstream_id: str, company_name: str) -> None:
                 async with limit:
                     feeds = await asyncio.to_thread(self._feeds, connection_id, company_upstream_id, cadence)
-                    deferred = _Deferred()
-                    for index, feed in enumerate(feeds):
-                        deferred.next_feed(feeds[index + 1 :])
-                        await pull(company_upstream_id, company_name, feed, deferred=deferred)
-                    # Records held for their parts that no page took, and records that referred to
-                    # objects of a later feed, now that those are in (in that order: the second may
-                    # refer to the first); a feed so marked by a run that stopped is listed again.
-                    if deferred.held_feeds:
-                        report.counts.add(await self._write_held(portal, connection_id, company_upstream_id,
-                                                                 deferred))  # fmt: skip
-                    if deferred.records:
-                        report.counts.add(await asyncio.to_thread(self._apply_deferred, connection_id,
-                                                                  company_upstream_id, deferred))  # fmt: skip
-                    for feed in await asyncio.to_thread(self._to_relist, connection_id, company_upstream_id):
-                        await pull(company_upstream_id, company_name, feed, whole=True)
+                    # A feed marked by a run that stopped is listed whole below: listing it from its
+                    # cursor first would write alone a change that waited there for a later feed.
+                    marked = await asyncio.to_thread(self._to_relist, connection_id, company_upstream_id)
+                    await pull_in_turn(
+                        company_upstream_id, company_name, [f for f in feeds if f not in marked]
+                    )
+                    # Feeds so marked (or by this run, should what it held not be written) are listed
+                    # whole again, in turn: what waited then waits again, so a change the stopped
+                    # run held is still one update.
+                    relist = await asyncio.to_thread(self._to_relist, connection_id, company_upstream_id)
+                    if relist:
+                        await pull_in_turn(company_upstream_id, company_name, relist, whole=True)
 
             failing: set[str] = set()  # feeds failed since the last one done (see FEED_FAILURES_TO_STOP)
             stopped: list[BaseException] = []  # the failure that stopped the run: no feed starts after it
@@ -779,7 +794,9 @@ class SyncEngine:
         began = portal.portal_now()
         resuming = bool(state.get("in_progress"))
         # Records modified after this were not listed by the last pull (see _Deferred.hold_parents).
-        changed_after = datetime.fromisoformat(state["since"]) if state.get("since") else None
+        # (Or, for a feed marked to be listed again, after the `since` of the pull that held them.)
+        after = state["relist_after"] if "relist_after" in state else state.get("since")
+        changed_after = datetime.fromisoformat(after) if after else None
         # When this feed was last listed whole (portal time); a cursor from before it was kept
         # counts from now, rather than relisting every feed at once on the first run after upgrade.
         listed_whole_at = state.get("listed_whole_at") or _iso(began)
@@ -929,15 +946,17 @@ class SyncEngine:
                 self._write_page, connection_id, company_upstream_id, feed, page, state, absent, news
             )
 
-        if not first_pull:
-            if deferred.parents.intersection(feed.object_types):
-                records = deferred.hold_parents(feed.name, records, changed_after)
-            else:
-                records = deferred.hold_parts(feed.name, records)
+        parents = not first_pull and bool(deferred.parents.intersection(feed.object_types))
+        if parents:
+            records = deferred.hold_parents(feed.name, records, changed_after)
+        elif not first_pull:
+            records = deferred.hold_parts(feed.name, records)
         if feed.name in deferred.held_feeds or feed.name in deferred.records:
             # Marked while anything it held waits, whichever page held it (a whole listing's last
             # page would otherwise take the mark off).
             state["relist"] = True
+        if parents and feed.name in deferred.held_feeds:  # and where what it held began
+            state["relist_after"] = _iso(changed_after) if changed_after else None
         taken = deferred.take(records)
         news.update((r.object_type, r.upstream_id) for r in taken)
         records = [*records, *taken]
