@@ -59,6 +59,7 @@ from plooto_api.sync.upsert import (
 from plooto_api.upstream import (
     FEEDS,
     FETCHABLE_TYPES,
+    SHARED_LANE,
     AuthenticationError,
     ChangePage,
     Feed,
@@ -328,6 +329,15 @@ class _Deferred:
         self.held.update({(r.object_type, r.upstream_id): r for r in records})
 
 
+def _lanes(feeds: list[Feed]) -> tuple[list[Feed], list[list[Feed]]]:
+    """The shared lane's feeds, and each other lane's, in order (see Feed.lane)."""
+    lanes: dict[str, list[Feed]] = {}
+    for feed in feeds:
+        lanes.setdefault(feed.lane, []).append(feed)
+    shared = lanes.pop(SHARED_LANE, [])
+    return shared, list(lanes.values())
+
+
 def _refs(record: UpstreamRecord) -> set[tuple[str, str]]:
     return {(object_type, u) for object_type, ids in references(record).items() for u in ids}
 
@@ -441,9 +451,17 @@ class SyncEngine:
                     # A feed marked by a run that stopped is listed whole below: listing it from its
                     # cursor first would write alone a change that waited there for a later feed.
                     marked = await asyncio.to_thread(self._to_relist, connection_id, company_upstream_id)
-                    await pull_in_turn(
-                        company_upstream_id, company_name, [f for f in feeds if f not in marked]
+                    shared, lanes = _lanes([f for f in feeds if f not in marked])
+                    await pull_in_turn(company_upstream_id, company_name, shared)
+                    # Side by side (see Feed.lane), each with its own waiting records; a lane that
+                    # stops the run stops the others at their next feed (see pull).
+                    ended = await asyncio.gather(
+                        *(pull_in_turn(company_upstream_id, company_name, lane) for lane in lanes),
+                        return_exceptions=True,
                     )
+                    for result in ended:
+                        if isinstance(result, BaseException):
+                            raise result
                     # Feeds so marked (or by this run, should what it held not be written) are listed
                     # whole again, in turn: what waited then waits again, so a change the stopped
                     # run held is still one update.

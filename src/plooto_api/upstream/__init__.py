@@ -28,6 +28,7 @@ from plooto_api.upstream._errors import (
     UpstreamUnavailable,
 )
 from plooto_api.upstream._models import (
+    SHARED_LANE,
     ChangePage,
     Credentials,
     Feed,
@@ -62,6 +63,7 @@ __all__ = [
     "FETCHABLE_TYPES",
     "PAYMENT_ON_HOLD",
     "SCHEDULE_HORIZON",
+    "SHARED_LANE",
     "WRITE_LIMITS",
     "AccountLocked",
     "AdaptiveThrottle",

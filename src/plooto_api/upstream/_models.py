@@ -97,14 +97,22 @@ class ThrottleConfig:
     backoff_max: float = 5.0
 
 
+SHARED_LANE = "shared"
+
+
 @dataclass(frozen=True)
 class Feed:
-    """One syncable listing of the portal, declared in `portal.py`."""
+    """One syncable listing of the portal, declared in `portal.py`.
+
+    `lane`: feeds of one lane are pulled in order (each may refer to what the earlier ones brought);
+    the shared lane's feeds come first, as every lane refers to them, and the other lanes then run
+    side by side, as none refers to another's objects."""
 
     name: str
     object_types: tuple[str, ...]
     incremental: bool
     cadence: Literal["fast", "slow"]
+    lane: str = SHARED_LANE
 
 
 @dataclass(frozen=True)

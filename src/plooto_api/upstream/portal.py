@@ -1238,7 +1238,10 @@ CUSTOMER_PAYMENTS = Collection(
     "customer-payments", CUSTOMER_PAYMENT, "payment", "customerPaymentId", normalize_customer_payment
 )
 
-# Dependency order: reference data first, then the documents that point at it.
+# Dependency order: reference data first (the shared lane), then the documents that point at it, in
+# two lanes that refer to nothing of each other's: payables and receivables. The lanes are pulled
+# side by side, so the portal's rate is used by the light pages of one while the other's heavy ones
+# (payments, with their transactions and FX) are written.
 FEEDS: tuple[Feed, ...] = (
     Feed("users", ("user",), incremental=False, cadence="slow"),
     Feed("bank_accounts", ("bank_account", "approval_rule"), incremental=True, cadence="slow"),
@@ -1246,20 +1249,18 @@ FEEDS: tuple[Feed, ...] = (
     # Read whole (one request a company) with the other accounts: every fast run would add a request
     # a company to each run for a balance (its Instant payments' transactions are read fast).
     Feed("instant_wallets", ("bank_account",), incremental=False, cadence="slow"),
-    Feed("vendors", ("vendor", "sync_mapping"), incremental=True, cadence="slow"),
-    Feed("customers", ("customer", "sync_mapping"), incremental=True, cadence="slow"),
-    Feed("bills", ("bill", "captured_document", "sync_mapping"), incremental=True, cadence="fast"),
-    Feed(
-        "payments",
-        ("payment", "fx_conversion", "transaction", "sync_mapping"),
-        incremental=True,
-        cadence="fast",
-    ),
-    Feed("recurring_invoices", ("recurring_invoice",), incremental=True, cadence="slow"),
-    Feed("invoices", ("invoice", "sync_mapping"), incremental=True, cadence="fast"),
-    Feed("reminders", ("invoice_reminder",), incremental=True, cadence="fast"),
-    Feed("customer_payments", ("payment", "sync_mapping"), incremental=True, cadence="fast"),
-)
+    Feed("vendors", ("vendor", "sync_mapping"), incremental=True, cadence="slow", lane="payables"),
+    Feed("customers", ("customer", "sync_mapping"), incremental=True, cadence="slow", lane="receivables"),
+    Feed("bills", ("bill", "captured_document", "sync_mapping"), incremental=True, cadence="fast",
+         lane="payables"),
+    Feed("payments", ("payment", "fx_conversion", "transaction", "sync_mapping"), incremental=True,
+         cadence="fast", lane="payables"),
+    Feed("recurring_invoices", ("recurring_invoice",), incremental=True, cadence="slow", lane="receivables"),
+    Feed("invoices", ("invoice", "sync_mapping"), incremental=True, cadence="fast", lane="receivables"),
+    Feed("reminders", ("invoice_reminder",), incremental=True, cadence="fast", lane="receivables"),
+    Feed("customer_payments", ("payment", "sync_mapping"), incremental=True, cadence="fast",
+         lane="receivables"),
+)  # fmt: skip
 FEED_COLLECTIONS: dict[str, Collection] = {
     "users": USERS,
     "bank_accounts": BANK_ACCOUNTS,
