@@ -376,6 +376,20 @@ async def test_a_held_invoice_of_a_new_customer_is_written_with_its_customer(
     assert [e.type for e in _events_since(ctx, 0, "invoice")[invoice.id]] == ["invoice.created"]
 
 
+def _first_company_and_customer(ctx: JobContext) -> tuple[str, str, str, str]:
+    """(gateway id, portal id, name) of the first company, and the portal id of its first customer."""
+    with ctx.sessions() as session:
+        company = session.scalars(select(models.Company).order_by(models.Company.id)).first()
+        assert company is not None
+        customer = session.scalars(
+            select(models.Customer.upstream_id)
+            .where(models.Customer.company_id == company.id)
+            .order_by(models.Customer.id)
+        ).first()
+        assert customer is not None
+        return company.id, company.upstream_id, company.name, customer
+
+
 async def test_reminders_held_by_one_run_do_not_take_back_what_another_run_wrote_since(
     ctx: JobContext, settings: Settings, make_connection: Callable[..., str], control: httpx.Client
 ) -> None:
@@ -387,16 +401,7 @@ async def test_reminders_held_by_one_run_do_not_take_back_what_another_run_wrote
     connection_id = make_connection()
     engine = SyncEngine(ctx)
     assert (await engine.sync_connection(connection_id)).ok
-    with ctx.sessions() as session:
-        company = session.scalars(select(models.Company).order_by(models.Company.id)).first()
-        assert company is not None
-        customer = session.scalars(
-            select(models.Customer.upstream_id)
-            .where(models.Customer.company_id == company.id)
-            .order_by(models.Customer.id)
-        ).first()
-        assert customer is not None
-        company_upstream, company_name = company.upstream_id, company.name
+    _, company_upstream, company_name, customer = _first_company_and_customer(ctx)
     today = date.fromisoformat(control.get("/clock").json()["now"][:10])
     portal = await ctx.portals.get(connection_id)
     made = await portal.create_invoice(
@@ -462,21 +467,14 @@ async def test_a_run_ending_does_not_take_off_the_mark_another_run_set_for_what_
     connection_id = make_connection()
     engine = SyncEngine(ctx)
     assert (await engine.sync_connection(connection_id)).ok
+    company_id, company_upstream, company_name, customer = _first_company_and_customer(ctx)
     with ctx.sessions() as session:
-        company = session.scalars(select(models.Company).order_by(models.Company.id)).first()
-        assert company is not None
-        customer = session.scalars(
-            select(models.Customer.upstream_id)
-            .where(models.Customer.company_id == company.id)
-            .order_by(models.Customer.id)
-        ).first()
         viewed = session.scalars(
             select(models.Invoice.upstream_id)
-            .where(models.Invoice.company_id == company.id, models.Invoice.status == "sent")
+            .where(models.Invoice.company_id == company_id, models.Invoice.status == "sent")
             .order_by(models.Invoice.upstream_id)
         ).first()
-        assert customer is not None and viewed is not None
-        company_upstream, company_name = company.upstream_id, company.name
+        assert viewed is not None
     control.post(
         "/mutate", json={"action": "viewInvoice", "invoiceId": viewed}
     ).raise_for_status()  # A holds it
