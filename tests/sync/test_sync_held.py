@@ -23,6 +23,16 @@ from plooto_api.sync.engine import SyncEngine
 from .test_sync import COMPANIES, SimulatedCrash, _assert_documents_match_columns
 
 
+def _stop_at(feed: str) -> Callable[[str, str, int, int | None], None]:
+    """A progress callback that stops the run (as a worker dying would) once `feed` wrote a page."""
+
+    def stop(company: str, name: str, done: int, total: int | None) -> None:
+        if name == feed:
+            raise SimulatedCrash("the worker died here")
+
+    return stop
+
+
 def _sent_invoices(ctx: JobContext, count: int) -> list[tuple[str, str]]:
     """(gateway id, portal id) of `count` sent invoices of one company."""
     with ctx.sessions() as session:
@@ -61,12 +71,8 @@ async def test_a_change_held_by_a_stopped_run_is_not_lost_when_the_next_run_hold
     control.post("/mutate", json={"action": "viewInvoice", "invoiceId": first_upstream}).raise_for_status()
     control.post("/clock", json={"advance_minutes": 5}).raise_for_status()  # the next pull starts past it
 
-    def stop_at_reminders(company: str, feed: str, done: int, total: int | None) -> None:
-        if feed == "reminders":
-            raise SimulatedCrash("the worker died here")
-
     with pytest.raises(SimulatedCrash):
-        await engine.sync_connection(connection_id, cadence="fast", progress=stop_at_reminders)
+        await engine.sync_connection(connection_id, cadence="fast", progress=_stop_at("reminders"))
     # What it held is to be listed again.
     assert any(mark.endswith("/invoices") for mark in _relist_marks(ctx))
 
@@ -169,12 +175,8 @@ async def test_a_run_stopped_at_each_feed_loses_nothing(
     assert (await engine.sync_connection(connection_id)).ok
     control.post("/clock", json={"advance_days": 30}).raise_for_status()
 
-    def stop(company: str, name: str, done: int, total: int | None) -> None:
-        if name == feed:
-            raise SimulatedCrash("the worker died here")
-
     with pytest.raises(SimulatedCrash):
-        await engine.sync_connection(connection_id, cadence="fast", progress=stop)
+        await engine.sync_connection(connection_id, cadence="fast", progress=_stop_at(feed))
     control.post("/clock", json={"advance_days": 3}).raise_for_status()  # more changes, held again
     assert (await engine.sync_connection(connection_id, cadence="fast")).ok
     portal = await _portal_invoices(ctx, connection_id)
@@ -301,12 +303,8 @@ async def test_invoices_held_for_their_reminders_are_not_lost_when_the_run_stops
     seq = _last_seq(ctx)
     control.post("/clock", json={"advance_days": 30}).raise_for_status()
 
-    def stop_at_reminders(company: str, feed: str, done: int, total: int | None) -> None:
-        if feed == "reminders":
-            raise SimulatedCrash("the worker died here")
-
     with pytest.raises(SimulatedCrash):
-        await engine.sync_connection(connection_id, cadence="fast", progress=stop_at_reminders)
+        await engine.sync_connection(connection_id, cadence="fast", progress=_stop_at("reminders"))
     assert any(mark.endswith("/invoices") for mark in _relist_marks(ctx))
     assert (await engine.sync_connection(connection_id, cadence="fast")).ok
 
@@ -481,10 +479,6 @@ async def test_a_run_ending_does_not_take_off_the_mark_another_run_set_for_what_
     control.post("/clock", json={"advance_minutes": 5}).raise_for_status()
     made: list[str] = []
 
-    def stop_at_reminders(company: str, feed: str, done: int, total: int | None) -> None:
-        if feed == "reminders":
-            raise SimulatedCrash("the worker died here")
-
     def other_gateway() -> None:
         async def run() -> None:
             second = JobContext.from_settings(settings, migrate=False)
@@ -500,7 +494,7 @@ async def test_a_run_ending_does_not_take_off_the_mark_another_run_set_for_what_
                 control.post("/clock", json={"advance_minutes": 5}).raise_for_status()
                 with pytest.raises(SimulatedCrash):
                     await SyncEngine(second).sync_connection(
-                        connection_id, cadence="fast", progress=stop_at_reminders
+                        connection_id, cadence="fast", progress=_stop_at("reminders")
                     )
             finally:
                 await second.aclose()
@@ -534,12 +528,8 @@ async def test_invoices_a_stopped_run_held_are_one_update_each_when_listed_again
     assert (await engine.sync_connection(connection_id)).ok
     control.post("/clock", json={"advance_days": 30}).raise_for_status()
 
-    def stop_at_customer_payments(company: str, feed: str, done: int, total: int | None) -> None:
-        if feed == "customer_payments":
-            raise SimulatedCrash("the worker died here")
-
     with pytest.raises(SimulatedCrash):
-        await engine.sync_connection(connection_id, cadence="fast", progress=stop_at_customer_payments)
+        await engine.sync_connection(connection_id, cadence="fast", progress=_stop_at("customer_payments"))
     seq = _last_seq(ctx)
     assert (await engine.sync_connection(connection_id, cadence="fast")).ok
     twice = {
